@@ -1,0 +1,108 @@
+//! The admin HTTP surface every process serves: `/health` (the process is
+//! up), `/ready` (every component is ready to take traffic) and `/metrics`
+//! (Prometheus text exposition).
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Readiness of the components of one process, by name.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    inner: Arc<Mutex<BTreeMap<String, bool>>>,
+}
+
+impl Readiness {
+    pub fn set(&self, component: &str, ready: bool) {
+        self.inner
+            .lock()
+            .expect("readiness lock")
+            .insert(component.to_string(), ready);
+    }
+
+    /// Components that are not ready; empty when the process is ready.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.inner
+            .lock()
+            .expect("readiness lock")
+            .iter()
+            .filter(|(_, ready)| !**ready)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+#[derive(Clone)]
+pub struct Admin {
+    registry: Arc<Registry>,
+    pub readiness: Readiness,
+}
+
+impl Admin {
+    pub fn new(registry: Registry, readiness: Readiness) -> Self {
+        Self {
+            registry: Arc::new(registry),
+            readiness,
+        }
+    }
+
+    pub fn router(&self) -> Router {
+        let registry = self.registry.clone();
+        let readiness = self.readiness.clone();
+        Router::new()
+            .route("/health", get(|| async { "ok\n" }))
+            .route(
+                "/ready",
+                get(move || {
+                    let readiness = readiness.clone();
+                    async move {
+                        let missing = readiness.not_ready();
+                        if missing.is_empty() {
+                            (StatusCode::OK, "ready\n".to_string())
+                        } else {
+                            (
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!("not ready: {}\n", missing.join(", ")),
+                            )
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/metrics",
+                get(move || {
+                    let registry = registry.clone();
+                    async move {
+                        let mut body = String::new();
+                        match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                            Ok(()) => (
+                                StatusCode::OK,
+                                [(
+                                    header::CONTENT_TYPE,
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )],
+                                body,
+                            )
+                                .into_response(),
+                            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                                .into_response(),
+                        }
+                    }
+                }),
+            )
+    }
+}
+
+/// Latency buckets in seconds, 0.5 ms to 10 s.
+pub fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 15)
+}
+
+/// Batch size buckets in points, 1 to 16384.
+pub fn size_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(1.0, 4.0, 8)
+}

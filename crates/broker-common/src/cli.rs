@@ -1,0 +1,137 @@
+//! Flags every broker binary shares, and the `main` of a single-service
+//! binary.
+
+use crate::config::{BrokerConfig, ConfigError, ConfigSource};
+use crate::serve::Listeners;
+use crate::{EXIT_INVALID_CONFIG, telemetry};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+/// Where the configuration comes from. Flags win over `BROKER_*`
+/// environment variables, which win over the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// YAML config file (see broker.yaml for every key).
+    #[arg(short, long, env = "BROKER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Overrides `node_id`.
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Overrides `grpc_listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_listen: Option<String>,
+    /// Overrides `http_listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// Overrides `writer.redis_url`.
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Sets any key, e.g. `--set router.vnodes=200` or
+    /// `--set gateway.routers=[http://127.0.0.1:9094]`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Print the effective configuration as YAML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+impl ConfigArgs {
+    pub fn overrides(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        let mut out = Vec::new();
+        for (key, v) in [
+            ("node_id", &self.node_id),
+            ("grpc_listen", &self.grpc_listen),
+            ("http_listen", &self.http_listen),
+            ("writer.redis_url", &self.redis_url),
+        ] {
+            if let Some(v) = v {
+                // Quote so YAML keeps it a string.
+                out.push((key.to_string(), format!("{v:?}")));
+            }
+        }
+        for kv in &self.set {
+            let (k, v) = kv.split_once('=').ok_or_else(|| ConfigError::Parse {
+                origin: format!("flag --set {kv}"),
+                message: "expected KEY=VALUE".into(),
+            })?;
+            out.push((k.trim().to_string(), v.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Loads from the file, the process environment and the flags.
+    pub fn load(&self) -> Result<BrokerConfig, ConfigError> {
+        BrokerConfig::load(&ConfigSource {
+            file: self.config.as_deref(),
+            env: std::env::vars().collect(),
+            overrides: self.overrides()?,
+        })
+    }
+
+    /// Loads, or prints the problems and exits with code 64. Honors
+    /// `--print-config`.
+    pub fn load_or_exit(&self) -> BrokerConfig {
+        match self.load() {
+            Ok(c) => {
+                if self.print_config {
+                    print!("{}", serde_yaml_ng::to_string(&c).expect("config serializes"));
+                    std::process::exit(0);
+                }
+                c
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(EXIT_INVALID_CONFIG);
+            }
+        }
+    }
+}
+
+pub type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// The whole `main` of a single-service binary: flags, config (exit 64 when
+/// invalid), telemetry, listeners, then `run` until SIGINT/SIGTERM.
+pub fn service_main<F, Fut>(service_name: &str, run: F) -> !
+where
+    F: FnOnce(BrokerConfig, Listeners, ShutdownFuture) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: ConfigArgs,
+    }
+    let cli = <Cli as clap::Parser>::parse();
+    let config = cli.config.load_or_exit();
+    let code = match run_with_runtime(service_name, config, run) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run_with_runtime<F, Fut>(service_name: &str, config: BrokerConfig, run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(BrokerConfig, Listeners, ShutdownFuture) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let _guard = telemetry::init(&config.telemetry, service_name)?;
+        let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
+        tracing::info!(
+            service = service_name,
+            node = %config.node_id,
+            grpc = %listeners.grpc_addr(),
+            http = %listeners.http_addr(),
+            "starting"
+        );
+        run(config, listeners, Box::pin(crate::shutdown::signal())).await
+    })
+}

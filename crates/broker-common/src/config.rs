@@ -1,0 +1,674 @@
+//! The `broker.yaml` schema.
+//!
+//! One file configures a whole process; each service reads its own section
+//! and ignores the others, so the same file works for the all-in-one binary
+//! and for separate processes. Precedence, lowest first: built-in defaults,
+//! the YAML file, `BROKER_*` environment variables, `--set key=value` flags.
+//! Unknown keys are rejected wherever they come from.
+
+use hash_ring::{HashAlgorithm, NodeSpec, RingConfig};
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::Value;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub const DEFAULT_NODE_ID: &str = "broker-1";
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:9093";
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9190";
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Seed: points live 7 days.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub const DEFAULT_MAX_POINTS_PER_BATCH: usize = 10_000;
+pub const DEFAULT_MAX_METRICS_PER_POINT: usize = 1_024;
+pub const DEFAULT_MAX_HOST_ID_LEN: usize = 128;
+pub const DEFAULT_MAX_METRIC_NAME_LEN: usize = 128;
+pub const DEFAULT_MAX_LABELS_PER_POINT: usize = 32;
+pub const DEFAULT_MAX_FUTURE_SKEW: Duration = Duration::from_secs(300);
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+pub const DEFAULT_MAX_INFLIGHT_BATCHES_PER_STREAM: usize = 16;
+pub const DEFAULT_MAX_INFLIGHT_POINTS: usize = 200_000;
+/// Long enough for the router to go through its retries (1 s, 2 s, 4 s plus
+/// write deadlines) before the gateway gives up on a batch.
+pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Seed: back off 1 s, 2 s, 4 s.
+pub const DEFAULT_RETRY_ATTEMPTS: usize = 3;
+pub const DEFAULT_RETRY_INITIAL_BACKOFF: Duration = Duration::from_secs(1);
+pub const DEFAULT_RETRY_MAX_BACKOFF: Duration = Duration::from_secs(4);
+
+pub const DEFAULT_REDIS_POOL_SIZE: usize = 4;
+pub const DEFAULT_BATCH_MAX_POINTS: usize = 2_000;
+pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(2);
+pub const DEFAULT_MAX_QUEUED_POINTS: usize = 100_000;
+pub const DEFAULT_MAX_CONCURRENT_PIPELINES: usize = 8;
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prefix of environment overrides: `BROKER_WRITER__REDIS_URL=...` sets
+/// `writer.redis_url` (`__` separates levels).
+pub const ENV_PREFIX: &str = "BROKER_";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// This process's name in logs, metrics and (for a writer) the ring.
+    pub node_id: String,
+    /// gRPC port shared by every service this process runs.
+    pub grpc_listen: SocketAddr,
+    /// Admin HTTP port: /health, /ready, /metrics.
+    pub http_listen: SocketAddr,
+    /// How long shutdown may take to drain and flush before it gives up.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How long points live in Redis; the gateway rejects points older than
+    /// this, since they would expire on arrival.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    pub telemetry: TelemetryConfig,
+    pub gateway: GatewayConfig,
+    pub router: RouterConfig,
+    pub writer: WriterConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            node_id: DEFAULT_NODE_ID.into(),
+            grpc_listen: DEFAULT_GRPC_LISTEN.parse().expect("valid default"),
+            http_listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default"),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            ttl: DEFAULT_TTL,
+            telemetry: TelemetryConfig::default(),
+            gateway: GatewayConfig::default(),
+            router: RouterConfig::default(),
+            writer: WriterConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `text` for people, `json` for log shippers.
+    pub log_format: LogFormat,
+    /// A tracing filter (`info`, `storage_writer=debug,info`); `RUST_LOG`
+    /// wins when set.
+    pub log_level: String,
+    /// OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`. Off when empty.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            otlp_endpoint: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Shard-router endpoints (`http://host:port`), used round robin with
+    /// failover. Empty means the router in this same process.
+    pub routers: Vec<String>,
+    pub max_points_per_batch: usize,
+    pub max_metrics_per_point: usize,
+    pub max_host_id_len: usize,
+    pub max_metric_name_len: usize,
+    pub max_labels_per_point: usize,
+    /// Points stamped further than this ahead of the gateway's clock are
+    /// rejected (clock skew allowance).
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    /// Largest encoded message accepted on the agent stream.
+    pub max_message_bytes: usize,
+    /// Batches of one stream being stored at once; past this the gateway
+    /// stops reading the stream, so HTTP/2 flow control slows the agent.
+    pub max_inflight_batches_per_stream: usize,
+    /// Points being stored at once across all streams (same mechanism).
+    pub max_inflight_points: usize,
+    /// Deadline of one gateway -> router call.
+    #[serde(with = "humantime_serde")]
+    pub forward_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            routers: Vec::new(),
+            max_points_per_batch: DEFAULT_MAX_POINTS_PER_BATCH,
+            max_metrics_per_point: DEFAULT_MAX_METRICS_PER_POINT,
+            max_host_id_len: DEFAULT_MAX_HOST_ID_LEN,
+            max_metric_name_len: DEFAULT_MAX_METRIC_NAME_LEN,
+            max_labels_per_point: DEFAULT_MAX_LABELS_PER_POINT,
+            max_future_skew: DEFAULT_MAX_FUTURE_SKEW,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_inflight_batches_per_stream: DEFAULT_MAX_INFLIGHT_BATCHES_PER_STREAM,
+            max_inflight_points: DEFAULT_MAX_INFLIGHT_POINTS,
+            forward_timeout: DEFAULT_FORWARD_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Retries after the first attempt (seed: 3, backing off 1 s, 2 s, 4 s).
+    pub max_retries: usize,
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_retries: DEFAULT_RETRY_ATTEMPTS,
+            initial_backoff: DEFAULT_RETRY_INITIAL_BACKOFF,
+            max_backoff: DEFAULT_RETRY_MAX_BACKOFF,
+        }
+    }
+}
+
+/// A storage-writer in the static membership list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriterEndpoint {
+    /// Ring identity; placement hashes this id, so keep it stable.
+    pub id: String,
+    /// `http://host:port` of the writer's gRPC server.
+    pub addr: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl WriterEndpoint {
+    pub fn node_spec(&self) -> NodeSpec {
+        NodeSpec::new(self.id.clone()).with_weight(self.weight)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Virtual nodes per unit of weight.
+    pub vnodes: u32,
+    /// `crc32` (seed-compatible) or `xxh3`.
+    pub hash: HashAlgorithm,
+    /// Static membership. Empty means the writer in this same process,
+    /// named after `node_id`.
+    pub writers: Vec<WriterEndpoint>,
+    /// Deadline of one router -> writer call.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    pub retry: RetryConfig,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        let ring = RingConfig::default();
+        Self {
+            vnodes: ring.vnodes,
+            hash: ring.hash,
+            writers: Vec::new(),
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+impl RouterConfig {
+    pub fn ring(&self) -> RingConfig {
+        RingConfig {
+            vnodes: self.vnodes,
+            hash: self.hash,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// `redis://`, `redis-cluster://` or `redis-sentinel://` URL. Empty
+    /// means none: `broker up` then launches a local redis-server.
+    pub redis_url: String,
+    /// Redis connections, used round robin.
+    pub pool_size: usize,
+    /// Key layout; `seed` is the layout of the original design.
+    pub layout: String,
+    /// A pipeline is sent when it holds this many points...
+    pub batch_max_points: usize,
+    /// ...or when its first point has waited this long.
+    #[serde(with = "humantime_serde")]
+    pub batch_max_delay: Duration,
+    /// Points accepted but not yet written; past this, writes wait.
+    pub max_queued_points: usize,
+    /// Pipelines in flight to Redis at once.
+    pub max_concurrent_pipelines: usize,
+    /// Deadline of one pipeline round trip.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            pool_size: DEFAULT_REDIS_POOL_SIZE,
+            layout: "seed".into(),
+            batch_max_points: DEFAULT_BATCH_MAX_POINTS,
+            batch_max_delay: DEFAULT_BATCH_MAX_DELAY,
+            max_queued_points: DEFAULT_MAX_QUEUED_POINTS,
+            max_concurrent_pipelines: DEFAULT_MAX_CONCURRENT_PIPELINES,
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
+        }
+    }
+}
+
+/// One problem with the configuration, named by its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.problem)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid configuration:\n  {}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n  "))]
+    Invalid(Vec<ConfigProblem>),
+}
+
+/// Where a config comes from; see the module docs for precedence.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigSource<'a> {
+    pub file: Option<&'a Path>,
+    /// Environment, passed in so tests can inject it.
+    pub env: Vec<(String, String)>,
+    /// `key.path=value` pairs from `--set` and dedicated flags.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl BrokerConfig {
+    /// Loads and validates: file, then environment, then overrides.
+    pub fn load(source: &ConfigSource<'_>) -> Result<Self, ConfigError> {
+        let mut doc = match source.file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source: e,
+                })?;
+                if text.trim().is_empty() {
+                    Value::Mapping(Default::default())
+                } else {
+                    serde_yaml_ng::from_str::<Value>(&text).map_err(|e| ConfigError::Parse {
+                        origin: path.display().to_string(),
+                        message: e.to_string(),
+                    })?
+                }
+            }
+            None => Value::Mapping(Default::default()),
+        };
+        for (name, value) in &source.env {
+            if let Some(path) = name.strip_prefix(ENV_PREFIX) {
+                let key = path.to_ascii_lowercase().replace("__", ".");
+                set_path(&mut doc, &key, value).map_err(|message| ConfigError::Parse {
+                    origin: format!("environment variable {name}"),
+                    message,
+                })?;
+            }
+        }
+        for (key, value) in &source.overrides {
+            set_path(&mut doc, key, value).map_err(|message| ConfigError::Parse {
+                origin: format!("flag --set {key}"),
+                message,
+            })?;
+        }
+        let config: BrokerConfig =
+            serde_yaml_ng::from_value(doc).map_err(|e| ConfigError::Parse {
+                origin: source
+                    .file
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "configuration".into()),
+                message: e.to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reports every problem at once, each with its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        let mut bad = |key: &str, problem: String| {
+            p.push(ConfigProblem {
+                key: key.into(),
+                problem,
+            })
+        };
+        if self.node_id.is_empty() || !self.node_id.bytes().all(id_byte) {
+            bad(
+                "node_id",
+                format!(
+                    "{:?} must be non-empty and use only letters, digits, '.', '_' or '-'",
+                    self.node_id
+                ),
+            );
+        }
+        if self.grpc_listen == self.http_listen && self.grpc_listen.port() != 0 {
+            bad(
+                "http_listen",
+                format!("{} is the same as grpc_listen", self.http_listen),
+            );
+        }
+        if self.ttl < Duration::from_secs(60) {
+            bad("ttl", format!("{:?} is shorter than one minute", self.ttl));
+        }
+        let g = &self.gateway;
+        for (i, r) in g.routers.iter().enumerate() {
+            if let Err(e) = check_endpoint(r) {
+                bad(&format!("gateway.routers[{i}]"), e);
+            }
+        }
+        positive(&mut bad, "gateway.max_points_per_batch", g.max_points_per_batch);
+        positive(&mut bad, "gateway.max_metrics_per_point", g.max_metrics_per_point);
+        positive(&mut bad, "gateway.max_host_id_len", g.max_host_id_len);
+        positive(&mut bad, "gateway.max_metric_name_len", g.max_metric_name_len);
+        positive(&mut bad, "gateway.max_message_bytes", g.max_message_bytes);
+        positive(
+            &mut bad,
+            "gateway.max_inflight_batches_per_stream",
+            g.max_inflight_batches_per_stream,
+        );
+        if g.max_inflight_points < g.max_points_per_batch {
+            bad(
+                "gateway.max_inflight_points",
+                format!(
+                    "{} is smaller than gateway.max_points_per_batch ({}), so a full batch could never be admitted",
+                    g.max_inflight_points, g.max_points_per_batch
+                ),
+            );
+        }
+        nonzero_duration(&mut bad, "gateway.forward_timeout", g.forward_timeout);
+        let r = &self.router;
+        if !(1..=10_000).contains(&r.vnodes) {
+            bad(
+                "router.vnodes",
+                format!("must be between 1 and 10000, got {}", r.vnodes),
+            );
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, w) in r.writers.iter().enumerate() {
+            if w.id.is_empty() || !w.id.bytes().all(id_byte) {
+                bad(
+                    &format!("router.writers[{i}].id"),
+                    format!("{:?} must be non-empty and use only letters, digits, '.', '_' or '-'", w.id),
+                );
+            }
+            if !seen.insert(&w.id) {
+                bad(
+                    &format!("router.writers[{i}].id"),
+                    format!("duplicate writer id {:?}", w.id),
+                );
+            }
+            if let Err(e) = check_endpoint(&w.addr) {
+                bad(&format!("router.writers[{i}].addr"), e);
+            }
+            if !(1..=100).contains(&w.weight) {
+                bad(
+                    &format!("router.writers[{i}].weight"),
+                    format!("must be between 1 and 100, got {}", w.weight),
+                );
+            }
+        }
+        nonzero_duration(&mut bad, "router.write_timeout", r.write_timeout);
+        if r.retry.initial_backoff > r.retry.max_backoff {
+            bad(
+                "router.retry.initial_backoff",
+                format!(
+                    "{:?} is larger than router.retry.max_backoff ({:?})",
+                    r.retry.initial_backoff, r.retry.max_backoff
+                ),
+            );
+        }
+        let w = &self.writer;
+        if !w.redis_url.is_empty() {
+            let scheme_ok = ["redis://", "rediss://", "redis-cluster://", "redis-sentinel://"]
+                .iter()
+                .any(|s| w.redis_url.starts_with(s));
+            if !scheme_ok {
+                bad(
+                    "writer.redis_url",
+                    format!(
+                        "{:?} must start with redis://, rediss://, redis-cluster:// or redis-sentinel://",
+                        w.redis_url
+                    ),
+                );
+            }
+        }
+        positive(&mut bad, "writer.pool_size", w.pool_size);
+        if w.layout != "seed" {
+            bad(
+                "writer.layout",
+                format!("unknown layout {:?}, valid layouts are: seed", w.layout),
+            );
+        }
+        positive(&mut bad, "writer.batch_max_points", w.batch_max_points);
+        positive(
+            &mut bad,
+            "writer.max_concurrent_pipelines",
+            w.max_concurrent_pipelines,
+        );
+        if w.max_queued_points < w.batch_max_points {
+            bad(
+                "writer.max_queued_points",
+                format!(
+                    "{} is smaller than writer.batch_max_points ({})",
+                    w.max_queued_points, w.batch_max_points
+                ),
+            );
+        }
+        nonzero_duration(&mut bad, "writer.redis_timeout", w.redis_timeout);
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(p))
+        }
+    }
+
+    /// The annotated defaults, as YAML.
+    pub fn defaults_yaml() -> String {
+        serde_yaml_ng::to_string(&BrokerConfig::default()).expect("defaults serialize")
+    }
+}
+
+fn id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+}
+
+fn positive(bad: &mut impl FnMut(&str, String), key: &str, v: usize) {
+    if v == 0 {
+        bad(key, "must be greater than zero".into());
+    }
+}
+
+fn nonzero_duration(bad: &mut impl FnMut(&str, String), key: &str, v: Duration) {
+    if v.is_zero() {
+        bad(key, "must be greater than zero".into());
+    }
+}
+
+fn check_endpoint(s: &str) -> Result<(), String> {
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or_else(|| format!("{s:?} must start with http:// or https://"))?;
+    let host_port = rest.trim_end_matches('/');
+    match host_port.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{s:?} must be http://host:port")),
+    }
+}
+
+/// Sets `a.b.c` in a YAML document to `raw`, parsed as a YAML scalar (or a
+/// flow sequence/mapping such as `[a, b]`).
+fn set_path(doc: &mut Value, key: &str, raw: &str) -> Result<(), String> {
+    let parsed: Value =
+        serde_yaml_ng::from_str(raw).map_err(|e| format!("value {raw:?} is not valid YAML: {e}"))?;
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("key {key:?} is malformed"));
+    }
+    let mut cur = doc;
+    for (i, part) in parts.iter().enumerate() {
+        if !cur.is_mapping() {
+            if cur.is_null() {
+                *cur = Value::Mapping(Default::default());
+            } else {
+                return Err(format!("{} is not a section", parts[..i].join(".")));
+            }
+        }
+        let map = cur.as_mapping_mut().expect("mapping");
+        let k = Value::String((*part).to_string());
+        if i == parts.len() - 1 {
+            map.insert(k, parsed);
+            return Ok(());
+        }
+        cur = map.entry(k).or_insert(Value::Null);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_str(yaml: &str, env: &[(&str, &str)], set: &[(&str, &str)]) -> Result<BrokerConfig, ConfigError> {
+        let mut f = tempfile_like();
+        f.1.write_all(yaml.as_bytes()).unwrap();
+        BrokerConfig::load(&ConfigSource {
+            file: Some(&f.0),
+            env: env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            overrides: set.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        })
+    }
+
+    fn tempfile_like() -> (std::path::PathBuf, std::fs::File) {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "broker-config-test-{}-{}.yaml",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let f = std::fs::File::create(&path).unwrap();
+        (path, f)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = load_str("", &[], &[]).unwrap();
+        assert_eq!(c, BrokerConfig::default());
+        assert_eq!(c.ttl, Duration::from_secs(604_800));
+    }
+
+    #[test]
+    fn example_file_in_repo_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../broker.yaml");
+        let c = BrokerConfig::load(&ConfigSource {
+            file: Some(&path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.grpc_listen.port(), 9093);
+    }
+
+    #[test]
+    fn precedence_file_env_flag() {
+        let c = load_str(
+            "writer:\n  pool_size: 2\n  redis_url: redis://127.0.0.1:1\n",
+            &[("BROKER_WRITER__POOL_SIZE", "3"), ("OTHER", "x")],
+            &[("writer.redis_url", "redis://127.0.0.1:2")],
+        )
+        .unwrap();
+        assert_eq!(c.writer.pool_size, 3);
+        assert_eq!(c.writer.redis_url, "redis://127.0.0.1:2");
+    }
+
+    #[test]
+    fn durations_and_lists_parse() {
+        let c = load_str(
+            "ttl: 2d\nrouter:\n  writers:\n    - {id: w1, addr: 'http://127.0.0.1:9095'}\n    - {id: w2, addr: 'http://127.0.0.1:9096', weight: 2}\n",
+            &[],
+            &[("gateway.routers", "[http://127.0.0.1:9094]")],
+        )
+        .unwrap();
+        assert_eq!(c.ttl, Duration::from_secs(2 * 86_400));
+        assert_eq!(c.router.writers[1].weight, 2);
+        assert_eq!(c.gateway.routers, vec!["http://127.0.0.1:9094".to_string()]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = load_str("writer:\n  redis_ulr: x\n", &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("redis_ulr"), "{e}");
+        let e = load_str("", &[("BROKER_GATEWAY__NOPE", "1")], &[]).unwrap_err().to_string();
+        assert!(e.contains("nope") && e.contains("BROKER_GATEWAY__NOPE"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let e = load_str(
+            "node_id: 'bad id'\nrouter:\n  vnodes: 0\n  writers:\n    - {id: w, addr: 'localhost'}\n    - {id: w, addr: 'http://127.0.0.1:1', weight: 0}\nwriter:\n  redis_url: mysql://x\n  layout: other\n",
+            &[],
+            &[],
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = e else {
+            panic!("expected validation errors, got {e}")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "node_id",
+            "router.vnodes",
+            "router.writers[0].addr",
+            "router.writers[1].id",
+            "router.writers[1].weight",
+            "writer.redis_url",
+            "writer.layout",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {keys:?}");
+        }
+    }
+}

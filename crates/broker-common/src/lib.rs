@@ -1,0 +1,31 @@
+//! What every broker service needs, in one place.
+//!
+//! # Layout
+//! - [`config`]: the `broker.yaml` schema, defaults as named constants,
+//!   environment and CLI overrides, and validation that names every bad key.
+//! - [`service`]: the [`Service`] enum used by `--service` flags.
+//! - [`telemetry`]: structured logs (tracing) and optional OTLP trace export.
+//! - [`shutdown`]: the SIGINT/SIGTERM future and the grace-period helper.
+//! - [`admin`]: the HTTP admin surface (`/health`, `/ready`, `/metrics`).
+//! - [`serve`]: runs one process's gRPC and admin servers on given listeners
+//!   until shutdown.
+//! - [`cli`]: flags shared by every binary, and config loading from them.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod serve;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use admin::{Admin, Readiness};
+pub use config::BrokerConfig;
+pub use serve::Listeners;
+pub use service::Service;
+
+/// Exit code for an invalid configuration (BSD `EX_CONFIG`... `EX_USAGE` is
+/// 64, the code the house style asks for).
+pub const EXIT_INVALID_CONFIG: i32 = 64;

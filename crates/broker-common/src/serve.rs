@@ -1,0 +1,100 @@
+//! Runs one process's servers: every enabled gRPC service on one port, the
+//! gRPC health service beside them, and the admin HTTP server.
+
+use crate::admin::Admin;
+use std::future::Future;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The sockets a process serves on. Bound by the caller so tests can pass
+/// `127.0.0.1:0` listeners and learn the ports.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> std::io::Result<Self> {
+        let g = TcpListener::bind(grpc)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("binding grpc_listen {grpc}: {e}")))?;
+        let h = TcpListener::bind(http)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("binding http_listen {http}: {e}")))?;
+        Ok(Self { grpc: g, http: h })
+    }
+
+    /// Two fresh loopback listeners on free ports, for tests.
+    pub async fn loopback() -> std::io::Result<Self> {
+        Self::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .await
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().expect("bound listener")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("bound listener")
+    }
+}
+
+/// Serves `routes` (plus `grpc.health.v1`, reporting each name in
+/// `grpc_services` as serving) and the admin router until `stop` is
+/// cancelled. The gRPC server then stops accepting and waits for in-flight
+/// calls; handlers watch `stop` too and end their streams once drained.
+pub async fn serve(
+    routes: tonic::service::Routes,
+    grpc_services: &[&str],
+    admin: &Admin,
+    listeners: Listeners,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    for name in grpc_services {
+        reporter
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let routes = routes.add_service(health);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
+    let grpc_stop = stop.clone();
+    let grpc = tonic::transport::Server::builder()
+        // Agents keep streams open for hours; keepalive finds dead peers.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .tcp_nodelay(true)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, async move {
+            grpc_stop.cancelled().await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+        });
+    let http_stop = stop.clone();
+    let http = axum::serve(listeners.http, admin.router())
+        .with_graceful_shutdown(async move { http_stop.cancelled().await });
+    let (g, h) = tokio::join!(grpc, http);
+    g.map_err(|e| anyhow::anyhow!("grpc server: {e}"))?;
+    h.map_err(|e| anyhow::anyhow!("admin http server: {e}"))?;
+    Ok(())
+}
+
+/// Turns any shutdown future into a token that is cancelled when it fires.
+pub fn token_from(shutdown: impl Future<Output = ()> + Send + 'static) -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown => t.cancel(),
+            _ = t.cancelled() => {}
+        }
+    });
+    token
+}

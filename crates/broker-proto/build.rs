@@ -1,0 +1,20 @@
+//! Compiles `proto/` with the pure-Rust `protox` compiler, so no system
+//! `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        "broker/v1/metrics.proto",
+        "broker/v1/internal.proto",
+        "broker/v1/bench.proto",
+    ];
+    let fds = protox::compile(files, [&root])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    for f in files {
+        println!("cargo:rerun-if-changed={}", root.join(f).display());
+    }
+    Ok(())
+}

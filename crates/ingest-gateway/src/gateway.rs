@@ -1,0 +1,234 @@
+//! The `MonitorService` stream handler.
+//!
+//! Per stream, one task reads batches; each batch is validated and forwarded
+//! on its own task and acked when the router answered. At most
+//! `max_inflight_batches_per_stream` batches of a stream are in flight: past
+//! that the reader stops reading, so HTTP/2 flow control slows the agent
+//! instead of the gateway dropping or buffering without bound.
+
+use crate::metrics::GatewayMetrics;
+use crate::validate::{Limits, reason_label, validate_batch};
+use broker_common::BrokerConfig;
+use broker_proto::v1::monitor_service_server::{MonitorService, MonitorServiceServer};
+use broker_proto::v1::{BatchAck, BatchError, MetricBatch, PointError, RejectReason};
+use shard_router::RouterClient;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+pub const MONITOR_SERVICE_NAME: &str = "broker.v1.MonitorService";
+
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    limits: Limits,
+    router: RouterClient,
+    forward_timeout: Duration,
+    per_stream: usize,
+    inflight_points: Arc<Semaphore>,
+    max_inflight_points: usize,
+    max_message_bytes: usize,
+    metrics: GatewayMetrics,
+    stop: CancellationToken,
+}
+
+impl Gateway {
+    /// `stop` ends every stream gracefully: stop reading, ack what is in
+    /// flight, close.
+    pub fn new(
+        config: &BrokerConfig,
+        router: RouterClient,
+        registry: &mut prometheus_client::registry::Registry,
+        stop: CancellationToken,
+    ) -> Self {
+        let g = &config.gateway;
+        Self {
+            inner: Arc::new(Inner {
+                limits: Limits::new(g, config.ttl),
+                router,
+                forward_timeout: g.forward_timeout,
+                per_stream: g.max_inflight_batches_per_stream,
+                inflight_points: Arc::new(Semaphore::new(g.max_inflight_points)),
+                max_inflight_points: g.max_inflight_points,
+                max_message_bytes: g.max_message_bytes,
+                metrics: GatewayMetrics::new(registry),
+                stop,
+            }),
+        }
+    }
+
+    pub fn into_server(self) -> MonitorServiceServer<Self> {
+        let max = self.inner.max_message_bytes;
+        MonitorServiceServer::new(self)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+    }
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<BatchAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl MonitorService for Gateway {
+    type SendMetricsStream = AckStream;
+
+    async fn send_metrics(
+        &self,
+        request: Request<Streaming<MetricBatch>>,
+    ) -> Result<Response<Self::SendMetricsStream>, Status> {
+        if self.inner.stop.is_cancelled() {
+            return Err(Status::unavailable("ingest-gateway is shutting down"));
+        }
+        let peer = request.remote_addr();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(self.inner.per_stream * 2);
+        tokio::spawn(self.inner.clone().read_stream(inbound, tx, peer));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl Inner {
+    async fn read_stream(
+        self: Arc<Self>,
+        mut inbound: Streaming<MetricBatch>,
+        tx: mpsc::Sender<Result<BatchAck, Status>>,
+        peer: Option<std::net::SocketAddr>,
+    ) {
+        self.metrics.streams.inc();
+        tracing::debug!(peer = ?peer, "agent stream opened");
+        let slots = Arc::new(Semaphore::new(self.per_stream));
+        loop {
+            let slot = tokio::select! {
+                s = slots.clone().acquire_owned() => s.expect("stream slots are never closed"),
+                _ = self.stop.cancelled() => break,
+            };
+            let msg = tokio::select! {
+                m = inbound.message() => m,
+                _ = self.stop.cancelled() => break,
+            };
+            match msg {
+                Ok(Some(batch)) => {
+                    tokio::spawn(self.clone().handle_batch(batch, slot, tx.clone()));
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    // Undecodable or oversized message, or the agent went
+                    // away. Batches already in flight are still acked.
+                    tracing::warn!(peer = ?peer, code = ?status.code(), error = %status.message(), "agent stream error");
+                    let _ = tx
+                        .send(Err(Status::new(
+                            status.code(),
+                            format!("reading the agent stream: {}", status.message()),
+                        )))
+                        .await;
+                    break;
+                }
+            }
+        }
+        // Drain: every in-flight batch gets its ack before the stream ends.
+        let _ = slots.acquire_many(self.per_stream as u32).await;
+        self.metrics.streams.dec();
+        tracing::debug!(peer = ?peer, "agent stream closed");
+    }
+
+    async fn handle_batch(
+        self: Arc<Self>,
+        batch: MetricBatch,
+        _slot: OwnedSemaphorePermit,
+        tx: mpsc::Sender<Result<BatchAck, Status>>,
+    ) {
+        let started = Instant::now();
+        let seq = batch.seq;
+        let n = batch.points.len();
+        self.metrics.batches.inc();
+        self.metrics.received_points.inc_by(n as u64);
+        self.metrics.batch_points.observe(n as f64);
+        let ack = match validate_batch(batch, &self.limits, now_secs()) {
+            Err(rej) => {
+                self.metrics
+                    .batch_errors
+                    .get_or_create(&vec![("error", batch_error_label(rej.error))])
+                    .inc();
+                BatchAck {
+                    seq,
+                    accepted: 0,
+                    errors: vec![],
+                    batch_error: rej.error as i32,
+                    batch_error_message: rej.message,
+                }
+            }
+            Ok(v) => {
+                let mut errors = v.errors;
+                let routed = v.batch.points.len();
+                if routed > 0 {
+                    let want = routed.min(self.max_inflight_points) as u32;
+                    let _points = self
+                        .inflight_points
+                        .clone()
+                        .acquire_many_owned(want)
+                        .await
+                        .expect("inflight semaphore is never closed");
+                    self.metrics.inflight_points.inc_by(routed as i64);
+                    let result = self.router.route(v.batch, self.forward_timeout).await;
+                    self.metrics.inflight_points.dec_by(routed as i64);
+                    match result {
+                        Ok(failed) => errors.extend(failed.into_iter().map(|mut f| {
+                            f.index = v.index_map[f.index as usize];
+                            f
+                        })),
+                        Err(status) => errors.extend(v.index_map.iter().map(|&i| PointError {
+                            index: i,
+                            reason: RejectReason::Unavailable as i32,
+                            message: status.message().to_string(),
+                            retryable: true,
+                        })),
+                    }
+                    errors.sort_by_key(|e| e.index);
+                }
+                for e in &errors {
+                    self.metrics
+                        .rejected_points
+                        .get_or_create(&vec![("reason", reason_label(e.reason))])
+                        .inc();
+                }
+                let accepted = n - errors.len();
+                self.metrics.accepted_points.inc_by(accepted as u64);
+                BatchAck {
+                    seq,
+                    accepted: accepted as u32,
+                    errors,
+                    batch_error: BatchError::None as i32,
+                    batch_error_message: String::new(),
+                }
+            }
+        };
+        self.metrics.ack_seconds.observe(started.elapsed().as_secs_f64());
+        if tx.send(Ok(ack)).await.is_err() {
+            tracing::debug!(seq, "agent went away before its ack");
+        }
+    }
+}
+
+fn batch_error_label(e: BatchError) -> &'static str {
+    match e {
+        BatchError::None => "none",
+        BatchError::TooManyPoints => "too_many_points",
+        BatchError::InvalidNameTable => "invalid_name_table",
+        BatchError::Overloaded => "overloaded",
+        BatchError::ShuttingDown => "shutting_down",
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,59 @@
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+pub type ReasonLabels = Vec<(&'static str, &'static str)>;
+
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub received_points: Counter,
+    pub accepted_points: Counter,
+    pub rejected_points: Family<ReasonLabels, Counter>,
+    pub batches: Counter,
+    pub batch_errors: Family<ReasonLabels, Counter>,
+    pub batch_points: Histogram,
+    pub ack_seconds: Histogram,
+    pub inflight_points: Gauge,
+    pub streams: Gauge,
+}
+
+impl GatewayMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            received_points: Counter::default(),
+            accepted_points: Counter::default(),
+            rejected_points: Family::default(),
+            batches: Counter::default(),
+            batch_errors: Family::default(),
+            batch_points: Histogram::new(broker_common::admin::size_buckets()),
+            ack_seconds: Histogram::new(broker_common::admin::latency_buckets()),
+            inflight_points: Gauge::default(),
+            streams: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("broker_ingest");
+        r.register("points", "Points received from agents", m.received_points.clone());
+        r.register("accepted_points", "Points stored durably and acked", m.accepted_points.clone());
+        r.register(
+            "rejected_points",
+            "Points not stored, by reason (unavailable means retryable)",
+            m.rejected_points.clone(),
+        );
+        r.register("batches", "Batches received from agents", m.batches.clone());
+        r.register("batch_errors", "Batches rejected whole, by error", m.batch_errors.clone());
+        r.register("batch_points", "Points per agent batch", m.batch_points.clone());
+        r.register(
+            "ack_latency_seconds",
+            "Time from receiving a batch to acking it",
+            m.ack_seconds.clone(),
+        );
+        r.register(
+            "inflight_points",
+            "Points received and not yet acked (queue depth)",
+            m.inflight_points.clone(),
+        );
+        r.register("streams", "Open agent streams", m.streams.clone());
+        m
+    }
+}

@@ -1,0 +1,117 @@
+//! The gRPC face of the router and the client that hides local vs remote.
+
+use crate::router::{Router, retryable};
+use broker_proto::v1::router_service_client::RouterServiceClient;
+use broker_proto::v1::router_service_server::{RouterService, RouterServiceServer};
+use broker_proto::v1::{MetricBatch, PointError, RouteRequest, RouteResponse};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use storage_writer::service::MAX_INTERNAL_MESSAGE_BYTES;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+pub const ROUTER_SERVICE_NAME: &str = "broker.v1.RouterService";
+
+pub struct RouterGrpc {
+    router: Arc<Router>,
+}
+
+impl RouterGrpc {
+    pub fn new(router: Arc<Router>) -> Self {
+        Self { router }
+    }
+
+    pub fn into_server(self) -> RouterServiceServer<Self> {
+        RouterServiceServer::new(self)
+            .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+    }
+}
+
+#[tonic::async_trait]
+impl RouterService for RouterGrpc {
+    async fn route(&self, request: Request<RouteRequest>) -> Result<Response<RouteResponse>, Status> {
+        let batch = request.into_inner().batch.unwrap_or_default();
+        let failed = self.router.route(batch).await;
+        Ok(Response::new(RouteResponse { failed }))
+    }
+}
+
+/// A router, in this process or behind one or more gRPC endpoints.
+#[derive(Clone)]
+pub enum RouterClient {
+    Local(Arc<Router>),
+    Remote(Arc<RemoteRouters>),
+}
+
+pub struct RemoteRouters {
+    endpoints: Vec<(String, RouterServiceClient<Channel>)>,
+    next: AtomicUsize,
+}
+
+impl RouterClient {
+    pub fn local(router: Arc<Router>) -> Self {
+        RouterClient::Local(router)
+    }
+
+    /// Lazily connecting channels to each endpoint; calls go round robin and
+    /// fail over to the next endpoint when one is unreachable.
+    pub fn remote(addrs: &[String]) -> Result<Self, Status> {
+        if addrs.is_empty() {
+            return Err(Status::invalid_argument("no router endpoints configured"));
+        }
+        let endpoints = addrs
+            .iter()
+            .map(|a| {
+                let ep = Endpoint::from_shared(a.clone())
+                    .map_err(|e| Status::invalid_argument(format!("router endpoint {a:?}: {e}")))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30));
+                let client = RouterServiceClient::new(ep.connect_lazy())
+                    .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
+                Ok((a.clone(), client))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(RouterClient::Remote(Arc::new(RemoteRouters {
+            endpoints,
+            next: AtomicUsize::new(0),
+        })))
+    }
+
+    /// Routes `batch`; returns the points not stored. `Err` means no router
+    /// could take the batch at all.
+    pub async fn route(&self, batch: MetricBatch, timeout: Duration) -> Result<Vec<PointError>, Status> {
+        match self {
+            RouterClient::Local(r) => Ok(r.route(batch).await),
+            RouterClient::Remote(remote) => {
+                let n = remote.endpoints.len();
+                let start = remote.next.fetch_add(1, Ordering::Relaxed);
+                let mut last = Status::unavailable("no router endpoint tried");
+                let mut batch = Some(batch);
+                for k in 0..n {
+                    let (addr, client) = &remote.endpoints[(start + k) % n];
+                    // Keep a copy only while another endpoint may need it.
+                    let body = if k + 1 < n {
+                        batch.clone().expect("batch present")
+                    } else {
+                        batch.take().expect("batch present")
+                    };
+                    let mut req = Request::new(RouteRequest { batch: Some(body) });
+                    req.set_timeout(timeout);
+                    match client.clone().route(req).await {
+                        Ok(resp) => return Ok(resp.into_inner().failed),
+                        Err(e) if retryable(&e) => {
+                            tracing::warn!(router = %addr, code = ?e.code(), error = %e.message(), "router call failed, trying next endpoint");
+                            last = Status::new(e.code(), format!("router {addr}: {}", e.message()));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(last)
+            }
+        }
+    }
+}

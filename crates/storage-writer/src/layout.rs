@@ -1,0 +1,285 @@
+//! Redis key layouts. The pipeline executes whatever commands a
+//! [`KeyLayout`] produces, so another layout can be added without touching
+//! the writer; the query side reads keys through the same trait.
+
+use broker_proto::v1::MetricBatch;
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+
+/// One Redis command: its name and its arguments, keys first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub name: &'static str,
+    pub args: Vec<Bytes>,
+}
+
+pub trait KeyLayout: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Key of the hash holding one point's metrics.
+    fn metrics_key(&self, host: &str, timestamp: i64) -> String;
+    /// Key of a host's time index.
+    fn index_key(&self, host: &str) -> String;
+    /// Key of a host's metadata hash.
+    fn host_key(&self, host: &str) -> String;
+    /// Appends the commands that store `batches` (already validated) with
+    /// a time to live of `ttl_secs`, at wall-clock time `now` (Unix seconds).
+    /// Applying the commands twice must leave the point data unchanged.
+    fn write_commands(&self, batches: &[&MetricBatch], ttl_secs: u64, now: i64, out: &mut Vec<Command>);
+}
+
+/// The layout of the original design ("键空间设计"), with Redis Cluster hash
+/// tags so that every key of one host lands in one slot:
+///
+/// - `monitor:metrics:{host}:{ts}`: HASH metric -> value, EXPIRE ttl
+/// - `monitor:index:metrics:{host}`: ZSET score = ts, member = ts; entries
+///   older than the ttl are trimmed on every write; EXPIRE ttl
+/// - `monitor:hosts:{host}`: HASH `last_seen`, `label:<name>` fields, and
+///   `points_written` (HINCRBY: counts writes including retries; the number
+///   of distinct points is the index's ZCARD); EXPIRE ttl
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SeedLayout;
+
+pub const LAST_SEEN_FIELD: &str = "last_seen";
+pub const POINTS_WRITTEN_FIELD: &str = "points_written";
+pub const LABEL_FIELD_PREFIX: &str = "label:";
+
+/// Builds arguments into one buffer so a command's arguments share one
+/// allocation.
+struct Args {
+    buf: BytesMut,
+    args: Vec<Bytes>,
+}
+
+impl Args {
+    fn with_capacity(bytes: usize, args: usize) -> Self {
+        Self {
+            buf: BytesMut::with_capacity(bytes),
+            args: Vec::with_capacity(args),
+        }
+    }
+    fn push(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+        self.args.push(self.buf.split().freeze());
+    }
+    fn push_i64(&mut self, v: i64) {
+        let mut f = itoa_buf();
+        self.push(fmt_i64(&mut f, v));
+    }
+    fn push_f64(&mut self, v: f64) {
+        let mut b = ryu::Buffer::new();
+        self.push(b.format(v).as_bytes());
+    }
+    fn push_key(&mut self, parts: &[&[u8]]) {
+        for p in parts {
+            self.buf.extend_from_slice(p);
+        }
+        self.args.push(self.buf.split().freeze());
+    }
+    fn done(self, name: &'static str) -> Command {
+        Command { name, args: self.args }
+    }
+}
+
+fn itoa_buf() -> [u8; 20] {
+    [0u8; 20]
+}
+
+fn fmt_i64(buf: &mut [u8; 20], v: i64) -> &[u8] {
+    use std::io::Write;
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    write!(cur, "{v}").expect("20 bytes hold any i64");
+    let n = cur.position() as usize;
+    &buf[..n]
+}
+
+struct HostAgg<'a> {
+    timestamps: Vec<i64>,
+    last_seen: i64,
+    labels: Option<&'a HashMap<String, String>>,
+}
+
+impl KeyLayout for SeedLayout {
+    fn name(&self) -> &'static str {
+        "seed"
+    }
+
+    fn metrics_key(&self, host: &str, timestamp: i64) -> String {
+        format!("monitor:metrics:{{{host}}}:{timestamp}")
+    }
+
+    fn index_key(&self, host: &str) -> String {
+        format!("monitor:index:metrics:{{{host}}}")
+    }
+
+    fn host_key(&self, host: &str) -> String {
+        format!("monitor:hosts:{{{host}}}")
+    }
+
+    fn write_commands(&self, batches: &[&MetricBatch], ttl_secs: u64, now: i64, out: &mut Vec<Command>) {
+        let mut ttl_buf = itoa_buf();
+        let ttl = Bytes::copy_from_slice(fmt_i64(&mut ttl_buf, ttl_secs as i64));
+        let mut order: Vec<&str> = Vec::new();
+        let mut hosts: HashMap<&str, HostAgg<'_>> = HashMap::new();
+        for batch in batches {
+            let names = &batch.metric_names;
+            for p in &batch.points {
+                let key_len = p.host_id.len() + 40;
+                let mut a = Args::with_capacity(key_len + p.values.len() * 40, 1 + 2 * p.values.len());
+                let mut tsb = itoa_buf();
+                let ts = fmt_i64(&mut tsb, p.timestamp);
+                a.push_key(&[b"monitor:metrics:{", p.host_id.as_bytes(), b"}:", ts]);
+                let key = a.args[0].clone();
+                for (name, v) in p.metrics(names) {
+                    // The gateway rejected points with bad name indexes.
+                    let Some(name) = name else { continue };
+                    a.push(name.as_bytes());
+                    a.push_f64(v);
+                }
+                out.push(a.done("HSET"));
+                out.push(Command {
+                    name: "EXPIRE",
+                    args: vec![key, ttl.clone()],
+                });
+                let agg = hosts.entry(p.host_id.as_str()).or_insert_with(|| {
+                    order.push(p.host_id.as_str());
+                    HostAgg {
+                        timestamps: Vec::new(),
+                        last_seen: i64::MIN,
+                        labels: None,
+                    }
+                });
+                agg.timestamps.push(p.timestamp);
+                if p.timestamp >= agg.last_seen {
+                    agg.last_seen = p.timestamp;
+                    if !p.labels.is_empty() {
+                        agg.labels = Some(&p.labels);
+                    }
+                }
+            }
+        }
+        let horizon = now.saturating_sub(ttl_secs as i64);
+        for host in order {
+            let agg = &hosts[host];
+            let h = host.as_bytes();
+            let index_key = {
+                let mut a = Args::with_capacity(h.len() + 24, 1);
+                a.push_key(&[b"monitor:index:metrics:{", h, b"}"]);
+                a.args.pop().expect("key")
+            };
+            let host_key = {
+                let mut a = Args::with_capacity(h.len() + 16, 1);
+                a.push_key(&[b"monitor:hosts:{", h, b"}"]);
+                a.args.pop().expect("key")
+            };
+            let mut z = Args::with_capacity(agg.timestamps.len() * 24, 1 + 2 * agg.timestamps.len());
+            z.args.push(index_key.clone());
+            for ts in &agg.timestamps {
+                z.push_i64(*ts);
+                z.push_i64(*ts);
+            }
+            out.push(z.done("ZADD"));
+            let mut trim = Args::with_capacity(24, 3);
+            trim.args.push(index_key.clone());
+            trim.push(b"-inf");
+            trim.push(format!("({horizon}").as_bytes());
+            out.push(trim.done("ZREMRANGEBYSCORE"));
+            out.push(Command {
+                name: "EXPIRE",
+                args: vec![index_key, ttl.clone()],
+            });
+            let mut m = Args::with_capacity(64, 3 + 2 * agg.labels.map_or(0, |l| l.len()));
+            m.args.push(host_key.clone());
+            m.push(LAST_SEEN_FIELD.as_bytes());
+            m.push_i64(agg.last_seen);
+            if let Some(labels) = agg.labels {
+                let mut sorted: Vec<_> = labels.iter().collect();
+                sorted.sort();
+                for (k, v) in sorted {
+                    m.push_key(&[LABEL_FIELD_PREFIX.as_bytes(), k.as_bytes()]);
+                    m.push(v.as_bytes());
+                }
+            }
+            out.push(m.done("HSET"));
+            let mut inc = Args::with_capacity(32, 3);
+            inc.args.push(host_key.clone());
+            inc.push(POINTS_WRITTEN_FIELD.as_bytes());
+            inc.push_i64(agg.timestamps.len() as i64);
+            out.push(inc.done("HINCRBY"));
+            out.push(Command {
+                name: "EXPIRE",
+                args: vec![host_key, ttl.clone()],
+            });
+        }
+    }
+}
+
+/// The layout named in config.
+pub fn by_name(name: &str) -> Option<std::sync::Arc<dyn KeyLayout>> {
+    match name {
+        "seed" => Some(std::sync::Arc::new(SeedLayout)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker_proto::v1::Point;
+
+    fn s(b: &Bytes) -> &str {
+        std::str::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn seed_layout_commands() {
+        let batch = MetricBatch {
+            seq: 0,
+            metric_names: vec!["cpu".into(), "mem".into()],
+            points: vec![
+                Point {
+                    host_id: "h1".into(),
+                    timestamp: 100,
+                    values: vec![0.5, 2.0],
+                    name_index: vec![],
+                    labels: [("role".to_string(), "web".to_string())].into(),
+                },
+                Point {
+                    host_id: "h1".into(),
+                    timestamp: 105,
+                    values: vec![7.0],
+                    name_index: vec![1],
+                    labels: Default::default(),
+                },
+            ],
+        };
+        let mut out = Vec::new();
+        SeedLayout.write_commands(&[&batch], 60, 1000, &mut out);
+        let text: Vec<String> = out
+            .iter()
+            .map(|c| {
+                std::iter::once(c.name.to_string())
+                    .chain(c.args.iter().map(|a| s(a).to_string()))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        assert_eq!(
+            text,
+            vec![
+                "HSET monitor:metrics:{h1}:100 cpu 0.5 mem 2.0",
+                "EXPIRE monitor:metrics:{h1}:100 60",
+                "HSET monitor:metrics:{h1}:105 mem 7.0",
+                "EXPIRE monitor:metrics:{h1}:105 60",
+                "ZADD monitor:index:metrics:{h1} 100 100 105 105",
+                "ZREMRANGEBYSCORE monitor:index:metrics:{h1} -inf (940",
+                "EXPIRE monitor:index:metrics:{h1} 60",
+                "HSET monitor:hosts:{h1} last_seen 105 label:role web",
+                "HINCRBY monitor:hosts:{h1} points_written 2",
+                "EXPIRE monitor:hosts:{h1} 60",
+            ]
+        );
+        assert_eq!(SeedLayout.metrics_key("h1", 100), "monitor:metrics:{h1}:100");
+        assert_eq!(SeedLayout.index_key("h1"), "monitor:index:metrics:{h1}");
+        assert_eq!(SeedLayout.host_key("h1"), "monitor:hosts:{h1}");
+    }
+}

@@ -1,0 +1,98 @@
+//! storage-writer: stores routed batches in Redis.
+//!
+//! # Layout
+//! - [`layout`]: the key layout trait and the seed layout (key formats live
+//!   only here).
+//! - [`writer`]: the batcher that turns write jobs into Redis pipelines and
+//!   acks each job after Redis confirmed it; Redis connection setup.
+//! - [`service`]: the `WriterService` gRPC server and [`WriterClient`], which
+//!   hides whether the writer is in this process or across the network.
+//! - [`error`]: [`WriterError`] and its gRPC status mapping.
+//! - [`metrics`]: Prometheus metrics of the writer.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod layout;
+pub mod metrics;
+pub mod service;
+pub mod writer;
+
+pub use error::WriterError;
+pub use service::{WriterClient, WriterGrpc};
+pub use writer::Writer;
+
+use broker_common::{Admin, BrokerConfig, Listeners, Readiness};
+use std::future::Future;
+use std::sync::Arc;
+
+/// A writer plus what it needs at shutdown.
+pub struct WriterComponent {
+    pub writer: Arc<Writer>,
+    pool: fred::clients::Pool,
+}
+
+impl WriterComponent {
+    /// Connects to Redis and starts the batcher. Readiness of
+    /// `storage-writer` turns true once Redis answered.
+    pub fn start(
+        config: &BrokerConfig,
+        registry: &mut prometheus_client::registry::Registry,
+        readiness: &Readiness,
+    ) -> anyhow::Result<Self> {
+        let w = &config.writer;
+        anyhow::ensure!(
+            !w.redis_url.is_empty(),
+            "writer.redis_url is empty: set it (or use `broker up`, which launches a local redis-server)"
+        );
+        let layout = layout::by_name(&w.layout)
+            .ok_or_else(|| anyhow::anyhow!("writer.layout: unknown layout {:?}", w.layout))?;
+        let pool = writer::redis_pool(&w.redis_url, w.pool_size, w.redis_timeout)?;
+        let metrics = metrics::WriterMetrics::new(registry);
+        let writer = Writer::start(w, config.ttl, pool.clone(), layout, metrics);
+        readiness.set("storage-writer", false);
+        let (r, p, url) = (readiness.clone(), pool.clone(), w.redis_url.clone());
+        tokio::spawn(async move {
+            use fred::interfaces::ClientLike;
+            match p.wait_for_connect().await {
+                Ok(()) => {
+                    tracing::info!(redis = %url, "connected to redis");
+                    r.set("storage-writer", true);
+                }
+                Err(e) => tracing::error!(redis = %url, error = %e, "connecting to redis failed"),
+            }
+        });
+        Ok(Self { writer, pool })
+    }
+
+    /// Writes what was accepted, then closes the Redis connections.
+    pub async fn shutdown(&self) {
+        self.writer.flush_and_stop().await;
+        use fred::interfaces::ClientLike;
+        let _ = self.pool.quit().await;
+    }
+}
+
+/// Runs a standalone storage-writer until `shutdown` resolves.
+pub async fn run(
+    config: BrokerConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let readiness = Readiness::default();
+    let component = WriterComponent::start(&config, &mut registry, &readiness)?;
+    let admin = Admin::new(registry, readiness);
+    let stop = broker_common::serve::token_from(shutdown);
+    let routes = tonic::service::Routes::new(WriterGrpc::new(component.writer.clone()).into_server());
+    let served = broker_common::serve::serve(
+        routes,
+        &[service::WRITER_SERVICE_NAME],
+        &admin,
+        listeners,
+        stop.clone(),
+    );
+    let result = served.await;
+    broker_common::shutdown::within_grace(config.shutdown_grace, component.shutdown()).await;
+    result
+}

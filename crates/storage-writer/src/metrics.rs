@@ -1,0 +1,49 @@
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone)]
+pub struct WriterMetrics {
+    pub points: Counter,
+    pub failed_points: Counter,
+    pub pipelines: Counter,
+    pub pipeline_errors: Counter,
+    pub pipeline_seconds: Histogram,
+    pub pipeline_points: Histogram,
+    pub queued_points: Gauge,
+    pub inflight_pipelines: Gauge,
+}
+
+impl WriterMetrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            points: Counter::default(),
+            failed_points: Counter::default(),
+            pipelines: Counter::default(),
+            pipeline_errors: Counter::default(),
+            pipeline_seconds: Histogram::new(broker_common::admin::latency_buckets()),
+            pipeline_points: Histogram::new(broker_common::admin::size_buckets()),
+            queued_points: Gauge::default(),
+            inflight_pipelines: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("broker_writer");
+        r.register("points", "Points written to Redis", m.points.clone());
+        r.register("failed_points", "Points whose pipeline failed", m.failed_points.clone());
+        r.register("pipelines", "Redis pipelines sent", m.pipelines.clone());
+        r.register("pipeline_errors", "Redis pipelines that failed", m.pipeline_errors.clone());
+        r.register(
+            "pipeline_duration_seconds",
+            "Redis pipeline round trip latency",
+            m.pipeline_seconds.clone(),
+        );
+        r.register("pipeline_points", "Points per Redis pipeline", m.pipeline_points.clone());
+        r.register("queued_points", "Points accepted and not yet written", m.queued_points.clone());
+        r.register(
+            "inflight_pipelines",
+            "Redis pipelines awaiting a reply",
+            m.inflight_pipelines.clone(),
+        );
+        m
+    }
+}

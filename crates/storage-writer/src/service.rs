@@ -1,0 +1,97 @@
+//! The gRPC face of the writer and the client that hides local vs remote.
+
+use crate::error::WriterError;
+use crate::writer::Writer;
+use broker_proto::v1::writer_service_client::WriterServiceClient;
+use broker_proto::v1::writer_service_server::{WriterService, WriterServiceServer};
+use broker_proto::v1::{MetricBatch, WriteRequest, WriteResponse};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+pub const WRITER_SERVICE_NAME: &str = "broker.v1.WriterService";
+/// Internal messages can be as large as an agent's batch.
+pub const MAX_INTERNAL_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+pub struct WriterGrpc {
+    writer: Arc<Writer>,
+}
+
+impl WriterGrpc {
+    pub fn new(writer: Arc<Writer>) -> Self {
+        Self { writer }
+    }
+
+    pub fn into_server(self) -> WriterServiceServer<Self> {
+        WriterServiceServer::new(self)
+            .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+    }
+}
+
+#[tonic::async_trait]
+impl WriterService for WriterGrpc {
+    async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
+        let req = request.into_inner();
+        let batch = req.batch.unwrap_or_default();
+        self.writer.write(Arc::new(batch)).await?;
+        Ok(Response::new(WriteResponse { failed: vec![] }))
+    }
+}
+
+/// A writer, in this process or behind a gRPC channel.
+#[derive(Clone)]
+pub enum WriterClient {
+    Local(Arc<Writer>),
+    Remote { addr: String, client: WriterServiceClient<Channel> },
+}
+
+impl WriterClient {
+    pub fn local(writer: Arc<Writer>) -> Self {
+        WriterClient::Local(writer)
+    }
+
+    /// A lazily connecting channel to `addr` (`http://host:port`).
+    pub fn remote(addr: &str) -> Result<Self, WriterError> {
+        let endpoint = Endpoint::from_shared(addr.to_string())
+            .map_err(|e| WriterError::Unreachable(addr.into(), e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30));
+        let client = WriterServiceClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
+        Ok(WriterClient::Remote {
+            addr: addr.to_string(),
+            client,
+        })
+    }
+
+    /// Writes `batch`, routed under `ring_epoch`, within `timeout`.
+    pub async fn write(&self, batch: Arc<MetricBatch>, ring_epoch: u64, timeout: Duration) -> Result<(), Status> {
+        match self {
+            WriterClient::Local(w) => match tokio::time::timeout(timeout, w.write(batch)).await {
+                Ok(r) => r.map_err(Status::from),
+                Err(_) => Err(Status::deadline_exceeded(format!("local write exceeded {timeout:?}"))),
+            },
+            WriterClient::Remote { client, .. } => {
+                let mut req = Request::new(WriteRequest {
+                    // The router keeps its copy for retries.
+                    batch: Some((*batch).clone()),
+                    ring_epoch,
+                });
+                req.set_timeout(timeout);
+                let resp = client.clone().write(req).await?.into_inner();
+                match resp.failed.first() {
+                    None => Ok(()),
+                    Some(f) => Err(Status::unavailable(format!(
+                        "writer failed {} points, first: {}",
+                        resp.failed.len(),
+                        f.message
+                    ))),
+                }
+            }
+        }
+    }
+}
