@@ -520,7 +520,10 @@ mod tests {
         let err = AgentClient::connect(&config).await.unwrap_err();
         assert!(err.is_retryable());
         let msg = err.to_string();
-        assert!(msg.contains(&endpoints[0]) && msg.contains(&endpoints[1]), "{msg}");
+        assert!(
+            msg.contains(&endpoints[0]) && msg.contains(&endpoints[1]),
+            "{msg}"
+        );
         let AgentError::Unreachable { last, .. } = &err else {
             panic!("unexpected {err:?}");
         };

@@ -139,7 +139,7 @@ pub fn metric_name(metric_idx: usize) -> String {
 
 /// The labels a host carries when labels are on.
 pub fn labels(host_idx: usize) -> HashMap<String, String> {
-    let h = mix(host_idx as u64 ^ 0x1abe_15);
+    let h = mix(host_idx as u64 ^ 0x001a_be15);
     HashMap::from([
         (
             "region".to_string(),
@@ -300,7 +300,7 @@ mod tests {
                 let cpu = v(0) + v(1) + v(2);
                 assert!((cpu - 100.0).abs() < 0.02, "cpu adds to {cpu}");
                 let mem = v(3) + v(4);
-                assert!(mem >= 8.0 * GIB && mem <= 64.0 * GIB);
+                assert!((8.0 * GIB..=64.0 * GIB).contains(&mem));
                 assert!(v(5) <= 16.0 * 1.4);
                 assert!(v(40) < 1000.0);
             }

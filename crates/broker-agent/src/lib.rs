@@ -1,1 +1,30 @@
-//! placeholder
+//! The agent side of the broker's ingest protocol: a client for
+//! `MonitorService.SendMetrics`, a generator of realistic host snapshots, and
+//! the load loop behind the `broker-loadgen` binary.
+//!
+//! # Layout
+//! - [`client`]: [`AgentClient`], one bidirectional stream to a gateway with
+//!   endpoint failover on connect, a bounded window of outstanding batches
+//!   (backpressure) and acks matched to sends by sequence number.
+//! - [`generator`]: [`SnapshotGenerator`], batches whose every value is a pure
+//!   function of (host, timestamp, metric), so tests can recompute them.
+//! - [`load`]: [`run_load`], the bounded load loop (paced like real agents, at
+//!   a fixed rate, or as fast as acks allow) returning a [`LoadReport`].
+//! - [`report`]: ack classification, latency percentiles, progress lines and
+//!   the final report with its `--json` form.
+//! - [`error`]: [`AgentError`], the crate's one error type.
+//! - `src/bin/loadgen.rs`: the `broker-loadgen` command line.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod error;
+pub mod generator;
+pub mod load;
+pub mod report;
+
+pub use client::{AgentClient, ClientConfig, MAX_MESSAGE_BYTES};
+pub use error::AgentError;
+pub use generator::{SnapshotGenerator, host_id, metric_name, value};
+pub use load::{LoadConfig, Pacing, run_load, run_load_with};
+pub use report::{AckOutcome, JsonSummary, LatencySummary, LoadReport, Progress};

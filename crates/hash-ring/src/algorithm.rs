@@ -26,11 +26,13 @@ const STACK_KEY: usize = 256;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HashAlgorithm {
-    /// CRC32 (IEEE polynomial, `crc::CRC_32_ISO_HDLC`), compatible with the
-    /// original Go design.
-    #[default]
+    /// CRC32 (IEEE polynomial, `crc::CRC_32_ISO_HDLC`): the exact placement
+    /// of the original Go design, for compatibility with it. Its vnode
+    /// placement balances poorly (see `DEFAULT_VNODES` and
+    /// docs/adr/0001-ring-hash-default.md).
     Crc32,
-    /// xxh3-64 with seed 0, truncated to its low 32 bits.
+    /// xxh3-64 with seed 0, truncated to its low 32 bits. The default.
+    #[default]
     Xxh3,
 }
 
@@ -237,7 +239,7 @@ mod tests {
             assert_eq!(de.unwrap(), alg);
         }
         assert_eq!("XXH3".parse::<HashAlgorithm>(), Ok(HashAlgorithm::Xxh3));
-        assert_eq!(HashAlgorithm::default(), HashAlgorithm::Crc32);
+        assert_eq!(HashAlgorithm::default(), HashAlgorithm::Xxh3);
         let err = "md5".parse::<HashAlgorithm>().unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -27,7 +27,8 @@
 //! - [`port`]: [`free_port`] and the cluster-bus-aware variant.
 //! - [`error`]: the one error enum, [`RedisProcessError`], with lowercase
 //!   messages.
-//! - `resp`: a minimal blocking RESP2 client used for readiness probes.
+//! - `resp`: a minimal blocking RESP2 client used for readiness probes
+//!   (the wire format is `redis-protocol`'s RESP2 codec).
 //!
 //! # Binaries
 //! `redis-server` is `RedisOptions::binary`, else `$REDIS_SERVER`, else

@@ -1,45 +1,55 @@
 //! A minimal blocking RESP2 client over `std::net`, used for readiness
 //! probes (PING, INFO, CLUSTER INFO, SENTINEL ...) without spawning
 //! `redis-cli` in tight loops. Loopback only.
+//!
+//! The wire format is not hand-written: commands are encoded and replies
+//! decoded by the `redis-protocol` crate (RESP2); this module is only the
+//! blocking transport around it.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-/// One RESP2 reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Reply {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Option<Vec<Reply>>),
+use redis_protocol::error::RedisProtocolError;
+use redis_protocol::resp2::decode::decode;
+use redis_protocol::resp2::encode::encode_borrowed;
+use redis_protocol::resp2::types::BorrowedFrame;
+
+/// One RESP2 reply: the decoded `redis-protocol` frame. RESP2 nulls (`$-1`
+/// and `*-1`) both decode to `Reply::Null`.
+pub(crate) use redis_protocol::resp2::types::OwnedFrame as Reply;
+
+/// Text rendering of a [`Reply`].
+pub(crate) trait ReplyText {
+    /// The reply as text: simple strings, errors (prefixed), integers and
+    /// bulk strings; nulls are `(nil)`; arrays are joined with spaces.
+    fn text(&self) -> String;
 }
 
-impl Reply {
-    /// The reply as text: simple strings, errors (prefixed), integers and
-    /// bulk strings; arrays are joined with spaces.
-    pub(crate) fn text(&self) -> String {
+impl ReplyText for Reply {
+    fn text(&self) -> String {
         match self {
-            Reply::Simple(s) => s.clone(),
-            Reply::Error(e) => format!("error reply: {e}"),
-            Reply::Int(i) => i.to_string(),
-            Reply::Bulk(Some(b)) => String::from_utf8_lossy(b).into_owned(),
-            Reply::Bulk(None) | Reply::Array(None) => "(nil)".to_owned(),
-            Reply::Array(Some(items)) => {
-                items.iter().map(Reply::text).collect::<Vec<_>>().join(" ")
+            Reply::SimpleString(s) | Reply::BulkString(s) => {
+                String::from_utf8_lossy(s).into_owned()
             }
+            Reply::Error(e) => format!("error reply: {e}"),
+            Reply::Integer(i) => i.to_string(),
+            Reply::Null => "(nil)".to_owned(),
+            Reply::Array(items) => items.iter().map(Reply::text).collect::<Vec<_>>().join(" "),
         }
     }
 }
 
 /// A connection to 127.0.0.1:port with read/write timeouts.
 pub(crate) struct Conn {
-    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+    /// Bytes read but not yet consumed by a decoded frame.
+    buf: Vec<u8>,
 }
 
-const MAX_DEPTH: usize = 8;
-const MAX_BULK: usize = 64 * 1024 * 1024;
+/// Upper bound on one buffered reply; a larger one is rejected.
+const MAX_REPLY: usize = 64 * 1024 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
 
 impl Conn {
     pub(crate) fn connect(port: u16, timeout: Duration) -> io::Result<Conn> {
@@ -49,87 +59,60 @@ impl Conn {
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
         Ok(Conn {
-            reader: BufReader::new(stream),
+            stream,
+            buf: Vec::new(),
         })
     }
 
     /// Sends one command and reads its reply.
     pub(crate) fn command(&mut self, args: &[&str]) -> io::Result<Reply> {
-        let mut buf = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            buf.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            buf.extend_from_slice(arg.as_bytes());
-            buf.extend_from_slice(b"\r\n");
-        }
-        self.reader.get_mut().write_all(&buf)?;
-        self.read_reply(0)
+        let request = encode_command(args)?;
+        self.stream.write_all(&request)?;
+        self.read_reply()
     }
 
-    fn read_line(&mut self) -> io::Result<String> {
-        let mut line = String::new();
-        let n = self.reader.read_line(&mut line)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed by server",
-            ));
-        }
-        if !line.ends_with("\r\n") {
-            return Err(invalid("reply line not terminated by crlf"));
-        }
-        line.truncate(line.len() - 2);
-        Ok(line)
-    }
-
-    fn read_reply(&mut self, depth: usize) -> io::Result<Reply> {
-        if depth > MAX_DEPTH {
-            return Err(invalid("reply nested too deeply"));
-        }
-        let line = self.read_line()?;
-        let (kind, rest) = line
-            .split_at_checked(1)
-            .ok_or_else(|| invalid("empty reply line"))?;
-        match kind {
-            "+" => Ok(Reply::Simple(rest.to_owned())),
-            "-" => Ok(Reply::Error(rest.to_owned())),
-            ":" => Ok(Reply::Int(parse_int(rest)?)),
-            "$" => {
-                let len = parse_int(rest)?;
-                if len < 0 {
-                    return Ok(Reply::Bulk(None));
-                }
-                let len = usize::try_from(len).map_err(|_| invalid("bad bulk length"))?;
-                if len > MAX_BULK {
-                    return Err(invalid("bulk reply too large"));
-                }
-                let mut data = vec![0u8; len + 2];
-                self.reader.read_exact(&mut data)?;
-                if &data[len..] != b"\r\n" {
-                    return Err(invalid("bulk reply not terminated by crlf"));
-                }
-                data.truncate(len);
-                Ok(Reply::Bulk(Some(data)))
+    /// Reads until the buffer holds one complete frame, then decodes it.
+    fn read_reply(&mut self) -> io::Result<Reply> {
+        let mut chunk = vec![0u8; READ_CHUNK];
+        loop {
+            if let Some((frame, used)) = decode(&self.buf).map_err(protocol_error)? {
+                self.buf.drain(..used);
+                return Ok(frame);
             }
-            "*" => {
-                let len = parse_int(rest)?;
-                if len < 0 {
-                    return Ok(Reply::Array(None));
-                }
-                let len = usize::try_from(len).map_err(|_| invalid("bad array length"))?;
-                let mut items = Vec::with_capacity(len.min(1024));
-                for _ in 0..len {
-                    items.push(self.read_reply(depth + 1)?);
-                }
-                Ok(Reply::Array(Some(items)))
+            if self.buf.len() > MAX_REPLY {
+                return Err(invalid("reply too large"));
             }
-            other => Err(invalid(&format!("unexpected reply type {other:?}"))),
+            let n = match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed by server",
+                    ));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 }
 
-fn parse_int(s: &str) -> io::Result<i64> {
-    s.parse()
-        .map_err(|_| invalid(&format!("bad integer {s:?} in reply")))
+/// A command as a RESP2 array of bulk strings.
+fn encode_command(args: &[&str]) -> io::Result<Vec<u8>> {
+    let parts: Vec<BorrowedFrame<'_>> = args
+        .iter()
+        .map(|arg| BorrowedFrame::BulkString(arg.as_bytes()))
+        .collect();
+    let frame = BorrowedFrame::Array(&parts);
+    let mut out = vec![0u8; frame.encode_len(false)];
+    let len = encode_borrowed(&mut out, &frame, false).map_err(protocol_error)?;
+    out.truncate(len);
+    Ok(out)
+}
+
+fn protocol_error(e: RedisProtocolError) -> io::Error {
+    invalid(&format!("resp2 protocol error: {e}"))
 }
 
 fn invalid(msg: &str) -> io::Error {
@@ -150,48 +133,87 @@ mod tests {
     use std::net::TcpListener;
     use std::thread;
 
-    /// Serves `canned` to the first connection and returns what it read.
-    fn replies(canned: &'static [u8], args: &[&str]) -> io::Result<Reply> {
+    /// Serves `chunks` (written separately, with a pause between them) to
+    /// the first connection; returns the reply and the bytes the client sent.
+    fn exchange(chunks: Vec<&'static [u8]>, args: &[&str]) -> (io::Result<Reply>, Vec<u8>) {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
             let mut buf = [0u8; 256];
             let n = stream.read(&mut buf).unwrap();
-            stream.write_all(canned).unwrap();
+            for (i, chunk) in chunks.iter().enumerate() {
+                if i > 0 {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                stream.write_all(chunk).unwrap();
+                stream.flush().unwrap();
+            }
             buf[..n].to_vec()
         });
-        let reply = Conn::connect(port, Duration::from_secs(2))?.command(args);
-        let sent = server.join().unwrap();
+        let reply = Conn::connect(port, Duration::from_secs(2)).and_then(|mut c| c.command(args));
+        (reply, server.join().unwrap())
+    }
+
+    fn replies(canned: &'static [u8], args: &[&str]) -> io::Result<Reply> {
+        let (reply, sent) = exchange(vec![canned], args);
         assert!(sent.starts_with(format!("*{}\r\n", args.len()).as_bytes()));
         reply
+    }
+
+    #[test]
+    fn encodes_commands_as_bulk_string_arrays() {
+        assert_eq!(
+            encode_command(&["GET", "k"]).unwrap(),
+            b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+        );
+        let (_, sent) = exchange(vec![b"+OK\r\n"], &["SET", "key", ""]);
+        assert_eq!(sent, b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$0\r\n\r\n");
     }
 
     #[test]
     fn parses_every_reply_kind() {
         assert_eq!(
             replies(b"+PONG\r\n", &["PING"]).unwrap(),
-            Reply::Simple("PONG".into())
+            Reply::SimpleString(b"PONG".to_vec())
         );
-        assert_eq!(
-            replies(b"-LOADING busy\r\n", &["PING"]).unwrap(),
-            Reply::Error("LOADING busy".into())
-        );
-        assert_eq!(replies(b":42\r\n", &["DBSIZE"]).unwrap(), Reply::Int(42));
-        assert_eq!(
-            replies(b"$-1\r\n", &["GET", "k"]).unwrap(),
-            Reply::Bulk(None)
-        );
+        let err = replies(b"-LOADING busy\r\n", &["PING"]).unwrap();
+        assert_eq!(err, Reply::Error("LOADING busy".into()));
+        assert_eq!(err.text(), "error reply: LOADING busy");
+        let int = replies(b":42\r\n", &["DBSIZE"]).unwrap();
+        assert_eq!(int, Reply::Integer(42));
+        assert_eq!(int.text(), "42");
+        let nil = replies(b"$-1\r\n", &["GET", "k"]).unwrap();
+        assert_eq!(nil, Reply::Null);
+        assert_eq!(nil.text(), "(nil)");
         let arr = replies(b"*2\r\n$9\r\n127.0.0.1\r\n$4\r\n6379\r\n", &["SENTINEL"]).unwrap();
         assert_eq!(arr.text(), "127.0.0.1 6379");
-        assert_eq!(replies(b"*-1\r\n", &["X"]).unwrap(), Reply::Array(None));
+        assert_eq!(replies(b"*-1\r\n", &["X"]).unwrap(), Reply::Null);
+    }
+
+    #[test]
+    fn buffers_a_reply_split_across_reads() {
+        let (reply, _) = exchange(
+            vec![b"*2\r\n$9\r\n127.0", b".0.1\r\n$4\r", b"\n6379\r\n"],
+            &["SENTINEL"],
+        );
+        assert_eq!(
+            reply.unwrap(),
+            Reply::Array(vec![
+                Reply::BulkString(b"127.0.0.1".to_vec()),
+                Reply::BulkString(b"6379".to_vec()),
+            ])
+        );
     }
 
     #[test]
     fn rejects_garbage_and_eof() {
-        assert!(replies(b"?what\r\n", &["PING"]).is_err());
-        assert!(replies(b"$5\r\nab\r\n", &["GET", "k"]).is_err());
-        assert!(replies(b"", &["PING"]).is_err());
+        let garbage = replies(b"?what\r\n", &["PING"]).unwrap_err();
+        assert_eq!(garbage.kind(), io::ErrorKind::InvalidData);
+        let short = replies(b"$5\r\nab\r\n", &["GET", "k"]).unwrap_err();
+        assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
+        let closed = replies(b"", &["PING"]).unwrap_err();
+        assert_eq!(closed.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::RedisProcessError;
-use crate::resp::Reply;
+use crate::resp::{Reply, ReplyText};
 use crate::server::RedisServer;
 
 /// The service name the sentinel monitors the master under.
@@ -74,7 +74,7 @@ impl RedisSentinel {
             "get-master-addr-by-name",
             SENTINEL_SERVICE_NAME,
         ])? {
-            Reply::Array(Some(items)) => items.iter().map(Reply::text).collect(),
+            Reply::Array(items) => items.iter().map(Reply::text).collect(),
             other => vec![other.text()],
         };
         let flags =
@@ -82,7 +82,7 @@ impl RedisSentinel {
                 .sentinel
                 .command_reply(&["SENTINEL", "master", SENTINEL_SERVICE_NAME])?
             {
-                Reply::Array(Some(items)) => items
+                Reply::Array(items) => items
                     .chunks(2)
                     .find(|kv| kv[0].text() == "flags")
                     .and_then(|kv| kv.get(1))

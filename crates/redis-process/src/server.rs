@@ -12,7 +12,7 @@ use tempfile::TempDir;
 
 use crate::error::RedisProcessError;
 use crate::port::{free_port, free_port_with_bus};
-use crate::resp::{Conn, Reply, info_lookup};
+use crate::resp::{Conn, Reply, ReplyText, info_lookup};
 
 /// How long a server may take to answer PING after it was spawned.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -439,11 +439,11 @@ fn probe(port: u16, pid: u32) -> bool {
     let Ok(mut conn) = Conn::connect(port, PROBE_TIMEOUT) else {
         return false;
     };
-    if !matches!(conn.command(&["PING"]), Ok(Reply::Simple(ref s)) if s == "PONG") {
+    if !matches!(conn.command(&["PING"]), Ok(Reply::SimpleString(ref s)) if s == b"PONG") {
         return false;
     }
     match conn.command(&["INFO", "server"]) {
-        Ok(Reply::Bulk(Some(info))) => {
+        Ok(Reply::BulkString(info)) => {
             let info = String::from_utf8_lossy(&info);
             info_lookup(&info, "process_id").as_deref() == Some(pid.to_string().as_str())
         }

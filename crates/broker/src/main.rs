@@ -1,0 +1,108 @@
+//! `broker`: run any set of services in one process.
+//!
+//! - `broker up`: every service plus a local redis-server child (unless
+//!   `writer.redis_url` is set), with a banner of the endpoints.
+//! - `broker run --service ingest-gateway --service ...`: the named services
+//!   (default: all) with the given config.
+
+use broker_common::cli::ConfigArgs;
+use broker_common::{BrokerConfig, Listeners, Service};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "broker", version, about = "Monitoring broker: ingest-gateway, shard-router and storage-writer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every service locally, launching a redis-server child on a free
+    /// loopback port when no writer.redis_url is configured.
+    Up {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Keep Redis's data in an append-only file in this directory
+        /// (default: a temporary directory, no persistence).
+        #[arg(long, value_name = "DIR")]
+        redis_dir: Option<std::path::PathBuf>,
+    },
+    /// Run the given services with the given config.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// A service to run (repeatable). Default: all of them.
+        #[arg(long = "service", value_name = "NAME")]
+        services: Vec<Service>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Up { config, redis_dir } => {
+            let config = config.load_or_exit();
+            runtime(|| up(config, redis_dir))
+        }
+        Command::Run { config, services } => {
+            let config = config.load_or_exit();
+            let services = if services.is_empty() { Service::ALL.to_vec() } else { services };
+            runtime(|| async move {
+                let _guard = broker_common::telemetry::init(&config.telemetry, "broker")?;
+                let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
+                broker::run(config, &services, listeners, broker_common::shutdown::signal()).await
+            })
+        }
+    };
+    std::process::exit(code);
+}
+
+fn runtime<F, Fut>(f: F) -> i32
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(f()) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+async fn up(mut config: BrokerConfig, redis_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let _guard = broker_common::telemetry::init(&config.telemetry, "broker")?;
+    let _redis = if config.writer.redis_url.is_empty() {
+        let mut opts = redis_process::RedisOptions::default();
+        if let Some(dir) = redis_dir {
+            std::fs::create_dir_all(&dir)?;
+            opts.appendonly = true;
+            opts.extra_args = vec!["--dir".into(), dir.display().to_string()];
+        }
+        let server = redis_process::RedisServer::start_with(opts)
+            .map_err(|e| anyhow::anyhow!("launching redis-server: {e}"))?;
+        config.writer.redis_url = server.url();
+        Some(server)
+    } else {
+        None
+    };
+    let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
+    let grpc = listeners.grpc_addr();
+    let http = listeners.http_addr();
+    eprintln!(
+        "\nbroker is up (ingest-gateway, shard-router, storage-writer in one process)\n\
+         \x20 agents (gRPC MonitorService): http://{grpc}\n\
+         \x20 health / ready / metrics:     http://{http}/health  /ready  /metrics\n\
+         \x20 redis:                        {redis}\n\
+         \x20 try: cargo run --release --bin broker-loadgen -- --endpoints http://{grpc} --hosts 1000 --interval 5s --duration 60s\n\
+         \x20 stop: Ctrl-C (drains and flushes)\n",
+        redis = config.writer.redis_url,
+    );
+    broker::run(config, &Service::ALL, listeners, broker_common::shutdown::signal()).await
+}
