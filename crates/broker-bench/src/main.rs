@@ -1,0 +1,342 @@
+//! `broker-bench`: benchmarks that start a real Redis and the real services
+//! and print figures. Not tests: nothing here asserts a speed.
+//!
+//! - `broker-bench ingest`: the Redis ceiling for our command mix, the
+//!   all-in-one broker (`mono`) and separate gateway/router/writer
+//!   processes (`micro`) on the same Redis, Redis memory per point. Ends
+//!   with one JSON line on stdout.
+//!
+//! The service processes are this same binary re-executed with the hidden
+//! `serve` subcommand (the all-in-one `broker::run`), so the bench needs
+//! nothing else built.
+
+#![forbid(unsafe_code)]
+
+use anyhow::Context;
+use broker_agent::generator::SnapshotGenerator;
+use broker_agent::load::{LoadConfig, Pacing, run_load};
+use broker_common::{Listeners, Service};
+use clap::{Parser, Subcommand};
+use redis_process::RedisServer;
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use storage_writer::layout::{KeyLayout, SeedLayout};
+
+#[derive(Parser)]
+#[command(name = "broker-bench", about = "Broker benchmarks (they print figures; they assert nothing)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Ingest throughput: Redis ceiling vs all-in-one vs separate processes.
+    Ingest(IngestArgs),
+    /// Internal: run broker services (used by `ingest` for its children).
+    #[command(hide = true)]
+    Serve {
+        #[command(flatten)]
+        config: broker_common::cli::ConfigArgs,
+        #[arg(long = "service")]
+        services: Vec<Service>,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct IngestArgs {
+    /// Simulated hosts.
+    #[arg(long, default_value_t = 1000)]
+    hosts: usize,
+    /// Metrics per point.
+    #[arg(long, default_value_t = 32)]
+    metrics: usize,
+    /// Points per agent batch.
+    #[arg(long, default_value_t = 500)]
+    batch_hosts: usize,
+    /// Agent streams.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Outstanding batches per stream.
+    #[arg(long, default_value_t = 8)]
+    window: usize,
+    /// Load time of each of mono and micro.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Points sent raw to Redis for the ceiling.
+    #[arg(long, default_value_t = 400_000)]
+    ceiling_points: usize,
+    /// Skip a phase: ceiling, mono or micro (repeatable).
+    #[arg(long)]
+    skip: Vec<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Serve { config, services } => {
+            let config = config.load_or_exit();
+            let services = if services.is_empty() { Service::ALL.to_vec() } else { services };
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async move {
+                let _guard = broker_common::telemetry::init(&config.telemetry, "broker-bench-serve")?;
+                let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
+                broker::run(config, &services, listeners, broker_common::shutdown::signal()).await
+            })
+        }
+        Cmd::Ingest(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(ingest(args))
+        }
+    }
+}
+
+/// A service child process, killed (SIGTERM then wait) on drop.
+struct Child_ {
+    child: Child,
+}
+
+impl Drop for Child_ {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn port() -> anyhow::Result<u16> {
+    Ok(redis_process::free_port()?)
+}
+
+fn spawn_serve(services: &[&str], grpc: u16, extra: &[String]) -> anyhow::Result<Child_> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve");
+    for s in services {
+        cmd.args(["--service", s]);
+    }
+    cmd.args(["--grpc-listen", &format!("127.0.0.1:{grpc}")]);
+    cmd.args(["--http-listen", &format!("127.0.0.1:{}", port()?)]);
+    cmd.args(["--set", "telemetry.log_level=warn"]);
+    cmd.args(extra);
+    cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+    Ok(Child_ { child: cmd.spawn()? })
+}
+
+async fn wait_serving(grpc: u16) -> anyhow::Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let addr = format!("http://127.0.0.1:{grpc}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(ch) = tonic::transport::Endpoint::from_shared(addr.clone())?.connect().await
+            && let Ok(r) = HealthClient::new(ch)
+                .check(HealthCheckRequest { service: String::new() })
+                .await
+            && r.into_inner().status == 1
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{addr} did not become healthy in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Phase {
+    name: &'static str,
+    points: u64,
+    secs: f64,
+    ack_p99_ms: Option<f64>,
+}
+
+impl Phase {
+    fn pps(&self) -> f64 {
+        self.points as f64 / self.secs
+    }
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let redis = RedisServer::start().context("starting redis-server")?;
+    eprintln!("redis-server {} (no persistence)", redis.url());
+    let mut phases: Vec<Phase> = Vec::new();
+    let skip = |p: &str| args.skip.iter().any(|s| s == p);
+
+    if !skip("ceiling") {
+        phases.push(ceiling(&redis, &args)?);
+    }
+    let mut bytes_per_point = None;
+    if !skip("mono") {
+        redis.command(&["FLUSHALL"])?;
+        let before: f64 = redis.info_field("memory", "used_memory")?.parse()?;
+        let grpc = port()?;
+        let child = spawn_serve(&[], grpc, &["--redis-url".into(), redis.url()])?;
+        wait_serving(grpc).await?;
+        let phase = load("mono", &args, vec![format!("http://127.0.0.1:{grpc}")]).await?;
+        drop(child);
+        let after: f64 = redis.info_field("memory", "used_memory")?.parse()?;
+        let keys: u64 = redis.command(&["DBSIZE"])?.parse()?;
+        let stored = keys.saturating_sub(2 * args.hosts as u64);
+        if stored > 0 {
+            bytes_per_point = Some((after - before) / stored as f64);
+        }
+        eprintln!("mono: {stored} points stored in redis (acked {})", phase.points);
+        phases.push(phase);
+    }
+    if !skip("micro") {
+        redis.command(&["FLUSHALL"])?;
+        let (wg, rg, gg) = (port()?, port()?, port()?);
+        let writer = spawn_serve(
+            &["storage-writer"],
+            wg,
+            &["--redis-url".into(), redis.url(), "--node-id".into(), "writer-1".into()],
+        )?;
+        let router = spawn_serve(
+            &["shard-router"],
+            rg,
+            &["--set".into(), format!("router.writers=[{{id: writer-1, addr: 'http://127.0.0.1:{wg}'}}]")],
+        )?;
+        let gateway = spawn_serve(
+            &["ingest-gateway"],
+            gg,
+            &["--set".into(), format!("gateway.routers=['http://127.0.0.1:{rg}']")],
+        )?;
+        for p in [wg, rg, gg] {
+            wait_serving(p).await?;
+        }
+        let phase = load("micro", &args, vec![format!("http://127.0.0.1:{gg}")]).await?;
+        drop(gateway);
+        drop(router);
+        drop(writer);
+        phases.push(phase);
+    }
+
+    let get = |n: &str| phases.iter().find(|p| p.name == n);
+    let ceiling_pps = get("ceiling").map(Phase::pps);
+    eprintln!();
+    eprintln!("{:<10} {:>12} {:>10} {:>12} {:>10} {:>10}", "phase", "points", "seconds", "points/s", "ratio", "ack p99");
+    for p in &phases {
+        eprintln!(
+            "{:<10} {:>12} {:>10.2} {:>12.0} {:>10} {:>10}",
+            p.name,
+            p.points,
+            p.secs,
+            p.pps(),
+            ceiling_pps.map_or("-".into(), |c| format!("{:.2}", p.pps() / c)),
+            p.ack_p99_ms.map_or("-".into(), |v| format!("{v:.1} ms")),
+        );
+    }
+    if let Some(b) = bytes_per_point {
+        eprintln!("redis memory per stored point: {b:.0} bytes ({} metrics per point)", args.metrics);
+    }
+    let ratio = |n: &str| match (get(n), ceiling_pps) {
+        (Some(p), Some(c)) => serde_json::json!(p.pps() / c),
+        _ => serde_json::Value::Null,
+    };
+    let json = serde_json::json!({
+        "ceiling_pps": ceiling_pps,
+        "mono_pps": get("mono").map(Phase::pps),
+        "micro_pps": get("micro").map(Phase::pps),
+        "mono_ratio": ratio("mono"),
+        "micro_ratio": ratio("micro"),
+        "ack_p99_ms": get("mono").and_then(|p| p.ack_p99_ms),
+        "micro_ack_p99_ms": get("micro").and_then(|p| p.ack_p99_ms),
+        "redis_bytes_per_point": bytes_per_point,
+        "metrics_per_point": args.metrics,
+    });
+    println!("{json}");
+    Ok(())
+}
+
+/// The same command mix the writer sends, for the same kind of points,
+/// pre-encoded as RESP and piped raw into Redis with `redis-cli --pipe`.
+fn ceiling(redis: &RedisServer, args: &IngestArgs) -> anyhow::Result<Phase> {
+    use bytes::BytesMut;
+    use redis_protocol::resp2::types::BytesFrame;
+    redis.command(&["FLUSHALL"])?;
+    let generator = SnapshotGenerator::new(args.hosts, args.metrics);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let rounds = args.ceiling_points.div_ceil(args.hosts);
+    let mut buf = BytesMut::with_capacity(args.ceiling_points * 1200);
+    let mut commands = Vec::new();
+    let mut points = 0u64;
+    for round in 0..rounds {
+        for range in generator.batch_ranges(args.batch_hosts) {
+            let batch = generator.batch(now - round as i64, range);
+            points += batch.points.len() as u64;
+            commands.clear();
+            SeedLayout.write_commands(&[&batch], 7 * 86_400, now, &mut commands);
+            for c in commands.drain(..) {
+                let mut items = Vec::with_capacity(1 + c.args.len());
+                items.push(BytesFrame::BulkString(bytes::Bytes::from_static(c.name.as_bytes())));
+                items.extend(c.args.into_iter().map(BytesFrame::BulkString));
+                redis_protocol::resp2::encode::extend_encode(&mut buf, &BytesFrame::Array(items), false)?;
+            }
+        }
+    }
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("ceiling.resp");
+    std::fs::File::create(&path)?.write_all(&buf)?;
+    eprintln!(
+        "ceiling: {points} points as {} MiB of RESP, piping into redis",
+        buf.len() >> 20
+    );
+    let started = Instant::now();
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &redis.port().to_string(), "--pipe"])
+        .stdin(std::fs::File::open(&path)?)
+        .output()
+        .context("running redis-cli --pipe")?;
+    let secs = started.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success() && text.contains("errors: 0"),
+        "redis-cli --pipe failed: {text}"
+    );
+    Ok(Phase {
+        name: "ceiling",
+        points,
+        secs,
+        ack_p99_ms: None,
+    })
+}
+
+async fn load(name: &'static str, args: &IngestArgs, endpoints: Vec<String>) -> anyhow::Result<Phase> {
+    eprintln!("{name}: load for {:?}", args.duration);
+    let report = run_load(LoadConfig {
+        endpoints,
+        hosts: args.hosts,
+        metrics: args.metrics,
+        batch_hosts: args.batch_hosts,
+        connections: args.connections,
+        window: args.window,
+        pacing: Pacing::Max,
+        duration: Some(args.duration),
+        max_points: None,
+        labels: false,
+        print_progress: true,
+        ..LoadConfig::default()
+    })
+    .await?;
+    anyhow::ensure!(
+        report.failed == 0 && report.rejected == 0,
+        "{name}: {} points failed, {} rejected",
+        report.failed,
+        report.rejected
+    );
+    Ok(Phase {
+        name,
+        points: report.acked,
+        secs: report.elapsed.as_secs_f64(),
+        ack_p99_ms: Some(report.latency.p99_ms),
+    })
+}
