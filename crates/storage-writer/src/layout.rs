@@ -122,6 +122,8 @@ impl KeyLayout for SeedLayout {
         let mut hosts: HashMap<&str, HostAgg<'_>> = HashMap::new();
         for batch in batches {
             let names = &batch.metric_names;
+            // One shared buffer per name per batch; points clone the handle.
+            let name_args: Vec<Bytes> = names.iter().map(|n| Bytes::copy_from_slice(n.as_bytes())).collect();
             for p in &batch.points {
                 let key_len = p.host_id.len() + 40;
                 let mut a = Args::with_capacity(key_len + p.values.len() * 40, 1 + 2 * p.values.len());
@@ -129,11 +131,12 @@ impl KeyLayout for SeedLayout {
                 let ts = fmt_i64(&mut tsb, p.timestamp);
                 a.push_key(&[b"monitor:metrics:{", p.host_id.as_bytes(), b"}:", ts]);
                 let key = a.args[0].clone();
-                for (name, v) in p.metrics(names) {
+                for (i, v) in p.values.iter().enumerate() {
+                    let ix = if p.name_index.is_empty() { i } else { p.name_index[i] as usize };
                     // The gateway rejected points with bad name indexes.
-                    let Some(name) = name else { continue };
-                    a.push(name.as_bytes());
-                    a.push_f64(v);
+                    let Some(name) = name_args.get(ix) else { continue };
+                    a.args.push(name.clone());
+                    a.push_f64(*v);
                 }
                 out.push(a.done("HSET"));
                 out.push(Command {

@@ -245,6 +245,8 @@ pub fn redis_pool(url: &str, size: usize, timeout: Duration) -> Result<Pool, Wri
     let pool = fred::types::Builder::from_config(config)
         .with_performance_config(|p| {
             p.default_command_timeout = timeout;
+            // Pipelines hold thousands of commands: flush the socket less often.
+            p.max_feed_count = 1_000;
         })
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(5);
