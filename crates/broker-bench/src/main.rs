@@ -76,6 +76,10 @@ struct IngestArgs {
     /// Skip a phase: ceiling, mono or micro (repeatable).
     #[arg(long)]
     skip: Vec<String>,
+    /// Extra `KEY=VALUE` config for every broker process, e.g.
+    /// `--broker-set writer.pool_size=2` (repeatable).
+    #[arg(long = "broker-set", value_name = "KEY=VALUE")]
+    broker_set: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -122,7 +126,7 @@ fn port() -> anyhow::Result<u16> {
     Ok(redis_process::free_port()?)
 }
 
-fn spawn_serve(services: &[&str], grpc: u16, extra: &[String]) -> anyhow::Result<Child_> {
+fn spawn_serve(args: &IngestArgs, services: &[&str], grpc: u16, extra: &[String]) -> anyhow::Result<Child_> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("serve");
@@ -133,6 +137,9 @@ fn spawn_serve(services: &[&str], grpc: u16, extra: &[String]) -> anyhow::Result
     cmd.args(["--http-listen", &format!("127.0.0.1:{}", port()?)]);
     cmd.args(["--set", "telemetry.log_level=warn"]);
     cmd.args(extra);
+    for kv in &args.broker_set {
+        cmd.args(["--set", kv]);
+    }
     cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
     Ok(Child_ { child: cmd.spawn()? })
 }
@@ -183,7 +190,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         redis.command(&["FLUSHALL"])?;
         let before: f64 = redis.info_field("memory", "used_memory")?.parse()?;
         let grpc = port()?;
-        let child = spawn_serve(&[], grpc, &["--redis-url".into(), redis.url()])?;
+        let child = spawn_serve(&args, &[], grpc, &["--redis-url".into(), redis.url()])?;
         wait_serving(grpc).await?;
         let phase = load("mono", &args, vec![format!("http://127.0.0.1:{grpc}")]).await?;
         drop(child);
@@ -200,16 +207,19 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         redis.command(&["FLUSHALL"])?;
         let (wg, rg, gg) = (port()?, port()?, port()?);
         let writer = spawn_serve(
+            &args,
             &["storage-writer"],
             wg,
             &["--redis-url".into(), redis.url(), "--node-id".into(), "writer-1".into()],
         )?;
         let router = spawn_serve(
+            &args,
             &["shard-router"],
             rg,
             &["--set".into(), format!("router.writers=[{{id: writer-1, addr: 'http://127.0.0.1:{wg}'}}]")],
         )?;
         let gateway = spawn_serve(
+            &args,
             &["ingest-gateway"],
             gg,
             &["--set".into(), format!("gateway.routers=['http://127.0.0.1:{rg}']")],
@@ -272,23 +282,42 @@ fn ceiling(redis: &RedisServer, args: &IngestArgs) -> anyhow::Result<Phase> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;
     let rounds = args.ceiling_points.div_ceil(args.hosts);
+    // Group batches into pipelines the way the writer does (up to
+    // writer.batch_max_points points each), so per-host commands are
+    // shared across batches exactly as far as the writer can share them:
+    // the ceiling gets the writer's cheapest possible command mix.
+    let per_pipeline = broker_common::config::WriterConfig::default().batch_max_points;
     let mut buf = BytesMut::with_capacity(args.ceiling_points * 1200);
     let mut commands = Vec::new();
     let mut points = 0u64;
+    let mut group = Vec::new();
+    let mut group_points = 0;
+    let mut flush = |group: &mut Vec<broker_proto::v1::MetricBatch>, buf: &mut BytesMut| -> anyhow::Result<()> {
+        let refs: Vec<_> = group.iter().collect();
+        commands.clear();
+        SeedLayout.write_commands(&refs, 7 * 86_400, now, &mut commands);
+        for c in commands.drain(..) {
+            let mut items = Vec::with_capacity(1 + c.args.len());
+            items.push(BytesFrame::BulkString(bytes::Bytes::from_static(c.name.as_bytes())));
+            items.extend(c.args.into_iter().map(BytesFrame::BulkString));
+            redis_protocol::resp2::encode::extend_encode(buf, &BytesFrame::Array(items), false)?;
+        }
+        group.clear();
+        Ok(())
+    };
     for round in 0..rounds {
         for range in generator.batch_ranges(args.batch_hosts) {
             let batch = generator.batch(now - round as i64, range);
             points += batch.points.len() as u64;
-            commands.clear();
-            SeedLayout.write_commands(&[&batch], 7 * 86_400, now, &mut commands);
-            for c in commands.drain(..) {
-                let mut items = Vec::with_capacity(1 + c.args.len());
-                items.push(BytesFrame::BulkString(bytes::Bytes::from_static(c.name.as_bytes())));
-                items.extend(c.args.into_iter().map(BytesFrame::BulkString));
-                redis_protocol::resp2::encode::extend_encode(&mut buf, &BytesFrame::Array(items), false)?;
+            group_points += batch.points.len();
+            group.push(batch);
+            if group_points >= per_pipeline {
+                flush(&mut group, &mut buf)?;
+                group_points = 0;
             }
         }
     }
+    flush(&mut group, &mut buf)?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("ceiling.resp");
     std::fs::File::create(&path)?.write_all(&buf)?;

@@ -40,11 +40,13 @@ pub const DEFAULT_RETRY_ATTEMPTS: usize = 3;
 pub const DEFAULT_RETRY_INITIAL_BACKOFF: Duration = Duration::from_secs(1);
 pub const DEFAULT_RETRY_MAX_BACKOFF: Duration = Duration::from_secs(4);
 
-pub const DEFAULT_REDIS_POOL_SIZE: usize = 4;
-pub const DEFAULT_BATCH_MAX_POINTS: usize = 2_000;
+/// Measured with `broker-bench ingest`: two connections kept Redis busier
+/// than four (fewer, fuller pipelines), see docs/benchmarks.md.
+pub const DEFAULT_REDIS_POOL_SIZE: usize = 2;
+pub const DEFAULT_BATCH_MAX_POINTS: usize = 5_000;
 pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(2);
 pub const DEFAULT_MAX_QUEUED_POINTS: usize = 100_000;
-pub const DEFAULT_MAX_CONCURRENT_PIPELINES: usize = 8;
+pub const DEFAULT_MAX_CONCURRENT_PIPELINES: usize = 4;
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Prefix of environment overrides: `BROKER_WRITER__REDIS_URL=...` sets

@@ -47,7 +47,7 @@ impl WriterComponent {
         );
         let layout = layout::by_name(&w.layout)
             .ok_or_else(|| anyhow::anyhow!("writer.layout: unknown layout {:?}", w.layout))?;
-        let pool = writer::redis_pool(&w.redis_url, w.pool_size, w.redis_timeout)?;
+        let pool = writer::redis_pool(&w.redis_url, w.pool_size)?;
         let metrics = metrics::WriterMetrics::new(registry);
         let writer = Writer::start(w, config.ttl, pool.clone(), layout, metrics);
         readiness.set("storage-writer", false);

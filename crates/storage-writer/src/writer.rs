@@ -239,12 +239,14 @@ pub async fn execute(client: &fred::clients::Client, commands: Vec<Command>) -> 
 /// Builds the Redis pool for `url` (`redis://`, `redis-cluster://`,
 /// `redis-sentinel://`) and starts connecting; reconnects forever with
 /// exponential backoff.
-pub fn redis_pool(url: &str, size: usize, timeout: Duration) -> Result<Pool, WriterError> {
+pub fn redis_pool(url: &str, size: usize) -> Result<Pool, WriterError> {
     let config = fred::types::config::Config::from_url(url)
         .map_err(|e| WriterError::Redis(format!("writer.redis_url {url:?}: {e}")))?;
     let pool = fred::types::Builder::from_config(config)
         .with_performance_config(|p| {
-            p.default_command_timeout = timeout;
+            // No per-command timer: a pipeline has thousands of commands and
+            // the whole round trip is bounded by `redis_timeout` instead.
+            p.default_command_timeout = Duration::ZERO;
             // Pipelines hold thousands of commands: flush the socket less often.
             p.max_feed_count = 1_000;
         })
