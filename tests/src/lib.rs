@@ -24,7 +24,10 @@ pub use redis_process::{RedisCluster, RedisSentinel, RedisServer};
 
 /// Seconds since the epoch, now.
 pub fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// A configuration for tests: Redis at `redis_url`, fast retries.
@@ -114,11 +117,16 @@ pub fn metric_names(n: usize) -> Vec<String> {
 /// Opens one agent stream, sends `batches` and returns their acks in
 /// sequence order. Panics if the stream fails.
 pub async fn send_batches(endpoint: &str, batches: Vec<MetricBatch>) -> Vec<BatchAck> {
-    try_send_batches(endpoint, batches).await.expect("agent stream")
+    try_send_batches(endpoint, batches)
+        .await
+        .expect("agent stream")
 }
 
 /// As [`send_batches`], returning the stream's error status if it fails.
-pub async fn try_send_batches(endpoint: &str, batches: Vec<MetricBatch>) -> Result<Vec<BatchAck>, tonic::Status> {
+pub async fn try_send_batches(
+    endpoint: &str,
+    batches: Vec<MetricBatch>,
+) -> Result<Vec<BatchAck>, tonic::Status> {
     let mut client = MonitorServiceClient::connect(endpoint.to_string())
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?
@@ -146,7 +154,9 @@ pub struct Reader {
 impl Reader {
     pub async fn connect(url: &str) -> Self {
         let config = fred::types::config::Config::from_url(url).expect("redis url");
-        let client = fred::types::Builder::from_config(config).build().expect("client");
+        let client = fred::types::Builder::from_config(config)
+            .build()
+            .expect("client");
         client.init().await.expect("connect to redis");
         Self { client }
     }
@@ -168,7 +178,11 @@ impl Reader {
     }
 
     pub async fn exists(&self, key: &str) -> bool {
-        self.cmd(&["EXISTS", key]).await.convert::<i64>().expect("int") == 1
+        self.cmd(&["EXISTS", key])
+            .await
+            .convert::<i64>()
+            .expect("int")
+            == 1
     }
 
     pub async fn ttl(&self, key: &str) -> i64 {
@@ -229,7 +243,10 @@ pub async fn write_and_verify(endpoint: &str, redis_url: &str, hosts: usize) {
         let index = format!("monitor:index:metrics:{{{host}}}");
         assert_eq!(
             r.zrange_withscores(&index).await,
-            vec![(ts.to_string(), ts as f64), ((ts + 5).to_string(), (ts + 5) as f64)]
+            vec![
+                (ts.to_string(), ts as f64),
+                ((ts + 5).to_string(), (ts + 5) as f64)
+            ]
         );
         let meta = r.hgetall(&format!("monitor:hosts:{{{host}}}")).await;
         assert_eq!(meta["last_seen"], (ts + 5).to_string());

@@ -50,8 +50,16 @@ async fn rewriting_a_point_is_idempotent() {
     let r = Reader::connect(&redis.url()).await;
     let first = r.hgetall(&format!("monitor:metrics:{{idem}}:{ts}")).await;
     send_batches(&broker.endpoint(), vec![batch(2), batch(3)]).await;
-    assert_eq!(r.hgetall(&format!("monitor:metrics:{{idem}}:{ts}")).await, first);
-    assert_eq!(r.zrange_withscores("monitor:index:metrics:{idem}").await.len(), 1);
+    assert_eq!(
+        r.hgetall(&format!("monitor:metrics:{{idem}}:{ts}")).await,
+        first
+    );
+    assert_eq!(
+        r.zrange_withscores("monitor:index:metrics:{idem}")
+            .await
+            .len(),
+        1
+    );
     broker.stop().await;
 }
 
@@ -62,19 +70,19 @@ async fn every_rejection_reason_is_reported_and_valid_points_are_stored() {
     let ts = now() - 5;
     let names = metric_names(3);
     let mut points = vec![
-        point("good-1", ts, 3),                     // 0 ok
-        point("bad host", ts, 3),                   // 1 space
-        point("evil*", ts, 3),                      // 2 pattern char
-        point("x{y}", ts, 3),                       // 3 hash tag braces
-        point(&"h".repeat(200), ts, 3),             // 4 too long
-        point("future", ts + 3600, 3),              // 5
-        point("old", ts - 8 * 86_400, 3),           // 6
-        point("nan", ts, 3),                        // 7
-        point("empty", ts, 0),                      // 8
-        point("wide", ts, 3),                       // 9 more values than names
-        point("dup", ts, 2),                        // 10
-        point("label", ts, 3),                      // 11
-        point("good-2", ts, 3),                     // 12 ok
+        point("good-1", ts, 3),           // 0 ok
+        point("bad host", ts, 3),         // 1 space
+        point("evil*", ts, 3),            // 2 pattern char
+        point("x{y}", ts, 3),             // 3 hash tag braces
+        point(&"h".repeat(200), ts, 3),   // 4 too long
+        point("future", ts + 3600, 3),    // 5
+        point("old", ts - 8 * 86_400, 3), // 6
+        point("nan", ts, 3),              // 7
+        point("empty", ts, 0),            // 8
+        point("wide", ts, 3),             // 9 more values than names
+        point("dup", ts, 2),              // 10
+        point("label", ts, 3),            // 11
+        point("good-2", ts, 3),           // 12 ok
     ];
     points[7].values[1] = f64::NAN;
     points[9].values.push(1.0);
@@ -117,15 +125,26 @@ async fn every_rejection_reason_is_reported_and_valid_points_are_stored() {
     for e in &ack.errors {
         assert!(!e.retryable && !e.message.is_empty(), "{e:?}");
     }
-    assert!(ack.errors[0].message.contains("' '"), "{}", ack.errors[0].message);
+    assert!(
+        ack.errors[0].message.contains("' '"),
+        "{}",
+        ack.errors[0].message
+    );
     let r = Reader::connect(&redis.url()).await;
     assert!(r.exists(&format!("monitor:metrics:{{good-1}}:{ts}")).await);
     assert!(r.exists(&format!("monitor:metrics:{{good-2}}:{ts}")).await);
     for bad in ["nan", "future", "empty", "dup", "label", "wide"] {
-        assert!(!r.exists(&format!("monitor:index:metrics:{{{bad}}}")).await, "{bad} was stored");
+        assert!(
+            !r.exists(&format!("monitor:index:metrics:{{{bad}}}")).await,
+            "{bad} was stored"
+        );
     }
     let keys: Vec<String> = r.cmd(&["KEYS", "monitor:*"]).await.convert().unwrap();
-    assert_eq!(keys.len(), 6, "only the two good points' keys exist: {keys:?}");
+    assert_eq!(
+        keys.len(),
+        6,
+        "only the two good points' keys exist: {keys:?}"
+    );
     broker.stop().await;
 }
 
@@ -154,9 +173,16 @@ async fn oversized_batches_and_messages_get_clear_errors() {
     };
     let acks = send_batches(&broker.endpoint(), vec![big, ok]).await;
     assert_eq!(acks[0].batch_error, BatchError::TooManyPoints as i32);
-    assert!(acks[0].batch_error_message.contains("11 points"), "{}", acks[0].batch_error_message);
+    assert!(
+        acks[0].batch_error_message.contains("11 points"),
+        "{}",
+        acks[0].batch_error_message
+    );
     assert_eq!(acks[1].accepted, 1);
-    assert_eq!(acks[1].errors[0].reason, RejectReason::TooManyMetrics as i32);
+    assert_eq!(
+        acks[1].errors[0].reason,
+        RejectReason::TooManyMetrics as i32
+    );
 
     // A message over max_message_bytes ends that stream with an error that
     // says so; the gateway keeps serving other streams.
@@ -165,7 +191,9 @@ async fn oversized_batches_and_messages_get_clear_errors() {
         metric_names: vec!["x".repeat(100_000)],
         points: vec![],
     };
-    let err = try_send_batches(&broker.endpoint(), vec![huge]).await.unwrap_err();
+    let err = try_send_batches(&broker.endpoint(), vec![huge])
+        .await
+        .unwrap_err();
     assert!(
         err.message().contains("message length too large") || err.message().contains("larger than"),
         "{err:?}"
@@ -205,7 +233,11 @@ async fn multi_writer_routing_matches_the_ring() {
             weight: 1,
         })
         .collect();
-    let ring = HashRing::new(rc.router.ring(), rc.router.writers.iter().map(|w| w.node_spec())).unwrap();
+    let ring = HashRing::new(
+        rc.router.ring(),
+        rc.router.writers.iter().map(|w| w.node_spec()),
+    )
+    .unwrap();
     let router = Running::start(rc, shard_router::run).await;
     let mut gc = config_for("");
     gc.gateway.routers = vec![router.endpoint()];
@@ -219,7 +251,10 @@ async fn multi_writer_routing_matches_the_ring() {
         .iter()
         .map(|p| {
             let owner = ring.owner_index_of_point(&p.host_id, p.timestamp).unwrap();
-            (format!("monitor:metrics:{{{}}}:{}", p.host_id, p.timestamp), owner)
+            (
+                format!("monitor:metrics:{{{}}}:{}", p.host_id, p.timestamp),
+                owner,
+            )
         })
         .collect();
     let acks = send_batches(
@@ -240,7 +275,11 @@ async fn multi_writer_routing_matches_the_ring() {
     let mut per_writer = [0usize; 3];
     for (key, owner) in &expected {
         for (i, r) in readers.iter().enumerate() {
-            assert_eq!(r.exists(key).await, i == *owner, "{key} in redis {i}, owner {owner}");
+            assert_eq!(
+                r.exists(key).await,
+                i == *owner,
+                "{key} in redis {i}, owner {owner}"
+            );
         }
         per_writer[*owner] += 1;
     }
@@ -271,10 +310,22 @@ async fn points_for_a_dead_writer_are_reported_unavailable_not_dropped() {
     drop(dead);
     let mut c = config_for("");
     c.router.writers = vec![
-        broker_common::config::WriterEndpoint { id: "alive".into(), addr: writer.endpoint(), weight: 1 },
-        broker_common::config::WriterEndpoint { id: "dead".into(), addr: dead_addr, weight: 1 },
+        broker_common::config::WriterEndpoint {
+            id: "alive".into(),
+            addr: writer.endpoint(),
+            weight: 1,
+        },
+        broker_common::config::WriterEndpoint {
+            id: "dead".into(),
+            addr: dead_addr,
+            weight: 1,
+        },
     ];
-    let ring = HashRing::new(c.router.ring(), c.router.writers.iter().map(|w| w.node_spec())).unwrap();
+    let ring = HashRing::new(
+        c.router.ring(),
+        c.router.writers.iter().map(|w| w.node_spec()),
+    )
+    .unwrap();
     let router = Running::start(c, shard_router::run).await;
     let mut gc = config_for("");
     gc.gateway.routers = vec![router.endpoint()];
@@ -290,13 +341,26 @@ async fn points_for_a_dead_writer_are_reported_unavailable_not_dropped() {
     assert!(!dead_idx.is_empty());
     let acks = send_batches(
         &gateway.endpoint(),
-        vec![MetricBatch { seq: 1, metric_names: metric_names(1), points }],
+        vec![MetricBatch {
+            seq: 1,
+            metric_names: metric_names(1),
+            points,
+        }],
     )
     .await;
     let failed: Vec<u32> = acks[0].errors.iter().map(|e| e.index).collect();
     assert_eq!(failed, dead_idx);
-    assert!(acks[0].errors.iter().all(|e| e.retryable && e.reason == RejectReason::Unavailable as i32));
-    assert!(acks[0].errors[0].message.contains("writer dead"), "{}", acks[0].errors[0].message);
+    assert!(
+        acks[0]
+            .errors
+            .iter()
+            .all(|e| e.retryable && e.reason == RejectReason::Unavailable as i32)
+    );
+    assert!(
+        acks[0].errors[0].message.contains("writer dead"),
+        "{}",
+        acks[0].errors[0].message
+    );
     assert_eq!(acks[0].accepted as usize, 40 - dead_idx.len());
     gateway.stop().await;
     router.stop().await;

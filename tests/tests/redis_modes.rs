@@ -48,7 +48,12 @@ async fn writes_through_sentinel() {
     let broker = Running::broker(config_for(&sentinel.url()), &Service::ALL).await;
     write_and_verify(&broker.endpoint(), &sentinel.url(), 5).await;
     // The data is on the master the sentinel names.
-    let n: i64 = sentinel.master().command(&["DBSIZE"]).unwrap().parse().unwrap();
+    let n: i64 = sentinel
+        .master()
+        .command(&["DBSIZE"])
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(n >= 5 * 4, "dbsize {n}");
     broker.stop().await;
 }

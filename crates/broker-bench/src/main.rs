@@ -12,7 +12,6 @@
 
 #![forbid(unsafe_code)]
 
-
 /// mimalloc: the data path allocates many small buffers per point from
 /// several threads; glibc malloc spent a quarter of the broker's CPU there.
 #[global_allocator]
@@ -30,7 +29,10 @@ use std::time::{Duration, Instant};
 use storage_writer::layout::{KeyLayout, SeedLayout};
 
 #[derive(Parser)]
-#[command(name = "broker-bench", about = "Broker benchmarks (they print figures; they assert nothing)")]
+#[command(
+    name = "broker-bench",
+    about = "Broker benchmarks (they print figures; they assert nothing)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -87,12 +89,23 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Serve { config, services } => {
             let config = config.load_or_exit();
-            let services = if services.is_empty() { Service::ALL.to_vec() } else { services };
+            let services = if services.is_empty() {
+                Service::ALL.to_vec()
+            } else {
+                services
+            };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {
-                let _guard = broker_common::telemetry::init(&config.telemetry, "broker-bench-serve")?;
+                let _guard =
+                    broker_common::telemetry::init(&config.telemetry, "broker-bench-serve")?;
                 let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
-                broker::run(config, &services, listeners, broker_common::shutdown::signal()).await
+                broker::run(
+                    config,
+                    &services,
+                    listeners,
+                    broker_common::shutdown::signal(),
+                )
+                .await
             })
         }
         Cmd::Ingest(args) => {
@@ -109,7 +122,9 @@ struct Child_ {
 
 impl Drop for Child_ {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -126,7 +141,12 @@ fn port() -> anyhow::Result<u16> {
     Ok(redis_process::free_port()?)
 }
 
-fn spawn_serve(args: &IngestArgs, services: &[&str], grpc: u16, extra: &[String]) -> anyhow::Result<Child_> {
+fn spawn_serve(
+    args: &IngestArgs,
+    services: &[&str],
+    grpc: u16,
+    extra: &[String],
+) -> anyhow::Result<Child_> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.arg("serve");
@@ -141,7 +161,9 @@ fn spawn_serve(args: &IngestArgs, services: &[&str], grpc: u16, extra: &[String]
         cmd.args(["--set", kv]);
     }
     cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
-    Ok(Child_ { child: cmd.spawn()? })
+    Ok(Child_ {
+        child: cmd.spawn()?,
+    })
 }
 
 async fn wait_serving(grpc: u16) -> anyhow::Result<()> {
@@ -150,15 +172,22 @@ async fn wait_serving(grpc: u16) -> anyhow::Result<()> {
     let addr = format!("http://127.0.0.1:{grpc}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(ch) = tonic::transport::Endpoint::from_shared(addr.clone())?.connect().await
+        if let Ok(ch) = tonic::transport::Endpoint::from_shared(addr.clone())?
+            .connect()
+            .await
             && let Ok(r) = HealthClient::new(ch)
-                .check(HealthCheckRequest { service: String::new() })
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await
             && r.into_inner().status == 1
         {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "{addr} did not become healthy in 30 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{addr} did not become healthy in 30 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -200,7 +229,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         if stored > 0 {
             bytes_per_point = Some((after - before) / stored as f64);
         }
-        eprintln!("mono: {stored} points stored in redis (acked {})", phase.points);
+        eprintln!(
+            "mono: {stored} points stored in redis (acked {})",
+            phase.points
+        );
         phases.push(phase);
     }
     if !skip("micro") {
@@ -210,19 +242,30 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             &args,
             &["storage-writer"],
             wg,
-            &["--redis-url".into(), redis.url(), "--node-id".into(), "writer-1".into()],
+            &[
+                "--redis-url".into(),
+                redis.url(),
+                "--node-id".into(),
+                "writer-1".into(),
+            ],
         )?;
         let router = spawn_serve(
             &args,
             &["shard-router"],
             rg,
-            &["--set".into(), format!("router.writers=[{{id: writer-1, addr: 'http://127.0.0.1:{wg}'}}]")],
+            &[
+                "--set".into(),
+                format!("router.writers=[{{id: writer-1, addr: 'http://127.0.0.1:{wg}'}}]"),
+            ],
         )?;
         let gateway = spawn_serve(
             &args,
             &["ingest-gateway"],
             gg,
-            &["--set".into(), format!("gateway.routers=['http://127.0.0.1:{rg}']")],
+            &[
+                "--set".into(),
+                format!("gateway.routers=['http://127.0.0.1:{rg}']"),
+            ],
         )?;
         for p in [wg, rg, gg] {
             wait_serving(p).await?;
@@ -237,7 +280,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let get = |n: &str| phases.iter().find(|p| p.name == n);
     let ceiling_pps = get("ceiling").map(Phase::pps);
     eprintln!();
-    eprintln!("{:<10} {:>12} {:>10} {:>12} {:>10} {:>10}", "phase", "points", "seconds", "points/s", "ratio", "ack p99");
+    eprintln!(
+        "{:<10} {:>12} {:>10} {:>12} {:>10} {:>10}",
+        "phase", "points", "seconds", "points/s", "ratio", "ack p99"
+    );
     for p in &phases {
         eprintln!(
             "{:<10} {:>12} {:>10.2} {:>12.0} {:>10} {:>10}",
@@ -250,7 +296,10 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(b) = bytes_per_point {
-        eprintln!("redis memory per stored point: {b:.0} bytes ({} metrics per point)", args.metrics);
+        eprintln!(
+            "redis memory per stored point: {b:.0} bytes ({} metrics per point)",
+            args.metrics
+        );
     }
     let ratio = |n: &str| match (get(n), ceiling_pps) {
         (Some(p), Some(c)) => serde_json::json!(p.pps() / c),
@@ -292,13 +341,17 @@ fn ceiling(redis: &RedisServer, args: &IngestArgs) -> anyhow::Result<Phase> {
     let mut points = 0u64;
     let mut group = Vec::new();
     let mut group_points = 0;
-    let mut flush = |group: &mut Vec<broker_proto::v1::MetricBatch>, buf: &mut BytesMut| -> anyhow::Result<()> {
+    let mut flush = |group: &mut Vec<broker_proto::v1::MetricBatch>,
+                     buf: &mut BytesMut|
+     -> anyhow::Result<()> {
         let refs: Vec<_> = group.iter().collect();
         commands.clear();
         SeedLayout.write_commands(&refs, 7 * 86_400, now, &mut commands);
         for c in commands.drain(..) {
             let mut items = Vec::with_capacity(1 + c.args.len());
-            items.push(BytesFrame::BulkString(bytes::Bytes::from_static(c.name.as_bytes())));
+            items.push(BytesFrame::BulkString(bytes::Bytes::from_static(
+                c.name.as_bytes(),
+            )));
             items.extend(c.args.into_iter().map(BytesFrame::BulkString));
             redis_protocol::resp2::encode::extend_encode(buf, &BytesFrame::Array(items), false)?;
         }
@@ -345,7 +398,11 @@ fn ceiling(redis: &RedisServer, args: &IngestArgs) -> anyhow::Result<Phase> {
     })
 }
 
-async fn load(name: &'static str, args: &IngestArgs, endpoints: Vec<String>) -> anyhow::Result<Phase> {
+async fn load(
+    name: &'static str,
+    args: &IngestArgs,
+    endpoints: Vec<String>,
+) -> anyhow::Result<Phase> {
     eprintln!("{name}: load for {:?}", args.duration);
     let report = run_load(LoadConfig {
         endpoints,

@@ -88,8 +88,9 @@ impl Admin {
                                 body,
                             )
                                 .into_response(),
-                            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                                .into_response(),
+                            Err(e) => {
+                                (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                            }
                         }
                     }
                 }),

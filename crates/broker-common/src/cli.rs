@@ -75,7 +75,10 @@ impl ConfigArgs {
         match self.load() {
             Ok(c) => {
                 if self.print_config {
-                    print!("{}", serde_yaml_ng::to_string(&c).expect("config serializes"));
+                    print!(
+                        "{}",
+                        serde_yaml_ng::to_string(&c).expect("config serializes")
+                    );
                     std::process::exit(0);
                 }
                 c

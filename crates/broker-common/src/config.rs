@@ -343,29 +343,46 @@ impl BrokerConfig {
             }
             None => Value::Mapping(Default::default()),
         };
+        // Which keys came from the environment or flags, to name the origin
+        // of a bad value or unknown key.
+        let mut origins: Vec<(String, String)> = Vec::new();
         for (name, value) in &source.env {
             if let Some(path) = name.strip_prefix(ENV_PREFIX) {
                 let key = path.to_ascii_lowercase().replace("__", ".");
+                let origin = format!("environment variable {name}");
                 set_path(&mut doc, &key, value).map_err(|message| ConfigError::Parse {
-                    origin: format!("environment variable {name}"),
+                    origin: origin.clone(),
                     message,
                 })?;
+                origins.push((key, origin));
             }
         }
         for (key, value) in &source.overrides {
+            let origin = format!("flag --set {key}");
             set_path(&mut doc, key, value).map_err(|message| ConfigError::Parse {
-                origin: format!("flag --set {key}"),
+                origin: origin.clone(),
                 message,
             })?;
+            origins.push((key.clone(), origin));
         }
-        let config: BrokerConfig =
-            serde_yaml_ng::from_value(doc).map_err(|e| ConfigError::Parse {
-                origin: source
-                    .file
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "configuration".into()),
-                message: e.to_string(),
-            })?;
+        let config: BrokerConfig = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let path = e.path().to_string();
+            let origin = origins
+                .iter()
+                .rev()
+                .find(|(k, _)| {
+                    path == *k
+                        || path.starts_with(&format!("{k}."))
+                        || path.starts_with(&format!("{k}["))
+                })
+                .map(|(_, o)| o.clone())
+                .or_else(|| source.file.map(|p| p.display().to_string()))
+                .unwrap_or_else(|| "configuration".into());
+            ConfigError::Parse {
+                origin,
+                message: format!("{path}: {}", e.into_inner()),
+            }
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -403,10 +420,22 @@ impl BrokerConfig {
                 bad(&format!("gateway.routers[{i}]"), e);
             }
         }
-        positive(&mut bad, "gateway.max_points_per_batch", g.max_points_per_batch);
-        positive(&mut bad, "gateway.max_metrics_per_point", g.max_metrics_per_point);
+        positive(
+            &mut bad,
+            "gateway.max_points_per_batch",
+            g.max_points_per_batch,
+        );
+        positive(
+            &mut bad,
+            "gateway.max_metrics_per_point",
+            g.max_metrics_per_point,
+        );
         positive(&mut bad, "gateway.max_host_id_len", g.max_host_id_len);
-        positive(&mut bad, "gateway.max_metric_name_len", g.max_metric_name_len);
+        positive(
+            &mut bad,
+            "gateway.max_metric_name_len",
+            g.max_metric_name_len,
+        );
         positive(&mut bad, "gateway.max_message_bytes", g.max_message_bytes);
         positive(
             &mut bad,
@@ -435,7 +464,10 @@ impl BrokerConfig {
             if w.id.is_empty() || !w.id.bytes().all(id_byte) {
                 bad(
                     &format!("router.writers[{i}].id"),
-                    format!("{:?} must be non-empty and use only letters, digits, '.', '_' or '-'", w.id),
+                    format!(
+                        "{:?} must be non-empty and use only letters, digits, '.', '_' or '-'",
+                        w.id
+                    ),
                 );
             }
             if !seen.insert(&w.id) {
@@ -466,9 +498,14 @@ impl BrokerConfig {
         }
         let w = &self.writer;
         if !w.redis_url.is_empty() {
-            let scheme_ok = ["redis://", "rediss://", "redis-cluster://", "redis-sentinel://"]
-                .iter()
-                .any(|s| w.redis_url.starts_with(s));
+            let scheme_ok = [
+                "redis://",
+                "rediss://",
+                "redis-cluster://",
+                "redis-sentinel://",
+            ]
+            .iter()
+            .any(|s| w.redis_url.starts_with(s));
             if !scheme_ok {
                 bad(
                     "writer.redis_url",
@@ -546,8 +583,8 @@ fn check_endpoint(s: &str) -> Result<(), String> {
 /// Sets `a.b.c` in a YAML document to `raw`, parsed as a YAML scalar (or a
 /// flow sequence/mapping such as `[a, b]`).
 fn set_path(doc: &mut Value, key: &str, raw: &str) -> Result<(), String> {
-    let parsed: Value =
-        serde_yaml_ng::from_str(raw).map_err(|e| format!("value {raw:?} is not valid YAML: {e}"))?;
+    let parsed: Value = serde_yaml_ng::from_str(raw)
+        .map_err(|e| format!("value {raw:?} is not valid YAML: {e}"))?;
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(format!("key {key:?} is malformed"));
@@ -577,13 +614,23 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn load_str(yaml: &str, env: &[(&str, &str)], set: &[(&str, &str)]) -> Result<BrokerConfig, ConfigError> {
+    fn load_str(
+        yaml: &str,
+        env: &[(&str, &str)],
+        set: &[(&str, &str)],
+    ) -> Result<BrokerConfig, ConfigError> {
         let mut f = tempfile_like();
         f.1.write_all(yaml.as_bytes()).unwrap();
         BrokerConfig::load(&ConfigSource {
             file: Some(&f.0),
-            env: env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
-            overrides: set.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            overrides: set
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
         })
     }
 
@@ -643,10 +690,17 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let e = load_str("writer:\n  redis_ulr: x\n", &[], &[]).unwrap_err().to_string();
+        let e = load_str("writer:\n  redis_ulr: x\n", &[], &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("redis_ulr"), "{e}");
-        let e = load_str("", &[("BROKER_GATEWAY__NOPE", "1")], &[]).unwrap_err().to_string();
-        assert!(e.contains("nope") && e.contains("BROKER_GATEWAY__NOPE"), "{e}");
+        let e = load_str("", &[("BROKER_GATEWAY__NOPE", "1")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("nope") && e.contains("BROKER_GATEWAY__NOPE"),
+            "{e}"
+        );
     }
 
     #[test]

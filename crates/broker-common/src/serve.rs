@@ -16,12 +16,12 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> std::io::Result<Self> {
-        let g = TcpListener::bind(grpc)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("binding grpc_listen {grpc}: {e}")))?;
-        let h = TcpListener::bind(http)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("binding http_listen {http}: {e}")))?;
+        let g = TcpListener::bind(grpc).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("binding grpc_listen {grpc}: {e}"))
+        })?;
+        let h = TcpListener::bind(http).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("binding http_listen {http}: {e}"))
+        })?;
         Ok(Self { grpc: g, http: h })
     }
 

@@ -69,7 +69,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("decode_map", |b| {
         b.iter(|| MapBatch::decode(black_box(mb.as_slice())).unwrap())
     });
-    g.bench_function("encode_packed", |b| b.iter(|| black_box(&p).encode_to_vec()));
+    g.bench_function("encode_packed", |b| {
+        b.iter(|| black_box(&p).encode_to_vec())
+    });
     g.bench_function("encode_map", |b| b.iter(|| black_box(&m).encode_to_vec()));
     g.finish();
 }

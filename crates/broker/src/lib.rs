@@ -41,7 +41,9 @@ pub async fn run(
         None
     };
     let router = if has(Service::ShardRouter) {
-        let local = writer.as_ref().map(|w| WriterClient::local(w.writer.clone()));
+        let local = writer
+            .as_ref()
+            .map(|w| WriterClient::local(w.writer.clone()));
         let r = shard_router::build(&config, local, &mut registry)?;
         routes.add_service(RouterGrpc::new(r.clone()).into_server());
         names.push(shard_router::service::ROUTER_SERVICE_NAME);
@@ -57,7 +59,8 @@ pub async fn run(
             })?;
             RouterClient::local(r)
         } else {
-            RouterClient::remote(&config.gateway.routers).map_err(|e| anyhow::anyhow!("{}", e.message()))?
+            RouterClient::remote(&config.gateway.routers)
+                .map_err(|e| anyhow::anyhow!("{}", e.message()))?
         };
         let g = Gateway::new(&config, client, &mut registry, stop.clone());
         routes.add_service(g.into_server());
@@ -73,7 +76,8 @@ pub async fn run(
         http = %listeners.http_addr(),
         "broker serving"
     );
-    let result = broker_common::serve::serve(routes.routes(), &names, &admin, listeners, stop).await;
+    let result =
+        broker_common::serve::serve(routes.routes(), &names, &admin, listeners, stop).await;
     if let Some(w) = writer {
         broker_common::shutdown::within_grace(config.shutdown_grace, w.shutdown()).await;
     }

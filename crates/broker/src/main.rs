@@ -5,7 +5,6 @@
 //! - `broker run --service ingest-gateway --service ...`: the named services
 //!   (default: all) with the given config.
 
-
 /// mimalloc: the data path allocates many small buffers per point from
 /// several threads; glibc malloc spent a quarter of the broker's CPU there.
 #[global_allocator]
@@ -16,7 +15,11 @@ use broker_common::{BrokerConfig, Listeners, Service};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "broker", version, about = "Monitoring broker: ingest-gateway, shard-router and storage-writer")]
+#[command(
+    name = "broker",
+    version,
+    about = "Monitoring broker: ingest-gateway, shard-router and storage-writer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,11 +56,21 @@ fn main() {
         }
         Command::Run { config, services } => {
             let config = config.load_or_exit();
-            let services = if services.is_empty() { Service::ALL.to_vec() } else { services };
+            let services = if services.is_empty() {
+                Service::ALL.to_vec()
+            } else {
+                services
+            };
             runtime(|| async move {
                 let _guard = broker_common::telemetry::init(&config.telemetry, "broker")?;
                 let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
-                broker::run(config, &services, listeners, broker_common::shutdown::signal()).await
+                broker::run(
+                    config,
+                    &services,
+                    listeners,
+                    broker_common::shutdown::signal(),
+                )
+                .await
             })
         }
     };
@@ -110,5 +123,11 @@ async fn up(mut config: BrokerConfig, redis_dir: Option<std::path::PathBuf>) -> 
          \x20 stop: Ctrl-C (drains and flushes)\n",
         redis = config.writer.redis_url,
     );
-    broker::run(config, &Service::ALL, listeners, broker_common::shutdown::signal()).await
+    broker::run(
+        config,
+        &Service::ALL,
+        listeners,
+        broker_common::shutdown::signal(),
+    )
+    .await
 }

@@ -40,7 +40,11 @@ impl Proc {
                 assert!(s.success(), "{} exited with {s}", self.name);
                 return;
             }
-            assert!(Instant::now() < deadline, "{} did not stop after SIGTERM", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop after SIGTERM",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -59,12 +63,19 @@ fn port() -> u16 {
 
 /// Waits until the gRPC health service of `addr` says SERVING.
 async fn wait_serving(addr: &str) {
-    use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(ch) = tonic::transport::Endpoint::from_shared(addr.to_string()).unwrap().connect().await
-            && let Ok(r) = HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await
+        if let Ok(ch) = tonic::transport::Endpoint::from_shared(addr.to_string())
+            .unwrap()
+            .connect()
+            .await
+            && let Ok(r) = HealthClient::new(ch)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
             && r.into_inner().status == 1
         {
             return;
@@ -146,7 +157,10 @@ fn invalid_config_exits_64_naming_the_keys() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("router.vnodes") && err.contains("writer.redis_url"), "{err}");
+    assert!(
+        err.contains("router.vnodes") && err.contains("writer.redis_url"),
+        "{err}"
+    );
 
     let out = Command::new(BROKER)
         .args(["run", "--service", "router"])

@@ -209,7 +209,9 @@ impl Inner {
                 }
             }
         };
-        self.metrics.ack_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .ack_seconds
+            .observe(started.elapsed().as_secs_f64());
         if tx.send(Ok(ack)).await.is_err() {
             tracing::debug!(seq, "agent went away before its ack");
         }

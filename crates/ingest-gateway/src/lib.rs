@@ -30,7 +30,8 @@ pub async fn run(
         !config.gateway.routers.is_empty(),
         "gateway.routers is empty: a standalone ingest-gateway needs at least one shard-router endpoint"
     );
-    let router = RouterClient::remote(&config.gateway.routers).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let router = RouterClient::remote(&config.gateway.routers)
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
     let mut registry = prometheus_client::registry::Registry::default();
     let readiness = Readiness::default();
     let stop = broker_common::serve::token_from(shutdown);
@@ -38,5 +39,12 @@ pub async fn run(
     readiness.set("ingest-gateway", true);
     let admin = Admin::new(registry, readiness);
     let routes = tonic::service::Routes::new(gateway.into_server());
-    broker_common::serve::serve(routes, &[gateway::MONITOR_SERVICE_NAME], &admin, listeners, stop).await
+    broker_common::serve::serve(
+        routes,
+        &[gateway::MONITOR_SERVICE_NAME],
+        &admin,
+        listeners,
+        stop,
+    )
+    .await
 }

@@ -33,16 +33,32 @@ impl GatewayMetrics {
             streams: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("broker_ingest");
-        r.register("points", "Points received from agents", m.received_points.clone());
-        r.register("accepted_points", "Points stored durably and acked", m.accepted_points.clone());
+        r.register(
+            "points",
+            "Points received from agents",
+            m.received_points.clone(),
+        );
+        r.register(
+            "accepted_points",
+            "Points stored durably and acked",
+            m.accepted_points.clone(),
+        );
         r.register(
             "rejected_points",
             "Points not stored, by reason (unavailable means retryable)",
             m.rejected_points.clone(),
         );
         r.register("batches", "Batches received from agents", m.batches.clone());
-        r.register("batch_errors", "Batches rejected whole, by error", m.batch_errors.clone());
-        r.register("batch_points", "Points per agent batch", m.batch_points.clone());
+        r.register(
+            "batch_errors",
+            "Batches rejected whole, by error",
+            m.batch_errors.clone(),
+        );
+        r.register(
+            "batch_points",
+            "Points per agent batch",
+            m.batch_points.clone(),
+        );
         r.register(
             "ack_latency_seconds",
             "Time from receiving a batch to acking it",

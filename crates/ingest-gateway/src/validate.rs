@@ -64,16 +64,27 @@ pub fn name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':')
 }
 
-fn check_id(kind: &str, s: &str, max: usize, ok: fn(u8) -> bool, allowed: &str) -> Result<(), String> {
+fn check_id(
+    kind: &str,
+    s: &str,
+    max: usize,
+    ok: fn(u8) -> bool,
+    allowed: &str,
+) -> Result<(), String> {
     if s.is_empty() {
         return Err(format!("{kind} is empty"));
     }
     if s.len() > max {
-        return Err(format!("{kind} is {} bytes long, the limit is {max}", s.len()));
+        return Err(format!(
+            "{kind} is {} bytes long, the limit is {max}",
+            s.len()
+        ));
     }
     if let Some(c) = s.chars().find(|c| !c.is_ascii() || !ok(*c as u8)) {
         let shown: String = s.chars().take(64).collect();
-        return Err(format!("{kind} {shown:?} contains {c:?} (allowed: {allowed})"));
+        return Err(format!(
+            "{kind} {shown:?} contains {c:?} (allowed: {allowed})"
+        ));
     }
     Ok(())
 }
@@ -81,7 +92,11 @@ fn check_id(kind: &str, s: &str, max: usize, ok: fn(u8) -> bool, allowed: &str) 
 const HOST_ALLOWED: &str = "letters, digits, '.', '_', '-'";
 const NAME_ALLOWED: &str = "letters, digits, '.', '_', '-', ':'";
 
-pub fn validate_batch(batch: MetricBatch, limits: &Limits, now: i64) -> Result<Validated, BatchRejection> {
+pub fn validate_batch(
+    batch: MetricBatch,
+    limits: &Limits,
+    now: i64,
+) -> Result<Validated, BatchRejection> {
     if batch.points.len() > limits.max_points_per_batch {
         return Err(BatchRejection {
             error: BatchError::TooManyPoints,
@@ -98,9 +113,18 @@ pub fn validate_batch(batch: MetricBatch, limits: &Limits, now: i64) -> Result<V
         .metric_names
         .iter()
         .map(|n| {
-            check_id("metric name", n, limits.max_metric_name_len, name_byte, NAME_ALLOWED)
-                .err()
-                .or_else(|| (!seen.insert(n.as_str())).then(|| format!("metric name {n:?} appears twice in metric_names")))
+            check_id(
+                "metric name",
+                n,
+                limits.max_metric_name_len,
+                name_byte,
+                NAME_ALLOWED,
+            )
+            .err()
+            .or_else(|| {
+                (!seen.insert(n.as_str()))
+                    .then(|| format!("metric name {n:?} appears twice in metric_names"))
+            })
         })
         .collect();
     let table_ok = name_problem.iter().all(Option::is_none);
@@ -115,7 +139,15 @@ pub fn validate_batch(batch: MetricBatch, limits: &Limits, now: i64) -> Result<V
     let mut errors = Vec::new();
     let mut used = Vec::<u64>::new();
     for (i, p) in points.into_iter().enumerate() {
-        let problem = check_point(&p, &metric_names, &name_problem, table_ok, limits, now, &mut used);
+        let problem = check_point(
+            &p,
+            &metric_names,
+            &name_problem,
+            table_ok,
+            limits,
+            now,
+            &mut used,
+        );
         match problem {
             None => {
                 index_map.push(i as u32);
@@ -150,7 +182,13 @@ fn check_point(
     used: &mut Vec<u64>,
 ) -> Option<(RejectReason, String)> {
     use RejectReason as R;
-    if let Err(e) = check_id("host_id", &p.host_id, limits.max_host_id_len, host_id_byte, HOST_ALLOWED) {
+    if let Err(e) = check_id(
+        "host_id",
+        &p.host_id,
+        limits.max_host_id_len,
+        host_id_byte,
+        HOST_ALLOWED,
+    ) {
         return Some((R::InvalidHostId, e));
     }
     if p.timestamp > now.saturating_add(limits.max_future_skew_secs) {
@@ -199,9 +237,7 @@ fn check_point(
                 ),
             ));
         }
-        if !table_ok
-            && let Some(msg) = name_problem[..p.values.len()].iter().flatten().next()
-        {
+        if !table_ok && let Some(msg) = name_problem[..p.values.len()].iter().flatten().next() {
             return Some((R::InvalidMetricName, msg.clone()));
         }
     } else {
@@ -222,7 +258,10 @@ fn check_point(
             if ix >= names.len() {
                 return Some((
                     R::InvalidNameIndex,
-                    format!("name_index {ix} is out of range, metric_names has {} names", names.len()),
+                    format!(
+                        "name_index {ix} is out of range, metric_names has {} names",
+                        names.len()
+                    ),
                 ));
             }
             if let Some(msg) = &name_problem[ix] {
@@ -230,7 +269,10 @@ fn check_point(
             }
             let (w, b) = (ix / 64, 1u64 << (ix % 64));
             if used[w] & b != 0 {
-                return Some((R::DuplicateMetric, format!("metric {:?} appears twice in the point", names[ix])));
+                return Some((
+                    R::DuplicateMetric,
+                    format!("metric {:?} appears twice in the point", names[ix]),
+                ));
             }
             used[w] |= b;
         }
@@ -241,7 +283,10 @@ fn check_point(
         } else {
             &names[p.name_index[k] as usize]
         };
-        return Some((R::NonFiniteValue, format!("metric {name:?} has non-finite value {v}")));
+        return Some((
+            R::NonFiniteValue,
+            format!("metric {name:?} has non-finite value {v}"),
+        ));
     }
     if p.labels.len() > limits.max_labels_per_point {
         return Some((
@@ -254,17 +299,30 @@ fn check_point(
         ));
     }
     for (k, v) in &p.labels {
-        if let Err(e) = check_id("label name", k, limits.max_metric_name_len, name_byte, NAME_ALLOWED) {
+        if let Err(e) = check_id(
+            "label name",
+            k,
+            limits.max_metric_name_len,
+            name_byte,
+            NAME_ALLOWED,
+        ) {
             return Some((R::InvalidLabel, e));
         }
         if v.len() > limits.max_label_value_len {
             return Some((
                 R::InvalidLabel,
-                format!("label {k:?} value is {} bytes long, the limit is {}", v.len(), limits.max_label_value_len),
+                format!(
+                    "label {k:?} value is {} bytes long, the limit is {}",
+                    v.len(),
+                    limits.max_label_value_len
+                ),
             ));
         }
         if v.chars().any(char::is_control) {
-            return Some((R::InvalidLabel, format!("label {k:?} value contains a control character")));
+            return Some((
+                R::InvalidLabel,
+                format!("label {k:?} value contains a control character"),
+            ));
         }
     }
     None
@@ -366,8 +424,16 @@ mod tests {
         );
         assert_eq!(v.index_map, vec![0, 11]);
         assert_eq!(v.batch.points.len(), 2);
-        assert!(v.errors[0].message.contains("'*'"), "{}", v.errors[0].message);
-        assert!(v.errors[3].message.contains("\"cpu\""), "{}", v.errors[3].message);
+        assert!(
+            v.errors[0].message.contains("'*'"),
+            "{}",
+            v.errors[0].message
+        );
+        assert!(
+            v.errors[3].message.contains("\"cpu\""),
+            "{}",
+            v.errors[3].message
+        );
     }
 
     #[test]
@@ -377,7 +443,10 @@ mod tests {
         let v = validate_batch(batch(vec![point("h", NOW, vec![1.0, 2.0])]), &l, NOW).unwrap();
         assert_eq!(reasons(&v), vec![(0, RejectReason::TooManyMetrics)]);
 
-        let mut b = batch(vec![point("h", NOW, vec![1.0]), point("h", NOW, vec![1.0, 2.0])]);
+        let mut b = batch(vec![
+            point("h", NOW, vec![1.0]),
+            point("h", NOW, vec![1.0, 2.0]),
+        ]);
         b.metric_names[1] = "bad name".into();
         let v = validate_batch(b, &limits(), NOW).unwrap();
         // Only the point that uses the bad name is rejected.

@@ -61,5 +61,12 @@ pub async fn run(
     let admin = Admin::new(registry, readiness);
     let stop = broker_common::serve::token_from(shutdown);
     let routes = tonic::service::Routes::new(RouterGrpc::new(router).into_server());
-    broker_common::serve::serve(routes, &[service::ROUTER_SERVICE_NAME], &admin, listeners, stop).await
+    broker_common::serve::serve(
+        routes,
+        &[service::ROUTER_SERVICE_NAME],
+        &admin,
+        listeners,
+        stop,
+    )
+    .await
 }

@@ -32,14 +32,22 @@ impl RouterMetrics {
             "Points that could not be delivered after retries",
             m.failed_points.clone(),
         );
-        r.register("forwards", "Forwards to writers by writer and outcome", m.forwards.clone());
+        r.register(
+            "forwards",
+            "Forwards to writers by writer and outcome",
+            m.forwards.clone(),
+        );
         r.register("retries", "Forward retries by writer", m.retries.clone());
         r.register(
             "forward_duration_seconds",
             "Latency of one forward to a writer, retries included",
             m.forward_seconds.clone(),
         );
-        r.register("batch_points", "Points per routed batch", m.batch_points.clone());
+        r.register(
+            "batch_points",
+            "Points per routed batch",
+            m.batch_points.clone(),
+        );
         m
     }
 }

@@ -60,7 +60,8 @@ impl Router {
         self.metrics.points.inc_by(total as u64);
         self.metrics.batch_points.observe(total as f64);
         let n = self.writers.len();
-        let mut groups: Vec<(Vec<u32>, Vec<Point>)> = (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut groups: Vec<(Vec<u32>, Vec<Point>)> =
+            (0..n).map(|_| (Vec::new(), Vec::new())).collect();
         for (i, p) in batch.points.into_iter().enumerate() {
             let owner = self
                 .ring
@@ -123,11 +124,16 @@ impl Router {
             tracing::warn!(writer = %id, code = ?e.code(), error = %e.message(), retry_in = ?after, "forward failed, retrying");
         })
         .await;
-        self.metrics.forward_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .forward_seconds
+            .observe(started.elapsed().as_secs_f64());
         let outcome = if result.is_ok() { "ok" } else { "failed" };
         self.metrics
             .forwards
-            .get_or_create(&vec![("writer", id.clone()), ("outcome", outcome.to_string())])
+            .get_or_create(&vec![
+                ("writer", id.clone()),
+                ("outcome", outcome.to_string()),
+            ])
             .inc();
         result.map_err(|e| Status::new(e.code(), format!("writer {id}: {}", e.message())))
     }
@@ -138,6 +144,11 @@ impl Router {
 pub fn retryable(s: &Status) -> bool {
     matches!(
         s.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted | Code::Unknown | Code::Internal
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+            | Code::Unknown
+            | Code::Internal
     )
 }

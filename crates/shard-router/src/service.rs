@@ -31,7 +31,10 @@ impl RouterGrpc {
 
 #[tonic::async_trait]
 impl RouterService for RouterGrpc {
-    async fn route(&self, request: Request<RouteRequest>) -> Result<Response<RouteResponse>, Status> {
+    async fn route(
+        &self,
+        request: Request<RouteRequest>,
+    ) -> Result<Response<RouteResponse>, Status> {
         let batch = request.into_inner().batch.unwrap_or_default();
         let failed = self.router.route(batch).await;
         Ok(Response::new(RouteResponse { failed }))
@@ -83,7 +86,11 @@ impl RouterClient {
 
     /// Routes `batch`; returns the points not stored. `Err` means no router
     /// could take the batch at all.
-    pub async fn route(&self, batch: MetricBatch, timeout: Duration) -> Result<Vec<PointError>, Status> {
+    pub async fn route(
+        &self,
+        batch: MetricBatch,
+        timeout: Duration,
+    ) -> Result<Vec<PointError>, Status> {
         match self {
             RouterClient::Local(r) => Ok(r.route(batch).await),
             RouterClient::Remote(remote) => {

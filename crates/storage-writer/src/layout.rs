@@ -24,7 +24,13 @@ pub trait KeyLayout: Send + Sync + 'static {
     /// Appends the commands that store `batches` (already validated) with
     /// a time to live of `ttl_secs`, at wall-clock time `now` (Unix seconds).
     /// Applying the commands twice must leave the point data unchanged.
-    fn write_commands(&self, batches: &[&MetricBatch], ttl_secs: u64, now: i64, out: &mut Vec<Command>);
+    fn write_commands(
+        &self,
+        batches: &[&MetricBatch],
+        ttl_secs: u64,
+        now: i64,
+        out: &mut Vec<Command>,
+    );
 }
 
 /// The layout of the original design ("键空间设计"), with Redis Cluster hash
@@ -76,7 +82,10 @@ impl Args {
         self.args.push(self.buf.split().freeze());
     }
     fn done(self, name: &'static str) -> Command {
-        Command { name, args: self.args }
+        Command {
+            name,
+            args: self.args,
+        }
     }
 }
 
@@ -115,7 +124,13 @@ impl KeyLayout for SeedLayout {
         format!("monitor:hosts:{{{host}}}")
     }
 
-    fn write_commands(&self, batches: &[&MetricBatch], ttl_secs: u64, now: i64, out: &mut Vec<Command>) {
+    fn write_commands(
+        &self,
+        batches: &[&MetricBatch],
+        ttl_secs: u64,
+        now: i64,
+        out: &mut Vec<Command>,
+    ) {
         let mut ttl_buf = itoa_buf();
         let ttl = Bytes::copy_from_slice(fmt_i64(&mut ttl_buf, ttl_secs as i64));
         let mut order: Vec<&str> = Vec::new();
@@ -123,18 +138,28 @@ impl KeyLayout for SeedLayout {
         for batch in batches {
             let names = &batch.metric_names;
             // One shared buffer per name per batch; points clone the handle.
-            let name_args: Vec<Bytes> = names.iter().map(|n| Bytes::copy_from_slice(n.as_bytes())).collect();
+            let name_args: Vec<Bytes> = names
+                .iter()
+                .map(|n| Bytes::copy_from_slice(n.as_bytes()))
+                .collect();
             for p in &batch.points {
                 let key_len = p.host_id.len() + 40;
-                let mut a = Args::with_capacity(key_len + p.values.len() * 40, 1 + 2 * p.values.len());
+                let mut a =
+                    Args::with_capacity(key_len + p.values.len() * 40, 1 + 2 * p.values.len());
                 let mut tsb = itoa_buf();
                 let ts = fmt_i64(&mut tsb, p.timestamp);
                 a.push_key(&[b"monitor:metrics:{", p.host_id.as_bytes(), b"}:", ts]);
                 let key = a.args[0].clone();
                 for (i, v) in p.values.iter().enumerate() {
-                    let ix = if p.name_index.is_empty() { i } else { p.name_index[i] as usize };
+                    let ix = if p.name_index.is_empty() {
+                        i
+                    } else {
+                        p.name_index[i] as usize
+                    };
                     // The gateway rejected points with bad name indexes.
-                    let Some(name) = name_args.get(ix) else { continue };
+                    let Some(name) = name_args.get(ix) else {
+                        continue;
+                    };
                     a.args.push(name.clone());
                     a.push_f64(*v);
                 }
@@ -174,7 +199,8 @@ impl KeyLayout for SeedLayout {
                 a.push_key(&[b"monitor:hosts:{", h, b"}"]);
                 a.args.pop().expect("key")
             };
-            let mut z = Args::with_capacity(agg.timestamps.len() * 24, 1 + 2 * agg.timestamps.len());
+            let mut z =
+                Args::with_capacity(agg.timestamps.len() * 24, 1 + 2 * agg.timestamps.len());
             z.args.push(index_key.clone());
             for ts in &agg.timestamps {
                 z.push_i64(*ts);
@@ -281,7 +307,10 @@ mod tests {
                 "EXPIRE monitor:hosts:{h1} 60",
             ]
         );
-        assert_eq!(SeedLayout.metrics_key("h1", 100), "monitor:metrics:{h1}:100");
+        assert_eq!(
+            SeedLayout.metrics_key("h1", 100),
+            "monitor:metrics:{h1}:100"
+        );
         assert_eq!(SeedLayout.index_key("h1"), "monitor:index:metrics:{h1}");
         assert_eq!(SeedLayout.host_key("h1"), "monitor:hosts:{h1}");
     }

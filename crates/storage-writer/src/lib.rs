@@ -84,7 +84,8 @@ pub async fn run(
     let component = WriterComponent::start(&config, &mut registry, &readiness)?;
     let admin = Admin::new(registry, readiness);
     let stop = broker_common::serve::token_from(shutdown);
-    let routes = tonic::service::Routes::new(WriterGrpc::new(component.writer.clone()).into_server());
+    let routes =
+        tonic::service::Routes::new(WriterGrpc::new(component.writer.clone()).into_server());
     let served = broker_common::serve::serve(
         routes,
         &[service::WRITER_SERVICE_NAME],

@@ -29,16 +29,32 @@ impl WriterMetrics {
         };
         let r = registry.sub_registry_with_prefix("broker_writer");
         r.register("points", "Points written to Redis", m.points.clone());
-        r.register("failed_points", "Points whose pipeline failed", m.failed_points.clone());
+        r.register(
+            "failed_points",
+            "Points whose pipeline failed",
+            m.failed_points.clone(),
+        );
         r.register("pipelines", "Redis pipelines sent", m.pipelines.clone());
-        r.register("pipeline_errors", "Redis pipelines that failed", m.pipeline_errors.clone());
+        r.register(
+            "pipeline_errors",
+            "Redis pipelines that failed",
+            m.pipeline_errors.clone(),
+        );
         r.register(
             "pipeline_duration_seconds",
             "Redis pipeline round trip latency",
             m.pipeline_seconds.clone(),
         );
-        r.register("pipeline_points", "Points per Redis pipeline", m.pipeline_points.clone());
-        r.register("queued_points", "Points accepted and not yet written", m.queued_points.clone());
+        r.register(
+            "pipeline_points",
+            "Points per Redis pipeline",
+            m.pipeline_points.clone(),
+        );
+        r.register(
+            "queued_points",
+            "Points accepted and not yet written",
+            m.queued_points.clone(),
+        );
         r.register(
             "inflight_pipelines",
             "Redis pipelines awaiting a reply",

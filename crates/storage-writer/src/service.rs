@@ -32,7 +32,10 @@ impl WriterGrpc {
 
 #[tonic::async_trait]
 impl WriterService for WriterGrpc {
-    async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteResponse>, Status> {
+    async fn write(
+        &self,
+        request: Request<WriteRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
         let req = request.into_inner();
         let batch = req.batch.unwrap_or_default();
         self.writer.write(Arc::new(batch)).await?;
@@ -44,7 +47,10 @@ impl WriterService for WriterGrpc {
 #[derive(Clone)]
 pub enum WriterClient {
     Local(Arc<Writer>),
-    Remote { addr: String, client: WriterServiceClient<Channel> },
+    Remote {
+        addr: String,
+        client: WriterServiceClient<Channel>,
+    },
 }
 
 impl WriterClient {
@@ -69,11 +75,18 @@ impl WriterClient {
     }
 
     /// Writes `batch`, routed under `ring_epoch`, within `timeout`.
-    pub async fn write(&self, batch: Arc<MetricBatch>, ring_epoch: u64, timeout: Duration) -> Result<(), Status> {
+    pub async fn write(
+        &self,
+        batch: Arc<MetricBatch>,
+        ring_epoch: u64,
+        timeout: Duration,
+    ) -> Result<(), Status> {
         match self {
             WriterClient::Local(w) => match tokio::time::timeout(timeout, w.write(batch)).await {
                 Ok(r) => r.map_err(Status::from),
-                Err(_) => Err(Status::deadline_exceeded(format!("local write exceeded {timeout:?}"))),
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "local write exceeded {timeout:?}"
+                ))),
             },
             WriterClient::Remote { client, .. } => {
                 let mut req = Request::new(WriteRequest {

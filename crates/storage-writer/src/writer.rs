@@ -166,7 +166,8 @@ impl Batcher {
             let (ttl, timeout) = (self.ttl_secs, self.timeout);
             tokio::spawn(async move {
                 metrics.inflight_pipelines.inc();
-                let result = write_jobs(&client, layout.as_ref(), &jobs, ttl, timeout, &metrics).await;
+                let result =
+                    write_jobs(&client, layout.as_ref(), &jobs, ttl, timeout, &metrics).await;
                 metrics.inflight_pipelines.dec();
                 metrics.queued_points.dec_by(points as i64);
                 for job in jobs {
@@ -205,7 +206,9 @@ async fn write_jobs(
         Err(_) => Err(WriterError::Timeout(timeout)),
     };
     metrics.pipelines.inc();
-    metrics.pipeline_seconds.observe(started.elapsed().as_secs_f64());
+    metrics
+        .pipeline_seconds
+        .observe(started.elapsed().as_secs_f64());
     metrics.pipeline_points.observe(points as f64);
     match &result {
         Ok(()) => {
@@ -221,12 +224,18 @@ async fn write_jobs(
 }
 
 /// Sends `commands` as one pipeline; fails if any command failed.
-pub async fn execute(client: &fred::clients::Client, commands: Vec<Command>) -> Result<(), WriterError> {
+pub async fn execute(
+    client: &fred::clients::Client,
+    commands: Vec<Command>,
+) -> Result<(), WriterError> {
     let pipe = client.pipeline();
     for c in commands {
         let args: Vec<Value> = c.args.into_iter().map(Value::Bytes).collect();
         let _: Value = pipe
-            .custom(CustomCommand::new_static(c.name, ClusterHash::FirstKey, false), args)
+            .custom(
+                CustomCommand::new_static(c.name, ClusterHash::FirstKey, false),
+                args,
+            )
             .await
             .map_err(|e| WriterError::Redis(e.to_string()))?;
     }
@@ -254,7 +263,9 @@ pub fn redis_pool(url: &str, size: usize) -> Result<Pool, WriterError> {
             c.connection_timeout = Duration::from_secs(5);
             c.max_command_attempts = 3;
         })
-        .set_policy(fred::types::config::ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
+            0, 100, 5_000, 2,
+        ))
         .build_pool(size)
         .map_err(|e| WriterError::Redis(e.to_string()))?;
     pool.connect_pool();
