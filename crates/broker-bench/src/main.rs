@@ -341,12 +341,13 @@ fn ceiling(redis: &RedisServer, args: &IngestArgs) -> anyhow::Result<Phase> {
     let mut points = 0u64;
     let mut group = Vec::new();
     let mut group_points = 0;
+    let layout = SeedLayout::default();
     let mut flush = |group: &mut Vec<broker_proto::v1::MetricBatch>,
                      buf: &mut BytesMut|
      -> anyhow::Result<()> {
         let refs: Vec<_> = group.iter().collect();
         commands.clear();
-        SeedLayout.write_commands(&refs, 7 * 86_400, now, &mut commands);
+        layout.write_commands(&refs, 7 * 86_400, now, &mut commands);
         for c in commands.drain(..) {
             let mut items = Vec::with_capacity(1 + c.args.len());
             items.push(BytesFrame::BulkString(bytes::Bytes::from_static(

@@ -31,19 +31,63 @@ pub trait KeyLayout: Send + Sync + 'static {
         now: i64,
         out: &mut Vec<Command>,
     );
+    /// Told whether the commands for `batches` were applied, so a layout
+    /// that skips repeated housekeeping can redo it after a failure.
+    fn written(&self, _batches: &[&MetricBatch], _ok: bool) {}
 }
 
 /// The layout of the original design ("键空间设计"), with Redis Cluster hash
 /// tags so that every key of one host lands in one slot:
 ///
 /// - `monitor:metrics:{host}:{ts}`: HASH metric -> value, EXPIRE ttl
-/// - `monitor:index:metrics:{host}`: ZSET score = ts, member = ts; entries
-///   older than the ttl are trimmed on every write; EXPIRE ttl
+/// - `monitor:index:metrics:{host}`: ZSET score = ts, member = ts
 /// - `monitor:hosts:{host}`: HASH `last_seen`, `label:<name>` fields, and
 ///   `points_written` (HINCRBY: counts writes including retries; the number
-///   of distinct points is the index's ZCARD); EXPIRE ttl
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SeedLayout;
+///   of distinct points is the index's ZCARD)
+///
+/// Housekeeping of a host's two long-lived keys (trim index entries older
+/// than the ttl; EXPIRE both at ttl + `maintenance_interval`, so they outlive
+/// the host's last point) is sent at most once per `maintenance_interval`
+/// per host and process, not with every point: that takes a point from 8
+/// Redis commands to 5 when hosts send one point per interval.
+#[derive(Clone)]
+pub struct SeedLayout {
+    /// Hosts whose housekeeping was sent within the interval.
+    maintained: moka::sync::Cache<String, ()>,
+    maintenance_secs: u64,
+}
+
+/// How often one host's index trim and key expiries are refreshed.
+pub const DEFAULT_MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Hosts remembered as maintained; past this, some get housekeeping again
+/// early, which is harmless.
+const MAINTAINED_HOSTS_CAPACITY: u64 = 1_000_000;
+
+impl Default for SeedLayout {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAINTENANCE_INTERVAL)
+    }
+}
+
+impl SeedLayout {
+    pub fn new(maintenance_interval: std::time::Duration) -> Self {
+        Self {
+            maintained: moka::sync::Cache::builder()
+                .max_capacity(MAINTAINED_HOSTS_CAPACITY)
+                .time_to_live(maintenance_interval)
+                .build(),
+            maintenance_secs: maintenance_interval.as_secs(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SeedLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeedLayout")
+            .field("maintenance_secs", &self.maintenance_secs)
+            .finish()
+    }
+}
 
 pub const LAST_SEEN_FIELD: &str = "last_seen";
 pub const POINTS_WRITTEN_FIELD: &str = "points_written";
@@ -207,15 +251,23 @@ impl KeyLayout for SeedLayout {
                 z.push_i64(*ts);
             }
             out.push(z.done("ZADD"));
-            let mut trim = Args::with_capacity(24, 3);
-            trim.args.push(index_key.clone());
-            trim.push(b"-inf");
-            trim.push(format!("({horizon}").as_bytes());
-            out.push(trim.done("ZREMRANGEBYSCORE"));
-            out.push(Command {
-                name: "EXPIRE",
-                args: vec![index_key, ttl.clone()],
-            });
+            if !self.maintained.contains_key(host) {
+                let long_ttl = Bytes::from((ttl_secs + self.maintenance_secs).to_string());
+                let mut trim = Args::with_capacity(24, 3);
+                trim.args.push(index_key.clone());
+                trim.push(b"-inf");
+                trim.push(format!("({horizon}").as_bytes());
+                out.push(trim.done("ZREMRANGEBYSCORE"));
+                out.push(Command {
+                    name: "EXPIRE",
+                    args: vec![index_key, long_ttl.clone()],
+                });
+                out.push(Command {
+                    name: "EXPIRE",
+                    args: vec![host_key.clone(), long_ttl],
+                });
+                self.maintained.insert(host.to_string(), ());
+            }
             let mut m = Args::with_capacity(64, 3 + 2 * agg.labels.map_or(0, |l| l.len()));
             m.args.push(host_key.clone());
             m.push(LAST_SEEN_FIELD.as_bytes());
@@ -234,10 +286,17 @@ impl KeyLayout for SeedLayout {
             inc.push(POINTS_WRITTEN_FIELD.as_bytes());
             inc.push_i64(agg.timestamps.len() as i64);
             out.push(inc.done("HINCRBY"));
-            out.push(Command {
-                name: "EXPIRE",
-                args: vec![host_key, ttl.clone()],
-            });
+        }
+    }
+
+    fn written(&self, batches: &[&MetricBatch], ok: bool) {
+        if !ok {
+            // The housekeeping may not have been applied: send it again.
+            for b in batches {
+                for p in &b.points {
+                    self.maintained.invalidate(&p.host_id);
+                }
+            }
         }
     }
 }
@@ -245,7 +304,7 @@ impl KeyLayout for SeedLayout {
 /// The layout named in config.
 pub fn by_name(name: &str) -> Option<std::sync::Arc<dyn KeyLayout>> {
     match name {
-        "seed" => Some(std::sync::Arc::new(SeedLayout)),
+        "seed" => Some(std::sync::Arc::new(SeedLayout::default())),
         _ => None,
     }
 }
@@ -281,19 +340,21 @@ mod tests {
                 },
             ],
         };
+        let layout = SeedLayout::new(std::time::Duration::from_secs(30));
+        let render = |out: &[Command]| -> Vec<String> {
+            out.iter()
+                .map(|c| {
+                    std::iter::once(c.name.to_string())
+                        .chain(c.args.iter().map(|a| s(a).to_string()))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect()
+        };
         let mut out = Vec::new();
-        SeedLayout.write_commands(&[&batch], 60, 1000, &mut out);
-        let text: Vec<String> = out
-            .iter()
-            .map(|c| {
-                std::iter::once(c.name.to_string())
-                    .chain(c.args.iter().map(|a| s(a).to_string()))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            })
-            .collect();
+        layout.write_commands(&[&batch], 60, 1000, &mut out);
         assert_eq!(
-            text,
+            render(&out),
             vec![
                 "HSET monitor:metrics:{h1}:100 cpu 0.5 mem 2.0",
                 "EXPIRE monitor:metrics:{h1}:100 60",
@@ -301,17 +362,24 @@ mod tests {
                 "EXPIRE monitor:metrics:{h1}:105 60",
                 "ZADD monitor:index:metrics:{h1} 100 100 105 105",
                 "ZREMRANGEBYSCORE monitor:index:metrics:{h1} -inf (940",
-                "EXPIRE monitor:index:metrics:{h1} 60",
+                "EXPIRE monitor:index:metrics:{h1} 90",
+                "EXPIRE monitor:hosts:{h1} 90",
                 "HSET monitor:hosts:{h1} last_seen 105 label:role web",
                 "HINCRBY monitor:hosts:{h1} points_written 2",
-                "EXPIRE monitor:hosts:{h1} 60",
             ]
         );
-        assert_eq!(
-            SeedLayout.metrics_key("h1", 100),
-            "monitor:metrics:{h1}:100"
-        );
-        assert_eq!(SeedLayout.index_key("h1"), "monitor:index:metrics:{h1}");
-        assert_eq!(SeedLayout.host_key("h1"), "monitor:hosts:{h1}");
+        // Within the interval the housekeeping is not repeated...
+        out.clear();
+        layout.write_commands(&[&batch], 60, 1000, &mut out);
+        assert_eq!(out.len(), 7);
+        assert!(out.iter().all(|c| c.name != "ZREMRANGEBYSCORE"));
+        // ...unless the previous write failed.
+        layout.written(&[&batch], false);
+        out.clear();
+        layout.write_commands(&[&batch], 60, 1000, &mut out);
+        assert_eq!(out.len(), 10);
+        assert_eq!(layout.metrics_key("h1", 100), "monitor:metrics:{h1}:100");
+        assert_eq!(layout.index_key("h1"), "monitor:index:metrics:{h1}");
+        assert_eq!(layout.host_key("h1"), "monitor:hosts:{h1}");
     }
 }

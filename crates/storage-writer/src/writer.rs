@@ -205,6 +205,7 @@ async fn write_jobs(
         Ok(r) => r,
         Err(_) => Err(WriterError::Timeout(timeout)),
     };
+    layout.written(&batches, result.is_ok());
     metrics.pipelines.inc();
     metrics
         .pipeline_seconds
