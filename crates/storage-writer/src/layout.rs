@@ -251,23 +251,6 @@ impl KeyLayout for SeedLayout {
                 z.push_i64(*ts);
             }
             out.push(z.done("ZADD"));
-            if !self.maintained.contains_key(host) {
-                let long_ttl = Bytes::from((ttl_secs + self.maintenance_secs).to_string());
-                let mut trim = Args::with_capacity(24, 3);
-                trim.args.push(index_key.clone());
-                trim.push(b"-inf");
-                trim.push(format!("({horizon}").as_bytes());
-                out.push(trim.done("ZREMRANGEBYSCORE"));
-                out.push(Command {
-                    name: "EXPIRE",
-                    args: vec![index_key, long_ttl.clone()],
-                });
-                out.push(Command {
-                    name: "EXPIRE",
-                    args: vec![host_key.clone(), long_ttl],
-                });
-                self.maintained.insert(host.to_string(), ());
-            }
             let mut m = Args::with_capacity(64, 3 + 2 * agg.labels.map_or(0, |l| l.len()));
             m.args.push(host_key.clone());
             m.push(LAST_SEEN_FIELD.as_bytes());
@@ -286,6 +269,24 @@ impl KeyLayout for SeedLayout {
             inc.push(POINTS_WRITTEN_FIELD.as_bytes());
             inc.push_i64(agg.timestamps.len() as i64);
             out.push(inc.done("HINCRBY"));
+            // After the writes, so both keys exist when EXPIRE runs.
+            if !self.maintained.contains_key(host) {
+                let long_ttl = Bytes::from((ttl_secs + self.maintenance_secs).to_string());
+                let mut trim = Args::with_capacity(24, 3);
+                trim.args.push(index_key.clone());
+                trim.push(b"-inf");
+                trim.push(format!("({horizon}").as_bytes());
+                out.push(trim.done("ZREMRANGEBYSCORE"));
+                out.push(Command {
+                    name: "EXPIRE",
+                    args: vec![index_key, long_ttl.clone()],
+                });
+                out.push(Command {
+                    name: "EXPIRE",
+                    args: vec![host_key.clone(), long_ttl],
+                });
+                self.maintained.insert(host.to_string(), ());
+            }
         }
     }
 
@@ -361,11 +362,11 @@ mod tests {
                 "HSET monitor:metrics:{h1}:105 mem 7.0",
                 "EXPIRE monitor:metrics:{h1}:105 60",
                 "ZADD monitor:index:metrics:{h1} 100 100 105 105",
+                "HSET monitor:hosts:{h1} last_seen 105 label:role web",
+                "HINCRBY monitor:hosts:{h1} points_written 2",
                 "ZREMRANGEBYSCORE monitor:index:metrics:{h1} -inf (940",
                 "EXPIRE monitor:index:metrics:{h1} 90",
                 "EXPIRE monitor:hosts:{h1} 90",
-                "HSET monitor:hosts:{h1} last_seen 105 label:role web",
-                "HINCRBY monitor:hosts:{h1} points_written 2",
             ]
         );
         // Within the interval the housekeeping is not repeated...
