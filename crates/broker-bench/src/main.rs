@@ -54,8 +54,9 @@ enum Cmd {
 
 #[derive(clap::Args, Clone)]
 struct IngestArgs {
-    /// Simulated hosts.
-    #[arg(long, default_value_t = 1000)]
+    /// Simulated hosts. With 10,000 a host appears at most once per writer
+    /// pipeline, as with real agents sending every 5 s.
+    #[arg(long, default_value_t = 10_000)]
     hosts: usize,
     /// Metrics per point.
     #[arg(long, default_value_t = 32)]
