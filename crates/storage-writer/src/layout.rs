@@ -181,11 +181,7 @@ impl KeyLayout for SeedLayout {
         let mut hosts: HashMap<&str, HostAgg<'_>> = HashMap::new();
         for batch in batches {
             let names = &batch.metric_names;
-            // One shared buffer per name per batch; points clone the handle.
-            let name_args: Vec<Bytes> = names
-                .iter()
-                .map(|n| Bytes::copy_from_slice(n.as_bytes()))
-                .collect();
+            let name_args: Vec<Bytes> = names.iter().map(|n| intern(n)).collect();
             for p in &batch.points {
                 let key_len = p.host_id.len() + 40;
                 let mut a =
@@ -300,6 +296,33 @@ impl KeyLayout for SeedLayout {
             }
         }
     }
+}
+
+/// Metric names seen so far, leaked once as `'static` so that every point's
+/// field arguments are `Bytes::from_static`: cloning and dropping those is
+/// free, where a shared buffer's reference count is touched six times per
+/// argument on the way through the Redis client, from several threads.
+static INTERNED: std::sync::LazyLock<std::sync::RwLock<std::collections::HashMap<&'static str, Bytes>>> =
+    std::sync::LazyLock::new(Default::default);
+/// Names interned at most; past this (many distinct names, or hostile
+/// input) names are copied per batch instead, so memory stays bounded.
+const MAX_INTERNED: usize = 65_536;
+
+fn intern(name: &str) -> Bytes {
+    if let Some(b) = INTERNED.read().expect("interner lock").get(name) {
+        return b.clone();
+    }
+    let mut map = INTERNED.write().expect("interner lock");
+    if let Some(b) = map.get(name) {
+        return b.clone();
+    }
+    if map.len() >= MAX_INTERNED {
+        return Bytes::copy_from_slice(name.as_bytes());
+    }
+    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+    let b = Bytes::from_static(leaked.as_bytes());
+    map.insert(leaked, b.clone());
+    b
 }
 
 /// The layout named in config.
