@@ -145,6 +145,29 @@ async fn every_rejection_reason_is_reported_and_valid_points_are_stored() {
         6,
         "only the two good points' keys exist: {keys:?}"
     );
+
+    // A bad name in the batch's name table rejects only the points that
+    // use it.
+    let acks = send_batches(
+        &broker.endpoint(),
+        vec![MetricBatch {
+            seq: 6,
+            metric_names: vec!["ok".into(), "bad name".into()],
+            points: vec![point("uses-ok", ts, 1), point("uses-bad", ts, 2)],
+        }],
+    )
+    .await;
+    assert_eq!(acks[0].accepted, 1);
+    assert_eq!(acks[0].errors.len(), 1);
+    assert_eq!(acks[0].errors[0].index, 1);
+    assert_eq!(acks[0].errors[0].reason, R::InvalidMetricName as i32);
+    assert!(
+        acks[0].errors[0].message.contains("\"bad name\""),
+        "{}",
+        acks[0].errors[0].message
+    );
+    assert!(r.exists(&format!("monitor:metrics:{{uses-ok}}:{ts}")).await);
+    assert!(!r.exists("monitor:index:metrics:{uses-bad}").await);
     broker.stop().await;
 }
 

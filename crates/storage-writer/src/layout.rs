@@ -302,8 +302,9 @@ impl KeyLayout for SeedLayout {
 /// field arguments are `Bytes::from_static`: cloning and dropping those is
 /// free, where a shared buffer's reference count is touched six times per
 /// argument on the way through the Redis client, from several threads.
-static INTERNED: std::sync::LazyLock<std::sync::RwLock<std::collections::HashMap<&'static str, Bytes>>> =
-    std::sync::LazyLock::new(Default::default);
+static INTERNED: std::sync::LazyLock<
+    std::sync::RwLock<std::collections::HashMap<&'static str, Bytes>>,
+> = std::sync::LazyLock::new(Default::default);
 /// Names interned at most; past this (many distinct names, or hostile
 /// input) names are copied per batch instead, so memory stays bounded.
 const MAX_INTERNED: usize = 65_536;
