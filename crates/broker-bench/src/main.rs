@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context;
 use broker_agent::generator::SnapshotGenerator;
 use broker_agent::load::{LoadConfig, Pacing, run_load};
-use broker_common::{Listeners, Service};
+use broker_common::Service;
 use clap::{Parser, Subcommand};
 use redis_process::RedisServer;
 use std::io::Write;
@@ -96,18 +96,7 @@ fn main() -> anyhow::Result<()> {
                 services
             };
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(async move {
-                let _guard =
-                    broker_common::telemetry::init(&config.telemetry, "broker-bench-serve")?;
-                let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
-                broker::run(
-                    config,
-                    &services,
-                    listeners,
-                    broker_common::shutdown::signal(),
-                )
-                .await
-            })
+            rt.block_on(broker::run_until_signal(config, &services))
         }
         Cmd::Ingest(args) => {
             let rt = tokio::runtime::Runtime::new()?;
@@ -168,29 +157,8 @@ fn spawn_serve(
 }
 
 async fn wait_serving(grpc: u16) -> anyhow::Result<()> {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-    let addr = format!("http://127.0.0.1:{grpc}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(ch) = tonic::transport::Endpoint::from_shared(addr.clone())?
-            .connect()
-            .await
-            && let Ok(r) = HealthClient::new(ch)
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-            && r.into_inner().status == 1
-        {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{addr} did not become healthy in 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    broker_common::serve::wait_serving(&format!("http://127.0.0.1:{grpc}"), Duration::from_secs(30))
+        .await
 }
 
 struct Phase {

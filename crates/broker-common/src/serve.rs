@@ -98,3 +98,31 @@ pub fn token_from(shutdown: impl Future<Output = ()> + Send + 'static) -> Cancel
     });
     token
 }
+
+/// Waits until the `grpc.health.v1` service at `endpoint` answers SERVING,
+/// polling every 100 ms; fails after `timeout` naming the endpoint.
+pub async fn wait_serving(endpoint: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let ep = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| anyhow::anyhow!("endpoint {endpoint:?}: {e}"))?;
+    loop {
+        if let Ok(ch) = ep.connect().await
+            && let Ok(r) = HealthClient::new(ch)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+            && r.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{endpoint} did not report SERVING within {timeout:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

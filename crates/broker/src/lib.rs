@@ -15,6 +15,20 @@ use shard_router::{RouterClient, RouterGrpc};
 use std::future::Future;
 use storage_writer::{WriterClient, WriterGrpc};
 
+/// What `broker run` does: telemetry, listeners from the config, then
+/// [`run`] until SIGINT/SIGTERM.
+pub async fn run_until_signal(config: BrokerConfig, services: &[Service]) -> anyhow::Result<()> {
+    let _guard = broker_common::telemetry::init(&config.telemetry, "broker")?;
+    let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
+    run(
+        config,
+        services,
+        listeners,
+        broker_common::shutdown::signal(),
+    )
+    .await
+}
+
 /// Runs `services` in this process until `shutdown` resolves, then drains:
 /// gateways ack what they took, routers finish forwarding, writers flush to
 /// Redis, all within `shutdown_grace`.

@@ -61,17 +61,7 @@ fn main() {
             } else {
                 services
             };
-            runtime(|| async move {
-                let _guard = broker_common::telemetry::init(&config.telemetry, "broker")?;
-                let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
-                broker::run(
-                    config,
-                    &services,
-                    listeners,
-                    broker_common::shutdown::signal(),
-                )
-                .await
-            })
+            runtime(|| async move { broker::run_until_signal(config, &services).await })
         }
     };
     std::process::exit(code);

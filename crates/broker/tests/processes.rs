@@ -61,28 +61,10 @@ fn port() -> u16 {
     redis_process::free_port().unwrap()
 }
 
-/// Waits until the gRPC health service of `addr` says SERVING.
 async fn wait_serving(addr: &str) {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_client::HealthClient;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(ch) = tonic::transport::Endpoint::from_shared(addr.to_string())
-            .unwrap()
-            .connect()
-            .await
-            && let Ok(r) = HealthClient::new(ch)
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-            && r.into_inner().status == 1
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{addr} never became healthy");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    broker_common::serve::wait_serving(addr, Duration::from_secs(30))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
