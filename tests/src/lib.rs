@@ -30,10 +30,23 @@ pub fn now() -> i64 {
         .as_secs() as i64
 }
 
-/// A configuration for tests: Redis at `redis_url`, fast retries.
+/// A fresh directory that outlives the test (for spools a restarted
+/// writer must find again).
+pub fn scratch_dir(prefix: &str) -> std::path::PathBuf {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("temp dir")
+        .keep()
+}
+
+/// A configuration for tests: Redis at `redis_url`, a private spool
+/// directory, fast retries.
 pub fn config_for(redis_url: &str) -> BrokerConfig {
     let mut c = BrokerConfig::default();
     c.writer.redis_url = redis_url.to_string();
+    c.writer.spool_dir = scratch_dir("broker-test-spool-").display().to_string();
+    c.writer.redis_timeout = Duration::from_secs(2);
     c.router.retry.max_retries = 1;
     c.router.retry.initial_backoff = Duration::from_millis(50);
     c.router.retry.max_backoff = Duration::from_millis(100);

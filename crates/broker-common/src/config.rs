@@ -48,6 +48,8 @@ pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(2);
 pub const DEFAULT_MAX_QUEUED_POINTS: usize = 100_000;
 pub const DEFAULT_MAX_CONCURRENT_PIPELINES: usize = 4;
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_SPOOL_DIR: &str = "data/spool";
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
 
 /// Prefix of environment overrides: `BROKER_WRITER__REDIS_URL=...` sets
 /// `writer.redis_url` (`__` separates levels).
@@ -269,6 +271,13 @@ pub struct WriterConfig {
     /// Deadline of one pipeline round trip.
     #[serde(with = "humantime_serde")]
     pub redis_timeout: Duration,
+    /// Directory of the write-ahead spool used while Redis is unavailable
+    /// (fsync'ed before the ack, replayed in order). Empty disables it:
+    /// writes then fail while Redis is down and senders retry.
+    pub spool_dir: String,
+    /// When the spool holds this much, writes are refused with
+    /// RESOURCE_EXHAUSTED until it drains.
+    pub spool_max_bytes: u64,
 }
 
 impl Default for WriterConfig {
@@ -282,6 +291,8 @@ impl Default for WriterConfig {
             max_queued_points: DEFAULT_MAX_QUEUED_POINTS,
             max_concurrent_pipelines: DEFAULT_MAX_CONCURRENT_PIPELINES,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            spool_dir: DEFAULT_SPOOL_DIR.into(),
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
         }
     }
 }
@@ -539,6 +550,12 @@ impl BrokerConfig {
             );
         }
         nonzero_duration(&mut bad, "writer.redis_timeout", w.redis_timeout);
+        if !w.spool_dir.is_empty() && w.spool_max_bytes < 1 << 20 {
+            bad(
+                "writer.spool_max_bytes",
+                format!("{} is less than 1 MiB", w.spool_max_bytes),
+            );
+        }
         if p.is_empty() {
             Ok(())
         } else {

@@ -12,6 +12,10 @@ pub enum WriterError {
     ShuttingDown,
     #[error("writer {0:?} is unreachable: {1}")]
     Unreachable(String, String),
+    #[error("redis is unavailable and {0}; retry later")]
+    SpoolFull(String),
+    #[error("redis is unavailable and the spool failed: {0}")]
+    Spool(String),
 }
 
 impl WriterError {
@@ -22,6 +26,8 @@ impl WriterError {
                 Status::unavailable(self.to_string())
             }
             WriterError::Timeout(_) => Status::deadline_exceeded(self.to_string()),
+            WriterError::SpoolFull(_) => Status::resource_exhausted(self.to_string()),
+            WriterError::Spool(_) => Status::unavailable(self.to_string()),
         }
     }
 }

@@ -4,7 +4,9 @@
 //! - [`layout`]: the key layout trait and the seed layout (key formats live
 //!   only here).
 //! - [`writer`]: the batcher that turns write jobs into Redis pipelines and
-//!   acks each job after Redis confirmed it; Redis connection setup.
+//!   acks each job once durable (Redis confirmed it, or it is in the
+//!   spool); the spool replayer; Redis connection setup.
+//! - [`spool`]: the write-ahead spool (redb) used while Redis is down.
 //! - [`service`]: the `WriterService` gRPC server and [`WriterClient`], which
 //!   hides whether the writer is in this process or across the network.
 //! - [`error`]: [`WriterError`] and its gRPC status mapping.
@@ -16,6 +18,7 @@ pub mod error;
 pub mod layout;
 pub mod metrics;
 pub mod service;
+pub mod spool;
 pub mod writer;
 
 pub use error::WriterError;
@@ -49,8 +52,18 @@ impl WriterComponent {
             .ok_or_else(|| anyhow::anyhow!("writer.layout: unknown layout {:?}", w.layout))?;
         let pool = writer::redis_pool(&w.redis_url, w.pool_size)?;
         let metrics = metrics::WriterMetrics::new(registry);
-        let writer = Writer::start(w, config.ttl, pool.clone(), layout, metrics);
-        readiness.set("storage-writer", false);
+        let spool = if w.spool_dir.is_empty() {
+            None
+        } else {
+            let dir = std::path::Path::new(&w.spool_dir);
+            let spool = spool::Spool::open(dir, w.spool_max_bytes)
+                .map_err(|e| anyhow::anyhow!("writer.spool_dir: {e}"))?;
+            Some(std::sync::Arc::new(spool))
+        };
+        let has_spool = spool.is_some();
+        let writer = Writer::start(w, config.ttl, pool.clone(), layout, spool, metrics);
+        // With a spool the writer can take writes before Redis answers.
+        readiness.set("storage-writer", has_spool);
         let (r, p, url) = (readiness.clone(), pool.clone(), w.redis_url.clone());
         tokio::spawn(async move {
             use fred::interfaces::ClientLike;

@@ -13,6 +13,13 @@ pub struct WriterMetrics {
     pub pipeline_points: Histogram,
     pub queued_points: Gauge,
     pub inflight_pipelines: Gauge,
+    pub redis_up: Gauge,
+    pub spool_records: Gauge,
+    pub spool_bytes: Gauge,
+    pub spooled_points: Counter,
+    pub replayed_points: Counter,
+    pub spool_full: Counter,
+    pub spool_corrupt: Counter,
 }
 
 impl WriterMetrics {
@@ -26,6 +33,13 @@ impl WriterMetrics {
             pipeline_points: Histogram::new(broker_common::admin::size_buckets()),
             queued_points: Gauge::default(),
             inflight_pipelines: Gauge::default(),
+            redis_up: Gauge::default(),
+            spool_records: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            spooled_points: Counter::default(),
+            replayed_points: Counter::default(),
+            spool_full: Counter::default(),
+            spool_corrupt: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("broker_writer");
         r.register("points", "Points written to Redis", m.points.clone());
@@ -59,6 +73,41 @@ impl WriterMetrics {
             "inflight_pipelines",
             "Redis pipelines awaiting a reply",
             m.inflight_pipelines.clone(),
+        );
+        r.register(
+            "redis_up",
+            "1 when batches go straight to Redis, 0 while the spool is used or drained",
+            m.redis_up.clone(),
+        );
+        r.register(
+            "spool_records",
+            "Batches waiting in the spool",
+            m.spool_records.clone(),
+        );
+        r.register(
+            "spool_bytes",
+            "Bytes waiting in the spool",
+            m.spool_bytes.clone(),
+        );
+        r.register(
+            "spooled_points",
+            "Points appended to the spool",
+            m.spooled_points.clone(),
+        );
+        r.register(
+            "replayed_points",
+            "Points replayed from the spool into Redis",
+            m.replayed_points.clone(),
+        );
+        r.register(
+            "spool_full_rejections",
+            "Writes refused because the spool was full (senders retry)",
+            m.spool_full.clone(),
+        );
+        r.register(
+            "spool_corrupt_records",
+            "Spool records that did not decode and were dropped",
+            m.spool_corrupt.clone(),
         );
         m
     }
