@@ -108,6 +108,8 @@ fn main() -> anyhow::Result<()> {
 /// A service child process, killed (SIGTERM then wait) on drop.
 struct Child_ {
     child: Child,
+    /// Removed after the process is gone.
+    _spool: tempfile::TempDir,
 }
 
 impl Drop for Child_ {
@@ -146,6 +148,9 @@ fn spawn_serve(
     cmd.args(["--grpc-listen", &format!("127.0.0.1:{grpc}")]);
     cmd.args(["--http-listen", &format!("127.0.0.1:{}", port()?)]);
     cmd.args(["--set", "telemetry.log_level=warn"]);
+    // A fresh spool per process, so runs never replay each other's data.
+    let spool = tempfile::Builder::new().prefix("broker-bench-spool-").tempdir()?;
+    cmd.args(["--set", &format!("writer.spool_dir={}", spool.path().display())]);
     cmd.args(extra);
     for kv in &args.broker_set {
         cmd.args(["--set", kv]);

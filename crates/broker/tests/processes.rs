@@ -76,8 +76,9 @@ async fn separate_processes_with_yaml_configs() {
     std::fs::write(
         &writer_yaml,
         format!(
-            "node_id: writer-a\ngrpc_listen: 127.0.0.1:{wg}\nhttp_listen: 127.0.0.1:{wh}\nwriter:\n  redis_url: {}\n",
-            redis.url()
+            "node_id: writer-a\ngrpc_listen: 127.0.0.1:{wg}\nhttp_listen: 127.0.0.1:{wh}\nwriter:\n  redis_url: {}\n  spool_dir: {}\n",
+            redis.url(),
+            dir.join("spool").display()
         ),
     )
     .unwrap();
