@@ -158,6 +158,7 @@ fn spawn_serve(
     cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
     Ok(Child_ {
         child: cmd.spawn()?,
+        _spool: spool,
     })
 }
 
