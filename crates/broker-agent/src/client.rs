@@ -1,11 +1,16 @@
 //! [`AgentClient`]: one `SendMetrics` stream with a bounded window of
-//! outstanding batches, acks matched to sends by sequence number.
+//! outstanding batches, acks matched to sends by sequence number, and
+//! [`AgentClient::reconnect`]: a new stream after a broken one, with
+//! exponential backoff and jitter (`backon`) and failover round the endpoint
+//! list.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use broker_proto::v1::monitor_service_client::MonitorServiceClient;
 use broker_proto::v1::{BatchAck, MetricBatch};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -27,6 +32,36 @@ pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 PING interval, so a dead gateway is noticed on an idle stream.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reconnect backoff: the first delay, doubled per failed attempt up to the
+/// cap, each with up to as much again of random jitter.
+pub const RECONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+pub const RECONNECT_BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// Failed connect attempts (one endpoint each) before
+/// [`AgentClient::reconnect`] gives up.
+pub const DEFAULT_RECONNECT_ATTEMPTS: usize = 20;
+
+/// The default reconnect policy: [`RECONNECT_BACKOFF_FIRST`] doubling to
+/// [`RECONNECT_BACKOFF_CAP`] with jitter, at most
+/// [`DEFAULT_RECONNECT_ATTEMPTS`] retries after the first attempt.
+///
+/// The jitter is seeded from the process's random hasher keys: the workspace
+/// builds `backon` without its `std` feature, which would otherwise give every
+/// backoff the same fixed seed and so the same "random" delays.
+pub fn reconnect_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(RECONNECT_BACKOFF_FIRST)
+        .with_max_delay(RECONNECT_BACKOFF_CAP)
+        .with_max_times(DEFAULT_RECONNECT_ATTEMPTS)
+        .with_jitter()
+        .with_jitter_seed(jitter_seed())
+}
+
+/// A fresh random seed for backoff jitter.
+pub(crate) fn jitter_seed() -> u64 {
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
 
 /// How an [`AgentClient`] connects.
 #[derive(Debug, Clone)]
@@ -65,8 +100,9 @@ impl ClientConfig {
 ///
 /// The client does not resend. When the stream breaks, every outstanding
 /// send resolves with [`AgentError::StreamClosed`] (retryable) and the client
-/// stays closed; the caller keeps whatever it needs to resend (or, like the
-/// load generator, can regenerate it) and connects a new client.
+/// stays closed; the caller keeps whatever it needs to resend (the load
+/// generator keeps every un-acked batch in its outbox) and gets a new stream
+/// from [`AgentClient::reconnect`].
 #[derive(Debug)]
 pub struct AgentClient {
     inner: Arc<Inner>,
@@ -75,6 +111,8 @@ pub struct AgentClient {
 #[derive(Debug)]
 struct Inner {
     endpoint: Arc<str>,
+    /// Position of `endpoint` in [`ClientConfig::endpoints`].
+    endpoint_index: usize,
     window: Arc<Semaphore>,
     state: Arc<Mutex<StreamState>>,
     /// The task reading acks; aborted when the last user goes away.
@@ -111,10 +149,11 @@ impl AgentClient {
         let n = config.endpoints.len();
         let mut last = None;
         for i in 0..n {
-            let endpoint = &config.endpoints[(config.first_endpoint + i) % n];
-            match Self::connect_one(endpoint, config).await {
+            let index = (config.first_endpoint + i) % n;
+            match Self::connect_endpoint(config, index).await {
                 Ok(client) => return Ok(client),
                 Err(e) => {
+                    let endpoint = &config.endpoints[index];
                     warn!(endpoint = %endpoint, error = %DisplayChain(&e), "gateway endpoint failed");
                     last = Some(e);
                 }
@@ -126,7 +165,65 @@ impl AgentClient {
         })
     }
 
-    async fn connect_one(endpoint: &str, config: &ClientConfig) -> Result<Self, AgentError> {
+    /// Opens a new stream after the one on endpoint `after` (an index into
+    /// [`ClientConfig::endpoints`]) broke.
+    ///
+    /// Each attempt tries one endpoint, walking the list round from the one
+    /// after `after`, so every failed connect fails over to the next gateway;
+    /// between attempts it waits as `backoff` says (see
+    /// [`reconnect_backoff`]). Gives up when `backoff` runs out, with
+    /// [`AgentError::Unreachable`] holding the last failure. Bound it with a
+    /// deadline as well when the caller has one.
+    pub async fn reconnect(
+        config: &ClientConfig,
+        after: usize,
+        backoff: ExponentialBuilder,
+    ) -> Result<Self, AgentError> {
+        if config.endpoints.is_empty() {
+            return Err(AgentError::NoEndpoints);
+        }
+        let n = config.endpoints.len();
+        let mut attempt = 0usize;
+        let result = (|| {
+            let index = (after + 1 + attempt) % n;
+            attempt += 1;
+            Self::connect_endpoint(config, index)
+        })
+        .retry(backoff)
+        // A config problem does not heal with time; anything else (refused,
+        // timed out, refused by the gateway) may, there or at the next one.
+        .when(|e: &AgentError| {
+            !matches!(
+                e,
+                AgentError::NoEndpoints
+                    | AgentError::InvalidEndpoint { .. }
+                    | AgentError::InvalidConfig { .. }
+            )
+        })
+        .notify(|e: &AgentError, retry_in: Duration| {
+            warn!(error = %DisplayChain(e), retry_in = ?retry_in, "gateway reconnect failed, trying the next endpoint");
+        })
+        .await;
+        result.map_err(|last| AgentError::Unreachable {
+            endpoints: config.endpoints.clone(),
+            last: Box::new(last),
+        })
+    }
+
+    /// Connects to exactly one endpoint, `config.endpoints[index % len]`.
+    pub async fn connect_endpoint(config: &ClientConfig, index: usize) -> Result<Self, AgentError> {
+        if config.endpoints.is_empty() {
+            return Err(AgentError::NoEndpoints);
+        }
+        let index = index % config.endpoints.len();
+        Self::connect_one(&config.endpoints[index], index, config).await
+    }
+
+    async fn connect_one(
+        endpoint: &str,
+        endpoint_index: usize,
+        config: &ClientConfig,
+    ) -> Result<Self, AgentError> {
         let ep = Endpoint::from_shared(endpoint.to_string())
             .map_err(|source| AgentError::InvalidEndpoint {
                 endpoint: endpoint.to_string(),
@@ -172,6 +269,7 @@ impl AgentClient {
         Ok(Self {
             inner: Arc::new(Inner {
                 endpoint,
+                endpoint_index,
                 window: Arc::new(Semaphore::new(window)),
                 state,
                 reader: Mutex::new(Some(reader)),
@@ -199,6 +297,12 @@ impl AgentClient {
     /// The endpoint this stream is connected to.
     pub fn endpoint(&self) -> &str {
         &self.inner.endpoint
+    }
+
+    /// The position of [`endpoint`](Self::endpoint) in
+    /// [`ClientConfig::endpoints`], for [`reconnect`](Self::reconnect).
+    pub fn endpoint_index(&self) -> usize {
+        self.inner.endpoint_index
     }
 
     /// Batches sent and not yet acknowledged.
@@ -504,6 +608,51 @@ mod tests {
         assert_eq!(endpoints, &["not a uri".to_string()]);
         assert!(matches!(**last, AgentError::InvalidEndpoint { .. }));
         assert!(err.to_string().contains("not a uri"));
+    }
+
+    #[tokio::test]
+    async fn reconnect_walks_the_endpoints_from_the_next_one_and_gives_up() {
+        let endpoints: Vec<String> = (0..3)
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                format!("http://{}", l.local_addr().unwrap())
+            })
+            .collect();
+        let config = ClientConfig::new(endpoints.clone());
+        // Broke on endpoint 0: tries 1, 2, then 0 again, backing off between.
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(1))
+            .with_max_times(2);
+        let started = std::time::Instant::now();
+        let err = AgentClient::reconnect(&config, 0, backoff)
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(3), "backed off");
+        let AgentError::Unreachable { last, .. } = &err else {
+            panic!("unexpected {err:?}");
+        };
+        let AgentError::Connect { endpoint, .. } = &**last else {
+            panic!("unexpected {last:?}");
+        };
+        assert_eq!(endpoint, &endpoints[0], "third attempt wrapped round");
+        // One attempt only: the endpoint after `after`.
+        let once = ExponentialBuilder::default().with_max_times(0);
+        let err = AgentClient::reconnect(&config, 1, once).await.unwrap_err();
+        let AgentError::Unreachable { last, .. } = &err else {
+            panic!("unexpected {err:?}");
+        };
+        assert!(
+            matches!(&**last, AgentError::Connect { endpoint, .. } if endpoint == &endpoints[2])
+        );
+        // A config problem is not retried.
+        let bad = ClientConfig::new(vec!["not a uri".into()]);
+        let err = AgentClient::reconnect(&bad, 0, reconnect_backoff())
+            .await
+            .unwrap_err();
+        let AgentError::Unreachable { last, .. } = &err else {
+            panic!("unexpected {err:?}");
+        };
+        assert!(matches!(**last, AgentError::InvalidEndpoint { .. }));
     }
 
     #[tokio::test]

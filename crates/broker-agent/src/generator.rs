@@ -105,10 +105,30 @@ impl SnapshotGenerator {
             "host range {hosts:?} past the {} generated hosts",
             self.hosts
         );
+        self.batch_of_hosts(ts, hosts)
+    }
+
+    /// One snapshot at `ts` for each listed host, in list order, with `seq`
+    /// 0. What a resend of some points of a batch carries: the same points,
+    /// value for value, as the first send.
+    ///
+    /// # Panics
+    /// When a host index reaches past [`hosts()`](Self::hosts).
+    pub fn batch_of_hosts(&self, ts: i64, hosts: impl IntoIterator<Item = usize>) -> MetricBatch {
         MetricBatch {
             seq: 0,
             metric_names: self.metric_names.clone(),
-            points: hosts.map(|h| self.point(h, ts)).collect(),
+            points: hosts
+                .into_iter()
+                .map(|h| {
+                    assert!(
+                        h < self.hosts,
+                        "host {h} past the {} generated hosts",
+                        self.hosts
+                    );
+                    self.point(h, ts)
+                })
+                .collect(),
         }
     }
 
@@ -318,6 +338,23 @@ mod tests {
         assert_eq!(r, vec![0..100, 100..200, 200..250]);
         assert_eq!(g.batch_ranges(0).len(), 250);
         assert_eq!(SnapshotGenerator::new(0, 1).batch_ranges(10), vec![]);
+    }
+
+    #[test]
+    fn a_subset_batch_repeats_the_same_points() {
+        let g = SnapshotGenerator::new(20, 6).with_labels(true);
+        let full = g.batch(TS, 10..20);
+        let some = g.batch_of_hosts(TS, [12, 17, 19]);
+        assert_eq!(some.metric_names, full.metric_names);
+        assert_eq!(
+            some.points,
+            vec![
+                full.points[2].clone(),
+                full.points[7].clone(),
+                full.points[9].clone()
+            ]
+        );
+        assert_eq!(g.batch_of_hosts(TS, 10..20), full);
     }
 
     #[test]

@@ -5,13 +5,20 @@
 //! # Layout
 //! - [`client`]: [`AgentClient`], one bidirectional stream to a gateway with
 //!   endpoint failover on connect, a bounded window of outstanding batches
-//!   (backpressure) and acks matched to sends by sequence number.
+//!   (backpressure) and acks matched to sends by sequence number;
+//!   [`AgentClient::reconnect`] replaces a broken stream with backoff and
+//!   jitter (`backon`), failing over round the endpoint list.
 //! - [`generator`]: [`SnapshotGenerator`], batches whose every value is a pure
 //!   function of (host, timestamp, metric), so tests can recompute them.
 //! - [`load`]: [`run_load`], the bounded load loop (paced like real agents, at
-//!   a fixed rate, or as fast as acks allow) returning a [`LoadReport`].
-//! - [`report`]: ack classification, latency percentiles, progress lines and
-//!   the final report with its `--json` form.
+//!   a fixed rate, or as fast as acks allow) that keeps every batch until it
+//!   is acked, resends after broken streams and retryable rejections, drains
+//!   at the end, and returns a [`LoadReport`].
+//! - `outbox`: the load loop's pure bookkeeping of un-acked batches (what
+//!   to resend, when, and when to give up).
+//! - [`report`]: ack classification (stored / rejected / to resend, point by
+//!   point), latency percentiles, progress lines and the final report with
+//!   its `--json` form.
 //! - [`error`]: [`AgentError`], the crate's one error type.
 //! - `src/bin/loadgen.rs`: the `broker-loadgen` command line.
 
@@ -21,6 +28,7 @@ pub mod client;
 pub mod error;
 pub mod generator;
 pub mod load;
+mod outbox;
 pub mod report;
 
 pub use client::{AgentClient, ClientConfig, MAX_MESSAGE_BYTES};

@@ -1,15 +1,33 @@
-//! The load loop behind `broker-loadgen`, as a library so a benchmark can run
-//! the same load in-process and read the [`LoadReport`].
+//! The load loop behind `broker-loadgen`, as a library so a benchmark or a
+//! fault-injection test can run the same load in-process and read the
+//! [`LoadReport`].
 //!
 //! Hosts are cut into batches of `batch_hosts`; one round sends every batch
 //! once. Batches are numbered across rounds (`k = round * batches + j`) and
 //! batch `k` travels on connection `k % connections`, so every connection
 //! carries load even with fewer batches than connections, and a host stays on
 //! one connection whenever the batch count is a multiple of the connection
-//! count. Connections are spread round robin across the endpoints. Each
-//! connection keeps at most `window` batches outstanding. A run stops issuing at the first bound reached (duration,
-//! points, or the caller's stop future), then waits up to `drain_timeout` for
-//! the acks still owed; whatever is still unacked then counts as failed.
+//! count. Connections are spread round robin across the endpoints.
+//!
+//! Nothing acknowledged is lost, and nothing un-acknowledged is forgotten:
+//! each connection keeps every batch it sent in its outbox until the batch's
+//! points are settled (stored, rejected for good, or given up on), and at
+//! most `window` batches un-settled at once, in flight or waiting for a
+//! resend. When a stream breaks, the connection gets a new one
+//! ([`AgentClient::reconnect`]: exponential backoff with jitter, failing over
+//! to the next endpoint on each failed connect) and sends what was
+//! outstanding again. Points an ack marks `retryable`, and whole batches
+//! refused as overloaded or shutting down, go again too, as a batch of just
+//! those points after a backoff delay. A resend carries the same points (host
+//! ids, timestamps, values: the generator is deterministic), so the broker's
+//! idempotent writes make it harmless. A batch gets at most `max_resends`
+//! resends, whatever their cause; then its points count as failed.
+//!
+//! A run stops issuing new batches at the first bound reached (duration,
+//! points, or the caller's stop future), then drains: it keeps resending
+//! un-acked batches until they are acked or `drain_timeout` passes; whatever
+//! is still un-acked then counts as failed. Each distinct point ends in
+//! exactly one of acked, rejected and failed.
 
 use std::future::Future;
 use std::ops::Range;
@@ -18,17 +36,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use broker_proto::v1::BatchAck;
+use backon::ExponentialBuilder;
+use broker_proto::v1::{BatchAck, BatchError};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::client::{AgentClient, ClientConfig, DisplayChain};
+use crate::client::{AgentClient, ClientConfig, DisplayChain, jitter_seed, reconnect_backoff};
 use crate::error::AgentError;
 use crate::generator::SnapshotGenerator;
+use crate::outbox::{BatchId, BatchSpec, Outbox, Settled};
 use crate::report::{AckOutcome, Counters, LoadReport, Progress};
 
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:9093";
@@ -39,17 +59,17 @@ pub const DEFAULT_CONNECTIONS: usize = 2;
 pub const DEFAULT_WINDOW: usize = crate::client::DEFAULT_WINDOW;
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(30);
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Resends one batch may get (whatever their cause) before its points fail.
+pub const DEFAULT_MAX_RESENDS: u32 = 10;
+/// Resend backoff of one batch: the first delay, doubled per resend up to the
+/// cap, each with up to as much again of random jitter.
+pub const RESEND_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+pub const RESEND_BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// How far back unpaced timestamps step before wrapping: rounds within this
 /// many write distinct points, and they stay well inside the broker's TTL.
 pub const TIMESTAMP_SPAN_SECS: u64 = 3600;
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-/// Reconnect backoff: doubles from the first to the cap.
-const RECONNECT_BACKOFF_FIRST: Duration = Duration::from_millis(100);
-const RECONNECT_BACKOFF_CAP: Duration = Duration::from_secs(5);
-/// A connection that cannot get back to any endpoint this many times in a
-/// row stops issuing, so a points-only run with the gateway gone still ends.
-const MAX_RECONNECT_ATTEMPTS: u32 = 20;
 /// Wait for the gateway to end the streams after the run.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -110,8 +130,17 @@ pub struct LoadConfig {
     /// [`run_load`]; [`run_load_with`] hands progress to its callback).
     pub print_progress: bool,
     pub connect_timeout: Duration,
-    /// After the last send, how long to wait for the acks still owed.
+    /// After the last new batch, how long to keep resending un-acked ones
+    /// and waiting for their acks; what is un-acked then counts as failed.
     pub drain_timeout: Duration,
+    /// Resends one batch may get (broken streams, retryable points, an
+    /// overloaded gateway) before its points count as failed; 0 resends
+    /// nothing.
+    pub max_resends: u32,
+    /// Keep the `(host_idx, ts)` of every acked point in
+    /// [`LoadReport::acked_points`], so a test can look each one up in the
+    /// store. Costs 16 bytes per acked point; off by default.
+    pub record_acked: bool,
 }
 
 impl Default for LoadConfig {
@@ -130,6 +159,8 @@ impl Default for LoadConfig {
             print_progress: false,
             connect_timeout: crate::client::DEFAULT_CONNECT_TIMEOUT,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            max_resends: DEFAULT_MAX_RESENDS,
+            record_acked: false,
         }
     }
 }
@@ -145,6 +176,14 @@ impl LoadConfig {
         };
         if self.endpoints.is_empty() || self.endpoints.iter().any(|e| e.trim().is_empty()) {
             return bad("endpoints", "needs at least one endpoint, none empty");
+        }
+        // Checked here so that a bad entry cannot surface only at a failover.
+        if let Some(e) = self
+            .endpoints
+            .iter()
+            .find(|e| tonic::transport::Endpoint::from_shared(e.to_string()).is_err())
+        {
+            return bad("endpoints", &format!("{e:?} is not a valid URI"));
         }
         for (key, v) in [
             ("hosts", self.hosts),
@@ -175,6 +214,10 @@ impl LoadConfig {
         if self.max_points == Some(0) {
             return bad("points", "must be at least 1");
         }
+        // Points are recorded and resent by u32 host index.
+        if u32::try_from(self.hosts).is_err() {
+            return bad("hosts", "must fit in 32 bits");
+        }
         Ok(())
     }
 }
@@ -198,7 +241,9 @@ pub async fn run_load(cfg: LoadConfig) -> Result<LoadReport, AgentError> {
 /// is reached or `stop` completes (then drains as for a bound).
 ///
 /// Fails before sending anything when the config is invalid or a connection
-/// cannot reach any endpoint.
+/// cannot reach any endpoint. Once running, broken streams are replaced and
+/// un-acked batches resent (see the module docs); the report says what
+/// became of every point.
 pub async fn run_load_with(
     cfg: LoadConfig,
     mut on_progress: impl FnMut(&Progress) + Send,
@@ -224,11 +269,16 @@ pub async fn run_load_with(
     let clients = futures::future::join_all(client_configs.iter().map(AgentClient::connect)).await;
     let clients = clients.into_iter().collect::<Result<Vec<_>, _>>()?;
 
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters::new(cfg.record_acked));
     let (stop_tx, stop_rx) = watch::channel(false);
     let start = Instant::now();
     let schedule = Arc::new(Schedule::new(&cfg, start, SystemTime::now(), ranges.len()));
     let budget = cfg.max_points.map(|n| Arc::new(AtomicU64::new(n)));
+    let resend_backoff = ExponentialBuilder::default()
+        .with_min_delay(RESEND_BACKOFF_FIRST)
+        .with_max_delay(RESEND_BACKOFF_CAP)
+        .with_max_times(cfg.max_resends as usize)
+        .with_jitter();
     info!(
         endpoints = %cfg.endpoints.join(","),
         connections,
@@ -236,6 +286,8 @@ pub async fn run_load_with(
         pacing = ?cfg.pacing,
         duration = ?cfg.duration,
         max_points = ?cfg.max_points,
+        max_resends = cfg.max_resends,
+        drain_timeout = ?cfg.drain_timeout,
         "load starting"
     );
 
@@ -243,8 +295,11 @@ pub async fn run_load_with(
     for (c, (client, client_config)) in clients.into_iter().zip(client_configs).enumerate() {
         let conn = Connection {
             id: c,
+            endpoint: client.endpoint_index(),
             client: Some(client),
+            generation: 0,
             client_config,
+            reconnect: reconnect_backoff(),
             ranges: ranges.clone(),
             first_batch: c as u64,
             stride: connections as u64,
@@ -255,6 +310,7 @@ pub async fn run_load_with(
             counters: counters.clone(),
             stop: stop_rx.clone(),
             drain_timeout: cfg.drain_timeout,
+            outbox: Outbox::new(resend_backoff, jitter_seed(), cfg.record_acked),
         };
         tasks.spawn(conn.run());
     }
@@ -306,6 +362,8 @@ pub async fn run_load_with(
         sent = report.sent,
         acked = report.acked,
         rejected = report.rejected,
+        resent = report.resent,
+        resends_batches = report.resends_batches,
         failed = report.failed,
         points_per_s = report.points_per_s(),
         "load finished"
@@ -415,8 +473,17 @@ struct Next {
 /// One connection's share of the load.
 struct Connection {
     id: usize,
+    /// The current stream; `None` after it broke, until the next send needs
+    /// one.
     client: Option<AgentClient>,
+    /// Bumped per new stream, so a failed send retires only the stream it
+    /// went out on.
+    generation: u64,
+    /// Index of the endpoint of the current (or last) stream; reconnects
+    /// start from the one after it.
+    endpoint: usize,
     client_config: ClientConfig,
+    reconnect: ExponentialBuilder,
     /// The host ranges of one round.
     ranges: Arc<[Range<usize>]>,
     /// This connection sends batches `first_batch + n * stride`.
@@ -429,25 +496,60 @@ struct Connection {
     counters: Arc<Counters>,
     stop: watch::Receiver<bool>,
     drain_timeout: Duration,
+    /// Every batch sent and not settled.
+    outbox: Outbox,
 }
+
+/// A send, answered or failed.
+struct Done {
+    id: BatchId,
+    generation: u64,
+    points: u64,
+    latency: Duration,
+    result: Result<BatchAck, AgentError>,
+}
+
+/// Whether a stream is there to send on.
+enum Link {
+    Ready,
+    /// The drain deadline passed while reconnecting.
+    NotNow,
+    /// [`AgentClient::reconnect`] ran out of attempts.
+    Lost,
+}
+
+/// Why points are given up on (`LoadReport::failed_by_reason`).
+const FAILED_DRAIN_TIMEOUT: &str = "drain_timeout";
+const FAILED_RESENDS_EXHAUSTED: &str = "resends_exhausted";
+const FAILED_UNREACHABLE: &str = "unreachable";
+const FAILED_SEND_ERROR: &str = "send_error";
+/// Why points go again after a send failed (`LoadReport::retries_by_reason`).
+const RETRY_STREAM_CLOSED: &str = "stream_closed";
 
 impl Connection {
     /// Sends until stopped and drained; returns when it finished and the
     /// client to close.
     async fn run(mut self) -> (Instant, Option<AgentClient>) {
         let mut inflight = FuturesUnordered::new();
-        let mut inflight_points = 0u64;
         let mut k = self.first_batch;
         let mut next: Option<Next> = None;
         let mut stopping = *self.stop.borrow();
         let mut drain_deadline = None;
-        let mut reconnects = 0u32;
 
         loop {
             if stopping && drain_deadline.is_none() {
                 drain_deadline = Some(Instant::now() + self.drain_timeout);
+                if !self.outbox.is_empty() {
+                    info!(
+                        connection = self.id,
+                        batches = self.outbox.len(),
+                        waiting = self.outbox.waiting(),
+                        points = self.outbox.points(),
+                        "draining un-acked batches"
+                    );
+                }
             }
-            if stopping && inflight.is_empty() {
+            if stopping && self.outbox.is_empty() {
                 break;
             }
             if !stopping && next.is_none() {
@@ -455,43 +557,49 @@ impl Connection {
                 stopping = next.is_none();
                 continue;
             }
-            let can_issue = !stopping && inflight.len() < self.window;
-            let issue_at = next.as_ref().map_or_else(Instant::now, |n| n.at);
+            // A new batch needs room in the outbox: un-acked batches, those
+            // waiting for a resend included, count against the window.
+            let has_room = !stopping && self.outbox.len() < self.window;
+            let new_at = next.as_ref().filter(|_| has_room).map(|n| n.at);
+            let send_at = earliest(self.outbox.next_due(), new_at);
             tokio::select! {
                 biased;
                 _ = self.stop.changed(), if !stopping => stopping = true,
-                Some((points, latency, result)) = inflight.next(), if !inflight.is_empty() => {
-                    inflight_points -= points;
-                    self.finish(points, latency, result);
-                }
-                _ = tokio::time::sleep_until(issue_at), if can_issue => {
-                    let n = next.take().expect("issue only with a prepared batch");
-                    if !self.ensure_connected(&mut reconnects).await {
-                        if reconnects >= MAX_RECONNECT_ATTEMPTS {
-                            error!(connection = self.id, attempts = reconnects, "giving up: no gateway reachable");
-                            stopping = true;
-                        } else {
-                            // Try again after a backoff, same batch.
-                            next = Some(Next { at: Instant::now() + backoff(reconnects), ..n });
-                        }
-                        continue;
-                    }
-                    let client = self.client.as_ref().expect("connected");
-                    let batch = self.generator.batch(n.ts, n.hosts);
-                    let points = batch.points.len() as u64;
-                    self.counters.record_sent(points);
-                    inflight_points += points;
-                    let send = client.send(batch);
-                    inflight.push(async move {
-                        let t0 = Instant::now();
-                        let result = send.await;
-                        (points, t0.elapsed(), result)
-                    });
-                }
+                Some(done) = inflight.next(), if !inflight.is_empty() => self.settle(done),
                 _ = sleep_until_opt(drain_deadline), if stopping => {
-                    warn!(connection = self.id, batches = inflight.len(), points = inflight_points, "drain timeout: acks still owed");
-                    self.counters.record_failed(inflight_points, inflight.len() as u64);
+                    let (points, batches) = self.outbox.give_up();
+                    warn!(connection = self.id, batches, points, "drain timeout: giving up on un-acked points");
+                    self.counters.record_failed(points, batches, FAILED_DRAIN_TIMEOUT);
                     break;
+                }
+                _ = sleep_until_opt(send_at), if send_at.is_some() => {
+                    match self.ensure_connected(&mut stopping, &mut drain_deadline).await {
+                        Link::Ready => {}
+                        Link::NotNow => continue,
+                        Link::Lost if stopping => {
+                            let (points, batches) = self.outbox.give_up();
+                            error!(connection = self.id, batches, points, "no gateway reachable while draining: giving up on un-acked points");
+                            self.counters.record_failed(points, batches, FAILED_UNREACHABLE);
+                            break;
+                        }
+                        Link::Lost => {
+                            // Stop issuing; the drain tries once more.
+                            error!(connection = self.id, "no gateway reachable: no new batches on this connection");
+                            stopping = true;
+                            continue;
+                        }
+                    }
+                    let now = Instant::now();
+                    if let Some((id, spec)) = self.outbox.take_due(now) {
+                        self.counters.record_resent(spec.len());
+                        debug!(connection = self.id, batch = id, points = spec.len(), ts = spec.ts, "resending");
+                        inflight.push(self.send(id, spec));
+                    } else if let Some(n) = next.take_if(|n| has_room && !stopping && n.at <= now) {
+                        let spec = BatchSpec::new(n.ts, n.hosts);
+                        self.counters.record_sent(spec.len());
+                        let id = self.outbox.push(spec.clone());
+                        inflight.push(self.send(id, spec));
+                    }
                 }
             }
         }
@@ -515,75 +623,167 @@ impl Connection {
         Some(Next { hosts, ts, at })
     }
 
-    /// Replaces a broken stream; false when no endpoint answered.
-    async fn ensure_connected(&mut self, attempts: &mut u32) -> bool {
-        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
-            return true;
-        }
-        self.client = None;
-        let mut stop = self.stop.clone();
-        let connected = tokio::select! {
-            r = AgentClient::connect(&self.client_config) => r,
-            _ = stop.wait_for(|s| *s) => return false,
-        };
-        match connected {
-            Ok(client) => {
-                info!(
-                    connection = self.id,
-                    endpoint = client.endpoint(),
-                    "reconnected"
-                );
-                self.client = Some(client);
-                *attempts = 0;
-                true
-            }
-            Err(e) => {
-                *attempts += 1;
-                warn!(connection = self.id, attempt = *attempts, error = %DisplayChain(&e), "reconnect failed");
-                false
+    /// Puts batch `id` on the current stream (there must be one).
+    fn send(&self, id: BatchId, spec: BatchSpec) -> impl Future<Output = Done> + Send + 'static {
+        let client = self.client.as_ref().expect("send only when connected");
+        let batch = self
+            .generator
+            .batch_of_hosts(spec.ts, spec.hosts.iter().map(|&h| h as usize));
+        let points = spec.len();
+        let generation = self.generation;
+        let t0 = Instant::now();
+        let send = client.send(batch);
+        async move {
+            let result = send.await;
+            Done {
+                id,
+                generation,
+                points,
+                latency: t0.elapsed(),
+                result,
             }
         }
     }
 
-    fn finish(&self, points: u64, latency: Duration, result: Result<BatchAck, AgentError>) {
-        match result {
+    /// Makes sure there is a live stream, reconnecting (with backoff and
+    /// failover) when the last one broke. A stop arriving meanwhile starts
+    /// the drain clock, and the drain deadline cuts the reconnect short.
+    async fn ensure_connected(
+        &mut self,
+        stopping: &mut bool,
+        drain_deadline: &mut Option<Instant>,
+    ) -> Link {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Link::Ready;
+        }
+        self.client = None;
+        let reconnect = AgentClient::reconnect(&self.client_config, self.endpoint, self.reconnect);
+        let mut reconnect = std::pin::pin!(reconnect);
+        loop {
+            tokio::select! {
+                connected = &mut reconnect => return match connected {
+                    Ok(client) => {
+                        info!(
+                            connection = self.id,
+                            endpoint = client.endpoint(),
+                            pending_batches = self.outbox.len(),
+                            "reconnected"
+                        );
+                        self.endpoint = client.endpoint_index();
+                        self.generation += 1;
+                        self.client = Some(client);
+                        Link::Ready
+                    }
+                    Err(e) => {
+                        warn!(connection = self.id, error = %DisplayChain(&e), "reconnect gave up");
+                        Link::Lost
+                    }
+                },
+                _ = self.stop.changed(), if !*stopping => {
+                    *stopping = true;
+                    drain_deadline.get_or_insert(Instant::now() + self.drain_timeout);
+                }
+                _ = sleep_until_opt(*drain_deadline), if drain_deadline.is_some() => return Link::NotNow,
+            }
+        }
+    }
+
+    /// Counts what an ack (or a failed send) settled and lets the outbox
+    /// keep what goes again.
+    fn settle(&mut self, done: Done) {
+        let now = Instant::now();
+        let (settled, failed_reason) = match done.result {
             Ok(ack) => {
-                let outcome = AckOutcome::classify(&ack, points);
-                for reason in self.counters.record_ack(&outcome, latency) {
+                let outcome = AckOutcome::classify(&ack, done.points);
+                for reason in self.counters.record_ack(&outcome, done.latency) {
                     let detail = ack
                         .errors
                         .first()
                         .map(|e| e.message.as_str())
                         .filter(|m| !m.is_empty())
                         .unwrap_or(ack.batch_error_message.as_str());
-                    warn!(connection = self.id, seq = ack.seq, reason = %reason, detail, "gateway rejected points");
+                    warn!(connection = self.id, seq = ack.seq, reason = %reason, detail, "gateway did not store points");
                 }
                 if outcome.unaccounted > 0 {
                     warn!(
                         connection = self.id,
                         seq = ack.seq,
-                        points,
+                        points = done.points,
                         accepted = ack.accepted,
                         errors = ack.errors.len(),
-                        "ack does not account for every point"
+                        "ack does not account for every point; resending them"
                     );
                 }
+                if ack.batch_error == BatchError::ShuttingDown as i32
+                    && done.generation == self.generation
+                {
+                    // Its batches in flight still get acks; new sends go to
+                    // the next gateway.
+                    info!(connection = self.id, "gateway shutting down: failing over");
+                    self.client = None;
+                }
+                (
+                    self.outbox.acked(done.id, &outcome, now),
+                    FAILED_RESENDS_EXHAUSTED,
+                )
             }
             Err(e) => {
-                self.counters.record_failed(points, 1);
-                if !e.is_retryable() {
+                let retryable = e.is_retryable();
+                if retryable {
+                    if done.generation == self.generation {
+                        // The stream it went out on is gone; the next send
+                        // reconnects.
+                        self.client = None;
+                    }
+                    self.counters.record_retry(done.points, RETRY_STREAM_CLOSED);
+                    (
+                        self.outbox.send_failed(done.id, true, now),
+                        FAILED_RESENDS_EXHAUSTED,
+                    )
+                } else {
                     warn!(connection = self.id, error = %DisplayChain(&e), "batch failed");
+                    (
+                        self.outbox.send_failed(done.id, false, now),
+                        FAILED_SEND_ERROR,
+                    )
                 }
             }
+        };
+        let Some(Settled {
+            acked_points,
+            retry,
+            failed,
+        }) = settled
+        else {
+            return;
+        };
+        self.counters.record_acked_points(&acked_points);
+        if let Some((points, delay)) = retry {
+            debug!(connection = self.id, batch = done.id, points, retry_in = ?delay, "resend scheduled");
+        }
+        if failed > 0 {
+            warn!(
+                connection = self.id,
+                batch = done.id,
+                points = failed,
+                reason = failed_reason,
+                "giving up on points"
+            );
+            self.counters.record_failed(failed, 1, failed_reason);
         }
     }
 }
 
-fn backoff(attempt: u32) -> Duration {
-    RECONNECT_BACKOFF_FIRST
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(RECONNECT_BACKOFF_CAP)
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
+
+#[cfg(test)]
+mod loopback;
 
 #[cfg(test)]
 mod tests {
@@ -710,6 +910,17 @@ mod tests {
         );
         assert_eq!(
             key_of(LoadConfig {
+                endpoints: vec!["http://127.0.0.1:1".into(), "not a uri".into()],
+                ..Default::default()
+            }),
+            "endpoints"
+        );
+        let defaults = LoadConfig::default();
+        assert_eq!(defaults.drain_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.max_resends, 10);
+        assert!(!defaults.record_acked);
+        assert_eq!(
+            key_of(LoadConfig {
                 pacing: Pacing::Interval(Duration::from_millis(1500)),
                 ..Default::default()
             }),
@@ -735,11 +946,26 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_to_the_cap() {
-        assert_eq!(backoff(1), Duration::from_millis(100));
-        assert_eq!(backoff(2), Duration::from_millis(200));
-        assert_eq!(backoff(4), Duration::from_millis(800));
-        assert_eq!(backoff(30), RECONNECT_BACKOFF_CAP);
+    fn reconnect_backoff_doubles_to_the_cap_with_jitter_and_ends() {
+        use backon::BackoffBuilder;
+        let delays: Vec<Duration> = reconnect_backoff().build().collect();
+        assert_eq!(delays.len(), crate::client::DEFAULT_RECONNECT_ATTEMPTS);
+        let mut base = crate::client::RECONNECT_BACKOFF_FIRST;
+        for d in &delays {
+            assert!(*d >= base && *d < base * 2, "{d:?} for base {base:?}");
+            base = (base * 2).min(crate::client::RECONNECT_BACKOFF_CAP);
+        }
+        assert_eq!(base, crate::client::RECONNECT_BACKOFF_CAP);
+    }
+
+    #[test]
+    fn earliest_of_optional_instants() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        assert_eq!(earliest(Some(later), Some(now)), Some(now));
+        assert_eq!(earliest(None, Some(later)), Some(later));
+        assert_eq!(earliest(Some(now), None), Some(now));
+        assert_eq!(earliest(None, None), None);
     }
 
     #[tokio::test]

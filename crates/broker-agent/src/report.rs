@@ -14,42 +14,100 @@ use serde::Serialize;
 /// ones are clamped to it.
 const LATENCY_MAX_US: u64 = 3_600_000_000;
 
-/// What one ack says about the points of its batch.
+/// What one ack says about the points of its batch, point by point.
+///
+/// Every point of the batch lands in exactly one of `accepted_indexes`, a
+/// `rejected` count, and `retry`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AckOutcome {
-    /// Points stored.
+    /// Points stored (`accepted_indexes.len()`).
     pub accepted: u64,
-    /// Points not stored, by reason (`timestamp_too_old`, `batch_overloaded`, ...).
+    /// Indexes into the batch's points of the points stored, ascending.
+    pub accepted_indexes: Vec<u32>,
+    /// Points not stored and not worth sending again, by reason
+    /// (`timestamp_too_old`, `batch_too_many_points`, ...).
     pub rejected: BTreeMap<String, u64>,
-    /// Points the ack accounts for neither way (a gateway bug; counted as
-    /// failed).
+    /// Indexes of the points that may be stored if sent again, ascending:
+    /// per-point errors marked `retryable` (reason `UNAVAILABLE`), every point
+    /// of a batch refused as `OVERLOADED` or `SHUTTING_DOWN`, and points the
+    /// ack does not account for.
+    pub retry: Vec<u32>,
+    /// The points of `retry`, by reason (`unavailable`, `batch_overloaded`,
+    /// `unaccounted`, ...).
+    pub retry_reasons: BTreeMap<String, u64>,
+    /// Points of `retry` that the ack accounts for neither way (a gateway
+    /// bug).
     pub unaccounted: u64,
 }
 
+/// Reason name of points an ack does not account for.
+pub const UNACCOUNTED: &str = "unaccounted";
+
 impl AckOutcome {
-    /// Classifies the ack of a batch of `points` points. A batch-level error
-    /// rejects every point of the batch under `batch_<error>`.
+    /// Classifies the ack of a batch of `points` points.
+    ///
+    /// A batch-level error applies to every point: `OVERLOADED` and
+    /// `SHUTTING_DOWN` are worth retrying, the others reject the batch under
+    /// `batch_<error>`. Otherwise each error names its point by index; an
+    /// index out of range or named twice is a gateway bug and is ignored
+    /// (the first error for an index wins). The points without an error are
+    /// stored when `accepted` covers them all. When it covers fewer, the ack
+    /// does not say which were stored, so none of them counts as stored and
+    /// all go to `retry` as `unaccounted` (writes are idempotent, so sending
+    /// a stored point again is harmless).
     pub fn classify(ack: &BatchAck, points: u64) -> Self {
+        let n = u32::try_from(points).unwrap_or(u32::MAX);
         let mut out = AckOutcome::default();
         if ack.batch_error != BatchError::None as i32 {
-            out.rejected
-                .insert(batch_error_name(ack.batch_error), points);
+            let name = batch_error_name(ack.batch_error);
+            if batch_error_is_retryable(ack.batch_error) {
+                out.retry = (0..n).collect();
+                out.retry_reasons.insert(name, u64::from(n));
+            } else {
+                out.rejected.insert(name, u64::from(n));
+            }
             return out;
         }
-        out.accepted = u64::from(ack.accepted).min(points);
+        let mut has_error = vec![false; n as usize];
         for e in &ack.errors {
-            *out.rejected
-                .entry(reject_reason_name(e.reason))
-                .or_default() += 1;
+            let Some(slot) = has_error.get_mut(e.index as usize).filter(|seen| !**seen) else {
+                continue;
+            };
+            *slot = true;
+            let reason = reject_reason_name(e.reason);
+            if e.retryable {
+                out.retry.push(e.index);
+                *out.retry_reasons.entry(reason).or_default() += 1;
+            } else {
+                *out.rejected.entry(reason).or_default() += 1;
+            }
         }
-        let rejected = out.rejected_total().min(points - out.accepted);
-        out.unaccounted = points - out.accepted - rejected;
+        let clean: Vec<u32> = (0..n).filter(|&i| !has_error[i as usize]).collect();
+        if u64::from(ack.accepted) >= clean.len() as u64 {
+            out.accepted = clean.len() as u64;
+            out.accepted_indexes = clean;
+        } else if !clean.is_empty() {
+            out.unaccounted = clean.len() as u64;
+            out.retry_reasons
+                .insert(UNACCOUNTED.to_string(), out.unaccounted);
+            out.retry.extend(clean);
+        }
+        out.retry.sort_unstable();
         out
     }
 
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
     }
+}
+
+/// True for the batch errors that say "not now" rather than "not this":
+/// `BATCH_ERROR_OVERLOADED` and `BATCH_ERROR_SHUTTING_DOWN`.
+pub fn batch_error_is_retryable(error: i32) -> bool {
+    matches!(
+        BatchError::try_from(error),
+        Ok(BatchError::Overloaded | BatchError::ShuttingDown)
+    )
 }
 
 /// `REJECT_REASON_TIMESTAMP_TOO_OLD` -> `timestamp_too_old`.
@@ -107,72 +165,114 @@ pub(crate) fn new_latency_histogram() -> Histogram<u64> {
 }
 
 /// Live counters of a run, shared by the connection tasks.
+///
+/// Points: `sent` counts each distinct point once, when its batch is first
+/// sent; `resent` counts every resend of a point again. Each distinct point
+/// ends in exactly one of `acked`, `rejected` and `failed`.
 #[derive(Debug)]
 pub(crate) struct Counters {
     pub sent: AtomicU64,
     pub acked: AtomicU64,
     pub rejected: AtomicU64,
     pub failed: AtomicU64,
+    pub resent: AtomicU64,
     pub batches_sent: AtomicU64,
     pub batches_acked: AtomicU64,
     pub batches_failed: AtomicU64,
+    pub resends_batches: AtomicU64,
     pub rejected_by_reason: Mutex<BTreeMap<String, u64>>,
+    pub retries_by_reason: Mutex<BTreeMap<String, u64>>,
+    pub failed_by_reason: Mutex<BTreeMap<String, u64>>,
+    /// `(host_idx, ts)` of every acked point, when asked for.
+    pub acked_points: Option<Mutex<Vec<(u32, i64)>>>,
     /// Ack latency in µs.
     pub latency: Mutex<Histogram<u64>>,
 }
 
 impl Default for Counters {
     fn default() -> Self {
+        Self::new(false)
+    }
+}
+
+impl Counters {
+    /// `record_acked`: keep the `(host_idx, ts)` of every acked point.
+    pub fn new(record_acked: bool) -> Self {
         Self {
             sent: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
             batches_sent: AtomicU64::new(0),
             batches_acked: AtomicU64::new(0),
             batches_failed: AtomicU64::new(0),
+            resends_batches: AtomicU64::new(0),
             rejected_by_reason: Mutex::new(BTreeMap::new()),
+            retries_by_reason: Mutex::new(BTreeMap::new()),
+            failed_by_reason: Mutex::new(BTreeMap::new()),
+            acked_points: record_acked.then(|| Mutex::new(Vec::new())),
             latency: Mutex::new(new_latency_histogram()),
         }
     }
-}
 
-impl Counters {
+    /// A batch of `points` new points went out.
     pub fn record_sent(&self, points: u64) {
         self.sent.fetch_add(points, Ordering::Relaxed);
         self.batches_sent.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records an ack; returns the reasons seen here for the first time in
-    /// the run, so the caller can log each kind of rejection once.
+    /// A batch of `points` points went out again.
+    pub fn record_resent(&self, points: u64) {
+        self.resent.fetch_add(points, Ordering::Relaxed);
+        self.resends_batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records an ack: its stored and rejected points, its retry reasons
+    /// (the retried points themselves are settled later, by the outbox) and
+    /// its latency. Returns the rejection and retry reasons seen here for the
+    /// first time in the run, so the caller can log each kind once.
     pub fn record_ack(&self, outcome: &AckOutcome, latency: Duration) -> Vec<String> {
         self.acked.fetch_add(outcome.accepted, Ordering::Relaxed);
         self.batches_acked.fetch_add(1, Ordering::Relaxed);
-        let mut new_reasons = Vec::new();
-        if !outcome.rejected.is_empty() {
-            self.rejected
-                .fetch_add(outcome.rejected_total(), Ordering::Relaxed);
-            let mut by_reason = lock(&self.rejected_by_reason);
-            for (reason, n) in &outcome.rejected {
-                let slot = by_reason.entry(reason.clone()).or_default();
-                if *slot == 0 {
-                    new_reasons.push(reason.clone());
-                }
-                *slot += n;
-            }
-        }
-        if outcome.unaccounted > 0 {
-            self.failed
-                .fetch_add(outcome.unaccounted, Ordering::Relaxed);
-        }
+        self.rejected
+            .fetch_add(outcome.rejected_total(), Ordering::Relaxed);
+        let mut new_reasons = add_by_reason(&self.rejected_by_reason, &outcome.rejected);
+        new_reasons.extend(add_by_reason(
+            &self.retries_by_reason,
+            &outcome.retry_reasons,
+        ));
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         lock(&self.latency).saturating_record(us.clamp(1, LATENCY_MAX_US));
         new_reasons
     }
 
-    pub fn record_failed(&self, points: u64, batches: u64) {
+    /// A send failed with a retryable transport error; its `points` will be
+    /// resent (or given up on) by the outbox.
+    pub fn record_retry(&self, points: u64, reason: &str) {
+        add_by_reason(
+            &self.retries_by_reason,
+            &BTreeMap::from([(reason.to_string(), points)]),
+        );
+    }
+
+    /// `points` distinct points (in `batches` batches) are given up on.
+    pub fn record_failed(&self, points: u64, batches: u64, reason: &str) {
+        if points == 0 && batches == 0 {
+            return;
+        }
         self.failed.fetch_add(points, Ordering::Relaxed);
         self.batches_failed.fetch_add(batches, Ordering::Relaxed);
+        *lock(&self.failed_by_reason)
+            .entry(reason.to_string())
+            .or_default() += points;
+    }
+
+    /// Keeps acked points when the run records them.
+    pub fn record_acked_points(&self, points: &[(u32, i64)]) {
+        if let Some(acked) = &self.acked_points {
+            lock(acked).extend_from_slice(points);
+        }
     }
 
     pub fn totals(&self) -> Totals {
@@ -180,6 +280,7 @@ impl Counters {
             sent: self.sent.load(Ordering::Relaxed),
             acked: self.acked.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
+            resent: self.resent.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
         }
     }
@@ -196,13 +297,39 @@ impl Counters {
             rejected: t.rejected,
             rejected_by_reason: lock(&self.rejected_by_reason).clone(),
             failed: t.failed,
+            failed_by_reason: lock(&self.failed_by_reason).clone(),
+            resent: t.resent,
+            resends_batches: self.resends_batches.load(Ordering::Relaxed),
+            retries_by_reason: lock(&self.retries_by_reason).clone(),
             batches_sent: self.batches_sent.load(Ordering::Relaxed),
             batches_acked: self.batches_acked.load(Ordering::Relaxed),
             batches_failed: self.batches_failed.load(Ordering::Relaxed),
             elapsed,
             latency: self.latency(),
+            acked_points: self.acked_points.as_ref().map(|a| {
+                let mut points = lock(a).clone();
+                points.sort_unstable();
+                points
+            }),
         }
     }
+}
+
+/// Adds `add` into `map`; returns the keys that were new.
+fn add_by_reason(map: &Mutex<BTreeMap<String, u64>>, add: &BTreeMap<String, u64>) -> Vec<String> {
+    if add.is_empty() {
+        return Vec::new();
+    }
+    let mut map = lock(map);
+    let mut new = Vec::new();
+    for (reason, n) in add {
+        let slot = map.entry(reason.clone()).or_default();
+        if *slot == 0 && *n > 0 {
+            new.push(reason.clone());
+        }
+        *slot += n;
+    }
+    new
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -215,6 +342,7 @@ pub(crate) struct Totals {
     pub sent: u64,
     pub acked: u64,
     pub rejected: u64,
+    pub resent: u64,
     pub failed: u64,
 }
 
@@ -222,11 +350,13 @@ pub(crate) struct Totals {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
     pub elapsed: Duration,
-    /// Points handed to a stream.
+    /// Distinct points handed to a stream.
     pub sent: u64,
     /// Points the gateway stored (acked as accepted).
     pub acked: u64,
     pub rejected: u64,
+    /// Point resends so far (each resend of a point counts).
+    pub resent: u64,
     pub failed: u64,
     /// Acked points per second since the previous snapshot.
     pub points_per_s: f64,
@@ -246,6 +376,7 @@ impl Progress {
             sent: now.sent,
             acked: now.acked,
             rejected: now.rejected,
+            resent: now.resent,
             failed: now.failed,
             points_per_s: rate(
                 now.acked.saturating_sub(prev_acked),
@@ -260,11 +391,12 @@ impl std::fmt::Display for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "[{:>6.1}s] sent={} acked={} rejected={} failed={} rate={:.0} points/s ack_p99={:.1}ms",
+            "[{:>6.1}s] sent={} acked={} rejected={} resent={} failed={} rate={:.0} points/s ack_p99={:.1}ms",
             self.elapsed.as_secs_f64(),
             self.sent,
             self.acked,
             self.rejected,
+            self.resent,
             self.failed,
             self.points_per_s,
             self.ack_p99_ms,
@@ -278,26 +410,46 @@ pub fn rate(count: u64, elapsed: Duration) -> f64 {
     if secs > 0.0 { count as f64 / secs } else { 0.0 }
 }
 
-/// What a load run did. Every sent point ends up in exactly one of `acked`,
-/// `rejected` and `failed`.
+/// What a load run did. Every distinct point sent ends up in exactly one of
+/// `acked`, `rejected` and `failed` (`sent == acked + rejected + failed`);
+/// resends are counted apart, in `resent`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadReport {
-    /// Points handed to a stream.
+    /// Distinct points handed to a stream (a resend does not count again).
     pub sent: u64,
     /// Points acknowledged as stored.
     pub acked: u64,
-    /// Points acknowledged as not stored (per point or whole batch).
+    /// Points acknowledged as not stored and not worth resending (per point
+    /// or whole batch).
     pub rejected: u64,
     pub rejected_by_reason: BTreeMap<String, u64>,
-    /// Points sent and never acknowledged: the stream broke, or no ack came
-    /// before the drain timeout.
+    /// Points never acknowledged as stored: their resends ran out, or they
+    /// were still un-acked at the drain deadline.
     pub failed: u64,
+    /// `failed` by why (`drain_timeout`, `resends_exhausted`, `unreachable`,
+    /// `send_error`).
+    pub failed_by_reason: BTreeMap<String, u64>,
+    /// Point resends: each time a point goes out again counts once.
+    pub resent: u64,
+    /// Batches resent (each holds the points of one earlier batch that are
+    /// still un-acked).
+    pub resends_batches: u64,
+    /// Points scheduled for a resend, by why (`stream_closed`,
+    /// `unavailable`, `batch_overloaded`, ...), each time.
+    pub retries_by_reason: BTreeMap<String, u64>,
+    /// Batches sent the first time.
     pub batches_sent: u64,
+    /// Acks received (for first sends and resends).
     pub batches_acked: u64,
+    /// Batches (or the rest of one) given up on.
     pub batches_failed: u64,
     /// From the first send to the last ack (or the end of the drain).
     pub elapsed: Duration,
     pub latency: LatencySummary,
+    /// `(host_idx, ts)` of every acked point, sorted, when
+    /// [`LoadConfig::record_acked`](crate::LoadConfig::record_acked) is set.
+    /// Its values are [`value(host_idx, ts, metric)`](crate::value).
+    pub acked_points: Option<Vec<(u32, i64)>>,
 }
 
 /// The `--json` summary line.
@@ -307,6 +459,8 @@ pub struct JsonSummary {
     pub acked: u64,
     pub rejected: u64,
     pub failed: u64,
+    pub resent: u64,
+    pub resends_batches: u64,
     pub elapsed_s: f64,
     pub points_per_s: f64,
     pub ack_p50_ms: f64,
@@ -317,6 +471,8 @@ pub struct JsonSummary {
     pub batches_acked: u64,
     pub batches_failed: u64,
     pub rejected_by_reason: BTreeMap<String, u64>,
+    pub failed_by_reason: BTreeMap<String, u64>,
+    pub retries_by_reason: BTreeMap<String, u64>,
 }
 
 impl LoadReport {
@@ -330,12 +486,20 @@ impl LoadReport {
         self.batches_acked > 0
     }
 
+    /// Distinct points accounted for: `acked + rejected + failed`, which
+    /// equals `sent` at the end of a run.
+    pub fn settled(&self) -> u64 {
+        self.acked + self.rejected + self.failed
+    }
+
     pub fn json_summary(&self) -> JsonSummary {
         JsonSummary {
             sent: self.sent,
             acked: self.acked,
             rejected: self.rejected,
             failed: self.failed,
+            resent: self.resent,
+            resends_batches: self.resends_batches,
             elapsed_s: self.elapsed.as_secs_f64(),
             points_per_s: self.points_per_s(),
             ack_p50_ms: self.latency.p50_ms,
@@ -346,6 +510,8 @@ impl LoadReport {
             batches_acked: self.batches_acked,
             batches_failed: self.batches_failed,
             rejected_by_reason: self.rejected_by_reason.clone(),
+            failed_by_reason: self.failed_by_reason.clone(),
+            retries_by_reason: self.retries_by_reason.clone(),
         }
     }
 
@@ -375,9 +541,20 @@ impl std::fmt::Display for LoadReport {
         }
         writeln!(
             f,
+            "resent        {} ({} batches)",
+            self.resent, self.resends_batches
+        )?;
+        for (reason, n) in &self.retries_by_reason {
+            writeln!(f, "  {reason:<24}{n}")?;
+        }
+        writeln!(
+            f,
             "failed        {} ({} batches unacked)",
             self.failed, self.batches_failed
         )?;
+        for (reason, n) in &self.failed_by_reason {
+            writeln!(f, "  {reason:<24}{n}")?;
+        }
         writeln!(f, "throughput    {:.0} points/s", self.points_per_s())?;
         write!(
             f,
@@ -415,7 +592,7 @@ mod tests {
     }
 
     #[test]
-    fn point_errors_are_counted_by_reason() {
+    fn point_errors_are_counted_by_reason_and_retryable_ones_resent() {
         let ack = BatchAck {
             seq: 1,
             accepted: 7,
@@ -428,30 +605,81 @@ mod tests {
         };
         let o = AckOutcome::classify(&ack, 10);
         assert_eq!(o.accepted, 7);
-        assert_eq!(o.rejected["timestamp_too_old"], 2);
-        assert_eq!(o.rejected["unavailable"], 1);
+        assert_eq!(o.accepted_indexes, vec![1, 2, 4, 6, 7, 8, 9]);
+        assert_eq!(
+            o.rejected,
+            BTreeMap::from([("timestamp_too_old".into(), 2)])
+        );
+        assert_eq!(o.retry, vec![5]);
+        assert_eq!(o.retry_reasons, BTreeMap::from([("unavailable".into(), 1)]));
         assert_eq!(o.unaccounted, 0);
     }
 
     #[test]
-    fn batch_error_rejects_every_point() {
+    fn the_retryable_flag_decides_not_the_reason() {
+        let mut e = point_error(1, RejectReason::Unavailable);
+        e.retryable = false;
+        let ack = BatchAck {
+            seq: 1,
+            accepted: 1,
+            errors: vec![e],
+            ..Default::default()
+        };
+        let o = AckOutcome::classify(&ack, 2);
+        assert!(o.retry.is_empty());
+        assert_eq!(o.rejected["unavailable"], 1);
+    }
+
+    #[test]
+    fn a_final_batch_error_rejects_every_point() {
         let ack = BatchAck {
             seq: 1,
             accepted: 0,
-            batch_error: BatchError::Overloaded as i32,
-            batch_error_message: "too busy".into(),
+            batch_error: BatchError::TooManyPoints as i32,
+            batch_error_message: "too big".into(),
             ..Default::default()
         };
         let o = AckOutcome::classify(&ack, 50);
         assert_eq!(o.accepted, 0);
+        assert!(o.retry.is_empty());
         assert_eq!(
             o.rejected,
-            BTreeMap::from([("batch_overloaded".into(), 50)])
+            BTreeMap::from([("batch_too_many_points".into(), 50)])
+        );
+        let unknown = BatchAck {
+            batch_error: 42,
+            ..ack
+        };
+        assert_eq!(
+            AckOutcome::classify(&unknown, 3).rejected,
+            BTreeMap::from([("batch_unknown_42".into(), 3)])
         );
     }
 
     #[test]
-    fn short_acks_leave_the_rest_unaccounted() {
+    fn overloaded_and_shutting_down_batches_are_resent_whole() {
+        for (error, name) in [
+            (BatchError::Overloaded, "batch_overloaded"),
+            (BatchError::ShuttingDown, "batch_shutting_down"),
+        ] {
+            let ack = BatchAck {
+                seq: 1,
+                batch_error: error as i32,
+                ..Default::default()
+            };
+            let o = AckOutcome::classify(&ack, 4);
+            assert_eq!(o.retry, vec![0, 1, 2, 3], "{name}");
+            assert_eq!(o.retry_reasons, BTreeMap::from([(name.into(), 4)]));
+            assert_eq!((o.accepted, o.rejected_total()), (0, 0));
+        }
+        assert!(!batch_error_is_retryable(BatchError::None as i32));
+        assert!(!batch_error_is_retryable(
+            BatchError::InvalidNameTable as i32
+        ));
+    }
+
+    #[test]
+    fn short_acks_resend_every_point_they_leave_unclear() {
         let ack = BatchAck {
             seq: 1,
             accepted: 90,
@@ -459,14 +687,55 @@ mod tests {
             ..Default::default()
         };
         let o = AckOutcome::classify(&ack, 100);
-        assert_eq!((o.accepted, o.rejected_total(), o.unaccounted), (90, 1, 9));
+        // 99 points without an error but only 90 stored: which 90 is
+        // unknown, so none counts as acked and all 99 go again.
+        assert_eq!((o.accepted, o.rejected_total(), o.unaccounted), (0, 1, 99));
+        assert_eq!(o.retry, (1..100).collect::<Vec<u32>>());
+        assert_eq!(o.retry_reasons, BTreeMap::from([(UNACCOUNTED.into(), 99)]));
         // An ack claiming more than was sent is capped.
         let over = BatchAck {
             seq: 1,
             accepted: 500,
             ..Default::default()
         };
-        assert_eq!(AckOutcome::classify(&over, 100).accepted, 100);
+        let o = AckOutcome::classify(&over, 100);
+        assert_eq!(o.accepted, 100);
+        assert_eq!(o.accepted_indexes.len(), 100);
+        // Out-of-range and repeated indexes are ignored.
+        let odd = BatchAck {
+            seq: 1,
+            accepted: 1,
+            errors: vec![
+                point_error(1, RejectReason::InvalidHostId),
+                point_error(1, RejectReason::Unavailable),
+                point_error(9, RejectReason::InvalidHostId),
+            ],
+            ..Default::default()
+        };
+        let o = AckOutcome::classify(&odd, 2);
+        assert_eq!(o.accepted_indexes, vec![0]);
+        assert_eq!(o.rejected, BTreeMap::from([("invalid_host_id".into(), 1)]));
+        assert!(o.retry.is_empty());
+    }
+
+    #[test]
+    fn every_point_lands_in_exactly_one_place() {
+        let ack = BatchAck {
+            seq: 1,
+            accepted: 5,
+            errors: vec![
+                point_error(2, RejectReason::Unavailable),
+                point_error(4, RejectReason::TimestampInFuture),
+                point_error(6, RejectReason::Unavailable),
+            ],
+            ..Default::default()
+        };
+        let o = AckOutcome::classify(&ack, 8);
+        let mut all: Vec<u32> = o.accepted_indexes.iter().chain(&o.retry).copied().collect();
+        all.push(4);
+        all.sort_unstable();
+        assert_eq!(all, (0..8).collect::<Vec<u32>>());
+        assert_eq!(o.accepted + o.rejected_total() + o.retry.len() as u64, 8);
     }
 
     #[test]
@@ -489,13 +758,19 @@ mod tests {
             rejected: 1_500,
             rejected_by_reason: BTreeMap::new(),
             failed: 500,
+            failed_by_reason: BTreeMap::new(),
+            resent: 700,
+            resends_batches: 7,
+            retries_by_reason: BTreeMap::new(),
             batches_sent: 120,
             batches_acked: 115,
             batches_failed: 5,
             elapsed: Duration::from_secs(4),
             latency: LatencySummary::default(),
+            acked_points: None,
         };
         assert_eq!(report.points_per_s(), 2500.0);
+        assert_eq!(report.settled(), report.sent);
     }
 
     #[test]
@@ -504,6 +779,7 @@ mod tests {
             sent: 5000,
             acked: 4000,
             rejected: 0,
+            resent: 12,
             failed: 0,
         };
         let p = Progress::new(
@@ -514,6 +790,7 @@ mod tests {
         );
         assert_eq!(p.points_per_s, 1000.0);
         assert!(p.to_string().contains("rate=1000 points/s"));
+        assert!(p.to_string().contains("resent=12 "));
     }
 
     #[test]
@@ -551,17 +828,77 @@ mod tests {
             vec!["timestamp_in_future".to_string()]
         );
         assert!(c.record_ack(&o, Duration::from_millis(5)).is_empty());
-        c.record_failed(100, 1);
+        c.record_failed(100, 1, "drain_timeout");
+        c.record_failed(0, 0, "nothing");
         let r = c.report(Duration::from_secs(2));
         assert_eq!(r.sent, 300);
-        assert_eq!(r.acked + r.rejected + r.failed, r.sent);
+        assert_eq!(r.settled(), r.sent);
         assert_eq!(r.rejected_by_reason["timestamp_in_future"], 4);
+        assert_eq!(
+            r.failed_by_reason,
+            BTreeMap::from([("drain_timeout".into(), 100)])
+        );
         assert_eq!(
             (r.batches_sent, r.batches_acked, r.batches_failed),
             (3, 2, 1)
         );
         assert_eq!(r.latency.count, 2);
         assert_eq!(r.points_per_s(), 98.0);
+        assert_eq!(r.acked_points, None, "not recorded unless asked");
+    }
+
+    #[test]
+    fn resends_count_apart_from_distinct_points() {
+        let c = Counters::new(true);
+        // One batch of 4 points: 2 stored, 2 unavailable.
+        c.record_sent(4);
+        let first = AckOutcome::classify(
+            &BatchAck {
+                seq: 1,
+                accepted: 2,
+                errors: vec![
+                    point_error(1, RejectReason::Unavailable),
+                    point_error(3, RejectReason::Unavailable),
+                ],
+                ..Default::default()
+            },
+            4,
+        );
+        assert_eq!(
+            c.record_ack(&first, Duration::from_millis(1)),
+            vec!["unavailable".to_string()]
+        );
+        c.record_acked_points(&[(0, 100), (2, 100)]);
+        // The 2 go again, the stream breaks, they go once more and are stored.
+        c.record_resent(2);
+        c.record_retry(2, "stream_closed");
+        c.record_resent(2);
+        c.record_ack(
+            &AckOutcome::classify(
+                &BatchAck {
+                    seq: 3,
+                    accepted: 2,
+                    ..Default::default()
+                },
+                2,
+            ),
+            Duration::from_millis(1),
+        );
+        c.record_acked_points(&[(3, 100), (1, 100)]);
+        let r = c.report(Duration::from_secs(1));
+        assert_eq!((r.sent, r.acked, r.rejected, r.failed), (4, 4, 0, 0));
+        assert_eq!((r.resent, r.resends_batches), (4, 2));
+        assert_eq!(
+            r.retries_by_reason,
+            BTreeMap::from([("stream_closed".into(), 2), ("unavailable".into(), 2)])
+        );
+        assert_eq!(
+            r.acked_points,
+            Some(vec![(0, 100), (1, 100), (2, 100), (3, 100)])
+        );
+        let text = r.to_string();
+        assert!(text.contains("resent        4 (2 batches)"), "{text}");
+        assert!(text.contains("failed        0"), "{text}");
     }
 
     #[test]
@@ -575,6 +912,7 @@ mod tests {
             },
             Duration::from_millis(2),
         );
+        c.record_resent(3);
         let line = c.report(Duration::from_secs(1)).to_json_line();
         assert!(!line.contains('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -583,14 +921,23 @@ mod tests {
             "acked",
             "rejected",
             "failed",
+            "resent",
+            "resends_batches",
             "elapsed_s",
             "points_per_s",
             "ack_p50_ms",
             "ack_p99_ms",
+            "failed_by_reason",
+            "retries_by_reason",
         ] {
             assert!(v.get(key).is_some(), "missing {key} in {line}");
         }
+        assert!(v.get("acked_points").is_none(), "never in the json line");
         assert_eq!(v["acked"], 10);
+        assert_eq!(
+            (v["resent"].as_u64(), v["resends_batches"].as_u64()),
+            (Some(3), Some(1))
+        );
         assert_eq!(v["points_per_s"], 10.0);
     }
 }

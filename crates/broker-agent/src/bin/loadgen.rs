@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use broker_agent::load::{
     DEFAULT_BATCH_HOSTS, DEFAULT_CONNECTIONS, DEFAULT_DURATION, DEFAULT_ENDPOINT, DEFAULT_HOSTS,
-    DEFAULT_INTERVAL, DEFAULT_METRICS, DEFAULT_WINDOW,
+    DEFAULT_INTERVAL, DEFAULT_MAX_RESENDS, DEFAULT_METRICS, DEFAULT_WINDOW,
 };
 use broker_agent::{AgentError, LoadConfig, Pacing, Progress, run_load_with};
 use clap::Parser;
@@ -19,13 +19,20 @@ const EXIT_CONFIG: u8 = 64;
 /// Stream generated host snapshots to ingest gateways over
 /// MonitorService.SendMetrics and report throughput and ack latency.
 ///
-/// Progress goes to stderr every second, the summary to stderr at the end,
-/// and with --json one JSON object to stdout.
+/// Every batch is kept until acked: broken streams are replaced (backoff,
+/// failover to the next endpoint) and what was outstanding is resent, as are
+/// points the gateway marks retryable. After the last new batch the run
+/// drains for at most --drain-timeout.
+///
+/// Progress goes to stderr every second, the summary (sent, acked, rejected,
+/// resent, failed) to stderr at the end, and with --json one JSON object to
+/// stdout.
 #[derive(Debug, Parser)]
 #[command(name = "broker-loadgen", version)]
 struct Args {
     /// Gateway endpoints, comma-separated; connections are spread across
-    /// them round robin and fail over to the next on connect failure.
+    /// them round robin and fail over to the next on connect failure or a
+    /// broken stream.
     #[arg(long, env = "BROKER_LOADGEN_ENDPOINTS", value_delimiter = ',', default_value = DEFAULT_ENDPOINT)]
     endpoints: Vec<String>,
 
@@ -45,7 +52,7 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_CONNECTIONS)]
     connections: usize,
 
-    /// Batches outstanding (sent, unacked) per connection.
+    /// Batches un-acked (in flight or waiting for a resend) per connection.
     #[arg(long, default_value_t = DEFAULT_WINDOW)]
     window: usize,
 
@@ -87,9 +94,15 @@ struct Args {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     connect_timeout: Duration,
 
-    /// After the last send, how long to wait for outstanding acks.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    /// After the last new batch, how long to keep resending un-acked
+    /// batches and waiting for their acks; what is un-acked then fails.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
     drain_timeout: Duration,
+
+    /// Resends one batch may get (broken stream, retryable points,
+    /// overloaded gateway) before its points count as failed.
+    #[arg(long, default_value_t = DEFAULT_MAX_RESENDS)]
+    max_resends: u32,
 }
 
 fn parse_pacing(s: &str) -> Result<Pacing, String> {
@@ -126,6 +139,8 @@ impl Args {
             print_progress: !self.quiet,
             connect_timeout: self.connect_timeout,
             drain_timeout: self.drain_timeout,
+            max_resends: self.max_resends,
+            record_acked: false,
         }
     }
 }
@@ -214,6 +229,17 @@ mod tests {
         let lib = LoadConfig::default();
         assert_eq!(c.drain_timeout, lib.drain_timeout);
         assert_eq!(c.connect_timeout, lib.connect_timeout);
+        assert_eq!(c.max_resends, lib.max_resends);
+        assert!(!c.record_acked);
+    }
+
+    #[test]
+    fn delivery_flags() {
+        let c = parse(&["--max-resends", "3", "--drain-timeout", "90s"]);
+        assert_eq!(c.max_resends, 3);
+        assert_eq!(c.drain_timeout, Duration::from_secs(90));
+        assert_eq!(parse(&["--max-resends", "0"]).max_resends, 0);
+        assert!(Args::try_parse_from(["x", "--max-resends", "-1"]).is_err());
     }
 
     #[test]
