@@ -31,6 +31,12 @@
 //! let owner = ring.owner_of_point("host-1", 1_640_995_200).unwrap();
 //! assert!(owner.id.starts_with("broker-"));
 //! assert_eq!(ring.nodes()[0].id, "broker-1");
+//!
+//! // Where the point goes when nodes are unavailable: its owner, then each
+//! // other node once, in ring order.
+//! let order: Vec<usize> = ring.owners_of_point("host-1", 1_640_995_200).collect();
+//! assert_eq!(order.len(), 3);
+//! assert_eq!(ring.nodes()[order[0]].id, owner.id);
 //! ```
 //!
 //! # Layout
@@ -41,8 +47,9 @@
 //! - `config`: [`NodeSpec`], [`RingConfig`], [`DEFAULT_VNODES`] and the
 //!   validation limits.
 //! - `error`: [`RingError`].
-//! - `ring`: [`HashRing`]: building the sorted vnode ring, lookups and
-//!   hash-space shares.
+//! - `ring`: [`HashRing`]: building the sorted vnode ring, lookups,
+//!   hash-space shares, and [`Owners`], the fallback order of a key (its
+//!   owner, then every other node once, clockwise).
 //!
 //! `examples/balance.rs` measures load balance, `benches/lookup.rs` lookup and
 //! build cost, `tests/` holds property and no-allocation tests.
@@ -58,4 +65,4 @@ mod ring;
 pub use algorithm::HashAlgorithm;
 pub use config::{DEFAULT_VNODES, MAX_VNODES, MAX_WEIGHT, NodeSpec, RingConfig};
 pub use error::RingError;
-pub use ring::HashRing;
+pub use ring::{HashRing, Owners};

@@ -145,6 +145,54 @@ impl HashRing {
             .map(|i| &self.nodes[i])
     }
 
+    /// Indexes into [`nodes`](Self::nodes) of every node in the order a key
+    /// with this `hash` falls back to them: the owner first (the same as
+    /// [`owner_index`](Self::owner_index)), then each *distinct* node met
+    /// walking the vnodes clockwise. Every node appears exactly once, so the
+    /// iterator is exactly `nodes().len()` long (empty for an empty ring).
+    ///
+    /// The `k+1`-th item is the owner of `hash` in the ring without the
+    /// first `k` nodes: skipping unavailable nodes in this order sends a
+    /// key where it would go if they left the ring, so each node's share
+    /// spreads over its ring successors instead of landing on one node.
+    ///
+    /// Never allocates for rings of up to 64 nodes; larger rings allocate a
+    /// bitset on the second item, never for the first.
+    pub fn owners(&self, hash: u32) -> Owners<'_> {
+        let start = if self.positions.is_empty() {
+            0
+        } else {
+            let k = self.positions.partition_point(|&p| p < hash);
+            if k == self.positions.len() { 0 } else { k }
+        };
+        let seen = if self.nodes.len() <= SMALL_RING {
+            Seen::Bits(0)
+        } else {
+            Seen::Heap(Vec::new())
+        };
+        Owners {
+            ring: self,
+            next: start,
+            remaining: self.positions.len(),
+            yielded: 0,
+            first: u32::MAX,
+            seen,
+        }
+    }
+
+    /// [`owners`](Self::owners) of a data point's hash: its owner first
+    /// (the same as [`owner_index_of_point`](Self::owner_index_of_point)),
+    /// then every other node once, in ring order.
+    #[inline]
+    pub fn owners_of_point(&self, host_id: &str, timestamp: i64) -> Owners<'_> {
+        let hash = if self.positions.is_empty() {
+            0
+        } else {
+            self.hash_point(host_id, timestamp)
+        };
+        self.owners(hash)
+    }
+
     /// Fraction of the 2^32 hash space each node owns, in
     /// [`nodes`](Self::nodes) order; sums to 1.0 (up to rounding) unless the
     /// ring is empty.
@@ -173,6 +221,93 @@ impl HashRing {
             .collect()
     }
 }
+
+/// Rings with up to this many nodes track visited nodes in a `u64`.
+const SMALL_RING: usize = 64;
+
+/// Nodes already yielded by [`Owners`], except the first one (kept apart so
+/// that the first item never allocates).
+#[derive(Debug, Clone)]
+enum Seen {
+    /// Bit `i` set: node `i` seen (rings of up to [`SMALL_RING`] nodes).
+    Bits(u64),
+    /// One bit per node, allocated on first insertion.
+    Heap(Vec<u64>),
+}
+
+impl Seen {
+    /// Marks `node` seen; false if it already was.
+    fn insert(&mut self, node: u32, nodes: usize) -> bool {
+        let (word, bit) = ((node / 64) as usize, 1u64 << (node % 64));
+        let w = match self {
+            Seen::Bits(b) => b,
+            Seen::Heap(v) => {
+                if v.is_empty() {
+                    v.resize(nodes.div_ceil(64), 0);
+                }
+                &mut v[word]
+            }
+        };
+        let fresh = *w & bit == 0;
+        *w |= bit;
+        fresh
+    }
+}
+
+/// Iterator over the nodes of a ring in fallback order for one hash,
+/// returned by [`HashRing::owners`] and [`HashRing::owners_of_point`]:
+/// indexes into [`HashRing::nodes`], the owner first, each node once.
+#[derive(Debug, Clone)]
+pub struct Owners<'a> {
+    ring: &'a HashRing,
+    /// Next vnode to look at.
+    next: usize,
+    /// Vnodes not yet looked at; the walk stops after one turn.
+    remaining: usize,
+    /// Nodes yielded so far.
+    yielded: usize,
+    /// The first node yielded (`u32::MAX` before it).
+    first: u32,
+    seen: Seen,
+}
+
+impl Iterator for Owners<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let nodes = self.ring.nodes.len();
+        // Stop as soon as every node was yielded instead of finishing the turn.
+        while self.yielded < nodes && self.remaining > 0 {
+            let owner = self.ring.owners[self.next];
+            self.next += 1;
+            if self.next == self.ring.owners.len() {
+                self.next = 0;
+            }
+            self.remaining -= 1;
+            let fresh = if self.yielded == 0 {
+                self.first = owner;
+                true
+            } else {
+                owner != self.first && self.seen.insert(owner, nodes)
+            };
+            if fresh {
+                self.yielded += 1;
+                return Some(owner as usize);
+            }
+        }
+        None
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // Every node has at least one vnode, so each one is met in a turn.
+        let left = self.ring.nodes.len() - self.yielded;
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for Owners<'_> {}
+
+impl std::iter::FusedIterator for Owners<'_> {}
 
 #[cfg(test)]
 mod tests {
@@ -316,6 +451,53 @@ mod tests {
             assert_eq!(id, &ring.nodes()[i].id);
             let sampled = counts[i] as f64 / (HASH_SPACE / step) as f64;
             assert!((sampled - share).abs() < 1e-3, "{id}: {sampled} vs {share}");
+        }
+    }
+
+    #[test]
+    fn owners_follow_the_ring_and_skip_repeats() {
+        // hand-made ring: positions 10 20 30 40 50 owned by 1 1 0 2 0
+        let mut ring = HashRing::new(cfg(1, HashAlgorithm::Crc32), nodes(3)).unwrap();
+        ring.positions = vec![10, 20, 30, 40, 50];
+        ring.owners = vec![1, 1, 0, 2, 0];
+        let all = |h: u32| ring.owners(h).collect::<Vec<_>>();
+        assert_eq!(all(0), [1, 0, 2]);
+        assert_eq!(all(10), [1, 0, 2]);
+        assert_eq!(all(11), [1, 0, 2]);
+        assert_eq!(all(21), [0, 2, 1]);
+        assert_eq!(all(31), [2, 0, 1]);
+        assert_eq!(all(41), [0, 1, 2]);
+        // past the last vnode: wraps to the first
+        assert_eq!(all(51), [1, 0, 2]);
+        assert_eq!(all(u32::MAX), [1, 0, 2]);
+        let mut it = ring.owners(31);
+        assert_eq!(it.len(), 3);
+        it.next();
+        assert_eq!(it.size_hint(), (2, Some(2)));
+        assert_eq!(it.by_ref().count(), 2);
+        assert_eq!(it.next(), None);
+    }
+
+    #[test]
+    fn owners_of_an_empty_ring_is_empty() {
+        let ring = HashRing::new(RingConfig::default(), []).unwrap();
+        assert_eq!(ring.owners(7).next(), None);
+        assert_eq!(ring.owners_of_point("host-1", 1).len(), 0);
+    }
+
+    #[test]
+    fn owners_of_large_rings() {
+        // more nodes than the u64 bitset holds
+        for n in [1, 2, 63, 64, 65, 200] {
+            let ring = HashRing::new(cfg(8, HashAlgorithm::Xxh3), nodes(n)).unwrap();
+            for ts in 0..20 {
+                let got: Vec<usize> = ring.owners_of_point("host-1", ts).collect();
+                assert_eq!(got.len(), n);
+                assert_eq!(Some(got[0]), ring.owner_index_of_point("host-1", ts));
+                let mut sorted = got.clone();
+                sorted.sort_unstable();
+                assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+            }
         }
     }
 

@@ -52,6 +52,10 @@ fn point_lookup_does_not_allocate() {
                 std::hint::black_box(ring.owner_of_point(host, ts));
                 std::hint::black_box(ring.owner_index_of_point(host, ts));
                 std::hint::black_box(ring.hash_point(host, ts));
+                // up to 64 nodes the whole fallback order is allocation-free
+                for i in ring.owners_of_point(host, ts) {
+                    std::hint::black_box(i);
+                }
             }
         }
         assert_eq!(allocations(), before, "{hash}: lookup allocated");
@@ -65,4 +69,22 @@ fn long_crc32_host_ids_do_not_allocate_either() {
     let before = allocations();
     std::hint::black_box(ring.owner_of_point(&host, 1));
     assert_eq!(allocations(), before);
+}
+
+#[test]
+fn first_owner_of_a_large_ring_does_not_allocate() {
+    let ring = HashRing::new(
+        RingConfig {
+            vnodes: 4,
+            ..RingConfig::default()
+        },
+        (1..=100).map(|i| NodeSpec::new(format!("broker-{i}"))),
+    )
+    .unwrap();
+    let before = allocations();
+    let mut owners = ring.owners_of_point("host-1", 1);
+    std::hint::black_box(owners.next());
+    assert_eq!(allocations(), before);
+    // the rest of the order needs a bitset of 100 bits
+    assert_eq!(owners.count(), 99);
 }

@@ -277,4 +277,54 @@ proptest! {
             prop_assert!(o == m || m.id == extra, "{}:{} moved {} -> {}", host, ts, o.id, m.id);
         }
     }
+
+    #[test]
+    fn owners_start_with_the_owner_and_list_every_node_once(
+        hash in algorithm(),
+        vnodes in 1u32..64,
+        nodes in node_set(),
+        points in prop::collection::vec(("[a-z0-9-]{1,16}", any::<i64>()), 50),
+    ) {
+        let ring = HashRing::new(RingConfig { vnodes, hash }, nodes).unwrap();
+        let n = ring.nodes().len();
+        for (host, ts) in &points {
+            let order: Vec<usize> = ring.owners_of_point(host, *ts).collect();
+            prop_assert_eq!(ring.owners_of_point(host, *ts).len(), n);
+            prop_assert_eq!(Some(order[0]), ring.owner_index_of_point(host, *ts));
+            prop_assert_eq!(&order, &ring.owners(ring.hash_point(host, *ts)).collect::<Vec<_>>());
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            prop_assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+        }
+    }
+
+    /// Ring order, stated through placement: the `k+1`-th node of
+    /// `owners(h)` owns `h` once the first `k` nodes have left the ring. So
+    /// skipping unavailable nodes in this order sends a key exactly where a
+    /// membership change removing them would.
+    #[test]
+    fn owners_order_is_the_owner_after_removing_the_ones_before(
+        hash in algorithm(),
+        vnodes in 1u32..32,
+        nodes in node_set(),
+        probes in prop::collection::vec(any::<u32>(), 8),
+    ) {
+        let cfg = RingConfig { vnodes, hash };
+        let ring = HashRing::new(cfg, nodes).unwrap();
+        for h in probes.into_iter().chain([0, u32::MAX]) {
+            let order: Vec<usize> = ring.owners(h).collect();
+            for k in 0..order.len() {
+                let rest = ring
+                    .nodes()
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !order[..k].contains(i))
+                    .map(|(_, s)| s.clone());
+                let reduced = HashRing::new(cfg, rest).unwrap();
+                let expected = &ring.nodes()[order[k]].id;
+                let got = &reduced.nodes()[reduced.owner_index(h).unwrap()].id;
+                prop_assert_eq!(got, expected, "hash {} position {}", h, k);
+            }
+        }
+    }
 }

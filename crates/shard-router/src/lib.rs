@@ -1,8 +1,57 @@
 //! shard-router: owns the hash ring, groups points by the writer that owns
-//! them, and forwards the groups in parallel with retries.
+//! them, and forwards the groups in parallel with retries, moving the share
+//! of an unreachable writer to its ring successors until it is back.
+//!
+//! # Routing
+//!
+//! Every writer writes the same Redis, so any writer can store any point;
+//! ring ownership only spreads the load. For each point the router walks
+//! [`hash_ring::HashRing::owners_of_point`]: the owner first, then every
+//! other writer once, clockwise. It sends the point to the first writer in
+//! that order that is **up** ([`router::pick`]). With every writer up that
+//! is the owner; while one is down, its share spreads over its ring
+//! successors (each point goes where it would go if the down writer left the
+//! ring), not all to one writer, and comes back to it when it is up again.
+//!
+//! Points are grouped per writer and the groups forwarded in parallel, each
+//! with retries (exponential backoff with jitter, `router.retry`) while the
+//! status is transient ([`router::retryable`]). When a forward fails after
+//! its retries, its points go on to the next writer that is up in their ring
+//! order and has not failed them yet ([`router::failover_target`]), each
+//! writer tried at most once. Only when no writer is left do they come back
+//! as `UNAVAILABLE`, retryable, with the writers tried named in the message.
+//! A non-transient refusal (e.g. `INVALID_ARGUMENT`) is not failed over:
+//! another writer would refuse the same points.
+//!
+//! # Writer health ([`health`])
+//!
+//! - **Down**: when a forward to a writer fails after its whole retry budget,
+//!   or sooner after [`health::DOWN_AFTER_FAILED_ATTEMPTS`] (3) consecutive
+//!   transient failures counted over all forwards to it. In-flight retries to
+//!   a writer that is marked down stop and fail over at once if another
+//!   writer is up; if none is, they keep their retry budget (and a point whose
+//!   writers are all down goes to its owner anyway).
+//! - **Back**: a background task probes a down writer with `grpc.health.v1`
+//!   (overall and `broker.v1.WriterService` both SERVING), backing off from
+//!   `router.retry.initial_backoff` to [`health::PROBE_MAX_DELAY`] (5 s), and
+//!   marks it up when it answers; any successful forward to it does too. A
+//!   writer that goes down again within [`health::FLAP_WINDOW`] (30 s) of
+//!   coming back starts its next probes at twice the previous first delay
+//!   (capped), so a writer that answers health checks but fails writes does
+//!   not flap once per batch. The probes end when the [`Router`] is dropped
+//!   (the server stopped).
+//! - An in-process writer (`WriterClient::Local`, one-process mode) cannot be
+//!   unreachable and is never marked down.
+//! - Observable as `broker_router_writer_up{writer}` (1/0),
+//!   `broker_router_rerouted_points_total` (points sent to a writer other than
+//!   their owner), [`Router::writer_status`], and the logs
+//!   `writer marked down, its share moves to ring successors` (warn) and
+//!   `writer back` (info, with `down_for`).
 //!
 //! # Layout
-//! - [`router`]: [`Router`], the grouping and forwarding logic.
+//! - [`router`]: [`Router`], grouping, forwarding, failover, and the pure
+//!   routing choices [`router::pick`] and [`router::failover_target`].
+//! - [`health`]: per-writer up/down state and the background probes.
 //! - [`service`]: the `RouterService` gRPC server and [`RouterClient`],
 //!   which hides whether the router is in this process or remote (round
 //!   robin with failover across endpoints).
@@ -10,10 +59,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod health;
 pub mod metrics;
 pub mod router;
 pub mod service;
 
+pub use health::WriterStatus;
 pub use router::Router;
 pub use service::{RouterClient, RouterGrpc};
 

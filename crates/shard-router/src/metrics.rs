@@ -1,5 +1,6 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -13,6 +14,12 @@ pub struct RouterMetrics {
     pub retries: Family<WriterLabels, Counter>,
     pub forward_seconds: Histogram,
     pub batch_points: Histogram,
+    /// `broker_router_writer_up{writer}`: 1 while the writer takes its
+    /// share, 0 while it is marked down.
+    pub writer_up: Family<WriterLabels, Gauge>,
+    /// Points sent to a writer other than their ring owner (owner down, or
+    /// failover after a failed forward); a point moved twice counts twice.
+    pub rerouted_points: Counter,
 }
 
 impl RouterMetrics {
@@ -24,6 +31,8 @@ impl RouterMetrics {
             retries: Family::default(),
             forward_seconds: Histogram::new(broker_common::admin::latency_buckets()),
             batch_points: Histogram::new(broker_common::admin::size_buckets()),
+            writer_up: Family::default(),
+            rerouted_points: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("broker_router");
         r.register("points", "Points routed", m.points.clone());
@@ -47,6 +56,16 @@ impl RouterMetrics {
             "batch_points",
             "Points per routed batch",
             m.batch_points.clone(),
+        );
+        r.register(
+            "writer_up",
+            "1 while the writer takes its share of the ring, 0 while it is marked down",
+            m.writer_up.clone(),
+        );
+        r.register(
+            "rerouted_points",
+            "Points sent to a writer other than their ring owner (owner down or failed)",
+            m.rerouted_points.clone(),
         );
         m
     }

@@ -1,25 +1,70 @@
+//! Grouping points by writer, forwarding the groups, and failing over.
+
+use crate::health::{Health, WriterStatus};
 use crate::metrics::RouterMetrics;
 use backon::{ExponentialBuilder, Retryable};
 use broker_common::config::{RetryConfig, RouterConfig};
 use broker_proto::v1::{MetricBatch, Point, PointError, RejectReason};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use hash_ring::{HashRing, NodeSpec, RingError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storage_writer::WriterClient;
 use tonic::{Code, Status};
 
-/// Groups points by owner and forwards each group to its writer.
+/// Groups points by writer and forwards each group to it; moves the share
+/// of a down or failing writer to its ring successors.
 pub struct Router {
     ring: HashRing,
     /// Aligned with `ring.nodes()`.
     writers: Vec<WriterClient>,
+    /// Aligned with `ring.nodes()`; dropping it stops the probes.
+    health: Health,
     epoch: u64,
     write_timeout: Duration,
     retry: RetryConfig,
     metrics: RouterMetrics,
 }
 
+/// Points on their way to one writer.
+struct Job {
+    /// Ring index of the writer they go to.
+    target: usize,
+    /// Writers that already failed them, in order.
+    tried: Vec<usize>,
+    /// Indexes into the routed batch's points.
+    idx: Vec<u32>,
+    points: Vec<Point>,
+}
+
+/// The first writer in `owners` (a point's ring fallback order, see
+/// [`HashRing::owners_of_point`]) that is up, if any. `up` is indexed by
+/// ring index.
+pub fn pick(owners: impl IntoIterator<Item = usize>, up: &[bool]) -> Option<usize> {
+    owners.into_iter().find(|&i| up[i])
+}
+
+/// Where a point goes after the writers in `tried` failed it: the next
+/// writer in its ring order that is up and not yet tried.
+pub fn failover_target(
+    ring: &HashRing,
+    host_id: &str,
+    timestamp: i64,
+    tried: &[usize],
+    up: &[bool],
+) -> Option<usize> {
+    pick(
+        ring.owners_of_point(host_id, timestamp)
+            .filter(|i| !tried.contains(i)),
+        up,
+    )
+}
+
 impl Router {
+    /// A router over `writers`; every writer starts up. Must be called
+    /// within a tokio runtime if a writer is remote (its channel connects
+    /// lazily on that runtime).
     pub fn new(
         config: &RouterConfig,
         writers: Vec<(NodeSpec, WriterClient)>,
@@ -28,14 +73,29 @@ impl Router {
         let ring = HashRing::new(config.ring(), writers.iter().map(|(n, _)| n.clone()))?;
         let mut by_id: std::collections::HashMap<String, WriterClient> =
             writers.into_iter().map(|(n, c)| (n.id, c)).collect();
-        let writers = ring
+        let writers: Vec<WriterClient> = ring
             .nodes()
             .iter()
             .map(|n| by_id.remove(&n.id).expect("every ring node has a client"))
             .collect();
+        let health = Health::new(
+            ring.nodes()
+                .iter()
+                .map(|n| n.id.as_str())
+                .zip(writers.iter()),
+            |id| {
+                metrics
+                    .writer_up
+                    .get_or_create(&vec![("writer", id.to_string())])
+                    .clone()
+            },
+            config.retry.initial_backoff,
+            config.write_timeout,
+        );
         Ok(Self {
             ring,
             writers,
+            health,
             // Static membership: one epoch for the life of the process.
             epoch: 1,
             write_timeout: config.write_timeout,
@@ -52,61 +112,168 @@ impl Router {
         self.epoch
     }
 
+    /// Every writer's health, in ring order (`ring().nodes()`).
+    pub fn writer_status(&self) -> Vec<WriterStatus> {
+        self.health.status()
+    }
+
     /// Stores the points of `batch`; returns the ones that could not be
     /// stored (by index into `batch.points`). Every point not returned is
     /// durable.
+    ///
+    /// A point goes to its ring owner, or, while the owner is down, to the
+    /// first writer after it in ring order that is up (to the owner anyway
+    /// if none is). When a forward fails after its retries with a transient
+    /// status, its points go on to the next writer up in their ring order
+    /// that has not failed them yet; they come back as `UNAVAILABLE`
+    /// (retryable) only when no such writer is left.
     pub async fn route(&self, batch: MetricBatch) -> Vec<PointError> {
         let total = batch.points.len();
         self.metrics.points.inc_by(total as u64);
         self.metrics.batch_points.observe(total as f64);
         let n = self.writers.len();
+        let up = self.health.up_if_any_down();
         let mut groups: Vec<(Vec<u32>, Vec<Point>)> =
             (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut rerouted = 0u64;
         for (i, p) in batch.points.into_iter().enumerate() {
             let owner = self
                 .ring
                 .owner_index_of_point(&p.host_id, p.timestamp)
                 .expect("the ring has at least one writer");
-            groups[owner].0.push(i as u32);
-            groups[owner].1.push(p);
+            let target = match &up {
+                Some(up) if !up[owner] => {
+                    pick(self.ring.owners_of_point(&p.host_id, p.timestamp), up)
+                        // Nobody is up: the owner is as good a bet as any.
+                        .unwrap_or(owner)
+                }
+                _ => owner,
+            };
+            rerouted += u64::from(target != owner);
+            groups[target].0.push(i as u32);
+            groups[target].1.push(p);
         }
+        self.metrics.rerouted_points.inc_by(rerouted);
         let names = batch.metric_names;
-        let forwards = groups
+        let mut inflight: FuturesUnordered<_> = groups
             .into_iter()
             .enumerate()
             .filter(|(_, (idx, _))| !idx.is_empty())
-            .map(|(owner, (idx, points))| {
-                let sub = Arc::new(MetricBatch {
-                    seq: 0,
-                    metric_names: names.clone(),
-                    points,
-                });
-                async move {
-                    let r = self.forward(owner, sub).await;
-                    (idx, r)
-                }
-            });
+            .map(|(target, (idx, points))| {
+                self.deliver(
+                    Job {
+                        target,
+                        tried: Vec::new(),
+                        idx,
+                        points,
+                    },
+                    &names,
+                )
+            })
+            .collect();
         let mut failed = Vec::new();
-        for (idx, result) in futures::future::join_all(forwards).await {
-            if let Err(status) = result {
-                self.metrics.failed_points.inc_by(idx.len() as u64);
-                for i in idx {
-                    failed.push(PointError {
-                        index: i,
-                        reason: RejectReason::Unavailable as i32,
-                        message: status.message().to_string(),
-                        retryable: true,
-                    });
+        while let Some((job, result)) = inflight.next().await {
+            let Err(status) = result else { continue };
+            if !retryable(&status) {
+                // The batch itself was refused: another writer would too.
+                self.fail(&mut failed, job.idx, status.message());
+                continue;
+            }
+            let mut tried = job.tried;
+            tried.push(job.target);
+            let up = self.health.up_all();
+            let mut next: Vec<(Vec<u32>, Vec<Point>)> =
+                (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+            let mut stuck = Vec::new();
+            let mut rerouted = 0u64;
+            for (i, p) in job.idx.into_iter().zip(job.points) {
+                match failover_target(&self.ring, &p.host_id, p.timestamp, &tried, &up) {
+                    Some(t) => {
+                        let owner = self.ring.owner_index_of_point(&p.host_id, p.timestamp);
+                        rerouted += u64::from(owner != Some(t));
+                        next[t].0.push(i);
+                        next[t].1.push(p);
+                    }
+                    None => stuck.push(i),
                 }
+            }
+            self.metrics.rerouted_points.inc_by(rerouted);
+            if !stuck.is_empty() {
+                let tried_ids: Vec<&str> = tried
+                    .iter()
+                    .map(|&t| self.ring.nodes()[t].id.as_str())
+                    .collect();
+                let message = format!(
+                    "no writer could store the point, tried writer {}; last error: {}",
+                    tried_ids.join(", writer "),
+                    status.message()
+                );
+                self.fail(&mut failed, stuck, &message);
+            }
+            for (target, (idx, points)) in next.into_iter().enumerate() {
+                if idx.is_empty() {
+                    continue;
+                }
+                tracing::info!(
+                    from = %self.ring.nodes()[*tried.last().expect("one tried")].id,
+                    to = %self.ring.nodes()[target].id,
+                    points = idx.len(),
+                    "failing over"
+                );
+                inflight.push(self.deliver(
+                    Job {
+                        target,
+                        tried: tried.clone(),
+                        idx,
+                        points,
+                    },
+                    &names,
+                ));
             }
         }
         failed.sort_by_key(|e| e.index);
         failed
     }
 
-    async fn forward(&self, owner: usize, batch: Arc<MetricBatch>) -> Result<(), Status> {
-        let writer = &self.writers[owner];
-        let id = &self.ring.nodes()[owner].id;
+    fn fail(&self, failed: &mut Vec<PointError>, idx: Vec<u32>, message: &str) {
+        self.metrics.failed_points.inc_by(idx.len() as u64);
+        failed.extend(idx.into_iter().map(|i| PointError {
+            index: i,
+            reason: RejectReason::Unavailable as i32,
+            message: message.to_string(),
+            retryable: true,
+        }));
+    }
+
+    /// Forwards `job`'s points to its target; gives the job back (points
+    /// included) with the outcome.
+    async fn deliver(&self, mut job: Job, names: &[String]) -> (Job, Result<(), Status>) {
+        let batch = Arc::new(MetricBatch {
+            seq: 0,
+            metric_names: names.to_vec(),
+            points: std::mem::take(&mut job.points),
+        });
+        let result = self.forward(job.target, &job.tried, batch.clone()).await;
+        if result.is_err() {
+            // Every attempt has ended, so this is normally the last
+            // reference (a local write that timed out may still hold one).
+            job.points = Arc::try_unwrap(batch)
+                .map(|b| b.points)
+                .unwrap_or_else(|b| b.points.clone());
+        }
+        (job, result)
+    }
+
+    /// One forward with retries. Retries stop early when the writer gets
+    /// marked down meanwhile and another writer is up to fail over to.
+    async fn forward(
+        &self,
+        target: usize,
+        tried: &[usize],
+        batch: Arc<MetricBatch>,
+    ) -> Result<(), Status> {
+        let writer = &self.writers[target];
+        let id = &self.ring.nodes()[target].id;
         let started = Instant::now();
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.retry.initial_backoff)
@@ -115,15 +282,28 @@ impl Router {
             .with_jitter();
         let result = (|| {
             let batch = batch.clone();
-            async move { writer.write(batch, self.epoch, self.write_timeout).await }
+            async move {
+                let r = writer.write(batch, self.epoch, self.write_timeout).await;
+                match &r {
+                    Err(e) if retryable(e) => self.health.attempt_failed(target),
+                    // Success, or a refusal: either way the writer answered.
+                    _ => self.health.answered(target),
+                }
+                r
+            }
         })
         .retry(backoff)
-        .when(retryable)
+        .when(|e| retryable(e) && (self.health.is_up(target) || !self.other_writer_up(target, tried)))
         .notify(|e: &Status, after: Duration| {
             self.metrics.retries.get_or_create(&vec![("writer", id.clone())]).inc();
             tracing::warn!(writer = %id, code = ?e.code(), error = %e.message(), retry_in = ?after, "forward failed, retrying");
         })
         .await;
+        if let Err(e) = &result
+            && retryable(e)
+        {
+            self.health.forward_failed(target);
+        }
         self.metrics
             .forward_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -137,10 +317,16 @@ impl Router {
             .inc();
         result.map_err(|e| Status::new(e.code(), format!("writer {id}: {}", e.message())))
     }
+
+    /// True when a writer other than `target` and those in `tried` is up.
+    fn other_writer_up(&self, target: usize, tried: &[usize]) -> bool {
+        (0..self.writers.len()).any(|i| i != target && !tried.contains(&i) && self.health.is_up(i))
+    }
 }
 
-/// Transient failures worth another attempt; writes are idempotent, so a
-/// retry after a timeout cannot corrupt data.
+/// Transient failures worth another attempt (and, after the retries, worth
+/// another writer); writes are idempotent, so a retry after a timeout cannot
+/// corrupt data.
 pub fn retryable(s: &Status) -> bool {
     matches!(
         s.code(),
@@ -151,4 +337,234 @@ pub fn retryable(s: &Status) -> bool {
             | Code::Unknown
             | Code::Internal
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hash_ring::{HashAlgorithm, RingConfig};
+
+    fn ring(n: usize) -> HashRing {
+        HashRing::new(
+            RingConfig {
+                vnodes: 500,
+                hash: HashAlgorithm::Xxh3,
+            },
+            (1..=n).map(|i| NodeSpec::new(format!("w{i}"))),
+        )
+        .unwrap()
+    }
+
+    fn keys() -> impl Iterator<Item = (String, i64)> {
+        (0..200).flat_map(|h| (0..25).map(move |k| (format!("host-{h}"), 1_700_000_000 + 5 * k)))
+    }
+
+    #[test]
+    fn pick_takes_the_first_writer_up_in_ring_order() {
+        assert_eq!(pick([2, 0, 1], &[true, true, true]), Some(2));
+        assert_eq!(pick([2, 0, 1], &[true, true, false]), Some(0));
+        assert_eq!(pick([2, 0, 1], &[false, true, false]), Some(1));
+        assert_eq!(pick([2, 0, 1], &[false, false, false]), None);
+        assert_eq!(pick([], &[true]), None);
+    }
+
+    #[test]
+    fn with_every_writer_up_each_point_goes_to_its_owner() {
+        let ring = ring(4);
+        let up = [true; 4];
+        for (h, ts) in keys() {
+            assert_eq!(
+                pick(ring.owners_of_point(&h, ts), &up),
+                ring.owner_index_of_point(&h, ts)
+            );
+        }
+    }
+
+    /// The share of down writers spreads over the others, and goes where
+    /// it would if they left the ring; nothing else moves.
+    #[test]
+    fn a_down_writers_share_spreads_over_its_ring_successors() {
+        let ring = ring(5);
+        for down in [vec![1], vec![0, 3]] {
+            let up: Vec<bool> = (0..5).map(|i| !down.contains(&i)).collect();
+            let without = HashRing::new(
+                ring.config(),
+                ring.nodes()
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| up[*i])
+                    .map(|(_, n)| n.clone()),
+            )
+            .unwrap();
+            let mut moved_to = [0usize; 5];
+            let mut moved = 0;
+            for (h, ts) in keys() {
+                let owner = ring.owner_index_of_point(&h, ts).unwrap();
+                let target = pick(ring.owners_of_point(&h, ts), &up).unwrap();
+                assert!(up[target]);
+                assert_eq!(
+                    ring.nodes()[target].id,
+                    without.owner_of_point(&h, ts).unwrap().id
+                );
+                if up[owner] {
+                    assert_eq!(target, owner, "{h}:{ts} moved off a writer that is up");
+                } else {
+                    moved_to[target] += 1;
+                    moved += 1;
+                }
+            }
+            assert!(moved > 0);
+            for (i, &m) in moved_to.iter().enumerate() {
+                if up[i] {
+                    // ideal: moved / (writers up); one writer taking it all fails
+                    let ideal = moved as f64 / up.iter().filter(|u| **u).count() as f64;
+                    assert!(
+                        m as f64 > 0.4 * ideal && (m as f64) < 1.8 * ideal,
+                        "down {down:?}: writer {i} took {m} of {moved}"
+                    );
+                } else {
+                    assert_eq!(m, 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn failover_skips_writers_tried_and_down() {
+        let ring = ring(4);
+        for (h, ts) in keys().take(200) {
+            let order: Vec<usize> = ring.owners_of_point(&h, ts).collect();
+            let all_up = [true; 4];
+            assert_eq!(failover_target(&ring, &h, ts, &[], &all_up), Some(order[0]));
+            assert_eq!(
+                failover_target(&ring, &h, ts, &order[..1], &all_up),
+                Some(order[1])
+            );
+            let mut up = all_up;
+            up[order[1]] = false;
+            assert_eq!(
+                failover_target(&ring, &h, ts, &order[..1], &up),
+                Some(order[2])
+            );
+            // a writer not tried but down is skipped too; the tried owner is not retried
+            assert_eq!(
+                failover_target(&ring, &h, ts, &[order[0], order[2], order[3]], &up),
+                None
+            );
+            assert_eq!(failover_target(&ring, &h, ts, &order, &all_up), None);
+        }
+    }
+
+    fn dead_endpoint() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        format!("http://{addr}")
+    }
+
+    fn point(host: &str, ts: i64) -> Point {
+        Point {
+            host_id: host.to_string(),
+            timestamp: ts,
+            values: vec![1.0],
+            name_index: vec![],
+            labels: Default::default(),
+        }
+    }
+
+    fn encode(registry: &prometheus_client::registry::Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    /// Two writers on loopback ports nothing listens on: points of `a` fail
+    /// over to `b` and come back retryable naming both; both are marked
+    /// down; with both down, points still go to their owner (and are not
+    /// failed over to a writer that is down); dropping the router stops the
+    /// probes.
+    #[tokio::test]
+    async fn points_no_writer_can_take_come_back_unavailable_naming_the_writers_tried() {
+        let config = RouterConfig {
+            write_timeout: Duration::from_secs(2),
+            retry: RetryConfig {
+                max_retries: 1,
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(20),
+            },
+            ..RouterConfig::default()
+        };
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = RouterMetrics::new(&mut registry);
+        let writers = ["a", "b"]
+            .map(|id| {
+                (
+                    NodeSpec::new(id),
+                    WriterClient::remote(&dead_endpoint()).unwrap(),
+                )
+            })
+            .into();
+        let router = Router::new(&config, writers, metrics).unwrap();
+        assert!(encode(&registry).contains("broker_router_writer_up{writer=\"a\"} 1"));
+        let ts = 1_700_000_000;
+        let batch = |hosts: &[String]| MetricBatch {
+            seq: 1,
+            metric_names: vec!["m".into()],
+            points: hosts.iter().map(|h| point(h, ts)).collect(),
+        };
+        // Points owned by `a` only, so `b` is up when `a` fails them.
+        let owned_by_a: Vec<String> = (0..100)
+            .map(|i| format!("h{i}"))
+            .filter(|h| router.ring().owner_of_point(h, ts).unwrap().id == "a")
+            .take(10)
+            .collect();
+        assert_eq!(owned_by_a.len(), 10);
+        let failed = router.route(batch(&owned_by_a)).await;
+        assert_eq!(failed.len(), 10);
+        for (i, e) in failed.iter().enumerate() {
+            assert_eq!(e.index, i as u32);
+            assert!(e.retryable);
+            assert_eq!(e.reason, RejectReason::Unavailable as i32);
+            assert!(
+                e.message.starts_with(
+                    "no writer could store the point, tried writer a, writer b; last error: writer b: "
+                ),
+                "{}",
+                e.message
+            );
+        }
+        assert!(router.writer_status().iter().all(|s| !s.up));
+        let text = encode(&registry);
+        for id in ["a", "b"] {
+            let line = format!("broker_router_writer_up{{writer=\"{id}\"}} 0");
+            assert!(text.contains(&line), "{text}");
+        }
+        // each point was sent once to a writer other than its owner
+        assert!(
+            text.contains("broker_router_rerouted_points_total 10"),
+            "{text}"
+        );
+
+        // Nobody up: each point goes to its owner only, and fails naming it.
+        let mixed: Vec<String> = (0..8).map(|i| format!("h{i}")).collect();
+        let failed = router.route(batch(&mixed)).await;
+        assert_eq!(failed.len(), 8);
+        for (e, h) in failed.iter().zip(&mixed) {
+            let owner = router.ring().owner_of_point(h, ts).unwrap();
+            let tried = format!("tried writer {};", owner.id);
+            assert!(e.message.contains(&tried), "{}", e.message);
+        }
+
+        let probes = router.health.shared_weak();
+        assert!(probes.upgrade().is_some());
+        drop(router);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while probes.upgrade().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "probes still running after the router was dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
