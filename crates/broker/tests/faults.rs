@@ -1,0 +1,397 @@
+//! Fault injection with real processes on loopback: a steady load runs
+//! through two gateways, one router and three writers (each `broker run
+//! --service X` as its own process) into a real redis-server, and while it
+//! runs a scenario breaks something. Afterwards every point the load
+//! generator saw acked is looked up in Redis with its values; one missing
+//! point fails the test. A line per scenario reports sent, acked, found,
+//! missing and the time to recover.
+//!
+//! `FAULT_REDIS_DOWN_SECS` sets how long Redis stays down in the
+//! Redis scenario (default 20).
+
+use broker_agent::generator::{SnapshotGenerator, host_id, value};
+use broker_agent::load::{LoadConfig, Pacing, run_load_with};
+use broker_tests::Reader;
+use redis_process::{RedisOptions, RedisServer};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BROKER: &str = env!("CARGO_BIN_EXE_broker");
+const HOSTS: usize = 200;
+const METRICS: usize = 8;
+
+/// One service process that can be killed, stopped and started again with
+/// the same configuration.
+struct Service {
+    name: String,
+    service: &'static str,
+    config: PathBuf,
+    grpc: u16,
+    child: Option<Child>,
+}
+
+impl Service {
+    fn new(name: &str, service: &'static str, dir: &Path, yaml: String, grpc: u16) -> Self {
+        let config = dir.join(format!("{name}.yaml"));
+        std::fs::write(&config, yaml).unwrap();
+        Self {
+            name: name.to_string(),
+            service,
+            config,
+            grpc,
+            child: None,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    async fn start(&mut self) {
+        let child = Command::new(BROKER)
+            .args(["run", "--service", self.service, "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn broker");
+        self.child = Some(child);
+        broker_common::serve::wait_serving(&self.endpoint(), Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name));
+    }
+
+    /// `kill -9`: no chance to drain or flush.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    async fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let ok = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            let deadline = Instant::now() + Duration::from_secs(40);
+            loop {
+                if let Some(status) = c.try_wait().unwrap() {
+                    assert!(status.success(), "{} exited with {status}", self.name);
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{} ignored SIGTERM", self.name);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn port() -> u16 {
+    redis_process::free_port().unwrap()
+}
+
+/// Redis with every write fsync'ed, so Redis itself loses nothing it
+/// acknowledged when it is killed: what the test measures is the broker.
+fn durable_redis() -> RedisServer {
+    RedisServer::start_with(RedisOptions {
+        appendonly: true,
+        extra_args: vec!["--appendfsync".into(), "always".into()],
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+struct Topology {
+    redis: RedisServer,
+    writers: Vec<Service>,
+    router: Service,
+    gateways: Vec<Service>,
+    _dir: tempfile::TempDir,
+}
+
+impl Topology {
+    async fn start() -> Self {
+        let redis = durable_redis();
+        let dir = tempfile::tempdir().unwrap();
+        let writer_ports: Vec<u16> = (0..3).map(|_| port()).collect();
+        let mut writers = Vec::new();
+        for (i, wp) in writer_ports.iter().enumerate() {
+            let yaml = format!(
+                "node_id: writer-{i}\ngrpc_listen: 127.0.0.1:{wp}\nhttp_listen: 127.0.0.1:{}\nwriter:\n  redis_url: {}\n  redis_timeout: 2s\n  spool_dir: {}\n",
+                port(),
+                redis.url(),
+                dir.path().join(format!("spool-{i}")).display()
+            );
+            writers.push(Service::new(
+                &format!("writer-{i}"),
+                "storage-writer",
+                dir.path(),
+                yaml,
+                *wp,
+            ));
+        }
+        let rp = port();
+        let list: String = writer_ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("    - {{id: writer-{i}, addr: 'http://127.0.0.1:{p}'}}\n"))
+            .collect();
+        let router_yaml = format!(
+            "node_id: router\ngrpc_listen: 127.0.0.1:{rp}\nhttp_listen: 127.0.0.1:{}\nrouter:\n  write_timeout: 2s\n  retry:\n    max_retries: 2\n    initial_backoff: 200ms\n    max_backoff: 1s\n  writers:\n{list}",
+            port()
+        );
+        let router = Service::new("router", "shard-router", dir.path(), router_yaml, rp);
+        let mut gateways = Vec::new();
+        for g in 0..2 {
+            let gp = port();
+            let yaml = format!(
+                "node_id: gateway-{g}\ngrpc_listen: 127.0.0.1:{gp}\nhttp_listen: 127.0.0.1:{}\ngateway:\n  forward_timeout: 15s\n  routers: ['http://127.0.0.1:{rp}']\n",
+                port()
+            );
+            gateways.push(Service::new(
+                &format!("gateway-{g}"),
+                "ingest-gateway",
+                dir.path(),
+                yaml,
+                gp,
+            ));
+        }
+        let mut t = Self {
+            redis,
+            writers,
+            router,
+            gateways,
+            _dir: dir,
+        };
+        for w in &mut t.writers {
+            w.start().await;
+        }
+        t.router.start().await;
+        for g in &mut t.gateways {
+            g.start().await;
+        }
+        t
+    }
+
+    fn gateway_endpoints(&self) -> Vec<String> {
+        self.gateways.iter().map(Service::endpoint).collect()
+    }
+
+    async fn stop_all(&mut self) {
+        for g in &mut self.gateways {
+            g.terminate().await;
+        }
+        self.router.terminate().await;
+        for w in &mut self.writers {
+            w.terminate().await;
+        }
+    }
+
+    async fn start_all(&mut self) {
+        for w in &mut self.writers {
+            w.start().await;
+        }
+        self.router.start().await;
+        for g in &mut self.gateways {
+            g.start().await;
+        }
+    }
+}
+
+/// Acked-point counts over time, from the load's progress callback.
+#[derive(Clone, Default)]
+struct Timeline(Arc<Mutex<Vec<(Instant, u64)>>>);
+
+impl Timeline {
+    /// Time from `healed` to the first progress sample whose acked count
+    /// grew past the count at `healed`.
+    fn recovery_after(&self, healed: Instant) -> Option<Duration> {
+        let samples = self.0.lock().unwrap();
+        let base = samples
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= healed)
+            .map_or(0, |(_, a)| *a);
+        samples
+            .iter()
+            .find(|(t, a)| *t > healed && *a > base)
+            .map(|(t, _)| t.duration_since(healed))
+    }
+}
+
+struct Outcome {
+    sent: u64,
+    acked: u64,
+    found: u64,
+    missing: u64,
+}
+
+/// Runs the load for `load_for` while `fault` runs, then checks Redis.
+async fn scenario<F, Fut>(name: &str, load_for: Duration, fault: F)
+where
+    F: FnOnce(Topology) -> Fut,
+    Fut: std::future::Future<Output = (Topology, Instant)>,
+{
+    let topo = Topology::start().await;
+    let redis_url = topo.redis.url();
+    let timeline = Timeline::default();
+    let samples = timeline.clone();
+    let load = tokio::spawn(run_load_with(
+        LoadConfig {
+            endpoints: topo.gateway_endpoints(),
+            hosts: HOSTS,
+            metrics: METRICS,
+            batch_hosts: 50,
+            connections: 2,
+            window: 4,
+            pacing: Pacing::Rate(2_000.0),
+            duration: Some(load_for),
+            max_points: None,
+            record_acked: true,
+            drain_timeout: Duration::from_secs(60),
+            ..LoadConfig::default()
+        },
+        move |p: &broker_agent::Progress| {
+            samples.0.lock().unwrap().push((Instant::now(), p.acked));
+        },
+        std::future::pending::<()>(),
+    ));
+    let (mut topo, healed) = fault(topo).await;
+    let report = load.await.unwrap().unwrap();
+    let recovery = timeline.recovery_after(healed);
+    let outcome = verify(&redis_url, &report).await;
+    println!(
+        "scenario {name:<24} sent {:>6}  acked {:>6}  found in redis {:>6}  missing {}  resent {}  recovery {}",
+        outcome.sent,
+        outcome.acked,
+        outcome.found,
+        outcome.missing,
+        report.resent,
+        recovery.map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
+    );
+    assert!(outcome.acked > 0, "{name}: nothing was acked");
+    assert_eq!(
+        outcome.missing, 0,
+        "{name}: acked points missing from redis"
+    );
+    assert!(
+        recovery.is_some(),
+        "{name}: acks never resumed after the fault"
+    );
+    topo.stop_all().await;
+}
+
+/// Every acked point must be in Redis with every value the agent sent.
+async fn verify(redis_url: &str, report: &broker_agent::LoadReport) -> Outcome {
+    let names = SnapshotGenerator::new(HOSTS, METRICS)
+        .metric_names()
+        .to_vec();
+    let r = Reader::connect(redis_url).await;
+    let acked = report.acked_points.as_ref().expect("record_acked was set");
+    let mut found = 0;
+    let mut missing = 0;
+    for &(h, ts) in acked {
+        let h = h as usize;
+        let got = r
+            .hgetall(&format!("monitor:metrics:{{{}}}:{ts}", host_id(h)))
+            .await;
+        let ok = got.len() == METRICS
+            && names.iter().enumerate().all(|(m, n)| {
+                got.get(n).and_then(|v| v.parse::<f64>().ok()) == Some(value(h, ts, m))
+            });
+        if ok {
+            found += 1;
+        } else {
+            missing += 1;
+            if missing <= 5 {
+                eprintln!("missing or wrong: {} {ts}: {got:?}", host_id(h));
+            }
+        }
+    }
+    Outcome {
+        sent: report.sent,
+        acked: acked.len() as u64,
+        found,
+        missing,
+    }
+}
+
+fn redis_down_secs() -> u64 {
+    std::env::var("FAULT_REDIS_DOWN_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20)
+}
+
+/// The four scenarios share one machine's two cores, so they run one after
+/// the other inside one test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_points_survive_faults() {
+    scenario(
+        "kill -9 writer, restart",
+        Duration::from_secs(12),
+        |mut t| async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            t.writers[1].kill9();
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            t.writers[1].start().await;
+            let healed = Instant::now();
+            (t, healed)
+        },
+    )
+    .await;
+
+    let down = redis_down_secs();
+    scenario(
+        "redis down",
+        Duration::from_secs(down + 10),
+        |mut t| async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            t.redis.stop();
+            tokio::time::sleep(Duration::from_secs(down)).await;
+            t.redis.restart().unwrap();
+            let healed = Instant::now();
+            (t, healed)
+        },
+    )
+    .await;
+
+    scenario(
+        "kill -9 gateway",
+        Duration::from_secs(10),
+        |mut t| async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            t.gateways[0].kill9();
+            let healed = Instant::now();
+            (t, healed)
+        },
+    )
+    .await;
+
+    scenario(
+        "SIGTERM all, restart",
+        Duration::from_secs(14),
+        |mut t| async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            t.stop_all().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            t.start_all().await;
+            let healed = Instant::now();
+            (t, healed)
+        },
+    )
+    .await;
+}
