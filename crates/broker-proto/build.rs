@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "broker/v1/metrics.proto",
         "broker/v1/internal.proto",
         "broker/v1/bench.proto",
+        "broker/v1/dlq.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     tonic_prost_build::configure()

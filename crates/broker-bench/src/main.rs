@@ -42,6 +42,10 @@ struct Cli {
 enum Cmd {
     /// Ingest throughput: Redis ceiling vs all-in-one vs separate processes.
     Ingest(IngestArgs),
+    /// Degraded modes: ingest into the spool while Redis is down and the
+    /// replay rate when it returns; ingest with one of three writers down
+    /// as a ratio of the healthy rate.
+    Faults(IngestArgs),
     /// Internal: run broker services (used by `ingest` for its children).
     #[command(hide = true)]
     Serve {
@@ -98,6 +102,10 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(broker::run_until_signal(config, &services))
         }
+        Cmd::Faults(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(faults(args))
+        }
         Cmd::Ingest(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(ingest(args))
@@ -149,8 +157,13 @@ fn spawn_serve(
     cmd.args(["--http-listen", &format!("127.0.0.1:{}", port()?)]);
     cmd.args(["--set", "telemetry.log_level=warn"]);
     // A fresh spool per process, so runs never replay each other's data.
-    let spool = tempfile::Builder::new().prefix("broker-bench-spool-").tempdir()?;
-    cmd.args(["--set", &format!("writer.spool_dir={}", spool.path().display())]);
+    let spool = tempfile::Builder::new()
+        .prefix("broker-bench-spool-")
+        .tempdir()?;
+    cmd.args([
+        "--set",
+        &format!("writer.spool_dir={}", spool.path().display()),
+    ]);
     cmd.args(extra);
     for kv in &args.broker_set {
         cmd.args(["--set", kv]);
@@ -407,4 +420,139 @@ async fn load(
         secs: report.elapsed.as_secs_f64(),
         ack_p99_ms: Some(report.latency.p99_ms),
     })
+}
+
+/// `broker-bench faults`: figures for degraded operation.
+async fn faults(args: IngestArgs) -> anyhow::Result<()> {
+    // 1. Redis down: everything goes through the spool (fsync per batch
+    //    group), then the replay into Redis once it is back.
+    let mut redis = RedisServer::start().context("starting redis-server")?;
+    let grpc = port()?;
+    let child = spawn_serve(
+        &args,
+        &[],
+        grpc,
+        &[
+            "--redis-url".into(),
+            redis.url(),
+            "--set".into(),
+            "writer.redis_timeout=1s".into(),
+        ],
+    )?;
+    wait_serving(grpc).await?;
+    redis.stop();
+    let spooled = load("spool", &args, vec![format!("http://127.0.0.1:{grpc}")]).await?;
+    let started = Instant::now();
+    redis.restart()?;
+    // Every stored point is one data key; hosts add two keys each.
+    let want = spooled.points + 2 * args.hosts.min(spooled.points as usize) as u64;
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let keys: u64 = redis.command(&["DBSIZE"])?.parse()?;
+        if keys >= want {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "replay did not finish in 600 s ({keys} of {want} keys)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replay_secs = started.elapsed().as_secs_f64();
+    drop(child);
+    eprintln!(
+        "spool: {:.0} points/s accepted with redis down; replay {:.0} points/s ({} points in {:.1} s)",
+        spooled.pps(),
+        spooled.points as f64 / replay_secs,
+        spooled.points,
+        replay_secs
+    );
+
+    // 2. Three writers; then one of them killed.
+    redis.command(&["FLUSHALL", "ASYNC"])?;
+    // Let Redis finish freeing in the background before measuring again.
+    while redis.info_field("memory", "lazyfree_pending_objects")? != "0" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wports = [port()?, port()?, port()?];
+    let mut writers = Vec::new();
+    for (i, p) in wports.iter().enumerate() {
+        writers.push(spawn_serve(
+            &args,
+            &["storage-writer"],
+            *p,
+            &[
+                "--redis-url".into(),
+                redis.url(),
+                "--node-id".into(),
+                format!("writer-{i}"),
+            ],
+        )?);
+    }
+    let list: Vec<String> = wports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{{id: writer-{i}, addr: 'http://127.0.0.1:{p}'}}"))
+        .collect();
+    let rg = port()?;
+    let _router = spawn_serve(
+        &args,
+        &["shard-router"],
+        rg,
+        &[
+            "--set".into(),
+            format!("router.writers=[{}]", list.join(", ")),
+        ],
+    )?;
+    let gg = port()?;
+    let _gateway = spawn_serve(
+        &args,
+        &["ingest-gateway"],
+        gg,
+        &[
+            "--set".into(),
+            format!("gateway.routers=['http://127.0.0.1:{rg}']"),
+        ],
+    )?;
+    for p in wports.iter().chain([&rg, &gg]) {
+        wait_serving(*p).await?;
+    }
+    let endpoint = vec![format!("http://127.0.0.1:{gg}")];
+    let healthy = load("3 writers", &args, endpoint.clone()).await?;
+    let mut dead = writers.remove(1);
+    let _ = dead.child.kill();
+    let _ = dead.child.wait();
+    let degraded = load("2 of 3 writers", &args, endpoint).await?;
+
+    eprintln!();
+    eprintln!(
+        "ingest with redis down (spooled): {:.0} points/s",
+        spooled.pps()
+    );
+    eprintln!(
+        "replay into redis:                 {:.0} points/s ({} points in {:.1} s)",
+        spooled.points as f64 / replay_secs,
+        spooled.points,
+        replay_secs
+    );
+    eprintln!(
+        "3 writers:                         {:.0} points/s",
+        healthy.pps()
+    );
+    eprintln!(
+        "one of 3 writers killed:           {:.0} points/s (ratio {:.2})",
+        degraded.pps(),
+        degraded.pps() / healthy.pps()
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "spool_ingest_pps": spooled.pps(),
+            "replay_pps": spooled.points as f64 / replay_secs,
+            "three_writers_pps": healthy.pps(),
+            "one_writer_down_pps": degraded.pps(),
+            "one_writer_down_ratio": degraded.pps() / healthy.pps(),
+        })
+    );
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The admin HTTP surface every process serves: `/health` (the process is
 //! up), `/ready` (every component is ready to take traffic) and `/metrics`
-//! (Prometheus text exposition).
+//! (Prometheus text exposition), plus whatever routes its services mount
+//! with [`Admin::with_routes`] (the writer's `/api/dlq`).
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -40,6 +41,8 @@ impl Readiness {
 pub struct Admin {
     registry: Arc<Registry>,
     pub readiness: Readiness,
+    /// Routes services added (e.g. the writer's DLQ API).
+    extra: Router,
 }
 
 impl Admin {
@@ -47,13 +50,22 @@ impl Admin {
         Self {
             registry: Arc::new(registry),
             readiness,
+            extra: Router::new(),
         }
+    }
+
+    /// Adds a service's own routes beside `/health`, `/ready` and
+    /// `/metrics`. Panics if a path is mounted twice (a wiring bug).
+    pub fn with_routes(mut self, routes: Router) -> Self {
+        self.extra = std::mem::take(&mut self.extra).merge(routes);
+        self
     }
 
     pub fn router(&self) -> Router {
         let registry = self.registry.clone();
         let readiness = self.readiness.clone();
         Router::new()
+            .merge(self.extra.clone())
             .route("/health", get(|| async { "ok\n" }))
             .route(
                 "/ready",

@@ -5,9 +5,13 @@
 //! # Layout
 //! - [`run`]: mounts the enabled services on one gRPC port and one admin
 //!   port, and shuts them down in data-path order.
-//! - `main.rs`: the `broker` binary (`broker run`, `broker up`).
+//! - [`dlq_cli`]: `broker dlq`, a client of a writer's dead-letter queue
+//!   API, and [`dlq_cli::AdminClient`], the HTTP client it uses.
+//! - `main.rs`: the `broker` binary (`broker run`, `broker up`, `broker dlq`).
 
 #![forbid(unsafe_code)]
+
+pub mod dlq_cli;
 
 use broker_common::{Admin, BrokerConfig, Listeners, Readiness, Service};
 use ingest_gateway::Gateway;
@@ -82,7 +86,10 @@ pub async fn run(
         readiness.set("ingest-gateway", true);
     }
 
-    let admin = Admin::new(registry, readiness);
+    let mut admin = Admin::new(registry, readiness);
+    if let Some(w) = &writer {
+        admin = admin.with_routes(w.admin_routes());
+    }
     tracing::info!(
         node = %config.node_id,
         services = ?services.iter().map(|s| s.as_str()).collect::<Vec<_>>(),

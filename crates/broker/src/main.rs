@@ -4,6 +4,8 @@
 //!   `writer.redis_url` is set), with a banner of the endpoints.
 //! - `broker run --service ingest-gateway --service ...`: the named services
 //!   (default: all) with the given config.
+//! - `broker dlq list|show|replay|discard`: a storage-writer's dead-letter
+//!   queue, through its admin HTTP API.
 
 /// mimalloc: the data path allocates many small buffers per point from
 /// several threads; glibc malloc spent a quarter of the broker's CPU there.
@@ -45,6 +47,10 @@ enum Command {
         #[arg(long = "service", value_name = "NAME")]
         services: Vec<Service>,
     },
+    /// List, inspect, replay or discard the dead-letter entries of a
+    /// storage-writer (points Redis refused for good), through its admin
+    /// HTTP API.
+    Dlq(broker::dlq_cli::DlqArgs),
 }
 
 fn main() {
@@ -63,6 +69,7 @@ fn main() {
             };
             runtime(|| async move { broker::run_until_signal(config, &services).await })
         }
+        Command::Dlq(args) => runtime(|| broker::dlq_cli::run(args)),
     };
     std::process::exit(code);
 }

@@ -5,15 +5,23 @@
 //!   only here).
 //! - [`writer`]: the batcher that turns write jobs into Redis pipelines and
 //!   acks each job once durable (Redis confirmed it, or it is in the
-//!   spool); the spool replayer; Redis connection setup.
-//! - [`spool`]: the write-ahead spool (redb) used while Redis is down.
+//!   spool, or what Redis refused for good is in the dead-letter queue);
+//!   error classification; the spool replayer; Redis connection setup.
+//! - [`spool`]: the write-ahead spool (redb) used while Redis is down, and
+//!   the dead-letter queue's table in the same database.
+//! - [`dlq`]: the dead-letter queue as operators use it: list, show,
+//!   replay, discard.
+//! - [`api`]: its HTTP API (`/api/dlq`), mounted on the admin port.
 //! - [`service`]: the `WriterService` gRPC server and [`WriterClient`], which
 //!   hides whether the writer is in this process or across the network.
-//! - [`error`]: [`WriterError`] and its gRPC status mapping.
+//! - [`error`]: [`WriterError`] and its gRPC status mapping, [`DlqError`]
+//!   and its HTTP status mapping.
 //! - [`metrics`]: Prometheus metrics of the writer.
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod dlq;
 pub mod error;
 pub mod layout;
 pub mod metrics;
@@ -21,7 +29,7 @@ pub mod service;
 pub mod spool;
 pub mod writer;
 
-pub use error::WriterError;
+pub use error::{DlqError, WriterError};
 pub use service::{WriterClient, WriterGrpc};
 pub use writer::Writer;
 
@@ -61,7 +69,15 @@ impl WriterComponent {
             Some(std::sync::Arc::new(spool))
         };
         let has_spool = spool.is_some();
-        let writer = Writer::start(w, config.ttl, pool.clone(), layout, spool, metrics);
+        let writer = Writer::start(
+            w,
+            &config.node_id,
+            config.ttl,
+            pool.clone(),
+            layout,
+            spool,
+            metrics,
+        );
         // With a spool the writer can take writes before Redis answers.
         readiness.set("storage-writer", has_spool);
         let (r, p, url) = (readiness.clone(), pool.clone(), w.redis_url.clone());
@@ -76,6 +92,12 @@ impl WriterComponent {
             }
         });
         Ok(Self { writer, pool })
+    }
+
+    /// The writer's admin HTTP routes (the DLQ API), to mount with
+    /// [`Admin::with_routes`].
+    pub fn admin_routes(&self) -> axum::Router {
+        api::routes(self.writer.dead_letter_queue(), self.writer.node_id())
     }
 
     /// Writes what was accepted, then closes the Redis connections.
@@ -95,7 +117,7 @@ pub async fn run(
     let mut registry = prometheus_client::registry::Registry::default();
     let readiness = Readiness::default();
     let component = WriterComponent::start(&config, &mut registry, &readiness)?;
-    let admin = Admin::new(registry, readiness);
+    let admin = Admin::new(registry, readiness).with_routes(component.admin_routes());
     let stop = broker_common::serve::token_from(shutdown);
     let routes =
         tonic::service::Routes::new(WriterGrpc::new(component.writer.clone()).into_server());

@@ -20,6 +20,11 @@ pub struct WriterMetrics {
     pub replayed_points: Counter,
     pub spool_full: Counter,
     pub spool_corrupt: Counter,
+    pub dlq_records: Gauge,
+    pub dlq_bytes: Gauge,
+    pub dlq_points: Counter,
+    pub dlq_replayed_points: Counter,
+    pub dlq_discarded_points: Counter,
 }
 
 impl WriterMetrics {
@@ -40,6 +45,11 @@ impl WriterMetrics {
             replayed_points: Counter::default(),
             spool_full: Counter::default(),
             spool_corrupt: Counter::default(),
+            dlq_records: Gauge::default(),
+            dlq_bytes: Gauge::default(),
+            dlq_points: Counter::default(),
+            dlq_replayed_points: Counter::default(),
+            dlq_discarded_points: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("broker_writer");
         r.register("points", "Points written to Redis", m.points.clone());
@@ -108,6 +118,31 @@ impl WriterMetrics {
             "spool_corrupt_records",
             "Spool records that did not decode and were dropped",
             m.spool_corrupt.clone(),
+        );
+        r.register(
+            "dlq_records",
+            "Entries in the dead-letter queue (points Redis refused for good)",
+            m.dlq_records.clone(),
+        );
+        r.register(
+            "dlq_bytes",
+            "Bytes held by the dead-letter queue",
+            m.dlq_bytes.clone(),
+        );
+        r.register(
+            "dlq_points",
+            "Points ever dead-lettered",
+            m.dlq_points.clone(),
+        );
+        r.register(
+            "dlq_replayed_points",
+            "Dead-lettered points replayed into Redis",
+            m.dlq_replayed_points.clone(),
+        );
+        r.register(
+            "dlq_discarded_points",
+            "Dead-lettered points discarded by an operator",
+            m.dlq_discarded_points.clone(),
         );
         m
     }

@@ -2,13 +2,23 @@
 //! job once its points are durable: confirmed by Redis, or, when Redis
 //! cannot take them, appended and fsync'ed to the spool (then replayed into
 //! Redis in order by the replayer task).
+//!
+//! Pipeline failures are of two kinds ([`classify`]). Transient ones
+//! (connection, timeout, LOADING, OOM, cluster reconfiguring...) send the
+//! batches to the spool. Permanent ones, an error reply Redis will give
+//! again for the same data (WRONGTYPE on a key someone created with another
+//! type, a command it refuses), would block the spool forever: the write is
+//! then redone once more with each host's commands kept apart
+//! (`Store::write_or_isolate`), so that only the points of the hosts Redis
+//! refuses go to the dead-letter queue, with Redis's reply as the reason,
+//! and every other point of the pipeline is stored.
 
 use crate::error::WriterError;
 use crate::layout::{Command, KeyLayout};
 use crate::metrics::WriterMetrics;
 use crate::spool::{Spool, SpoolError};
 use broker_common::config::WriterConfig;
-use broker_proto::v1::MetricBatch;
+use broker_proto::v1::{DeadLetter, MetricBatch, Point};
 use fred::clients::Pool;
 use fred::interfaces::ClientLike;
 use fred::types::{ClusterHash, CustomCommand, Value};
@@ -37,19 +47,29 @@ pub struct Writer {
     store: Arc<Store>,
 }
 
-/// Where batches become durable: Redis, or the spool when Redis is down.
-struct Store {
+/// Where batches become durable: Redis, or the spool when Redis is down,
+/// or the dead-letter queue when Redis refuses them for good.
+pub(crate) struct Store {
     pool: Pool,
     layout: Arc<dyn KeyLayout>,
     ttl_secs: u64,
     timeout: Duration,
-    spool: Option<Arc<Spool>>,
+    /// Recorded in dead-letter entries.
+    pub(crate) node_id: String,
+    pub(crate) spool: Option<Arc<Spool>>,
     /// False from a failed pipeline until the spool is drained: meanwhile
     /// new batches go to the spool too, so Redis receives them in order.
     redis_up: AtomicBool,
     replay_points: usize,
     wake_replayer: tokio::sync::Notify,
-    metrics: WriterMetrics,
+    pub(crate) metrics: WriterMetrics,
+}
+
+/// The points of one batch that Redis refused for good, and its replies.
+pub(crate) struct Refused {
+    /// The refused points with the batch's name table and seq.
+    pub batch: MetricBatch,
+    pub reason: String,
 }
 
 struct Batcher {
@@ -65,9 +85,10 @@ struct Batcher {
 
 impl Writer {
     /// Starts the batcher on an already-created (possibly still connecting)
-    /// Redis pool.
+    /// Redis pool. `node_id` names this writer in dead-letter entries.
     pub fn start(
         config: &WriterConfig,
+        node_id: &str,
         ttl: Duration,
         pool: Pool,
         layout: Arc<dyn KeyLayout>,
@@ -84,6 +105,12 @@ impl Writer {
             if records > 0 {
                 tracing::info!(records, bytes, path = %s.path().display(), "spool holds batches from a previous run; replaying them into redis");
             }
+            let (entries, bytes) = s.dlq_usage();
+            metrics.dlq_records.set(entries as i64);
+            metrics.dlq_bytes.set(bytes as i64);
+            if entries > 0 {
+                tracing::warn!(entries, bytes, path = %s.path().display(), "the dead-letter queue holds points redis refused; list them with `broker dlq list`");
+            }
         }
         metrics.redis_up.set(i64::from(spool_empty));
         let store = Arc::new(Store {
@@ -91,6 +118,7 @@ impl Writer {
             layout,
             ttl_secs: ttl.as_secs(),
             timeout: config.redis_timeout,
+            node_id: node_id.to_string(),
             spool,
             redis_up: AtomicBool::new(spool_empty),
             replay_points: config.batch_max_points,
@@ -135,7 +163,21 @@ impl Writer {
         self.store.spool.as_ref().map(|s| s.usage())
     }
 
-    /// Stores `batch`; returns once Redis confirmed every command of it.
+    /// The dead-letter queue, when this writer has a spool to keep it in.
+    pub fn dead_letter_queue(&self) -> Option<crate::dlq::DeadLetterQueue> {
+        crate::dlq::DeadLetterQueue::new(self.store.clone())
+    }
+
+    /// The `node_id` this writer records in dead-letter entries.
+    pub fn node_id(&self) -> &str {
+        &self.store.node_id
+    }
+
+    /// Stores `batch`; returns once it is durable: Redis confirmed every
+    /// command of it, or it is in the spool, or the points Redis refused
+    /// for good are in the dead-letter queue (the rest being in Redis).
+    /// Without a spool, points Redis refuses fail the batch with
+    /// [`WriterError::RedisRejected`].
     /// Waits (backpressure) while `max_queued_points` are already queued.
     pub async fn write(&self, batch: Arc<MetricBatch>) -> Result<(), WriterError> {
         if batch.points.is_empty() {
@@ -225,11 +267,11 @@ impl Batcher {
             tokio::spawn(async move {
                 metrics.inflight_pipelines.inc();
                 let batches: Vec<Arc<MetricBatch>> = jobs.iter().map(|j| j.batch.clone()).collect();
-                let result = store.store(batches).await;
+                let results = store.store(batches).await;
                 metrics.inflight_pipelines.dec();
                 metrics.queued_points.dec_by(points as i64);
-                for job in jobs {
-                    let _ = job.done.send(result.clone());
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let _ = job.done.send(result);
                 }
                 drop(permit);
             });
@@ -243,6 +285,13 @@ fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
@@ -283,33 +332,260 @@ async fn write_batches(
 
 impl Store {
     /// Makes `batches` durable: in Redis, or in the spool when Redis is
-    /// down (or its backlog is still being replayed).
-    async fn store(&self, batches: Vec<Arc<MetricBatch>>) -> Result<(), WriterError> {
-        let refs: Vec<&MetricBatch> = batches.iter().map(|b| b.as_ref()).collect();
+    /// down (or its backlog is still being replayed); the points Redis
+    /// refuses for good go to the dead-letter queue. One result per batch.
+    async fn store(&self, batches: Vec<Arc<MetricBatch>>) -> Vec<Result<(), WriterError>> {
+        let n = batches.len();
         if self.spool.is_some() && !self.redis_up.load(Ordering::Acquire) {
-            return self.spool_append(batches).await;
+            return vec![self.spool_append(batches).await; n];
         }
-        let client = self.pool.next().clone();
-        let result = write_batches(
-            &client,
-            self.layout.as_ref(),
-            &refs,
-            self.ttl_secs,
-            self.timeout,
-            &self.metrics,
-        )
-        .await;
+        let refs: Vec<&MetricBatch> = batches.iter().map(|b| b.as_ref()).collect();
+        let result = self.write_or_isolate(&refs).await;
         match (result, &self.spool) {
-            (Ok(()), _) => Ok(()),
-            (Err(e), None) => Err(e),
+            (Ok(refused), _) => self.settle_refused(refused).await,
+            (Err(e), None) => vec![Err(e); n],
             (Err(e), Some(spool)) => {
                 if self.redis_up.swap(false, Ordering::AcqRel) {
                     self.metrics.redis_up.set(0);
                     tracing::warn!(error = %e, spool = %spool.path().display(), "redis write failed; spooling batches until redis answers again");
                 }
                 self.wake_replayer.notify_one();
-                self.spool_append(batches).await
+                vec![self.spool_append(batches).await; n]
             }
+        }
+    }
+
+    /// Writes `batches` to Redis. `Ok` once Redis answered every command,
+    /// with, per batch, the points it refused for good (`None`: all
+    /// stored); `Err` (transient) when Redis could not take the write.
+    ///
+    /// The first attempt is one pipeline for everything. Only when it meets
+    /// a permanent error is the write redone with the commands of each
+    /// (batch, host) grouped apart, one more pipeline, so the refused
+    /// points are known host by host. Writes are idempotent, so redoing
+    /// the commands that had succeeded is harmless.
+    pub(crate) async fn write_or_isolate(
+        &self,
+        batches: &[&MetricBatch],
+    ) -> Result<Vec<Option<Refused>>, WriterError> {
+        let client = self.pool.next().clone();
+        match write_batches(
+            &client,
+            self.layout.as_ref(),
+            batches,
+            self.ttl_secs,
+            self.timeout,
+            &self.metrics,
+        )
+        .await
+        {
+            Ok(()) => Ok(batches.iter().map(|_| None).collect()),
+            Err(e) if e.is_permanent() => {
+                tracing::warn!(error = %e, "redis refused part of a pipeline for good; writing it again host by host to set those points apart");
+                self.isolate(&client, batches).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One pipeline in which every (batch, host) group's commands can be
+    /// told apart: the groups Redis refused come back as [`Refused`]. A
+    /// transient failure anywhere fails the whole write.
+    async fn isolate(
+        &self,
+        client: &fred::clients::Client,
+        batches: &[&MetricBatch],
+    ) -> Result<Vec<Option<Refused>>, WriterError> {
+        struct Group {
+            batch: usize,
+            sub: MetricBatch,
+            commands: std::ops::Range<usize>,
+        }
+        let now = now_secs();
+        let mut groups: Vec<Group> = Vec::new();
+        let mut commands = Vec::new();
+        for (bi, b) in batches.iter().enumerate() {
+            let mut hosts: Vec<(&str, Vec<Point>)> = Vec::new();
+            let mut index: std::collections::HashMap<&str, usize> = Default::default();
+            for p in &b.points {
+                let i = *index.entry(p.host_id.as_str()).or_insert_with(|| {
+                    hosts.push((p.host_id.as_str(), Vec::new()));
+                    hosts.len() - 1
+                });
+                hosts[i].1.push(p.clone());
+            }
+            for (_, points) in hosts {
+                let sub = MetricBatch {
+                    seq: b.seq,
+                    metric_names: b.metric_names.clone(),
+                    points,
+                };
+                let start = commands.len();
+                self.layout
+                    .write_commands(&[&sub], self.ttl_secs, now, &mut commands);
+                groups.push(Group {
+                    batch: bi,
+                    sub,
+                    commands: start..commands.len(),
+                });
+            }
+        }
+        let labels: Vec<String> = commands.iter().map(describe).collect();
+        let started = Instant::now();
+        let results = match tokio::time::timeout(self.timeout, execute_each(client, commands)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(WriterError::Timeout(self.timeout)),
+        };
+        self.metrics.pipelines.inc();
+        self.metrics
+            .pipeline_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let transient = match &results {
+            Err(e) => Some(e.clone()),
+            Ok(r) => r
+                .iter()
+                .find_map(|r| r.as_ref().err().filter(|e| !e.is_permanent()).cloned()),
+        };
+        if let Some(e) = transient {
+            self.metrics.pipeline_errors.inc();
+            for g in &groups {
+                self.layout.written(&[&g.sub], false);
+            }
+            return Err(e);
+        }
+        let results = results.expect("checked above");
+        let mut out: Vec<Option<Refused>> = batches.iter().map(|_| None).collect();
+        let (mut stored, mut refused_points) = (0u64, 0u64);
+        for g in groups {
+            let errors: Vec<String> = results[g.commands.clone()]
+                .iter()
+                .zip(&labels[g.commands.clone()])
+                .filter_map(|(r, label)| match r {
+                    Err(WriterError::RedisRejected(reply)) => Some(format!("{label}: {reply}")),
+                    Err(e) => Some(format!("{label}: {e}")),
+                    Ok(()) => None,
+                })
+                .collect();
+            self.layout.written(&[&g.sub], errors.is_empty());
+            if errors.is_empty() {
+                stored += g.sub.points.len() as u64;
+                continue;
+            }
+            refused_points += g.sub.points.len() as u64;
+            let r = out[g.batch].get_or_insert_with(|| Refused {
+                batch: MetricBatch {
+                    seq: g.sub.seq,
+                    metric_names: g.sub.metric_names.clone(),
+                    points: Vec::new(),
+                },
+                reason: String::new(),
+            });
+            r.batch.points.extend(g.sub.points);
+            for e in errors {
+                add_reason(&mut r.reason, &e);
+            }
+        }
+        self.metrics.points.inc_by(stored);
+        if refused_points > 0 {
+            self.metrics.pipeline_errors.inc();
+            self.metrics.failed_points.inc_by(refused_points);
+        }
+        Ok(out)
+    }
+
+    /// A dead-letter entry for `refused`, dead-lettered now by this writer.
+    pub(crate) fn dead_letter_entry(&self, refused: Refused) -> DeadLetter {
+        DeadLetter {
+            dead_lettered_at_ms: now_ms(),
+            reason: refused.reason,
+            writer: self.node_id.clone(),
+            batch: Some(refused.batch),
+            ..Default::default()
+        }
+    }
+
+    /// Completes a write Redis answered: batches with refused points fail
+    /// with [`WriterError::RedisRejected`] when there is no spool, else
+    /// those points go to the dead-letter queue and the batch is accepted
+    /// (it is durable and replayable there).
+    async fn settle_refused(&self, refused: Vec<Option<Refused>>) -> Vec<Result<(), WriterError>> {
+        let Some(spool) = self.spool.clone() else {
+            return refused
+                .into_iter()
+                .map(|r| match r {
+                    None => Ok(()),
+                    Some(r) => {
+                        tracing::warn!(points = r.batch.points.len(), hosts = ?hosts_of(&r.batch, 5), reason = %r.reason, "redis refused points for good; no spool, so no dead-letter queue: refusing them to the sender");
+                        Err(WriterError::RedisRejected(r.reason))
+                    }
+                })
+                .collect();
+        };
+        let mut results: Vec<Result<(), WriterError>> = refused.iter().map(|_| Ok(())).collect();
+        let mut which = Vec::new();
+        let mut entries = Vec::new();
+        for (i, r) in refused.into_iter().enumerate() {
+            if let Some(r) = r {
+                which.push(i);
+                entries.push(self.dead_letter_entry(r));
+            }
+        }
+        if entries.is_empty() {
+            return results;
+        }
+        let points: usize = entries.iter().map(entry_points).sum();
+        let logged: Vec<(Vec<String>, String)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    hosts_of(e.batch.as_ref().expect("batch"), 5),
+                    e.reason.clone(),
+                )
+            })
+            .collect();
+        let s = spool.clone();
+        let result = tokio::task::spawn_blocking(move || s.dead_letter(&entries))
+            .await
+            .map_err(|e| SpoolError::Storage {
+                path: spool.path().display().to_string(),
+                message: format!("dead-letter task failed: {e}"),
+            })
+            .and_then(|r| r);
+        self.refresh_spool_metrics();
+        let error = match result {
+            Ok(ids) => {
+                self.metrics.dlq_points.inc_by(points as u64);
+                for (id, (hosts, reason)) in ids.iter().zip(logged) {
+                    tracing::warn!(id, ?hosts, %reason, "redis refused points for good; dead-lettered them (replay with `broker dlq replay`)");
+                }
+                return results;
+            }
+            Err(e @ SpoolError::Full { .. }) => {
+                self.metrics.spool_full.inc();
+                WriterError::SpoolFull(format!(
+                    "redis refused some points for good and the dead-letter queue cannot take them: {e}"
+                ))
+            }
+            Err(e) => WriterError::Spool(format!(
+                "redis refused some points for good and dead-lettering them failed: {e}"
+            )),
+        };
+        tracing::error!(error = %error, points, "could not dead-letter refused points; their senders will retry");
+        for i in which {
+            results[i] = Err(error.clone());
+        }
+        results
+    }
+
+    pub(crate) fn refresh_spool_metrics(&self) {
+        if let Some(spool) = &self.spool {
+            let (records, bytes) = spool.usage();
+            self.metrics.spool_records.set(records as i64);
+            self.metrics.spool_bytes.set(bytes as i64);
+            let (entries, bytes) = spool.dlq_usage();
+            self.metrics.dlq_records.set(entries as i64);
+            self.metrics.dlq_bytes.set(bytes as i64);
         }
     }
 
@@ -323,9 +599,7 @@ impl Store {
         })
         .await
         .map_err(|e| WriterError::Spool(format!("spool task failed: {e}")))?;
-        let (records, bytes) = spool.usage();
-        self.metrics.spool_records.set(records as i64);
-        self.metrics.spool_bytes.set(bytes as i64);
+        self.refresh_spool_metrics();
         match result {
             Ok(()) => {
                 self.metrics.spooled_points.inc_by(points as u64);
@@ -340,8 +614,9 @@ impl Store {
     }
 
     /// Replays the spool into Redis, oldest first, deleting what Redis
-    /// confirmed; backs off while Redis does not answer. When the spool is
-    /// empty, batches go straight to Redis again.
+    /// confirmed and moving what it refuses for good to the dead-letter
+    /// queue (one transaction); backs off while Redis does not answer.
+    /// When the spool is empty, batches go straight to Redis again.
     async fn replay(self: Arc<Self>, stop: CancellationToken) {
         use backon::BackoffBuilder;
         let spool = self.spool.clone().expect("replay needs a spool");
@@ -396,32 +671,35 @@ impl Store {
             }
             let refs: Vec<&MetricBatch> = records.iter().map(|r| &r.batch).collect();
             let points: usize = refs.iter().map(|b| b.points.len()).sum();
-            let client = self.pool.next().clone();
-            match write_batches(
-                &client,
-                self.layout.as_ref(),
-                &refs,
-                self.ttl_secs,
-                self.timeout,
-                &self.metrics,
-            )
-            .await
-            {
-                Ok(()) => {
+            match self.write_or_isolate(&refs).await {
+                Ok(refused) => {
                     let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
+                    let entries: Vec<DeadLetter> = refused
+                        .into_iter()
+                        .flatten()
+                        .map(|r| self.dead_letter_entry(r))
+                        .collect();
+                    let dead: usize = entries.iter().map(entry_points).sum();
                     let s = spool.clone();
-                    match tokio::task::spawn_blocking(move || s.remove(&ids)).await {
-                        Ok(Ok(())) => {
-                            self.metrics.replayed_points.inc_by(points as u64);
-                            let (records, bytes) = spool.usage();
-                            self.metrics.spool_records.set(records as i64);
-                            self.metrics.spool_bytes.set(bytes as i64);
+                    match tokio::task::spawn_blocking(move || {
+                        let ids = s.move_to_dlq(&ids, &entries)?;
+                        Ok::<_, SpoolError>((ids, entries))
+                    })
+                    .await
+                    {
+                        Ok(Ok((ids, entries))) => {
+                            self.metrics.replayed_points.inc_by((points - dead) as u64);
+                            self.metrics.dlq_points.inc_by(dead as u64);
+                            for (id, e) in ids.iter().zip(&entries) {
+                                tracing::warn!(id, hosts = ?hosts_of(e.batch.as_ref().expect("batch"), 5), reason = %e.reason, "spool replay: redis refused points for good; dead-lettered them (replay with `broker dlq replay`)");
+                            }
+                            self.refresh_spool_metrics();
                             backoff = new_backoff();
                         }
                         // Replayed but not deleted: replaying again later is
                         // harmless (idempotent writes).
                         other => {
-                            tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())), "deleting replayed spool records failed");
+                            tracing::error!(result = ?other.map(|r| r.map(|(ids, _)| ids).map_err(|e| e.to_string())), "deleting replayed spool records failed");
                             sleep_or_stop(&mut backoff, &stop).await;
                         }
                     }
@@ -435,6 +713,53 @@ impl Store {
     }
 }
 
+fn entry_points(e: &DeadLetter) -> usize {
+    e.batch.as_ref().map_or(0, |b| b.points.len())
+}
+
+/// The first `max` distinct hosts of `batch`, in order.
+pub(crate) fn hosts_of(batch: &MetricBatch, max: usize) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    batch
+        .points
+        .iter()
+        .filter(|p| seen.insert(p.host_id.as_str()))
+        .take(max)
+        .map(|p| p.host_id.clone())
+        .collect()
+}
+
+/// Reasons kept per dead-letter entry; past this, a count.
+const MAX_REASONS: usize = 4;
+
+/// Adds `reason` to `reasons` ("; "-separated) unless already there.
+fn add_reason(reasons: &mut String, reason: &str) {
+    if reasons.split("; ").any(|r| r == reason) {
+        return;
+    }
+    let kept = if reasons.is_empty() {
+        0
+    } else {
+        reasons.matches("; ").count() + 1
+    };
+    if kept < MAX_REASONS {
+        if !reasons.is_empty() {
+            reasons.push_str("; ");
+        }
+        reasons.push_str(reason);
+    } else if !reasons.ends_with("(and more)") {
+        reasons.push_str("; (and more)");
+    }
+}
+
+/// "ZADD monitor:index:metrics:{h}": a command and its key, for reasons.
+fn describe(c: &Command) -> String {
+    match c.args.first() {
+        Some(key) => format!("{} {}", c.name, String::from_utf8_lossy(key)),
+        None => c.name.to_string(),
+    }
+}
+
 async fn sleep_or_stop(backoff: &mut impl Iterator<Item = Duration>, stop: &CancellationToken) {
     let d = backoff.next().unwrap_or(Duration::from_secs(5));
     tokio::select! {
@@ -443,11 +768,33 @@ async fn sleep_or_stop(backoff: &mut impl Iterator<Item = Duration>, stop: &Canc
     }
 }
 
-/// Sends `commands` as one pipeline; fails if any command failed.
+/// Sends `commands` as one pipeline; fails if any command failed. When
+/// several failed, a transient failure wins over a permanent one: the
+/// write is then retried (spooled) as it is.
 pub async fn execute(
     client: &fred::clients::Client,
     commands: Vec<Command>,
 ) -> Result<(), WriterError> {
+    let mut permanent = None;
+    for r in execute_each(client, commands).await? {
+        match r {
+            Ok(()) => {}
+            Err(e) if e.is_permanent() => {
+                permanent.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    permanent.map_or(Ok(()), Err)
+}
+
+/// Sends `commands` as one pipeline and returns each command's outcome.
+/// `Err` when Redis did not answer every command (connection lost...).
+pub async fn execute_each(
+    client: &fred::clients::Client,
+    commands: Vec<Command>,
+) -> Result<Vec<Result<(), WriterError>>, WriterError> {
+    let n = commands.len();
     let pipe = client.pipeline();
     for c in commands {
         let args: Vec<Value> = c.args.into_iter().map(Value::Bytes).collect();
@@ -459,18 +806,86 @@ pub async fn execute(
             .await
             .map_err(|e| WriterError::Redis(e.to_string()))?;
     }
-    for r in pipe.try_all::<Value>().await {
-        r.map_err(|e| WriterError::Redis(e.to_string()))?;
+    let results = pipe.try_all::<Value>().await;
+    if results.len() != n {
+        // fred answers a pipeline it could not send with one error.
+        let e = results.into_iter().find_map(Result::err);
+        return Err(WriterError::Redis(e.map_or_else(
+            || format!("redis answered {n} commands with a different count"),
+            |e| e.to_string(),
+        )));
     }
-    Ok(())
+    Ok(results
+        .into_iter()
+        .map(|r| r.map(|_| ()).map_err(|e| classify(&e)))
+        .collect())
+}
+
+/// Error replies that say "not now" rather than "never": Redis is loading,
+/// busy, out of memory, failing over or resharding, or refuses this client
+/// (auth, ACL) until an operator fixes the configuration. Such writes are
+/// spooled and retried, not dead-lettered.
+const TRANSIENT_REPLIES: &[&str] = &[
+    "LOADING",
+    "BUSY",
+    "OOM",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MASTERDOWN",
+    "READONLY",
+    "MISCONF",
+    "NOREPLICAS",
+    "MOVED",
+    "ASK",
+    "NOAUTH",
+    "WRONGPASS",
+    "NOPERM",
+];
+
+/// Turns a fred error into a [`WriterError`]: [`WriterError::RedisRejected`]
+/// (permanent) for an error reply Redis will give again for the same data
+/// (WRONGTYPE, `ERR wrong number of arguments`, ...) or for arguments the
+/// client cannot encode; [`WriterError::Redis`] (transient) for everything
+/// else: connection and IO errors, timeouts, cancellations, cluster
+/// redirections and the replies in `TRANSIENT_REPLIES`.
+pub fn classify(e: &fred::error::Error) -> WriterError {
+    use fred::error::ErrorKind as K;
+    let details = e.details();
+    // Redis error replies start with an upper-case code: "WRONGTYPE ...".
+    let code = details
+        .split_whitespace()
+        .next()
+        .filter(|w| w.len() >= 2 && w.bytes().all(|b| b.is_ascii_uppercase()));
+    let permanent = match (e.kind(), code) {
+        (K::InvalidArgument | K::InvalidCommand | K::Unknown, Some(code)) => {
+            let transient = TRANSIENT_REPLIES.contains(&code)
+                // Refused at connect time, not for this data.
+                || (code == "ERR" && details.contains("max number of clients"));
+            !transient
+        }
+        // Arguments the client cannot encode, or Redis's "Invalid argument".
+        (K::InvalidArgument, None) => true,
+        // Redis's "Invalid command" reply, not the client's own state.
+        (K::InvalidCommand, None) => details.starts_with("Invalid"),
+        _ => false,
+    };
+    if permanent {
+        WriterError::RedisRejected(details.to_string())
+    } else {
+        WriterError::Redis(e.to_string())
+    }
 }
 
 /// Builds the Redis pool for `url` (`redis://`, `redis-cluster://`,
 /// `redis-sentinel://`) and starts connecting; reconnects forever with
 /// exponential backoff.
 pub fn redis_pool(url: &str, size: usize) -> Result<Pool, WriterError> {
-    let config = fred::types::config::Config::from_url(url)
+    let mut config = fred::types::config::Config::from_url(url)
         .map_err(|e| WriterError::Redis(format!("writer.redis_url {url:?}: {e}")))?;
+    // A writer started while Redis is down keeps trying (the reconnect
+    // policy below) instead of giving up after the first attempt, fred's
+    // default: with a spool it takes writes meanwhile and replays them.
+    config.fail_fast = false;
     let pool = fred::types::Builder::from_config(config)
         .with_performance_config(|p| {
             // No per-command timer: a pipeline has thousands of commands and
@@ -490,4 +905,133 @@ pub fn redis_pool(url: &str, size: usize) -> Result<Pool, WriterError> {
         .map_err(|e| WriterError::Redis(e.to_string()))?;
     pool.connect_pool();
     Ok(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::error::{Error, ErrorKind};
+
+    fn permanent(kind: ErrorKind, details: &'static str) -> bool {
+        classify(&Error::new(kind, details)).is_permanent()
+    }
+
+    #[test]
+    fn redis_refusing_the_data_is_permanent() {
+        // As fred parses these replies (protocol/utils.rs `pretty_error`).
+        assert!(permanent(
+            ErrorKind::InvalidArgument,
+            "WRONGTYPE Operation against a key holding the wrong kind of value"
+        ));
+        assert!(permanent(
+            ErrorKind::Unknown,
+            "ERR wrong number of arguments for 'zadd' command"
+        ));
+        assert!(permanent(
+            ErrorKind::Unknown,
+            "ERR value is not a valid float"
+        ));
+        assert!(permanent(
+            ErrorKind::Unknown,
+            "CROSSSLOT Keys in request don't hash to the same slot"
+        ));
+        assert!(permanent(
+            ErrorKind::InvalidArgument,
+            "Cannot convert NaN to redis value."
+        ));
+        assert!(permanent(
+            ErrorKind::InvalidCommand,
+            "Invalid command 'FOO'"
+        ));
+        // The message is Redis's reply, kept whole for the DLQ reason.
+        let e = classify(&Error::new(
+            ErrorKind::InvalidArgument,
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+        ));
+        assert_eq!(
+            e.to_string(),
+            "redis refused the write: WRONGTYPE Operation against a key holding the wrong kind of value"
+        );
+        assert_eq!(e.to_status().code(), tonic::Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn what_can_pass_by_itself_is_transient() {
+        for (kind, details) in [
+            (ErrorKind::IO, "Os { code: 111, kind: ConnectionRefused }"),
+            (ErrorKind::Timeout, "Request timed out."),
+            (ErrorKind::Canceled, "Canceled."),
+            (ErrorKind::Cluster, "MOVED 3999 127.0.0.1:6381"),
+            (ErrorKind::Cluster, "CLUSTERDOWN The cluster is down"),
+            (
+                ErrorKind::Unknown,
+                "LOADING Redis is loading the dataset in memory",
+            ),
+            (ErrorKind::Unknown, "BUSY Redis is busy running a script"),
+            (
+                ErrorKind::Unknown,
+                "OOM command not allowed when used memory > 'maxmemory'.",
+            ),
+            (
+                ErrorKind::Unknown,
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+            ),
+            (ErrorKind::Unknown, "MASTERDOWN Link with MASTER is down"),
+            (
+                ErrorKind::Unknown,
+                "READONLY You can't write against a read only replica.",
+            ),
+            (
+                ErrorKind::Unknown,
+                "MISCONF Redis is configured to save RDB snapshots",
+            ),
+            (ErrorKind::Unknown, "ERR max number of clients reached"),
+            (ErrorKind::Auth, "NOAUTH Authentication required."),
+            (
+                ErrorKind::Unknown,
+                "NOPERM this user has no permissions to run the 'zadd' command",
+            ),
+            (ErrorKind::Unknown, "channel closed"),
+            (
+                ErrorKind::InvalidCommand,
+                "Error sending command while connection is blocked.",
+            ),
+            (ErrorKind::Backpressure, "Max in-flight commands reached."),
+            (ErrorKind::Routing, "Failed to find cluster node."),
+            (ErrorKind::Protocol, "Invalid frame."),
+        ] {
+            let e = classify(&Error::new(kind.clone(), details));
+            assert!(!e.is_permanent(), "{kind:?} {details}");
+            assert!(matches!(e, WriterError::Redis(_)), "{kind:?} {details}");
+            assert_eq!(e.to_status().code(), tonic::Code::Unavailable);
+        }
+    }
+
+    #[test]
+    fn reasons_are_deduplicated_and_bounded() {
+        let mut r = String::new();
+        add_reason(&mut r, "ZADD a: WRONGTYPE x");
+        add_reason(&mut r, "ZADD a: WRONGTYPE x");
+        add_reason(&mut r, "HSET b: WRONGTYPE x");
+        assert_eq!(r, "ZADD a: WRONGTYPE x; HSET b: WRONGTYPE x");
+        for i in 0..10 {
+            add_reason(&mut r, &format!("HSET k{i}: ERR"));
+        }
+        assert_eq!(r.matches("; ").count(), MAX_REASONS);
+        assert!(r.ends_with("; (and more)"), "{r}");
+    }
+
+    #[test]
+    fn hosts_are_listed_once_in_order() {
+        let p = |h: &str| Point {
+            host_id: h.into(),
+            ..Default::default()
+        };
+        let b = MetricBatch {
+            points: vec![p("b"), p("a"), p("b"), p("c")],
+            ..Default::default()
+        };
+        assert_eq!(hosts_of(&b, 5), vec!["b", "a", "c"]);
+        assert_eq!(hosts_of(&b, 2), vec!["b", "a"]);
+    }
 }
