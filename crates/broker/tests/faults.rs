@@ -272,15 +272,29 @@ where
     let (mut topo, healed) = fault(topo).await;
     let report = load.await.unwrap().unwrap();
     let recovery = timeline.recovery_after(healed);
-    let outcome = verify(&redis_url, &report).await;
+    // Points acked from a writer's spool reach Redis when the replay gets
+    // to them: give the backlog time to drain before calling any missing.
+    let load_end = Instant::now();
+    let drain_deadline = load_end + Duration::from_secs(180);
+    let outcome = loop {
+        let o = verify(&redis_url, &report).await;
+        if o.missing == 0 || Instant::now() > drain_deadline {
+            break o;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let backlog = load_end.elapsed();
     println!(
-        "scenario {name:<24} sent {:>6}  acked {:>6}  found in redis {:>6}  missing {}  resent {}  recovery {}",
+        "scenario {name:<24} sent {:>6}  acked {:>6}  rejected {}  failed {}  found in redis {:>6}  missing {}  resent {}  acks resumed {} after healing  spool backlog in redis {:.1}s after the load",
         outcome.sent,
         outcome.acked,
+        report.rejected,
+        report.failed,
         outcome.found,
         outcome.missing,
         report.resent,
         recovery.map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
+        backlog.as_secs_f64(),
     );
     assert!(outcome.acked > 0, "{name}: nothing was acked");
     assert_eq!(
@@ -316,8 +330,8 @@ async fn verify(redis_url: &str, report: &broker_agent::LoadReport) -> Outcome {
             found += 1;
         } else {
             missing += 1;
-            if missing <= 5 {
-                eprintln!("missing or wrong: {} {ts}: {got:?}", host_id(h));
+            if missing <= 3 {
+                eprintln!("not (yet) in redis: {} {ts}: {got:?}", host_id(h));
             }
         }
     }

@@ -176,7 +176,7 @@ impl Router {
             let Err(status) = result else { continue };
             if !retryable(&status) {
                 // The batch itself was refused: another writer would too.
-                self.fail(&mut failed, job.idx, status.message());
+                self.fail(&mut failed, job.idx, status.message(), false);
                 continue;
             }
             let mut tried = job.tried;
@@ -208,7 +208,7 @@ impl Router {
                     tried_ids.join(", writer "),
                     status.message()
                 );
-                self.fail(&mut failed, stuck, &message);
+                self.fail(&mut failed, stuck, &message, true);
             }
             for (target, (idx, points)) in next.into_iter().enumerate() {
                 if idx.is_empty() {
@@ -235,13 +235,16 @@ impl Router {
         failed
     }
 
-    fn fail(&self, failed: &mut Vec<PointError>, idx: Vec<u32>, message: &str) {
+    /// `retryable` is false when a writer refused the points for good
+    /// (e.g. Redis rejected them and the writer has no dead-letter queue):
+    /// resending would fail the same way.
+    fn fail(&self, failed: &mut Vec<PointError>, idx: Vec<u32>, message: &str, retryable: bool) {
         self.metrics.failed_points.inc_by(idx.len() as u64);
         failed.extend(idx.into_iter().map(|i| PointError {
             index: i,
             reason: RejectReason::Unavailable as i32,
             message: message.to_string(),
-            retryable: true,
+            retryable,
         }));
     }
 

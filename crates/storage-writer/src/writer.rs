@@ -324,7 +324,10 @@ async fn write_batches(
         Err(e) => {
             metrics.pipeline_errors.inc();
             metrics.failed_points.inc_by(points as u64);
-            tracing::warn!(points, error = %e, "redis pipeline failed");
+            // The caller says what happens next (spool, dead letters or an
+            // error to the sender); the replayer fails here every backoff
+            // step while Redis is down.
+            tracing::debug!(points, error = %e, "redis pipeline failed");
         }
     }
     result
@@ -343,7 +346,10 @@ impl Store {
         let result = self.write_or_isolate(&refs).await;
         match (result, &self.spool) {
             (Ok(refused), _) => self.settle_refused(refused).await,
-            (Err(e), None) => vec![Err(e); n],
+            (Err(e), None) => {
+                tracing::warn!(batches = n, error = %e, "redis write failed and there is no spool; the senders will retry");
+                vec![Err(e); n]
+            }
             (Err(e), Some(spool)) => {
                 if self.redis_up.swap(false, Ordering::AcqRel) {
                     self.metrics.redis_up.set(0);
