@@ -10,3 +10,5 @@ echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test" >&2
 cargo test --workspace --locked
+echo "== fuzz smoke (FUZZ_SECONDS=${FUZZ_SECONDS:-20} per target)" >&2
+scripts/fuzz.sh
