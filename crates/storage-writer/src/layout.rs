@@ -192,12 +192,13 @@ impl KeyLayout for SeedLayout {
                 let key = a.args[0].clone();
                 for (i, v) in p.values.iter().enumerate() {
                     let ix = if p.name_index.is_empty() {
-                        i
+                        Some(i)
                     } else {
-                        p.name_index[i] as usize
+                        p.name_index.get(i).map(|&n| n as usize)
                     };
-                    // The gateway rejected points with bad name indexes.
-                    let Some(name) = name_args.get(ix) else {
+                    // The gateway rejects, and the writer's service refuses,
+                    // points whose name indexes do not match the values.
+                    let Some(name) = ix.and_then(|ix| name_args.get(ix)) else {
                         continue;
                     };
                     a.args.push(name.clone());
@@ -406,5 +407,26 @@ mod tests {
         assert_eq!(layout.metrics_key("h1", 100), "monitor:metrics:{h1}:100");
         assert_eq!(layout.index_key("h1"), "monitor:index:metrics:{h1}");
         assert_eq!(layout.host_key("h1"), "monitor:hosts:{h1}");
+    }
+
+    #[test]
+    fn malformed_points_do_not_panic() {
+        // Found by the spool_records fuzz target: name_index shorter than
+        // values. The service refuses such batches; the layout must not
+        // panic on them either.
+        let batch = MetricBatch {
+            seq: 0,
+            metric_names: vec!["a".into()],
+            points: vec![Point {
+                host_id: "h".into(),
+                timestamp: 1,
+                values: vec![1.0, 2.0, 3.0],
+                name_index: vec![0],
+                labels: Default::default(),
+            }],
+        };
+        let mut out = Vec::new();
+        SeedLayout::default().write_commands(&[&batch], 60, 10, &mut out);
+        assert_eq!(out[0].args.len(), 3, "key plus the one value with a name");
     }
 }

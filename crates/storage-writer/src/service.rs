@@ -38,9 +38,32 @@ impl WriterService for WriterGrpc {
     ) -> Result<Response<WriteResponse>, Status> {
         let req = request.into_inner();
         let batch = req.batch.unwrap_or_default();
+        check_shape(&batch)?;
         self.writer.write(Arc::new(batch)).await?;
         Ok(Response::new(WriteResponse { failed: vec![] }))
     }
+}
+
+/// Refuses a batch whose points do not line up with its name table. The
+/// gateway validates every point; this guards the writer against a peer
+/// that did not, so no value is ever dropped silently.
+fn check_shape(batch: &MetricBatch) -> Result<(), Status> {
+    let names = batch.metric_names.len();
+    for (i, p) in batch.points.iter().enumerate() {
+        let ok = if p.name_index.is_empty() {
+            p.values.len() <= names
+        } else {
+            p.name_index.len() == p.values.len()
+                && p.name_index.iter().all(|&n| (n as usize) < names)
+        };
+        if !ok {
+            return Err(Status::invalid_argument(format!(
+                "point {i} (host {:?}): values and name_index do not match metric_names ({names} names)",
+                p.host_id
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A writer, in this process or behind a gRPC channel.
