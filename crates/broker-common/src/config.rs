@@ -34,7 +34,10 @@ pub const DEFAULT_MAX_INFLIGHT_POINTS: usize = 200_000;
 /// write deadlines) before the gateway gives up on a batch.
 pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longer than the writer's `redis_timeout` plus a spool append, so a
+/// writer that is falling back to its spool answers before the router
+/// gives up on it.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Seed: back off 1 s, 2 s, 4 s.
 pub const DEFAULT_RETRY_ATTEMPTS: usize = 3;
 pub const DEFAULT_RETRY_INITIAL_BACKOFF: Duration = Duration::from_secs(1);

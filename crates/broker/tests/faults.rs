@@ -59,9 +59,26 @@ impl Service {
             .spawn()
             .expect("spawn broker");
         self.child = Some(child);
-        broker_common::serve::wait_serving(&self.endpoint(), Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready =
+                broker_common::serve::wait_serving(&self.endpoint(), Duration::from_secs(1)).await;
+            if ready.is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "{} exited during start with {status} (its stderr is above)",
+                    self.name
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {}",
+                self.name,
+                ready.unwrap_err()
+            );
+        }
     }
 
     /// `kill -9`: no chance to drain or flush.
@@ -150,7 +167,7 @@ impl Topology {
             .map(|(i, p)| format!("    - {{id: writer-{i}, addr: 'http://127.0.0.1:{p}'}}\n"))
             .collect();
         let router_yaml = format!(
-            "node_id: router\ngrpc_listen: 127.0.0.1:{rp}\nhttp_listen: 127.0.0.1:{}\nrouter:\n  write_timeout: 2s\n  retry:\n    max_retries: 2\n    initial_backoff: 200ms\n    max_backoff: 1s\n  writers:\n{list}",
+            "node_id: router\ngrpc_listen: 127.0.0.1:{rp}\nhttp_listen: 127.0.0.1:{}\nrouter:\n  write_timeout: 5s\n  retry:\n    max_retries: 2\n    initial_backoff: 200ms\n    max_backoff: 1s\n  writers:\n{list}",
             port()
         );
         let router = Service::new("router", "shard-router", dir.path(), router_yaml, rp);
@@ -296,6 +313,12 @@ where
         recovery.map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
         backlog.as_secs_f64(),
     );
+    if report.rejected > 0 || report.failed > 0 {
+        println!(
+            "  {name}: rejected by reason {:?}, failed by reason {:?}",
+            report.rejected_by_reason, report.failed_by_reason
+        );
+    }
     assert!(outcome.acked > 0, "{name}: nothing was acked");
     assert_eq!(
         outcome.missing, 0,

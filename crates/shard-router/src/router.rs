@@ -335,11 +335,33 @@ pub fn retryable(s: &Status) -> bool {
         s.code(),
         Code::Unavailable
             | Code::DeadlineExceeded
+            // tonic reports its own client-side timeout as CANCELLED.
+            | Code::Cancelled
             | Code::ResourceExhausted
             | Code::Aborted
             | Code::Unknown
             | Code::Internal
     )
+}
+
+#[cfg(test)]
+mod retryable_tests {
+    use super::*;
+
+    #[test]
+    fn client_timeouts_and_outages_are_retryable_refusals_are_not() {
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Cancelled,
+            Code::ResourceExhausted,
+        ] {
+            assert!(retryable(&Status::new(code, "x")), "{code:?}");
+        }
+        for code in [Code::FailedPrecondition, Code::InvalidArgument] {
+            assert!(!retryable(&Status::new(code, "x")), "{code:?}");
+        }
+    }
 }
 
 #[cfg(test)]
