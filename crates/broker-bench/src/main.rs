@@ -122,6 +122,9 @@ struct Child_ {
 
 impl Drop for Child_ {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -180,6 +183,75 @@ async fn wait_serving(grpc: u16) -> anyhow::Result<()> {
         .await
 }
 
+/// Gateway, router and `writers` writers as separate processes on `redis`.
+struct Separate {
+    // Dropped in this order: gateway first, writers last.
+    _gateway: Child_,
+    _router: Child_,
+    writers: Vec<Child_>,
+    gateway_port: u16,
+}
+
+impl Separate {
+    async fn start(args: &IngestArgs, redis: &RedisServer, writers: usize) -> anyhow::Result<Self> {
+        let wports = (0..writers)
+            .map(|_| port())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut children = Vec::new();
+        for (i, p) in wports.iter().enumerate() {
+            children.push(spawn_serve(
+                args,
+                &["storage-writer"],
+                *p,
+                &[
+                    "--redis-url".into(),
+                    redis.url(),
+                    "--node-id".into(),
+                    format!("writer-{i}"),
+                ],
+            )?);
+        }
+        let list: Vec<String> = wports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{{id: writer-{i}, addr: 'http://127.0.0.1:{p}'}}"))
+            .collect();
+        let rg = port()?;
+        let router = spawn_serve(
+            args,
+            &["shard-router"],
+            rg,
+            &[
+                "--set".into(),
+                format!("router.writers=[{}]", list.join(", ")),
+            ],
+        )?;
+        let gg = port()?;
+        let gateway = spawn_serve(
+            args,
+            &["ingest-gateway"],
+            gg,
+            &[
+                "--set".into(),
+                format!("gateway.routers=['http://127.0.0.1:{rg}']"),
+            ],
+        )?;
+        for p in wports.iter().chain([&rg, &gg]) {
+            wait_serving(*p).await?;
+        }
+        Ok(Self {
+            _gateway: gateway,
+            _router: router,
+            writers: children,
+            gateway_port: gg,
+        })
+    }
+
+    fn gateway_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.gateway_port)
+    }
+}
+
 struct Phase {
     name: &'static str,
     points: u64,
@@ -225,43 +297,9 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     }
     if !skip("micro") {
         redis.command(&["FLUSHALL"])?;
-        let (wg, rg, gg) = (port()?, port()?, port()?);
-        let writer = spawn_serve(
-            &args,
-            &["storage-writer"],
-            wg,
-            &[
-                "--redis-url".into(),
-                redis.url(),
-                "--node-id".into(),
-                "writer-1".into(),
-            ],
-        )?;
-        let router = spawn_serve(
-            &args,
-            &["shard-router"],
-            rg,
-            &[
-                "--set".into(),
-                format!("router.writers=[{{id: writer-1, addr: 'http://127.0.0.1:{wg}'}}]"),
-            ],
-        )?;
-        let gateway = spawn_serve(
-            &args,
-            &["ingest-gateway"],
-            gg,
-            &[
-                "--set".into(),
-                format!("gateway.routers=['http://127.0.0.1:{rg}']"),
-            ],
-        )?;
-        for p in [wg, rg, gg] {
-            wait_serving(p).await?;
-        }
-        let phase = load("micro", &args, vec![format!("http://127.0.0.1:{gg}")]).await?;
-        drop(gateway);
-        drop(router);
-        drop(writer);
+        let micro = Separate::start(&args, &redis, 1).await?;
+        let phase = load("micro", &args, vec![micro.gateway_endpoint()]).await?;
+        drop(micro);
         phases.push(phase);
     }
 
@@ -474,52 +512,10 @@ async fn faults(args: IngestArgs) -> anyhow::Result<()> {
     while redis.info_field("memory", "lazyfree_pending_objects")? != "0" {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let wports = [port()?, port()?, port()?];
-    let mut writers = Vec::new();
-    for (i, p) in wports.iter().enumerate() {
-        writers.push(spawn_serve(
-            &args,
-            &["storage-writer"],
-            *p,
-            &[
-                "--redis-url".into(),
-                redis.url(),
-                "--node-id".into(),
-                format!("writer-{i}"),
-            ],
-        )?);
-    }
-    let list: Vec<String> = wports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{{id: writer-{i}, addr: 'http://127.0.0.1:{p}'}}"))
-        .collect();
-    let rg = port()?;
-    let _router = spawn_serve(
-        &args,
-        &["shard-router"],
-        rg,
-        &[
-            "--set".into(),
-            format!("router.writers=[{}]", list.join(", ")),
-        ],
-    )?;
-    let gg = port()?;
-    let _gateway = spawn_serve(
-        &args,
-        &["ingest-gateway"],
-        gg,
-        &[
-            "--set".into(),
-            format!("gateway.routers=['http://127.0.0.1:{rg}']"),
-        ],
-    )?;
-    for p in wports.iter().chain([&rg, &gg]) {
-        wait_serving(*p).await?;
-    }
-    let endpoint = vec![format!("http://127.0.0.1:{gg}")];
+    let mut three = Separate::start(&args, &redis, 3).await?;
+    let endpoint = vec![three.gateway_endpoint()];
     let healthy = load("3 writers", &args, endpoint.clone()).await?;
-    let mut dead = writers.remove(1);
+    let mut dead = three.writers.remove(1);
     let _ = dead.child.kill();
     let _ = dead.child.wait();
     let degraded = load("2 of 3 writers", &args, endpoint).await?;
