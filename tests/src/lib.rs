@@ -106,6 +106,24 @@ impl Running {
     }
 }
 
+/// A shard-router configured by `router_config` (its `router.writers` set)
+/// and an ingest-gateway in front of it, each its own service over real
+/// gRPC; with the ring the router uses, to check placement against.
+pub async fn router_and_gateway(
+    router_config: BrokerConfig,
+) -> (hash_ring::HashRing, Running, Running) {
+    let ring = hash_ring::HashRing::new(
+        router_config.router.ring(),
+        router_config.router.writers.iter().map(|w| w.node_spec()),
+    )
+    .expect("ring from the router config");
+    let router = Running::start(router_config, shard_router::run).await;
+    let mut gc = config_for("");
+    gc.gateway.routers = vec![router.endpoint()];
+    let gateway = Running::start(gc, ingest_gateway::run).await;
+    (ring, router, gateway)
+}
+
 /// A point whose values are derived from (host, ts) so tests can
 /// recompute them.
 pub fn point(host: &str, ts: i64, metrics: usize) -> Point {

@@ -4,7 +4,6 @@
 use broker_common::Service;
 use broker_proto::v1::{BatchError, MetricBatch, RejectReason};
 use broker_tests::*;
-use hash_ring::HashRing;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_the_seed_layout_exactly() {
@@ -256,15 +255,7 @@ async fn multi_writer_routing_matches_the_ring() {
             weight: 1,
         })
         .collect();
-    let ring = HashRing::new(
-        rc.router.ring(),
-        rc.router.writers.iter().map(|w| w.node_spec()),
-    )
-    .unwrap();
-    let router = Running::start(rc, shard_router::run).await;
-    let mut gc = config_for("");
-    gc.gateway.routers = vec![router.endpoint()];
-    let gateway = Running::start(gc, ingest_gateway::run).await;
+    let (ring, router, gateway) = router_and_gateway(rc).await;
 
     let ts = now() - 100;
     let points: Vec<_> = (0..300)

@@ -10,7 +10,6 @@ use broker_common::Listeners;
 use broker_common::config::WriterEndpoint;
 use broker_proto::v1::{MetricBatch, RejectReason};
 use broker_tests::*;
-use hash_ring::HashRing;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -112,15 +111,7 @@ async fn a_stopped_writers_share_moves_to_the_other_and_comes_back_when_it_resta
             weight: 1,
         })
         .into();
-    let ring = HashRing::new(
-        rc.router.ring(),
-        rc.router.writers.iter().map(|w| w.node_spec()),
-    )
-    .unwrap();
-    let router = Running::start(rc, shard_router::run).await;
-    let mut gc = config_for("");
-    gc.gateway.routers = vec![router.endpoint()];
-    let gateway = Running::start(gc, ingest_gateway::run).await;
+    let (ring, router, gateway) = router_and_gateway(rc).await;
     let gw = gateway.endpoint();
 
     let hosts: Vec<String> = (0..40).map(|i| format!("host-{i:02}")).collect();
@@ -230,15 +221,7 @@ async fn points_for_a_dead_writer_fail_over_to_the_live_one() {
             weight: 1,
         },
     ];
-    let ring = HashRing::new(
-        c.router.ring(),
-        c.router.writers.iter().map(|w| w.node_spec()),
-    )
-    .unwrap();
-    let router = Running::start(c, shard_router::run).await;
-    let mut gc = config_for("");
-    gc.gateway.routers = vec![router.endpoint()];
-    let gateway = Running::start(gc, ingest_gateway::run).await;
+    let (ring, router, gateway) = router_and_gateway(c).await;
     let ts = now();
     let points: Vec<_> = (0..40).map(|i| point(&format!("h{i}"), ts, 1)).collect();
     let dead_owned = points
