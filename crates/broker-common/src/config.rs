@@ -54,6 +54,18 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_SPOOL_DIR: &str = "data/spool";
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
 
+/// Seed: members beat every second and are offline after 3 missed beats.
+pub const DEFAULT_MEMBER_HEARTBEAT: Duration = Duration::from_secs(1);
+pub const DEFAULT_LEASE_MISSED_BEATS: u32 = 3;
+/// Raft timing (seed): heartbeat about 500 ms, election about 1 s, in ticks
+/// of 100 ms.
+pub const DEFAULT_RAFT_TICK: Duration = Duration::from_millis(100);
+pub const DEFAULT_RAFT_HEARTBEAT_TICKS: usize = 5;
+pub const DEFAULT_RAFT_ELECTION_TICKS: usize = 10;
+/// Applied entries between two snapshots (the log before one is compacted).
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1_000;
+pub const DEFAULT_RAFT_DATA_DIR: &str = "data/raft";
+
 /// Prefix of environment overrides: `BROKER_WRITER__REDIS_URL=...` sets
 /// `writer.redis_url` (`__` separates levels).
 pub const ENV_PREFIX: &str = "BROKER_";
@@ -78,6 +90,9 @@ pub struct BrokerConfig {
     pub gateway: GatewayConfig,
     pub router: RouterConfig,
     pub writer: WriterConfig,
+    pub cluster: ClusterConfig,
+    pub cluster_ctl: ClusterCtlConfig,
+    pub query: QueryConfig,
 }
 
 impl Default for BrokerConfig {
@@ -92,6 +107,9 @@ impl Default for BrokerConfig {
             gateway: GatewayConfig::default(),
             router: RouterConfig::default(),
             writer: WriterConfig::default(),
+            cluster: ClusterConfig::default(),
+            cluster_ctl: ClusterCtlConfig::default(),
+            query: QueryConfig::default(),
         }
     }
 }
@@ -301,6 +319,94 @@ impl Default for WriterConfig {
 }
 
 /// One problem with the configuration, named by its key.
+/// How this process takes part in cluster membership (client side of
+/// cluster-ctl).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// cluster-ctl gRPC endpoints (`http://host:port`, any node will do).
+    /// Empty: static membership (`router.writers`, epoch 1), no cluster-ctl.
+    pub endpoints: Vec<String>,
+    /// Where other services reach this process's gRPC server. Empty means
+    /// `http://` + `grpc_listen`.
+    pub advertise_addr: String,
+    /// This writer's relative share of the ring (1 to 100).
+    pub weight: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            advertise_addr: String::new(),
+            weight: 1,
+        }
+    }
+}
+
+/// A cluster-ctl voter: raft id and the gRPC address of its cluster-ctl.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaftPeer {
+    pub id: u64,
+    pub addr: String,
+}
+
+/// The cluster-ctl service (server side): its raft node and member leases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterCtlConfig {
+    /// Raft id of this node, unique among the voters, 1 or more.
+    pub id: u64,
+    /// The voters a new cluster starts with, this node included (3 or 5
+    /// for production). Used only to bootstrap an empty data_dir; later
+    /// changes go through `brokerctl` (AddVoter / RemoveVoter). Empty: a
+    /// single-node cluster of this node.
+    pub peers: Vec<RaftPeer>,
+    /// Start empty and wait to be added as a voter by an existing cluster
+    /// instead of bootstrapping one from `peers`.
+    pub join_existing: bool,
+    /// Raft log, hard state and snapshots (redb).
+    pub data_dir: String,
+    /// One raft tick; heartbeats and elections are counted in ticks.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    pub heartbeat_ticks: usize,
+    /// Minimum election timeout in ticks (raft-rs randomises it between
+    /// this and twice this).
+    pub election_ticks: usize,
+    /// Applied entries between snapshots; the log before a snapshot is
+    /// compacted.
+    pub snapshot_every: u64,
+    /// How often members must beat.
+    #[serde(with = "humantime_serde")]
+    pub member_heartbeat: Duration,
+    /// Beats a member may miss before the leader marks it offline.
+    pub lease_missed_beats: u32,
+}
+
+impl Default for ClusterCtlConfig {
+    fn default() -> Self {
+        Self {
+            id: 1,
+            peers: Vec::new(),
+            join_existing: false,
+            data_dir: DEFAULT_RAFT_DATA_DIR.into(),
+            tick: DEFAULT_RAFT_TICK,
+            heartbeat_ticks: DEFAULT_RAFT_HEARTBEAT_TICKS,
+            election_ticks: DEFAULT_RAFT_ELECTION_TICKS,
+            snapshot_every: DEFAULT_SNAPSHOT_EVERY,
+            member_heartbeat: DEFAULT_MEMBER_HEARTBEAT,
+            lease_missed_beats: DEFAULT_LEASE_MISSED_BEATS,
+        }
+    }
+}
+
+/// query-api (issue 5); filled in by the query-api work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
     pub key: String,
@@ -559,10 +665,98 @@ impl BrokerConfig {
                 format!("{} is less than 1 MiB", w.spool_max_bytes),
             );
         }
+        let c = &self.cluster;
+        for (i, e) in c.endpoints.iter().enumerate() {
+            if let Err(e) = check_endpoint(e) {
+                bad(&format!("cluster.endpoints[{i}]"), e);
+            }
+        }
+        if !c.advertise_addr.is_empty()
+            && let Err(e) = check_endpoint(&c.advertise_addr)
+        {
+            bad("cluster.advertise_addr", e);
+        }
+        if !(1..=100).contains(&c.weight) {
+            bad(
+                "cluster.weight",
+                format!("must be between 1 and 100, got {}", c.weight),
+            );
+        }
+        let cc = &self.cluster_ctl;
+        if cc.id == 0 {
+            bad(
+                "cluster_ctl.id",
+                "must be 1 or more (0 is raft's none)".into(),
+            );
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, peer) in cc.peers.iter().enumerate() {
+            if peer.id == 0 {
+                bad(
+                    &format!("cluster_ctl.peers[{i}].id"),
+                    "must be 1 or more".into(),
+                );
+            }
+            if !ids.insert(peer.id) {
+                bad(
+                    &format!("cluster_ctl.peers[{i}].id"),
+                    format!("duplicate raft id {}", peer.id),
+                );
+            }
+            if let Err(e) = check_endpoint(&peer.addr) {
+                bad(&format!("cluster_ctl.peers[{i}].addr"), e);
+            }
+        }
+        if !cc.peers.is_empty() && !ids.contains(&cc.id) && !cc.join_existing {
+            bad(
+                "cluster_ctl.peers",
+                format!(
+                    "does not list this node (cluster_ctl.id {}); list every voter, this one included",
+                    cc.id
+                ),
+            );
+        }
+        nonzero_duration(&mut bad, "cluster_ctl.tick", cc.tick);
+        positive(&mut bad, "cluster_ctl.heartbeat_ticks", cc.heartbeat_ticks);
+        if cc.election_ticks <= cc.heartbeat_ticks {
+            bad(
+                "cluster_ctl.election_ticks",
+                format!(
+                    "{} must be larger than cluster_ctl.heartbeat_ticks ({})",
+                    cc.election_ticks, cc.heartbeat_ticks
+                ),
+            );
+        }
+        if cc.snapshot_every == 0 {
+            bad(
+                "cluster_ctl.snapshot_every",
+                "must be greater than zero".into(),
+            );
+        }
+        nonzero_duration(
+            &mut bad,
+            "cluster_ctl.member_heartbeat",
+            cc.member_heartbeat,
+        );
+        if cc.lease_missed_beats == 0 {
+            bad(
+                "cluster_ctl.lease_missed_beats",
+                "must be greater than zero".into(),
+            );
+        }
         if p.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(p))
+        }
+    }
+
+    /// The gRPC address other services reach this process at.
+    pub fn advertise_addr(&self) -> String {
+        if self.cluster.advertise_addr.is_empty() {
+            format!("http://{}", self.grpc_listen)
+        } else {
+            self.cluster.advertise_addr.clone()
         }
     }
 
