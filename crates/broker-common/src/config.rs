@@ -402,10 +402,106 @@ impl Default for ClusterCtlConfig {
     }
 }
 
-/// query-api (issue 5); filled in by the query-api work.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+/// Snapshots read per Redis pipeline by query-api (HGETALL / HMGET batch).
+pub const DEFAULT_QUERY_READ_BATCH: usize = 256;
+/// How long a range or aggregation result is served from query-api's cache.
+pub const DEFAULT_QUERY_CACHE_TTL: Duration = Duration::from_secs(60);
+/// A range ending less than this before now may still receive points (agents
+/// send every 5 s, the path adds a little): such results are "fresh".
+pub const DEFAULT_QUERY_FRESH_WINDOW: Duration = Duration::from_secs(15);
+/// Fresh results are cached this long only, so a dashboard refreshing every
+/// few seconds never sees data older than this.
+pub const DEFAULT_QUERY_FRESH_CACHE_TTL: Duration = Duration::from_secs(1);
+pub const DEFAULT_QUERY_CACHE_MAX_BYTES: u64 = 256 << 20;
+/// The host list (SCAN of host keys) is reused this long.
+pub const DEFAULT_QUERY_HOSTS_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Longest range a query may ask for: the default `ttl`, older data is gone.
+pub const DEFAULT_QUERY_MAX_RANGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Snapshots (range) or buckets (aggregation, per series) in one answer.
+pub const DEFAULT_QUERY_MAX_POINTS: usize = 50_000;
+/// Snapshots one query may read from Redis (an aggregation over many hosts).
+pub const DEFAULT_QUERY_MAX_POINTS_SCANNED: usize = 2_000_000;
+pub const DEFAULT_QUERY_MAX_HOSTS: usize = 1_000;
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Prometheus's default lookback delta for instant vector selectors.
+pub const DEFAULT_QUERY_LOOKBACK: Duration = Duration::from_secs(300);
+
+/// query-api: point, range, aggregation and host queries over Redis, the
+/// Prometheus-compatible read API and the dashboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct QueryConfig {}
+pub struct QueryConfig {
+    /// Redis to read. Empty means `writer.redis_url` (the Redis the writers
+    /// of this deployment write).
+    pub redis_url: String,
+    /// Redis connections, used round robin.
+    pub pool_size: usize,
+    /// Snapshots fetched per pipeline.
+    pub read_batch: usize,
+    /// Time to live of cached range and aggregation results.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// Results whose range ends less than this before now are fresh...
+    #[serde(with = "humantime_serde")]
+    pub fresh_window: Duration,
+    /// ...and are cached only this long (0s: not cached at all).
+    #[serde(with = "humantime_serde")]
+    pub fresh_cache_ttl: Duration,
+    /// Bound of the result cache, estimated bytes.
+    pub cache_max_bytes: u64,
+    /// How long the host list is reused before Redis is scanned again.
+    #[serde(with = "humantime_serde")]
+    pub hosts_cache_ttl: Duration,
+    /// Longest `end - start` a query may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_range: Duration,
+    /// Snapshots (range) or buckets per series (aggregation) in one answer.
+    pub max_points: usize,
+    /// Snapshots one query may read from Redis.
+    pub max_points_scanned: usize,
+    /// Hosts one aggregation or PromQL selector may cover.
+    pub max_hosts: usize,
+    /// Deadline of one query.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// PromQL lookback: an instant selector takes the latest sample this far
+    /// back.
+    #[serde(with = "humantime_serde")]
+    pub lookback: Duration,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            redis_url: String::new(),
+            pool_size: DEFAULT_REDIS_POOL_SIZE,
+            read_batch: DEFAULT_QUERY_READ_BATCH,
+            cache_ttl: DEFAULT_QUERY_CACHE_TTL,
+            fresh_window: DEFAULT_QUERY_FRESH_WINDOW,
+            fresh_cache_ttl: DEFAULT_QUERY_FRESH_CACHE_TTL,
+            cache_max_bytes: DEFAULT_QUERY_CACHE_MAX_BYTES,
+            hosts_cache_ttl: DEFAULT_QUERY_HOSTS_CACHE_TTL,
+            max_range: DEFAULT_QUERY_MAX_RANGE,
+            max_points: DEFAULT_QUERY_MAX_POINTS,
+            max_points_scanned: DEFAULT_QUERY_MAX_POINTS_SCANNED,
+            max_hosts: DEFAULT_QUERY_MAX_HOSTS,
+            timeout: DEFAULT_QUERY_TIMEOUT,
+            lookback: DEFAULT_QUERY_LOOKBACK,
+        }
+    }
+}
+
+impl QueryConfig {
+    /// The Redis URL query-api reads: `query.redis_url`, else
+    /// `writer.redis_url`.
+    pub fn effective_redis_url<'a>(&'a self, writer: &'a WriterConfig) -> &'a str {
+        if self.redis_url.is_empty() {
+            &writer.redis_url
+        } else {
+            &self.redis_url
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -665,6 +761,46 @@ impl BrokerConfig {
                 format!("{} is less than 1 MiB", w.spool_max_bytes),
             );
         }
+        let q = &self.query;
+        if !q.redis_url.is_empty() && !REDIS_SCHEMES.iter().any(|s| q.redis_url.starts_with(s)) {
+            bad(
+                "query.redis_url",
+                format!(
+                    "{:?} must start with redis://, rediss://, redis-cluster:// or redis-sentinel://",
+                    q.redis_url
+                ),
+            );
+        }
+        positive(&mut bad, "query.pool_size", q.pool_size);
+        positive(&mut bad, "query.read_batch", q.read_batch);
+        positive(&mut bad, "query.max_points", q.max_points);
+        positive(&mut bad, "query.max_hosts", q.max_hosts);
+        if q.max_points_scanned < q.max_points {
+            bad(
+                "query.max_points_scanned",
+                format!(
+                    "{} is smaller than query.max_points ({})",
+                    q.max_points_scanned, q.max_points
+                ),
+            );
+        }
+        if q.max_range < Duration::from_secs(60) {
+            bad(
+                "query.max_range",
+                format!("{:?} is shorter than one minute", q.max_range),
+            );
+        }
+        nonzero_duration(&mut bad, "query.timeout", q.timeout);
+        nonzero_duration(&mut bad, "query.lookback", q.lookback);
+        if q.fresh_cache_ttl > q.cache_ttl {
+            bad(
+                "query.fresh_cache_ttl",
+                format!(
+                    "{:?} is longer than query.cache_ttl ({:?})",
+                    q.fresh_cache_ttl, q.cache_ttl
+                ),
+            );
+        }
         let c = &self.cluster;
         for (i, e) in c.endpoints.iter().enumerate() {
             if let Err(e) = check_endpoint(e) {
@@ -765,6 +901,14 @@ impl BrokerConfig {
         serde_yaml_ng::to_string(&BrokerConfig::default()).expect("defaults serialize")
     }
 }
+
+/// URL schemes fred understands.
+const REDIS_SCHEMES: [&str; 4] = [
+    "redis://",
+    "rediss://",
+    "redis-cluster://",
+    "redis-sentinel://",
+];
 
 fn id_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
