@@ -7,6 +7,10 @@
 //! - [`config_for`]: a test configuration (loopback, short timeouts).
 //! - [`send_batches`]: an agent stream that sends batches and collects acks.
 //! - [`Reader`]: reads Redis (standalone, cluster or sentinel) with fred.
+//! - [`cluster::CtlCluster`]: N cluster-ctl raft nodes on loopback, with
+//!   stop, restart, partition and add-voter.
+
+pub mod cluster;
 
 use broker_common::{BrokerConfig, Listeners, Service};
 use broker_proto::v1::monitor_service_client::MonitorServiceClient;

@@ -1,1 +1,174 @@
-//! placeholder
+//! cluster-ctl: the source of truth for membership and the ring, replicated
+//! with Raft (tikv raft-rs) on a durable redb log.
+//!
+//! Broker services join, heartbeat, drain and leave through
+//! `ClusterService`, and follow the committed state through its `Watch`
+//! stream; every committed change bumps the ring **epoch**. Members whose
+//! lease expires are marked offline by the leader through a committed entry
+//! and come back online when they beat again, so the ring heals by itself
+//! and has no ghost members.
+//!
+//! # Layout
+//! - [`node`]: the raft task (one owner of the `RawNode`, ready loop,
+//!   proposals, conf changes, snapshots) and its [`Node`] handle.
+//! - [`storage`]: [`storage::RaftStore`], the raft log, hard state and
+//!   snapshots in redb.
+//! - [`state`]: the replicated state machine (members, ring settings,
+//!   epoch), pure.
+//! - [`transport`]: raft messages over tonic, and the partition switch.
+//! - [`leases`]: member leases and the leader's duties.
+//! - [`service`]: the `ClusterService` and `RaftService` gRPC servers.
+//! - [`http`]: `/api/cluster`, `/api/members`, `/api/ring`.
+
+#![forbid(unsafe_code)]
+
+pub mod http;
+pub mod leases;
+pub mod node;
+pub mod service;
+pub mod state;
+pub mod storage;
+pub mod transport;
+
+pub use node::{Node, NodeConfig, RaftView};
+
+use broker_common::{Admin, BrokerConfig, Listeners, Readiness};
+use broker_proto::v1::RingSettings;
+use leases::Leases;
+use prometheus_client::metrics::gauge::Gauge;
+use std::future::Future;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// A running cluster-ctl: the raft node, the leases and the leader's
+/// duties. Mount its gRPC services and HTTP routes on a server.
+pub struct ClusterCtl {
+    pub node: Node,
+    pub leases: Arc<Leases>,
+    stop: CancellationToken,
+}
+
+impl ClusterCtl {
+    /// Starts the raft node of `config.cluster_ctl`, reachable by its
+    /// peers at `own_addr` (this process's gRPC address).
+    pub fn start(
+        config: &BrokerConfig,
+        own_addr: &str,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> anyhow::Result<Self> {
+        let cc = &config.cluster_ctl;
+        let stop = CancellationToken::new();
+        let node = Node::start(NodeConfig::from_config(cc, own_addr), stop.clone())?;
+        let leases = Arc::new(Leases::new(cc.member_heartbeat, cc.lease_missed_beats));
+        let ring = RingSettings {
+            vnodes: config.router.vnodes,
+            hash: config.router.hash.as_str().to_string(),
+        };
+        tokio::spawn(leases::leader_duties(
+            node.clone(),
+            leases.clone(),
+            ring,
+            stop.clone(),
+        ));
+        tokio::spawn(export_metrics(node.clone(), registry, stop.clone()));
+        Ok(Self { node, leases, stop })
+    }
+
+    pub fn grpc_routes(&self) -> tonic::service::Routes {
+        tonic::service::Routes::new(
+            service::ClusterGrpc::new(self.node.clone(), self.leases.clone()).into_server(),
+        )
+        .add_service(service::RaftGrpc::new(self.node.clone()).into_server())
+    }
+
+    pub fn http_routes(&self) -> axum::Router {
+        http::routes(self.node.clone())
+    }
+
+    /// Stops the raft node and the leader's duties, and waits for the node.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.node.stopped().await;
+    }
+}
+
+/// `broker_raft_*` and `broker_cluster_*` gauges, updated as raft moves.
+fn export_metrics(
+    node: Node,
+    registry: &mut prometheus_client::registry::Registry,
+    stop: CancellationToken,
+) -> impl Future<Output = ()> + use<> {
+    let gauge = |registry: &mut prometheus_client::registry::Registry, name: &str, help: &str| {
+        let g = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(name, help, g.clone());
+        g
+    };
+    let epoch = gauge(
+        registry,
+        "broker_cluster_epoch",
+        "Ring epoch applied on this node",
+    );
+    let members = gauge(
+        registry,
+        "broker_cluster_members",
+        "Members in the applied state",
+    );
+    let term = gauge(registry, "broker_raft_term", "Raft term");
+    let leader = gauge(registry, "broker_raft_is_leader", "1 while this node leads");
+    let commit = gauge(registry, "broker_raft_commit_index", "Raft commit index");
+    let applied = gauge(registry, "broker_raft_applied_index", "Raft applied index");
+    async move {
+        let mut view = node.view_watch();
+        let state = node.state();
+        loop {
+            {
+                let v = view.borrow_and_update().clone();
+                epoch.set(v.epoch as i64);
+                members.set(state.borrow().members.len() as i64);
+                term.set(v.term as i64);
+                leader.set(i64::from(v.is_leader()));
+                commit.set(v.commit_index as i64);
+                applied.set(v.applied_index as i64);
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = view.changed() => if r.is_err() { return },
+            }
+        }
+    }
+}
+
+/// Runs a standalone cluster-ctl node until `shutdown` resolves.
+pub async fn run(
+    config: BrokerConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let readiness = Readiness::default();
+    let own_addr = if config.cluster.advertise_addr.is_empty() {
+        format!("http://{}", listeners.grpc_addr())
+    } else {
+        config.cluster.advertise_addr.clone()
+    };
+    let ctl = ClusterCtl::start(&config, &own_addr, &mut registry)?;
+    readiness.set("cluster-ctl", true);
+    let admin = Admin::new(registry, readiness).with_routes(ctl.http_routes());
+    tracing::info!(
+        raft_id = config.cluster_ctl.id,
+        grpc = %listeners.grpc_addr(),
+        http = %listeners.http_addr(),
+        "cluster-ctl serving"
+    );
+    let stop = broker_common::serve::token_from(shutdown);
+    let result = broker_common::serve::serve(
+        ctl.grpc_routes(),
+        &[service::CLUSTER_SERVICE_NAME, service::RAFT_SERVICE_NAME],
+        &admin,
+        listeners,
+        stop,
+    )
+    .await;
+    ctl.shutdown().await;
+    result
+}

@@ -1,0 +1,215 @@
+//! Member liveness: leases kept alive by heartbeats, and the leader's
+//! duties that turn lease expiry into committed state changes.
+//!
+//! Leases live in the leader's memory only; what they decide is committed
+//! through Raft. A member whose lease expires (no beat for
+//! `member_heartbeat × lease_missed_beats`) is marked OFFLINE by a
+//! committed entry, which bumps the epoch so routers route around it; when
+//! it beats again it is marked ONLINE the same way. A node that becomes
+//! leader starts every lease afresh (one full TTL of grace), since the
+//! beats went to the previous leader.
+
+use crate::node::Node;
+use crate::service::now_ms;
+use broker_proto::v1::{
+    ClusterCommand, MemberState, RingSettings, SetStateRequest, cluster_command::Command,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub struct Leases {
+    beats: Mutex<HashMap<String, Instant>>,
+    interval: Duration,
+    ttl: Duration,
+}
+
+impl Leases {
+    pub fn new(interval: Duration, missed_beats: u32) -> Self {
+        Self {
+            beats: Mutex::default(),
+            interval,
+            ttl: interval * missed_beats.max(1),
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn beat(&self, id: &str) {
+        self.lock().insert(id.to_string(), Instant::now());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.beats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Members whose state the lease says is wrong, with the state they
+    /// should have: ONLINE or DRAINING members without a beat for a TTL go
+    /// OFFLINE; OFFLINE members that beat within a TTL go ONLINE. Members
+    /// never seen get a lease from `now`.
+    pub fn verdicts<'a>(
+        &self,
+        members: impl Iterator<Item = (&'a str, MemberState)>,
+        now: Instant,
+    ) -> Vec<(String, MemberState)> {
+        let mut beats = self.lock();
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        for (id, state) in members {
+            seen.push(id.to_string());
+            let last = *beats.entry(id.to_string()).or_insert(now);
+            let alive = now.saturating_duration_since(last) <= self.ttl;
+            match state {
+                MemberState::Online | MemberState::Draining if !alive => {
+                    out.push((id.to_string(), MemberState::Offline))
+                }
+                MemberState::Offline if alive => out.push((id.to_string(), MemberState::Online)),
+                _ => {}
+            }
+        }
+        beats.retain(|id, _| seen.contains(id));
+        out
+    }
+
+    /// Starts every lease afresh (a new leader).
+    pub fn reset(&self, now: Instant) {
+        for t in self.lock().values_mut() {
+            *t = now;
+        }
+    }
+}
+
+/// What the leader does besides raft: expires leases, and commits the ring
+/// settings of the config when none are committed yet. Runs on every node;
+/// acts only while the node leads. Ends with `stop`.
+pub async fn leader_duties(
+    node: Node,
+    leases: Arc<Leases>,
+    initial_ring: RingSettings,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(leases.interval() / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut led_term = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let view = node.view();
+        if !view.is_leader() {
+            led_term = None;
+            continue;
+        }
+        if led_term != Some(view.term) {
+            led_term = Some(view.term);
+            leases.reset(Instant::now());
+            tracing::info!(term = view.term, "leading: member leases start afresh");
+        }
+        let state = node.state().borrow().clone();
+        if state.ring.is_none() {
+            propose(&node, Command::SetRing(initial_ring.clone())).await;
+        }
+        let verdicts = leases.verdicts(
+            state.members.iter().map(|m| {
+                (
+                    m.id.as_str(),
+                    MemberState::try_from(m.state).unwrap_or(MemberState::Unspecified),
+                )
+            }),
+            Instant::now(),
+        );
+        for (id, to) in verdicts {
+            match to {
+                MemberState::Offline => tracing::warn!(
+                    member = %id,
+                    ttl = ?leases.ttl(),
+                    "lease expired, marking member offline"
+                ),
+                _ => tracing::info!(member = %id, "member beats again, marking it online"),
+            }
+            propose(
+                &node,
+                Command::SetState(SetStateRequest {
+                    id,
+                    state: to as i32,
+                }),
+            )
+            .await;
+        }
+    }
+}
+
+async fn propose(node: &Node, command: Command) {
+    let cmd = ClusterCommand {
+        at_ms: now_ms(),
+        command: Some(command),
+    };
+    if let Err(e) = node.propose(cmd).await {
+        tracing::warn!(error = %e, "leader duty not committed, will retry");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_expire_after_the_ttl_and_revive_on_a_beat() {
+        let leases = Leases::new(Duration::from_secs(1), 3);
+        assert_eq!(leases.ttl(), Duration::from_secs(3));
+        let t0 = Instant::now();
+        let members = |s: MemberState| vec![("w1", s), ("w2", MemberState::Draining)];
+        // first sight starts the lease
+        assert!(
+            leases
+                .verdicts(members(MemberState::Online).into_iter(), t0)
+                .is_empty()
+        );
+        let t3 = t0 + Duration::from_secs(3);
+        assert!(
+            leases
+                .verdicts(members(MemberState::Online).into_iter(), t3)
+                .is_empty()
+        );
+        let t4 = t0 + Duration::from_millis(3_001);
+        let v = leases.verdicts(members(MemberState::Online).into_iter(), t4);
+        assert_eq!(
+            v,
+            [
+                ("w1".to_string(), MemberState::Offline),
+                ("w2".to_string(), MemberState::Offline)
+            ]
+        );
+        // an offline member stays offline without beats...
+        assert!(
+            leases
+                .verdicts([("w1", MemberState::Offline)].into_iter(), t4)
+                .is_empty()
+        );
+        // ...and comes back when it beats (w2 is forgotten: not a member)
+        leases.beat("w1");
+        let now = Instant::now();
+        assert_eq!(
+            leases.verdicts([("w1", MemberState::Offline)].into_iter(), now),
+            [("w1".to_string(), MemberState::Online)]
+        );
+        // a new leader gives everyone a fresh TTL
+        leases.reset(now + Duration::from_secs(10));
+        assert!(
+            leases
+                .verdicts(
+                    [("w1", MemberState::Online)].into_iter(),
+                    now + Duration::from_secs(12)
+                )
+                .is_empty()
+        );
+    }
+}

@@ -1,0 +1,637 @@
+//! The raft node: one task owns the `RawNode`, fed by a channel of
+//! proposals and peer messages and ticked on a timer; its ready loop
+//! follows raft-rs's `examples/five_mem_node` step by step, with the log on
+//! disk ([`RaftStore`]).
+//!
+//! Proposals may be made on any node: raft-rs forwards a follower's
+//! proposal to the leader, and the proposer learns the outcome when it
+//! applies the entry carrying its proposal id (entry context). A proposal
+//! made while no leader is known fails at once with
+//! [`NodeError::NoLeader`]; one lost on the way (leader change) times out.
+
+use crate::state::StateMachine;
+use crate::storage::RaftStore;
+use crate::transport::{NetFilter, Report, Transport};
+use broker_proto::v1::{ClusterCommand, ClusterState};
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, StateRole, Storage};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+/// How long a proposal may wait to be applied before its caller gives up
+/// (and retries, possibly on another node).
+pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Store key of the peer addresses (JSON map raft id -> address).
+const PEERS_KEY: &str = "peers";
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// Raft id -> cluster-ctl gRPC address, this node included.
+    pub peers: BTreeMap<u64, String>,
+    pub join_existing: bool,
+    pub data_dir: PathBuf,
+    pub tick: Duration,
+    pub heartbeat_ticks: usize,
+    pub election_ticks: usize,
+    pub snapshot_every: u64,
+}
+
+impl NodeConfig {
+    pub fn from_config(c: &broker_common::config::ClusterCtlConfig, own_addr: &str) -> Self {
+        let mut peers: BTreeMap<u64, String> =
+            c.peers.iter().map(|p| (p.id, p.addr.clone())).collect();
+        peers.entry(c.id).or_insert_with(|| own_addr.to_string());
+        Self {
+            id: c.id,
+            peers,
+            join_existing: c.join_existing,
+            data_dir: PathBuf::from(&c.data_dir),
+            tick: c.tick,
+            heartbeat_ticks: c.heartbeat_ticks,
+            election_ticks: c.election_ticks,
+            snapshot_every: c.snapshot_every,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("no raft leader is known (election in progress or no quorum)")]
+    NoLeader,
+    #[error("the change was not committed within {0:?} (leader changed or no quorum)")]
+    Timeout(Duration),
+    #[error("raft refused the proposal: {0}")]
+    Refused(String),
+    #[error("the raft node has stopped")]
+    Stopped,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What the node tells the rest of the service about raft.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftView {
+    pub id: u64,
+    pub role: String,
+    pub term: u64,
+    pub leader_id: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    pub snapshot_index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub peers: BTreeMap<u64, String>,
+    pub epoch: u64,
+}
+
+impl RaftView {
+    pub fn is_leader(&self) -> bool {
+        self.leader_id == self.id && self.role == "leader"
+    }
+
+    pub fn leader_addr(&self) -> Option<&str> {
+        self.peers.get(&self.leader_id).map(String::as_str)
+    }
+}
+
+enum Input {
+    Raft(Vec<Message>),
+    Report(Report),
+    Propose {
+        cmd: ClusterCommand,
+        reply: oneshot::Sender<Result<u64, NodeError>>,
+    },
+    ConfChange {
+        change: ConfChange,
+        reply: oneshot::Sender<Result<u64, NodeError>>,
+    },
+    TransferLeader(u64),
+}
+
+/// A handle on the running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    id: u64,
+    input: mpsc::Sender<Input>,
+    state: watch::Receiver<Arc<ClusterState>>,
+    view: watch::Receiver<Arc<RaftView>>,
+    filter: NetFilter,
+    stopped: CancellationToken,
+}
+
+impl Node {
+    /// Opens the store in `config.data_dir` (bootstrapping a new cluster
+    /// from `config.peers` when it is empty, unless `join_existing`),
+    /// restores the state from the last snapshot and starts the raft task.
+    /// The task stops when `stop` is cancelled.
+    pub fn start(config: NodeConfig, stop: CancellationToken) -> anyhow::Result<Node> {
+        let store = RaftStore::open(&config.data_dir)?;
+        let mut peers = config.peers.clone();
+        let restarted = store.is_initialized();
+        let sm = if restarted {
+            if let Some(p) = store.meta(PEERS_KEY)? {
+                peers = serde_json::from_slice(&p)?;
+            }
+            let mut sm = StateMachine::new(peers.clone());
+            sm.restore(&store.stored_snapshot()?.data)?;
+            peers = sm.peers().clone();
+            sm
+        } else {
+            if !config.join_existing {
+                // A new cluster: every configured peer is a voter. The
+                // bootstrap snapshot (index 1, term 1) carries the voters,
+                // so a node added later gets them from a snapshot too.
+                let mut s = Snapshot::default();
+                s.mut_metadata().index = 1;
+                s.mut_metadata().term = 1;
+                s.mut_metadata().mut_conf_state().voters = peers.keys().copied().collect();
+                store.apply_snapshot(s)?;
+                store.set_meta(PEERS_KEY, &serde_json::to_vec(&peers)?)?;
+            }
+            StateMachine::new(peers.clone())
+        };
+        let applied = store.snapshot_index();
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            applied,
+            check_quorum: true,
+            pre_vote: true,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let logger = slog::Logger::root(
+            tracing_slog::TracingSlogDrain,
+            slog::o!("raft_id" => config.id),
+        );
+        let raw = RawNode::new(&raft_config, store.clone(), &logger)?;
+        tracing::info!(
+            raft_id = config.id,
+            restarted,
+            applied,
+            epoch = sm.state().epoch,
+            peers = ?peers,
+            "raft node starting"
+        );
+
+        let (input_tx, input_rx) = mpsc::channel(4096);
+        let (report_tx, report_rx) = mpsc::unbounded_channel();
+        let filter = NetFilter::default();
+        let mut transport = Transport::new(config.id, filter.clone(), report_tx);
+        transport.set_peers(&peers);
+        let (state_tx, state_rx) = watch::channel(Arc::new(sm.state().clone()));
+        let (view_tx, view_rx) = watch::channel(Arc::new(RaftView::default()));
+        let stopped = CancellationToken::new();
+        let mut task = Task {
+            raw,
+            store,
+            sm,
+            transport,
+            pending: HashMap::new(),
+            next_proposal: 0,
+            state_tx,
+            view_tx,
+            snapshot_every: config.snapshot_every,
+            snapshot_now: false,
+            applied: Vec::new(),
+        };
+        task.publish_view();
+        let done = stopped.clone();
+        let tick = config.tick;
+        tokio::spawn(async move {
+            task.run(input_rx, report_rx, tick, stop).await;
+            done.cancel();
+        });
+        Ok(Node {
+            id: config.id,
+            input: input_tx,
+            state: state_rx,
+            view: view_rx,
+            filter,
+            stopped,
+        })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The applied state; changes with every committed change.
+    pub fn state(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.state.clone()
+    }
+
+    pub fn view(&self) -> Arc<RaftView> {
+        self.view.borrow().clone()
+    }
+
+    pub fn view_watch(&self) -> watch::Receiver<Arc<RaftView>> {
+        self.view.clone()
+    }
+
+    /// The partition switch of this node (tests).
+    pub fn net_filter(&self) -> &NetFilter {
+        &self.filter
+    }
+
+    /// Resolves when the raft task has ended.
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await
+    }
+
+    /// Hands peer messages to the node.
+    pub async fn step(&self, messages: Vec<Message>) -> Result<(), NodeError> {
+        self.input
+            .send(Input::Raft(messages))
+            .await
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Proposes `cmd` and waits until this node has applied it; returns its
+    /// log index.
+    pub async fn propose(&self, cmd: ClusterCommand) -> Result<u64, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.input
+            .send(Input::Propose { cmd, reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        self.wait(rx).await
+    }
+
+    /// Adds voter `id` at `addr` (a cluster-ctl gRPC address).
+    pub async fn add_voter(&self, id: u64, addr: &str) -> Result<u64, NodeError> {
+        if id == 0 {
+            return Err(NodeError::Invalid("raft id 0 is reserved".into()));
+        }
+        if !(addr.starts_with("http://") || addr.starts_with("https://")) {
+            return Err(NodeError::Invalid(format!(
+                "voter addr {addr:?} must be http://host:port"
+            )));
+        }
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddNode);
+        cc.node_id = id;
+        cc.context = addr.as_bytes().to_vec().into();
+        self.conf_change(cc).await
+    }
+
+    /// Removes voter `id`. The leader hands leadership to another voter
+    /// before it removes itself (the caller retries meanwhile).
+    pub async fn remove_voter(&self, id: u64) -> Result<u64, NodeError> {
+        let view = self.view();
+        if !view.voters.contains(&id) {
+            return Err(NodeError::Invalid(format!(
+                "raft id {id} is not a voter (voters: {:?})",
+                view.voters
+            )));
+        }
+        if view.voters.len() == 1 {
+            return Err(NodeError::Invalid(
+                "cannot remove the last voter".to_string(),
+            ));
+        }
+        if view.leader_id == id {
+            let to = *view
+                .voters
+                .iter()
+                .find(|&&v| v != id)
+                .expect("another voter");
+            let _ = self.input.send(Input::TransferLeader(to)).await;
+            return Err(NodeError::NoLeader);
+        }
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::RemoveNode);
+        cc.node_id = id;
+        self.conf_change(cc).await
+    }
+
+    async fn conf_change(&self, change: ConfChange) -> Result<u64, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.input
+            .send(Input::ConfChange { change, reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        self.wait(rx).await
+    }
+
+    async fn wait(&self, rx: oneshot::Receiver<Result<u64, NodeError>>) -> Result<u64, NodeError> {
+        match tokio::time::timeout(PROPOSAL_TIMEOUT, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(NodeError::Stopped),
+            Err(_) => Err(NodeError::Timeout(PROPOSAL_TIMEOUT)),
+        }
+    }
+}
+
+struct Pending {
+    reply: oneshot::Sender<Result<u64, NodeError>>,
+    since: Instant,
+}
+
+struct Task {
+    raw: RawNode<RaftStore>,
+    store: RaftStore,
+    sm: StateMachine,
+    transport: Transport,
+    /// Proposals of this node not yet applied, by proposal id.
+    pending: HashMap<u64, Pending>,
+    next_proposal: u64,
+    state_tx: watch::Sender<Arc<ClusterState>>,
+    view_tx: watch::Sender<Arc<RaftView>>,
+    snapshot_every: u64,
+    /// Set when a voter was added: the next snapshot must list it, since
+    /// raft-rs refuses a snapshot whose configuration lacks the receiver,
+    /// and a new voter catches up from a snapshot.
+    snapshot_now: bool,
+    /// Proposals applied in this round, answered once the state and the
+    /// view show them.
+    applied: Vec<(oneshot::Sender<Result<u64, NodeError>>, u64)>,
+}
+
+impl Task {
+    async fn run(
+        &mut self,
+        mut input: mpsc::Receiver<Input>,
+        mut reports: mpsc::UnboundedReceiver<Report>,
+        tick: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                    self.expire_pending();
+                }
+                Some(i) = input.recv() => {
+                    self.handle(i);
+                    // Take what else is queued before the next ready.
+                    for _ in 0..256 {
+                        match input.try_recv() {
+                            Ok(i) => self.handle(i),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(r) = reports.recv() => self.handle(Input::Report(r)),
+            }
+            if let Err(e) = self.on_ready() {
+                // The log could not be made durable: stop rather than
+                // acknowledge what is not on disk.
+                tracing::error!(raft_id = self.raw.raft.id, error = %e, "raft storage failed, stopping the node");
+                break;
+            }
+            self.publish_view();
+            for (reply, index) in self.applied.drain(..) {
+                let _ = reply.send(Ok(index));
+            }
+        }
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(NodeError::Stopped));
+        }
+        tracing::info!(raft_id = self.raw.raft.id, "raft node stopped");
+    }
+
+    fn handle(&mut self, input: Input) {
+        match input {
+            Input::Raft(msgs) => {
+                for m in msgs {
+                    if let Err(e) = self.raw.step(m) {
+                        tracing::debug!(error = %e, "raft step");
+                    }
+                }
+            }
+            Input::Report(Report::Unreachable(id)) => self.raw.report_unreachable(id),
+            Input::Report(Report::Snapshot { to, ok }) => self.raw.report_snapshot(
+                to,
+                if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                },
+            ),
+            Input::Propose { cmd, reply } => {
+                let id = self.proposal_id();
+                let r = self
+                    .raw
+                    .propose(id.to_le_bytes().to_vec(), cmd.encode_to_vec());
+                self.track(id, r, reply);
+            }
+            Input::ConfChange { change, reply } => {
+                let id = self.proposal_id();
+                let r = self
+                    .raw
+                    .propose_conf_change(id.to_le_bytes().to_vec(), change);
+                self.track(id, r, reply);
+            }
+            Input::TransferLeader(to) => self.raw.transfer_leader(to),
+        }
+    }
+
+    fn proposal_id(&mut self) -> u64 {
+        self.next_proposal += 1;
+        // Unique across nodes: a forwarded proposal is applied everywhere.
+        (self.raw.raft.id << 48) | (self.next_proposal & ((1 << 48) - 1))
+    }
+
+    fn track(
+        &mut self,
+        id: u64,
+        r: raft::Result<()>,
+        reply: oneshot::Sender<Result<u64, NodeError>>,
+    ) {
+        match r {
+            Ok(()) => {
+                self.pending.insert(
+                    id,
+                    Pending {
+                        reply,
+                        since: Instant::now(),
+                    },
+                );
+            }
+            Err(raft::Error::ProposalDropped) => {
+                let _ = reply.send(Err(NodeError::NoLeader));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(NodeError::Refused(e.to_string())));
+            }
+        }
+    }
+
+    fn expire_pending(&mut self) {
+        self.pending
+            .retain(|_, p| p.since.elapsed() < PROPOSAL_TIMEOUT * 2 && !p.reply.is_closed());
+    }
+
+    fn on_ready(&mut self) -> anyhow::Result<()> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if !ready.messages().is_empty() {
+            self.transport.send(ready.take_messages());
+        }
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.store.apply_snapshot(snap.clone())?;
+            self.sm.restore(&snap.data)?;
+            self.peers_changed()?;
+            self.state_tx
+                .send_replace(Arc::new(self.sm.state().clone()));
+            tracing::info!(
+                index = snap.get_metadata().index,
+                epoch = self.sm.state().epoch,
+                "installed snapshot from the leader"
+            );
+        }
+        self.apply(ready.take_committed_entries())?;
+        // Entries and hard state in one fsync.
+        if !ready.entries().is_empty() || ready.hs().is_some() {
+            self.store.persist_ready(ready.entries(), ready.hs())?;
+        }
+        if !ready.persisted_messages().is_empty() {
+            self.transport.send(ready.take_persisted_messages());
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.store.set_commit(commit)?;
+        }
+        self.transport.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.maybe_snapshot()?;
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> anyhow::Result<()> {
+        let mut changed = false;
+        for entry in entries {
+            let index = entry.index;
+            match entry.get_entry_type() {
+                EntryType::EntryConfChange if !entry.data.is_empty() => {
+                    let cc = ConfChange::parse_from_bytes(&entry.data)?;
+                    let cs = self.raw.apply_conf_change(&cc)?;
+                    self.store.set_conf_state(&cs)?;
+                    match cc.get_change_type() {
+                        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                            let addr = String::from_utf8_lossy(&cc.context).into_owned();
+                            if !addr.is_empty() {
+                                self.sm.set_peer(cc.node_id, addr);
+                            }
+                            self.snapshot_now = true;
+                        }
+                        ConfChangeType::RemoveNode => self.sm.remove_peer(cc.node_id),
+                    }
+                    self.peers_changed()?;
+                    tracing::info!(
+                        change = ?cc.get_change_type(),
+                        node = cc.node_id,
+                        voters = ?cs.voters,
+                        "raft configuration changed"
+                    );
+                }
+                EntryType::EntryNormal if !entry.data.is_empty() => {
+                    match ClusterCommand::decode(&entry.data[..]) {
+                        Ok(cmd) => changed |= self.sm.apply(index, &cmd),
+                        Err(e) => tracing::error!(index, error = %e, "undecodable entry skipped"),
+                    }
+                }
+                _ => {}
+            }
+            if entry.context.len() == 8 {
+                let id = u64::from_le_bytes(entry.context[..].try_into().expect("8 bytes"));
+                if let Some(p) = self.pending.remove(&id) {
+                    self.applied.push((p.reply, index));
+                }
+            }
+        }
+        if changed {
+            let state = Arc::new(self.sm.state().clone());
+            tracing::info!(
+                epoch = state.epoch,
+                members = state.members.len(),
+                "cluster state changed"
+            );
+            self.state_tx.send_replace(state);
+        } else {
+            // applied_index moved; the epoch did not.
+            let applied = self.sm.state().applied_index;
+            self.state_tx.send_if_modified(|s| {
+                if s.applied_index != applied {
+                    Arc::make_mut(s).applied_index = applied;
+                }
+                false
+            });
+        }
+        Ok(())
+    }
+
+    fn peers_changed(&mut self) -> anyhow::Result<()> {
+        let peers = self.sm.peers().clone();
+        self.store
+            .set_meta(PEERS_KEY, &serde_json::to_vec(&peers)?)?;
+        self.transport.set_peers(&peers);
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) -> anyhow::Result<()> {
+        let applied = self.raw.raft.raft_log.applied;
+        if applied > self.store.snapshot_index()
+            && (self.snapshot_now || applied >= self.store.snapshot_index() + self.snapshot_every)
+        {
+            self.snapshot_now = false;
+            let cs: ConfState = self.raw.raft.prs().conf().to_conf_state();
+            self.store
+                .snapshot_and_compact(applied, &cs, self.sm.snapshot())?;
+            tracing::info!(index = applied, "raft snapshot taken, log compacted");
+        }
+        Ok(())
+    }
+
+    fn publish_view(&self) {
+        let r = &self.raw.raft;
+        let conf = r.prs().conf().to_conf_state();
+        let view = RaftView {
+            id: r.id,
+            role: match r.state {
+                StateRole::Leader => "leader",
+                StateRole::Follower => "follower",
+                StateRole::Candidate => "candidate",
+                StateRole::PreCandidate => "pre-candidate",
+            }
+            .to_string(),
+            term: r.term,
+            leader_id: r.leader_id,
+            commit_index: r.raft_log.committed,
+            applied_index: r.raft_log.applied,
+            last_index: self.store.last_index().unwrap_or_default(),
+            snapshot_index: self.store.snapshot_index(),
+            voters: conf.voters.clone(),
+            learners: conf.learners.clone(),
+            peers: self.sm.peers().clone(),
+            epoch: self.sm.state().epoch,
+        };
+        self.view_tx.send_if_modified(|v| {
+            if **v != view {
+                *v = Arc::new(view);
+                true
+            } else {
+                false
+            }
+        });
+    }
+}

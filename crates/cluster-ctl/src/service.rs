@@ -1,0 +1,295 @@
+//! The gRPC faces of cluster-ctl: `ClusterService` for broker services and
+//! operators, `RaftService` for peers.
+
+use crate::leases::Leases;
+use crate::node::{Node, NodeError};
+use crate::state::CommandError;
+use broker_proto::v1::cluster_service_client::ClusterServiceClient;
+use broker_proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
+use broker_proto::v1::raft_service_server::{RaftService, RaftServiceServer};
+use broker_proto::v1::{
+    ChangeResponse, ClusterCommand, ClusterState, HeartbeatRequest, HeartbeatResponse, JoinRequest,
+    JoinResponse, LeaveRequest, MembersRequest, RaftAck, RaftMessages, RaftStatus, SetRingRequest,
+    SetStateRequest, StatusRequest, VoterRequest, VoterResponse, WatchRequest,
+    cluster_command::Command,
+};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_stream::Stream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+pub const CLUSTER_SERVICE_NAME: &str = "broker.v1.ClusterService";
+pub const RAFT_SERVICE_NAME: &str = "broker.v1.RaftService";
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::NoLeader | NodeError::Timeout(_) | NodeError::Stopped => {
+                Status::unavailable(e.to_string())
+            }
+            NodeError::Refused(_) => Status::failed_precondition(e.to_string()),
+            NodeError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
+impl From<CommandError> for Status {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::UnknownMember(_) => Status::not_found(e.to_string()),
+            CommandError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+pub fn raft_status(node: &Node) -> RaftStatus {
+    let v = node.view();
+    RaftStatus {
+        id: v.id,
+        role: v.role.clone(),
+        term: v.term,
+        leader_id: v.leader_id,
+        commit_index: v.commit_index,
+        applied_index: v.applied_index,
+        last_index: v.last_index,
+        snapshot_index: v.snapshot_index,
+        voters: v.voters.clone(),
+        learners: v.learners.clone(),
+        peers: v.peers.iter().map(|(k, a)| (*k, a.clone())).collect(),
+        epoch: v.epoch,
+    }
+}
+
+#[derive(Clone)]
+pub struct ClusterGrpc {
+    node: Node,
+    leases: Arc<Leases>,
+    /// Channels to other cluster-ctl nodes, for heartbeats a follower
+    /// passes on to the leader (leases live on the leader).
+    leaders: Arc<Mutex<HashMap<String, ClusterServiceClient<Channel>>>>,
+}
+
+impl ClusterGrpc {
+    pub fn new(node: Node, leases: Arc<Leases>) -> Self {
+        Self {
+            node,
+            leases,
+            leaders: Arc::default(),
+        }
+    }
+
+    pub fn into_server(self) -> ClusterServiceServer<Self> {
+        ClusterServiceServer::new(self)
+    }
+
+    /// Checks `command` against the applied state, proposes it and returns
+    /// the state once it is applied here.
+    async fn change(&self, command: Command) -> Result<Arc<ClusterState>, Status> {
+        let cmd = ClusterCommand {
+            at_ms: now_ms(),
+            command: Some(command),
+        };
+        crate::state::check(&self.node.state().borrow(), &cmd)?;
+        self.node.propose(cmd).await?;
+        Ok(self.node.state().borrow().clone())
+    }
+
+    fn leader_client(&self, addr: &str) -> Result<ClusterServiceClient<Channel>, Status> {
+        let mut map = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let ep = Endpoint::from_shared(addr.to_string())
+            .map_err(|e| Status::internal(format!("leader address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_millis(500));
+        let c = ClusterServiceClient::new(ep.connect_lazy());
+        map.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<ClusterState, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ClusterService for ClusterGrpc {
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let member = request
+            .into_inner()
+            .member
+            .ok_or_else(|| Status::invalid_argument("member is missing"))?;
+        let id = member.id.clone();
+        let state = self.change(Command::Join(member)).await?;
+        self.leases.beat(&id);
+        Ok(Response::new(JoinResponse {
+            state: Some((*state).clone()),
+            heartbeat_interval_ms: self.leases.interval().as_millis() as u64,
+            lease_ttl_ms: self.leases.ttl().as_millis() as u64,
+        }))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<LeaveRequest>,
+    ) -> Result<Response<ChangeResponse>, Status> {
+        let id = request.into_inner().id;
+        let state = self.change(Command::Leave(id)).await?;
+        Ok(Response::new(ChangeResponse {
+            state: Some((*state).clone()),
+        }))
+    }
+
+    async fn set_state(
+        &self,
+        request: Request<SetStateRequest>,
+    ) -> Result<Response<ChangeResponse>, Status> {
+        let state = self.change(Command::SetState(request.into_inner())).await?;
+        Ok(Response::new(ChangeResponse {
+            state: Some((*state).clone()),
+        }))
+    }
+
+    async fn set_ring(
+        &self,
+        request: Request<SetRingRequest>,
+    ) -> Result<Response<ChangeResponse>, Status> {
+        let ring = request
+            .into_inner()
+            .ring
+            .ok_or_else(|| Status::invalid_argument("ring is missing"))?;
+        let state = self.change(Command::SetRing(ring)).await?;
+        Ok(Response::new(ChangeResponse {
+            state: Some((*state).clone()),
+        }))
+    }
+
+    async fn members(
+        &self,
+        _request: Request<MembersRequest>,
+    ) -> Result<Response<ClusterState>, Status> {
+        Ok(Response::new((**self.node.state().borrow()).clone()))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let after_epoch = request.into_inner().after_epoch;
+        let mut state = self.node.state();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            // A subscriber from scratch gets the current state first.
+            let mut sent: Option<u64> = (after_epoch > 0).then_some(after_epoch);
+            loop {
+                let current = state.borrow_and_update().clone();
+                if sent.is_none_or(|e| current.epoch > e) {
+                    sent = Some(current.epoch);
+                    if tx.send(Ok((*current).clone())).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    // Err: the node stopped; end the stream, clients reconnect.
+                    r = state.changed() => if r.is_err() { return },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        let view = self.node.view();
+        if view.is_leader() {
+            let state = self.node.state().borrow().clone();
+            let known = state.members.iter().any(|m| m.id == req.id);
+            if known {
+                self.leases.beat(&req.id);
+            }
+            return Ok(Response::new(HeartbeatResponse {
+                epoch: state.epoch,
+                known,
+            }));
+        }
+        let addr = view
+            .leader_addr()
+            .ok_or_else(|| Status::unavailable(NodeError::NoLeader.to_string()))?
+            .to_string();
+        let mut leader = self.leader_client(&addr)?;
+        let mut fwd = Request::new(req);
+        fwd.set_timeout(Duration::from_secs(2));
+        leader.heartbeat(fwd).await
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<RaftStatus>, Status> {
+        Ok(Response::new(raft_status(&self.node)))
+    }
+
+    async fn add_voter(
+        &self,
+        request: Request<VoterRequest>,
+    ) -> Result<Response<VoterResponse>, Status> {
+        let req = request.into_inner();
+        self.node.add_voter(req.id, &req.addr).await?;
+        Ok(Response::new(VoterResponse {
+            status: Some(raft_status(&self.node)),
+        }))
+    }
+
+    async fn remove_voter(
+        &self,
+        request: Request<VoterRequest>,
+    ) -> Result<Response<VoterResponse>, Status> {
+        let req = request.into_inner();
+        self.node.remove_voter(req.id).await?;
+        Ok(Response::new(VoterResponse {
+            status: Some(raft_status(&self.node)),
+        }))
+    }
+}
+
+pub struct RaftGrpc {
+    node: Node,
+}
+
+impl RaftGrpc {
+    pub fn new(node: Node) -> Self {
+        Self { node }
+    }
+
+    pub fn into_server(self) -> RaftServiceServer<Self> {
+        RaftServiceServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftGrpc {
+    async fn send(&self, request: Request<RaftMessages>) -> Result<Response<RaftAck>, Status> {
+        let msgs = crate::transport::decode(request.into_inner(), self.node.net_filter())
+            .map_err(Status::invalid_argument)?;
+        if !msgs.is_empty() {
+            self.node.step(msgs).await?;
+        }
+        Ok(Response::new(RaftAck {}))
+    }
+}
