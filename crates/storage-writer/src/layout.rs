@@ -21,6 +21,17 @@ pub trait KeyLayout: Send + Sync + 'static {
     fn index_key(&self, host: &str) -> String;
     /// Key of a host's metadata hash.
     fn host_key(&self, host: &str) -> String;
+    /// A SCAN `MATCH` pattern that matches every host metadata key (and
+    /// possibly more: check each key with [`KeyLayout::host_of_key`]).
+    fn host_key_pattern(&self) -> String;
+    /// The host of a metadata key; `None` if `key` is not one.
+    fn host_of_key(&self, key: &str) -> Option<String>;
+    /// The timestamp a time-index member stands for.
+    fn index_member_timestamp(&self, member: &[u8]) -> Option<i64>;
+    /// A metric value as stored in a point's hash.
+    fn decode_value(&self, raw: &[u8]) -> Option<f64>;
+    /// A host metadata hash (field, value pairs as HGETALL returns them).
+    fn decode_host_meta(&self, fields: &[(String, String)]) -> HostMeta;
     /// Appends the commands that store `batches` (already validated) with
     /// a time to live of `ttl_secs`, at wall-clock time `now` (Unix seconds).
     /// Applying the commands twice must leave the point data unchanged.
@@ -34,6 +45,16 @@ pub trait KeyLayout: Send + Sync + 'static {
     /// Told whether the commands for `batches` were applied, so a layout
     /// that skips repeated housekeeping can redo it after a failure.
     fn written(&self, _batches: &[&MetricBatch], _ok: bool) {}
+}
+
+/// What a layout keeps about a host, decoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostMeta {
+    /// Timestamp of the newest point written (`None` if never set).
+    pub last_seen: Option<i64>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Writes including retries (not distinct points).
+    pub points_written: u64,
 }
 
 /// The layout of the original design ("键空间设计"), with Redis Cluster hash
@@ -166,6 +187,37 @@ impl KeyLayout for SeedLayout {
 
     fn host_key(&self, host: &str) -> String {
         format!("monitor:hosts:{{{host}}}")
+    }
+
+    fn host_key_pattern(&self) -> String {
+        "monitor:hosts:{*}".into()
+    }
+
+    fn host_of_key(&self, key: &str) -> Option<String> {
+        let host = key.strip_prefix("monitor:hosts:{")?.strip_suffix('}')?;
+        (!host.is_empty() && !host.contains(['{', '}'])).then(|| host.to_string())
+    }
+
+    fn index_member_timestamp(&self, member: &[u8]) -> Option<i64> {
+        std::str::from_utf8(member).ok()?.parse().ok()
+    }
+
+    fn decode_value(&self, raw: &[u8]) -> Option<f64> {
+        std::str::from_utf8(raw).ok()?.parse().ok()
+    }
+
+    fn decode_host_meta(&self, fields: &[(String, String)]) -> HostMeta {
+        let mut meta = HostMeta::default();
+        for (k, v) in fields {
+            if k == LAST_SEEN_FIELD {
+                meta.last_seen = v.parse().ok();
+            } else if k == POINTS_WRITTEN_FIELD {
+                meta.points_written = v.parse().unwrap_or(0);
+            } else if let Some(label) = k.strip_prefix(LABEL_FIELD_PREFIX) {
+                meta.labels.insert(label.to_string(), v.clone());
+            }
+        }
+        meta
     }
 
     fn write_commands(
@@ -407,6 +459,41 @@ mod tests {
         assert_eq!(layout.metrics_key("h1", 100), "monitor:metrics:{h1}:100");
         assert_eq!(layout.index_key("h1"), "monitor:index:metrics:{h1}");
         assert_eq!(layout.host_key("h1"), "monitor:hosts:{h1}");
+    }
+
+    #[test]
+    fn seed_layout_reads_back_what_it_writes() {
+        let layout = SeedLayout::default();
+        let key = layout.host_key("web-1.a_b");
+        assert_eq!(layout.host_of_key(&key).as_deref(), Some("web-1.a_b"));
+        assert_eq!(layout.host_of_key("monitor:hosts:{}"), None);
+        assert_eq!(layout.host_of_key("monitor:index:metrics:{h}"), None);
+        assert_eq!(layout.host_key_pattern(), "monitor:hosts:{*}");
+        assert_eq!(
+            layout.index_member_timestamp(b"1700000000"),
+            Some(1_700_000_000)
+        );
+        assert_eq!(layout.index_member_timestamp(b"x"), None);
+        // ryu's format, as the writer stores values.
+        let mut b = ryu::Buffer::new();
+        for v in [0.25, -3.0, 1e300, 123456.789] {
+            assert_eq!(layout.decode_value(b.format(v).as_bytes()), Some(v));
+        }
+        let fields: Vec<(String, String)> = [
+            ("last_seen", "105"),
+            ("label:role", "web"),
+            ("label:dc", "x:y"),
+            ("points_written", "7"),
+            ("other", "1"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let meta = layout.decode_host_meta(&fields);
+        assert_eq!(meta.last_seen, Some(105));
+        assert_eq!(meta.points_written, 7);
+        assert_eq!(meta.labels.len(), 2);
+        assert_eq!(meta.labels["dc"], "x:y");
     }
 
     #[test]

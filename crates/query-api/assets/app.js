@@ -1,0 +1,351 @@
+// The broker dashboard: plain JavaScript over query-api's JSON API
+// (/api/query/*) and the vendored uPlot. No build step.
+(() => {
+  'use strict';
+  const $ = (id) => document.getElementById(id);
+  const PALETTE = ['#3b6fd8', '#e07b39', '#2f9e6e', '#c2417f', '#7a5cc7', '#b59a1a', '#2b9bb5', '#d8463b'];
+  const DEFAULT_METRICS = 4;
+  const REFRESH_MS = 5000;
+
+  const state = {
+    view: 'hosts',
+    hosts: [],
+    host: null,          // selected host id
+    selected: [],        // metrics charted for the host
+    charts: new Map(),   // metric -> {el, plot}
+    aggPlot: null,
+    pending: 0,
+    refreshing: false,
+  };
+
+  // ---- status, errors, requests -------------------------------------------
+
+  function setStatus() {
+    const s = $('status');
+    if (state.pending > 0) {
+      s.className = 'status loading';
+      s.textContent = 'loading…';
+    } else if (!$('error').hidden) {
+      s.className = 'status';
+      s.textContent = 'error';
+    } else {
+      s.className = 'status';
+      s.textContent = 'updated ' + new Date().toLocaleTimeString();
+    }
+  }
+
+  function showError(msg) {
+    const e = $('error');
+    e.textContent = msg;
+    e.hidden = false;
+  }
+
+  function clearError() {
+    $('error').hidden = true;
+    $('error').textContent = '';
+  }
+
+  async function api(path, params) {
+    state.pending++;
+    setStatus();
+    try {
+      const qs = params ? '?' + new URLSearchParams(params) : '';
+      const r = await fetch(path + qs);
+      const body = await r.json().catch(() => ({}));
+      if (!r.ok) throw new Error((body && body.error) || `${r.status} ${r.statusText}`);
+      clearError();
+      return body;
+    } catch (e) {
+      showError(`${path}: ${e.message}`);
+      throw e;
+    } finally {
+      state.pending--;
+      setStatus();
+    }
+  }
+
+  const rangeSecs = () => Number($('range').value);
+
+  function ago(ts) {
+    if (!ts) return 'never';
+    const s = Math.max(0, Math.round(Date.now() / 1000 - ts));
+    if (s < 120) return `${s} s ago`;
+    if (s < 7200) return `${Math.round(s / 60)} min ago`;
+    if (s < 172800) return `${Math.round(s / 3600)} h ago`;
+    return `${Math.round(s / 86400)} d ago`;
+  }
+
+  // ---- hosts ---------------------------------------------------------------
+
+  function matchesSearch(h, term) {
+    if (!term) return true;
+    const eq = term.indexOf('=');
+    if (eq > 0) {
+      const k = term.slice(0, eq).trim();
+      const v = term.slice(eq + 1).trim();
+      return h.labels[k] !== undefined && h.labels[k].includes(v);
+    }
+    return h.id.toLowerCase().includes(term.toLowerCase());
+  }
+
+  function renderHosts() {
+    const term = $('search').value.trim();
+    const shown = state.hosts.filter((h) => matchesSearch(h, term));
+    $('host-count').textContent = `${shown.length} of ${state.hosts.length} hosts`;
+    const ul = $('hosts');
+    ul.replaceChildren(...shown.map((h) => {
+      const li = document.createElement('li');
+      li.dataset.host = h.id;
+      if (h.id === state.host) li.className = 'selected';
+      const id = document.createElement('div');
+      id.className = 'id';
+      id.textContent = h.id;
+      const sub = document.createElement('div');
+      sub.className = 'sub';
+      const stale = Date.now() / 1000 - h.last_seen > 60;
+      const labels = Object.entries(h.labels).map(([k, v]) => `${k}=${v}`).join(' ');
+      sub.innerHTML = '';
+      const seen = document.createElement('span');
+      seen.textContent = `seen ${ago(h.last_seen)}`;
+      if (stale) seen.className = 'stale';
+      sub.append(seen, ` · ${h.points} points · ${h.metrics.length} metrics${labels ? ' · ' + labels : ''}`);
+      li.append(id, sub);
+      li.addEventListener('click', () => selectHost(h.id));
+      return li;
+    }));
+    const names = new Set();
+    state.hosts.forEach((h) => h.metrics.forEach((m) => names.add(m)));
+    $('metric-names').replaceChildren(...[...names].sort().map((m) => {
+      const o = document.createElement('option');
+      o.value = m;
+      return o;
+    }));
+  }
+
+  async function loadHosts() {
+    const r = await api('/api/query/hosts');
+    state.hosts = r.hosts;
+    renderHosts();
+  }
+
+  function selectHost(id) {
+    state.host = id;
+    const h = state.hosts.find((x) => x.id === id);
+    const metrics = h ? h.metrics : [];
+    const kept = state.selected.filter((m) => metrics.includes(m));
+    state.selected = kept.length ? kept : metrics.slice(0, DEFAULT_METRICS);
+    for (const { plot } of state.charts.values()) plot.destroy();
+    state.charts.clear();
+    $('charts').replaceChildren();
+    $('host-empty').hidden = true;
+    $('host-detail').hidden = false;
+    $('host-title').textContent = id;
+    $('host-meta').textContent = h
+      ? `last seen ${ago(h.last_seen)} · ${h.points} points stored` +
+        Object.entries(h.labels).map(([k, v]) => ` · ${k}=${v}`).join('')
+      : '';
+    const picker = $('metric-picker');
+    picker.replaceChildren(...metrics.map((m) => {
+      const l = document.createElement('label');
+      const c = document.createElement('input');
+      c.type = 'checkbox';
+      c.value = m;
+      c.checked = state.selected.includes(m);
+      c.addEventListener('change', () => {
+        state.selected = [...picker.querySelectorAll('input:checked')].map((x) => x.value);
+        loadCharts().catch(() => {});
+      });
+      l.append(c, ' ' + m);
+      return l;
+    }));
+    renderHosts();
+    loadCharts().catch(() => {});
+  }
+
+  function chartWidth(container) {
+    return Math.max(320, Math.min(900, (container.clientWidth || 960) / 2 - 28));
+  }
+
+  function makePlot(title, series, data, container) {
+    const opts = {
+      width: chartWidth(container),
+      height: 220,
+      scales: { x: { time: true } },
+      series: [{}].concat(series.map((s, i) => ({
+        label: s,
+        stroke: PALETTE[i % PALETTE.length],
+        width: 1.5,
+        spanGaps: false,
+      }))),
+      axes: [{}, { size: 60 }],
+      legend: { show: series.length > 1 },
+    };
+    return new uPlot(opts, data, container);
+  }
+
+  async function loadCharts() {
+    if (!state.host) return;
+    const host = state.host;
+    const metrics = state.selected.slice();
+    if (metrics.length === 0) {
+      $('charts').replaceChildren();
+      state.charts.clear();
+      return;
+    }
+    const r = await api('/api/query/range', {
+      host,
+      start: `now-${rangeSecs()}s`,
+      end: 'now',
+      metrics: metrics.join(','),
+    });
+    if (host !== state.host) return;
+    for (const [m, c] of state.charts) {
+      if (!metrics.includes(m)) {
+        c.plot.destroy();
+        c.el.remove();
+        state.charts.delete(m);
+      }
+    }
+    for (const m of metrics) {
+      const ys = (r.metrics[m] || []).map((v) => (v === null ? null : v));
+      const n = ys.filter((v) => v !== null).length;
+      const data = [r.timestamps, ys];
+      let c = state.charts.get(m);
+      if (!c) {
+        const el = document.createElement('div');
+        el.className = 'chart';
+        el.dataset.metric = m;
+        const h = document.createElement('h3');
+        const plotEl = document.createElement('div');
+        el.append(h, plotEl);
+        $('charts').append(el);
+        c = { el, plot: makePlot(m, [m], data, plotEl) };
+        state.charts.set(m, c);
+      } else {
+        c.plot.setData(data);
+      }
+      c.el.dataset.points = String(n);
+      c.el.querySelector('h3').innerHTML = '';
+      const count = document.createElement('span');
+      count.className = 'count';
+      count.textContent = ` (${n} points)`;
+      c.el.querySelector('h3').append(m, count);
+    }
+  }
+
+  // ---- aggregation -----------------------------------------------------------
+
+  async function loadAggregate() {
+    const metric = $('agg-metric').value.trim();
+    if (!metric) return;
+    const params = {
+      metric,
+      function: $('agg-function').value,
+      step: $('agg-step').value,
+      start: `now-${rangeSecs()}s`,
+      end: 'now',
+    };
+    if ($('agg-prefix').value.trim()) params.prefix = $('agg-prefix').value.trim();
+    if ($('agg-label').value.trim()) params.label = $('agg-label').value.trim();
+    if ($('agg-per-host').checked) params.per_host = 'true';
+    const r = await api('/api/query/aggregate', params);
+    const xs = [...new Set(r.series.flatMap((s) => s.buckets.map((b) => b.timestamp)))].sort((a, b) => a - b);
+    const names = r.series.map((s) => s.host || `${r.function}(${r.metric})`);
+    const data = [xs].concat(r.series.map((s) => {
+      const by = new Map(s.buckets.map((b) => [b.timestamp, b.value]));
+      return xs.map((x) => (by.has(x) ? by.get(x) : null));
+    }));
+    $('agg-info').textContent = `${r.function}(${r.metric}) over ${r.hosts.length} hosts, ${xs.length} buckets`;
+    const box = $('agg-chart');
+    if (state.aggPlot) state.aggPlot.destroy();
+    box.replaceChildren();
+    const el = document.createElement('div');
+    el.className = 'chart';
+    el.dataset.points = String(xs.length);
+    box.append(el);
+    state.aggPlot = makePlot(r.metric, names, data, el);
+  }
+
+  // ---- cluster -----------------------------------------------------------------
+
+  async function loadCluster() {
+    const c = await api('/api/query/cluster');
+    const items = [
+      ['source', c.source + (c.endpoint ? ` (${c.endpoint})` : '')],
+      ['ring epoch', c.epoch],
+      ['ring', `${c.ring.hash}, ${c.ring.vnodes} vnodes`],
+      ['members', c.members.length],
+    ];
+    if (c.raft) {
+      items.push(['raft', `${c.raft.role}, term ${c.raft.term}, leader ${c.raft.leader_id || 'none'}`]);
+      items.push(['commit / applied', `${c.raft.commit_index} / ${c.raft.applied_index}`]);
+    }
+    $('cluster-summary').replaceChildren(...items.map(([k, v]) => {
+      const d = document.createElement('div');
+      const b = document.createElement('b');
+      b.textContent = String(v);
+      d.append(b, k);
+      return d;
+    }));
+    const tbody = $('cluster-table').querySelector('tbody');
+    tbody.replaceChildren(...c.members.map((m) => {
+      const tr = document.createElement('tr');
+      const cells = [m.id, m.roles.join(', '), m.state, m.weight, '', m.addr];
+      cells.forEach((v, i) => {
+        const td = document.createElement('td');
+        if (i === 2) td.className = `state-${m.state}`;
+        if (i === 4) {
+          const bar = document.createElement('span');
+          bar.className = 'share';
+          bar.style.width = `${Math.round(m.share * 200)}px`;
+          td.append(bar, `${(m.share * 100).toFixed(1)} %`);
+        } else {
+          td.textContent = String(v);
+        }
+        tr.append(td);
+      });
+      return tr;
+    }));
+  }
+
+  // ---- views and refresh ---------------------------------------------------------
+
+  function show(view) {
+    state.view = view;
+    document.querySelectorAll('.tab').forEach((t) => t.classList.toggle('active', t.dataset.view === view));
+    for (const v of ['hosts', 'aggregate', 'cluster']) $(`view-${v}`).hidden = v !== view;
+    refresh();
+  }
+
+  async function refresh() {
+    if (state.refreshing) return;
+    state.refreshing = true;
+    try {
+      if (state.view === 'hosts') {
+        await loadHosts();
+        await loadCharts();
+      } else if (state.view === 'aggregate') {
+        if (state.hosts.length === 0) await loadHosts();
+        await loadAggregate();
+      } else {
+        await loadCluster();
+      }
+    } catch (_) {
+      // shown in the error banner
+    } finally {
+      state.refreshing = false;
+    }
+  }
+
+  document.querySelectorAll('.tab').forEach((t) => t.addEventListener('click', () => show(t.dataset.view)));
+  $('search').addEventListener('input', renderHosts);
+  $('range').addEventListener('change', refresh);
+  $('agg-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    loadAggregate().catch(() => {});
+  });
+  setInterval(() => {
+    if ($('auto').checked) refresh();
+  }, REFRESH_MS);
+  refresh();
+})();

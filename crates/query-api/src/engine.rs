@@ -1,0 +1,646 @@
+//! The query engine: validates requests and applies the limits, answers
+//! point, range, aggregation and host queries from Redis through
+//! [`Store`], and keeps range and aggregation results in a moka cache.
+//!
+//! # Cache and freshness
+//! Range and aggregation results are cached by their exact request for
+//! `query.cache_ttl`. A result whose range ends less than
+//! `query.fresh_window` before now may still get points (agents send every
+//! 5 s); it is cached for `query.fresh_cache_ttl` only (default 1 s, `0s`:
+//! not cached), so a dashboard that refreshes sees new points within that
+//! time while many viewers of the same live chart still share one Redis
+//! read. Points that arrive late for an older range (a writer replaying its
+//! spool) show after at most `query.cache_ttl`.
+
+use crate::agg::{AggFn, Buckets};
+use crate::error::QueryError;
+use crate::metrics::QueryMetrics;
+use crate::store::{Frame, HostInfo, Store};
+use broker_common::config::{BrokerConfig, QueryConfig};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PointResult {
+    pub host: String,
+    pub timestamp: i64,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RangeQuery {
+    pub host: String,
+    pub start: i64,
+    pub end: i64,
+    /// Empty: every metric.
+    pub metrics: Vec<String>,
+    /// 0: no limit (up to `query.max_points`, past which the query fails).
+    pub limit: usize,
+}
+
+/// A host's snapshots: `metrics[name][i]` belongs to `timestamps[i]`, null
+/// (NaN) where missing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RangeResult {
+    pub host: String,
+    pub timestamps: Vec<i64>,
+    pub metrics: BTreeMap<String, Vec<f64>>,
+    pub truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_start: Option<i64>,
+}
+
+/// Which hosts: the ids, else those matching every label and the prefix.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostSelector {
+    pub hosts: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub prefix: String,
+}
+
+impl HostSelector {
+    pub fn matches(&self, h: &HostInfo) -> bool {
+        h.id.starts_with(&self.prefix)
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| h.labels.get(k).is_some_and(|hv| hv == v))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AggQuery {
+    pub selector: HostSelector,
+    pub metric: String,
+    pub function: AggFn,
+    pub start: i64,
+    pub end: i64,
+    /// Seconds; 0: the whole range.
+    pub step: i64,
+    pub per_host: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bucket {
+    pub timestamp: i64,
+    pub value: f64,
+    pub samples: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AggSeries {
+    /// Set when the query was per host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub buckets: Vec<Bucket>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AggResult {
+    pub metric: String,
+    pub function: String,
+    pub hosts: Vec<String>,
+    pub series: Vec<AggSeries>,
+}
+
+#[derive(Clone)]
+enum Cached {
+    Range(Arc<RangeResult>),
+    Agg(Arc<AggResult>),
+}
+
+#[derive(Clone)]
+struct Entry {
+    value: Cached,
+    ttl: Duration,
+    bytes: u32,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, v: &Entry, _: Instant) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
+/// Hosts read at once by a PromQL selector.
+const PARALLEL_HOSTS: usize = 8;
+
+/// Limits on identifiers, shared with the gateway's validation.
+#[derive(Debug, Clone, Copy)]
+struct NameLimits {
+    host: usize,
+    metric: usize,
+}
+
+pub struct Engine {
+    store: Store,
+    cfg: QueryConfig,
+    names: NameLimits,
+    cache: moka::sync::Cache<String, Entry>,
+    hosts: tokio::sync::Mutex<Option<(Instant, Arc<Vec<HostInfo>>)>>,
+    pub metrics: QueryMetrics,
+}
+
+impl Engine {
+    pub fn new(config: &BrokerConfig, store: Store, metrics: QueryMetrics) -> Self {
+        let cfg = config.query.clone();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(cfg.cache_max_bytes)
+            .weigher(|k: &String, v: &Entry| v.bytes.saturating_add(k.len() as u32))
+            .expire_after(PerEntryTtl)
+            .build();
+        Self {
+            store,
+            cfg,
+            names: NameLimits {
+                host: config.gateway.max_host_id_len,
+                metric: config.gateway.max_metric_name_len,
+            },
+            cache,
+            hosts: tokio::sync::Mutex::new(None),
+            metrics,
+        }
+    }
+
+    pub fn config(&self) -> &QueryConfig {
+        &self.cfg
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs one query under `query.timeout`, counting it and its latency.
+    pub async fn run<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, QueryError>>,
+    ) -> Result<T, QueryError> {
+        self.run_within(op, self.cfg.timeout, fut).await
+    }
+
+    /// As [`Engine::run`] with a deadline of `timeout` (at most
+    /// `query.timeout`).
+    pub async fn run_within<T>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        fut: impl Future<Output = Result<T, QueryError>>,
+    ) -> Result<T, QueryError> {
+        let timeout = timeout.min(self.cfg.timeout);
+        let t0 = Instant::now();
+        let r = match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(QueryError::Timeout(timeout)),
+        };
+        let outcome = match &r {
+            Ok(_) => "ok",
+            Err(e) => e.kind(),
+        };
+        self.metrics
+            .observe(op, outcome, t0.elapsed().as_secs_f64());
+        if let Err(e) = &r {
+            tracing::debug!(op, error = %e, "query failed");
+        }
+        r
+    }
+
+    // ---- validation -------------------------------------------------------
+
+    pub fn check_host(&self, param: &str, host: &str) -> Result<(), QueryError> {
+        if host.is_empty() {
+            return Err(QueryError::invalid(param, "is empty"));
+        }
+        if host.len() > self.names.host {
+            return Err(QueryError::invalid(
+                param,
+                format!("is longer than {} bytes", self.names.host),
+            ));
+        }
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(QueryError::invalid(
+                param,
+                format!("{host:?} is not a host id: use only letters, digits, '.', '_' or '-'"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn check_metric(&self, param: &str, metric: &str) -> Result<(), QueryError> {
+        if metric.is_empty() {
+            return Err(QueryError::invalid(param, "is empty"));
+        }
+        if metric.len() > self.names.metric
+            || !metric
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        {
+            return Err(QueryError::invalid(
+                param,
+                format!(
+                    "{metric:?} is not a metric name: at most {} of letters, digits, '.', '_', ':' or '-'",
+                    self.names.metric
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn check_range(&self, start: i64, end: i64) -> Result<(), QueryError> {
+        if start < 0 {
+            return Err(QueryError::invalid("start", "is negative"));
+        }
+        if start > end {
+            return Err(QueryError::invalid(
+                "start",
+                format!("{start} is after end ({end})"),
+            ));
+        }
+        let max = self.cfg.max_range.as_secs() as i64;
+        if end - start > max {
+            return Err(QueryError::limit(
+                "end",
+                format!(
+                    "the range spans {}, more than query.max_range ({})",
+                    humantime::format_duration(Duration::from_secs((end - start) as u64)),
+                    humantime::format_duration(self.cfg.max_range)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_metrics(&self, metrics: &[String]) -> Result<Vec<String>, QueryError> {
+        for m in metrics {
+            self.check_metric("metrics", m)?;
+        }
+        let mut m = metrics.to_vec();
+        m.sort();
+        m.dedup();
+        Ok(m)
+    }
+
+    fn check_scanned(&self, n: usize) -> Result<(), QueryError> {
+        if n > self.cfg.max_points_scanned {
+            return Err(QueryError::TooManyPoints(format!(
+                "the query would read {n} snapshots, more than query.max_points_scanned ({}); narrow the range or the hosts",
+                self.cfg.max_points_scanned
+            )));
+        }
+        Ok(())
+    }
+
+    // ---- cache ------------------------------------------------------------
+
+    /// How long a result for a range ending at `end` may be cached.
+    pub fn cache_ttl_for(&self, end: i64, now: i64) -> Option<Duration> {
+        let fresh = end >= now - self.cfg.fresh_window.as_secs() as i64;
+        let ttl = if fresh {
+            self.cfg.fresh_cache_ttl
+        } else {
+            self.cfg.cache_ttl
+        };
+        (!ttl.is_zero()).then_some(ttl)
+    }
+
+    fn cache_put(&self, key: String, end: i64, value: Cached, bytes: usize) {
+        if let Some(ttl) = self.cache_ttl_for(end, now()) {
+            self.cache.insert(
+                key,
+                Entry {
+                    value,
+                    ttl,
+                    bytes: bytes.min(u32::MAX as usize) as u32,
+                },
+            );
+        }
+    }
+
+    // ---- queries ----------------------------------------------------------
+
+    pub async fn point(
+        &self,
+        host: &str,
+        ts: i64,
+        metrics: &[String],
+    ) -> Result<PointResult, QueryError> {
+        self.check_host("host", host)?;
+        if ts < 0 {
+            return Err(QueryError::invalid("timestamp", "is negative"));
+        }
+        let metrics = self.check_metrics(metrics)?;
+        let m = self.store.point(host, ts, &metrics).await?;
+        let m = m.ok_or_else(|| QueryError::PointNotFound {
+            host: host.to_string(),
+            timestamp: ts,
+        })?;
+        self.metrics.points_read.inc();
+        Ok(PointResult {
+            host: host.to_string(),
+            timestamp: ts,
+            metrics: m,
+        })
+    }
+
+    pub async fn range(&self, q: &RangeQuery) -> Result<Arc<RangeResult>, QueryError> {
+        self.check_host("host", &q.host)?;
+        self.check_range(q.start, q.end)?;
+        let metrics = self.check_metrics(&q.metrics)?;
+        if q.limit > self.cfg.max_points {
+            return Err(QueryError::limit(
+                "limit",
+                format!(
+                    "{} is more than query.max_points ({})",
+                    q.limit, self.cfg.max_points
+                ),
+            ));
+        }
+        let key = format!(
+            "r|{}|{}|{}|{}|{}",
+            q.host,
+            q.start,
+            q.end,
+            metrics.join(","),
+            q.limit
+        );
+        if let Some(Entry {
+            value: Cached::Range(r),
+            ..
+        }) = self.cache.get(&key)
+        {
+            self.metrics.cache("range", true);
+            return Ok(r);
+        }
+        self.metrics.cache("range", false);
+        let fetch = if q.limit > 0 {
+            q.limit + 1
+        } else {
+            self.cfg.max_points + 1
+        };
+        let mut ts = self
+            .store
+            .timestamps(&q.host, q.start, q.end, Some(fetch))
+            .await?;
+        let (mut truncated, mut next_start) = (false, None);
+        if q.limit > 0 {
+            if ts.len() > q.limit {
+                truncated = true;
+                next_start = Some(ts[q.limit]);
+                ts.truncate(q.limit);
+            }
+        } else if ts.len() > self.cfg.max_points {
+            return Err(QueryError::TooManyPoints(format!(
+                "host {:?} has more than query.max_points ({}) snapshots from {} to {}; narrow the range, name fewer metrics or pass a limit",
+                q.host, self.cfg.max_points, q.start, q.end
+            )));
+        }
+        let frame = self.store.frame(&q.host, &ts, &metrics).await?;
+        self.metrics
+            .points_read
+            .inc_by(frame.timestamps.len() as u64);
+        let bytes = frame.approx_bytes();
+        let r = Arc::new(RangeResult {
+            host: q.host.clone(),
+            timestamps: frame.timestamps,
+            metrics: frame.metrics,
+            truncated,
+            next_start,
+        });
+        self.cache_put(key, q.end, Cached::Range(r.clone()), bytes);
+        Ok(r)
+    }
+
+    /// The hosts a selector picks, sorted; at most `query.max_hosts`.
+    pub async fn select_hosts(&self, sel: &HostSelector) -> Result<Vec<String>, QueryError> {
+        let mut hosts = if sel.hosts.is_empty() {
+            if sel.labels.keys().any(String::is_empty) {
+                return Err(QueryError::invalid("labels", "a label name is empty"));
+            }
+            self.host_list()
+                .await?
+                .iter()
+                .filter(|h| sel.matches(h))
+                .map(|h| h.id.clone())
+                .collect()
+        } else {
+            for h in &sel.hosts {
+                self.check_host("hosts", h)?;
+            }
+            let mut h = sel.hosts.clone();
+            h.sort();
+            h.dedup();
+            h
+        };
+        if hosts.len() > self.cfg.max_hosts {
+            return Err(QueryError::limit(
+                "hosts",
+                format!(
+                    "the selection covers {} hosts, more than query.max_hosts ({}); select fewer by id, label or prefix",
+                    hosts.len(),
+                    self.cfg.max_hosts
+                ),
+            ));
+        }
+        hosts.shrink_to_fit();
+        Ok(hosts)
+    }
+
+    pub async fn aggregate(&self, q: &AggQuery) -> Result<Arc<AggResult>, QueryError> {
+        self.check_metric("metric", &q.metric)?;
+        self.check_range(q.start, q.end)?;
+        if q.step < 0 {
+            return Err(QueryError::invalid("step", "is negative"));
+        }
+        let buckets = Buckets {
+            start: q.start,
+            end: q.end,
+            step: q.step,
+        };
+        if buckets.count() > self.cfg.max_points {
+            return Err(QueryError::limit(
+                "step",
+                format!(
+                    "gives {} buckets, more than query.max_points ({}); use a longer step",
+                    buckets.count(),
+                    self.cfg.max_points
+                ),
+            ));
+        }
+        let hosts = self.select_hosts(&q.selector).await?;
+        let key = format!(
+            "a|{}|{}|{}|{}|{}|{}|{}",
+            q.function,
+            q.metric,
+            q.start,
+            q.end,
+            q.step,
+            q.per_host,
+            hosts.join(",")
+        );
+        if let Some(Entry {
+            value: Cached::Agg(r),
+            ..
+        }) = self.cache.get(&key)
+        {
+            self.metrics.cache("aggregate", true);
+            return Ok(r);
+        }
+        self.metrics.cache("aggregate", false);
+        let ts = self.store.timestamps_of(&hosts, q.start, q.end).await?;
+        self.check_scanned(ts.iter().map(Vec::len).sum())?;
+        let columns = self.store.values_of(&hosts, &ts, &q.metric).await?;
+        self.metrics
+            .points_read
+            .inc_by(ts.iter().map(|t| t.len() as u64).sum());
+        let n = buckets.count();
+        let collect = |pairs: &mut dyn Iterator<Item = (i64, f64)>| -> Vec<Bucket> {
+            let mut values: Vec<Vec<f64>> = vec![Vec::new(); n];
+            for (t, v) in pairs {
+                if !v.is_nan() {
+                    values[buckets.index(t)].push(v);
+                }
+            }
+            values
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, mut vals)| {
+                    let samples = vals.len() as u64;
+                    q.function.apply(&mut vals).map(|value| Bucket {
+                        timestamp: buckets.timestamp(i),
+                        value,
+                        samples,
+                    })
+                })
+                .collect()
+        };
+        let series = if q.per_host {
+            hosts
+                .iter()
+                .zip(ts.iter().zip(&columns))
+                .map(|(h, (t, v))| AggSeries {
+                    host: Some(h.clone()),
+                    buckets: collect(&mut t.iter().copied().zip(v.iter().copied())),
+                })
+                .collect()
+        } else {
+            let mut all = ts
+                .iter()
+                .zip(&columns)
+                .flat_map(|(t, v)| t.iter().copied().zip(v.iter().copied()));
+            vec![AggSeries {
+                host: None,
+                buckets: collect(&mut all),
+            }]
+        };
+        let bytes = 128
+            + hosts.iter().map(|h| h.len() + 24).sum::<usize>()
+            + series
+                .iter()
+                .map(|s| 64 + s.buckets.len() * 24)
+                .sum::<usize>();
+        let r = Arc::new(AggResult {
+            metric: q.metric.clone(),
+            function: q.function.to_string(),
+            hosts,
+            series,
+        });
+        self.cache_put(key, q.end, Cached::Agg(r.clone()), bytes);
+        Ok(r)
+    }
+
+    /// Every host, from a list refreshed at most every
+    /// `query.hosts_cache_ttl` (one refresh at a time; others wait for it).
+    pub async fn host_list(&self) -> Result<Arc<Vec<HostInfo>>, QueryError> {
+        let mut guard = self.hosts.lock().await;
+        if let Some((at, list)) = guard.as_ref()
+            && at.elapsed() < self.cfg.hosts_cache_ttl
+        {
+            return Ok(list.clone());
+        }
+        let ids = self.store.host_ids().await?;
+        let infos = self.store.host_infos(&ids).await?;
+        let list = Arc::new(infos.into_iter().flatten().collect::<Vec<_>>());
+        *guard = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
+
+    pub async fn hosts(
+        &self,
+        labels: &BTreeMap<String, String>,
+        prefix: &str,
+    ) -> Result<Vec<HostInfo>, QueryError> {
+        let sel = HostSelector {
+            hosts: Vec::new(),
+            labels: labels.clone(),
+            prefix: prefix.to_string(),
+        };
+        Ok(self
+            .host_list()
+            .await?
+            .iter()
+            .filter(|h| sel.matches(h))
+            .cloned()
+            .collect())
+    }
+
+    pub async fn host(&self, id: &str) -> Result<HostInfo, QueryError> {
+        self.check_host("host", id)?;
+        self.store
+            .host_infos(&[id.to_string()])
+            .await?
+            .pop()
+            .flatten()
+            .ok_or_else(|| QueryError::HostNotFound(id.to_string()))
+    }
+
+    async fn range_frame(&self, q: RangeQuery) -> Result<Frame, QueryError> {
+        let r = self.range(&q).await?;
+        Ok(Frame {
+            timestamps: r.timestamps.clone(),
+            metrics: r.metrics.clone(),
+        })
+    }
+
+    /// Raw snapshots of several hosts for the PromQL evaluator, through the
+    /// range cache; fails past `query.max_points` per host or
+    /// `query.max_points_scanned` in all.
+    pub async fn frames(
+        &self,
+        hosts: &[String],
+        start: i64,
+        end: i64,
+        metrics: &[String],
+    ) -> Result<Vec<Frame>, QueryError> {
+        let futs: Vec<_> = hosts
+            .iter()
+            .map(|h| {
+                self.range_frame(RangeQuery {
+                    host: h.clone(),
+                    start,
+                    end,
+                    metrics: metrics.to_vec(),
+                    limit: 0,
+                })
+            })
+            .collect();
+        let out = crate::store::ordered(futs, PARALLEL_HOSTS).await?;
+        self.check_scanned(out.iter().map(|f| f.timestamps.len()).sum())?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,139 @@
+//! query-api: what dashboards read. Point, range, aggregation and host
+//! queries over Redis, served over gRPC (`broker.v1.QueryService`) and
+//! HTTP/JSON with the same semantics; a Prometheus-compatible read API; and
+//! the dashboard, a static page compiled into the binary.
+//!
+//! Redis is read through the writer's [`storage_writer::layout::KeyLayout`]
+//! (the same trait that writes the keys), never by spelling key formats
+//! here. Range and aggregation results go through a moka cache with TTL; a
+//! range that ends within `query.fresh_window` of now is cached for
+//! `query.fresh_cache_ttl` only (see [`engine`]).
+//!
+//! # Layout
+//! - [`engine`]: validation, limits, the result cache, the queries.
+//! - [`store`]: Redis reads (ZRANGEBYSCORE on the index, then pipelined
+//!   HGETALL / HMGET / HGET in batches; SCAN for hosts).
+//! - [`agg`]: aggregation functions and step buckets (pure).
+//! - [`grpc`]: the `QueryService` server.
+//! - [`http`]: the JSON API under `/api/query/`, the dashboard under
+//!   `/dashboard/`, parameter parsing.
+//! - [`promql`]: `/api/v1/*`, Prometheus's HTTP API, with a PromQL subset
+//!   evaluated over the same engine.
+//! - [`cluster`]: the cluster view (cluster-ctl, or the static ring).
+//! - [`error`]: [`QueryError`] and its gRPC / HTTP / Prometheus mapping.
+//! - [`metrics`]: `broker_query_*` Prometheus metrics.
+
+#![forbid(unsafe_code)]
+
+pub mod agg;
+pub mod cluster;
+pub mod engine;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod promql;
+pub mod store;
+
+pub use engine::Engine;
+pub use error::QueryError;
+pub use grpc::{QUERY_SERVICE_NAME, QueryGrpc};
+
+use broker_common::{Admin, BrokerConfig, Listeners, Readiness};
+use broker_proto::v1::query_service_server::QueryServiceServer;
+use std::future::Future;
+use std::sync::Arc;
+
+/// A started query-api: the engine and what serves it. The all-in-one
+/// binary mounts [`QueryComponent::grpc_service`] on its gRPC port and
+/// [`QueryComponent::http_routes`] on its admin port.
+pub struct QueryComponent {
+    engine: Arc<Engine>,
+    cluster: cluster::ClusterView,
+}
+
+impl QueryComponent {
+    /// Builds the Redis pool (reading `query.redis_url`, else
+    /// `writer.redis_url`) and the engine; registers `broker_query_*`.
+    pub fn start(
+        config: &BrokerConfig,
+        registry: &mut prometheus_client::registry::Registry,
+    ) -> anyhow::Result<Self> {
+        let url = config.query.effective_redis_url(&config.writer);
+        anyhow::ensure!(
+            !url.is_empty(),
+            "query.redis_url and writer.redis_url are empty: set one (or use `broker up`, which launches a local redis-server)"
+        );
+        let layout = storage_writer::layout::by_name(&config.writer.layout).ok_or_else(|| {
+            anyhow::anyhow!("writer.layout: unknown layout {:?}", config.writer.layout)
+        })?;
+        let q = &config.query;
+        let store = store::Store::connect(url, q.pool_size, layout, q.read_batch, q.timeout)?;
+        let metrics = metrics::QueryMetrics::new(registry);
+        let engine = Arc::new(Engine::new(config, store, metrics));
+        tracing::info!(redis = %url, "query-api reading redis");
+        Ok(Self {
+            engine,
+            cluster: cluster::ClusterView::new(config),
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Sets readiness `query-api` once Redis answers (in the background).
+    pub fn report_readiness(&self, readiness: &Readiness) {
+        readiness.set("query-api", false);
+        let (r, engine) = (readiness.clone(), self.engine.clone());
+        tokio::spawn(async move {
+            match engine.store().wait_connected().await {
+                Ok(()) => r.set("query-api", true),
+                Err(e) => tracing::error!(error = %e, "query-api: connecting to redis failed"),
+            }
+        });
+    }
+
+    /// The `broker.v1.QueryService` gRPC service.
+    pub fn grpc_service(&self) -> QueryServiceServer<QueryGrpc> {
+        QueryGrpc::new(self.engine.clone(), self.cluster.clone()).into_server()
+    }
+
+    /// The JSON API (`/api/query/*`), the Prometheus API (`/api/v1/*`) and
+    /// the dashboard (`/dashboard/`), for [`Admin::with_routes`].
+    pub fn http_routes(&self) -> axum::Router {
+        http::routes(http::HttpState {
+            engine: self.engine.clone(),
+            cluster: self.cluster.clone(),
+        })
+    }
+
+    /// Closes the Redis connections.
+    pub async fn shutdown(&self) {
+        self.engine.store().quit().await;
+    }
+}
+
+/// Runs a standalone query-api until `shutdown` resolves.
+pub async fn run(
+    config: BrokerConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let readiness = Readiness::default();
+    let component = QueryComponent::start(&config, &mut registry)?;
+    component.report_readiness(&readiness);
+    let admin = Admin::new(registry, readiness).with_routes(component.http_routes());
+    let stop = broker_common::serve::token_from(shutdown);
+    let routes = tonic::service::Routes::new(component.grpc_service());
+    tracing::info!(
+        grpc = %listeners.grpc_addr(),
+        dashboard = %format!("http://{}/dashboard/", listeners.http_addr()),
+        "query-api serving"
+    );
+    let result =
+        broker_common::serve::serve(routes, &[QUERY_SERVICE_NAME], &admin, listeners, stop).await;
+    component.shutdown().await;
+    result
+}

@@ -1,0 +1,728 @@
+//! The Prometheus-compatible read API, so Prometheus's own tools (promtool,
+//! Grafana's Prometheus data source) can query the broker:
+//! `/api/v1/query`, `/api/v1/query_range`, `/api/v1/series`,
+//! `/api/v1/labels`, `/api/v1/label/{name}/values`, by GET or POST (form).
+//!
+//! # Data model
+//! Each (metric, host) is a series `metric{host="<id>", <host labels>}`;
+//! its samples are the host's snapshots that hold the metric. A selector
+//! picks hosts by their labels (`host` and the labels agents sent) and
+//! metrics by name among those of each host's newest snapshot.
+//!
+//! # What is evaluated
+//! PromQL is parsed with `promql-parser`; this module evaluates a subset:
+//! instant vector selectors (`cpu_user{host="h1"}`, `{host=~"web-.*"}`,
+//! `{__name__=~"cpu_.*"}`) with the `query.lookback` window, the range
+//! functions `avg_over_time`, `min_over_time`, `max_over_time`,
+//! `sum_over_time`, `count_over_time`, `last_over_time`,
+//! `quantile_over_time`, the aggregations `sum`, `avg`, `min`, `max`,
+//! `count` with `by (...)` / `without (...)`, number literals, unary minus
+//! and parentheses. Anything else (binary operators, other functions,
+//! `offset`, `@`, subqueries) is a 400 `bad_data` naming it.
+
+use crate::engine::Engine;
+use crate::error::QueryError;
+use crate::http::{HttpState, Params, error_response};
+use crate::store::HostInfo;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use promql_parser::label::{MatchOp, Matcher};
+use promql_parser::parser::{self, Expr, LabelModifier, VectorSelector};
+use serde_json::{Value as Json, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+const NAME: &str = "__name__";
+const HOST: &str = "host";
+
+type Labels = BTreeMap<String, String>;
+
+/// One series: its labels and samples `(milliseconds, value)`, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub labels: Labels,
+    pub points: Vec<(i64, f64)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Evaluated {
+    Scalar(f64),
+    Vector(Vec<Series>),
+}
+
+/// What one selector picks before any data is read: each host with its
+/// label set and the metric names wanted from it.
+struct Selection {
+    hosts: Vec<(String, Labels, Vec<String>)>,
+}
+
+fn unsupported(what: impl Into<String>) -> QueryError {
+    QueryError::Unsupported(what.into())
+}
+
+fn host_labels(h: &HostInfo) -> Labels {
+    let mut l: Labels = h
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    l.insert(HOST.into(), h.id.clone());
+    l
+}
+
+fn matches(m: &Matcher, value: Option<&str>) -> bool {
+    m.is_match(value.unwrap_or(""))
+}
+
+/// Hosts and metric names a vector selector picks (no data read).
+async fn select(engine: &Engine, vs: &VectorSelector) -> Result<Selection, QueryError> {
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err(unsupported("`or` between label matchers"));
+    }
+    if vs.offset.is_some() {
+        return Err(unsupported("offset modifier"));
+    }
+    if vs.at.is_some() {
+        return Err(unsupported("@ modifier"));
+    }
+    let mut name_matchers: Vec<Matcher> = vs
+        .matchers
+        .matchers
+        .iter()
+        .filter(|m| m.name == NAME)
+        .cloned()
+        .collect();
+    if let Some(n) = &vs.name {
+        name_matchers.push(Matcher::new(MatchOp::Equal, NAME, n));
+    }
+    let label_matchers: Vec<&Matcher> = vs
+        .matchers
+        .matchers
+        .iter()
+        .filter(|m| m.name != NAME)
+        .collect();
+    let list = engine.host_list().await?;
+    let mut hosts = Vec::new();
+    for h in list.iter() {
+        let labels = host_labels(h);
+        if !label_matchers
+            .iter()
+            .all(|m| matches(m, labels.get(&m.name).map(String::as_str)))
+        {
+            continue;
+        }
+        let metrics: Vec<String> = h
+            .metrics
+            .iter()
+            .filter(|name| name_matchers.iter().all(|m| m.is_match(name)))
+            .cloned()
+            .collect();
+        if !metrics.is_empty() {
+            hosts.push((h.id.clone(), labels, metrics));
+        }
+    }
+    let max = engine.config().max_hosts;
+    if hosts.len() > max {
+        return Err(QueryError::limit(
+            "query",
+            format!(
+                "the selector {vs} covers {} hosts, more than query.max_hosts ({max}); narrow it with host or label matchers",
+                hosts.len()
+            ),
+        ));
+    }
+    Ok(Selection { hosts })
+}
+
+/// The series of a selector with their samples in `[from_ms, to_ms]`.
+async fn series(
+    engine: &Engine,
+    vs: &VectorSelector,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<Vec<Series>, QueryError> {
+    let sel = select(engine, vs).await?;
+    let start = from_ms.div_euclid(1000).max(0);
+    let end = to_ms.div_euclid(1000);
+    engine.check_range(start, end.max(start))?;
+    let wanted: BTreeSet<&String> = sel.hosts.iter().flat_map(|(_, _, m)| m).collect();
+    let wanted: Vec<String> = wanted.into_iter().cloned().collect();
+    if sel.hosts.is_empty() || end < start {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = sel.hosts.iter().map(|(h, _, _)| h.clone()).collect();
+    let frames = engine.frames(&ids, start, end, &wanted).await?;
+    let mut out = Vec::new();
+    for ((_, labels, metrics), frame) in sel.hosts.into_iter().zip(frames) {
+        for m in metrics {
+            let Some(col) = frame.metrics.get(&m) else {
+                continue;
+            };
+            let points: Vec<(i64, f64)> = frame
+                .timestamps
+                .iter()
+                .zip(col)
+                .filter(|(t, v)| !v.is_nan() && **t * 1000 >= from_ms && **t * 1000 <= to_ms)
+                .map(|(t, v)| (t * 1000, *v))
+                .collect();
+            if points.is_empty() {
+                continue;
+            }
+            let mut labels = labels.clone();
+            labels.insert(NAME.into(), m);
+            out.push(Series { labels, points });
+        }
+    }
+    Ok(out)
+}
+
+/// Samples of `points` in `(t - window, t]`.
+fn window(points: &[(i64, f64)], t: i64, window: i64) -> &[(i64, f64)] {
+    let lo = points.partition_point(|(pt, _)| *pt <= t - window);
+    let hi = points.partition_point(|(pt, _)| *pt <= t);
+    &points[lo..hi.max(lo)]
+}
+
+/// Evaluates `expr` at every time of `steps` (milliseconds, ascending).
+pub struct Evaluator<'a> {
+    pub engine: &'a Engine,
+    pub steps: Vec<i64>,
+    pub lookback_ms: i64,
+}
+
+impl Evaluator<'_> {
+    fn first(&self) -> i64 {
+        self.steps.first().copied().unwrap_or(0)
+    }
+
+    fn last(&self) -> i64 {
+        self.steps.last().copied().unwrap_or(0)
+    }
+
+    pub fn eval<'s>(
+        &'s self,
+        expr: &'s Expr,
+    ) -> futures::future::BoxFuture<'s, Result<Evaluated, QueryError>> {
+        Box::pin(async move {
+            match expr {
+                Expr::NumberLiteral(n) => Ok(Evaluated::Scalar(n.val)),
+                Expr::Paren(p) => self.eval(&p.expr).await,
+                Expr::Unary(u) => Ok(match self.eval(&u.expr).await? {
+                    Evaluated::Scalar(v) => Evaluated::Scalar(-v),
+                    Evaluated::Vector(mut s) => {
+                        for series in &mut s {
+                            series.labels.remove(NAME);
+                            for p in &mut series.points {
+                                p.1 = -p.1;
+                            }
+                        }
+                        Evaluated::Vector(s)
+                    }
+                }),
+                Expr::VectorSelector(vs) => {
+                    let raw = series(
+                        self.engine,
+                        vs,
+                        self.first() - self.lookback_ms + 1,
+                        self.last(),
+                    )
+                    .await?;
+                    Ok(Evaluated::Vector(
+                        raw.into_iter()
+                            .filter_map(|s| {
+                                let points: Vec<(i64, f64)> = self
+                                    .steps
+                                    .iter()
+                                    .filter_map(|&t| {
+                                        window(&s.points, t, self.lookback_ms)
+                                            .last()
+                                            .map(|(_, v)| (t, *v))
+                                    })
+                                    .collect();
+                                (!points.is_empty()).then_some(Series {
+                                    labels: s.labels,
+                                    points,
+                                })
+                            })
+                            .collect(),
+                    ))
+                }
+                Expr::Call(call) => self.call(call).await,
+                Expr::Aggregate(a) => self.aggregate(a).await,
+                Expr::MatrixSelector(_) => Err(unsupported(
+                    "a range vector as the result; wrap it in a *_over_time function",
+                )),
+                Expr::Binary(_) => Err(unsupported("binary operators")),
+                Expr::Subquery(_) => Err(unsupported("subqueries")),
+                Expr::StringLiteral(_) => Err(unsupported("string results")),
+                Expr::Extension(_) => Err(unsupported("extensions")),
+            }
+        })
+    }
+
+    async fn call(&self, call: &parser::Call) -> Result<Evaluated, QueryError> {
+        let name = call.func.name;
+        let args = &call.args.args;
+        let (q, ms) = match (name, args.as_slice()) {
+            ("quantile_over_time", [q, m]) => {
+                let Expr::NumberLiteral(q) = q.as_ref() else {
+                    return Err(unsupported(
+                        "quantile_over_time with a non-literal quantile",
+                    ));
+                };
+                (Some(q.val), m)
+            }
+            (_, [m]) => (None, m),
+            _ => return Err(unsupported(format!("function {name}"))),
+        };
+        let f: fn(&[f64], Option<f64>) -> f64 = match name {
+            "avg_over_time" => |v, _| v.iter().sum::<f64>() / v.len() as f64,
+            "min_over_time" => |v, _| v.iter().copied().fold(f64::INFINITY, f64::min),
+            "max_over_time" => |v, _| v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            "sum_over_time" => |v, _| v.iter().sum(),
+            "count_over_time" => |v, _| v.len() as f64,
+            "last_over_time" => |v, _| v[v.len() - 1],
+            "quantile_over_time" => |v, q| {
+                let q = q.unwrap_or(0.5);
+                if !(0.0..=1.0).contains(&q) {
+                    return if q < 0.0 {
+                        f64::NEG_INFINITY
+                    } else {
+                        f64::INFINITY
+                    };
+                }
+                crate::agg::percentile(&mut v.to_vec(), q)
+            },
+            _ => return Err(unsupported(format!("function {name}"))),
+        };
+        let Expr::MatrixSelector(ms) = ms.as_ref() else {
+            return Err(QueryError::invalid(
+                "query",
+                format!("{name} expects a range vector such as metric[5m]"),
+            ));
+        };
+        let range = ms.range.as_millis() as i64;
+        if range <= 0 {
+            return Err(QueryError::invalid(
+                "query",
+                "the range of a selector must be positive",
+            ));
+        }
+        let raw = series(self.engine, &ms.vs, self.first() - range + 1, self.last()).await?;
+        let out = raw
+            .into_iter()
+            .filter_map(|mut s| {
+                let points: Vec<(i64, f64)> = self
+                    .steps
+                    .iter()
+                    .filter_map(|&t| {
+                        let w: Vec<f64> = window(&s.points, t, range).iter().map(|p| p.1).collect();
+                        (!w.is_empty()).then(|| (t, f(&w, q)))
+                    })
+                    .collect();
+                s.labels.remove(NAME);
+                (!points.is_empty()).then_some(Series {
+                    labels: s.labels,
+                    points,
+                })
+            })
+            .collect();
+        Ok(Evaluated::Vector(out))
+    }
+
+    async fn aggregate(&self, a: &parser::AggregateExpr) -> Result<Evaluated, QueryError> {
+        let op = a.op.to_string().to_ascii_lowercase();
+        let f = match op.as_str() {
+            "sum" => crate::agg::AggFn::Sum,
+            "avg" => crate::agg::AggFn::Avg,
+            "min" => crate::agg::AggFn::Min,
+            "max" => crate::agg::AggFn::Max,
+            "count" => crate::agg::AggFn::Count,
+            other => return Err(unsupported(format!("aggregation {other}"))),
+        };
+        if a.param.is_some() {
+            return Err(unsupported(format!("a parameter to {op}")));
+        }
+        let Evaluated::Vector(inner) = self.eval(&a.expr).await? else {
+            return Err(QueryError::invalid(
+                "query",
+                format!("{op} expects an instant vector"),
+            ));
+        };
+        let key = |l: &Labels| -> Labels {
+            match &a.modifier {
+                None => Labels::new(),
+                Some(LabelModifier::Include(by)) => by
+                    .labels
+                    .iter()
+                    .filter_map(|n| l.get(n).map(|v| (n.clone(), v.clone())))
+                    .collect(),
+                Some(LabelModifier::Exclude(without)) => l
+                    .iter()
+                    .filter(|(k, _)| *k != NAME && !without.labels.contains(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            }
+        };
+        let mut groups: BTreeMap<Labels, BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
+        for s in inner {
+            let g = groups.entry(key(&s.labels)).or_default();
+            for (t, v) in s.points {
+                g.entry(t).or_default().push(v);
+            }
+        }
+        Ok(Evaluated::Vector(
+            groups
+                .into_iter()
+                .map(|(labels, by_t)| Series {
+                    labels,
+                    points: by_t
+                        .into_iter()
+                        .filter_map(|(t, mut v)| f.apply(&mut v).map(|x| (t, x)))
+                        .collect(),
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// Prometheus's sample value formatting (`strconv.FormatFloat(v, 'f', -1,
+/// 64)`).
+fn fmt_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v}")
+    }
+}
+
+fn fmt_time(ms: i64) -> Json {
+    if ms % 1000 == 0 {
+        json!(ms / 1000)
+    } else {
+        json!(ms as f64 / 1000.0)
+    }
+}
+
+/// Prometheus time parameter to milliseconds: Unix seconds (float) or
+/// RFC 3339.
+fn parse_ms(param: &str, v: &str) -> Result<i64, QueryError> {
+    if let Ok(t) = v.parse::<f64>()
+        && t.is_finite()
+        && t.abs() < 1e12
+    {
+        return Ok((t * 1000.0).round() as i64);
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(v) {
+        return Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0));
+    }
+    Err(QueryError::invalid(
+        param,
+        format!("cannot parse {v:?} to a valid timestamp"),
+    ))
+}
+
+/// Prometheus duration parameter: float seconds or a PromQL duration.
+fn parse_duration_ms(param: &str, v: &str) -> Result<i64, QueryError> {
+    if let Ok(s) = v.parse::<f64>()
+        && s.is_finite()
+    {
+        return Ok((s * 1000.0).round() as i64);
+    }
+    promql_parser::util::parse_duration(v)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|_| QueryError::invalid(param, format!("cannot parse {v:?} to a valid duration")))
+}
+
+fn parse_expr(q: &str) -> Result<Expr, QueryError> {
+    parser::parse(q).map_err(|e| QueryError::invalid("query", e))
+}
+
+fn success(data: Json) -> Response {
+    axum::Json(json!({"status": "success", "data": data})).into_response()
+}
+
+fn prom_error(e: &QueryError) -> Response {
+    let mut r = error_response(e);
+    *r.body_mut() = axum::body::Body::from(
+        json!({"status": "error", "errorType": e.prom_error_type(), "error": e.to_string()})
+            .to_string(),
+    );
+    r
+}
+
+fn reply(r: Result<Json, QueryError>) -> Response {
+    match r {
+        Ok(d) => success(d),
+        Err(e) => prom_error(&e),
+    }
+}
+
+fn timeout_of(engine: &Engine, p: &Params) -> Result<Duration, QueryError> {
+    match p.get("timeout") {
+        Some(v) => {
+            let ms = parse_duration_ms("timeout", v)?;
+            if ms <= 0 {
+                return Err(QueryError::invalid("timeout", "must be positive"));
+            }
+            Ok(Duration::from_millis(ms as u64))
+        }
+        None => Ok(engine.config().timeout),
+    }
+}
+
+fn labels_json(l: &Labels) -> Json {
+    Json::Object(l.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+}
+
+async fn instant(engine: &Engine, p: &Params) -> Result<Json, QueryError> {
+    let expr = parse_expr(p.required("query")?)?;
+    let t = match p.get("time") {
+        Some(v) => parse_ms("time", v)?,
+        None => crate::engine::now() * 1000,
+    };
+    let ev = Evaluator {
+        engine,
+        steps: vec![t],
+        lookback_ms: engine.config().lookback.as_millis() as i64,
+    };
+    Ok(match ev.eval(&expr).await? {
+        Evaluated::Scalar(v) => {
+            json!({"resultType": "scalar", "result": [fmt_time(t), fmt_value(v)]})
+        }
+        Evaluated::Vector(s) => {
+            let result: Vec<Json> = s
+                .iter()
+                .filter_map(|s| {
+                    let (pt, v) = s.points.last()?;
+                    Some(json!({"metric": labels_json(&s.labels), "value": [fmt_time(*pt), fmt_value(*v)]}))
+                })
+                .collect();
+            json!({"resultType": "vector", "result": result})
+        }
+    })
+}
+
+async fn range(engine: &Engine, p: &Params) -> Result<Json, QueryError> {
+    let expr = parse_expr(p.required("query")?)?;
+    let start = parse_ms("start", p.required("start")?)?;
+    let end = parse_ms("end", p.required("end")?)?;
+    let step = parse_duration_ms("step", p.required("step")?)?;
+    if end < start {
+        return Err(QueryError::invalid("end", "is before start"));
+    }
+    if step <= 0 {
+        return Err(QueryError::invalid(
+            "step",
+            "zero or negative query resolution step widths are not accepted; try a positive integer",
+        ));
+    }
+    let n = (end - start) / step + 1;
+    let max = engine.config().max_points as i64;
+    if n > max {
+        return Err(QueryError::limit(
+            "step",
+            format!(
+                "exceeded maximum resolution of {max} points per timeseries (query.max_points); try decreasing the query resolution (?step=XX)"
+            ),
+        ));
+    }
+    let steps: Vec<i64> = (0..n).map(|i| start + i * step).collect();
+    let ev = Evaluator {
+        engine,
+        steps: steps.clone(),
+        lookback_ms: engine.config().lookback.as_millis() as i64,
+    };
+    let series = match ev.eval(&expr).await? {
+        Evaluated::Scalar(v) => vec![Series {
+            labels: Labels::new(),
+            points: steps.iter().map(|&t| (t, v)).collect(),
+        }],
+        Evaluated::Vector(s) => s,
+    };
+    let result: Vec<Json> = series
+        .iter()
+        .filter(|s| !s.points.is_empty())
+        .map(|s| {
+            json!({
+                "metric": labels_json(&s.labels),
+                "values": s.points.iter().map(|(t, v)| json!([fmt_time(*t), fmt_value(*v)])).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(json!({"resultType": "matrix", "result": result}))
+}
+
+/// Label sets of the series `match[]` selects (every series when absent).
+async fn matched(engine: &Engine, p: &Params, required: bool) -> Result<Vec<Labels>, QueryError> {
+    let selectors = p.all("match[]");
+    if selectors.is_empty() {
+        if required {
+            return Err(QueryError::invalid(
+                "match[]",
+                "no match[] parameter provided",
+            ));
+        }
+        let list = engine.host_list().await?;
+        return Ok(list
+            .iter()
+            .flat_map(|h| {
+                let l = host_labels(h);
+                h.metrics.iter().map(move |m| {
+                    let mut l = l.clone();
+                    l.insert(NAME.into(), m.clone());
+                    l
+                })
+            })
+            .collect());
+    }
+    let mut out = BTreeSet::new();
+    for s in selectors {
+        let Expr::VectorSelector(vs) = parse_expr(s)? else {
+            return Err(QueryError::invalid(
+                "match[]",
+                format!("{s:?} is not a series selector"),
+            ));
+        };
+        for (_, labels, metrics) in select(engine, &vs).await?.hosts {
+            for m in metrics {
+                let mut l = labels.clone();
+                l.insert(NAME.into(), m);
+                out.insert(l);
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+async fn handle(s: &HttpState, op: &'static str, q: Option<String>, body: Bytes) -> Response {
+    let e = &s.engine;
+    let p = match Params::parse(q.as_deref(), &body) {
+        Ok(p) => p,
+        Err(err) => return prom_error(&err),
+    };
+    let timeout = match timeout_of(e, &p) {
+        Ok(t) => t,
+        Err(err) => return prom_error(&err),
+    };
+    reply(
+        e.run_within(op, timeout, async {
+            match op {
+                "prom_query" => instant(e, &p).await,
+                "prom_query_range" => range(e, &p).await,
+                "prom_series" => Ok(json!(
+                    matched(e, &p, true)
+                        .await?
+                        .iter()
+                        .map(labels_json)
+                        .collect::<Vec<_>>()
+                )),
+                "prom_labels" => {
+                    let mut names: BTreeSet<String> = BTreeSet::new();
+                    for l in matched(e, &p, false).await? {
+                        names.extend(l.into_keys());
+                    }
+                    Ok(json!(names))
+                }
+                _ => unreachable!("known op"),
+            }
+        })
+        .await,
+    )
+}
+
+async fn query(State(s): State<HttpState>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    handle(&s, "prom_query", q, body).await
+}
+
+async fn query_range(State(s): State<HttpState>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    handle(&s, "prom_query_range", q, body).await
+}
+
+async fn series_api(State(s): State<HttpState>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    handle(&s, "prom_series", q, body).await
+}
+
+async fn labels(State(s): State<HttpState>, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    handle(&s, "prom_labels", q, body).await
+}
+
+async fn label_values(
+    State(s): State<HttpState>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let e = &s.engine;
+    reply(
+        e.run("prom_label_values", async {
+            let p = Params::parse(q.as_deref(), b"")?;
+            let mut values: BTreeSet<String> = BTreeSet::new();
+            for mut l in matched(e, &p, false).await? {
+                if let Some(v) = l.remove(&name) {
+                    values.insert(v);
+                }
+            }
+            Ok(json!(values))
+        })
+        .await,
+    )
+}
+
+pub fn routes() -> Router<HttpState> {
+    Router::new()
+        .route("/api/v1/query", get(query).post(query))
+        .route("/api/v1/query_range", get(query_range).post(query_range))
+        .route("/api/v1/series", get(series_api).post(series_api))
+        .route("/api/v1/labels", get(labels).post(labels))
+        .route("/api/v1/label/{name}/values", get(label_values))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_left_open() {
+        let pts = [(1000, 1.0), (2000, 2.0), (3000, 3.0)];
+        assert_eq!(window(&pts, 3000, 2000), &pts[1..]);
+        assert_eq!(window(&pts, 2500, 1000), &pts[1..2]);
+        assert!(window(&pts, 500, 1000).is_empty());
+    }
+
+    #[test]
+    fn formats_like_prometheus() {
+        assert_eq!(fmt_value(1.5), "1.5");
+        assert_eq!(fmt_value(2.0), "2");
+        assert_eq!(fmt_value(f64::INFINITY), "+Inf");
+        assert_eq!(fmt_time(1_700_000_000_000), json!(1_700_000_000));
+        assert_eq!(fmt_time(1_700_000_000_500), json!(1_700_000_000.5));
+        assert_eq!(parse_ms("time", "1700000000.5").unwrap(), 1_700_000_000_500);
+        assert_eq!(parse_duration_ms("step", "1m").unwrap(), 60_000);
+        assert_eq!(parse_duration_ms("step", "15").unwrap(), 15_000);
+    }
+
+    #[test]
+    fn parser_shapes_we_rely_on() {
+        let Expr::VectorSelector(vs) = parse_expr(r#"cpu_user{host="h1"}"#).unwrap() else {
+            panic!()
+        };
+        assert_eq!(vs.name.as_deref(), Some("cpu_user"));
+        let Expr::Aggregate(a) = parse_expr(r#"sum by (host) (avg_over_time(m[5m]))"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(a.op.to_string(), "sum");
+        assert!(matches!(a.modifier, Some(LabelModifier::Include(_))));
+        assert!(parse_expr("sum(").is_err());
+    }
+}
