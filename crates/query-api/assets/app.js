@@ -163,7 +163,7 @@
   }
 
   function chartWidth(container) {
-    return Math.max(320, Math.min(900, (container.clientWidth || 960) / 2 - 28));
+    return Math.max(300, (container.clientWidth || 480) - 4);
   }
 
   function makePlot(title, series, data, container) {

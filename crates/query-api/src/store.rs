@@ -137,7 +137,9 @@ impl Store {
             .map_err(|e| anyhow::anyhow!("query.redis_url {url:?}: {e}"))?;
         let pool = fred::types::Builder::from_config(config)
             .with_performance_config(|p| {
-                p.default_command_timeout = timeout;
+                // A backstop only: the engine drops a query at
+                // `query.timeout` and answers that it timed out.
+                p.default_command_timeout = timeout * 2;
             })
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(5);
