@@ -8,7 +8,7 @@ use broker_tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_the_seed_layout_exactly() {
     let redis = RedisServer::start().unwrap();
-    let broker = Running::broker(config_for(&redis.url()), &Service::ALL).await;
+    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
     write_and_verify(&broker.endpoint(), &redis.url(), 3).await;
 
     // Labels land in the host hash; the index ttl and host ttl are set.
@@ -38,7 +38,7 @@ async fn stores_the_seed_layout_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewriting_a_point_is_idempotent() {
     let redis = RedisServer::start().unwrap();
-    let broker = Running::broker(config_for(&redis.url()), &Service::ALL).await;
+    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
     let ts = now() - 10;
     let batch = |seq| MetricBatch {
         seq,
@@ -65,7 +65,7 @@ async fn rewriting_a_point_is_idempotent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rejection_reason_is_reported_and_valid_points_are_stored() {
     let redis = RedisServer::start().unwrap();
-    let broker = Running::broker(config_for(&redis.url()), &Service::ALL).await;
+    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
     let ts = now() - 5;
     let names = metric_names(3);
     let mut points = vec![
@@ -178,7 +178,7 @@ async fn oversized_batches_and_messages_get_clear_errors() {
     config.gateway.max_inflight_points = 10;
     config.gateway.max_metrics_per_point = 4;
     config.gateway.max_message_bytes = 64 * 1024;
-    let broker = Running::broker(config, &Service::ALL).await;
+    let broker = Running::broker(config, &Service::DEFAULT).await;
     let ts = now();
 
     // Too many points: the whole batch is refused with a batch error, and

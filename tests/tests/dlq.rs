@@ -66,7 +66,7 @@ async fn points_redis_refuses_are_dead_lettered_then_replayed_once_fixed() {
     let r = Reader::connect(&url).await;
     poison(&r, POISON).await;
     let config = config_for(&url);
-    let broker = Running::broker(config.clone(), &Service::ALL).await;
+    let broker = Running::broker(config.clone(), &Service::DEFAULT).await;
     let admin = admin(&broker);
 
     let ts = now() - 30;
@@ -191,7 +191,7 @@ async fn spooled_points_redis_refuses_leave_the_spool_for_the_dlq_and_outlive_a_
     poison(&r, "poison-b").await;
     drop(r);
     let config = config_for(&url);
-    let broker = Running::broker(config.clone(), &Service::ALL).await;
+    let broker = Running::broker(config.clone(), &Service::DEFAULT).await;
 
     // Redis is down: both batches are spooled and acked.
     redis.stop();
@@ -242,7 +242,7 @@ async fn spooled_points_redis_refuses_leave_the_spool_for_the_dlq_and_outlive_a_
     broker.stop().await;
 
     // The DLQ outlives the writer.
-    let broker = Running::broker(config, &Service::ALL).await;
+    let broker = Running::broker(config, &Service::DEFAULT).await;
     let admin = self::admin(&broker);
     let list = admin.list(None, 100).await.unwrap();
     assert_eq!(list.records, 2, "{list:?}");
@@ -290,7 +290,7 @@ async fn without_a_spool_refused_points_go_back_to_the_sender() {
     poison(&r, POISON).await;
     let mut config = config_for(&url);
     config.writer.spool_dir = String::new();
-    let broker = Running::broker(config, &Service::ALL).await;
+    let broker = Running::broker(config, &Service::DEFAULT).await;
     let ts = now() - 30;
     let acks = send_batches(
         &broker.endpoint(),

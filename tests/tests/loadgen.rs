@@ -10,7 +10,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acked_point_is_in_redis_with_its_values() {
     let redis = RedisServer::start().unwrap();
-    let broker = Running::broker(config_for(&redis.url()), &Service::ALL).await;
+    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
     let (hosts, metrics) = (50, 8);
     let report = run_load(LoadConfig {
         endpoints: vec![broker.endpoint()],

@@ -6,7 +6,7 @@ use broker_tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_to_a_three_master_cluster_with_hash_tags() {
     let cluster = RedisCluster::start(3).unwrap();
-    let broker = Running::broker(config_for(&cluster.url()), &Service::ALL).await;
+    let broker = Running::broker(config_for(&cluster.url()), &Service::DEFAULT).await;
     write_and_verify(&broker.endpoint(), &cluster.url(), 20).await;
     // Hash tags: all keys of one host share one slot; hosts spread over
     // several masters.
@@ -45,7 +45,7 @@ async fn futures_slots(r: &Reader, keys: &[String]) -> Vec<i64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_sentinel() {
     let sentinel = RedisSentinel::start().unwrap();
-    let broker = Running::broker(config_for(&sentinel.url()), &Service::ALL).await;
+    let broker = Running::broker(config_for(&sentinel.url()), &Service::DEFAULT).await;
     write_and_verify(&broker.endpoint(), &sentinel.url(), 5).await;
     // The data is on the master the sentinel names.
     let n: i64 = sentinel

@@ -48,7 +48,7 @@ async fn acks_while_redis_is_down_and_replays_when_it_returns() {
     })
     .unwrap();
     let url = redis.url();
-    let broker = Running::broker(config_for(&url), &Service::ALL).await;
+    let broker = Running::broker(config_for(&url), &Service::DEFAULT).await;
     let ts = now() - 30;
     let acks = send_batches(&broker.endpoint(), vec![batch(1, "before", ts)]).await;
     assert_eq!(acks[0].accepted, 20);
@@ -101,7 +101,7 @@ async fn a_restarted_writer_replays_what_its_predecessor_spooled() {
     let url = redis.url();
     let config = config_for(&url);
     redis.stop();
-    let broker = Running::broker(config.clone(), &Service::ALL).await;
+    let broker = Running::broker(config.clone(), &Service::DEFAULT).await;
     let ts = now() - 30;
     let acks = send_batches(&broker.endpoint(), vec![batch(1, "spooled", ts)]).await;
     assert_eq!(acks[0].accepted, 20, "{:?}", acks[0].errors.first());
@@ -109,7 +109,7 @@ async fn a_restarted_writer_replays_what_its_predecessor_spooled() {
     broker.stop().await;
 
     redis.restart().unwrap();
-    let broker = Running::broker(config, &Service::ALL).await;
+    let broker = Running::broker(config, &Service::DEFAULT).await;
     wait_for_key(
         &url,
         &format!("monitor:metrics:{{spooled-19}}:{ts}"),
@@ -126,7 +126,7 @@ async fn a_full_spool_refuses_with_a_retryable_error() {
     let mut config = config_for(&redis.url());
     config.writer.spool_max_bytes = 1 << 20;
     redis.stop();
-    let broker = Running::broker(config, &Service::ALL).await;
+    let broker = Running::broker(config, &Service::DEFAULT).await;
     let ts = now() - 30;
     // ~100 KB per batch: the 1 MiB spool fills after about ten.
     let big = |seq: u64| MetricBatch {

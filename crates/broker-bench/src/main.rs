@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Serve { config, services } => {
             let config = config.load_or_exit();
             let services = if services.is_empty() {
-                Service::ALL.to_vec()
+                Service::DEFAULT.to_vec()
             } else {
                 services
             };

@@ -253,7 +253,9 @@ impl Default for RouterConfig {
         let ring = RingConfig::default();
         Self {
             vnodes: ring.vnodes,
-            hash: ring.hash,
+            // ADR 0001: xxh3 balances the ring far better than CRC32;
+            // `crc32` keeps the seed's exact placement.
+            hash: HashAlgorithm::Xxh3,
             writers: Vec::new(),
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             retry: RetryConfig::default(),

@@ -10,11 +10,22 @@ pub enum Service {
     IngestGateway,
     ShardRouter,
     StorageWriter,
+    ClusterCtl,
 }
 
 impl Service {
     /// Every service that exists today, in data-path order.
-    pub const ALL: [Service; 3] = [
+    pub const ALL: [Service; 4] = [
+        Service::IngestGateway,
+        Service::ShardRouter,
+        Service::StorageWriter,
+        Service::ClusterCtl,
+    ];
+
+    /// What `broker run` starts when no `--service` is given: the data
+    /// path. cluster-ctl runs only when named (it is 3 or 5 raft nodes,
+    /// each with its own data directory; `broker up` starts three).
+    pub const DEFAULT: [Service; 3] = [
         Service::IngestGateway,
         Service::ShardRouter,
         Service::StorageWriter,
@@ -25,6 +36,7 @@ impl Service {
             Service::IngestGateway => "ingest-gateway",
             Service::ShardRouter => "shard-router",
             Service::StorageWriter => "storage-writer",
+            Service::ClusterCtl => "cluster-ctl",
         }
     }
 }
@@ -36,7 +48,9 @@ impl fmt::Display for Service {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown service {0:?}, valid services are: ingest-gateway, shard-router, storage-writer")]
+#[error(
+    "unknown service {0:?}, valid services are: ingest-gateway, shard-router, storage-writer, cluster-ctl"
+)]
 pub struct UnknownService(pub String);
 
 impl FromStr for Service {

@@ -14,6 +14,7 @@
 pub mod dlq_cli;
 
 use broker_common::{Admin, BrokerConfig, Listeners, Readiness, Service};
+use broker_proto::v1::MemberRole;
 use ingest_gateway::Gateway;
 use shard_router::{RouterClient, RouterGrpc};
 use std::future::Future;
@@ -46,14 +47,61 @@ pub async fn run(
     let has = |s| services.contains(&s);
     let mut registry = prometheus_client::registry::Registry::default();
     let readiness = Readiness::default();
-    let stop = broker_common::serve::token_from(shutdown);
+    let signal = broker_common::serve::token_from(shutdown);
     let mut routes = tonic::service::RoutesBuilder::default();
     let mut names = Vec::new();
+    let mut admin_routes = Vec::new();
+
+    let cluster_ctl = if has(Service::ClusterCtl) {
+        let own = if config.cluster.advertise_addr.is_empty() {
+            format!("http://{}", listeners.grpc_addr())
+        } else {
+            config.cluster.advertise_addr.clone()
+        };
+        Some(cluster_ctl::ClusterCtl::start(
+            &config,
+            &own,
+            &mut registry,
+        )?)
+    } else {
+        None
+    };
+    // The data-path services of this process are one member of the cluster.
+    let roles: Vec<MemberRole> = services
+        .iter()
+        .filter_map(|s| match s {
+            Service::IngestGateway => Some(MemberRole::IngestGateway),
+            Service::ShardRouter => Some(MemberRole::ShardRouter),
+            Service::StorageWriter => Some(MemberRole::StorageWriter),
+            Service::ClusterCtl => None,
+        })
+        .collect();
+    let membership = if roles.is_empty() {
+        None
+    } else {
+        cluster_client::lifecycle::join_configured(
+            &config,
+            roles,
+            listeners.grpc_addr(),
+            listeners.http_addr(),
+        )
+        .await?
+    };
+    let cluster_state = membership.as_ref().map(|m| m.state());
+    let stop = cluster_client::lifecycle::serve_token(signal, membership.as_ref());
 
     let writer = if has(Service::StorageWriter) {
         let w = storage_writer::WriterComponent::start(&config, &mut registry, &readiness)?;
-        routes.add_service(WriterGrpc::new(w.writer.clone()).into_server());
+        let ownership = cluster_state
+            .clone()
+            .map(|s| storage_writer::service::Ownership::new(&config.node_id, s));
+        routes.add_service(
+            WriterGrpc::new(w.writer.clone())
+                .with_ownership(ownership)
+                .into_server(),
+        );
         names.push(storage_writer::service::WRITER_SERVICE_NAME);
+        admin_routes.push(w.admin_routes());
         Some(w)
     } else {
         None
@@ -62,7 +110,7 @@ pub async fn run(
         let local = writer
             .as_ref()
             .map(|w| WriterClient::local(w.writer.clone()));
-        let r = shard_router::build(&config, local, &mut registry)?;
+        let r = shard_router::build(&config, local, cluster_state.clone(), &mut registry)?;
         routes.add_service(RouterGrpc::new(r.clone()).into_server());
         names.push(shard_router::service::ROUTER_SERVICE_NAME);
         readiness.set("shard-router", true);
@@ -71,24 +119,35 @@ pub async fn run(
         None
     };
     if has(Service::IngestGateway) {
-        let client = if config.gateway.routers.is_empty() {
-            let r = router.clone().ok_or_else(|| {
-                anyhow::anyhow!("gateway.routers is empty and no shard-router runs in this process: list the routers")
-            })?;
-            RouterClient::local(r)
-        } else {
+        let client = if !config.gateway.routers.is_empty() {
             RouterClient::remote(&config.gateway.routers)
                 .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+        } else if let Some(r) = router.clone() {
+            RouterClient::local(r)
+        } else if let Some(state) = cluster_state.clone() {
+            let c = RouterClient::dynamic();
+            ingest_gateway::follow_routers(&c, state);
+            c
+        } else {
+            anyhow::bail!(
+                "gateway.routers and cluster.endpoints are empty and no shard-router runs in this process: list the routers"
+            )
         };
         let g = Gateway::new(&config, client, &mut registry, stop.clone());
         routes.add_service(g.into_server());
         names.push(ingest_gateway::gateway::MONITOR_SERVICE_NAME);
         readiness.set("ingest-gateway", true);
     }
+    if let Some(ctl) = &cluster_ctl {
+        names.push(cluster_ctl::service::CLUSTER_SERVICE_NAME);
+        names.push(cluster_ctl::service::RAFT_SERVICE_NAME);
+        admin_routes.push(ctl.http_routes());
+        readiness.set("cluster-ctl", true);
+    }
 
     let mut admin = Admin::new(registry, readiness);
-    if let Some(w) = &writer {
-        admin = admin.with_routes(w.admin_routes());
+    for r in admin_routes {
+        admin = admin.with_routes(r);
     }
     tracing::info!(
         node = %config.node_id,
@@ -97,10 +156,17 @@ pub async fn run(
         http = %listeners.http_addr(),
         "broker serving"
     );
-    let result =
-        broker_common::serve::serve(routes.routes(), &names, &admin, listeners, stop).await;
+    let mut grpc_routes = routes.routes();
+    if let Some(ctl) = &cluster_ctl {
+        grpc_routes = ctl.add_grpc_routes(grpc_routes);
+    }
+    let result = broker_common::serve::serve(grpc_routes, &names, &admin, listeners, stop).await;
     if let Some(w) = writer {
         broker_common::shutdown::within_grace(config.shutdown_grace, w.shutdown()).await;
+    }
+    cluster_client::lifecycle::leave(membership).await;
+    if let Some(ctl) = cluster_ctl {
+        ctl.shutdown().await;
     }
     tracing::info!("broker stopped");
     result

@@ -38,6 +38,14 @@ enum Command {
         /// (default: a temporary directory, no persistence).
         #[arg(long, value_name = "DIR")]
         redis_dir: Option<std::path::PathBuf>,
+        /// Keep the three cluster-ctl raft logs in this directory (default:
+        /// a temporary directory, membership starts afresh each run).
+        #[arg(long, value_name = "DIR")]
+        raft_dir: Option<std::path::PathBuf>,
+        /// Do not start the three cluster-ctl nodes: static membership
+        /// (this process's writer only), as before cluster-ctl existed.
+        #[arg(long)]
+        no_cluster: bool,
     },
     /// Run the given services with the given config.
     Run {
@@ -56,14 +64,19 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Up { config, redis_dir } => {
+        Command::Up {
+            config,
+            redis_dir,
+            raft_dir,
+            no_cluster,
+        } => {
             let config = config.load_or_exit();
-            runtime(|| up(config, redis_dir))
+            runtime(|| up(config, redis_dir, raft_dir, no_cluster))
         }
         Command::Run { config, services } => {
             let config = config.load_or_exit();
             let services = if services.is_empty() {
-                Service::ALL.to_vec()
+                Service::DEFAULT.to_vec()
             } else {
                 services
             };
@@ -92,7 +105,16 @@ where
     }
 }
 
-async fn up(mut config: BrokerConfig, redis_dir: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+/// gRPC and HTTP ports of the three cluster-ctl nodes `broker up` starts
+/// (node 1's HTTP port is the seed's management port 9097).
+const UP_CLUSTER_PORTS: [(u16, u16); 3] = [(9096, 9097), (9196, 9197), (9296, 9297)];
+
+async fn up(
+    mut config: BrokerConfig,
+    redis_dir: Option<std::path::PathBuf>,
+    raft_dir: Option<std::path::PathBuf>,
+    no_cluster: bool,
+) -> anyhow::Result<()> {
     let _guard = broker_common::telemetry::init(&config.telemetry, "broker")?;
     let _redis = if config.writer.redis_url.is_empty() {
         let mut opts = redis_process::RedisOptions::default();
@@ -108,6 +130,57 @@ async fn up(mut config: BrokerConfig, redis_dir: Option<std::path::PathBuf>) -> 
     } else {
         None
     };
+    // Three cluster-ctl raft nodes in this process, each on its own ports
+    // and data directory, unless membership is configured or disabled.
+    let ctl_stop = tokio_util::sync::CancellationToken::new();
+    let mut ctl_tasks = Vec::new();
+    let _raft_tmp;
+    let mut ctl_lines = String::new();
+    if !no_cluster && config.cluster.endpoints.is_empty() {
+        let base = match raft_dir {
+            Some(d) => d,
+            None => {
+                let t = tempfile::Builder::new().prefix("broker-raft-").tempdir()?;
+                let p = t.path().to_path_buf();
+                _raft_tmp = t;
+                p
+            }
+        };
+        let peers: Vec<broker_common::config::RaftPeer> = UP_CLUSTER_PORTS
+            .iter()
+            .enumerate()
+            .map(|(i, (g, _))| broker_common::config::RaftPeer {
+                id: i as u64 + 1,
+                addr: format!("http://127.0.0.1:{g}"),
+            })
+            .collect();
+        for (i, (g, h)) in UP_CLUSTER_PORTS.iter().enumerate() {
+            let mut c = config.clone();
+            c.node_id = format!("cluster-ctl-{}", i + 1);
+            c.cluster_ctl.id = i as u64 + 1;
+            c.cluster_ctl.peers = peers.clone();
+            c.cluster_ctl.data_dir = base.join(format!("node-{}", i + 1)).display().to_string();
+            let listeners = Listeners::bind(
+                format!("127.0.0.1:{g}").parse()?,
+                format!("127.0.0.1:{h}").parse()?,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cluster-ctl node {} cannot bind 127.0.0.1:{g} / {h}: {e} (use --no-cluster, or stop what holds the port)", i + 1))?;
+            let stop = ctl_stop.clone();
+            ctl_tasks.push(tokio::spawn(cluster_ctl::run(c, listeners, async move {
+                stop.cancelled().await
+            })));
+            ctl_lines.push_str(&format!(
+                "\x20 cluster-ctl {} (raft):           grpc http://127.0.0.1:{g}  http://127.0.0.1:{h}/api/cluster\n",
+                i + 1
+            ));
+        }
+        config.cluster.endpoints = peers.iter().map(|p| p.addr.clone()).collect();
+        ctl_lines.push_str(&format!(
+            "\x20 raft data:                      {}\n\x20 membership: brokerctl members | ring | cluster\n",
+            base.display()
+        ));
+    }
     let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
     let grpc = listeners.grpc_addr();
     let http = listeners.http_addr();
@@ -116,15 +189,23 @@ async fn up(mut config: BrokerConfig, redis_dir: Option<std::path::PathBuf>) -> 
          \x20 agents (gRPC MonitorService): http://{grpc}\n\
          \x20 health / ready / metrics:     http://{http}/health  /ready  /metrics\n\
          \x20 redis:                        {redis}\n\
+         {ctl_lines}\
          \x20 try: cargo run --release --bin broker-loadgen -- --endpoints http://{grpc} --hosts 1000 --interval 5s --duration 60s\n\
          \x20 stop: Ctrl-C (drains and flushes)\n",
         redis = config.writer.redis_url,
     );
-    broker::run(
+    let result = broker::run(
         config,
-        &Service::ALL,
+        &Service::DEFAULT,
         listeners,
         broker_common::shutdown::signal(),
     )
-    .await
+    .await;
+    ctl_stop.cancel();
+    for t in ctl_tasks {
+        if let Ok(Err(e)) = t.await {
+            eprintln!("cluster-ctl: {e:#}");
+        }
+    }
+    result
 }

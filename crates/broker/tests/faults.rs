@@ -9,127 +9,14 @@
 //! `FAULT_REDIS_DOWN_SECS` sets how long Redis stays down in the
 //! Redis scenario (default 20).
 
-use broker_agent::generator::{SnapshotGenerator, host_id, value};
-use broker_agent::load::{LoadConfig, Pacing, run_load_with};
-use broker_tests::Reader;
-use redis_process::{RedisOptions, RedisServer};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod common;
 
-const BROKER: &str = env!("CARGO_BIN_EXE_broker");
+use broker_agent::load::{LoadConfig, Pacing, run_load_with};
+use common::{Service, Timeline, durable_redis, port, verify};
+use redis_process::RedisServer;
+use std::time::{Duration, Instant};
 const HOSTS: usize = 200;
 const METRICS: usize = 8;
-
-/// One service process that can be killed, stopped and started again with
-/// the same configuration.
-struct Service {
-    name: String,
-    service: &'static str,
-    config: PathBuf,
-    grpc: u16,
-    child: Option<Child>,
-}
-
-impl Service {
-    fn new(name: &str, service: &'static str, dir: &Path, yaml: String, grpc: u16) -> Self {
-        let config = dir.join(format!("{name}.yaml"));
-        std::fs::write(&config, yaml).unwrap();
-        Self {
-            name: name.to_string(),
-            service,
-            config,
-            grpc,
-            child: None,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.grpc)
-    }
-
-    async fn start(&mut self) {
-        let child = Command::new(BROKER)
-            .args(["run", "--service", self.service, "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn broker");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready =
-                broker_common::serve::wait_serving(&self.endpoint(), Duration::from_secs(1)).await;
-            if ready.is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "{} exited during start with {status} (its stderr is above)",
-                    self.name
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: {}",
-                self.name,
-                ready.unwrap_err()
-            );
-        }
-    }
-
-    /// `kill -9`: no chance to drain or flush.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    async fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let ok = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(ok.success());
-            let deadline = Instant::now() + Duration::from_secs(40);
-            loop {
-                if let Some(status) = c.try_wait().unwrap() {
-                    assert!(status.success(), "{} exited with {status}", self.name);
-                    return;
-                }
-                assert!(Instant::now() < deadline, "{} ignored SIGTERM", self.name);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn port() -> u16 {
-    redis_process::free_port().unwrap()
-}
-
-/// Redis with every write fsync'ed, so Redis itself loses nothing it
-/// acknowledged when it is killed: what the test measures is the broker.
-fn durable_redis() -> RedisServer {
-    RedisServer::start_with(RedisOptions {
-        appendonly: true,
-        extra_args: vec!["--appendfsync".into(), "always".into()],
-        ..Default::default()
-    })
-    .unwrap()
-}
 
 struct Topology {
     redis: RedisServer,
@@ -228,34 +115,6 @@ impl Topology {
     }
 }
 
-/// Acked-point counts over time, from the load's progress callback.
-#[derive(Clone, Default)]
-struct Timeline(Arc<Mutex<Vec<(Instant, u64)>>>);
-
-impl Timeline {
-    /// Time from `healed` to the first progress sample whose acked count
-    /// grew past the count at `healed`.
-    fn recovery_after(&self, healed: Instant) -> Option<Duration> {
-        let samples = self.0.lock().unwrap();
-        let base = samples
-            .iter()
-            .rev()
-            .find(|(t, _)| *t <= healed)
-            .map_or(0, |(_, a)| *a);
-        samples
-            .iter()
-            .find(|(t, a)| *t > healed && *a > base)
-            .map(|(t, _)| t.duration_since(healed))
-    }
-}
-
-struct Outcome {
-    sent: u64,
-    acked: u64,
-    found: u64,
-    missing: u64,
-}
-
 /// Runs the load for `load_for` while `fault` runs, then checks Redis.
 async fn scenario<F, Fut>(name: &str, load_for: Duration, fault: F)
 where
@@ -294,7 +153,7 @@ where
     let load_end = Instant::now();
     let drain_deadline = load_end + Duration::from_secs(180);
     let outcome = loop {
-        let o = verify(&redis_url, &report).await;
+        let o = verify(&redis_url, &report, HOSTS, METRICS).await;
         if o.missing == 0 || Instant::now() > drain_deadline {
             break o;
         }
@@ -329,41 +188,6 @@ where
         "{name}: acks never resumed after the fault"
     );
     topo.stop_all().await;
-}
-
-/// Every acked point must be in Redis with every value the agent sent.
-async fn verify(redis_url: &str, report: &broker_agent::LoadReport) -> Outcome {
-    let names = SnapshotGenerator::new(HOSTS, METRICS)
-        .metric_names()
-        .to_vec();
-    let r = Reader::connect(redis_url).await;
-    let acked = report.acked_points.as_ref().expect("record_acked was set");
-    let mut found = 0;
-    let mut missing = 0;
-    for &(h, ts) in acked {
-        let h = h as usize;
-        let got = r
-            .hgetall(&format!("monitor:metrics:{{{}}}:{ts}", host_id(h)))
-            .await;
-        let ok = got.len() == METRICS
-            && names.iter().enumerate().all(|(m, n)| {
-                got.get(n).and_then(|v| v.parse::<f64>().ok()) == Some(value(h, ts, m))
-            });
-        if ok {
-            found += 1;
-        } else {
-            missing += 1;
-            if missing <= 3 {
-                eprintln!("not (yet) in redis: {} {ts}: {got:?}", host_id(h));
-            }
-        }
-    }
-    Outcome {
-        sent: report.sent,
-        acked: acked.len() as u64,
-        found,
-        missing,
-    }
 }
 
 fn redis_down_secs() -> u64 {

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+pub mod lifecycle;
 mod membership;
 pub mod views;
 
@@ -26,9 +27,12 @@ use broker_proto::v1::{ClusterState, Member, MemberRole, MemberState};
 use hash_ring::{HashAlgorithm, HashRing, NodeSpec, RingConfig, RingError};
 
 /// The ring settings of `state`, or the defaults when none were committed
-/// yet.
+/// yet (the router's defaults: xxh3, ADR 0001).
 pub fn ring_config(state: &ClusterState) -> RingConfig {
-    let mut config = RingConfig::default();
+    let mut config = RingConfig {
+        hash: HashAlgorithm::Xxh3,
+        ..RingConfig::default()
+    };
     if let Some(r) = &state.ring {
         if r.vnodes > 0 {
             config.vnodes = r.vnodes;
@@ -175,7 +179,8 @@ mod tests {
     #[test]
     fn unset_ring_settings_are_the_defaults() {
         let c = ring_config(&ClusterState::default());
-        assert_eq!(c, RingConfig::default());
+        assert_eq!(c.vnodes, hash_ring::DEFAULT_VNODES);
+        assert_eq!(c.hash, HashAlgorithm::Xxh3);
         for s in ["online", "offline", "draining"] {
             assert_eq!(state_name(parse_state(s).unwrap() as i32), s);
         }

@@ -30,6 +30,7 @@ pub struct MembershipOptions {
 pub struct Membership {
     client: ClusterClient,
     id: String,
+    roles: Vec<MemberRole>,
     state: watch::Receiver<Arc<ClusterState>>,
     stop: CancellationToken,
 }
@@ -72,6 +73,7 @@ impl Membership {
         Ok(Self {
             client,
             id: opts.id,
+            roles: opts.roles,
             state: rx,
             stop,
         })
@@ -79,6 +81,17 @@ impl Membership {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    pub fn has_role(&self, role: MemberRole) -> bool {
+        self.roles.contains(&role)
+    }
+
+    pub fn handle(&self) -> crate::lifecycle::MemberHandle {
+        crate::lifecycle::MemberHandle {
+            client: self.client.clone(),
+            id: self.id.clone(),
+        }
     }
 
     pub fn client(&self) -> &ClusterClient {

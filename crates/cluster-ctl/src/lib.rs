@@ -75,10 +75,16 @@ impl ClusterCtl {
     }
 
     pub fn grpc_routes(&self) -> tonic::service::Routes {
-        tonic::service::Routes::new(
-            service::ClusterGrpc::new(self.node.clone(), self.leases.clone()).into_server(),
-        )
-        .add_service(service::RaftGrpc::new(self.node.clone()).into_server())
+        self.add_grpc_routes(tonic::service::Routes::default())
+    }
+
+    /// `routes` plus `ClusterService` and `RaftService`.
+    pub fn add_grpc_routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
+        routes
+            .add_service(
+                service::ClusterGrpc::new(self.node.clone(), self.leases.clone()).into_server(),
+            )
+            .add_service(service::RaftGrpc::new(self.node.clone()).into_server())
     }
 
     pub fn http_routes(&self) -> axum::Router {

@@ -27,11 +27,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
-        !config.gateway.routers.is_empty(),
-        "gateway.routers is empty: a standalone ingest-gateway needs at least one shard-router endpoint"
+        !config.gateway.routers.is_empty() || !config.cluster.endpoints.is_empty(),
+        "gateway.routers and cluster.endpoints are empty: a standalone ingest-gateway needs shard-router endpoints or cluster-ctl to learn them from"
     );
-    let router = RouterClient::remote(&config.gateway.routers)
-        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+    let membership = cluster_client::lifecycle::join_configured(
+        &config,
+        vec![broker_proto::v1::MemberRole::IngestGateway],
+        listeners.grpc_addr(),
+        listeners.http_addr(),
+    )
+    .await?;
+    let router = match &membership {
+        Some(m) if config.gateway.routers.is_empty() => {
+            let client = RouterClient::dynamic();
+            follow_routers(&client, m.state());
+            client
+        }
+        _ => RouterClient::remote(&config.gateway.routers)
+            .map_err(|e| anyhow::anyhow!("{}", e.message()))?,
+    };
     let mut registry = prometheus_client::registry::Registry::default();
     let readiness = Readiness::default();
     let stop = broker_common::serve::token_from(shutdown);
@@ -39,12 +53,37 @@ pub async fn run(
     readiness.set("ingest-gateway", true);
     let admin = Admin::new(registry, readiness);
     let routes = tonic::service::Routes::new(gateway.into_server());
-    broker_common::serve::serve(
+    let result = broker_common::serve::serve(
         routes,
         &[gateway::MONITOR_SERVICE_NAME],
         &admin,
         listeners,
         stop,
     )
-    .await
+    .await;
+    cluster_client::lifecycle::leave(membership).await;
+    result
+}
+
+/// Keeps `client`'s endpoints to the shard-routers that are online in the
+/// watched cluster state. Ends when the watch ends.
+pub fn follow_routers(
+    client: &RouterClient,
+    mut state: tokio::sync::watch::Receiver<std::sync::Arc<broker_proto::v1::ClusterState>>,
+) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        loop {
+            let s = state.borrow_and_update().clone();
+            let addrs: Vec<String> =
+                cluster_client::online_with_role(&s, broker_proto::v1::MemberRole::ShardRouter)
+                    .into_iter()
+                    .map(|m| m.addr.clone())
+                    .collect();
+            client.set_endpoints(&addrs);
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }

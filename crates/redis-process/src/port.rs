@@ -14,8 +14,43 @@ pub(crate) const CLUSTER_BUS_OFFSET: u16 = 10_000;
 /// Binds `127.0.0.1:0`, reads the port the kernel chose, releases it and
 /// returns it.
 pub fn free_port() -> io::Result<u16> {
+    // Below the kernel's ephemeral range, so an outgoing connection can
+    // never take the port between now and the moment a process (or a
+    // restarted one) binds it.
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_start > LOW_PORTS_START + 1000 {
+        let span = u64::from(ephemeral_start - LOW_PORTS_START);
+        for _ in 0..200 {
+            let p = LOW_PORTS_START + (random() % span) as u16;
+            if TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, p))).is_ok() {
+                return Ok(p);
+            }
+        }
+    }
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Where [`free_port`] starts looking (below the ephemeral range).
+const LOW_PORTS_START: u16 = 20_000;
+
+/// A random number from the standard library's per-process hash keys and
+/// a counter (no need for a random-number crate to pick ports).
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
 }
 
 /// Returns a free port `p` such that `p + 10000` (the cluster bus port) is

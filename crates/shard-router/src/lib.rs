@@ -69,21 +69,35 @@ pub use router::Router;
 pub use service::{RouterClient, RouterGrpc};
 
 use broker_common::{Admin, BrokerConfig, Listeners, Readiness};
+use broker_proto::v1::ClusterState;
 use std::future::Future;
 use std::sync::Arc;
 use storage_writer::WriterClient;
+use tokio::sync::watch;
 
-/// Builds the router from `router.writers`. `local` is the writer of this
-/// process, used when the list is empty (one-process mode).
+/// Builds the router: from `router.writers` (static membership, epoch 1),
+/// or, when `cluster` (the watched cluster state) is given, from the ring
+/// cluster-ctl commits, following every new epoch. `local` is the writer of
+/// this process: used when the static list is empty (one-process mode), and
+/// in cluster mode for the ring node named after `node_id`.
 pub fn build(
     config: &BrokerConfig,
     local: Option<WriterClient>,
+    cluster: Option<watch::Receiver<Arc<ClusterState>>>,
     registry: &mut prometheus_client::registry::Registry,
 ) -> anyhow::Result<Arc<Router>> {
+    let metrics = metrics::RouterMetrics::new(registry);
+    if let Some(state) = cluster {
+        // Epoch 0 until the first watched state arrives.
+        let router = Arc::new(Router::with_epoch(&config.router, Vec::new(), metrics, 0)?);
+        let local = local.map(|c| (config.node_id.clone(), c));
+        follow_cluster(&router, state, local);
+        return Ok(router);
+    }
     let writers = if config.router.writers.is_empty() {
         let local = local.ok_or_else(|| {
             anyhow::anyhow!(
-                "router.writers is empty and no storage-writer runs in this process: list the writers"
+                "router.writers is empty, cluster.endpoints is empty and no storage-writer runs in this process: list the writers or the cluster-ctl endpoints"
             )
         })?;
         vec![(hash_ring::NodeSpec::new(config.node_id.clone()), local)]
@@ -95,8 +109,63 @@ pub fn build(
             .map(|w| Ok((w.node_spec(), WriterClient::remote(&w.addr)?)))
             .collect::<Result<Vec<_>, storage_writer::WriterError>>()?
     };
-    let metrics = metrics::RouterMetrics::new(registry);
     Ok(Arc::new(Router::new(&config.router, writers, metrics)?))
+}
+
+/// Rebuilds the router's ring at every committed epoch: the writers that
+/// are online, reached through the clients the router already has (the
+/// in-process writer for `local`'s id), new channels for new ones. Ends
+/// when the router is dropped or the watch ends.
+pub fn follow_cluster(
+    router: &Arc<Router>,
+    mut state: watch::Receiver<Arc<ClusterState>>,
+    local: Option<(String, WriterClient)>,
+) {
+    let weak = Arc::downgrade(router);
+    tokio::spawn(async move {
+        loop {
+            let s = state.borrow_and_update().clone();
+            let Some(router) = weak.upgrade() else { return };
+            if let Err(e) = apply_state(&router, &s, local.as_ref()) {
+                tracing::error!(epoch = s.epoch, error = %e, "cannot build the ring of this epoch, keeping the previous one");
+            }
+            drop(router);
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn apply_state(
+    router: &Router,
+    state: &ClusterState,
+    local: Option<&(String, WriterClient)>,
+) -> anyhow::Result<()> {
+    if state.epoch <= router.epoch() {
+        return Ok(());
+    }
+    let (ring, members) = cluster_client::ring_of(state)?;
+    let existing = router.writer_clients();
+    let writers = ring
+        .nodes()
+        .iter()
+        .zip(&members)
+        .map(|(n, m)| {
+            let client = match local {
+                Some((id, c)) if *id == m.id => c.clone(),
+                _ => match existing.iter().find(|(id, _)| *id == m.id) {
+                    Some((_, c @ WriterClient::Remote { addr, .. })) if *addr == m.addr => {
+                        c.clone()
+                    }
+                    _ => WriterClient::remote(&m.addr)?,
+                },
+            };
+            Ok((n.clone(), client))
+        })
+        .collect::<Result<Vec<_>, storage_writer::WriterError>>()?;
+    router.set_topology(state.epoch, ring.config(), writers)?;
+    Ok(())
 }
 
 /// Runs a standalone shard-router until `shutdown` resolves.
@@ -107,17 +176,31 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let readiness = Readiness::default();
-    let router = build(&config, None, &mut registry)?;
+    let membership = cluster_client::lifecycle::join_configured(
+        &config,
+        vec![broker_proto::v1::MemberRole::ShardRouter],
+        listeners.grpc_addr(),
+        listeners.http_addr(),
+    )
+    .await?;
+    let router = build(
+        &config,
+        None,
+        membership.as_ref().map(|m| m.state()),
+        &mut registry,
+    )?;
     readiness.set("shard-router", true);
     let admin = Admin::new(registry, readiness);
     let stop = broker_common::serve::token_from(shutdown);
     let routes = tonic::service::Routes::new(RouterGrpc::new(router).into_server());
-    broker_common::serve::serve(
+    let result = broker_common::serve::serve(
         routes,
         &[service::ROUTER_SERVICE_NAME],
         &admin,
         listeners,
         stop,
     )
-    .await
+    .await;
+    cluster_client::lifecycle::leave(membership).await;
+    result
 }

@@ -20,6 +20,11 @@ pub struct RouterMetrics {
     /// Points sent to a writer other than their ring owner (owner down, or
     /// failover after a failed forward); a point moved twice counts twice.
     pub rerouted_points: Counter,
+    /// Points a writer refused as routed under an older ring epoch, routed
+    /// again under a newer one.
+    pub stale_rerouted_points: Counter,
+    /// `broker_router_ring_epoch`: the epoch of the ring in use.
+    pub epoch: Gauge,
 }
 
 impl RouterMetrics {
@@ -33,8 +38,17 @@ impl RouterMetrics {
             batch_points: Histogram::new(broker_common::admin::size_buckets()),
             writer_up: Family::default(),
             rerouted_points: Counter::default(),
+            stale_rerouted_points: Counter::default(),
+            epoch: Gauge::default(),
         };
+        m.epoch.set(1);
         let r = registry.sub_registry_with_prefix("broker_router");
+        r.register(
+            "stale_rerouted_points",
+            "Points a writer refused as routed under an older ring epoch, routed again",
+            m.stale_rerouted_points.clone(),
+        );
+        r.register("ring_epoch", "Ring epoch in use", m.epoch.clone());
         r.register("points", "Points routed", m.points.clone());
         r.register(
             "failed_points",

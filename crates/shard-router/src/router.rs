@@ -8,24 +8,48 @@ use broker_proto::v1::{MetricBatch, Point, PointError, RejectReason};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hash_ring::{HashRing, NodeSpec, RingError};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use storage_writer::WriterClient;
+use tokio::sync::watch;
 use tonic::{Code, Status};
 
 /// Groups points by writer and forwards each group to it; moves the share
 /// of a down or failing writer to its ring successors.
 pub struct Router {
-    ring: HashRing,
-    /// Aligned with `ring.nodes()`.
-    writers: Vec<WriterClient>,
-    /// Aligned with `ring.nodes()`; dropping it stops the probes.
-    health: Health,
-    epoch: u64,
+    /// The ring and writers of the current epoch; replaced as a whole when
+    /// cluster-ctl commits a new epoch ([`Router::set_topology`]). A batch
+    /// is routed under the topology it started with.
+    topology: RwLock<Arc<Topology>>,
+    /// The epoch of `topology`, for callers that wait for a newer one.
+    epoch_tx: watch::Sender<u64>,
+    config: RouterConfig,
     write_timeout: Duration,
     retry: RetryConfig,
     metrics: RouterMetrics,
 }
+
+/// One epoch's ring and its writers.
+pub struct Topology {
+    pub ring: HashRing,
+    /// Aligned with `ring.nodes()`.
+    writers: Vec<WriterClient>,
+    /// Aligned with `ring.nodes()`; dropping it stops the probes.
+    health: Health,
+    pub epoch: u64,
+}
+
+/// Prefix of the status message a writer answers with when a batch was
+/// routed under an older epoch for a range it no longer owns; the router
+/// re-routes such points under its newer ring.
+pub use storage_writer::service::STALE_EPOCH;
+
+/// How often a batch whose points came back stale is routed again (each
+/// time under a newer epoch).
+const MAX_REROUTES: usize = 3;
+/// How long a router waits for an epoch newer than the one a writer called
+/// stale before routing again anyway.
+const EPOCH_WAIT: Duration = Duration::from_secs(2);
 
 /// Points on their way to one writer.
 struct Job {
@@ -62,15 +86,400 @@ pub fn failover_target(
 }
 
 impl Router {
-    /// A router over `writers`; every writer starts up. Must be called
-    /// within a tokio runtime if a writer is remote (its channel connects
-    /// lazily on that runtime).
+    /// A router over `writers` (static membership, epoch 1); every writer
+    /// starts up. Must be called within a tokio runtime if a writer is
+    /// remote (its channel connects lazily on that runtime).
     pub fn new(
         config: &RouterConfig,
         writers: Vec<(NodeSpec, WriterClient)>,
         metrics: RouterMetrics,
     ) -> Result<Self, RingError> {
-        let ring = HashRing::new(config.ring(), writers.iter().map(|(n, _)| n.clone()))?;
+        Self::with_epoch(config, writers, metrics, 1)
+    }
+
+    /// As [`Router::new`], starting at `epoch`.
+    pub fn with_epoch(
+        config: &RouterConfig,
+        writers: Vec<(NodeSpec, WriterClient)>,
+        metrics: RouterMetrics,
+        epoch: u64,
+    ) -> Result<Self, RingError> {
+        let topology = Topology::build(config, config.ring(), writers, epoch, &metrics)?;
+        metrics.epoch.set(epoch as i64);
+        Ok(Self {
+            topology: RwLock::new(Arc::new(topology)),
+            epoch_tx: watch::channel(epoch).0,
+            config: config.clone(),
+            write_timeout: config.write_timeout,
+            retry: config.retry.clone(),
+            metrics,
+        })
+    }
+
+    /// Replaces the ring with the one of `epoch` (ignored unless newer).
+    /// Writers keep their clients across epochs when the caller passes the
+    /// same ones; their up/down state starts afresh.
+    pub fn set_topology(
+        &self,
+        epoch: u64,
+        ring: hash_ring::RingConfig,
+        writers: Vec<(NodeSpec, WriterClient)>,
+    ) -> Result<(), RingError> {
+        if epoch <= self.epoch() {
+            return Ok(());
+        }
+        let old = self.topology();
+        let topology = Topology::build(&self.config, ring, writers, epoch, &self.metrics)?;
+        for n in old.ring.nodes() {
+            if !topology.ring.nodes().iter().any(|m| m.id == n.id) {
+                self.metrics
+                    .writer_up
+                    .remove(&vec![("writer", n.id.clone())]);
+            }
+        }
+        tracing::info!(
+            epoch,
+            writers = ?topology.ring.nodes().iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+            "ring changed"
+        );
+        *self.topology.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(topology);
+        self.epoch_tx.send_replace(epoch);
+        self.metrics.epoch.set(epoch as i64);
+        Ok(())
+    }
+
+    /// The current topology.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.topology
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The writer clients of the current topology by id, to reuse them.
+    pub fn writer_clients(&self) -> Vec<(String, WriterClient)> {
+        let t = self.topology();
+        t.ring
+            .nodes()
+            .iter()
+            .map(|n| n.id.clone())
+            .zip(t.writers.iter().cloned())
+            .collect()
+    }
+
+    pub fn ring(&self) -> HashRing {
+        self.topology().ring.clone()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        *self.epoch_tx.borrow()
+    }
+
+    /// Every writer's health, in ring order (`ring().nodes()`).
+    pub fn writer_status(&self) -> Vec<WriterStatus> {
+        self.topology().health.status()
+    }
+
+    /// Waits until the epoch is above `epoch`, at most `timeout`.
+    async fn wait_epoch_above(&self, epoch: u64, timeout: Duration) {
+        let mut rx = self.epoch_tx.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|e| *e > epoch)).await;
+    }
+
+    /// Stores the points of `batch`; returns the ones that could not be
+    /// stored (by index into `batch.points`). Every point not returned is
+    /// durable.
+    ///
+    /// A point goes to its ring owner, or, while the owner is down, to the
+    /// first writer after it in ring order that is up (to the owner anyway
+    /// if none is). When a forward fails after its retries with a transient
+    /// status, its points go on to the next writer up in their ring order
+    /// that has not failed them yet; they come back as `UNAVAILABLE`
+    /// (retryable) only when no such writer is left.
+    pub async fn route(&self, batch: MetricBatch) -> Vec<PointError> {
+        let total = batch.points.len();
+        self.metrics.points.inc_by(total as u64);
+        self.metrics.batch_points.observe(total as f64);
+        let names = batch.metric_names.clone();
+        let mut topo = self.topology();
+        let (mut failed, mut stale) = self.route_in(&topo, batch).await;
+        // Points a writer called stale: route them again under a newer
+        // epoch (each writer owns its range only in the newest one).
+        for _ in 0..MAX_REROUTES {
+            if stale.is_empty() {
+                break;
+            }
+            self.wait_epoch_above(topo.epoch, EPOCH_WAIT).await;
+            topo = self.topology();
+            tracing::info!(
+                points = stale.len(),
+                epoch = topo.epoch,
+                "re-routing points a writer called stale"
+            );
+            self.metrics
+                .stale_rerouted_points
+                .inc_by(stale.len() as u64);
+            let (idx, points): (Vec<u32>, Vec<Point>) = stale.into_iter().unzip();
+            let (f, s) = self
+                .route_in(
+                    &topo,
+                    MetricBatch {
+                        seq: 0,
+                        metric_names: names.clone(),
+                        points,
+                    },
+                )
+                .await;
+            failed.extend(f.into_iter().map(|mut e| {
+                e.index = idx[e.index as usize];
+                e
+            }));
+            stale = s.into_iter().map(|(i, p)| (idx[i as usize], p)).collect();
+        }
+        if !stale.is_empty() {
+            let idx: Vec<u32> = stale.into_iter().map(|(i, _)| i).collect();
+            self.fail(&mut failed, idx, "ring changed while routing; resend", true);
+        }
+        failed.sort_by_key(|e| e.index);
+        failed
+    }
+
+    /// Routes `batch` under `topo`. Returns the points that failed, and
+    /// those a writer refused as routed under a stale epoch (with their
+    /// index, for another round).
+    async fn route_in(
+        &self,
+        topo: &Topology,
+        batch: MetricBatch,
+    ) -> (Vec<PointError>, Vec<(u32, Point)>) {
+        if topo.ring.is_empty() {
+            let mut failed = Vec::new();
+            let message = format!(
+                "no storage-writer is online in ring epoch {}; retry later",
+                topo.epoch
+            );
+            self.fail(
+                &mut failed,
+                (0..batch.points.len() as u32).collect(),
+                &message,
+                true,
+            );
+            return (failed, Vec::new());
+        }
+        let n = topo.writers.len();
+        let up = topo.health.up_if_any_down();
+        let mut groups: Vec<(Vec<u32>, Vec<Point>)> =
+            (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+        let mut rerouted = 0u64;
+        for (i, p) in batch.points.into_iter().enumerate() {
+            let owner = topo
+                .ring
+                .owner_index_of_point(&p.host_id, p.timestamp)
+                .expect("the ring has at least one writer");
+            let target = match &up {
+                Some(up) if !up[owner] => {
+                    pick(topo.ring.owners_of_point(&p.host_id, p.timestamp), up)
+                        // Nobody is up: the owner is as good a bet as any.
+                        .unwrap_or(owner)
+                }
+                _ => owner,
+            };
+            rerouted += u64::from(target != owner);
+            groups[target].0.push(i as u32);
+            groups[target].1.push(p);
+        }
+        self.metrics.rerouted_points.inc_by(rerouted);
+        let names = batch.metric_names;
+        let mut inflight: FuturesUnordered<_> = groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (idx, _))| !idx.is_empty())
+            .map(|(target, (idx, points))| {
+                self.deliver(
+                    topo,
+                    Job {
+                        target,
+                        tried: Vec::new(),
+                        idx,
+                        points,
+                    },
+                    &names,
+                )
+            })
+            .collect();
+        let mut failed = Vec::new();
+        let mut stale = Vec::new();
+        while let Some((job, result)) = inflight.next().await {
+            let Err(status) = result else { continue };
+            if is_stale(&status) {
+                stale.extend(job.idx.into_iter().zip(job.points));
+                continue;
+            }
+            if !retryable(&status) {
+                // The batch itself was refused: another writer would too.
+                self.fail(&mut failed, job.idx, status.message(), false);
+                continue;
+            }
+            let mut tried = job.tried;
+            tried.push(job.target);
+            let up = topo.health.up_all();
+            let mut next: Vec<(Vec<u32>, Vec<Point>)> =
+                (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+            let mut stuck = Vec::new();
+            let mut rerouted = 0u64;
+            for (i, p) in job.idx.into_iter().zip(job.points) {
+                match failover_target(&topo.ring, &p.host_id, p.timestamp, &tried, &up) {
+                    Some(t) => {
+                        let owner = topo.ring.owner_index_of_point(&p.host_id, p.timestamp);
+                        rerouted += u64::from(owner != Some(t));
+                        next[t].0.push(i);
+                        next[t].1.push(p);
+                    }
+                    None => stuck.push(i),
+                }
+            }
+            self.metrics.rerouted_points.inc_by(rerouted);
+            if !stuck.is_empty() {
+                let tried_ids: Vec<&str> = tried
+                    .iter()
+                    .map(|&t| topo.ring.nodes()[t].id.as_str())
+                    .collect();
+                let message = format!(
+                    "no writer could store the point, tried writer {}; last error: {}",
+                    tried_ids.join(", writer "),
+                    status.message()
+                );
+                self.fail(&mut failed, stuck, &message, true);
+            }
+            for (target, (idx, points)) in next.into_iter().enumerate() {
+                if idx.is_empty() {
+                    continue;
+                }
+                tracing::info!(
+                    from = %topo.ring.nodes()[*tried.last().expect("one tried")].id,
+                    to = %topo.ring.nodes()[target].id,
+                    points = idx.len(),
+                    "failing over"
+                );
+                inflight.push(self.deliver(
+                    topo,
+                    Job {
+                        target,
+                        tried: tried.clone(),
+                        idx,
+                        points,
+                    },
+                    &names,
+                ));
+            }
+        }
+        (failed, stale)
+    }
+
+    /// `retryable` is false when a writer refused the points for good
+    /// (e.g. Redis rejected them and the writer has no dead-letter queue):
+    /// resending would fail the same way.
+    fn fail(&self, failed: &mut Vec<PointError>, idx: Vec<u32>, message: &str, retryable: bool) {
+        self.metrics.failed_points.inc_by(idx.len() as u64);
+        failed.extend(idx.into_iter().map(|i| PointError {
+            index: i,
+            reason: RejectReason::Unavailable as i32,
+            message: message.to_string(),
+            retryable,
+        }));
+    }
+
+    /// Forwards `job`'s points to its target; gives the job back (points
+    /// included) with the outcome.
+    async fn deliver(
+        &self,
+        topo: &Topology,
+        mut job: Job,
+        names: &[String],
+    ) -> (Job, Result<(), Status>) {
+        let batch = Arc::new(MetricBatch {
+            seq: 0,
+            metric_names: names.to_vec(),
+            points: std::mem::take(&mut job.points),
+        });
+        let result = self
+            .forward(topo, job.target, &job.tried, batch.clone())
+            .await;
+        if result.is_err() {
+            // Every attempt has ended, so this is normally the last
+            // reference (a local write that timed out may still hold one).
+            job.points = Arc::try_unwrap(batch)
+                .map(|b| b.points)
+                .unwrap_or_else(|b| b.points.clone());
+        }
+        (job, result)
+    }
+
+    /// One forward with retries. Retries stop early when the writer gets
+    /// marked down meanwhile and another writer is up to fail over to.
+    async fn forward(
+        &self,
+        topo: &Topology,
+        target: usize,
+        tried: &[usize],
+        batch: Arc<MetricBatch>,
+    ) -> Result<(), Status> {
+        let writer = &topo.writers[target];
+        let id = &topo.ring.nodes()[target].id;
+        let started = Instant::now();
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.retry.initial_backoff)
+            .with_max_delay(self.retry.max_backoff)
+            .with_max_times(self.retry.max_retries)
+            .with_jitter();
+        let result = (|| {
+            let batch = batch.clone();
+            async move {
+                let r = writer.write(batch, topo.epoch, self.write_timeout).await;
+                match &r {
+                    Err(e) if retryable(e) => topo.health.attempt_failed(target),
+                    // Success, or a refusal: either way the writer answered.
+                    _ => topo.health.answered(target),
+                }
+                r
+            }
+        })
+        .retry(backoff)
+        .when(|e| retryable(e) && (topo.health.is_up(target) || !topo.other_writer_up(target, tried)))
+        .notify(|e: &Status, after: Duration| {
+            self.metrics.retries.get_or_create(&vec![("writer", id.clone())]).inc();
+            tracing::warn!(writer = %id, code = ?e.code(), error = %e.message(), retry_in = ?after, "forward failed, retrying");
+        })
+        .await;
+        if let Err(e) = &result
+            && retryable(e)
+        {
+            topo.health.forward_failed(target);
+        }
+        self.metrics
+            .forward_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        self.metrics
+            .forwards
+            .get_or_create(&vec![
+                ("writer", id.clone()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+        result.map_err(|e| Status::new(e.code(), format!("writer {id}: {}", e.message())))
+    }
+}
+
+impl Topology {
+    fn build(
+        config: &RouterConfig,
+        ring: hash_ring::RingConfig,
+        writers: Vec<(NodeSpec, WriterClient)>,
+        epoch: u64,
+        metrics: &RouterMetrics,
+    ) -> Result<Self, RingError> {
+        let ring = HashRing::new(ring, writers.iter().map(|(n, _)| n.clone()))?;
         let mut by_id: std::collections::HashMap<String, WriterClient> =
             writers.into_iter().map(|(n, c)| (n.id, c)).collect();
         let writers: Vec<WriterClient> = ring
@@ -96,235 +505,20 @@ impl Router {
             ring,
             writers,
             health,
-            // Static membership: one epoch for the life of the process.
-            epoch: 1,
-            write_timeout: config.write_timeout,
-            retry: config.retry.clone(),
-            metrics,
+            epoch,
         })
-    }
-
-    pub fn ring(&self) -> &HashRing {
-        &self.ring
-    }
-
-    pub fn epoch(&self) -> u64 {
-        self.epoch
-    }
-
-    /// Every writer's health, in ring order (`ring().nodes()`).
-    pub fn writer_status(&self) -> Vec<WriterStatus> {
-        self.health.status()
-    }
-
-    /// Stores the points of `batch`; returns the ones that could not be
-    /// stored (by index into `batch.points`). Every point not returned is
-    /// durable.
-    ///
-    /// A point goes to its ring owner, or, while the owner is down, to the
-    /// first writer after it in ring order that is up (to the owner anyway
-    /// if none is). When a forward fails after its retries with a transient
-    /// status, its points go on to the next writer up in their ring order
-    /// that has not failed them yet; they come back as `UNAVAILABLE`
-    /// (retryable) only when no such writer is left.
-    pub async fn route(&self, batch: MetricBatch) -> Vec<PointError> {
-        let total = batch.points.len();
-        self.metrics.points.inc_by(total as u64);
-        self.metrics.batch_points.observe(total as f64);
-        let n = self.writers.len();
-        let up = self.health.up_if_any_down();
-        let mut groups: Vec<(Vec<u32>, Vec<Point>)> =
-            (0..n).map(|_| (Vec::new(), Vec::new())).collect();
-        let mut rerouted = 0u64;
-        for (i, p) in batch.points.into_iter().enumerate() {
-            let owner = self
-                .ring
-                .owner_index_of_point(&p.host_id, p.timestamp)
-                .expect("the ring has at least one writer");
-            let target = match &up {
-                Some(up) if !up[owner] => {
-                    pick(self.ring.owners_of_point(&p.host_id, p.timestamp), up)
-                        // Nobody is up: the owner is as good a bet as any.
-                        .unwrap_or(owner)
-                }
-                _ => owner,
-            };
-            rerouted += u64::from(target != owner);
-            groups[target].0.push(i as u32);
-            groups[target].1.push(p);
-        }
-        self.metrics.rerouted_points.inc_by(rerouted);
-        let names = batch.metric_names;
-        let mut inflight: FuturesUnordered<_> = groups
-            .into_iter()
-            .enumerate()
-            .filter(|(_, (idx, _))| !idx.is_empty())
-            .map(|(target, (idx, points))| {
-                self.deliver(
-                    Job {
-                        target,
-                        tried: Vec::new(),
-                        idx,
-                        points,
-                    },
-                    &names,
-                )
-            })
-            .collect();
-        let mut failed = Vec::new();
-        while let Some((job, result)) = inflight.next().await {
-            let Err(status) = result else { continue };
-            if !retryable(&status) {
-                // The batch itself was refused: another writer would too.
-                self.fail(&mut failed, job.idx, status.message(), false);
-                continue;
-            }
-            let mut tried = job.tried;
-            tried.push(job.target);
-            let up = self.health.up_all();
-            let mut next: Vec<(Vec<u32>, Vec<Point>)> =
-                (0..n).map(|_| (Vec::new(), Vec::new())).collect();
-            let mut stuck = Vec::new();
-            let mut rerouted = 0u64;
-            for (i, p) in job.idx.into_iter().zip(job.points) {
-                match failover_target(&self.ring, &p.host_id, p.timestamp, &tried, &up) {
-                    Some(t) => {
-                        let owner = self.ring.owner_index_of_point(&p.host_id, p.timestamp);
-                        rerouted += u64::from(owner != Some(t));
-                        next[t].0.push(i);
-                        next[t].1.push(p);
-                    }
-                    None => stuck.push(i),
-                }
-            }
-            self.metrics.rerouted_points.inc_by(rerouted);
-            if !stuck.is_empty() {
-                let tried_ids: Vec<&str> = tried
-                    .iter()
-                    .map(|&t| self.ring.nodes()[t].id.as_str())
-                    .collect();
-                let message = format!(
-                    "no writer could store the point, tried writer {}; last error: {}",
-                    tried_ids.join(", writer "),
-                    status.message()
-                );
-                self.fail(&mut failed, stuck, &message, true);
-            }
-            for (target, (idx, points)) in next.into_iter().enumerate() {
-                if idx.is_empty() {
-                    continue;
-                }
-                tracing::info!(
-                    from = %self.ring.nodes()[*tried.last().expect("one tried")].id,
-                    to = %self.ring.nodes()[target].id,
-                    points = idx.len(),
-                    "failing over"
-                );
-                inflight.push(self.deliver(
-                    Job {
-                        target,
-                        tried: tried.clone(),
-                        idx,
-                        points,
-                    },
-                    &names,
-                ));
-            }
-        }
-        failed.sort_by_key(|e| e.index);
-        failed
-    }
-
-    /// `retryable` is false when a writer refused the points for good
-    /// (e.g. Redis rejected them and the writer has no dead-letter queue):
-    /// resending would fail the same way.
-    fn fail(&self, failed: &mut Vec<PointError>, idx: Vec<u32>, message: &str, retryable: bool) {
-        self.metrics.failed_points.inc_by(idx.len() as u64);
-        failed.extend(idx.into_iter().map(|i| PointError {
-            index: i,
-            reason: RejectReason::Unavailable as i32,
-            message: message.to_string(),
-            retryable,
-        }));
-    }
-
-    /// Forwards `job`'s points to its target; gives the job back (points
-    /// included) with the outcome.
-    async fn deliver(&self, mut job: Job, names: &[String]) -> (Job, Result<(), Status>) {
-        let batch = Arc::new(MetricBatch {
-            seq: 0,
-            metric_names: names.to_vec(),
-            points: std::mem::take(&mut job.points),
-        });
-        let result = self.forward(job.target, &job.tried, batch.clone()).await;
-        if result.is_err() {
-            // Every attempt has ended, so this is normally the last
-            // reference (a local write that timed out may still hold one).
-            job.points = Arc::try_unwrap(batch)
-                .map(|b| b.points)
-                .unwrap_or_else(|b| b.points.clone());
-        }
-        (job, result)
-    }
-
-    /// One forward with retries. Retries stop early when the writer gets
-    /// marked down meanwhile and another writer is up to fail over to.
-    async fn forward(
-        &self,
-        target: usize,
-        tried: &[usize],
-        batch: Arc<MetricBatch>,
-    ) -> Result<(), Status> {
-        let writer = &self.writers[target];
-        let id = &self.ring.nodes()[target].id;
-        let started = Instant::now();
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.retry.initial_backoff)
-            .with_max_delay(self.retry.max_backoff)
-            .with_max_times(self.retry.max_retries)
-            .with_jitter();
-        let result = (|| {
-            let batch = batch.clone();
-            async move {
-                let r = writer.write(batch, self.epoch, self.write_timeout).await;
-                match &r {
-                    Err(e) if retryable(e) => self.health.attempt_failed(target),
-                    // Success, or a refusal: either way the writer answered.
-                    _ => self.health.answered(target),
-                }
-                r
-            }
-        })
-        .retry(backoff)
-        .when(|e| retryable(e) && (self.health.is_up(target) || !self.other_writer_up(target, tried)))
-        .notify(|e: &Status, after: Duration| {
-            self.metrics.retries.get_or_create(&vec![("writer", id.clone())]).inc();
-            tracing::warn!(writer = %id, code = ?e.code(), error = %e.message(), retry_in = ?after, "forward failed, retrying");
-        })
-        .await;
-        if let Err(e) = &result
-            && retryable(e)
-        {
-            self.health.forward_failed(target);
-        }
-        self.metrics
-            .forward_seconds
-            .observe(started.elapsed().as_secs_f64());
-        let outcome = if result.is_ok() { "ok" } else { "failed" };
-        self.metrics
-            .forwards
-            .get_or_create(&vec![
-                ("writer", id.clone()),
-                ("outcome", outcome.to_string()),
-            ])
-            .inc();
-        result.map_err(|e| Status::new(e.code(), format!("writer {id}: {}", e.message())))
     }
 
     /// True when a writer other than `target` and those in `tried` is up.
     fn other_writer_up(&self, target: usize, tried: &[usize]) -> bool {
         (0..self.writers.len()).any(|i| i != target && !tried.contains(&i) && self.health.is_up(i))
     }
+}
+
+/// A writer's answer that the points were routed under an older epoch for
+/// a range it no longer owns.
+pub fn is_stale(s: &Status) -> bool {
+    s.code() == Code::FailedPrecondition && s.message().contains(STALE_EPOCH)
 }
 
 /// Transient failures worth another attempt (and, after the retries, worth
@@ -575,12 +769,13 @@ mod tests {
         let failed = router.route(batch(&mixed)).await;
         assert_eq!(failed.len(), 8);
         for (e, h) in failed.iter().zip(&mixed) {
-            let owner = router.ring().owner_of_point(h, ts).unwrap();
+            let ring = router.ring();
+            let owner = ring.owner_of_point(h, ts).unwrap();
             let tried = format!("tried writer {};", owner.id);
             assert!(e.message.contains(&tried), "{}", e.message);
         }
 
-        let probes = router.health.shared_weak();
+        let probes = router.topology().health.shared_weak();
         assert!(probes.upgrade().is_some());
         drop(router);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

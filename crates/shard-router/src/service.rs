@@ -4,8 +4,8 @@ use crate::router::{Router, retryable};
 use broker_proto::v1::router_service_client::RouterServiceClient;
 use broker_proto::v1::router_service_server::{RouterService, RouterServiceServer};
 use broker_proto::v1::{MetricBatch, PointError, RouteRequest, RouteResponse};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use storage_writer::service::MAX_INTERNAL_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
@@ -49,8 +49,20 @@ pub enum RouterClient {
 }
 
 pub struct RemoteRouters {
-    endpoints: Vec<(String, RouterServiceClient<Channel>)>,
+    /// Replaced as a whole when membership changes ([`RouterClient::set_endpoints`]).
+    endpoints: RwLock<Arc<Vec<(String, RouterServiceClient<Channel>)>>>,
     next: AtomicUsize,
+}
+
+fn router_channel(a: &str) -> Result<RouterServiceClient<Channel>, Status> {
+    let ep = Endpoint::from_shared(a.to_string())
+        .map_err(|e| Status::invalid_argument(format!("router endpoint {a:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30));
+    Ok(RouterServiceClient::new(ep.connect_lazy())
+        .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES))
 }
 
 impl RouterClient {
@@ -66,22 +78,51 @@ impl RouterClient {
         }
         let endpoints = addrs
             .iter()
-            .map(|a| {
-                let ep = Endpoint::from_shared(a.clone())
-                    .map_err(|e| Status::invalid_argument(format!("router endpoint {a:?}: {e}")))?
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(30));
-                let client = RouterServiceClient::new(ep.connect_lazy())
-                    .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
-                Ok((a.clone(), client))
-            })
+            .map(|a| Ok((a.clone(), router_channel(a)?)))
             .collect::<Result<Vec<_>, Status>>()?;
         Ok(RouterClient::Remote(Arc::new(RemoteRouters {
-            endpoints,
+            endpoints: RwLock::new(Arc::new(endpoints)),
             next: AtomicUsize::new(0),
         })))
+    }
+
+    /// Routers learned from cluster membership: starts with none and takes
+    /// its endpoints from [`RouterClient::set_endpoints`].
+    pub fn dynamic() -> Self {
+        RouterClient::Remote(Arc::new(RemoteRouters {
+            endpoints: RwLock::new(Arc::new(Vec::new())),
+            next: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Replaces the remote endpoints (keeping the channels of those that
+    /// stay). No effect on a local router.
+    pub fn set_endpoints(&self, addrs: &[String]) {
+        let RouterClient::Remote(remote) = self else {
+            return;
+        };
+        let old = remote
+            .endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let new: Vec<_> = addrs
+            .iter()
+            .filter_map(|a| match old.iter().find(|(o, _)| o == a) {
+                Some(e) => Some(e.clone()),
+                None => match router_channel(a) {
+                    Ok(c) => Some((a.clone(), c)),
+                    Err(e) => {
+                        tracing::warn!(router = %a, error = %e.message(), "bad router address from membership");
+                        None
+                    }
+                },
+            })
+            .collect();
+        if new.iter().map(|(a, _)| a).ne(old.iter().map(|(a, _)| a)) {
+            tracing::info!(routers = ?addrs, "router endpoints changed");
+        }
+        *remote.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
     }
 
     /// Routes `batch`; returns the points not stored. `Err` means no router
@@ -94,12 +135,22 @@ impl RouterClient {
         match self {
             RouterClient::Local(r) => Ok(r.route(batch).await),
             RouterClient::Remote(remote) => {
-                let n = remote.endpoints.len();
+                let endpoints = remote
+                    .endpoints
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let n = endpoints.len();
+                if n == 0 {
+                    return Err(Status::unavailable(
+                        "no shard-router is online in the cluster yet",
+                    ));
+                }
                 let start = remote.next.fetch_add(1, Ordering::Relaxed);
                 let mut last = Status::unavailable("no router endpoint tried");
                 let mut batch = Some(batch);
                 for k in 0..n {
-                    let (addr, client) = &remote.endpoints[(start + k) % n];
+                    let (addr, client) = &endpoints[(start + k) % n];
                     // Keep a copy only while another endpoint may need it.
                     let body = if k + 1 < n {
                         batch.clone().expect("batch present")

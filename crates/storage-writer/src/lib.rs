@@ -117,10 +117,24 @@ pub async fn run(
     let mut registry = prometheus_client::registry::Registry::default();
     let readiness = Readiness::default();
     let component = WriterComponent::start(&config, &mut registry, &readiness)?;
+    let membership = cluster_client::lifecycle::join_configured(
+        &config,
+        vec![broker_proto::v1::MemberRole::StorageWriter],
+        listeners.grpc_addr(),
+        listeners.http_addr(),
+    )
+    .await?;
+    let ownership = membership
+        .as_ref()
+        .map(|m| service::Ownership::new(&config.node_id, m.state()));
     let admin = Admin::new(registry, readiness).with_routes(component.admin_routes());
-    let stop = broker_common::serve::token_from(shutdown);
-    let routes =
-        tonic::service::Routes::new(WriterGrpc::new(component.writer.clone()).into_server());
+    let signal = broker_common::serve::token_from(shutdown);
+    let stop = cluster_client::lifecycle::serve_token(signal, membership.as_ref());
+    let routes = tonic::service::Routes::new(
+        WriterGrpc::new(component.writer.clone())
+            .with_ownership(ownership)
+            .into_server(),
+    );
     let served = broker_common::serve::serve(
         routes,
         &[service::WRITER_SERVICE_NAME],
@@ -130,5 +144,6 @@ pub async fn run(
     );
     let result = served.await;
     broker_common::shutdown::within_grace(config.shutdown_grace, component.shutdown()).await;
+    cluster_client::lifecycle::leave(membership).await;
     result
 }

@@ -2,11 +2,14 @@
 
 use crate::error::WriterError;
 use crate::writer::Writer;
+use broker_proto::v1::ClusterState;
 use broker_proto::v1::writer_service_client::WriterServiceClient;
 use broker_proto::v1::writer_service_server::{WriterService, WriterServiceServer};
 use broker_proto::v1::{MetricBatch, WriteRequest, WriteResponse};
-use std::sync::Arc;
+use hash_ring::HashRing;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -14,13 +17,88 @@ pub const WRITER_SERVICE_NAME: &str = "broker.v1.WriterService";
 /// Internal messages can be as large as an agent's batch.
 pub const MAX_INTERNAL_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Marks a writer's refusal of points routed under an older ring epoch
+/// for a range it no longer owns (`FAILED_PRECONDITION`); the router routes
+/// them again under its newer ring.
+pub const STALE_EPOCH: &str = "stale ring epoch";
+
 pub struct WriterGrpc {
     writer: Arc<Writer>,
+    ownership: Option<Ownership>,
+}
+
+/// What this writer owns, from the committed cluster state.
+pub struct Ownership {
+    id: String,
+    state: watch::Receiver<Arc<ClusterState>>,
+    /// The ring of the last epoch checked against.
+    ring: Mutex<Option<(u64, Arc<HashRing>)>>,
+}
+
+impl Ownership {
+    pub fn new(id: &str, state: watch::Receiver<Arc<ClusterState>>) -> Self {
+        Self {
+            id: id.to_string(),
+            state,
+            ring: Mutex::new(None),
+        }
+    }
+
+    /// Refuses `batch` if it was routed under an epoch older than the one
+    /// this writer has seen and holds points this writer does not own in
+    /// the newer ring. Points routed under the current epoch are always
+    /// taken (a router may fail over to this writer while the owner is
+    /// down).
+    pub fn check(&self, batch: &MetricBatch, routed_epoch: u64) -> Result<(), Status> {
+        let state = self.state.borrow().clone();
+        if routed_epoch == 0 || routed_epoch >= state.epoch {
+            return Ok(());
+        }
+        let ring = {
+            let mut cached = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+            match &*cached {
+                Some((e, r)) if *e == state.epoch => r.clone(),
+                _ => {
+                    let r = Arc::new(cluster_client::ring_of(&state).map(|(r, _)| r).map_err(
+                        |e| Status::internal(format!("ring of epoch {}: {e}", state.epoch)),
+                    )?);
+                    *cached = Some((state.epoch, r.clone()));
+                    r
+                }
+            }
+        };
+        let foreign = batch
+            .points
+            .iter()
+            .filter(|p| {
+                ring.owner_of_point(&p.host_id, p.timestamp)
+                    .is_none_or(|n| n.id != self.id)
+            })
+            .count();
+        if foreign == 0 {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "{STALE_EPOCH}: routed under epoch {routed_epoch}, the ring is at epoch {} where writer {} does not own {foreign} of the {} points",
+            state.epoch,
+            self.id,
+            batch.points.len()
+        )))
+    }
 }
 
 impl WriterGrpc {
     pub fn new(writer: Arc<Writer>) -> Self {
-        Self { writer }
+        Self {
+            writer,
+            ownership: None,
+        }
+    }
+
+    /// Checks each batch's routing epoch against the committed ring.
+    pub fn with_ownership(mut self, ownership: Option<Ownership>) -> Self {
+        self.ownership = ownership;
+        self
     }
 
     pub fn into_server(self) -> WriterServiceServer<Self> {
@@ -39,6 +117,9 @@ impl WriterService for WriterGrpc {
         let req = request.into_inner();
         let batch = req.batch.unwrap_or_default();
         check_shape(&batch)?;
+        if let Some(o) = &self.ownership {
+            o.check(&batch, req.ring_epoch)?;
+        }
         self.writer.write(Arc::new(batch)).await?;
         Ok(Response::new(WriteResponse { failed: vec![] }))
     }

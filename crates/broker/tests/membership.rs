@@ -1,0 +1,345 @@
+//! Membership end to end, with real processes on loopback: three
+//! cluster-ctl raft nodes, writers, a router and a gateway (each `broker run
+//! --service X`), all learning the ring from cluster-ctl, none configured
+//! with another's address. While a steady load runs:
+//!
+//! 1. a third writer starts and joins: its share of the ring moves to it;
+//! 2. a writer is killed with `kill -9`: its lease expires, cluster-ctl
+//!    marks it offline through Raft, and its share goes to the others;
+//! 3. it starts again and is marked online;
+//! 4. the third writer gets SIGTERM: it drains (routers stop sending to it),
+//!    finishes and leaves the cluster.
+//!
+//! Afterwards every point the load generator saw acked must be in Redis.
+//! The figures (join to first batch, death to offline, shares) are
+//! printed, not asserted.
+
+mod common;
+
+use broker::dlq_cli::AdminClient;
+use broker_agent::load::{LoadConfig, Pacing, run_load_with};
+use broker_proto::v1::{ClusterState, MemberState};
+use cluster_client::ClusterClient;
+use cluster_client::views::RingView;
+use common::{Service, Timeline, durable_redis, port, verify};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const HOSTS: usize = 200;
+const METRICS: usize = 8;
+
+fn member_state(s: &ClusterState, id: &str) -> Option<MemberState> {
+    s.members
+        .iter()
+        .find(|m| m.id == id)
+        .and_then(|m| MemberState::try_from(m.state).ok())
+}
+
+/// Polls the committed state until `pred` holds; returns the time it took
+/// and the state. Panics after `timeout` naming `what`.
+async fn until(
+    client: &ClusterClient,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&ClusterState) -> bool,
+) -> (Duration, ClusterState) {
+    let start = Instant::now();
+    loop {
+        if let Ok(s) = client.members().await
+            && pred(&s)
+        {
+            return (start.elapsed(), s);
+        }
+        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `broker_writer_points_total` of the writer whose admin port is `http`.
+async fn points_written(http: u16) -> u64 {
+    let Ok(admin) = AdminClient::new(&format!("http://127.0.0.1:{http}"), Duration::from_secs(2))
+    else {
+        return 0;
+    };
+    let Ok(text) = admin.get_text("/metrics").await else {
+        return 0;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("broker_writer_points_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+fn print_ring(label: &str, s: &ClusterState) {
+    let ring = RingView::from(s);
+    let shares: Vec<String> = ring
+        .nodes
+        .iter()
+        .map(|n| format!("{} {:.1}%", n.id, n.share * 100.0))
+        .collect();
+    println!(
+        "FIGURE ring {label} (epoch {}, {} vnodes, {}): {}",
+        ring.epoch,
+        ring.vnodes,
+        ring.hash,
+        shares.join(", ")
+    );
+}
+
+struct Cluster {
+    ctl: Vec<Service>,
+    writers: Vec<(Service, u16)>,
+    router: Service,
+    gateway: Service,
+    endpoints: Vec<String>,
+}
+
+fn ctl_yaml(id: usize, grpc: u16, http: u16, peers: &[u16], dir: &Path) -> String {
+    let peers: String = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("    - {{id: {}, addr: 'http://127.0.0.1:{p}'}}\n", i + 1))
+        .collect();
+    format!(
+        "node_id: ctl-{id}\ngrpc_listen: 127.0.0.1:{grpc}\nhttp_listen: 127.0.0.1:{http}\ncluster_ctl:\n  id: {id}\n  data_dir: {}\n  peers:\n{peers}",
+        dir.join(format!("raft-{id}")).display()
+    )
+}
+
+fn cluster_section(endpoints: &[String]) -> String {
+    let list: String = endpoints.iter().map(|e| format!("'{e}', ")).collect();
+    format!("cluster:\n  endpoints: [{}]\n", list.trim_end_matches(", "))
+}
+
+impl Cluster {
+    async fn start(redis_url: &str, dir: &Path) -> Self {
+        let ctl_ports: Vec<u16> = (0..3).map(|_| port()).collect();
+        let endpoints: Vec<String> = ctl_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        let mut ctl = Vec::new();
+        for (i, p) in ctl_ports.iter().enumerate() {
+            let yaml = ctl_yaml(i + 1, *p, port(), &ctl_ports, dir);
+            ctl.push(Service::new(
+                &format!("ctl-{}", i + 1),
+                "cluster-ctl",
+                dir,
+                yaml,
+                *p,
+            ));
+        }
+        let cluster = cluster_section(&endpoints);
+        let writers = (0..3)
+            .map(|i| {
+                let (g, h) = (port(), port());
+                let yaml = format!(
+                    "node_id: writer-{i}\ngrpc_listen: 127.0.0.1:{g}\nhttp_listen: 127.0.0.1:{h}\n{cluster}writer:\n  redis_url: {redis_url}\n  redis_timeout: 2s\n  spool_dir: {}\n",
+                    dir.join(format!("spool-{i}")).display()
+                );
+                (
+                    Service::new(&format!("writer-{i}"), "storage-writer", dir, yaml, g),
+                    h,
+                )
+            })
+            .collect();
+        let rp = port();
+        let router = Service::new(
+            "router",
+            "shard-router",
+            dir,
+            format!(
+                "node_id: router\ngrpc_listen: 127.0.0.1:{rp}\nhttp_listen: 127.0.0.1:{}\n{cluster}router:\n  write_timeout: 5s\n  retry:\n    max_retries: 2\n    initial_backoff: 200ms\n    max_backoff: 1s\n",
+                port()
+            ),
+            rp,
+        );
+        let gp = port();
+        let gateway = Service::new(
+            "gateway",
+            "ingest-gateway",
+            dir,
+            format!(
+                "node_id: gateway\ngrpc_listen: 127.0.0.1:{gp}\nhttp_listen: 127.0.0.1:{}\n{cluster}gateway:\n  forward_timeout: 15s\n",
+                port()
+            ),
+            gp,
+        );
+        let mut c = Self {
+            ctl,
+            writers,
+            router,
+            gateway,
+            endpoints,
+        };
+        for s in &mut c.ctl {
+            s.start().await;
+        }
+        for (w, _) in c.writers.iter_mut().take(2) {
+            w.start().await;
+        }
+        c.router.start().await;
+        c.gateway.start().await;
+        c
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ring_follows_membership_under_load_and_loses_nothing() {
+    let redis = durable_redis();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(&redis.url(), dir.path()).await;
+    let client = ClusterClient::new(&c.endpoints).unwrap();
+    let (_, s) = until(
+        &client,
+        "two writers and a router online",
+        Duration::from_secs(30),
+        |s| {
+            ["writer-0", "writer-1", "router", "gateway"]
+                .iter()
+                .all(|id| member_state(s, id) == Some(MemberState::Online))
+        },
+    )
+    .await;
+    print_ring("with 2 writers", &s);
+
+    let timeline = Timeline::default();
+    let samples = timeline.clone();
+    let load = tokio::spawn(run_load_with(
+        LoadConfig {
+            endpoints: vec![c.gateway.endpoint()],
+            hosts: HOSTS,
+            metrics: METRICS,
+            batch_hosts: 50,
+            connections: 2,
+            window: 4,
+            pacing: Pacing::Rate(2_000.0),
+            duration: Some(Duration::from_secs(28)),
+            max_points: None,
+            record_acked: true,
+            drain_timeout: Duration::from_secs(60),
+            ..LoadConfig::default()
+        },
+        move |p: &broker_agent::Progress| {
+            samples.0.lock().unwrap().push((Instant::now(), p.acked));
+        },
+        std::future::pending::<()>(),
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // 1. A third writer joins under load.
+    let w2_http = c.writers[2].1;
+    c.writers[2].0.start().await;
+    let (_, s) = until(&client, "writer-2 joins", Duration::from_secs(10), |s| {
+        member_state(s, "writer-2") == Some(MemberState::Online)
+    })
+    .await;
+    let joined = Instant::now();
+    print_ring("with 3 writers", &s);
+    let share = RingView::from(&s)
+        .nodes
+        .iter()
+        .find(|n| n.id == "writer-2")
+        .map(|n| n.share)
+        .expect("writer-2 is in the ring");
+    assert!(
+        (0.15..0.5).contains(&share),
+        "writer-2 owns {share} of the ring"
+    );
+    let deadline = joined + Duration::from_secs(10);
+    while points_written(w2_http).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "writer-2 got no points within 10 s of joining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "FIGURE join -> first batch written by the new writer: {:.0} ms",
+        joined.elapsed().as_secs_f64() * 1e3
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // 2. kill -9 a writer: its lease expires and it is marked offline.
+    let killed = Instant::now();
+    c.writers[0].0.kill9();
+    let (to_offline, s) = until(
+        &client,
+        "writer-0 marked offline",
+        Duration::from_secs(15),
+        |s| member_state(s, "writer-0") == Some(MemberState::Offline),
+    )
+    .await;
+    print_ring("after writer-0 died", &s);
+    assert!(
+        !RingView::from(&s).nodes.iter().any(|n| n.id == "writer-0"),
+        "an offline writer owns no share"
+    );
+    let acks_resumed = timeline.recovery_after(killed);
+    println!(
+        "FIGURE writer kill -9 -> marked offline by lease expiry (new epoch {}): {:.0} ms; acks after the kill resumed within {}",
+        s.epoch,
+        to_offline.as_secs_f64() * 1e3,
+        acks_resumed.map_or("-".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 3. It comes back through the same path.
+    let restarted = Instant::now();
+    c.writers[0].0.start().await;
+    until(
+        &client,
+        "writer-0 back online",
+        Duration::from_secs(15),
+        |s| member_state(s, "writer-0") == Some(MemberState::Online),
+    )
+    .await;
+    println!(
+        "FIGURE writer restart -> online again: {:.0} ms",
+        restarted.elapsed().as_secs_f64() * 1e3
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // 4. Graceful stop: drain, finish, leave.
+    let before = points_written(w2_http).await;
+    c.writers[2].0.terminate().await;
+    let (_, s) = until(&client, "writer-2 left", Duration::from_secs(10), |s| {
+        member_state(s, "writer-2").is_none()
+    })
+    .await;
+    println!(
+        "writer-2 drained and left (it had written {before}+ points), epoch {}",
+        s.epoch
+    );
+
+    let report = load.await.unwrap().unwrap();
+    let load_end = Instant::now();
+    let outcome = loop {
+        let o = verify(&redis.url(), &report, HOSTS, METRICS).await;
+        if o.missing == 0 || load_end.elapsed() > Duration::from_secs(120) {
+            break o;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    println!(
+        "FIGURE membership under load: sent {} acked {} rejected {} failed {} resent {} found in redis {} missing {}",
+        outcome.sent,
+        outcome.acked,
+        report.rejected,
+        report.failed,
+        report.resent,
+        outcome.found,
+        outcome.missing
+    );
+    assert!(outcome.acked > 0);
+    assert_eq!(outcome.missing, 0, "acked points missing from redis");
+
+    c.gateway.terminate().await;
+    c.router.terminate().await;
+    for (w, _) in &mut c.writers {
+        w.terminate().await;
+    }
+    for s in &mut c.ctl {
+        s.terminate().await;
+    }
+}

@@ -1,0 +1,106 @@
+//! A service process's part in membership, start to stop: join when
+//! `cluster.endpoints` is set, drain before the servers stop (writers), and
+//! leave at the end.
+
+use crate::{ClusterClient, Membership, MembershipOptions};
+use broker_common::BrokerConfig;
+use broker_proto::v1::MemberRole;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a draining writer keeps serving after cluster-ctl committed
+/// its DRAINING state: routers follow the new epoch through Watch within
+/// milliseconds; this covers batches they had already routed.
+pub const DRAIN_WAIT: Duration = Duration::from_secs(1);
+
+/// Joins the cluster when `config.cluster.endpoints` is set (`None`
+/// otherwise: static membership). The member is `config.node_id` with
+/// `roles`, reached at `cluster.advertise_addr` or `http://` + `grpc`.
+pub async fn join_configured(
+    config: &BrokerConfig,
+    roles: Vec<MemberRole>,
+    grpc: SocketAddr,
+    http: SocketAddr,
+) -> anyhow::Result<Option<Membership>> {
+    if config.cluster.endpoints.is_empty() {
+        return Ok(None);
+    }
+    let client = ClusterClient::new(&config.cluster.endpoints)?;
+    let addr = if config.cluster.advertise_addr.is_empty() {
+        format!("http://{grpc}")
+    } else {
+        config.cluster.advertise_addr.clone()
+    };
+    let opts = MembershipOptions {
+        id: config.node_id.clone(),
+        roles,
+        addr,
+        admin_addr: format!("http://{http}"),
+        weight: config.cluster.weight,
+    };
+    let m = Membership::join(client, opts).await.map_err(|e| {
+        anyhow::anyhow!("joining the cluster at {:?}: {e}", config.cluster.endpoints)
+    })?;
+    Ok(Some(m))
+}
+
+/// The token the servers stop on. Without membership, or for a member that
+/// is not a writer, it is cancelled with `signal`. A writer first drains:
+/// DRAINING is committed (routers stop sending to it), it keeps serving for
+/// [`DRAIN_WAIT`], then its servers stop and it flushes.
+pub fn serve_token(
+    signal: CancellationToken,
+    membership: Option<&Membership>,
+) -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    let drain = membership
+        .filter(|m| m.has_role(MemberRole::StorageWriter))
+        .map(|m| m.handle());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = signal.cancelled() => {}
+            _ = t.cancelled() => return,
+        }
+        if let Some(h) = drain {
+            match h.drain().await {
+                Ok(_) => tokio::time::sleep(DRAIN_WAIT).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not mark this writer draining, stopping anyway")
+                }
+            }
+        }
+        t.cancel();
+    });
+    token
+}
+
+/// Leaves the cluster (logging, not failing, when cluster-ctl is away: the
+/// member's lease then expires and it is marked offline).
+pub async fn leave(membership: Option<Membership>) {
+    if let Some(m) = membership {
+        let id = m.id().to_string();
+        if let Err(e) = m.leave().await {
+            tracing::warn!(member = %id, error = %e, "could not leave the cluster; its lease will expire");
+        }
+    }
+}
+
+/// A handle to mark a member draining, usable after the shutdown began.
+#[derive(Clone)]
+pub struct MemberHandle {
+    pub(crate) client: ClusterClient,
+    pub(crate) id: String,
+}
+
+impl MemberHandle {
+    pub async fn drain(&self) -> Result<broker_proto::v1::ClusterState, crate::ClusterError> {
+        let s = self
+            .client
+            .set_state(&self.id, broker_proto::v1::MemberState::Draining)
+            .await?;
+        tracing::info!(member = %self.id, epoch = s.epoch, "draining");
+        Ok(s)
+    }
+}
