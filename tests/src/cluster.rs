@@ -101,7 +101,7 @@ impl CtlCluster {
         let stop = CancellationToken::new();
         let s = stop.clone();
         let handle = tokio::spawn(async move {
-            let routes = ctl.grpc_routes();
+            let routes = ctl.grpc_routes(s.clone());
             let r = broker_common::serve::serve(routes, &[], &admin, listeners, s).await;
             ctl.shutdown().await;
             if let Err(e) = r {

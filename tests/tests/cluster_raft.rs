@@ -118,7 +118,20 @@ async fn a_minority_cannot_commit_and_converges_after_healing() {
     let old = c.wait_leader(Duration::from_secs(10)).await;
     let before = c.client().join(member("before")).await.unwrap();
     let before_epoch = before.state.unwrap().epoch;
-    converged(&c, before_epoch, Duration::from_secs(5)).await;
+    // Wait for the leader's own first entry (the ring settings) too, so
+    // nothing is in flight when the partition starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c
+        .running()
+        .iter()
+        .all(|&id| c.node(id).state().borrow().ring.is_some())
+    {
+        assert!(Instant::now() < deadline, "ring settings not committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before_epoch = converged(&c, before_epoch, Duration::from_secs(5))
+        .await
+        .epoch;
 
     c.isolate(old);
     // The isolated node cannot commit: its proposal times out or finds no

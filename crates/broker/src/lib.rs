@@ -158,7 +158,7 @@ pub async fn run(
     );
     let mut grpc_routes = routes.routes();
     if let Some(ctl) = &cluster_ctl {
-        grpc_routes = ctl.add_grpc_routes(grpc_routes);
+        grpc_routes = ctl.add_grpc_routes(grpc_routes, stop.clone());
     }
     let result = broker_common::serve::serve(grpc_routes, &names, &admin, listeners, stop).await;
     if let Some(w) = writer {

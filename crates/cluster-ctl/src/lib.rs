@@ -74,15 +74,22 @@ impl ClusterCtl {
         Ok(Self { node, leases, stop })
     }
 
-    pub fn grpc_routes(&self) -> tonic::service::Routes {
-        self.add_grpc_routes(tonic::service::Routes::default())
+    /// `ClusterService` and `RaftService`; Watch streams end when `stop`
+    /// (the server's stop token) is cancelled.
+    pub fn grpc_routes(&self, stop: CancellationToken) -> tonic::service::Routes {
+        self.add_grpc_routes(tonic::service::Routes::default(), stop)
     }
 
     /// `routes` plus `ClusterService` and `RaftService`.
-    pub fn add_grpc_routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
+    pub fn add_grpc_routes(
+        &self,
+        routes: tonic::service::Routes,
+        stop: CancellationToken,
+    ) -> tonic::service::Routes {
         routes
             .add_service(
-                service::ClusterGrpc::new(self.node.clone(), self.leases.clone()).into_server(),
+                service::ClusterGrpc::new(self.node.clone(), self.leases.clone(), stop)
+                    .into_server(),
             )
             .add_service(service::RaftGrpc::new(self.node.clone()).into_server())
     }
@@ -168,7 +175,7 @@ pub async fn run(
     );
     let stop = broker_common::serve::token_from(shutdown);
     let result = broker_common::serve::serve(
-        ctl.grpc_routes(),
+        ctl.grpc_routes(stop.clone()),
         &[service::CLUSTER_SERVICE_NAME, service::RAFT_SERVICE_NAME],
         &admin,
         listeners,

@@ -67,6 +67,11 @@ pub enum NodeError {
     NoLeader,
     #[error("the change was not committed within {0:?} (leader changed or no quorum)")]
     Timeout(Duration),
+    /// The leader changed before the proposal was applied; it may or may
+    /// not commit under the new leader. Commands are idempotent, so the
+    /// caller retries.
+    #[error("the raft leader changed before the change was applied; retry")]
+    LeaderChanged,
     #[error("raft refused the proposal: {0}")]
     Refused(String),
     #[error("the raft node has stopped")]
@@ -337,6 +342,8 @@ impl Node {
 struct Pending {
     reply: oneshot::Sender<Result<u64, NodeError>>,
     since: Instant,
+    /// The leader this node knew when it proposed.
+    leader: u64,
 }
 
 struct Task {
@@ -398,6 +405,7 @@ impl Task {
             for (reply, index) in self.applied.drain(..) {
                 let _ = reply.send(Ok(index));
             }
+            self.fail_orphaned();
         }
         for (_, p) in self.pending.drain() {
             let _ = p.reply.send(Err(NodeError::Stopped));
@@ -460,6 +468,7 @@ impl Task {
                     Pending {
                         reply,
                         since: Instant::now(),
+                        leader: self.raw.raft.leader_id,
                     },
                 );
             }
@@ -468,6 +477,25 @@ impl Task {
             }
             Err(e) => {
                 let _ = reply.send(Err(NodeError::Refused(e.to_string())));
+            }
+        }
+    }
+
+    /// A proposal made under another leader may have been lost with it
+    /// (a follower forwards proposals to the leader it knows): answer it
+    /// now so the caller retries under the new leader instead of waiting
+    /// for its timeout.
+    fn fail_orphaned(&mut self) {
+        let leader = self.raw.raft.leader_id;
+        let orphaned: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.leader != leader)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphaned {
+            if let Some(p) = self.pending.remove(&id) {
+                let _ = p.reply.send(Err(NodeError::LeaderChanged));
             }
         }
     }

@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -27,9 +28,10 @@ pub const RAFT_SERVICE_NAME: &str = "broker.v1.RaftService";
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         match e {
-            NodeError::NoLeader | NodeError::Timeout(_) | NodeError::Stopped => {
-                Status::unavailable(e.to_string())
-            }
+            NodeError::NoLeader
+            | NodeError::LeaderChanged
+            | NodeError::Timeout(_)
+            | NodeError::Stopped => Status::unavailable(e.to_string()),
             NodeError::Refused(_) => Status::failed_precondition(e.to_string()),
             NodeError::Invalid(_) => Status::invalid_argument(e.to_string()),
         }
@@ -77,14 +79,18 @@ pub struct ClusterGrpc {
     /// Channels to other cluster-ctl nodes, for heartbeats a follower
     /// passes on to the leader (leases live on the leader).
     leaders: Arc<Mutex<HashMap<String, ClusterServiceClient<Channel>>>>,
+    /// Cancelled when the server stops: Watch streams end, so the server's
+    /// graceful shutdown does not wait for watchers to hang up.
+    stop: CancellationToken,
 }
 
 impl ClusterGrpc {
-    pub fn new(node: Node, leases: Arc<Leases>) -> Self {
+    pub fn new(node: Node, leases: Arc<Leases>, stop: CancellationToken) -> Self {
         Self {
             node,
             leases,
             leaders: Arc::default(),
+            stop,
         }
     }
 
@@ -187,6 +193,7 @@ impl ClusterService for ClusterGrpc {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let after_epoch = request.into_inner().after_epoch;
         let mut state = self.node.state();
+        let stop = self.stop.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             // A subscriber from scratch gets the current state first.
@@ -201,6 +208,7 @@ impl ClusterService for ClusterGrpc {
                 }
                 tokio::select! {
                     _ = tx.closed() => return,
+                    _ = stop.cancelled() => return,
                     // Err: the node stopped; end the stream, clients reconnect.
                     r = state.changed() => if r.is_err() { return },
                 }
