@@ -5,6 +5,9 @@
 //!   all-in-one broker (`mono`) and separate gateway/router/writer
 //!   processes (`micro`) on the same Redis, Redis memory per point. Ends
 //!   with one JSON line on stdout.
+//! - `broker-bench query`: query-api latency (range, aggregation) and the
+//!   cached query rate over 1,000 hosts x 1 h filled through the writer
+//!   ([`query`]). Ends with one JSON line on stdout.
 //!
 //! The service processes are this same binary re-executed with the hidden
 //! `serve` subcommand (the all-in-one `broker::run`), so the bench needs
@@ -16,6 +19,8 @@
 /// several threads; glibc malloc spent a quarter of the broker's CPU there.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod query;
 
 use anyhow::Context;
 use broker_agent::generator::SnapshotGenerator;
@@ -46,6 +51,9 @@ enum Cmd {
     /// replay rate when it returns; ingest with one of three writers down
     /// as a ratio of the healthy rate.
     Faults(IngestArgs),
+    /// Query latency and cached rate of query-api over 1,000 hosts x 1 h
+    /// filled through the writer.
+    Query(query::QueryArgs),
     /// Internal: run broker services (used by `ingest` for its children).
     #[command(hide = true)]
     Serve {
@@ -105,6 +113,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Faults(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(faults(args))
+        }
+        Cmd::Query(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(query::run(args))
         }
         Cmd::Ingest(args) => {
             let rt = tokio::runtime::Runtime::new()?;

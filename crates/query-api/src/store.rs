@@ -143,6 +143,13 @@ impl Store {
             })
             .with_connection_config(|c| {
                 c.connection_timeout = Duration::from_secs(5);
+                // A pipeline leaves in several writes: with Nagle's
+                // algorithm the second waits for the ACK of the first,
+                // which Redis delays by 40 ms.
+                c.tcp = fred::types::config::TcpConfig {
+                    nodelay: Some(true),
+                    ..Default::default()
+                };
             })
             .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
                 0, 100, 5_000, 2,
