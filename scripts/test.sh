@@ -9,6 +9,11 @@ cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test" >&2
+# Includes tests/tests/query.rs: Prometheus's promtool against query-api and
+# the dashboard in headless Chromium (node + playwright-core, both set up by
+# deps.sh); its screenshots are left in test-artifacts/.
+mkdir -p test-artifacts
 cargo test --workspace --locked
+ls test-artifacts/*.png >&2 2>/dev/null || true
 echo "== fuzz smoke (FUZZ_SECONDS=${FUZZ_SECONDS:-20} per target)" >&2
 scripts/fuzz.sh
