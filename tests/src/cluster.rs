@@ -78,8 +78,10 @@ impl CtlCluster {
 
     fn config(&self, i: usize, peers: &[RaftPeer]) -> BrokerConfig {
         let s = &self.slots[i];
-        let mut c = BrokerConfig::default();
-        c.node_id = format!("ctl-{}", s.id);
+        let mut c = BrokerConfig {
+            node_id: format!("ctl-{}", s.id),
+            ..Default::default()
+        };
         c.cluster_ctl.id = s.id;
         c.cluster_ctl.peers = peers.to_vec();
         c.cluster_ctl.join_existing = s.join_existing;

@@ -10,6 +10,11 @@ use broker_tests::cluster::CtlCluster;
 use cluster_client::ClusterClient;
 use std::time::{Duration, Instant};
 
+/// The members these tests join never beat; a long heartbeat keeps the
+/// leader from marking them offline in the middle of a test (lease expiry
+/// is covered by the membership end-to-end test).
+const NO_LEASE_EXPIRY: Duration = Duration::from_secs(600);
+
 fn member(id: &str) -> Member {
     Member {
         id: id.into(),
@@ -60,7 +65,7 @@ fn median(v: &mut [Duration]) -> Duration {
 /// committed change is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_failover_keeps_every_committed_change() {
-    let mut c = CtlCluster::start(3, Duration::from_secs(1)).await;
+    let mut c = CtlCluster::start(3, NO_LEASE_EXPIRY).await;
     let leader = c.wait_leader(Duration::from_secs(10)).await;
     let follower = c.ids().into_iter().find(|&i| i != leader).unwrap();
 
@@ -114,7 +119,7 @@ async fn leader_failover_keeps_every_committed_change() {
 /// majority's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_cannot_commit_and_converges_after_healing() {
-    let mut c = CtlCluster::start(3, Duration::from_secs(1)).await;
+    let mut c = CtlCluster::start(3, NO_LEASE_EXPIRY).await;
     let old = c.wait_leader(Duration::from_secs(10)).await;
     let before = c.client().join(member("before")).await.unwrap();
     let before_epoch = before.state.unwrap().epoch;
@@ -174,7 +179,7 @@ async fn a_minority_cannot_commit_and_converges_after_healing() {
 /// epoch, including after log compaction (snapshot every 50 entries here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_restart_from_disk_keeps_state_and_epoch() {
-    let mut c = CtlCluster::start(3, Duration::from_secs(1)).await;
+    let mut c = CtlCluster::start(3, NO_LEASE_EXPIRY).await;
     c.wait_leader(Duration::from_secs(10)).await;
     let client = c.client();
     // Enough changes to take snapshots and compact the log.
@@ -221,7 +226,7 @@ async fn a_full_restart_from_disk_keeps_state_and_epoch() {
 /// the configuration, and the cluster keeps committing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn voters_are_added_and_removed_at_run_time() {
-    let mut c = CtlCluster::start(3, Duration::from_secs(1)).await;
+    let mut c = CtlCluster::start(3, NO_LEASE_EXPIRY).await;
     c.wait_leader(Duration::from_secs(10)).await;
     let client = c.client();
     for i in 0..60 {

@@ -48,9 +48,12 @@ pub enum RouterClient {
     Remote(Arc<RemoteRouters>),
 }
 
+/// Router endpoints and their channels, in round-robin order.
+type Endpoints = Arc<Vec<(String, RouterServiceClient<Channel>)>>;
+
 pub struct RemoteRouters {
     /// Replaced as a whole when membership changes ([`RouterClient::set_endpoints`]).
-    endpoints: RwLock<Arc<Vec<(String, RouterServiceClient<Channel>)>>>,
+    endpoints: RwLock<Endpoints>,
     next: AtomicUsize,
 }
 
