@@ -1009,7 +1009,10 @@ async fn cluster_view_static_and_from_cluster_ctl() {
     for m in members {
         let id = m["id"].as_str().unwrap();
         let share = m["share"].as_f64().unwrap();
-        assert!(close(share, want.get(id).copied().unwrap_or(0.0)), "{m}");
+        assert!(
+            close(share, want.get(id).copied().unwrap_or(0.0)),
+            "{m} want {want:?} all {j}"
+        );
     }
     let w3 = members.iter().find(|m| m["id"] == "w-3").unwrap();
     assert_eq!(w3["state"], "offline");

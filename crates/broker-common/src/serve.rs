@@ -64,7 +64,18 @@ pub async fn serve(
             .await;
     }
     let routes = routes.add_service(health);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc);
+    // tonic's `tcp_nodelay` does not reach sockets handed in as a stream:
+    // set it on each accepted one, or small answers (acks, query results)
+    // wait ~40 ms for the peer's delayed ACK (Nagle).
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+        |s| {
+            if let Ok(s) = &s {
+                let _ = s.set_nodelay(true);
+            }
+            s
+        },
+    );
     let grpc_stop = stop.clone();
     let grpc = tonic::transport::Server::builder()
         // Agents keep streams open for hours; keepalive finds dead peers.

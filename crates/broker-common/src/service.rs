@@ -10,25 +10,29 @@ pub enum Service {
     IngestGateway,
     ShardRouter,
     StorageWriter,
+    QueryApi,
     ClusterCtl,
 }
 
 impl Service {
     /// Every service that exists today, in data-path order.
-    pub const ALL: [Service; 4] = [
+    pub const ALL: [Service; 5] = [
         Service::IngestGateway,
         Service::ShardRouter,
         Service::StorageWriter,
+        Service::QueryApi,
         Service::ClusterCtl,
     ];
 
     /// What `broker run` starts when no `--service` is given: the data
-    /// path. cluster-ctl runs only when named (it is 3 or 5 raft nodes,
-    /// each with its own data directory; `broker up` starts three).
-    pub const DEFAULT: [Service; 3] = [
+    /// path and query-api. cluster-ctl runs only when named (it is 3 or 5
+    /// raft nodes, each with its own data directory; `broker up` starts
+    /// three).
+    pub const DEFAULT: [Service; 4] = [
         Service::IngestGateway,
         Service::ShardRouter,
         Service::StorageWriter,
+        Service::QueryApi,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +40,7 @@ impl Service {
             Service::IngestGateway => "ingest-gateway",
             Service::ShardRouter => "shard-router",
             Service::StorageWriter => "storage-writer",
+            Service::QueryApi => "query-api",
             Service::ClusterCtl => "cluster-ctl",
         }
     }
@@ -49,7 +54,7 @@ impl fmt::Display for Service {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "unknown service {0:?}, valid services are: ingest-gateway, shard-router, storage-writer, cluster-ctl"
+    "unknown service {0:?}, valid services are: ingest-gateway, shard-router, storage-writer, query-api, cluster-ctl"
 )]
 pub struct UnknownService(pub String);
 

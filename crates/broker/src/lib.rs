@@ -73,6 +73,7 @@ pub async fn run(
             Service::IngestGateway => Some(MemberRole::IngestGateway),
             Service::ShardRouter => Some(MemberRole::ShardRouter),
             Service::StorageWriter => Some(MemberRole::StorageWriter),
+            Service::QueryApi => Some(MemberRole::QueryApi),
             Service::ClusterCtl => None,
         })
         .collect();
@@ -138,6 +139,18 @@ pub async fn run(
         names.push(ingest_gateway::gateway::MONITOR_SERVICE_NAME);
         readiness.set("ingest-gateway", true);
     }
+    let query = if has(Service::QueryApi) {
+        let q = query_api::QueryComponent::start(&config, &mut registry)?;
+        // "query-api" turns ready once Redis answers.
+        q.report_readiness(&readiness);
+        routes.add_service(q.grpc_service());
+        names.push(query_api::QUERY_SERVICE_NAME);
+        // /api/query/*, the Prometheus API /api/v1/*, /dashboard/
+        admin_routes.push(q.http_routes());
+        Some(q)
+    } else {
+        None
+    };
     if let Some(ctl) = &cluster_ctl {
         names.push(cluster_ctl::service::CLUSTER_SERVICE_NAME);
         names.push(cluster_ctl::service::RAFT_SERVICE_NAME);
@@ -163,6 +176,9 @@ pub async fn run(
     let result = broker_common::serve::serve(grpc_routes, &names, &admin, listeners, stop).await;
     if let Some(w) = writer {
         broker_common::shutdown::within_grace(config.shutdown_grace, w.shutdown()).await;
+    }
+    if let Some(q) = query {
+        q.shutdown().await;
     }
     cluster_client::lifecycle::leave(membership).await;
     if let Some(ctl) = cluster_ctl {

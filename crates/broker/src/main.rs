@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "broker",
     version,
-    about = "Monitoring broker: ingest-gateway, shard-router and storage-writer"
+    about = "Monitoring broker: ingest-gateway, shard-router, storage-writer, query-api and cluster-ctl"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -185,8 +185,10 @@ async fn up(
     let grpc = listeners.grpc_addr();
     let http = listeners.http_addr();
     eprintln!(
-        "\nbroker is up (ingest-gateway, shard-router, storage-writer in one process)\n\
+        "\nbroker is up (ingest-gateway, shard-router, storage-writer, query-api in one process)\n\
          \x20 agents (gRPC MonitorService): http://{grpc}\n\
+         \x20 dashboard:                    http://{http}/dashboard/\n\
+         \x20 query API:                    http://{http}/api/query/hosts  (Prometheus API: http://{http}/api/v1/query)\n\
          \x20 health / ready / metrics:     http://{http}/health  /ready  /metrics\n\
          \x20 redis:                        {redis}\n\
          {ctl_lines}\

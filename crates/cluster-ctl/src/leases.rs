@@ -20,9 +20,18 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 pub struct Leases {
-    beats: Mutex<HashMap<String, Instant>>,
+    beats: Mutex<HashMap<String, Lease>>,
     interval: Duration,
     ttl: Duration,
+}
+
+/// When a member's lease was last renewed, and whether by a beat of its own
+/// (`false`: the grace a lease starts with when the leader first sees the
+/// member or takes over). Only a real beat brings an offline member back.
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    at: Instant,
+    beaten: bool,
 }
 
 impl Leases {
@@ -43,17 +52,35 @@ impl Leases {
     }
 
     pub fn beat(&self, id: &str) {
-        self.lock().insert(id.to_string(), Instant::now());
+        self.lock().insert(
+            id.to_string(),
+            Lease {
+                at: Instant::now(),
+                beaten: true,
+            },
+        );
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+    /// Starts (or restarts) a member's lease without counting as a beat: a
+    /// member that just joined is online for one TTL, then must beat.
+    pub fn grant(&self, id: &str) {
+        self.lock().insert(
+            id.to_string(),
+            Lease {
+                at: Instant::now(),
+                beaten: false,
+            },
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
         self.beats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Members whose state the lease says is wrong, with the state they
     /// should have: ONLINE or DRAINING members without a beat for a TTL go
-    /// OFFLINE; OFFLINE members that beat within a TTL go ONLINE. Members
-    /// never seen get a lease from `now`.
+    /// OFFLINE; OFFLINE members that beat (themselves) within a TTL go
+    /// ONLINE. Members never seen get a lease from `now`, without a beat.
     pub fn verdicts<'a>(
         &self,
         members: impl Iterator<Item = (&'a str, MemberState)>,
@@ -64,13 +91,18 @@ impl Leases {
         let mut seen = Vec::new();
         for (id, state) in members {
             seen.push(id.to_string());
-            let last = *beats.entry(id.to_string()).or_insert(now);
-            let alive = now.saturating_duration_since(last) <= self.ttl;
+            let lease = *beats.entry(id.to_string()).or_insert(Lease {
+                at: now,
+                beaten: false,
+            });
+            let alive = now.saturating_duration_since(lease.at) <= self.ttl;
             match state {
                 MemberState::Online | MemberState::Draining if !alive => {
                     out.push((id.to_string(), MemberState::Offline))
                 }
-                MemberState::Offline if alive => out.push((id.to_string(), MemberState::Online)),
+                MemberState::Offline if alive && lease.beaten => {
+                    out.push((id.to_string(), MemberState::Online))
+                }
                 _ => {}
             }
         }
@@ -80,8 +112,11 @@ impl Leases {
 
     /// Starts every lease afresh (a new leader).
     pub fn reset(&self, now: Instant) {
-        for t in self.lock().values_mut() {
-            *t = now;
+        for l in self.lock().values_mut() {
+            *l = Lease {
+                at: now,
+                beaten: false,
+            };
         }
     }
 }
@@ -95,13 +130,18 @@ pub async fn leader_duties(
     initial_ring: RingSettings,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(leases.interval() / 2);
+    // Leases are checked at least every 250 ms (and twice per beat), and
+    // at once when this node's raft role changes (a new leader commits the
+    // ring settings without waiting for a tick).
+    let mut tick = tokio::time::interval((leases.interval() / 2).min(Duration::from_millis(250)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut views = node.view_watch();
     let mut led_term = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            r = views.changed() => if r.is_err() { return },
         }
         let view = node.view();
         if !view.is_leader() {
@@ -188,10 +228,16 @@ mod tests {
                 ("w2".to_string(), MemberState::Offline)
             ]
         );
-        // an offline member stays offline without beats...
+        // an offline member stays offline without beats, even one whose
+        // lease is fresh but was never renewed by a beat of its own...
         assert!(
             leases
                 .verdicts([("w1", MemberState::Offline)].into_iter(), t4)
+                .is_empty()
+        );
+        assert!(
+            leases
+                .verdicts([("fresh", MemberState::Offline)].into_iter(), t4)
                 .is_empty()
         );
         // ...and comes back when it beats (w2 is forgotten: not a member)

@@ -135,7 +135,7 @@ impl ClusterService for ClusterGrpc {
             .ok_or_else(|| Status::invalid_argument("member is missing"))?;
         let id = member.id.clone();
         let state = self.change(Command::Join(member)).await?;
-        self.leases.beat(&id);
+        self.leases.grant(&id);
         Ok(Response::new(JoinResponse {
             state: Some((*state).clone()),
             heartbeat_interval_ms: self.leases.interval().as_millis() as u64,

@@ -13,7 +13,6 @@ use broker_proto::v1::{
     ClusterState, ClusterStatusResponse, Member, MemberRole, MemberState, MembersRequest,
     RaftStatus, RingMember, RingSettings, StatusRequest,
 };
-use hash_ring::{HashRing, NodeSpec, RingConfig};
 use serde_json::json;
 use std::time::Duration;
 
@@ -114,22 +113,11 @@ fn with_shares(
     raft: Option<RaftStatus>,
     endpoint: String,
 ) -> Result<ClusterStatusResponse, QueryError> {
-    let ring = state.ring.clone().unwrap_or_default();
-    let defaults = RingConfig::default();
-    let config = RingConfig {
-        vnodes: if ring.vnodes == 0 {
-            defaults.vnodes
-        } else {
-            ring.vnodes
-        },
-        hash: ring.hash.parse().unwrap_or(defaults.hash),
-    };
-    let writers =
-        state.members.iter().filter(|m| in_ring(m)).map(|m| {
-            NodeSpec::new(m.id.clone()).with_weight(m.weight.clamp(1, hash_ring::MAX_WEIGHT))
-        });
-    let shares: std::collections::HashMap<String, f64> = HashRing::new(config, writers)
+    // The same ring every router builds from this state.
+    let config = cluster_client::ring_config(&state);
+    let shares: std::collections::HashMap<String, f64> = cluster_client::ring_of(&state)
         .map_err(|e| QueryError::Cluster(format!("ring of epoch {}: {e}", state.epoch)))?
+        .0
         .shares()
         .into_iter()
         .collect();
@@ -151,10 +139,6 @@ fn with_shares(
         raft,
         endpoint,
     })
-}
-
-fn in_ring(m: &Member) -> bool {
-    m.state == MemberState::Online as i32 && m.roles.contains(&(MemberRole::StorageWriter as i32))
 }
 
 /// `MEMBER_ROLE_STORAGE_WRITER` -> `storage-writer`.
