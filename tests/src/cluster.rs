@@ -43,7 +43,7 @@ impl CtlCluster {
         let mut slots = Vec::new();
         let mut listeners = Vec::new();
         for i in 0..n {
-            let l = Listeners::loopback().await.expect("loopback listeners");
+            let l = grpc_below_ephemeral().await;
             slots.push(Slot {
                 id: i as u64 + 1,
                 grpc: l.grpc_addr(),
@@ -225,7 +225,7 @@ impl CtlCluster {
     /// and returns its raft id and gRPC endpoint; add it with
     /// `ClusterClient::add_voter`.
     pub async fn spawn_joiner(&mut self) -> (u64, String) {
-        let l = Listeners::loopback().await.expect("loopback listeners");
+        let l = grpc_below_ephemeral().await;
         let id = self.slots.iter().map(|s| s.id).max().unwrap_or(0) + 1;
         self.slots.push(Slot {
             id,
@@ -273,6 +273,20 @@ impl CtlCluster {
             .map(|s| (s.id, s.data_dir.clone()))
             .collect()
     }
+}
+
+/// Listeners whose gRPC port lies below the kernel's ephemeral range (see
+/// `redis_process::free_port`), so no outgoing connection can take it
+/// while the node is stopped and [`CtlCluster::restart`] can bind it again.
+async fn grpc_below_ephemeral() -> Listeners {
+    for _ in 0..20 {
+        let port = redis_process::free_port().expect("a free port");
+        let grpc = SocketAddr::from(([127, 0, 0, 1], port));
+        if let Ok(l) = Listeners::bind(grpc, "127.0.0.1:0".parse().expect("addr")).await {
+            return l;
+        }
+    }
+    panic!("no free loopback port for a cluster-ctl node");
 }
 
 /// One try per call: tests that need to see a refusal (minority side).

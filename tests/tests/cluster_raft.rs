@@ -264,3 +264,76 @@ async fn voters_are_added_and_removed_at_run_time() {
     }
     c.stop_all().await;
 }
+
+/// The HTTP management API of every node: raft role, term, leader, commit
+/// index and voters; the members; the ring with each writer's share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_reports_raft_members_and_ring() {
+    let mut c = CtlCluster::start(3, NO_LEASE_EXPIRY).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let client = c.client();
+    for id in ["w-a", "w-b", "w-c"] {
+        client.join(member(id)).await.unwrap();
+    }
+    client
+        .set_state("w-c", MemberState::Draining)
+        .await
+        .unwrap();
+    let state = converged(&c, 0, Duration::from_secs(10)).await;
+    let get = |id: u64, path: &'static str| {
+        let base = format!("http://{}", c.http(id));
+        async move {
+            let admin = broker::dlq_cli::AdminClient::new(&base, Duration::from_secs(5)).unwrap();
+            let text = admin.get_text(path).await.unwrap();
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()
+        }
+    };
+    for id in c.ids() {
+        let cluster = get(id, "/api/cluster").await;
+        assert_eq!(cluster["id"], id);
+        assert_eq!(cluster["leader"], leader, "{cluster}");
+        let role = if id == leader { "leader" } else { "follower" };
+        assert_eq!(cluster["role"], role, "{cluster}");
+        assert!(cluster["term"].as_u64().unwrap() >= 1);
+        assert!(cluster["commit_index"].as_u64().unwrap() >= 5);
+        assert_eq!(cluster["voters"], serde_json::json!([1, 2, 3]));
+        assert_eq!(cluster["epoch"], state.epoch);
+
+        let members = get(id, "/api/members").await;
+        assert_eq!(members["epoch"], state.epoch);
+        let states: Vec<(String, String)> = members["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["id"].as_str().unwrap().to_string(),
+                    m["state"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("w-a".to_string(), "online".to_string()),
+                ("w-b".to_string(), "online".to_string()),
+                ("w-c".to_string(), "draining".to_string())
+            ]
+        );
+
+        // The draining writer owns nothing; the two others share the ring.
+        let ring = get(id, "/api/ring").await;
+        assert_eq!(ring["vnodes"], 500);
+        assert_eq!(ring["hash"], "xxh3");
+        let nodes = ring["nodes"].as_array().unwrap();
+        let ids: Vec<&str> = nodes.iter().map(|n| n["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, ["w-a", "w-b"]);
+        let total: f64 = nodes.iter().map(|n| n["share"].as_f64().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{ring}");
+        for n in nodes {
+            let share = n["share"].as_f64().unwrap();
+            assert!((0.35..0.65).contains(&share), "{ring}");
+        }
+    }
+    c.stop_all().await;
+}
