@@ -11,8 +11,7 @@
 
 mod common;
 
-use broker_agent::load::{LoadConfig, Pacing, run_load_with};
-use common::{Service, Timeline, durable_redis, port, verify};
+use common::{Service, durable_redis, port, steady_load, verify};
 use redis_process::RedisServer;
 use std::time::{Duration, Instant};
 const HOSTS: usize = 200;
@@ -123,28 +122,7 @@ where
 {
     let topo = Topology::start().await;
     let redis_url = topo.redis.url();
-    let timeline = Timeline::default();
-    let samples = timeline.clone();
-    let load = tokio::spawn(run_load_with(
-        LoadConfig {
-            endpoints: topo.gateway_endpoints(),
-            hosts: HOSTS,
-            metrics: METRICS,
-            batch_hosts: 50,
-            connections: 2,
-            window: 4,
-            pacing: Pacing::Rate(2_000.0),
-            duration: Some(load_for),
-            max_points: None,
-            record_acked: true,
-            drain_timeout: Duration::from_secs(60),
-            ..LoadConfig::default()
-        },
-        move |p: &broker_agent::Progress| {
-            samples.0.lock().unwrap().push((Instant::now(), p.acked));
-        },
-        std::future::pending::<()>(),
-    ));
+    let (load, timeline) = steady_load(topo.gateway_endpoints(), HOSTS, METRICS, load_for);
     let (mut topo, healed) = fault(topo).await;
     let report = load.await.unwrap().unwrap();
     let recovery = timeline.recovery_after(healed);

@@ -17,11 +17,10 @@
 mod common;
 
 use broker::dlq_cli::AdminClient;
-use broker_agent::load::{LoadConfig, Pacing, run_load_with};
 use broker_proto::v1::{ClusterState, MemberState};
 use cluster_client::ClusterClient;
 use cluster_client::views::RingView;
-use common::{Service, Timeline, durable_redis, port, verify};
+use common::{Service, durable_redis, port, steady_load, verify};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -203,28 +202,12 @@ async fn the_ring_follows_membership_under_load_and_loses_nothing() {
     .await;
     print_ring("with 2 writers", &s);
 
-    let timeline = Timeline::default();
-    let samples = timeline.clone();
-    let load = tokio::spawn(run_load_with(
-        LoadConfig {
-            endpoints: vec![c.gateway.endpoint()],
-            hosts: HOSTS,
-            metrics: METRICS,
-            batch_hosts: 50,
-            connections: 2,
-            window: 4,
-            pacing: Pacing::Rate(2_000.0),
-            duration: Some(Duration::from_secs(28)),
-            max_points: None,
-            record_acked: true,
-            drain_timeout: Duration::from_secs(60),
-            ..LoadConfig::default()
-        },
-        move |p: &broker_agent::Progress| {
-            samples.0.lock().unwrap().push((Instant::now(), p.acked));
-        },
-        std::future::pending::<()>(),
-    ));
+    let (load, timeline) = steady_load(
+        vec![c.gateway.endpoint()],
+        HOSTS,
+        METRICS,
+        Duration::from_secs(28),
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // 1. A third writer joins under load.

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use broker_agent::generator::{SnapshotGenerator, host_id, value};
+use broker_agent::load::{LoadConfig, Pacing, run_load_with};
 use broker_tests::Reader;
 use redis_process::{RedisOptions, RedisServer};
 use std::path::{Path, PathBuf};
@@ -189,4 +190,41 @@ pub async fn verify(
         found,
         missing,
     }
+}
+
+/// A steady load of 2,000 points/s from `hosts` hosts over two streams to
+/// `endpoints` for `duration`, recording every acked point, with a
+/// timeline of acked counts. The task ends after draining (at most 60 s).
+pub fn steady_load(
+    endpoints: Vec<String>,
+    hosts: usize,
+    metrics: usize,
+    duration: Duration,
+) -> (
+    tokio::task::JoinHandle<Result<broker_agent::LoadReport, broker_agent::AgentError>>,
+    Timeline,
+) {
+    let timeline = Timeline::default();
+    let samples = timeline.clone();
+    let load = tokio::spawn(run_load_with(
+        LoadConfig {
+            endpoints,
+            hosts,
+            metrics,
+            batch_hosts: 50,
+            connections: 2,
+            window: 4,
+            pacing: Pacing::Rate(2_000.0),
+            duration: Some(duration),
+            max_points: None,
+            record_acked: true,
+            drain_timeout: Duration::from_secs(60),
+            ..LoadConfig::default()
+        },
+        move |p: &broker_agent::Progress| {
+            samples.0.lock().unwrap().push((Instant::now(), p.acked));
+        },
+        std::future::pending::<()>(),
+    ));
+    (load, timeline)
 }
