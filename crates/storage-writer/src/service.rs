@@ -212,3 +212,78 @@ impl WriterClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker_proto::v1::{Member, MemberRole, MemberState, Point};
+
+    fn state(epoch: u64, writers: &[&str]) -> ClusterState {
+        ClusterState {
+            epoch,
+            members: writers
+                .iter()
+                .map(|id| Member {
+                    id: id.to_string(),
+                    roles: vec![MemberRole::StorageWriter as i32],
+                    addr: format!("http://127.0.0.1:1/{id}"),
+                    state: MemberState::Online as i32,
+                    weight: 1,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn batch(hosts: impl Iterator<Item = String>) -> MetricBatch {
+        MetricBatch {
+            seq: 1,
+            metric_names: vec!["m".into()],
+            points: hosts
+                .map(|h| Point {
+                    host_id: h,
+                    timestamp: 1_700_000_000,
+                    values: vec![1.0],
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    /// Only points routed under an older epoch that this writer does not
+    /// own in the newer ring are refused; current-epoch points always pass
+    /// (failover while their owner is down), and so do static-mode ones.
+    #[test]
+    fn only_stale_points_of_another_owner_are_refused() {
+        let (tx, rx) = watch::channel(Arc::new(state(5, &["a", "b"])));
+        let own = Ownership::new("a", rx);
+        let (ring, _) = cluster_client::ring_of(&state(5, &["a", "b"])).unwrap();
+        let owner = |h: &String| ring.owner_of_point(h, 1_700_000_000).unwrap().id.clone();
+        let all: Vec<String> = (0..50).map(|i| format!("h{i}")).collect();
+        let mine: Vec<String> = all.iter().filter(|h| owner(h) == "a").cloned().collect();
+        assert!(!mine.is_empty() && mine.len() < all.len());
+
+        // routed under epoch 4: refused, naming both epochs and the count
+        let err = own.check(&batch(all.iter().cloned()), 4).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        let foreign = all.len() - mine.len();
+        assert!(err.message().starts_with(STALE_EPOCH), "{}", err.message());
+        assert!(
+            err.message().contains(&format!(
+                "routed under epoch 4, the ring is at epoch 5 where writer a does not own {foreign} of the 50 points"
+            )),
+            "{}",
+            err.message()
+        );
+        // points it owns, current or newer epoch, or no epoch: taken
+        own.check(&batch(mine.iter().cloned()), 4).unwrap();
+        own.check(&batch(all.iter().cloned()), 5).unwrap();
+        own.check(&batch(all.iter().cloned()), 6).unwrap();
+        own.check(&batch(all.iter().cloned()), 0).unwrap();
+
+        // a newer epoch where `a` is alone: everything is its own again
+        tx.send_replace(Arc::new(state(6, &["a"])));
+        own.check(&batch(all.iter().cloned()), 4).unwrap();
+    }
+}
