@@ -259,15 +259,29 @@ async fn retryable_points_are_resent_until_stored_and_rejected_ones_never() {
     .await;
     let report = run(config(vec![endpoint], 400)).await;
 
-    // 400 points over 20 hosts: 20 rounds, host 3 once per round.
+    // 400 points over 20 hosts: about 20 rounds, host 3 about once per
+    // round. Not exactly: the two connections claim their batches from one
+    // point budget, and the one carrying host 3's batches (every other
+    // batch it sends) may run ahead of the other when the budget runs out;
+    // at the extreme it claims all 80 batches, 40 with host 3.
     assert_eq!(report.sent, 400);
-    assert_eq!(report.rejected, 20, "{report}");
-    assert_eq!(report.rejected_by_reason["invalid_host_id"], 20);
-    assert_eq!(report.acked, 380, "{report}");
+    assert!((1..=40).contains(&report.rejected), "{report}");
+    assert_eq!(
+        report.rejected_by_reason["invalid_host_id"],
+        report.rejected
+    );
+    assert_eq!(report.acked + report.rejected, 400, "{report}");
     assert_eq!(report.failed, 0, "{report}");
+    let host3 = crate::host_id(3);
+    assert!(
+        keys(report.acked_points.as_ref().unwrap())
+            .iter()
+            .all(|(h, _)| *h != host3),
+        "only host 3 is rejected, and none of its points is acked"
+    );
     // Every stored point went exactly twice; rejected ones once.
-    assert_eq!(report.resent, 380, "{report}");
-    assert_eq!(report.retries_by_reason["unavailable"], 380);
+    assert_eq!(report.resent, report.acked, "{report}");
+    assert_eq!(report.retries_by_reason["unavailable"], report.acked);
     assert_eq!(report.settled(), report.sent);
     assert_eq!(
         gw.mismatches.load(Ordering::Relaxed),
