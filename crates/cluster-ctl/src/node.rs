@@ -552,25 +552,18 @@ impl Task {
             match entry.get_entry_type() {
                 EntryType::EntryConfChange if !entry.data.is_empty() => {
                     let cc = ConfChange::parse_from_bytes(&entry.data)?;
-                    let cs = self.raw.apply_conf_change(&cc)?;
-                    self.store.set_conf_state(&cs)?;
-                    match cc.get_change_type() {
-                        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                            let addr = String::from_utf8_lossy(&cc.context).into_owned();
-                            if !addr.is_empty() {
-                                self.sm.set_peer(cc.node_id, addr);
-                            }
-                            self.snapshot_now = true;
-                        }
-                        ConfChangeType::RemoveNode => self.sm.remove_peer(cc.node_id),
+                    match self.raw.apply_conf_change(&cc) {
+                        Ok(cs) => self.conf_changed(&cc, &cs)?,
+                        // A change raft cannot apply (e.g. one that would
+                        // leave no voter) is skipped by every node alike.
+                        Err(e) => tracing::error!(
+                            index,
+                            change = ?cc.get_change_type(),
+                            node = cc.node_id,
+                            error = %e,
+                            "conf change not applied"
+                        ),
                     }
-                    self.peers_changed()?;
-                    tracing::info!(
-                        change = ?cc.get_change_type(),
-                        node = cc.node_id,
-                        voters = ?cs.voters,
-                        "raft configuration changed"
-                    );
                 }
                 EntryType::EntryNormal if !entry.data.is_empty() => {
                     match ClusterCommand::decode(&entry.data[..]) {
@@ -605,6 +598,30 @@ impl Task {
                 false
             });
         }
+        Ok(())
+    }
+
+    /// Records an applied conf change: the configuration, and the peer
+    /// address it carries (added) or drops (removed).
+    fn conf_changed(&mut self, cc: &ConfChange, cs: &ConfState) -> anyhow::Result<()> {
+        self.store.set_conf_state(cs)?;
+        match cc.get_change_type() {
+            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                let addr = String::from_utf8_lossy(&cc.context).into_owned();
+                if !addr.is_empty() {
+                    self.sm.set_peer(cc.node_id, addr);
+                }
+                self.snapshot_now = true;
+            }
+            ConfChangeType::RemoveNode => self.sm.remove_peer(cc.node_id),
+        }
+        self.peers_changed()?;
+        tracing::info!(
+            change = ?cc.get_change_type(),
+            node = cc.node_id,
+            voters = ?cs.voters,
+            "raft configuration changed"
+        );
         Ok(())
     }
 
