@@ -262,6 +262,28 @@ async fn voters_are_added_and_removed_at_run_time() {
         v.sort();
         assert_eq!(v, want, "node {id} sees the new configuration");
     }
+    // The configuration and the peers' addresses survive a full restart,
+    // the added voter's included (it was never in any config file).
+    let before = converged(&c, 0, Duration::from_secs(10)).await;
+    c.stop_all().await;
+    for &id in &want {
+        c.restart(id).await;
+    }
+    c.wait_leader(Duration::from_secs(10)).await;
+    assert_eq!(
+        converged(&c, before.epoch, Duration::from_secs(10)).await,
+        before
+    );
+    for id in c.running() {
+        let mut v = c.node(id).view().voters.clone();
+        v.sort();
+        assert_eq!(v, want, "node {id} restarted with the new configuration");
+        assert_eq!(
+            c.node(id).view().peers.keys().copied().collect::<Vec<_>>(),
+            want,
+            "node {id} knows every voter's address"
+        );
+    }
     c.stop_all().await;
 }
 
