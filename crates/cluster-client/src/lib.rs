@@ -51,9 +51,22 @@ pub fn in_ring(m: &Member) -> bool {
 }
 
 /// The ring of `state` and, aligned with `ring.nodes()`, the members behind
-/// its nodes.
+/// its nodes: the online writers; when none is online, the draining ones
+/// (they still serve until they leave, so the last writer of a cluster that
+/// is shutting down keeps taking points instead of the data path refusing
+/// everything).
 pub fn ring_of(state: &ClusterState) -> Result<(HashRing, Vec<Member>), RingError> {
-    let writers: Vec<&Member> = state.members.iter().filter(|m| in_ring(m)).collect();
+    let mut writers: Vec<&Member> = state.members.iter().filter(|m| in_ring(m)).collect();
+    if writers.is_empty() {
+        writers = state
+            .members
+            .iter()
+            .filter(|m| {
+                m.state == MemberState::Draining as i32
+                    && m.roles.contains(&(MemberRole::StorageWriter as i32))
+            })
+            .collect();
+    }
     let ring = HashRing::new(
         ring_config(state),
         writers
@@ -169,6 +182,12 @@ mod tests {
         );
         assert_eq!(ring.config().vnodes, 20);
         assert_eq!(ring.config().hash, HashAlgorithm::Crc32);
+        // With no writer online, the draining ones keep the ring.
+        let mut last = state.clone();
+        last.members.retain(|m| m.id == "w2" || m.id == "r1");
+        let (ring, _) = ring_of(&last).unwrap();
+        assert_eq!(ring.nodes()[0].id, "w2");
+        assert_eq!(ring.nodes().len(), 1);
         let routers: Vec<&str> = online_with_role(&state, ShardRouter)
             .iter()
             .map(|m| m.id.as_str())
