@@ -99,7 +99,9 @@ impl CtlCluster {
         let mut registry = prometheus_client::registry::Registry::default();
         let ctl = ClusterCtl::start(&config, &own, &mut registry).expect("cluster-ctl starts");
         let node = ctl.node.clone();
-        let admin = Admin::new(registry, Readiness::default()).with_routes(ctl.http_routes());
+        let readiness = Readiness::default();
+        ctl.report_readiness(&readiness);
+        let admin = Admin::new(registry, readiness).with_routes(ctl.http_routes());
         let stop = CancellationToken::new();
         let s = stop.clone();
         let handle = tokio::spawn(async move {

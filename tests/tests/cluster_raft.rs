@@ -151,6 +151,23 @@ async fn a_minority_cannot_commit_and_converges_after_healing() {
         matches!(err, cluster_client::ClusterError::Unavailable { .. }),
         "{err}"
     );
+    // Cut off, it knows no leader, and its /ready says so (503).
+    let ready = broker::dlq_cli::AdminClient::new(
+        &format!("http://{}", c.http(old)),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ready.get_text("/ready").await {
+            Err(e) if e.status() == Some(503) => break,
+            r => assert!(
+                Instant::now() < deadline,
+                "the isolated node still reports ready: {r:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(c.node(old).state().borrow().epoch, before_epoch);
 
     // The majority side elects a new leader and commits.
@@ -311,6 +328,15 @@ async fn the_http_api_reports_raft_members_and_ring() {
         }
     };
     for id in c.ids() {
+        let ready = broker::dlq_cli::AdminClient::new(
+            &format!("http://{}", c.http(id)),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert!(
+            ready.get_text("/ready").await.is_ok(),
+            "node {id} knows a leader"
+        );
         let cluster = get(id, "/api/cluster").await;
         assert_eq!(cluster["id"], id);
         assert_eq!(cluster["leader"], leader, "{cluster}");

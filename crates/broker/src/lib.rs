@@ -155,7 +155,7 @@ pub async fn run(
         names.push(cluster_ctl::service::CLUSTER_SERVICE_NAME);
         names.push(cluster_ctl::service::RAFT_SERVICE_NAME);
         admin_routes.push(ctl.http_routes());
-        readiness.set("cluster-ctl", true);
+        ctl.report_readiness(&readiness);
     }
 
     let mut admin = Admin::new(registry, readiness);

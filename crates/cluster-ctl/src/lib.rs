@@ -94,6 +94,25 @@ impl ClusterCtl {
             .add_service(service::RaftGrpc::new(self.node.clone()).into_server())
     }
 
+    /// Keeps `cluster-ctl` in `readiness` true while this node knows a
+    /// leader (it can take changes), false during elections and in a
+    /// minority.
+    pub fn report_readiness(&self, readiness: &Readiness) {
+        let readiness = readiness.clone();
+        let mut view = self.node.view_watch();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let has_leader = view.borrow_and_update().leader_id != 0;
+                readiness.set("cluster-ctl", has_leader);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = view.changed() => if r.is_err() { return },
+                }
+            }
+        });
+    }
+
     pub fn http_routes(&self) -> axum::Router {
         http::routes(self.node.clone())
     }
@@ -165,7 +184,7 @@ pub async fn run(
         config.cluster.advertise_addr.clone()
     };
     let ctl = ClusterCtl::start(&config, &own_addr, &mut registry)?;
-    readiness.set("cluster-ctl", true);
+    ctl.report_readiness(&readiness);
     let admin = Admin::new(registry, readiness).with_routes(ctl.http_routes());
     tracing::info!(
         raft_id = config.cluster_ctl.id,
