@@ -216,7 +216,7 @@ mod tests {
         let member = |id: &str, roles: &[MemberRole], state: MemberState, weight| Member {
             id: id.into(),
             roles: roles.iter().map(|r| *r as i32).collect(),
-            addr: format!("http://10.0.0.1:9{weight}"),
+            addr: format!("http://127.0.0.1:9{weight}"),
             state: state as i32,
             weight,
             joined_at_ms: 1_000,
@@ -245,10 +245,10 @@ mod tests {
         assert_eq!(
             out,
             "epoch 4\n\
-             ID  ROLES           STATE     WEIGHT  ADDR                SINCE\n\
-             r1  shard-router    online    1       http://10.0.0.1:91  3m12s\n\
-             w1  storage-writer  online    2       http://10.0.0.1:92  3m12s\n\
-             w2  storage-writer  draining  1       http://10.0.0.1:91  3m12s\n"
+             ID  ROLES           STATE     WEIGHT  ADDR                 SINCE\n\
+             r1  shard-router    online    1       http://127.0.0.1:91  3m12s\n\
+             w1  storage-writer  online    2       http://127.0.0.1:92  3m12s\n\
+             w2  storage-writer  draining  1       http://127.0.0.1:91  3m12s\n"
         );
     }
 
@@ -260,7 +260,7 @@ mod tests {
         assert_eq!(lines[0], "epoch 4  vnodes 100  hash xxh3");
         assert!(lines[1].starts_with("ID  WEIGHT  SHARE"), "{out}");
         assert!(
-            lines[2].starts_with("w1  2       100.0%  http://10.0.0.1:92"),
+            lines[2].starts_with("w1  2       100.0%  http://127.0.0.1:92"),
             "{out}"
         );
         assert_eq!(lines.len(), 3, "{out}");
