@@ -3,34 +3,9 @@
 //! without a cluster.
 
 use crate::ClusterReport;
+use broker_common::cli::table;
 use cluster_client::views::{ClusterView, MembersView, RingView};
 use std::fmt::Write;
-
-/// Left-aligned columns separated by two spaces; the last column is not
-/// padded.
-pub fn table(rows: &[Vec<String>], out: &mut String) {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for r in rows {
-        let mut line = String::new();
-        for (c, cell) in r.iter().enumerate() {
-            line.push_str(cell);
-            if c + 1 < r.len() {
-                line.push_str(&" ".repeat(widths[c] - cell.chars().count() + 2));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-}
 
 fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
     cells.iter().map(|s| s.to_string()).collect()
