@@ -1048,7 +1048,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RaftStore::open(dir.path()).unwrap();
         assert!(!store.is_initialized());
-        store.set_meta("peer/2", b"10.0.0.2:7001").unwrap();
+        store.set_meta("peer/2", b"127.0.0.2:7001").unwrap();
         assert!(!store.is_initialized(), "side table is not raft state");
         store.initialize(&[1, 2, 3]).unwrap();
         assert!(store.is_initialized());
@@ -1107,8 +1107,8 @@ mod tests {
             store
                 .snapshot_and_compact(5, &cs, b"state at 5".to_vec())
                 .unwrap();
-            store.set_meta("peer/2", b"10.0.0.2:7001").unwrap();
-            store.set_meta("peer/2", b"10.0.0.2:7002").unwrap();
+            store.set_meta("peer/2", b"127.0.0.2:7001").unwrap();
+            store.set_meta("peer/2", b"127.0.0.2:7002").unwrap();
             // A clone shares the database; dropping only one keeps it open.
             let clone = store.clone();
             drop(store);
@@ -1137,7 +1137,7 @@ mod tests {
         assert_eq!(store.snapshot(0, 2), Ok(want));
         assert_eq!(
             store.meta("peer/2").unwrap().as_deref(),
-            Some(&b"10.0.0.2:7002"[..])
+            Some(&b"127.0.0.2:7002"[..])
         );
         assert_eq!(store.meta("peer/3").unwrap(), None);
     }
