@@ -3,8 +3,10 @@
 # bring (Debian/Ubuntu packages), idempotently:
 # - redis-server and redis-cli: the real Redis every integration test starts;
 # - prometheus (for promtool): the Prometheus client the query-api test uses;
-# - chromium and nodejs/npm, then playwright-core (tests/browser, `npm ci`):
-#   the dashboard test in headless Chromium.
+# - chromium, then Playwright for Python (PyPI, tests/requirements.txt):
+#   the dashboard test in headless Chromium;
+# - kubernetes-validate (PyPI, tests/requirements.txt): the manifests' check.
+# Docker Engine and docker-compose must be there already (the compose test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -12,11 +14,9 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ -x /usr/bin/chromium ] || need+=(chromium)
-command -v node >/dev/null 2>&1 || need+=(nodejs)
-command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "error: missing ${need[*]}; install Redis 7 (redis-server, redis-cli), promtool (prometheus), chromium and nodejs/npm with your package manager" >&2
+    echo "error: missing ${need[*]}; install Redis 7 (redis-server, redis-cli), promtool (prometheus) and chromium with your package manager" >&2
     exit 1
   fi
   SUDO=""
@@ -30,9 +30,12 @@ if [ ${#need[@]} -gt 0 ]; then
   # The Debian packages start a system redis on 6379 and a prometheus on
   # 9090; the broker and its tests never use them.
 fi
-# playwright-core drives the system chromium; it downloads no browser.
-if [ ! -f tests/browser/node_modules/playwright-core/package.json ] ||
-  [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
-  echo "installing tests/browser node modules (npm ci)" >&2
-  (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund >/dev/null)
+for tool in docker docker-compose; do
+  command -v "$tool" >/dev/null 2>&1 ||
+    echo "warning: $tool not found: the container tests need Docker Engine and docker-compose" >&2
+done
+# Playwright drives the system chromium; it downloads no browser.
+if ! python3 -c 'import playwright.sync_api, kubernetes_validate' >/dev/null 2>&1; then
+  echo "installing tests/requirements.txt with pip" >&2
+  python3 -m pip install --quiet -r tests/requirements.txt
 fi

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: formatting, lints, unit, property and
-# integration tests (real redis-server processes on loopback ports).
+# integration tests (real redis-server processes on loopback ports), the
+# container image and the docker-compose cluster test, the Kubernetes
+# manifests' schema check, and a short fuzzing run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -8,9 +10,12 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== container image (scripts/images.sh)" >&2
+# The compose test (crates/broker/tests/compose.rs) runs this image.
+scripts/images.sh
 echo "== cargo test" >&2
 # Includes tests/tests/query.rs: Prometheus's promtool against query-api and
-# the dashboard in headless Chromium (node + playwright-core, both set up by
+# the dashboard in headless Chromium (Python Playwright + Debian chromium, set up by
 # deps.sh); its screenshots are left in test-artifacts/.
 mkdir -p test-artifacts
 cargo test --workspace --locked

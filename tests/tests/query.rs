@@ -1039,23 +1039,26 @@ async fn cluster_view_static_and_from_cluster_ctl() {
     f.stop().await;
 }
 
-/// The dashboard in headless Chromium (Playwright's `playwright-core`
+/// The dashboard in headless Chromium (Playwright for Python, from PyPI,
 /// driving Debian's /usr/bin/chromium): open it, pick a host, see a chart
 /// with every point, save a screenshot to test-artifacts/dashboard.png.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_headless_chromium() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let script = root.join("tests/browser/dashboard.mjs");
-    let node = which("node").expect("node not found: run scripts/deps.sh (installs nodejs)");
+    let script = root.join("tests/browser/dashboard.py");
+    let python = which("python3").expect("python3 not found: install Python 3");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         std::path::Path::new(&chromium).is_file(),
         "{chromium} not found: run scripts/deps.sh (installs Debian's chromium) or set CHROMIUM"
     );
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import playwright.sync_api"])
+        .status()
+        .expect("run python3");
     assert!(
-        root.join("tests/browser/node_modules/playwright-core")
-            .is_dir(),
-        "tests/browser/node_modules/playwright-core missing: run scripts/deps.sh (npm ci in tests/browser)"
+        probe.success(),
+        "python3 cannot import playwright: run scripts/deps.sh (pip installs tests/requirements.txt)"
     );
     // 60 snapshots in the last 10 minutes: inside the dashboard's default
     // 1 h range.
@@ -1066,7 +1069,7 @@ async fn dashboard_in_headless_chromium() {
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
-    let out = tokio::process::Command::new(node)
+    let out = tokio::process::Command::new(python)
         .arg(&script)
         .env("DASHBOARD_URL", format!("http://{}/dashboard/", q.http()))
         .env("DASHBOARD_HOST", "web-2")
@@ -1079,11 +1082,11 @@ async fn dashboard_in_headless_chromium() {
     let out = tokio::time::timeout(Duration::from_secs(120), out)
         .await
         .expect("the browser script ends within 2 minutes")
-        .expect("run node");
+        .expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "dashboard.mjs failed:\n{stdout}\n{}",
+        "dashboard.py failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(

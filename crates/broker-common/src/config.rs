@@ -70,6 +70,13 @@ pub const DEFAULT_RAFT_DATA_DIR: &str = "data/raft";
 /// `writer.redis_url` (`__` separates levels).
 pub const ENV_PREFIX: &str = "BROKER_";
 
+/// Variables with [`ENV_PREFIX`] that are not config keys: the config file
+/// itself (`--config`) and the load generator's flags. Every other
+/// `BROKER_*` name must be a key, so a typo is an error, not ignored.
+fn env_is_reserved(name: &str) -> bool {
+    name == "BROKER_CONFIG" || name.starts_with("BROKER_LOADGEN_")
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
@@ -565,7 +572,9 @@ impl BrokerConfig {
         // of a bad value or unknown key.
         let mut origins: Vec<(String, String)> = Vec::new();
         for (name, value) in &source.env {
-            if let Some(path) = name.strip_prefix(ENV_PREFIX) {
+            if let Some(path) = name.strip_prefix(ENV_PREFIX)
+                && !env_is_reserved(name)
+            {
                 let key = path.to_ascii_lowercase().replace("__", ".");
                 let origin = format!("environment variable {name}");
                 set_path(&mut doc, &key, value).map_err(|message| ConfigError::Parse {
@@ -1027,7 +1036,13 @@ mod tests {
     fn precedence_file_env_flag() {
         let c = load_str(
             "writer:\n  pool_size: 2\n  redis_url: redis://127.0.0.1:1\n",
-            &[("BROKER_WRITER__POOL_SIZE", "3"), ("OTHER", "x")],
+            &[
+                ("BROKER_WRITER__POOL_SIZE", "3"),
+                ("OTHER", "x"),
+                // Not keys: the file's own variable, the load generator's.
+                ("BROKER_CONFIG", "/etc/broker/broker.yaml"),
+                ("BROKER_LOADGEN_ENDPOINTS", "http://127.0.0.1:9093"),
+            ],
             &[("writer.redis_url", "redis://127.0.0.1:2")],
         )
         .unwrap();

@@ -29,8 +29,10 @@ pub fn init(config: &TelemetryConfig, service_name: &str) -> anyhow::Result<Tele
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .map_err(|e| anyhow::anyhow!("telemetry.log_level {:?}: {e}", config.log_level))?;
     let fmt = match config.log_format {
+        // Colours only on a terminal: `docker logs` and files get plain text.
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()

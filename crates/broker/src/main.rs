@@ -6,6 +6,8 @@
 //!   (default: all) with the given config.
 //! - `broker dlq list|show|replay|discard`: a storage-writer's dead-letter
 //!   queue, through its admin HTTP API.
+//! - `broker health`: GET /health (or /ready) on this config's admin port;
+//!   the container image's HEALTHCHECK.
 
 /// mimalloc: the data path allocates many small buffers per point from
 /// several threads; glibc malloc spent a quarter of the broker's CPU there.
@@ -59,6 +61,19 @@ enum Command {
     /// storage-writer (points Redis refused for good), through its admin
     /// HTTP API.
     Dlq(broker::dlq_cli::DlqArgs),
+    /// Exit 0 if this configuration's admin port (`http_listen`, reached on
+    /// loopback when it binds every address) answers GET /health with 200,
+    /// 1 otherwise: a container HEALTHCHECK or a supervisor's probe.
+    Health {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Path to probe: /health (the process is up) or /ready (it can
+        /// serve: Redis reachable, cluster joined, a raft leader known).
+        #[arg(long, default_value = "/health")]
+        path: String,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+        timeout: std::time::Duration,
+    },
 }
 
 fn main() {
@@ -83,6 +98,14 @@ fn main() {
             runtime(|| async move { broker::run_until_signal(config, &services).await })
         }
         Command::Dlq(args) => runtime(|| broker::dlq_cli::run(args)),
+        Command::Health {
+            config,
+            path,
+            timeout,
+        } => {
+            let config = config.load_or_exit();
+            runtime(|| health(config.http_listen, path, timeout))
+        }
     };
     std::process::exit(code);
 }
@@ -103,6 +126,22 @@ where
             1
         }
     }
+}
+
+/// `broker health`: one GET on this process's admin port.
+async fn health(
+    listen: std::net::SocketAddr,
+    path: String,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let client = broker::dlq_cli::AdminClient::new(&addr.to_string(), timeout)?;
+    let body = client.get_text(&path).await?;
+    println!("{}", body.trim());
+    Ok(())
 }
 
 /// gRPC and HTTP ports of the three cluster-ctl nodes `broker up` starts

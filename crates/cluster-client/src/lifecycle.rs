@@ -35,14 +35,31 @@ pub async fn join_configured(
     let opts = MembershipOptions {
         id: config.node_id.clone(),
         roles,
+        admin_addr: admin_addr(&addr, http),
         addr,
-        admin_addr: format!("http://{http}"),
         weight: config.cluster.weight,
     };
     let m = Membership::join(client, opts).await.map_err(|e| {
         anyhow::anyhow!("joining the cluster at {:?}: {e}", config.cluster.endpoints)
     })?;
     Ok(Some(m))
+}
+
+/// The admin URL others reach this process at: `http://` + `http`, or,
+/// when `http` binds every address (a container), the advertised gRPC
+/// host with the admin port.
+fn admin_addr(advertised: &str, http: SocketAddr) -> String {
+    if !http.ip().is_unspecified() {
+        return format!("http://{http}");
+    }
+    let host = advertised
+        .split_once("://")
+        .map_or(advertised, |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    format!("http://{host}:{}", http.port())
 }
 
 /// The token the servers stop on. Without membership, or for a member that
@@ -102,5 +119,25 @@ impl MemberHandle {
             .await?;
         tracing::info!(member = %self.id, epoch = s.epoch, "draining");
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::admin_addr;
+
+    #[test]
+    fn admin_addr_follows_the_advertised_host_when_binding_every_address() {
+        let any = "0.0.0.0:9195".parse().unwrap();
+        assert_eq!(
+            admin_addr("http://storage-writer-1:9095", any),
+            "http://storage-writer-1:9195"
+        );
+        assert_eq!(admin_addr("http://[::1]:9095", any), "http://[::1]:9195");
+        let lo = "127.0.0.1:9195".parse().unwrap();
+        assert_eq!(
+            admin_addr("http://storage-writer-1:9095", lo),
+            "http://127.0.0.1:9195"
+        );
     }
 }

@@ -16,6 +16,7 @@
 //! - [`state`]: the replicated state machine (members, ring settings,
 //!   epoch), pure.
 //! - [`transport`]: raft messages over tonic, and the partition switch.
+//! - [`raft_log`]: raft-rs's slog records to tracing, INFO lowered to DEBUG.
 //! - [`leases`]: member leases and the leader's duties.
 //! - [`service`]: the `ClusterService` and `RaftService` gRPC servers.
 //! - [`http`]: `/api/cluster`, `/api/members`, `/api/ring`.
@@ -25,6 +26,7 @@
 pub mod http;
 pub mod leases;
 pub mod node;
+pub mod raft_log;
 pub mod service;
 pub mod state;
 pub mod storage;

@@ -176,10 +176,7 @@ impl Node {
             ..Default::default()
         };
         raft_config.validate()?;
-        let logger = slog::Logger::root(
-            tracing_slog::TracingSlogDrain,
-            slog::o!("raft_id" => config.id),
-        );
+        let logger = crate::raft_log::logger(config.id);
         let raw = RawNode::new(&raft_config, store.clone(), &logger)?;
         tracing::info!(
             raft_id = config.id,

@@ -1,0 +1,371 @@
+//! The local cluster of `docker-compose.yml`, end to end, with real
+//! containers: 3 cluster-ctl, 2 gateways, 2 routers, 3 writers, query-api
+//! and Redis from the `broker:local` image (`scripts/images.sh`, which
+//! `scripts/test.sh` runs first).
+//!
+//! 1. `docker-compose up -d` under a project of its own, with every port
+//!    published on a free loopback port; wait until cluster-ctl lists every
+//!    member online (and brokerctl inside a container says so too).
+//! 2. A steady load from this host through both published gateway ports;
+//!    `docker kill` (SIGKILL) storage-writer-2 under it; cluster-ctl marks it
+//!    offline; `docker-compose start` brings it back online.
+//! 3. Every point the agent saw acked is read back from Redis (published
+//!    port) with its values.
+//! 4. `docker-compose down` then `up` (volumes kept): the raft state goes on
+//!    from where it was and every acked point is still in Redis.
+//! 5. The compose load generator sends data that query-api serves.
+//!
+//! Then `down -v`. Figures (time to ready, points sent / acked / missing,
+//! fault to offline) are printed, not asserted.
+
+mod common;
+
+use broker::dlq_cli::AdminClient;
+use broker_proto::v1::{ClusterState, MemberState};
+use cluster_client::ClusterClient;
+use common::{port, steady_load, verify};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const HOSTS: usize = 200;
+const METRICS: usize = 8;
+const IMAGE: &str = "broker:local";
+/// Every data-path member of the compose file.
+const MEMBERS: [&str; 8] = [
+    "ingest-gateway-1",
+    "ingest-gateway-2",
+    "query-api",
+    "shard-router-1",
+    "shard-router-2",
+    "storage-writer-1",
+    "storage-writer-2",
+    "storage-writer-3",
+];
+
+/// One compose project; `down -v` when dropped, so a failed test leaves
+/// no containers or volumes behind.
+struct Compose {
+    project: String,
+    file: PathBuf,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Compose {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("docker-compose");
+        c.arg("--project-name")
+            .arg(&self.project)
+            .arg("--file")
+            .arg(&self.file)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `docker-compose args`, bounded by `timeout`; panics with its
+    /// output if it fails. Returns stdout.
+    fn run(&self, args: &[&str], timeout: Duration) -> String {
+        let mut child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("docker-compose runs");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("docker-compose {args:?} did not finish within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "docker-compose {args:?} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    fn published(&self, key: &str) -> u16 {
+        let (_, v) = self.env.iter().find(|(k, _)| *k == key).unwrap();
+        v.parse().unwrap()
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self
+                .command(&["logs", "--no-color", "--tail", "30"])
+                .status();
+        }
+        let _ = self
+            .command(&["down", "--volumes", "--timeout", "5"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn member_state(s: &ClusterState, id: &str) -> Option<MemberState> {
+    s.members
+        .iter()
+        .find(|m| m.id == id)
+        .and_then(|m| MemberState::try_from(m.state).ok())
+}
+
+/// Polls cluster-ctl until `pred` holds; panics after `timeout` naming
+/// `what` and the last state seen.
+async fn until(
+    client: &ClusterClient,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&ClusterState) -> bool,
+) -> (Duration, ClusterState) {
+    let start = Instant::now();
+    loop {
+        let last = match client.members().await {
+            Ok(s) if pred(&s) => return (start.elapsed(), s),
+            Ok(s) => format!("{:?}", members_line(&s)),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            start.elapsed() < timeout,
+            "{what}: not within {timeout:?}; last: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn members_line(s: &ClusterState) -> Vec<String> {
+    s.members
+        .iter()
+        .map(|m| {
+            let state = MemberState::try_from(m.state).map_or("?", |s| s.as_str_name());
+            format!("{}={state}", m.id)
+        })
+        .collect()
+}
+
+fn all_online(s: &ClusterState) -> bool {
+    MEMBERS
+        .iter()
+        .all(|id| member_state(s, id) == Some(MemberState::Online))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
+    let test_start = Instant::now();
+    let image = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("docker not found: install Docker Engine and docker-compose");
+    assert!(
+        image.success(),
+        "image {IMAGE} missing: run scripts/images.sh (scripts/test.sh does)"
+    );
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let compose = Compose {
+        project: format!("broker-test-{}", std::process::id()),
+        file: root.join("docker-compose.yml"),
+        env: [
+            "PUBLISH_GATEWAY",
+            "PUBLISH_GATEWAY_2",
+            "PUBLISH_QUERY_HTTP",
+            "PUBLISH_QUERY_GRPC",
+            "PUBLISH_CTL_GRPC",
+            "PUBLISH_CTL_HTTP",
+            "PUBLISH_REDIS",
+        ]
+        .into_iter()
+        .map(|k| (k, port().to_string()))
+        .chain([("IMAGE", IMAGE.to_string())])
+        .collect(),
+    };
+    let gateways = vec![
+        format!("http://127.0.0.1:{}", compose.published("PUBLISH_GATEWAY")),
+        format!(
+            "http://127.0.0.1:{}",
+            compose.published("PUBLISH_GATEWAY_2")
+        ),
+    ];
+    let redis_url = format!("redis://127.0.0.1:{}", compose.published("PUBLISH_REDIS"));
+    let ctl = ClusterClient::new(&[format!(
+        "http://127.0.0.1:{}",
+        compose.published("PUBLISH_CTL_GRPC")
+    )])
+    .unwrap();
+    let up_timeout = Duration::from_secs(120);
+
+    // 1. Up, without the compose load generator (its hosts would overwrite
+    // the ones this test checks); it runs in step 5.
+    let t = Instant::now();
+    compose.run(
+        &["up", "--detach", "--no-build", "--scale", "loadgen=0"],
+        up_timeout,
+    );
+    let (_, s) = until(&ctl, "every member online", up_timeout, all_online).await;
+    println!(
+        "FIGURE compose ready: {:.1}s from `up` to every member online (epoch {}): {:?}",
+        t.elapsed().as_secs_f64(),
+        s.epoch,
+        members_line(&s)
+    );
+    let table = compose.run(
+        &[
+            "exec",
+            "-T",
+            "cluster-ctl-1",
+            "brokerctl",
+            "--endpoints",
+            "http://127.0.0.1:9096",
+            "members",
+        ],
+        Duration::from_secs(30),
+    );
+    for id in MEMBERS {
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(id) && l.contains(" online ")),
+            "brokerctl members in cluster-ctl-1 does not show {id} online:\n{table}"
+        );
+    }
+
+    // 2. Load through both published gateways; SIGKILL a writer under it.
+    let (load, timeline) = steady_load(gateways, HOSTS, METRICS, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let killed = Instant::now();
+    compose.run(&["kill", "storage-writer-2"], Duration::from_secs(30));
+    let (to_offline, s) = until(
+        &ctl,
+        "storage-writer-2 offline",
+        Duration::from_secs(30),
+        |s| member_state(s, "storage-writer-2") == Some(MemberState::Offline),
+    )
+    .await;
+    println!(
+        "FIGURE compose kill: storage-writer-2 offline {:.1}s after docker kill (epoch {})",
+        to_offline.as_secs_f64(),
+        s.epoch
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    compose.run(&["start", "storage-writer-2"], Duration::from_secs(30));
+    let (back, _) = until(&ctl, "storage-writer-2 online again", up_timeout, |s| {
+        member_state(s, "storage-writer-2") == Some(MemberState::Online)
+    })
+    .await;
+    println!(
+        "FIGURE compose restart: storage-writer-2 online {:.1}s after docker-compose start",
+        back.as_secs_f64()
+    );
+    let report = load.await.unwrap().expect("load ran");
+    println!(
+        "FIGURE compose load: sent {} acked {} failed {} resent {} ({:.0} points/s); acked count resumed {:?} after the kill",
+        report.sent,
+        report.acked,
+        report.failed,
+        report.resent,
+        report.points_per_s(),
+        timeline.recovery_after(killed),
+    );
+
+    // 3. Every acked point is in Redis.
+    let o = verify(&redis_url, &report, HOSTS, METRICS).await;
+    println!(
+        "FIGURE compose redis: acked {} found {} missing {}",
+        o.acked, o.found, o.missing
+    );
+    assert!(o.acked > 10_000, "the load was acked: {}", o.acked);
+    assert_eq!(o.missing, 0, "acked points missing from Redis");
+    assert_eq!(report.failed, 0, "points the agent gave up on");
+
+    // 4. down, up: volumes keep the data and the raft state.
+    let before = ctl.members().await.unwrap();
+    let raft_before = ctl.status().await.unwrap();
+    let t = Instant::now();
+    compose.run(&["down", "--timeout", "40"], Duration::from_secs(120));
+    let down = t.elapsed();
+    let t = Instant::now();
+    compose.run(
+        &["up", "--detach", "--no-build", "--scale", "loadgen=0"],
+        up_timeout,
+    );
+    let (_, after) = until(
+        &ctl,
+        "every member online after down/up",
+        up_timeout,
+        all_online,
+    )
+    .await;
+    let raft_after = ctl.status().await.unwrap();
+    println!(
+        "FIGURE compose down/up: down {:.1}s, up to every member online {:.1}s; epoch {} -> {}, raft applied index {} -> {}",
+        down.as_secs_f64(),
+        t.elapsed().as_secs_f64(),
+        before.epoch,
+        after.epoch,
+        raft_before.applied_index,
+        raft_after.applied_index
+    );
+    assert!(
+        after.epoch > before.epoch && raft_after.applied_index > raft_before.applied_index,
+        "raft state did not survive down/up: epoch {} -> {}, applied {} -> {}",
+        before.epoch,
+        after.epoch,
+        raft_before.applied_index,
+        raft_after.applied_index
+    );
+    let o = verify(&redis_url, &report, HOSTS, METRICS).await;
+    assert_eq!(o.missing, 0, "acked points lost across down/up");
+
+    // 5. The compose load generator's data through the published query-api.
+    compose.run(
+        &["up", "--detach", "--no-build", "loadgen"],
+        Duration::from_secs(60),
+    );
+    let query = AdminClient::new(
+        &format!("127.0.0.1:{}", compose.published("PUBLISH_QUERY_HTTP")),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let points = loop {
+        let n = query
+            .get_text("/api/query/range?host=host-00049&start=now-1m&metrics=cpu_user")
+            .await
+            .ok()
+            .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|v| v["timestamps"].as_array().map(|p| p.len()))
+            .unwrap_or(0);
+        if n >= 2 {
+            break n;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "query-api shows no points from the compose load generator"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!(
+        "FIGURE compose loadgen: query-api serves {points} points of host-00049 {:.1}s after `up loadgen`",
+        t.elapsed().as_secs_f64()
+    );
+
+    drop(compose);
+    println!(
+        "FIGURE compose test: {:.0}s in all",
+        test_start.elapsed().as_secs_f64()
+    );
+}
