@@ -45,10 +45,12 @@ ENV BROKER_CONFIG=/etc/broker/broker.yaml \
 # it (a new named volume starts out owned by the broker user).
 WORKDIR /var/lib/broker
 USER broker:broker
-# GET /health on this process's own http_listen (read from the same
-# config), so the check follows the port whatever the service is.
+# GET /ready on this process's own http_listen (read from the same
+# config), so the check follows the port whatever the service is:
+# "healthy" means ready to serve (Redis reachable, cluster joined, a raft
+# leader known).
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["broker", "health"]
+  CMD ["broker", "health", "--path", "/ready"]
 # SIGTERM: drain, flush, leave the cluster, within shutdown_grace (30 s by
 # default; give the orchestrator a longer stop timeout).
 STOPSIGNAL SIGTERM

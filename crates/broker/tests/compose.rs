@@ -23,7 +23,7 @@ mod common;
 use broker::dlq_cli::AdminClient;
 use broker_proto::v1::{ClusterState, MemberState};
 use cluster_client::ClusterClient;
-use common::{port, steady_load, verify};
+use common::{member_state, members_line, port, steady_load, until, verify};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -114,46 +114,6 @@ impl Drop for Compose {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-fn member_state(s: &ClusterState, id: &str) -> Option<MemberState> {
-    s.members
-        .iter()
-        .find(|m| m.id == id)
-        .and_then(|m| MemberState::try_from(m.state).ok())
-}
-
-/// Polls cluster-ctl until `pred` holds; panics after `timeout` naming
-/// `what` and the last state seen.
-async fn until(
-    client: &ClusterClient,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&ClusterState) -> bool,
-) -> (Duration, ClusterState) {
-    let start = Instant::now();
-    loop {
-        let last = match client.members().await {
-            Ok(s) if pred(&s) => return (start.elapsed(), s),
-            Ok(s) => format!("{:?}", members_line(&s)),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            start.elapsed() < timeout,
-            "{what}: not within {timeout:?}; last: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn members_line(s: &ClusterState) -> Vec<String> {
-    s.members
-        .iter()
-        .map(|m| {
-            let state = MemberState::try_from(m.state).map_or("?", |s| s.as_str_name());
-            format!("{}={state}", m.id)
-        })
-        .collect()
 }
 
 fn all_online(s: &ClusterState) -> bool {

@@ -20,39 +20,12 @@ use broker::dlq_cli::AdminClient;
 use broker_proto::v1::{ClusterState, MemberState};
 use cluster_client::ClusterClient;
 use cluster_client::views::RingView;
-use common::{Service, durable_redis, port, steady_load, verify};
+use common::{Service, durable_redis, member_state, port, steady_load, until, verify};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 const HOSTS: usize = 200;
 const METRICS: usize = 8;
-
-fn member_state(s: &ClusterState, id: &str) -> Option<MemberState> {
-    s.members
-        .iter()
-        .find(|m| m.id == id)
-        .and_then(|m| MemberState::try_from(m.state).ok())
-}
-
-/// Polls the committed state until `pred` holds; returns the time it took
-/// and the state. Panics after `timeout` naming `what`.
-async fn until(
-    client: &ClusterClient,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&ClusterState) -> bool,
-) -> (Duration, ClusterState) {
-    let start = Instant::now();
-    loop {
-        if let Ok(s) = client.members().await
-            && pred(&s)
-        {
-            return (start.elapsed(), s);
-        }
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// `broker_writer_points_total` of the writer whose admin port is `http`.
 async fn points_written(http: u16) -> u64 {

@@ -6,7 +6,9 @@
 
 use broker_agent::generator::{SnapshotGenerator, host_id, value};
 use broker_agent::load::{LoadConfig, Pacing, run_load_with};
+use broker_proto::v1::{ClusterState, MemberState};
 use broker_tests::Reader;
+use cluster_client::ClusterClient;
 use redis_process::{RedisOptions, RedisServer};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -243,4 +245,45 @@ pub fn steady_load(
         std::future::pending::<()>(),
     ));
     (load, timeline)
+}
+
+/// A member's committed state.
+pub fn member_state(s: &ClusterState, id: &str) -> Option<MemberState> {
+    s.members
+        .iter()
+        .find(|m| m.id == id)
+        .and_then(|m| MemberState::try_from(m.state).ok())
+}
+
+/// Polls cluster-ctl until `pred` holds; panics after `timeout` naming
+/// `what` and the last state seen.
+pub async fn until(
+    client: &ClusterClient,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&ClusterState) -> bool,
+) -> (Duration, ClusterState) {
+    let start = Instant::now();
+    loop {
+        let last = match client.members().await {
+            Ok(s) if pred(&s) => return (start.elapsed(), s),
+            Ok(s) => format!("{:?}", members_line(&s)),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            start.elapsed() < timeout,
+            "{what}: not within {timeout:?}; last: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn members_line(s: &ClusterState) -> Vec<String> {
+    s.members
+        .iter()
+        .map(|m| {
+            let state = MemberState::try_from(m.state).map_or("?", |s| s.as_str_name());
+            format!("{}={state}", m.id)
+        })
+        .collect()
 }
