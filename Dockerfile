@@ -24,6 +24,8 @@ ARG RUST_IMAGE=rust:1.95-slim-bookworm
 
 # ---- The OS part of the runtime image.
 FROM ${BASE} AS runtime-base
+LABEL org.opencontainers.image.title="monitoring-broker" \
+      org.opencontainers.image.description="Monitoring broker: ingest-gateway, shard-router, storage-writer, query-api, cluster-ctl, brokerctl, broker-loadgen, redis-server"
 # redis-server: the compose file's Redis comes from the same image (no
 # registry needed); redis-cli for its health check. ca-certificates for
 # rediss:// and OTLP over TLS.

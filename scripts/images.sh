@@ -11,10 +11,11 @@
 # present, pulled when a registry answers, and otherwise made here from
 # Debian's packages by scripts/base-image.sh (debootstrap + docker import).
 #
-# Environment: BROKER_IMAGE (tag), BASE, CARGO_TARGET_DIR.
+# Environment: IMAGE (tag, as docker-compose.yml reads it), BASE,
+# CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-IMAGE="${BROKER_IMAGE:-broker:local}"
+IMAGE="${IMAGE:-broker:local}"
 BASE="${BASE:-debian:bookworm-slim}"
 BINS=(broker ingest-gateway shard-router storage-writer cluster-ctl query-api brokerctl broker-loadgen)
 mode=host
@@ -53,5 +54,7 @@ else
   echo "building $IMAGE (--target runtime, binaries from .docker-bin/)" >&2
   docker build --build-arg BASE="$BASE" --target runtime -t "$IMAGE" . >/dev/null
 fi
+# The image this replaced, now untagged, goes (not the build cache).
+docker image prune --force --filter label=org.opencontainers.image.title=monitoring-broker >/dev/null
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 echo "image $IMAGE: $((size / 1024 / 1024)) MiB, built in $(($(date +%s) - start)) s" >&2

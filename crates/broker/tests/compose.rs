@@ -1,7 +1,7 @@
 //! The local cluster of `docker-compose.yml`, end to end, with real
 //! containers: 3 cluster-ctl, 2 gateways, 2 routers, 3 writers, query-api
 //! and Redis from the `broker:local` image (`scripts/images.sh`, which
-//! `scripts/test.sh` runs first).
+//! `scripts/test.sh` runs first; `IMAGE=...` tests another).
 //!
 //! 1. `docker-compose up -d` under a project of its own, with every port
 //!    published on a free loopback port; wait until cluster-ctl lists every
@@ -30,7 +30,11 @@ use std::time::{Duration, Instant};
 
 const HOSTS: usize = 200;
 const METRICS: usize = 8;
-const IMAGE: &str = "broker:local";
+/// The image under test: `IMAGE` (as docker-compose.yml reads it), else
+/// the one scripts/images.sh builds.
+fn image() -> String {
+    std::env::var("IMAGE").unwrap_or_else(|_| "broker:local".into())
+}
 /// Every data-path member of the compose file.
 const MEMBERS: [&str; 8] = [
     "ingest-gateway-1",
@@ -53,7 +57,7 @@ struct Compose {
 
 impl Compose {
     fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("docker-compose");
+        let mut c = compose_command();
         c.arg("--project-name")
             .arg(&self.project)
             .arg("--file")
@@ -101,6 +105,50 @@ impl Compose {
     }
 }
 
+/// `docker-compose` (Compose v1, Debian's), else `docker compose` (v2).
+fn compose_command() -> Command {
+    let v1 = Command::new("docker-compose")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if v1 {
+        Command::new("docker-compose")
+    } else {
+        let mut c = Command::new("docker");
+        c.arg("compose");
+        c
+    }
+}
+
+/// Takes down what an earlier run of this test left behind (a run killed
+/// before its `Drop`): every project named `broker-test-*` but `ours`.
+fn remove_stale_projects(ours: &str, file: &std::path::Path) {
+    let projects = docker(&[
+        "ps",
+        "--all",
+        "--format",
+        "{{.Label \"com.docker.compose.project\"}}",
+    ]);
+    let mut stale: Vec<&str> = projects
+        .lines()
+        .filter(|p| p.starts_with("broker-test-") && *p != ours)
+        .collect();
+    stale.sort();
+    stale.dedup();
+    for p in stale {
+        eprintln!("removing containers and volumes of an earlier run: {p}");
+        let _ = compose_command()
+            .args(["--project-name", p, "--file"])
+            .arg(file)
+            .args(["down", "--volumes", "--timeout", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 impl Drop for Compose {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -116,6 +164,22 @@ impl Drop for Compose {
     }
 }
 
+/// `docker args`; panics with its output if it fails. Returns stdout.
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("docker runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn all_online(s: &ClusterState) -> bool {
     MEMBERS
         .iter()
@@ -125,15 +189,16 @@ fn all_online(s: &ClusterState) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
     let test_start = Instant::now();
+    let image_name = image();
     let image = Command::new("docker")
-        .args(["image", "inspect", IMAGE])
+        .args(["image", "inspect", &image_name])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .expect("docker not found: install Docker Engine and docker-compose");
     assert!(
         image.success(),
-        "image {IMAGE} missing: run scripts/images.sh (scripts/test.sh does)"
+        "image {image_name} missing: run scripts/images.sh (scripts/test.sh does)"
     );
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let compose = Compose {
@@ -150,9 +215,10 @@ async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
         ]
         .into_iter()
         .map(|k| (k, port().to_string()))
-        .chain([("IMAGE", IMAGE.to_string())])
+        .chain([("IMAGE", image_name.clone())])
         .collect(),
     };
+    remove_stale_projects(&compose.project, &compose.file);
     let gateways = vec![
         format!("http://127.0.0.1:{}", compose.published("PUBLISH_GATEWAY")),
         format!(
@@ -254,9 +320,33 @@ async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
     // 4. down, up: volumes keep the data and the raft state.
     let before = ctl.members().await.unwrap();
     let raft_before = ctl.status().await.unwrap();
+    // SIGTERM everything (data path first, compose's dependency order):
+    // each process drains, flushes, leaves and exits 0; one that needed
+    // Docker's SIGKILL after the timeout would exit 137.
     let t = Instant::now();
-    compose.run(&["down", "--timeout", "40"], Duration::from_secs(120));
+    compose.run(&["stop", "--timeout", "40"], Duration::from_secs(120));
     let down = t.elapsed();
+    let ids = compose.run(&["ps", "--quiet"], Duration::from_secs(30));
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    let exits = docker(
+        &[
+            &["inspect", "--format", "{{.Name}} {{.State.ExitCode}}"],
+            &ids[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        exits.lines().count(),
+        12,
+        "every container stopped: {exits}"
+    );
+    for line in exits.lines() {
+        assert!(
+            line.ends_with(" 0"),
+            "not a clean exit on SIGTERM: {line}\n{exits}"
+        );
+    }
+    compose.run(&["down", "--timeout", "40"], Duration::from_secs(120));
     let t = Instant::now();
     compose.run(
         &["up", "--detach", "--no-build", "--scale", "loadgen=0"],
@@ -271,7 +361,7 @@ async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
     .await;
     let raft_after = ctl.status().await.unwrap();
     println!(
-        "FIGURE compose down/up: down {:.1}s, up to every member online {:.1}s; epoch {} -> {}, raft applied index {} -> {}",
+        "FIGURE compose down/up: stop (SIGTERM, every exit code 0) {:.1}s, up to every member online {:.1}s; epoch {} -> {}, raft applied index {} -> {}",
         down.as_secs_f64(),
         t.elapsed().as_secs_f64(),
         before.epoch,
