@@ -257,7 +257,17 @@ async fn voters_are_added_and_removed_at_run_time() {
     assert_eq!(voters, [1, 2, 3, 4]);
     let state = converged(&c, 60, Duration::from_secs(10)).await;
     assert_eq!(state.members.len(), 60, "the new voter caught up");
-    assert_eq!(c.node(4).view().voters.len(), 4);
+    // Its raft view is published after the state it applied: wait for it
+    // rather than race it (this flaked under a loaded CI machine).
+    let mut view = c.node(4).view_watch();
+    let voters = tokio::time::timeout(
+        Duration::from_secs(10),
+        view.wait_for(|v| v.voters.len() == 4),
+    )
+    .await
+    .map(|v| v.map(|v| v.voters.len()).unwrap_or(0))
+    .unwrap_or_else(|_| c.node(4).view().voters.len());
+    assert_eq!(voters, 4, "node 4 sees the four voters");
 
     // Remove the leader itself: it hands leadership over, the client
     // retries, and the removal commits under the new leader.

@@ -213,6 +213,10 @@ impl Node {
         let tick = config.tick;
         tokio::spawn(async move {
             task.run(input_rx, report_rx, tick, stop).await;
+            // Close the redb store (the task and its RawNode hold it) before
+            // anyone hears the node stopped: a restart in the same process
+            // opens the same file, and redb refuses a second open.
+            drop(task);
             done.cancel();
         });
         Ok(Node {
