@@ -8,7 +8,9 @@
 //!    member online (and brokerctl inside a container says so too).
 //! 2. A steady load from this host through both published gateway ports;
 //!    `docker kill` (SIGKILL) storage-writer-2 under it; cluster-ctl marks it
-//!    offline; `docker-compose start` brings it back online.
+//!    offline; `docker-compose start` brings it back online. Then `kill -9`
+//!    of storage-writer-3's broker inside its container: Docker restarts
+//!    the container and the writer is online again on its own.
 //! 3. Every point the agent saw acked is read back from Redis (published
 //!    port) with its values.
 //! 4. `docker-compose down` then `up` (volumes kept): the raft state goes on
@@ -295,6 +297,52 @@ async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
     println!(
         "FIGURE compose restart: storage-writer-2 online {:.1}s after docker-compose start",
         back.as_secs_f64()
+    );
+    // A crash inside a container: kill -9 of the broker process (tini is
+    // PID 1). The container exits, Docker's restart policy starts it again
+    // and the writer rejoins, with no operator.
+    let id = compose.run(
+        &["ps", "--quiet", "storage-writer-3"],
+        Duration::from_secs(30),
+    );
+    let id = id.trim();
+    let restarts = || {
+        docker(&["inspect", "--format", "{{.RestartCount}}", id])
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let before = restarts();
+    let t = Instant::now();
+    compose.run(
+        &[
+            "exec",
+            "-T",
+            "storage-writer-3",
+            "sh",
+            "-c",
+            "kill -9 $(pidof broker)",
+        ],
+        Duration::from_secs(30),
+    );
+    while restarts() == before {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "Docker did not restart storage-writer-3 after its broker was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, s) = until(
+        &ctl,
+        "storage-writer-3 online after its restart",
+        up_timeout,
+        |s| member_state(s, "storage-writer-3") == Some(MemberState::Online),
+    )
+    .await;
+    println!(
+        "FIGURE compose crash: kill -9 inside storage-writer-3, restarted by Docker and online {:.1}s later (epoch {})",
+        t.elapsed().as_secs_f64(),
+        s.epoch
     );
     let report = load.await.unwrap().expect("load ran");
     println!(
