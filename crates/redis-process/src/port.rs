@@ -25,13 +25,26 @@ pub fn free_port() -> io::Result<u16> {
         let span = u64::from(ephemeral_start - LOW_PORTS_START);
         for _ in 0..200 {
             let p = LOW_PORTS_START + (random() % span) as u16;
-            if TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, p))).is_ok() {
+            if TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, p))).is_ok() && claim(p) {
                 return Ok(p);
             }
         }
     }
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Records `p` as handed out by this process; false if it already was.
+/// A test picks all its ports before its processes bind them (and binds a
+/// killed process's port again later), so a port that is free now may
+/// already belong to a service of the same test: never hand it out twice.
+fn claim(p: u16) -> bool {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(p)
 }
 
 /// Where [`free_port`] starts looking (below the ephemeral range).
@@ -74,4 +87,16 @@ pub(crate) fn free_port_with_bus(attempts: u32) -> io::Result<u16> {
             format!("no port p with p and p+{CLUSTER_BUS_OFFSET} both free in {attempts} attempts"),
         )
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_port;
+
+    #[test]
+    fn never_hands_out_a_port_twice() {
+        let ports: Vec<u16> = (0..500).map(|_| free_port().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len());
+    }
 }
