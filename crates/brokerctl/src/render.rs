@@ -52,7 +52,11 @@ pub fn members(view: &MembersView, now_ms: i64, out: &mut String) {
         rows.push(vec![
             m.id.clone(),
             m.roles.join(","),
-            m.state.to_string(),
+            if m.state_reason.is_empty() {
+                m.state.to_string()
+            } else {
+                format!("{} ({})", m.state, m.state_reason)
+            },
             m.weight.to_string(),
             m.addr.clone(),
             if m.state_since_ms > 0 {

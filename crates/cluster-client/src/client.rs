@@ -178,13 +178,26 @@ impl ClusterClient {
         id: &str,
         state: MemberState,
     ) -> Result<ClusterState, ClusterError> {
+        self.set_state_because(id, state, "").await
+    }
+
+    /// Sets a member's state and says why (`Member.state_reason`): how
+    /// host-manager marks a member offline after failed health checks.
+    pub async fn set_state_because(
+        &self,
+        id: &str,
+        state: MemberState,
+        reason: &str,
+    ) -> Result<ClusterState, ClusterError> {
         let r: ChangeResponse = self
             .call(|mut c| {
                 let id = id.to_string();
+                let reason = reason.to_string();
                 async move {
                     c.set_state(SetStateRequest {
                         id,
                         state: state as i32,
+                        reason,
                     })
                     .await
                 }

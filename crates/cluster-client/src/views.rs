@@ -59,6 +59,10 @@ pub struct MemberView {
     pub weight: u32,
     pub joined_at_ms: i64,
     pub state_since_ms: i64,
+    /// Why it is in its state when the member did not choose it ("lease",
+    /// "health: ..."); empty otherwise.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub state_reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +87,7 @@ impl From<&ClusterState> for MembersView {
                     weight: m.weight,
                     joined_at_ms: m.joined_at_ms,
                     state_since_ms: m.state_since_ms,
+                    state_reason: m.state_reason.clone(),
                 })
                 .collect(),
         }

@@ -19,6 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// `Member.state_reason` of a member the lease took offline.
+pub const LEASE_REASON: &str = "lease";
+/// Prefix of `Member.state_reason` when host-manager's health checks took
+/// the member offline ("health: grpc check timed out after 1s").
+pub const HEALTH_REASON: &str = "health";
+
 pub struct Leases {
     beats: Mutex<HashMap<String, Lease>>,
     interval: Duration,
@@ -77,31 +83,40 @@ impl Leases {
         self.beats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Members whose state the lease says is wrong, with the state they
-    /// should have: ONLINE or DRAINING members without a beat for a TTL go
-    /// OFFLINE; OFFLINE members that beat (themselves) within a TTL go
-    /// ONLINE. Members never seen get a lease from `now`, without a beat.
+    /// Members whose state the lease says is wrong, with the state and
+    /// reason they should have: ONLINE or DRAINING members without a beat
+    /// for a TTL go OFFLINE ("lease"); OFFLINE members that beat
+    /// (themselves) within a TTL go ONLINE, unless host-manager's health
+    /// checks took them out (reason "health..."): a process that beats but
+    /// does not serve stays out until its checks pass. Such a member that
+    /// stops beating as well is handed over to the lease (reason "lease"),
+    /// so it comes back by beating once it is restarted or resumed.
+    /// Members never seen get a lease from `now`, without a beat.
     pub fn verdicts<'a>(
         &self,
-        members: impl Iterator<Item = (&'a str, MemberState)>,
+        members: impl Iterator<Item = (&'a str, MemberState, &'a str)>,
         now: Instant,
-    ) -> Vec<(String, MemberState)> {
+    ) -> Vec<(String, MemberState, &'static str)> {
         let mut beats = self.lock();
         let mut out = Vec::new();
         let mut seen = Vec::new();
-        for (id, state) in members {
+        for (id, state, reason) in members {
             seen.push(id.to_string());
             let lease = *beats.entry(id.to_string()).or_insert(Lease {
                 at: now,
                 beaten: false,
             });
             let alive = now.saturating_duration_since(lease.at) <= self.ttl;
+            let by_health = reason.starts_with(HEALTH_REASON);
             match state {
                 MemberState::Online | MemberState::Draining if !alive => {
-                    out.push((id.to_string(), MemberState::Offline))
+                    out.push((id.to_string(), MemberState::Offline, LEASE_REASON))
                 }
-                MemberState::Offline if alive && lease.beaten => {
-                    out.push((id.to_string(), MemberState::Online))
+                MemberState::Offline if !alive && by_health => {
+                    out.push((id.to_string(), MemberState::Offline, LEASE_REASON))
+                }
+                MemberState::Offline if alive && lease.beaten && !by_health => {
+                    out.push((id.to_string(), MemberState::Online, ""))
                 }
                 _ => {}
             }
@@ -162,11 +177,12 @@ pub async fn leader_duties(
                 (
                     m.id.as_str(),
                     MemberState::try_from(m.state).unwrap_or(MemberState::Unspecified),
+                    m.state_reason.as_str(),
                 )
             }),
             Instant::now(),
         );
-        for (id, to) in verdicts {
+        for (id, to, reason) in verdicts {
             match to {
                 MemberState::Offline => tracing::warn!(
                     member = %id,
@@ -180,6 +196,7 @@ pub async fn leader_duties(
                 Command::SetState(SetStateRequest {
                     id,
                     state: to as i32,
+                    reason: reason.to_string(),
                 }),
             )
             .await;
@@ -206,7 +223,7 @@ mod tests {
         let leases = Leases::new(Duration::from_secs(1), 3);
         assert_eq!(leases.ttl(), Duration::from_secs(3));
         let t0 = Instant::now();
-        let members = |s: MemberState| vec![("w1", s), ("w2", MemberState::Draining)];
+        let members = |s: MemberState| vec![("w1", s, ""), ("w2", MemberState::Draining, "")];
         // first sight starts the lease
         assert!(
             leases
@@ -224,38 +241,59 @@ mod tests {
         assert_eq!(
             v,
             [
-                ("w1".to_string(), MemberState::Offline),
-                ("w2".to_string(), MemberState::Offline)
+                ("w1".to_string(), MemberState::Offline, LEASE_REASON),
+                ("w2".to_string(), MemberState::Offline, LEASE_REASON)
             ]
         );
         // an offline member stays offline without beats, even one whose
         // lease is fresh but was never renewed by a beat of its own...
         assert!(
             leases
-                .verdicts([("w1", MemberState::Offline)].into_iter(), t4)
+                .verdicts([("w1", MemberState::Offline, "lease")].into_iter(), t4)
                 .is_empty()
         );
         assert!(
             leases
-                .verdicts([("fresh", MemberState::Offline)].into_iter(), t4)
+                .verdicts([("fresh", MemberState::Offline, "")].into_iter(), t4)
                 .is_empty()
         );
         // ...and comes back when it beats (w2 is forgotten: not a member)
         leases.beat("w1");
         let now = Instant::now();
         assert_eq!(
-            leases.verdicts([("w1", MemberState::Offline)].into_iter(), now),
-            [("w1".to_string(), MemberState::Online)]
+            leases.verdicts([("w1", MemberState::Offline, "lease")].into_iter(), now),
+            [("w1".to_string(), MemberState::Online, "")]
         );
         // a new leader gives everyone a fresh TTL
         leases.reset(now + Duration::from_secs(10));
         assert!(
             leases
                 .verdicts(
-                    [("w1", MemberState::Online)].into_iter(),
+                    [("w1", MemberState::Online, "")].into_iter(),
                     now + Duration::from_secs(12)
                 )
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_member_out_by_health_checks_is_not_revived_by_its_beats() {
+        let leases = Leases::new(Duration::from_secs(1), 3);
+        let t0 = Instant::now();
+        let health = "health: grpc check timed out";
+        leases.beat("w1");
+        // it beats, but its checks failed: the lease leaves it offline
+        assert!(
+            leases
+                .verdicts([("w1", MemberState::Offline, health)].into_iter(), t0)
+                .is_empty()
+        );
+        // it stops beating too: the lease takes it over, so a beat brings
+        // it back once the process is resumed or restarted
+        let later = t0 + Duration::from_secs(4);
+        assert_eq!(
+            leases.verdicts([("w1", MemberState::Offline, health)].into_iter(), later),
+            [("w1".to_string(), MemberState::Offline, LEASE_REASON)]
         );
     }
 }

@@ -76,6 +76,7 @@ impl StateMachine {
             Command::Join(m) => {
                 let mut m = m.clone();
                 m.state = MemberState::Online as i32;
+                m.state_reason.clear();
                 m.weight = m.weight.max(1);
                 match members.binary_search_by(|x| x.id.cmp(&m.id)) {
                     Ok(i) => {
@@ -104,11 +105,14 @@ impl StateMachine {
             }
             Command::SetState(s) => {
                 let m = members.iter_mut().find(|m| m.id == s.id).expect("checked");
-                if m.state == s.state {
+                if m.state == s.state && m.state_reason == s.reason {
                     false
                 } else {
+                    if m.state != s.state {
+                        m.state_since_ms = at;
+                    }
                     m.state = s.state;
-                    m.state_since_ms = at;
+                    m.state_reason = s.reason.clone();
                     true
                 }
             }
@@ -252,6 +256,7 @@ mod tests {
             command: Some(Command::SetState(SetStateRequest {
                 id: id.into(),
                 state: state as i32,
+                reason: String::new(),
             })),
         }
     }
