@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "broker/v1/dlq.proto",
         "broker/v1/cluster.proto",
         "broker/v1/query.proto",
+        "broker/v1/hosts.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     tonic_prost_build::configure()

@@ -46,7 +46,10 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(registry: Registry, readiness: Readiness) -> Self {
+    pub fn new(mut registry: Registry, readiness: Readiness) -> Self {
+        if let Some(c) = crate::process_metrics::ProcessCollector::new() {
+            registry.register_collector(Box::new(c));
+        }
         Self {
             registry: Arc::new(registry),
             readiness,

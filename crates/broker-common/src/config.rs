@@ -6,6 +6,10 @@
 //! the YAML file, `BROKER_*` environment variables, `--set key=value` flags.
 //! Unknown keys are rejected wherever they come from.
 
+mod host_manager;
+
+pub use host_manager::*;
+
 use hash_ring::{HashAlgorithm, NodeSpec, RingConfig};
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
@@ -100,6 +104,7 @@ pub struct BrokerConfig {
     pub cluster: ClusterConfig,
     pub cluster_ctl: ClusterCtlConfig,
     pub query: QueryConfig,
+    pub host_manager: HostManagerConfig,
 }
 
 impl Default for BrokerConfig {
@@ -117,6 +122,7 @@ impl Default for BrokerConfig {
             cluster: ClusterConfig::default(),
             cluster_ctl: ClusterCtlConfig::default(),
             query: QueryConfig::default(),
+            host_manager: HostManagerConfig::default(),
         }
     }
 }
@@ -891,6 +897,7 @@ impl BrokerConfig {
                 "must be greater than zero".into(),
             );
         }
+        self.host_manager.validate(&mut bad);
         if p.is_empty() {
             Ok(())
         } else {

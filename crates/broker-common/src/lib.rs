@@ -7,6 +7,8 @@
 //! - [`telemetry`]: structured logs (tracing) and optional OTLP trace export.
 //! - [`shutdown`]: the SIGINT/SIGTERM future and the grace-period helper.
 //! - [`admin`]: the HTTP admin surface (`/health`, `/ready`, `/metrics`).
+//! - [`process_metrics`]: CPU and resident memory of the process on
+//!   `/metrics` (sysinfo).
 //! - [`serve`]: runs one process's gRPC and admin servers on given listeners
 //!   until shutdown.
 //! - [`cli`]: flags shared by every binary, and config loading from them.
@@ -16,6 +18,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod process_metrics;
 pub mod serve;
 pub mod service;
 pub mod shutdown;

@@ -12,16 +12,18 @@ pub enum Service {
     StorageWriter,
     QueryApi,
     ClusterCtl,
+    HostManager,
 }
 
 impl Service {
     /// Every service that exists today, in data-path order.
-    pub const ALL: [Service; 5] = [
+    pub const ALL: [Service; 6] = [
         Service::IngestGateway,
         Service::ShardRouter,
         Service::StorageWriter,
         Service::QueryApi,
         Service::ClusterCtl,
+        Service::HostManager,
     ];
 
     /// What `broker run` starts when no `--service` is given: the data
@@ -42,6 +44,7 @@ impl Service {
             Service::StorageWriter => "storage-writer",
             Service::QueryApi => "query-api",
             Service::ClusterCtl => "cluster-ctl",
+            Service::HostManager => "host-manager",
         }
     }
 }
@@ -54,7 +57,7 @@ impl fmt::Display for Service {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
-    "unknown service {0:?}, valid services are: ingest-gateway, shard-router, storage-writer, query-api, cluster-ctl"
+    "unknown service {0:?}, valid services are: ingest-gateway, shard-router, storage-writer, query-api, cluster-ctl, host-manager"
 )]
 pub struct UnknownService(pub String);
 
