@@ -469,7 +469,10 @@ impl HostManagerConfig {
             bad("host_manager.scan.ports", "port 0 cannot be scanned".into());
         }
         if s.concurrency == 0 {
-            bad("host_manager.scan.concurrency", "must be greater than zero".into());
+            bad(
+                "host_manager.scan.concurrency",
+                "must be greater than zero".into(),
+            );
         }
         if s.rate == 0 {
             bad("host_manager.scan.rate", "must be greater than zero".into());
@@ -509,7 +512,10 @@ impl HostManagerConfig {
         nonzero(bad, "host_manager.autoscale.interval", a.interval);
         for (key, v) in [
             ("host_manager.autoscale.scale_up_above", a.scale_up_above),
-            ("host_manager.autoscale.scale_down_below", a.scale_down_below),
+            (
+                "host_manager.autoscale.scale_down_below",
+                a.scale_down_below,
+            ),
         ] {
             if !(0.0..=100.0).contains(&v) {
                 bad(key, format!("{v} is not a score between 0 and 100"));
@@ -525,7 +531,10 @@ impl HostManagerConfig {
             );
         }
         if a.sustain == 0 {
-            bad("host_manager.autoscale.sustain", "must be greater than zero".into());
+            bad(
+                "host_manager.autoscale.sustain",
+                "must be greater than zero".into(),
+            );
         }
         if a.min_writers == 0 {
             bad(
@@ -595,7 +604,10 @@ impl HostManagerConfig {
                 bad(&format!("{key}.metric"), "is empty".into());
             }
             if !r.threshold.is_finite() {
-                bad(&format!("{key}.threshold"), "must be a finite number".into());
+                bad(
+                    &format!("{key}.threshold"),
+                    "must be a finite number".into(),
+                );
             }
         }
     }
