@@ -74,7 +74,7 @@ pub async fn run(
             Service::ShardRouter => Some(MemberRole::ShardRouter),
             Service::StorageWriter => Some(MemberRole::StorageWriter),
             Service::QueryApi => Some(MemberRole::QueryApi),
-            Service::ClusterCtl => None,
+            Service::ClusterCtl | Service::HostManager => None,
         })
         .collect();
     let membership = if roles.is_empty() {
@@ -151,6 +151,17 @@ pub async fn run(
     } else {
         None
     };
+    let host_manager = if has(Service::HostManager) {
+        let h = host_manager::HostManager::start(&config, &mut registry)?;
+        h.report_readiness(&readiness);
+        routes.add_service(h.grpc_service());
+        names.push(host_manager::HOST_SERVICE_NAME);
+        // /api/hosts, /api/alerts, /api/autoscale, ...
+        admin_routes.push(h.http_routes());
+        Some(h)
+    } else {
+        None
+    };
     if let Some(ctl) = &cluster_ctl {
         names.push(cluster_ctl::service::CLUSTER_SERVICE_NAME);
         names.push(cluster_ctl::service::RAFT_SERVICE_NAME);
@@ -174,6 +185,9 @@ pub async fn run(
         grpc_routes = ctl.add_grpc_routes(grpc_routes, stop.clone());
     }
     let result = broker_common::serve::serve(grpc_routes, &names, &admin, listeners, stop).await;
+    if let Some(h) = host_manager {
+        h.shutdown().await;
+    }
     if let Some(w) = writer {
         broker_common::shutdown::within_grace(config.shutdown_grace, w.shutdown()).await;
     }

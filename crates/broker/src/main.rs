@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "broker",
     version,
-    about = "Monitoring broker: ingest-gateway, shard-router, storage-writer, query-api and cluster-ctl"
+    about = "Monitoring broker: ingest-gateway, shard-router, storage-writer, query-api, cluster-ctl and host-manager"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -224,10 +224,11 @@ async fn up(
     let grpc = listeners.grpc_addr();
     let http = listeners.http_addr();
     eprintln!(
-        "\nbroker is up (ingest-gateway, shard-router, storage-writer, query-api in one process)\n\
+        "\nbroker is up (ingest-gateway, shard-router, storage-writer, query-api, host-manager in one process)\n\
          \x20 agents (gRPC MonitorService): http://{grpc}\n\
          \x20 dashboard:                    http://{http}/dashboard/\n\
          \x20 query API:                    http://{http}/api/query/hosts  (Prometheus API: http://{http}/api/v1/query)\n\
+         \x20 hosts and alerts:             http://{http}/api/hosts  /api/alerts  (brokerctl hosts)\n\
          \x20 health / ready / metrics:     http://{http}/health  /ready  /metrics\n\
          \x20 redis:                        {redis}\n\
          {ctl_lines}\
@@ -235,9 +236,11 @@ async fn up(
          \x20 stop: Ctrl-C (drains and flushes)\n",
         redis = config.writer.redis_url,
     );
+    let mut services = Service::DEFAULT.to_vec();
+    services.push(Service::HostManager);
     let result = broker::run(
         config,
-        &Service::DEFAULT,
+        &services,
         listeners,
         broker_common::shutdown::signal(),
     )

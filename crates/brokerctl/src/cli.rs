@@ -49,7 +49,21 @@ pub struct GlobalArgs {
     /// instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// host-manager's gRPC endpoint, for `hosts` and `autoscale` (default:
+    /// the process `broker up` starts, which runs it).
+    #[arg(
+        long,
+        global = true,
+        env = "BROKERCTL_HOST_MANAGER",
+        default_value = DEFAULT_HOST_MANAGER,
+        value_parser = parse_endpoint,
+        value_name = "URL"
+    )]
+    pub host_manager: String,
 }
+
+/// Where `broker up` serves host-manager (its gRPC port).
+pub const DEFAULT_HOST_MANAGER: &str = "http://127.0.0.1:9093";
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -81,6 +95,21 @@ pub enum Command {
     Voter(VoterCommand),
     /// Change the ring settings (every router and writer re-routes).
     SetRing(SetRingArgs),
+    /// Monitored hosts from host-manager: state, last point, how found.
+    Hosts {
+        /// Only hosts in this state: up, stale, down or discovered.
+        #[arg(long, value_parser = ["up", "stale", "down", "discovered"])]
+        state: Option<String>,
+    },
+    /// host-manager's autoscaler.
+    #[command(subcommand)]
+    Autoscale(AutoscaleCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AutoscaleCommand {
+    /// The load score, each writer's load, the last decisions and why.
+    Status,
 }
 
 #[derive(Args, Debug)]

@@ -14,16 +14,19 @@
 //!   `Write`, so tests capture it.
 //! - [`report`]: the shape of `brokerctl cluster` (every endpoint's Raft
 //!   status).
+//! - [`hosts`]: `hosts` and `autoscale status`, over host-manager's gRPC
+//!   `HostService`.
 //! - [`render`]: the text tables.
 //! - [`CtlError`]: why a command failed (exit 1).
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod hosts;
 pub mod render;
 pub mod report;
 
-pub use cli::{Cli, Command, VoterCommand};
+pub use cli::{AutoscaleCommand, Cli, Command, VoterCommand};
 pub use report::{ClusterReport, NodeReport};
 
 use backon::ExponentialBuilder;
@@ -56,6 +59,9 @@ pub enum CtlError {
     /// so this means the state is damaged).
     #[error("the committed members do not make a valid ring: {0}")]
     InvalidRing(String),
+    /// host-manager did not answer or refused the call.
+    #[error("host-manager at {endpoint}: {reason}")]
+    HostManager { endpoint: String, reason: String },
     #[error("encoding JSON")]
     Json(#[source] serde_json::Error),
     #[error("writing the output")]
@@ -85,6 +91,13 @@ pub fn retry_policy() -> ExponentialBuilder {
 
 /// Runs `cli`'s command and writes what it prints to `out`.
 pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), CtlError> {
+    if let Command::Hosts { .. } | Command::Autoscale(_) = cli.command {
+        let text = hosts::execute(&cli.global.host_manager, cli.command, cli.global.json).await?;
+        return out
+            .write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(CtlError::Output);
+    }
     let client = ClusterClient::with_retry(&cli.global.endpoints, retry_policy())?;
     let text = execute(&client, cli.command, cli.global.json).await?;
     out.write_all(text.as_bytes())
@@ -213,6 +226,7 @@ async fn execute(client: &ClusterClient, command: Command, json: bool) -> Result
                 view.epoch, view.vnodes, view.hash
             );
         }
+        Command::Hosts { .. } | Command::Autoscale(_) => unreachable!("run dispatches these"),
     }
     Ok(out)
 }
