@@ -609,3 +609,135 @@ async fn a_writer_with_a_wedged_grpc_port_is_taken_offline_by_health_checks_and_
     }
     ctl.terminate().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_actuator_adds_a_writer_under_load_and_drains_it_when_the_load_stops() {
+    const HOSTS: usize = 200;
+    const METRICS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let redis = durable_redis();
+    let ctl_port = port();
+    let mut ctl = Service::new(
+        "ctl-1",
+        "cluster-ctl",
+        d,
+        ctl_yaml(ctl_port, port(), d),
+        ctl_port,
+    );
+    ctl.start().await;
+    let endpoints = [format!("http://127.0.0.1:{ctl_port}")];
+    let cluster = format!("cluster:\n  endpoints: ['{}']\n", endpoints[0]);
+    let wp = port();
+    let mut writer = Service::new(
+        "writer-0",
+        "storage-writer",
+        d,
+        format!(
+            "node_id: writer-0\ngrpc_listen: 127.0.0.1:{wp}\nhttp_listen: 127.0.0.1:{}\n{cluster}writer:\n  redis_url: {}\n  spool_dir: {}\n",
+            port(),
+            redis.url(),
+            d.join("spool-0").display()
+        ),
+        wp,
+    );
+    writer.start().await;
+    let rp = port();
+    let mut router = Service::new(
+        "router",
+        "shard-router",
+        d,
+        format!(
+            "node_id: router\ngrpc_listen: 127.0.0.1:{rp}\nhttp_listen: 127.0.0.1:{}\n{cluster}",
+            port()
+        ),
+        rp,
+    );
+    router.start().await;
+    let gp = port();
+    let mut gateway = Service::new(
+        "gateway",
+        "ingest-gateway",
+        d,
+        format!(
+            "node_id: gateway\ngrpc_listen: 127.0.0.1:{gp}\nhttp_listen: 127.0.0.1:{}\n{cluster}",
+            port()
+        ),
+        gp,
+    );
+    gateway.start().await;
+    // A writer's CPU score is its CPU against 0.05 cores here, so the
+    // test's load (2,000 points/s) scores high and no load scores low.
+    let (mut hm, http) = host_manager(
+        d,
+        "hm",
+        &format!(
+            "{cluster}writer:\n  redis_url: {}\nhost_manager:\n  health:\n    enabled: false\n  autoscale:\n    enabled: true\n    interval: 1s\n    sustain: 2\n    cooldown: 4s\n    min_writers: 1\n    max_writers: 2\n    cpu_cores_per_writer: 0.05\n    memory_bytes_per_writer: 8589934592\n    local:\n      work_dir: {}\n      binary: {}\n",
+            redis.url(),
+            d.join("autoscale").display(),
+            common::BROKER
+        ),
+    );
+    hm.start().await;
+    let client = cluster_client::ClusterClient::new(&endpoints).unwrap();
+    let added = "hm-writer-1";
+    let (load, _timeline) = steady_load(
+        vec![gateway.endpoint()],
+        HOSTS,
+        METRICS,
+        Duration::from_secs(14),
+    );
+    let (up_after, _) = until(
+        &client,
+        "a second writer started under load",
+        Duration::from_secs(14),
+        |s| member_state(s, added) == Some(MemberState::Online),
+    )
+    .await;
+    eprintln!("scaled up after {up_after:?} of load");
+    let status = get_json(&format!("http://127.0.0.1:{http}/api/autoscale")).await;
+    assert!(
+        status["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["action"] == "scale_up" && d["outcome"].as_str().unwrap().contains(added)),
+        "{status}"
+    );
+    let report = load.await.unwrap().unwrap();
+    let (down_after, _) = until(
+        &client,
+        "the added writer drained and left",
+        Duration::from_secs(30),
+        |s| member_state(s, added).is_none(),
+    )
+    .await;
+    eprintln!("scaled down {down_after:?} after the load stopped");
+    let mut grpc = HostServiceClient::connect(hm.endpoint()).await.unwrap();
+    let st = grpc
+        .autoscale_status(broker_proto::v1::AutoscaleStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(st.enabled);
+    assert_eq!(st.actuator, "local");
+    let down = st
+        .decisions
+        .iter()
+        .find(|d| d.action == "scale_down")
+        .expect("a scale_down decision");
+    assert!(down.reason.contains("< 30"), "{}", down.reason);
+    assert!(down.outcome.contains(added), "{}", down.outcome);
+    let o = verify(&redis.url(), &report, HOSTS, METRICS).await;
+    eprintln!(
+        "sent {} acked {} found {} missing {}",
+        o.sent, o.acked, o.found, o.missing
+    );
+    assert!(o.acked > 0);
+    assert_eq!(o.missing, 0, "acked points missing from redis");
+    hm.terminate().await;
+    gateway.terminate().await;
+    router.terminate().await;
+    writer.terminate().await;
+    ctl.terminate().await;
+}
