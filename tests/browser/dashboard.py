@@ -1,6 +1,6 @@
 """Opens the query-api dashboard in headless Chromium, picks a host, waits
 for the chart of one metric and checks its number of points, looks at the
-aggregation and cluster views, and saves screenshots.
+aggregation, cluster and fleet views, and saves screenshots.
 
 Playwright for Python (PyPI `playwright`, installed by scripts/deps.sh)
 drives Debian's /usr/bin/chromium; it downloads no browser.
@@ -92,6 +92,21 @@ def main():
             page.wait_for_selector("#cluster-table tbody tr")
             print(f"cluster: {page.locator('#cluster-table tbody tr').count()} members")
             page.screenshot(path=shot("-cluster"), full_page=True)
+
+            # The fleet view: host-manager's inventory, counts per state.
+            page.click("#tab-fleet")
+            page.wait_for_selector(f'#fleet-table tbody tr[data-host="{host}"]')
+            counts = {
+                k: int(page.text_content(f'#fleet-summary [data-count="{k}"] b'))
+                for k in ["hosts", "up", "stale", "down", "discovered"]
+            }
+            rows = page.locator("#fleet-table tbody tr").count()
+            if sum(counts[k] for k in ["up", "stale", "down", "discovered"]) != counts["hosts"]:
+                raise AssertionError(f"fleet counts do not add up: {counts}")
+            if rows != counts["hosts"]:
+                raise AssertionError(f"fleet lists {rows} hosts, its summary says {counts['hosts']}")
+            print(f"fleet: {rows} hosts {counts}")
+            page.screenshot(path=shot("-fleet"), full_page=True)
 
             # No error banner, no script errors.
             if page.is_visible("#error"):

@@ -1064,7 +1064,16 @@ async fn dashboard_in_headless_chromium() {
     // 1 h range.
     let n = 60;
     let f = Fixture::start_at(now() - 5 * n - 10, n).await;
-    let q = f.query(f.config()).await;
+    // query-api with host-manager in one process, as `broker up` runs
+    // them: the fleet page reads host-manager's /api/hosts on the same port.
+    let running = Running::broker(f.config(), &[Service::QueryApi, Service::HostManager]).await;
+    broker_common::serve::wait_serving(&running.endpoint(), Duration::from_secs(20))
+        .await
+        .expect("query-api serving");
+    let grpc = QueryServiceClient::connect(running.endpoint())
+        .await
+        .expect("grpc client");
+    let q = Query { running, grpc };
     let artifacts = root.join("test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("dashboard.png");
@@ -1093,6 +1102,7 @@ async fn dashboard_in_headless_chromium() {
         stdout.contains(&format!("chart m01: {n} points")),
         "{stdout}"
     );
+    assert!(stdout.contains("fleet: "), "{stdout}");
     let png = std::fs::read(&shot).expect("screenshot written");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
     q.running.stop().await;

@@ -308,12 +308,70 @@
     }));
   }
 
+  // ---- fleet (host-manager's /api/hosts and /api/alerts) ------------------------
+
+  function cell(text, cls) {
+    const td = document.createElement('td');
+    td.textContent = String(text);
+    if (cls) td.className = cls;
+    return td;
+  }
+
+  function when(ts) {
+    return ts ? `${new Date(ts * 1000).toLocaleString()} (${ago(ts)})` : '-';
+  }
+
+  async function loadFleet() {
+    // host-manager serves these on the admin port of the process that runs
+    // it (broker up, or query-api's container in compose).
+    const r = await fetch('/api/hosts');
+    const missing = $('fleet-missing');
+    if (r.status === 404) {
+      missing.textContent = 'host-manager does not run in this process: the fleet is served by the process that runs it (broker up runs both; or add --service host-manager).';
+      missing.hidden = false;
+      return;
+    }
+    missing.hidden = true;
+    const inv = await api('/api/hosts');
+    const alerts = (await api('/api/alerts')).alerts;
+    const items = [['hosts', inv.total]];
+    for (const s of ['up', 'stale', 'down', 'discovered']) items.push([s, inv.counts[s] || 0]);
+    items.push(['alerts firing', alerts.filter((a) => a.state === 'firing').length]);
+    $('fleet-summary').replaceChildren(...items.map(([k, v]) => {
+      const d = document.createElement('div');
+      d.dataset.count = k;
+      const b = document.createElement('b');
+      b.textContent = String(v);
+      d.append(b, k);
+      return d;
+    }));
+    $('fleet-alerts-empty').hidden = alerts.length > 0;
+    $('fleet-alerts').hidden = alerts.length === 0;
+    $('fleet-alerts').querySelector('tbody').replaceChildren(...alerts.map((a) => {
+      const tr = document.createElement('tr');
+      tr.append(cell(a.labels.alertname), cell(a.labels.host || ''), cell(a.state, `alert-${a.state}`),
+        cell(a.labels.severity || ''), cell(when(a.fired_at || a.active_since)), cell(a.annotations.summary || ''));
+      return tr;
+    }));
+    // down first, then stale, discovered, up; by id within a state
+    const order = { down: 0, stale: 1, discovered: 2, up: 3 };
+    const hosts = [...inv.hosts].sort((a, b) => (order[a.state] - order[b.state]) || a.id.localeCompare(b.id));
+    $('fleet-table').querySelector('tbody').replaceChildren(...hosts.map((h) => {
+      const tr = document.createElement('tr');
+      tr.dataset.host = h.id;
+      const labels = Object.entries(h.labels).map(([k, v]) => `${k}=${v}`).join(', ');
+      tr.append(cell(h.id), cell(h.state, `host-${h.state}`), cell(h.last_seen ? ago(h.last_seen) : 'never'),
+        cell(h.down_since ? when(h.down_since) : '-'), cell(h.source), cell(h.addr || '-'), cell(labels || '-'));
+      return tr;
+    }));
+  }
+
   // ---- views and refresh ---------------------------------------------------------
 
   function show(view) {
     state.view = view;
     document.querySelectorAll('.tab').forEach((t) => t.classList.toggle('active', t.dataset.view === view));
-    for (const v of ['hosts', 'aggregate', 'cluster']) $(`view-${v}`).hidden = v !== view;
+    for (const v of ['hosts', 'aggregate', 'cluster', 'fleet']) $(`view-${v}`).hidden = v !== view;
     refresh();
   }
 
@@ -327,6 +385,8 @@
       } else if (state.view === 'aggregate') {
         if (state.hosts.length === 0) await loadHosts();
         await loadAggregate();
+      } else if (state.view === 'fleet') {
+        await loadFleet();
       } else {
         await loadCluster();
       }
