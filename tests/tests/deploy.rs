@@ -241,6 +241,7 @@ fn kubernetes_manifests_are_valid_and_consistent() {
         checked,
         [
             "cluster-ctl",
+            "host-manager",
             "ingest-gateway",
             "query-api",
             "shard-router",
@@ -261,7 +262,7 @@ fn kubernetes_manifests_are_valid_and_consistent() {
         .iter()
         .filter(|d| kind(d) == "PodDisruptionBudget")
         .count();
-    assert_eq!(pdbs, 5, "a PodDisruptionBudget per broker service");
+    assert_eq!(pdbs, 6, "a PodDisruptionBudget per broker service");
 }
 
 #[test]

@@ -180,3 +180,124 @@ impl Actuator for LocalActuator {
         })
     }
 }
+
+/// Scales the storage-writers' StatefulSet through its scale subresource
+/// (`GET` / merge-`PATCH` `.../statefulsets/{name}/scale`) with `kube`.
+/// Kubernetes adds the next ordinal on a scale-up (it joins cluster-ctl as
+/// it starts) and removes the highest on a scale-down: that pod gets
+/// SIGTERM, drains, flushes and leaves within its grace period, so nothing
+/// acked is lost. The client is built on first use (in a pod: its service
+/// account, which needs `get` and `patch` on `statefulsets/scale`; see
+/// deploy/kubernetes/host-manager.yaml).
+pub struct KubernetesActuator {
+    config: broker_common::config::KubernetesActuatorConfig,
+    api: tokio::sync::OnceCell<kube::Api<k8s_openapi::api::apps::v1::StatefulSet>>,
+}
+
+impl KubernetesActuator {
+    pub fn new(config: &broker_common::config::KubernetesActuatorConfig) -> Self {
+        Self {
+            config: config.clone(),
+            api: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn api(&self) -> Result<&kube::Api<k8s_openapi::api::apps::v1::StatefulSet>, String> {
+        self.api
+            .get_or_try_init(|| async {
+                let kc = if self.config.api_url.is_empty() {
+                    kube::Config::infer().await.map_err(|e| {
+                        format!("no Kubernetes API configured (in-cluster or kubeconfig): {e}")
+                    })?
+                } else {
+                    let url =
+                        self.config.api_url.parse().map_err(|e| {
+                            format!("host_manager.autoscale.kubernetes.api_url: {e}")
+                        })?;
+                    kube::Config::new(url)
+                };
+                let client =
+                    kube::Client::try_from(kc).map_err(|e| format!("Kubernetes client: {e}"))?;
+                Ok(kube::Api::namespaced(client, &self.config.namespace))
+            })
+            .await
+    }
+
+    fn what(&self) -> String {
+        format!(
+            "statefulset {}/{}",
+            self.config.namespace, self.config.statefulset
+        )
+    }
+
+    /// The StatefulSet's desired replicas.
+    pub async fn replicas(&self) -> Result<i32, String> {
+        let scale = self
+            .api()
+            .await?
+            .get_scale(&self.config.statefulset)
+            .await
+            .map_err(|e| format!("reading the scale of {}: {e}", self.what()))?;
+        Ok(scale.spec.and_then(|s| s.replicas).unwrap_or(0))
+    }
+
+    async fn set_replicas(&self, n: i32) -> Result<(), String> {
+        let patch = serde_json::json!({ "spec": { "replicas": n } });
+        self.api()
+            .await?
+            .patch_scale(
+                &self.config.statefulset,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|e| format!("scaling {} to {n}: {e}", self.what()))?;
+        Ok(())
+    }
+
+    async fn step(&self, delta: i32) -> Result<(i32, i32), String> {
+        let from = self.replicas().await?;
+        let to = (from + delta).max(0);
+        if to != from {
+            self.set_replicas(to).await?;
+        }
+        tracing::info!(statefulset = %self.what(), from, to, "autoscale: scaled the writers");
+        Ok((from, to))
+    }
+}
+
+impl Actuator for KubernetesActuator {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn scale_up(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move {
+            let (from, to) = self.step(1).await?;
+            Ok(format!(
+                "{} replicas {from} -> {to} ({}-{})",
+                self.what(),
+                self.config.statefulset,
+                to - 1
+            ))
+        })
+    }
+
+    fn scale_down(&self) -> BoxFuture<'_, Result<Option<String>, String>> {
+        Box::pin(async move {
+            let (from, to) = self.step(-1).await?;
+            Ok((to < from).then(|| {
+                format!(
+                    "{} replicas {from} -> {to} ({}-{to} drains)",
+                    self.what(),
+                    self.config.statefulset
+                )
+            }))
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        // The StatefulSet outlives host-manager: nothing to stop.
+        Box::pin(async {})
+    }
+}

@@ -141,9 +141,9 @@ impl HostManager {
             );
             match hm.autoscale.actuator {
                 ActuatorKind::Local => Some(Arc::new(actuator::LocalActuator::new(config))),
-                ActuatorKind::Kubernetes => anyhow::bail!(
-                    "host_manager.autoscale.actuator: kubernetes is not built yet; use local (or scale the storage-writer StatefulSet with kubectl)"
-                ),
+                ActuatorKind::Kubernetes => Some(Arc::new(actuator::KubernetesActuator::new(
+                    &hm.autoscale.kubernetes,
+                ))),
             }
         } else {
             None

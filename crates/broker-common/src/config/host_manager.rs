@@ -202,7 +202,8 @@ pub enum ActuatorKind {
     /// Starts and stops storage-writer processes on this machine.
     #[default]
     Local,
-    /// Patches the scale subresource of the writers' StatefulSet.
+    /// Patches the scale subresource of the writers' StatefulSet; the pod
+    /// removed on a scale-down gets SIGTERM and drains like any writer.
     Kubernetes,
 }
 
@@ -278,13 +279,19 @@ impl Default for LocalActuatorConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KubernetesActuatorConfig {
+    /// API server URL. Empty: the pod's service account when in a cluster,
+    /// else `KUBECONFIG` / `~/.kube/config`.
+    pub api_url: String,
     pub namespace: String,
+    /// The storage-writers' StatefulSet, scaled through its scale
+    /// subresource.
     pub statefulset: String,
 }
 
 impl Default for KubernetesActuatorConfig {
     fn default() -> Self {
         Self {
+            api_url: String::new(),
             namespace: "monitoring-broker".into(),
             statefulset: "storage-writer".into(),
         }
