@@ -9,6 +9,10 @@
 //!   cached query rate over 1,000 hosts x 1 h filled through the writer
 //!   ([`query`]). Ends with one JSON line on stdout.
 //!
+//! - `broker-bench hosts`: what host-manager costs the ingest path
+//!   (`mono_pps` without and with it, one run) and how fast it notices a
+//!   host going down and delivers the alert ([`hosts`]).
+//!
 //! The service processes are this same binary re-executed with the hidden
 //! `serve` subcommand (the all-in-one `broker::run`), so the bench needs
 //! nothing else built.
@@ -20,6 +24,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod hosts;
 mod query;
 
 use anyhow::Context;
@@ -54,6 +59,9 @@ enum Cmd {
     /// Query latency and cached rate of query-api over 1,000 hosts x 1 h
     /// filled through the writer.
     Query(query::QueryArgs),
+    /// host-manager: ingest with and without it, host-down detection and
+    /// alert delivery latency.
+    Hosts(IngestArgs),
     /// Internal: run broker services (used by `ingest` for its children).
     #[command(hide = true)]
     Serve {
@@ -65,7 +73,7 @@ enum Cmd {
 }
 
 #[derive(clap::Args, Clone)]
-struct IngestArgs {
+pub(crate) struct IngestArgs {
     /// Simulated hosts. With 10,000 a host appears at most once per writer
     /// pipeline, as with real agents sending every 5 s.
     #[arg(long, default_value_t = 10_000)]
@@ -118,6 +126,10 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(query::run(args))
         }
+        Cmd::Hosts(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(hosts::run(args))
+        }
         Cmd::Ingest(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(ingest(args))
@@ -126,7 +138,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// A service child process, killed (SIGTERM then wait) on drop.
-struct Child_ {
+pub(crate) struct Child_ {
     child: Child,
     /// Removed after the process is gone.
     _spool: tempfile::TempDir,
@@ -152,11 +164,11 @@ impl Drop for Child_ {
     }
 }
 
-fn port() -> anyhow::Result<u16> {
+pub(crate) fn port() -> anyhow::Result<u16> {
     Ok(redis_process::free_port()?)
 }
 
-fn spawn_serve(
+pub(crate) fn spawn_serve(
     args: &IngestArgs,
     services: &[&str],
     grpc: u16,
@@ -190,7 +202,7 @@ fn spawn_serve(
     })
 }
 
-async fn wait_serving(grpc: u16) -> anyhow::Result<()> {
+pub(crate) async fn wait_serving(grpc: u16) -> anyhow::Result<()> {
     broker_common::serve::wait_serving(&format!("http://127.0.0.1:{grpc}"), Duration::from_secs(30))
         .await
 }
@@ -264,7 +276,7 @@ impl Separate {
     }
 }
 
-struct Phase {
+pub(crate) struct Phase {
     name: &'static str,
     points: u64,
     secs: f64,
@@ -437,7 +449,7 @@ fn ceiling(redis: &RedisServer, args: &IngestArgs) -> anyhow::Result<Phase> {
     })
 }
 
-async fn load(
+pub(crate) async fn load(
     name: &'static str,
     args: &IngestArgs,
     endpoints: Vec<String>,
