@@ -17,7 +17,10 @@ mod common;
 use broker_proto::v1::host_service_client::HostServiceClient;
 use broker_proto::v1::{MemberState, RegisterHostRequest};
 use broker_tests::{Running, config_for, now, point, send_batches};
-use common::{Service, durable_redis, member_state, port, steady_load, until, verify};
+use common::{
+    Service, cluster_section, ctl_yaml, durable_redis, member_state, port, steady_load, until,
+    verify,
+};
 use redis_process::RedisServer;
 use serde_json::Value;
 use std::path::Path;
@@ -403,13 +406,6 @@ async fn a_loopback_scan_finds_the_open_port_within_its_rate_and_multicast_finds
     hm.terminate().await;
 }
 
-fn ctl_yaml(grpc: u16, http: u16, dir: &Path) -> String {
-    format!(
-        "node_id: ctl-1\ngrpc_listen: 127.0.0.1:{grpc}\nhttp_listen: 127.0.0.1:{http}\ncluster_ctl:\n  id: 1\n  data_dir: {}\n  peers:\n    - {{id: 1, addr: 'http://127.0.0.1:{grpc}'}}\n",
-        dir.join("raft-1").display()
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_with_a_wedged_grpc_port_is_taken_offline_by_health_checks_and_nothing_acked_is_lost()
  {
@@ -423,12 +419,12 @@ async fn a_writer_with_a_wedged_grpc_port_is_taken_offline_by_health_checks_and_
         "ctl-1",
         "cluster-ctl",
         d,
-        ctl_yaml(ctl_port, port(), d),
+        ctl_yaml(1, ctl_port, port(), &[ctl_port], d),
         ctl_port,
     );
     ctl.start().await;
     let endpoints = [format!("http://127.0.0.1:{ctl_port}")];
-    let cluster = format!("cluster:\n  endpoints: ['{}']\n", endpoints[0]);
+    let cluster = cluster_section(&endpoints);
     // writer-0 is reached through a proxy: its gRPC port as the others see it
     let proxy_port = port();
     let mut writers = Vec::new();
@@ -622,12 +618,12 @@ async fn the_local_actuator_adds_a_writer_under_load_and_drains_it_when_the_load
         "ctl-1",
         "cluster-ctl",
         d,
-        ctl_yaml(ctl_port, port(), d),
+        ctl_yaml(1, ctl_port, port(), &[ctl_port], d),
         ctl_port,
     );
     ctl.start().await;
     let endpoints = [format!("http://127.0.0.1:{ctl_port}")];
-    let cluster = format!("cluster:\n  endpoints: ['{}']\n", endpoints[0]);
+    let cluster = cluster_section(&endpoints);
     let wp = port();
     let mut writer = Service::new(
         "writer-0",

@@ -20,7 +20,10 @@ use broker::dlq_cli::AdminClient;
 use broker_proto::v1::{ClusterState, MemberState};
 use cluster_client::ClusterClient;
 use cluster_client::views::RingView;
-use common::{Service, durable_redis, member_state, port, steady_load, until, verify};
+use common::{
+    Service, cluster_section, ctl_yaml, durable_redis, member_state, port, steady_load, until,
+    verify,
+};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -64,23 +67,6 @@ struct Cluster {
     router: Service,
     gateway: Service,
     endpoints: Vec<String>,
-}
-
-fn ctl_yaml(id: usize, grpc: u16, http: u16, peers: &[u16], dir: &Path) -> String {
-    let peers: String = peers
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("    - {{id: {}, addr: 'http://127.0.0.1:{p}'}}\n", i + 1))
-        .collect();
-    format!(
-        "node_id: ctl-{id}\ngrpc_listen: 127.0.0.1:{grpc}\nhttp_listen: 127.0.0.1:{http}\ncluster_ctl:\n  id: {id}\n  data_dir: {}\n  peers:\n{peers}",
-        dir.join(format!("raft-{id}")).display()
-    )
-}
-
-fn cluster_section(endpoints: &[String]) -> String {
-    let list: String = endpoints.iter().map(|e| format!("'{e}', ")).collect();
-    format!("cluster:\n  endpoints: [{}]\n", list.trim_end_matches(", "))
 }
 
 impl Cluster {

@@ -287,3 +287,23 @@ pub fn members_line(s: &ClusterState) -> Vec<String> {
         })
         .collect()
 }
+
+/// The config of cluster-ctl node `id` of a cluster of `peers` (gRPC
+/// ports), its raft log under `dir`.
+pub fn ctl_yaml(id: usize, grpc: u16, http: u16, peers: &[u16], dir: &Path) -> String {
+    let peers: String = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("    - {{id: {}, addr: 'http://127.0.0.1:{p}'}}\n", i + 1))
+        .collect();
+    format!(
+        "node_id: ctl-{id}\ngrpc_listen: 127.0.0.1:{grpc}\nhttp_listen: 127.0.0.1:{http}\ncluster_ctl:\n  id: {id}\n  data_dir: {}\n  peers:\n{peers}",
+        dir.join(format!("raft-{id}")).display()
+    )
+}
+
+/// The `cluster:` section that points a service at cluster-ctl.
+pub fn cluster_section(endpoints: &[String]) -> String {
+    let list: String = endpoints.iter().map(|e| format!("'{e}', ")).collect();
+    format!("cluster:\n  endpoints: [{}]\n", list.trim_end_matches(", "))
+}
