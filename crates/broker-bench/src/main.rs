@@ -140,6 +140,8 @@ fn main() -> anyhow::Result<()> {
 /// A service child process, killed (SIGTERM then wait) on drop.
 pub(crate) struct Child_ {
     child: Child,
+    /// Its admin HTTP port.
+    http: u16,
     /// Removed after the process is gone.
     _spool: tempfile::TempDir,
 }
@@ -181,7 +183,8 @@ pub(crate) fn spawn_serve(
         cmd.args(["--service", s]);
     }
     cmd.args(["--grpc-listen", &format!("127.0.0.1:{grpc}")]);
-    cmd.args(["--http-listen", &format!("127.0.0.1:{}", port()?)]);
+    let http = port()?;
+    cmd.args(["--http-listen", &format!("127.0.0.1:{http}")]);
     cmd.args(["--set", "telemetry.log_level=warn"]);
     // A fresh spool per process, so runs never replay each other's data.
     let spool = tempfile::Builder::new()
@@ -198,6 +201,7 @@ pub(crate) fn spawn_serve(
     cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
     Ok(Child_ {
         child: cmd.spawn()?,
+        http,
         _spool: spool,
     })
 }

@@ -144,6 +144,13 @@ pub fn state_of(
     }
 }
 
+/// What the writers' metadata says of a host that reports.
+struct Reported {
+    id: String,
+    last_seen: i64,
+    labels: BTreeMap<String, String>,
+}
+
 /// A change of a host's state, for alerts and logs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
@@ -353,11 +360,17 @@ impl Inventory {
     /// seconds), persists what changed, and returns the state changes.
     pub async fn refresh(&self, now: i64) -> Result<Vec<Transition>, query_api::QueryError> {
         let ids = self.store.host_ids().await?;
-        let infos = self.store.host_infos(&ids).await?;
+        let metas = self.store.host_metas(&ids).await?;
         let mut transitions = Vec::new();
         {
             let mut hosts = self.write();
-            for info in infos.into_iter().flatten() {
+            for (id, meta) in ids.into_iter().zip(metas) {
+                let Some(meta) = meta else { continue };
+                let info = Reported {
+                    id,
+                    last_seen: meta.last_seen.unwrap_or(0),
+                    labels: meta.labels,
+                };
                 let entry = hosts.entry(info.id.clone()).or_insert_with(|| {
                     let r = HostRecord {
                         id: info.id.clone(),

@@ -450,6 +450,30 @@ impl Store {
         Ok(hosts)
     }
 
+    /// Only the metadata hash of each of `hosts` (`last_seen`, labels): one
+    /// HGETALL per host, for callers that need no point counts or metric
+    /// names (host-manager's inventory).
+    pub async fn host_metas(
+        &self,
+        hosts: &[String],
+    ) -> Result<Vec<Option<storage_writer::layout::HostMeta>>, QueryError> {
+        let commands = hosts
+            .iter()
+            .map(|h| ("HGETALL", vec![self.layout.host_key(h).into()]))
+            .collect();
+        let replies = self.pipelined(commands).await?;
+        Ok(replies
+            .into_iter()
+            .map(|meta| {
+                let fields: Vec<(String, String)> = pairs(meta)
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k.as_string()?, v.as_string()?)))
+                    .collect();
+                (!fields.is_empty()).then(|| self.layout.decode_host_meta(&fields))
+            })
+            .collect())
+    }
+
     /// Metadata of `hosts` (`None` for a host without a metadata key).
     pub async fn host_infos(&self, hosts: &[String]) -> Result<Vec<Option<HostInfo>>, QueryError> {
         let mut commands = Vec::with_capacity(hosts.len() * 2);
