@@ -97,7 +97,11 @@ impl Fixture {
     }
 
     async fn query(&self, config: BrokerConfig) -> Query {
-        let running = Running::start(config, query_api::run).await;
+        Self::serving(Running::start(config, query_api::run).await).await
+    }
+
+    /// A started process that runs query-api, once it serves.
+    async fn serving(running: Running) -> Query {
         broker_common::serve::wait_serving(&running.endpoint(), Duration::from_secs(20))
             .await
             .expect("query-api serving");
@@ -1066,14 +1070,10 @@ async fn dashboard_in_headless_chromium() {
     let f = Fixture::start_at(now() - 5 * n - 10, n).await;
     // query-api with host-manager in one process, as `broker up` runs
     // them: the fleet page reads host-manager's /api/hosts on the same port.
-    let running = Running::broker(f.config(), &[Service::QueryApi, Service::HostManager]).await;
-    broker_common::serve::wait_serving(&running.endpoint(), Duration::from_secs(20))
-        .await
-        .expect("query-api serving");
-    let grpc = QueryServiceClient::connect(running.endpoint())
-        .await
-        .expect("grpc client");
-    let q = Query { running, grpc };
+    let q = Fixture::serving(
+        Running::broker(f.config(), &[Service::QueryApi, Service::HostManager]).await,
+    )
+    .await;
     let artifacts = root.join("test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("dashboard.png");

@@ -32,3 +32,19 @@ pub use service::Service;
 /// Exit code for an invalid configuration (BSD `EX_CONFIG`... `EX_USAGE` is
 /// 64, the code the house style asks for).
 pub const EXIT_INVALID_CONFIG: i32 = 64;
+
+/// `e` and the errors behind it on one line, each said once: "client error
+/// (Connect): tcp connect error: Connection refused (os error 111)".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -7,6 +7,7 @@
 //! answers as tables, or as the API's JSON with `--json`.
 
 use broker_common::cli::table;
+use broker_common::error_chain;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::{Method, Request, StatusCode, Uri};
@@ -275,22 +276,6 @@ impl AdminClient {
         }
         Ok(text)
     }
-}
-
-/// "client error (Connect): tcp connect error: Connection refused (os
-/// error 111)": an error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !out.contains(&s_text) {
-            out.push_str(": ");
-            out.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// Runs `broker dlq ...`, printing to stdout.

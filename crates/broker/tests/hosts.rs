@@ -18,8 +18,8 @@ use broker_proto::v1::host_service_client::HostServiceClient;
 use broker_proto::v1::{MemberState, RegisterHostRequest};
 use broker_tests::{Running, config_for, now, point, send_batches};
 use common::{
-    Service, cluster_section, ctl_yaml, durable_redis, member_state, port, steady_load, until,
-    verify,
+    Service, cluster_section, ctl_yaml, durable_redis, member_state, port, service_on_free_ports,
+    steady_load, until, verify,
 };
 use redis_process::RedisServer;
 use serde_json::Value;
@@ -151,10 +151,7 @@ impl Drop for Alertmanager {
 }
 
 fn host_manager(dir: &Path, name: &str, body: &str) -> (Service, u16) {
-    let (g, h) = (port(), port());
-    let yaml =
-        format!("node_id: {name}\ngrpc_listen: 127.0.0.1:{g}\nhttp_listen: 127.0.0.1:{h}\n{body}");
-    (Service::new(name, "host-manager", dir, yaml, g), h)
+    service_on_free_ports(dir, name, "host-manager", body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,28 +463,20 @@ async fn a_writer_with_a_wedged_grpc_port_is_taken_offline_by_health_checks_and_
     for (w, _) in &mut writers {
         w.start().await;
     }
-    let rp = port();
-    let mut router = Service::new(
+    let (mut router, _) = service_on_free_ports(
+        d,
         "router",
         "shard-router",
-        d,
-        format!(
-            "node_id: router\ngrpc_listen: 127.0.0.1:{rp}\nhttp_listen: 127.0.0.1:{}\n{cluster}router:\n  write_timeout: 3s\n  retry:\n    max_retries: 2\n    initial_backoff: 200ms\n    max_backoff: 1s\n",
-            port()
+        &format!(
+            "{cluster}router:\n  write_timeout: 3s\n  retry:\n    max_retries: 2\n    initial_backoff: 200ms\n    max_backoff: 1s\n"
         ),
-        rp,
     );
     router.start().await;
-    let gp = port();
-    let mut gateway = Service::new(
+    let (mut gateway, _) = service_on_free_ports(
+        d,
         "gateway",
         "ingest-gateway",
-        d,
-        format!(
-            "node_id: gateway\ngrpc_listen: 127.0.0.1:{gp}\nhttp_listen: 127.0.0.1:{}\n{cluster}gateway:\n  forward_timeout: 15s\n",
-            port()
-        ),
-        gp,
+        &format!("{cluster}gateway:\n  forward_timeout: 15s\n"),
     );
     gateway.start().await;
     let (mut hm, http) = host_manager(
@@ -638,29 +627,9 @@ async fn the_local_actuator_adds_a_writer_under_load_and_drains_it_when_the_load
         wp,
     );
     writer.start().await;
-    let rp = port();
-    let mut router = Service::new(
-        "router",
-        "shard-router",
-        d,
-        format!(
-            "node_id: router\ngrpc_listen: 127.0.0.1:{rp}\nhttp_listen: 127.0.0.1:{}\n{cluster}",
-            port()
-        ),
-        rp,
-    );
+    let (mut router, _) = service_on_free_ports(d, "router", "shard-router", &cluster);
     router.start().await;
-    let gp = port();
-    let mut gateway = Service::new(
-        "gateway",
-        "ingest-gateway",
-        d,
-        format!(
-            "node_id: gateway\ngrpc_listen: 127.0.0.1:{gp}\nhttp_listen: 127.0.0.1:{}\n{cluster}",
-            port()
-        ),
-        gp,
-    );
+    let (mut gateway, _) = service_on_free_ports(d, "gateway", "ingest-gateway", &cluster);
     gateway.start().await;
     // A writer's CPU score is its CPU against 0.05 cores here, so the
     // test's load (2,000 points/s) scores high and no load scores low.
@@ -709,19 +678,33 @@ async fn the_local_actuator_adds_a_writer_under_load_and_drains_it_when_the_load
     )
     .await;
     eprintln!("scaled down {down_after:?} after the load stopped");
+    // The member leaves before its process has exited, and the decision is
+    // recorded once the actuator saw it exit: wait for it.
     let mut grpc = HostServiceClient::connect(hm.endpoint()).await.unwrap();
-    let st = grpc
-        .autoscale_status(broker_proto::v1::AutoscaleStatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let start = Instant::now();
+    let (st, down) = loop {
+        let st = grpc
+            .autoscale_status(broker_proto::v1::AutoscaleStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(d) = st
+            .decisions
+            .iter()
+            .find(|d| d.action == "scale_down")
+            .cloned()
+        {
+            break (st, d);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no scale_down decision: {:?}",
+            st.decisions
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(st.enabled);
     assert_eq!(st.actuator, "local");
-    let down = st
-        .decisions
-        .iter()
-        .find(|d| d.action == "scale_down")
-        .expect("a scale_down decision");
     assert!(down.reason.contains("< 30"), "{}", down.reason);
     assert!(down.outcome.contains(added), "{}", down.outcome);
     let o = verify(&redis.url(), &report, HOSTS, METRICS).await;

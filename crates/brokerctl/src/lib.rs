@@ -29,6 +29,8 @@ pub mod report;
 pub use cli::{AutoscaleCommand, Cli, Command, VoterCommand};
 pub use report::{ClusterReport, NodeReport};
 
+pub use broker_common::error_chain;
+
 use backon::ExponentialBuilder;
 use broker_proto::v1::{ClusterState, Member, MemberState, RingSettings};
 use cluster_client::views::{ClusterView, MembersView, RingView};
@@ -252,19 +254,4 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
-}
-
-/// `e` and the errors behind it on one line, each said once.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }

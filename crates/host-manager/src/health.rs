@@ -102,7 +102,7 @@ pub async fn check(
                 let ch = ep
                     .connect()
                     .await
-                    .map_err(|e| crate::http_client::error_chain(&e))?;
+                    .map_err(|e| broker_common::error_chain(&e))?;
                 let r = HealthClient::new(ch)
                     .check(HealthCheckRequest {
                         service: String::new(),

@@ -2,6 +2,7 @@
 //! through tonic) for what host-manager calls: members' `/health` and
 //! `/metrics`, and Alertmanager's `/api/v2/alerts`.
 
+use broker_common::error_chain;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, StatusCode};
@@ -75,19 +76,4 @@ impl HttpClient {
         }
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
-}
-
-/// An error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }

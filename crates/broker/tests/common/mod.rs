@@ -111,6 +111,22 @@ impl Drop for Service {
     }
 }
 
+/// A `broker run --service <service>` process named `name` on fresh
+/// loopback ports, its config the header (node id, listeners) and `body`;
+/// also its admin HTTP port.
+pub fn service_on_free_ports(
+    dir: &Path,
+    name: &str,
+    service: &'static str,
+    body: &str,
+) -> (Service, u16) {
+    let (grpc, http) = (port(), port());
+    let yaml = format!(
+        "node_id: {name}\ngrpc_listen: 127.0.0.1:{grpc}\nhttp_listen: 127.0.0.1:{http}\n{body}"
+    );
+    (Service::new(name, service, dir, yaml, grpc), http)
+}
+
 pub fn port() -> u16 {
     redis_process::free_port().unwrap()
 }
