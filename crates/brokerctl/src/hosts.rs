@@ -276,4 +276,62 @@ mod tests {
         assert!(text.contains("5s ago"), "{text}");
         assert!(text.contains("never"), "{text}");
     }
+
+    #[test]
+    fn autoscale_status_shows_score_loads_and_decisions_with_reasons() {
+        use broker_proto::v1::{AutoscaleDecision, WriterLoad};
+        let s = AutoscaleStatus {
+            enabled: true,
+            actuator: "local".into(),
+            score: 85.04,
+            scale_up_above: 80.0,
+            scale_down_below: 30.0,
+            writers: 2,
+            min_writers: 1,
+            max_writers: 4,
+            loads: vec![
+                WriterLoad {
+                    id: "w1".into(),
+                    score: 85.0,
+                    cpu_pct: 85.0,
+                    memory_pct: 3.0,
+                    queue_pct: 0.5,
+                    points_per_sec: 2000.0,
+                    error: String::new(),
+                },
+                WriterLoad {
+                    id: "w2".into(),
+                    error: "GET http://x/metrics: connection refused".into(),
+                    ..Default::default()
+                },
+            ],
+            decisions: vec![AutoscaleDecision {
+                at_ms: 10_000,
+                action: "scale_up".into(),
+                score: 85.0,
+                writers: 1,
+                reason: "score 85.0 > 80 for 2 evaluations".into(),
+                outcome: "started hm-writer-1".into(),
+            }],
+            cooldown_until_ms: 70_000,
+        };
+        let text = render_autoscale(&s, 12_000);
+        assert!(
+            text.starts_with(
+                "score 85.0  (up above 80, down below 30)  writers 2 (min 1, max 4)  actuator local"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("cooling down for 58s"), "{text}");
+        assert!(text.contains("85.0%"), "{text}");
+        assert!(text.contains("connection refused"), "{text}");
+        assert!(
+            text.contains(
+                "2s ago  scale_up    score 85.0 > 80 for 2 evaluations: started hm-writer-1"
+            ),
+            "{text}"
+        );
+        let off = render_autoscale(&AutoscaleStatus::default(), 0);
+        assert!(off.contains("autoscale is off"), "{off}");
+    }
 }
