@@ -244,7 +244,7 @@ async fn hosts_go_stale_then_down_fire_in_alertmanager_survive_a_restart_and_res
     // registration: HTTP and gRPC, with clear errors for bad input
     let (code, body) = post_json(
         &api,
-        r#"{"id":"db-1","addr":"10.0.0.5","labels":{"role":"db"}}"#,
+        r#"{"id":"db-1","addr":"127.0.0.5","labels":{"role":"db"}}"#,
     )
     .await;
     assert_eq!(code, 201, "{body}");
@@ -260,7 +260,7 @@ async fn hosts_go_stale_then_down_fire_in_alertmanager_survive_a_restart_and_res
     let r = grpc
         .register(RegisterHostRequest {
             id: "db-2".into(),
-            addr: "10.0.0.6".into(),
+            addr: "127.0.0.6".into(),
             labels: [("role".to_string(), "db".to_string())].into(),
         })
         .await
@@ -289,7 +289,7 @@ async fn hosts_go_stale_then_down_fire_in_alertmanager_survive_a_restart_and_res
     let db1 = host(&v, "db-1").unwrap();
     assert_eq!(db1["source"], "registration", "{db1}");
     assert_eq!(db1["labels"]["role"], "db", "{db1}");
-    assert_eq!(db1["addr"], "10.0.0.5", "{db1}");
+    assert_eq!(db1["addr"], "127.0.0.5", "{db1}");
     assert_eq!(
         host(&v, "gone-1").unwrap()["down_since"],
         down_since,

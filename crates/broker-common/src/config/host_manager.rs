@@ -20,7 +20,7 @@ pub const DEFAULT_SCAN_CONCURRENCY: usize = 64;
 /// Connection attempts per second, across all ranges.
 pub const DEFAULT_SCAN_RATE: u32 = 200;
 pub const DEFAULT_SCAN_TIMEOUT: Duration = Duration::from_secs(1);
-/// Addresses one range may hold (a /16): a typo like `10.0.0.0/8` is an
+/// Addresses one range may hold (a /16): a typo like `/8` for `/24` is an
 /// error, not a scan of 16 million addresses.
 pub const MAX_SCAN_RANGE_ADDRESSES: u64 = 1 << 16;
 /// The seed's group; the port is ours.
@@ -87,7 +87,7 @@ impl Default for HostManagerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScanConfig {
-    /// CIDR ranges (`192.168.1.0/24`) or single addresses. Empty (the
+    /// CIDR ranges (`192.0.2.0/24`) or single addresses. Empty (the
     /// default): no scan, nothing is sent.
     pub ranges: Vec<String>,
     pub ports: Vec<u16>,
@@ -409,7 +409,7 @@ impl Default for AlertsConfig {
 pub fn parse_range(s: &str) -> Result<ipnet::IpNet, String> {
     let net: ipnet::IpNet = if s.contains('/') {
         s.parse()
-            .map_err(|_| format!("{s:?} is not a CIDR range like 192.168.1.0/24"))?
+            .map_err(|_| format!("{s:?} is not a CIDR range like 192.0.2.0/24"))?
     } else {
         let ip: std::net::IpAddr = s
             .parse()
@@ -629,8 +629,8 @@ mod tests {
         assert!(parse_range("127.0.0.0/30").is_ok());
         assert!(parse_range("127.0.0.1").is_ok());
         assert!(parse_range("::1").is_ok());
-        assert!(parse_range("10.0.0.0/8").unwrap_err().contains("split it"));
-        assert!(parse_range("10.0.0/24").unwrap_err().contains("CIDR"));
+        assert!(parse_range("127.0.0.0/8").unwrap_err().contains("split it"));
+        assert!(parse_range("127.0.0/24").unwrap_err().contains("CIDR"));
         assert!(parse_range("host").unwrap_err().contains("not an address"));
     }
 }
