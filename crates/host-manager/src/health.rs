@@ -173,13 +173,8 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let http = HttpClient::default();
-    let mut tick = tokio::time::interval(config.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut every = crate::Every::new(config.interval);
+    while every.next(&stop).await {
         let state = match client.members().await {
             Ok(s) => s,
             Err(e) => {

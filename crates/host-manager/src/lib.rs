@@ -53,6 +53,26 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The tick of a periodic loop (the first at once, missed ticks delayed,
+/// not bunched) that ends when `stop` is cancelled.
+pub(crate) struct Every(tokio::time::Interval);
+
+impl Every {
+    pub(crate) fn new(period: std::time::Duration) -> Self {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self(tick)
+    }
+
+    /// Waits for the next tick; false once `stop` is cancelled.
+    pub(crate) async fn next(&mut self, stop: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            _ = self.0.tick() => true,
+        }
+    }
+}
+
 /// What autoscale status shows.
 #[derive(Debug, Default)]
 pub struct AutoscaleState {
@@ -281,13 +301,8 @@ async fn inventory_loop(
     }
     loaded.store(true, std::sync::atomic::Ordering::SeqCst);
     ready.notify_waiters();
-    let mut tick = tokio::time::interval(hm.refresh_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut every = crate::Every::new(hm.refresh_interval);
+    while every.next(&stop).await {
         match shared.inventory.refresh(now_secs()).await {
             Ok(transitions) => {
                 for t in transitions {
@@ -319,13 +334,8 @@ async fn alerts_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let config = &shared.config.host_manager.alerts;
     let http = http_client::HttpClient::default();
     let generator = format!("http://{}/api/alerts", shared.config.http_listen);
-    let mut tick = tokio::time::interval(config.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut every = crate::Every::new(config.interval);
+    while every.next(&stop).await {
         let hosts = shared.inventory.list(None);
         let mut active = alerts::host_down(config, &hosts);
         let reporting: Vec<&inventory::HostRecord> = hosts
@@ -390,13 +400,8 @@ async fn alerts_loop(shared: Arc<Shared>, stop: CancellationToken) {
 
 async fn scan_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let config = shared.config.host_manager.scan.clone();
-    let mut tick = tokio::time::interval(config.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut every = crate::Every::new(config.interval);
+    while every.next(&stop).await {
         let report = tokio::select! {
             _ = stop.cancelled() => return,
             r = discovery::scan::scan_once(&config, now_secs()) => r,
@@ -501,13 +506,8 @@ async fn autoscale_loop(
         queued_points: shared.config.writer.max_queued_points as f64,
     };
     let mut reader = load::LoadReader::default();
-    let mut tick = tokio::time::interval(config.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut every = crate::Every::new(config.interval);
+    while every.next(&stop).await {
         let state = match client.members().await {
             Ok(s) => s,
             Err(e) => {
