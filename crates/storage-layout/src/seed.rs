@@ -1,61 +1,14 @@
-//! Redis key layouts. The pipeline executes whatever commands a
-//! [`KeyLayout`] produces, so another layout can be added without touching
-//! the writer; the query side reads keys through the same trait.
+//! The seed layout: the key schema of the original design, one HASH per
+//! point. Reads go index first (ZRANGEBYSCORE), then the points' hashes.
 
+use crate::exec::{Command, Exec};
+use crate::frame::{Frame, FrameBuilder};
+use crate::meta::{LABEL_FIELD_PREFIX, LAST_SEEN_FIELD, POINTS_WRITTEN_FIELD};
+use crate::{KeyLayout, LayoutError, RangeReq};
 use broker_proto::v1::MetricBatch;
 use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
 use std::collections::HashMap;
-
-/// One Redis command: its name and its arguments, keys first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Command {
-    pub name: &'static str,
-    pub args: Vec<Bytes>,
-}
-
-pub trait KeyLayout: Send + Sync + 'static {
-    fn name(&self) -> &'static str;
-    /// Key of the hash holding one point's metrics.
-    fn metrics_key(&self, host: &str, timestamp: i64) -> String;
-    /// Key of a host's time index.
-    fn index_key(&self, host: &str) -> String;
-    /// Key of a host's metadata hash.
-    fn host_key(&self, host: &str) -> String;
-    /// A SCAN `MATCH` pattern that matches every host metadata key (and
-    /// possibly more: check each key with [`KeyLayout::host_of_key`]).
-    fn host_key_pattern(&self) -> String;
-    /// The host of a metadata key; `None` if `key` is not one.
-    fn host_of_key(&self, key: &str) -> Option<String>;
-    /// The timestamp a time-index member stands for.
-    fn index_member_timestamp(&self, member: &[u8]) -> Option<i64>;
-    /// A metric value as stored in a point's hash.
-    fn decode_value(&self, raw: &[u8]) -> Option<f64>;
-    /// A host metadata hash (field, value pairs as HGETALL returns them).
-    fn decode_host_meta(&self, fields: &[(String, String)]) -> HostMeta;
-    /// Appends the commands that store `batches` (already validated) with
-    /// a time to live of `ttl_secs`, at wall-clock time `now` (Unix seconds).
-    /// Applying the commands twice must leave the point data unchanged.
-    fn write_commands(
-        &self,
-        batches: &[&MetricBatch],
-        ttl_secs: u64,
-        now: i64,
-        out: &mut Vec<Command>,
-    );
-    /// Told whether the commands for `batches` were applied, so a layout
-    /// that skips repeated housekeeping can redo it after a failure.
-    fn written(&self, _batches: &[&MetricBatch], _ok: bool) {}
-}
-
-/// What a layout keeps about a host, decoded.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HostMeta {
-    /// Timestamp of the newest point written (`None` if never set).
-    pub last_seen: Option<i64>,
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// Writes including retries (not distinct points).
-    pub points_written: u64,
-}
 
 /// The layout of the original design ("键空间设计"), with Redis Cluster hash
 /// tags so that every key of one host lands in one slot:
@@ -110,9 +63,6 @@ impl std::fmt::Debug for SeedLayout {
     }
 }
 
-pub const LAST_SEEN_FIELD: &str = "last_seen";
-pub const POINTS_WRITTEN_FIELD: &str = "points_written";
-pub const LABEL_FIELD_PREFIX: &str = "label:";
 
 /// Builds arguments into one buffer so a command's arguments share one
 /// allocation.
@@ -147,10 +97,7 @@ impl Args {
         self.args.push(self.buf.split().freeze());
     }
     fn done(self, name: &'static str) -> Command {
-        Command {
-            name,
-            args: self.args,
-        }
+        Command::new(name, self.args)
     }
 }
 
@@ -172,52 +119,149 @@ struct HostAgg<'a> {
     labels: Option<&'a HashMap<String, String>>,
 }
 
+pub fn metrics_key(host: &str, timestamp: i64) -> String {
+    format!("monitor:metrics:{{{host}}}:{timestamp}")
+}
+
+pub fn index_key(host: &str) -> String {
+    format!("monitor:index:metrics:{{{host}}}")
+}
+
+/// The timestamp a time-index member stands for.
+pub fn index_member_timestamp(member: &[u8]) -> Option<i64> {
+    std::str::from_utf8(member).ok()?.parse().ok()
+}
+
+/// A metric value as stored in a point's hash (ryu's format).
+pub fn decode_value(raw: &[u8]) -> Option<f64> {
+    std::str::from_utf8(raw).ok()?.parse().ok()
+}
+
+impl SeedLayout {
+    /// Round 1 of a read: each host's timestamps in range, oldest first.
+    async fn timestamps(
+        db: &dyn Exec,
+        reqs: &[RangeReq],
+        limit: Option<usize>,
+    ) -> Result<Vec<Vec<i64>>, LayoutError> {
+        let commands = reqs
+            .iter()
+            .map(|r| {
+                let mut args: Vec<Bytes> = vec![
+                    Bytes::from(index_key(&r.host)),
+                    Bytes::from(r.start.to_string()),
+                    Bytes::from(r.end.to_string()),
+                ];
+                if let Some(limit) = limit {
+                    args.extend([
+                        Bytes::from_static(b"LIMIT"),
+                        Bytes::from_static(b"0"),
+                        Bytes::from(limit.to_string()),
+                    ]);
+                }
+                Command::new("ZRANGEBYSCORE", args)
+            })
+            .collect();
+        db.pipeline(commands)
+            .await?
+            .into_iter()
+            .map(|v| {
+                let mut ts: Vec<i64> = v
+                    .ok("ZRANGEBYSCORE")?
+                    .into_array()
+                    .iter()
+                    .filter_map(|m| m.bytes().and_then(index_member_timestamp))
+                    .collect();
+                ts.sort_unstable();
+                ts.dedup();
+                Ok(ts)
+            })
+            .collect()
+    }
+}
+
 impl KeyLayout for SeedLayout {
     fn name(&self) -> &'static str {
         "seed"
     }
 
-    fn metrics_key(&self, host: &str, timestamp: i64) -> String {
-        format!("monitor:metrics:{{{host}}}:{timestamp}")
-    }
-
-    fn index_key(&self, host: &str) -> String {
-        format!("monitor:index:metrics:{{{host}}}")
-    }
-
-    fn host_key(&self, host: &str) -> String {
-        format!("monitor:hosts:{{{host}}}")
-    }
-
-    fn host_key_pattern(&self) -> String {
-        "monitor:hosts:{*}".into()
-    }
-
-    fn host_of_key(&self, key: &str) -> Option<String> {
-        let host = key.strip_prefix("monitor:hosts:{")?.strip_suffix('}')?;
-        (!host.is_empty() && !host.contains(['{', '}'])).then(|| host.to_string())
-    }
-
-    fn index_member_timestamp(&self, member: &[u8]) -> Option<i64> {
-        std::str::from_utf8(member).ok()?.parse().ok()
-    }
-
-    fn decode_value(&self, raw: &[u8]) -> Option<f64> {
-        std::str::from_utf8(raw).ok()?.parse().ok()
-    }
-
-    fn decode_host_meta(&self, fields: &[(String, String)]) -> HostMeta {
-        let mut meta = HostMeta::default();
-        for (k, v) in fields {
-            if k == LAST_SEEN_FIELD {
-                meta.last_seen = v.parse().ok();
-            } else if k == POINTS_WRITTEN_FIELD {
-                meta.points_written = v.parse().unwrap_or(0);
-            } else if let Some(label) = k.strip_prefix(LABEL_FIELD_PREFIX) {
-                meta.labels.insert(label.to_string(), v.clone());
+    fn frames<'a>(
+        &'a self,
+        db: &'a dyn Exec,
+        reqs: &'a [RangeReq],
+        metrics: &'a [String],
+        limit: Option<usize>,
+    ) -> BoxFuture<'a, Result<Vec<Frame>, LayoutError>> {
+        Box::pin(async move {
+            let timestamps = Self::timestamps(db, reqs, limit).await?;
+            let mut commands = Vec::new();
+            for (r, ts) in reqs.iter().zip(&timestamps) {
+                for &t in ts {
+                    let key = Bytes::from(metrics_key(&r.host, t));
+                    commands.push(if metrics.is_empty() {
+                        Command::new("HGETALL", vec![key])
+                    } else {
+                        let mut args = Vec::with_capacity(1 + metrics.len());
+                        args.push(key);
+                        args.extend(metrics.iter().map(|m| Bytes::copy_from_slice(m.as_bytes())));
+                        Command::new("HMGET", args)
+                    });
+                }
             }
-        }
-        meta
+            let mut replies = db.pipeline(commands).await?.into_iter();
+            let mut frames = Vec::with_capacity(reqs.len());
+            for (r, ts) in reqs.iter().zip(&timestamps) {
+                let mut b = FrameBuilder::new(r.start, r.end, metrics);
+                for &t in ts {
+                    let Some(reply) = replies.next() else { break };
+                    if metrics.is_empty() {
+                        for (k, v) in reply.ok("HGETALL")?.into_pairs() {
+                            let (Ok(k), Some(v)) = (std::str::from_utf8(&k), decode_value(&v))
+                            else {
+                                continue;
+                            };
+                            b.touch(t);
+                            b.set(t, k, v);
+                        }
+                    } else {
+                        for (name, v) in metrics.iter().zip(reply.ok("HMGET")?.into_array()) {
+                            if let Some(v) = v.bytes().and_then(decode_value) {
+                                b.set(t, name, v);
+                            }
+                        }
+                    }
+                }
+                frames.push(b.finish(limit));
+            }
+            Ok(frames)
+        })
+    }
+
+    fn counts<'a>(
+        &'a self,
+        db: &'a dyn Exec,
+        reqs: &'a [RangeReq],
+    ) -> BoxFuture<'a, Result<Vec<u64>, LayoutError>> {
+        Box::pin(async move {
+            let commands = reqs
+                .iter()
+                .map(|r| {
+                    Command::of(
+                        "ZCOUNT",
+                        &[
+                            index_key(&r.host).as_bytes(),
+                            r.start.to_string().as_bytes(),
+                            r.end.to_string().as_bytes(),
+                        ],
+                    )
+                })
+                .collect();
+            db.pipeline(commands)
+                .await?
+                .into_iter()
+                .map(|v| Ok(v.ok("ZCOUNT")?.int().unwrap_or(0).max(0) as u64))
+                .collect()
+        })
     }
 
     fn write_commands(
@@ -257,10 +301,7 @@ impl KeyLayout for SeedLayout {
                     a.push_f64(*v);
                 }
                 out.push(a.done("HSET"));
-                out.push(Command {
-                    name: "EXPIRE",
-                    args: vec![key, ttl.clone()],
-                });
+                out.push(Command::new("EXPIRE", vec![key, ttl.clone()]));
                 let agg = hosts.entry(p.host_id.as_str()).or_insert_with(|| {
                     order.push(p.host_id.as_str());
                     HostAgg {
@@ -326,20 +367,14 @@ impl KeyLayout for SeedLayout {
                 trim.push(b"-inf");
                 trim.push(format!("({horizon}").as_bytes());
                 out.push(trim.done("ZREMRANGEBYSCORE"));
-                out.push(Command {
-                    name: "EXPIRE",
-                    args: vec![index_key, long_ttl.clone()],
-                });
-                out.push(Command {
-                    name: "EXPIRE",
-                    args: vec![host_key.clone(), long_ttl],
-                });
+                out.push(Command::new("EXPIRE", vec![index_key, long_ttl.clone()]));
+                out.push(Command::new("EXPIRE", vec![host_key.clone(), long_ttl]));
                 self.maintained.insert(host.to_string(), ());
             }
         }
     }
 
-    fn written(&self, batches: &[&MetricBatch], ok: bool) {
+    fn written(&self, batches: &[&MetricBatch], ok: bool, _now: i64) {
         if !ok {
             // The housekeeping may not have been applied: send it again.
             for b in batches {
@@ -377,14 +412,6 @@ fn intern(name: &str) -> Bytes {
     let b = Bytes::from_static(leaked.as_bytes());
     map.insert(leaked, b.clone());
     b
-}
-
-/// The layout named in config.
-pub fn by_name(name: &str) -> Option<std::sync::Arc<dyn KeyLayout>> {
-    match name {
-        "seed" => Some(std::sync::Arc::new(SeedLayout::default())),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -452,48 +479,23 @@ mod tests {
         assert_eq!(out.len(), 7);
         assert!(out.iter().all(|c| c.name != "ZREMRANGEBYSCORE"));
         // ...unless the previous write failed.
-        layout.written(&[&batch], false);
+        layout.written(&[&batch], false, 1000);
         out.clear();
         layout.write_commands(&[&batch], 60, 1000, &mut out);
         assert_eq!(out.len(), 10);
-        assert_eq!(layout.metrics_key("h1", 100), "monitor:metrics:{h1}:100");
-        assert_eq!(layout.index_key("h1"), "monitor:index:metrics:{h1}");
-        assert_eq!(layout.host_key("h1"), "monitor:hosts:{h1}");
+        assert_eq!(metrics_key("h1", 100), "monitor:metrics:{h1}:100");
+        assert_eq!(index_key("h1"), "monitor:index:metrics:{h1}");
     }
 
     #[test]
-    fn seed_layout_reads_back_what_it_writes() {
-        let layout = SeedLayout::default();
-        let key = layout.host_key("web-1.a_b");
-        assert_eq!(layout.host_of_key(&key).as_deref(), Some("web-1.a_b"));
-        assert_eq!(layout.host_of_key("monitor:hosts:{}"), None);
-        assert_eq!(layout.host_of_key("monitor:index:metrics:{h}"), None);
-        assert_eq!(layout.host_key_pattern(), "monitor:hosts:{*}");
-        assert_eq!(
-            layout.index_member_timestamp(b"1700000000"),
-            Some(1_700_000_000)
-        );
-        assert_eq!(layout.index_member_timestamp(b"x"), None);
+    fn seed_values_read_back() {
+        assert_eq!(index_member_timestamp(b"1700000000"), Some(1_700_000_000));
+        assert_eq!(index_member_timestamp(b"x"), None);
         // ryu's format, as the writer stores values.
         let mut b = ryu::Buffer::new();
         for v in [0.25, -3.0, 1e300, 123456.789] {
-            assert_eq!(layout.decode_value(b.format(v).as_bytes()), Some(v));
+            assert_eq!(decode_value(b.format(v).as_bytes()), Some(v));
         }
-        let fields: Vec<(String, String)> = [
-            ("last_seen", "105"),
-            ("label:role", "web"),
-            ("label:dc", "x:y"),
-            ("points_written", "7"),
-            ("other", "1"),
-        ]
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-        let meta = layout.decode_host_meta(&fields);
-        assert_eq!(meta.last_seen, Some(105));
-        assert_eq!(meta.points_written, 7);
-        assert_eq!(meta.labels.len(), 2);
-        assert_eq!(meta.labels["dc"], "x:y");
     }
 
     #[test]

@@ -1,0 +1,408 @@
+//! The chunked layout's byte formats.
+//!
+//! **Open-chunk records**, appended one per point with `APPEND`:
+//! `[u32 len][body][u32 len]` (little-endian), where `body` is
+//! `i64 ts, u16 n, n × (u16 name_len, name, f64 value)`. The length at both
+//! ends lets a reader parse forward from the start or backward from the
+//! end (the newest points, from a `GETRANGE` of the tail). A body of
+//! exactly 8 bytes is a **nonce**: sealing puts a fresh one at the start of
+//! what it leaves, so a second sealer that read the chunk before can tell
+//! it changed (see [`crate::chunked`]). Real bodies are at least 10 bytes.
+//!
+//! **Sealed chunks**, one Redis string each, immutable:
+//! `"C1", u32 points, u16 names, names × (u16 len, bytes), u32 len + pco
+//! i64 timestamps, then per name u32 len + pco f64 column` (NaN where a
+//! snapshot lacks the metric). pco (pcodec) is lossless for every f64 bit
+//! pattern, and finds the deltas of counters and the decimal grid of
+//! gauges, which is where the memory goes.
+
+use crate::frame::FrameBuilder;
+use std::collections::BTreeMap;
+
+const MAGIC: &[u8; 2] = b"C1";
+const NONCE_LEN: usize = 8;
+/// One snapshot: metric -> value.
+pub type Snapshot = BTreeMap<String, f64>;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct DecodeError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
+    Err(DecodeError(msg.into()))
+}
+
+/// Appends one point's record to `out`. Names longer than `u16::MAX`
+/// bytes cannot occur (validation bounds them far lower) and are cut.
+pub fn encode_record<'a>(
+    out: &mut Vec<u8>,
+    ts: i64,
+    values: impl ExactSizeIterator<Item = (&'a str, f64)> + Clone,
+) {
+    let n = values.len().min(u16::MAX as usize);
+    let body_len: usize = 10
+        + values
+            .clone()
+            .take(n)
+            .map(|(name, _)| 10 + name.len().min(u16::MAX as usize))
+            .sum::<usize>();
+    let len = (body_len as u32).to_le_bytes();
+    out.reserve(body_len + 8);
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&ts.to_le_bytes());
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+    for (name, v) in values.take(n) {
+        let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&len);
+}
+
+/// A nonce record with `nonce`.
+pub fn nonce_record(nonce: [u8; NONCE_LEN]) -> Vec<u8> {
+    let len = (NONCE_LEN as u32).to_le_bytes();
+    let mut out = Vec::with_capacity(NONCE_LEN + 8);
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&len);
+    out
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+fn i64_at(b: &[u8], at: usize) -> Option<i64> {
+    Some(i64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+fn f64_at(b: &[u8], at: usize) -> Option<f64> {
+    Some(f64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// A decoded record body: `(ts, [(name, value)])`; `None` for a nonce.
+fn parse_body(body: &[u8]) -> Result<Option<(i64, Vec<(&str, f64)>)>, DecodeError> {
+    if body.len() == NONCE_LEN {
+        return Ok(None);
+    }
+    let (Some(ts), Some(n)) = (i64_at(body, 0), u16_at(body, 8)) else {
+        return err("record shorter than its header");
+    };
+    let mut at = 10;
+    let mut values = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let Some(len) = u16_at(body, at) else {
+            return err("record ends inside a name length");
+        };
+        let name = body
+            .get(at + 2..at + 2 + len as usize)
+            .ok_or_else(|| DecodeError("record ends inside a name".into()))?;
+        let name =
+            std::str::from_utf8(name).map_err(|_| DecodeError("name is not UTF-8".into()))?;
+        at += 2 + len as usize;
+        let Some(v) = f64_at(body, at) else {
+            return err("record ends inside a value");
+        };
+        at += 8;
+        values.push((name, v));
+    }
+    if at != body.len() {
+        return err(format!(
+            "record body of {} bytes holds {at}",
+            body.len()
+        ));
+    }
+    Ok(Some((ts, values)))
+}
+
+/// Walks the records of an open chunk, oldest first: `f(ts, values)` per
+/// point, nonces skipped. Returns the byte offset after each record, so a
+/// sealer can take a prefix.
+pub fn for_each_record(
+    chunk: &[u8],
+    mut f: impl FnMut(i64, &[(&str, f64)], usize),
+) -> Result<(), DecodeError> {
+    let mut at = 0;
+    while at < chunk.len() {
+        let Some(len) = u32_at(chunk, at) else {
+            return err(format!("open chunk ends inside a record length at {at}"));
+        };
+        let end = at + 8 + len as usize;
+        let (Some(body), Some(trailer)) = (chunk.get(at + 4..end - 4), u32_at(chunk, end - 4))
+        else {
+            return err(format!("open chunk ends inside a record at {at}"));
+        };
+        if trailer != len {
+            return err(format!("record at {at}: lengths {len} and {trailer} differ"));
+        }
+        if let Some((ts, values)) = parse_body(body)? {
+            f(ts, &values, end);
+        }
+        at = end;
+    }
+    Ok(())
+}
+
+/// The newest records of `tail` (the last bytes of an open chunk, maybe
+/// cut anywhere at the start), newest first; stops at the cut.
+pub fn tail_records(tail: &[u8]) -> Vec<(i64, Snapshot)> {
+    let mut out = Vec::new();
+    let mut end = tail.len();
+    while end >= 8 {
+        let Some(len) = u32_at(tail, end - 4) else {
+            break;
+        };
+        let Some(start) = end.checked_sub(8 + len as usize) else {
+            break;
+        };
+        if u32_at(tail, start) != Some(len) {
+            break;
+        }
+        match parse_body(&tail[start + 4..end - 4]) {
+            Ok(Some((ts, values))) => out.push((
+                ts,
+                values.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            )),
+            Ok(None) => {}
+            Err(_) => break,
+        }
+        end = start;
+    }
+    out
+}
+
+/// Decodes an open chunk into `into` (later records win).
+pub fn read_records(chunk: &[u8], into: &mut FrameBuilder) -> Result<(), DecodeError> {
+    for_each_record(chunk, |ts, values, _| {
+        into.touch(ts);
+        for (name, v) in values {
+            into.set(ts, name, *v);
+        }
+    })
+}
+
+/// Snapshots keyed by timestamp, as sealing merges them.
+pub type Points = BTreeMap<i64, Snapshot>;
+
+/// Merges an open chunk's records, up to byte `limit`, into `points`
+/// (later records win field by field). Returns the records merged.
+pub fn merge_records(chunk: &[u8], points: &mut Points) -> Result<usize, DecodeError> {
+    let mut n = 0;
+    for_each_record(chunk, |ts, values, _| {
+        let snap = points.entry(ts).or_default();
+        for (name, v) in values {
+            snap.insert((*name).to_string(), *v);
+        }
+        n += 1;
+    })?;
+    Ok(n)
+}
+
+/// One sealed chunk of `points` (at least one).
+pub fn encode_chunk<'a>(points: impl IntoIterator<Item = (&'a i64, &'a Snapshot)> + Clone) -> Vec<u8> {
+    let mut names: Vec<&str> = Vec::new();
+    {
+        let mut set = std::collections::BTreeSet::new();
+        for (_, snap) in points.clone() {
+            for k in snap.keys() {
+                set.insert(k.as_str());
+            }
+        }
+        names.extend(set);
+    }
+    let ts: Vec<i64> = points.clone().into_iter().map(|(t, _)| *t).collect();
+    let mut out = Vec::with_capacity(64 + ts.len() * names.len() * 2);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(ts.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(names.len() as u16).to_le_bytes());
+    for n in &names {
+        out.extend_from_slice(&(n.len() as u16).to_le_bytes());
+        out.extend_from_slice(n.as_bytes());
+    }
+    let config = pco::ChunkConfig::default();
+    let put = |out: &mut Vec<u8>, col: Vec<u8>| {
+        out.extend_from_slice(&(col.len() as u32).to_le_bytes());
+        out.extend_from_slice(&col);
+    };
+    put(
+        &mut out,
+        pco::standalone::simple_compress(&ts, &config).expect("pco compresses any i64 slice"),
+    );
+    for name in &names {
+        let col: Vec<f64> = points
+            .clone()
+            .into_iter()
+            .map(|(_, s)| s.get(*name).copied().unwrap_or(f64::NAN))
+            .collect();
+        put(
+            &mut out,
+            pco::standalone::simple_compress(&col, &config).expect("pco compresses any f64 slice"),
+        );
+    }
+    out
+}
+
+struct ChunkView<'a> {
+    names: Vec<&'a str>,
+    columns: Vec<&'a [u8]>,
+    ts: &'a [u8],
+    n: usize,
+}
+
+fn view(chunk: &[u8]) -> Result<ChunkView<'_>, DecodeError> {
+    if chunk.get(..2) != Some(MAGIC) {
+        return err("not a C1 chunk");
+    }
+    let (Some(n), Some(names_n)) = (u32_at(chunk, 2), u16_at(chunk, 6)) else {
+        return err("chunk header cut short");
+    };
+    let mut at = 8;
+    let mut names = Vec::with_capacity(names_n as usize);
+    for _ in 0..names_n {
+        let len = u16_at(chunk, at).ok_or_else(|| DecodeError("cut in names".into()))? as usize;
+        let name = chunk
+            .get(at + 2..at + 2 + len)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .ok_or_else(|| DecodeError("bad metric name".into()))?;
+        names.push(name);
+        at += 2 + len;
+    }
+    let take = |at: &mut usize| -> Result<&[u8], DecodeError> {
+        let len = u32_at(chunk, *at).ok_or_else(|| DecodeError("cut in a column".into()))? as usize;
+        let col = chunk
+            .get(*at + 4..*at + 4 + len)
+            .ok_or_else(|| DecodeError("column cut short".into()))?;
+        *at += 4 + len;
+        Ok(col)
+    };
+    let ts = take(&mut at)?;
+    let mut columns = Vec::with_capacity(names.len());
+    for _ in &names {
+        columns.push(take(&mut at)?);
+    }
+    Ok(ChunkView {
+        names,
+        columns,
+        ts,
+        n: n as usize,
+    })
+}
+
+fn timestamps(v: &ChunkView<'_>) -> Result<Vec<i64>, DecodeError> {
+    let ts: Vec<i64> = pco::standalone::simple_decompress(v.ts)
+        .map_err(|e| DecodeError(format!("timestamps: {e}")))?;
+    if ts.len() != v.n {
+        return err(format!("{} timestamps for {} points", ts.len(), v.n));
+    }
+    Ok(ts)
+}
+
+/// Decodes a sealed chunk's wanted columns into `into`.
+pub fn read_chunk(chunk: &[u8], into: &mut FrameBuilder) -> Result<(), DecodeError> {
+    let v = view(chunk)?;
+    let ts = timestamps(&v)?;
+    for &t in &ts {
+        into.touch(t);
+    }
+    for (name, col) in v.names.iter().zip(&v.columns) {
+        if !into.wants(name) {
+            continue;
+        }
+        let values: Vec<f64> = pco::standalone::simple_decompress(col)
+            .map_err(|e| DecodeError(format!("column {name}: {e}")))?;
+        if values.len() != ts.len() {
+            return err(format!("column {name} has {} values", values.len()));
+        }
+        into.set_column(&ts, name, &values);
+    }
+    Ok(())
+}
+
+/// Decodes a whole sealed chunk into `points` (values already there for
+/// the same timestamp and metric are replaced).
+pub fn merge_chunk(chunk: &[u8], points: &mut Points) -> Result<(), DecodeError> {
+    let v = view(chunk)?;
+    let ts = timestamps(&v)?;
+    for (name, col) in v.names.iter().zip(&v.columns) {
+        let values: Vec<f64> = pco::standalone::simple_decompress(col)
+            .map_err(|e| DecodeError(format!("column {name}: {e}")))?;
+        for (t, v) in ts.iter().zip(values) {
+            if !v.is_nan() {
+                points.entry(*t).or_default().insert((*name).to_string(), v);
+            }
+        }
+    }
+    for t in ts {
+        points.entry(t).or_default();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(pairs: &[(&str, f64)]) -> Snapshot {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn records_round_trip_forward_and_backward() {
+        let mut open = nonce_record(*b"12345678");
+        encode_record(&mut open, 100, [("cpu", 0.5), ("mem", -0.0)].into_iter());
+        encode_record(&mut open, 105, [("cpu", f64::MAX)].into_iter());
+        let mut points = Points::new();
+        assert_eq!(merge_records(&open, &mut points).unwrap(), 2);
+        assert_eq!(points[&100]["mem"].to_bits(), (-0.0f64).to_bits());
+        assert_eq!(points[&105]["cpu"], f64::MAX);
+        let tail = tail_records(&open[5..]);
+        assert_eq!(tail.len(), 2, "the nonce is cut, both records parse");
+        assert_eq!(tail[0].0, 105);
+        assert_eq!(tail_records(&open[open.len() - 10..]), vec![]);
+        // A cut record is an error, not a panic.
+        assert!(merge_records(&open[..open.len() - 1], &mut Points::new()).is_err());
+    }
+
+    #[test]
+    fn chunks_round_trip_every_bit_pattern() {
+        let odd = [
+            -0.0,
+            0.0,
+            f64::MIN_POSITIVE / 4.0,
+            -f64::MIN_POSITIVE / 3.0,
+            f64::MAX,
+            f64::MIN,
+            1e-300,
+            1.0,
+            1.0,
+            1.0,
+            0.1 + 0.2,
+        ];
+        let mut points = Points::new();
+        for (i, v) in odd.iter().enumerate() {
+            points.insert(1000 + i as i64 * 5, snap(&[("x", *v), ("c", i as f64)]));
+        }
+        // A snapshot without "x".
+        points.insert(2000, snap(&[("c", 7.0)]));
+        let blob = encode_chunk(&points);
+        let mut back = Points::new();
+        merge_chunk(&blob, &mut back).unwrap();
+        assert_eq!(back.len(), points.len());
+        for (t, s) in &points {
+            assert_eq!(back[t].len(), s.len(), "at {t}");
+            for (k, v) in s {
+                assert_eq!(back[t][k].to_bits(), v.to_bits(), "{k} at {t}");
+            }
+        }
+        let mut b = FrameBuilder::new(1000, 1010, &["x".to_string()]);
+        read_chunk(&blob, &mut b).unwrap();
+        let f = b.finish(None);
+        assert_eq!(f.timestamps, vec![1000, 1005, 1010]);
+        assert_eq!(f.metrics["x"][0].to_bits(), (-0.0f64).to_bits());
+        assert!(view(b"C1\x01").is_err());
+        assert!(read_chunk(&blob[..blob.len() - 3], &mut FrameBuilder::new(0, 1, &[])).is_err());
+    }
+}

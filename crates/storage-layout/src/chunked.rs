@@ -1,0 +1,760 @@
+//! The chunked layout: each host's points in compressed chunks.
+//!
+//! Keys (all carry the `{host}` hash tag, so a host stays on one Redis
+//! Cluster slot and every script below touches one slot):
+//! - `monitor:open:{host}`: STRING, the open chunk. Each point is one
+//!   `APPEND` of a raw record ([`crate::chunk`]); a resend appends again.
+//! - `monitor:chunk:{host}:{start}:{id}`: STRING, a sealed chunk (pco
+//!   columns), `EXPIREAT` its newest point + ttl; `id` is the xxh3 of the
+//!   bytes, so sealing the same points twice writes the same key.
+//! - `monitor:chunks:{host}`: ZSET score = chunk start, member =
+//!   `start:end:count:id`, the chunk index.
+//! - `monitor:hosts:{host}`: the seed's metadata hash ([`crate::meta`]),
+//!   plus `open_points`, the records in the open chunk.
+//!
+//! **Sealing.** The writer counts what it appended per host; when a host
+//! has `points_per_chunk` points open, or its oldest open point is
+//! `max_open` old, [`KeyLayout::maintain`] seals: it reads the open chunk,
+//! merges its records by timestamp (a later record wins metric by metric,
+//! as HSET does in the seed layout), merges in every sealed chunk whose
+//! span overlaps them (so a resent point replaces, never duplicates), cuts
+//! the result into chunks of at most `points_per_chunk` points within one
+//! [`CHUNK_WINDOW`], and hands them to one Lua script that checks the open
+//! chunk still starts with the bytes it read and the overlapped chunks are
+//! still indexed, then atomically writes the new chunks, drops the old
+//! ones, and cuts the sealed prefix off the open chunk, leaving a fresh
+//! nonce at its start. A second sealer that read the same prefix finds the
+//! nonce changed and does nothing. After sealing, each (host, timestamp)
+//! is stored once; before, a resend may sit twice in the open chunk and
+//! readers keep the later copy.
+//!
+//! **Reading** is one script call per host, which returns, atomically, the
+//! open chunk and the sealed chunks overlapping the range: a seal can
+//! never move points between the index and the open chunk under a reader.
+
+use crate::chunk::{self, Points};
+use crate::exec::{Command, Exec, Reply};
+use crate::frame::{Frame, FrameBuilder};
+use crate::meta::{self, LABEL_FIELD_PREFIX, LAST_SEEN_FIELD};
+use crate::{KeyLayout, LayoutError, RangeReq};
+use broker_proto::v1::MetricBatch;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A sealed chunk never spans more than one aligned window of this many
+/// seconds, so a reader knows how far before a range's start a chunk that
+/// overlaps it can begin. Part of the format: readers rely on it.
+pub const CHUNK_WINDOW: i64 = 7_200;
+/// Field of the metadata hash counting the records in the open chunk.
+pub const OPEN_POINTS_FIELD: &str = "open_points";
+/// Points per sealed chunk by default: 20 minutes of 5-second snapshots,
+/// where pco's per-column overhead is under 0.3 byte per sample.
+pub const DEFAULT_POINTS_PER_CHUNK: usize = 240;
+/// How long a point stays in the open chunk at most, by default.
+pub const DEFAULT_MAX_OPEN: Duration = Duration::from_secs(30 * 60);
+/// Records one seal takes at most; the rest waits for the next.
+const MAX_RECORDS_PER_SEAL_FACTOR: usize = 8;
+/// Bytes compared to tell that the open chunk was sealed meanwhile.
+const PREFIX_CHECK_BYTES: usize = 32;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkedConfig {
+    pub points_per_chunk: usize,
+    pub max_open: Duration,
+    /// How often one host's key expiries are refreshed.
+    pub maintenance_interval: Duration,
+}
+
+impl Default for ChunkedConfig {
+    fn default() -> Self {
+        Self {
+            points_per_chunk: DEFAULT_POINTS_PER_CHUNK,
+            max_open: DEFAULT_MAX_OPEN,
+            maintenance_interval: crate::seed::DEFAULT_MAINTENANCE_INTERVAL,
+        }
+    }
+}
+
+/// What this process appended to a host's open chunk since its last seal.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    points: usize,
+    /// When the first of those was appended (Unix seconds).
+    since: i64,
+    /// Handed out by `due`, not finished yet.
+    sealing: bool,
+}
+
+pub struct ChunkedLayout {
+    config: ChunkedConfig,
+    open: Mutex<HashMap<String, Open>>,
+    /// Hosts whose expiries were refreshed within the interval.
+    maintained: moka::sync::Cache<String, ()>,
+    nonce_counter: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for ChunkedLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkedLayout")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+pub fn open_key(host: &str) -> String {
+    format!("monitor:open:{{{host}}}")
+}
+pub fn index_key(host: &str) -> String {
+    format!("monitor:chunks:{{{host}}}")
+}
+fn chunk_key_prefix(host: &str) -> String {
+    format!("monitor:chunk:{{{host}}}:")
+}
+pub fn chunk_key(host: &str, start: i64, id: &str) -> String {
+    format!("{}{start}:{id}", chunk_key_prefix(host))
+}
+
+/// An index member: `start:end:count:id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub start: i64,
+    pub end: i64,
+    pub count: u64,
+    pub id: String,
+}
+
+impl ChunkRef {
+    pub fn parse(member: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(member).ok()?;
+        let mut it = s.splitn(4, ':');
+        Some(Self {
+            start: it.next()?.parse().ok()?,
+            end: it.next()?.parse().ok()?,
+            count: it.next()?.parse().ok()?,
+            id: it.next()?.to_string(),
+        })
+    }
+    pub fn member(&self) -> String {
+        format!("{}:{}:{}:{}", self.start, self.end, self.count, self.id)
+    }
+}
+
+/// KEYS: open, index, meta, old chunk keys..., new chunk keys...
+/// ARGV: prefix, sealed length, nonce record, index ttl, trim horizon,
+/// sealed records, n_old, old members..., n_new, (member, start, blob,
+/// expire_at)...
+const SEAL_SCRIPT: &str = r#"
+local open, idx, meta = KEYS[1], KEYS[2], KEYS[3]
+local prefix, len = ARGV[1], tonumber(ARGV[2])
+if redis.call('STRLEN', open) < len then return 0 end
+if redis.call('GETRANGE', open, 0, #prefix - 1) ~= prefix then return 0 end
+local n_old = tonumber(ARGV[7])
+for i = 1, n_old do
+  if not redis.call('ZSCORE', idx, ARGV[7 + i]) then return 0 end
+end
+for i = 1, n_old do
+  redis.call('ZREM', idx, ARGV[7 + i])
+  redis.call('UNLINK', KEYS[3 + i])
+end
+local a = 8 + n_old
+local n_new = tonumber(ARGV[a])
+a = a + 1
+for i = 1, n_new do
+  redis.call('SET', KEYS[3 + n_old + i], ARGV[a + 2], 'EXAT', ARGV[a + 3])
+  redis.call('ZADD', idx, ARGV[a + 1], ARGV[a])
+  a = a + 4
+end
+local rest = redis.call('GETRANGE', open, len, -1)
+redis.call('SET', open, ARGV[3] .. rest, 'KEEPTTL')
+redis.call('ZREMRANGEBYSCORE', idx, '-inf', '(' .. ARGV[5])
+redis.call('EXPIRE', idx, ARGV[4])
+local left = redis.call('HINCRBY', meta, 'open_points', -tonumber(ARGV[6]))
+if left < 0 then redis.call('HSET', meta, 'open_points', 0) end
+return 1
+"#;
+
+/// KEYS: index, open. ARGV: lowest chunk start, highest chunk start,
+/// range start, chunk key prefix. Returns {open or false, blob, blob...}
+/// of the chunks ending at or after the range start, oldest first.
+const READ_SCRIPT: &str = r#"
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
+local out = {redis.call('GET', KEYS[2])}
+local from = tonumber(ARGV[3])
+for _, m in ipairs(members) do
+  local s, e, c, id = string.match(m, '^(-?%d+):(-?%d+):(%d+):(%x+)$')
+  if s and tonumber(e) >= from then
+    local blob = redis.call('GET', ARGV[4] .. s .. ':' .. id)
+    if blob then out[#out + 1] = blob end
+  end
+end
+return out
+"#;
+
+fn eval(script: &'static str, keys: &[&[u8]], args: Vec<Bytes>) -> Command {
+    let mut all = Vec::with_capacity(2 + keys.len() + args.len());
+    all.push(Bytes::from_static(script.as_bytes()));
+    all.push(Bytes::from(keys.len().to_string()));
+    all.extend(keys.iter().map(|k| Bytes::copy_from_slice(k)));
+    all.extend(args);
+    Command {
+        name: "EVAL",
+        args: all,
+        key_arg: 2,
+    }
+}
+
+fn window(ts: i64) -> i64 {
+    ts.div_euclid(CHUNK_WINDOW)
+}
+
+fn corrupt(what: &'static str, host: &str, e: impl std::fmt::Display) -> LayoutError {
+    LayoutError::Corrupt {
+        what,
+        host: host.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+impl ChunkedLayout {
+    pub fn new(config: ChunkedConfig) -> Self {
+        Self {
+            maintained: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(config.maintenance_interval)
+                .build(),
+            config,
+            open: Mutex::new(HashMap::new()),
+            nonce_counter: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn config(&self) -> &ChunkedConfig {
+        &self.config
+    }
+
+    fn nonce(&self, host: &str, now: i64) -> [u8; 8] {
+        let n = self
+            .nonce_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut seed = Vec::with_capacity(host.len() + 32);
+        seed.extend_from_slice(host.as_bytes());
+        seed.extend_from_slice(&now.to_le_bytes());
+        seed.extend_from_slice(&nanos.to_le_bytes());
+        seed.extend_from_slice(&n.to_le_bytes());
+        seed.extend_from_slice(&(std::process::id() as u64).to_le_bytes());
+        twox_hash::XxHash3_64::oneshot(&seed).to_le_bytes()
+    }
+
+    /// Seals what `host`'s open chunk holds now. Returns the records
+    /// sealed (0: nothing open, or another sealer got there first).
+    pub async fn seal(
+        &self,
+        db: &dyn Exec,
+        host: &str,
+        ttl_secs: u64,
+        now: i64,
+    ) -> Result<usize, LayoutError> {
+        let open_key = open_key(host);
+        let index_key = index_key(host);
+        let open = db
+            .pipeline(vec![Command::of("GET", &[open_key.as_bytes()])])
+            .await?
+            .pop()
+            .unwrap_or(Reply::Nil)
+            .ok("GET")?;
+        let Reply::Bytes(open) = open else {
+            return Ok(0);
+        };
+        // The first records, up to the per-seal bound.
+        let max_records = self.config.points_per_chunk.max(1) * MAX_RECORDS_PER_SEAL_FACTOR;
+        let mut points = Points::new();
+        let mut records = 0;
+        let mut sealed_len = 0;
+        chunk::for_each_record(&open, |ts, values, end| {
+            if records >= max_records {
+                return;
+            }
+            let snap = points.entry(ts).or_default();
+            for (name, v) in values {
+                snap.insert((*name).to_string(), *v);
+            }
+            records += 1;
+            sealed_len = end;
+        })
+        .map_err(|e| corrupt("open chunk", host, e))?;
+        if records == 0 {
+            return Ok(0);
+        }
+        let (lo, hi) = (
+            *points.keys().next().expect("one point"),
+            *points.keys().next_back().expect("one point"),
+        );
+        // Sealed chunks that overlap the open points are merged with them.
+        let members = db
+            .pipeline(vec![Command::of(
+                "ZRANGEBYSCORE",
+                &[
+                    index_key.as_bytes(),
+                    (lo.saturating_sub(CHUNK_WINDOW - 1)).to_string().as_bytes(),
+                    hi.to_string().as_bytes(),
+                ],
+            )])
+            .await?
+            .pop()
+            .unwrap_or(Reply::Nil)
+            .ok("ZRANGEBYSCORE")?
+            .into_array();
+        let old: Vec<ChunkRef> = members
+            .iter()
+            .filter_map(|m| m.bytes().and_then(ChunkRef::parse))
+            .filter(|c| c.end >= lo && c.start <= hi)
+            .collect();
+        let mut merged = Points::new();
+        if !old.is_empty() {
+            let gets = old
+                .iter()
+                .map(|c| Command::of("GET", &[chunk_key(host, c.start, &c.id).as_bytes()]))
+                .collect();
+            for blob in db.pipeline(gets).await? {
+                if let Reply::Bytes(b) = blob.ok("GET")? {
+                    chunk::merge_chunk(&b, &mut merged)
+                        .map_err(|e| corrupt("sealed chunk", host, e))?;
+                }
+            }
+        }
+        for (ts, snap) in points {
+            merged.entry(ts).or_default().extend(snap);
+        }
+        // Cut into chunks: one window, at most points_per_chunk each.
+        let mut new: Vec<(ChunkRef, Vec<u8>)> = Vec::new();
+        let all: Vec<(&i64, &chunk::Snapshot)> = merged.iter().collect();
+        let mut i = 0;
+        while i < all.len() {
+            let w = window(*all[i].0);
+            let mut j = i + 1;
+            while j < all.len()
+                && j - i < self.config.points_per_chunk.max(1)
+                && window(*all[j].0) == w
+            {
+                j += 1;
+            }
+            let part = &all[i..j];
+            let (start, end) = (*part[0].0, *part[part.len() - 1].0);
+            i = j;
+            if end.saturating_add(ttl_secs as i64) <= now {
+                continue; // already past retention
+            }
+            let blob = chunk::encode_chunk(part.iter().copied());
+            let id = format!("{:016x}", twox_hash::XxHash3_64::oneshot(&blob));
+            new.push((
+                ChunkRef {
+                    start,
+                    end,
+                    count: part.len() as u64,
+                    id,
+                },
+                blob,
+            ));
+        }
+        let meta_key = meta::host_key(host);
+        let mut keys: Vec<Vec<u8>> = vec![
+            open_key.into_bytes(),
+            index_key.into_bytes(),
+            meta_key.into_bytes(),
+        ];
+        keys.extend(
+            old.iter()
+                .map(|c| chunk_key(host, c.start, &c.id).into_bytes()),
+        );
+        keys.extend(
+            new.iter()
+                .map(|(c, _)| chunk_key(host, c.start, &c.id).into_bytes()),
+        );
+        let horizon = now
+            .saturating_sub(ttl_secs as i64)
+            .saturating_sub(CHUNK_WINDOW);
+        let index_ttl = ttl_secs + CHUNK_WINDOW as u64 + self.config.maintenance_interval.as_secs();
+        let mut args: Vec<Bytes> = vec![
+            Bytes::copy_from_slice(&open[..sealed_len.min(PREFIX_CHECK_BYTES)]),
+            Bytes::from(sealed_len.to_string()),
+            Bytes::from(chunk::nonce_record(self.nonce(host, now))),
+            Bytes::from(index_ttl.to_string()),
+            Bytes::from(horizon.to_string()),
+            Bytes::from(records.to_string()),
+            Bytes::from(old.len().to_string()),
+        ];
+        args.extend(old.iter().map(|c| Bytes::from(c.member())));
+        args.push(Bytes::from(new.len().to_string()));
+        for (c, blob) in new {
+            args.push(Bytes::from(c.member()));
+            args.push(Bytes::from(c.start.to_string()));
+            args.push(Bytes::from(blob));
+            args.push(Bytes::from(
+                c.end.saturating_add(ttl_secs as i64).to_string(),
+            ));
+        }
+        let key_refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+        let done = db
+            .pipeline(vec![eval(SEAL_SCRIPT, &key_refs, args)])
+            .await?
+            .pop()
+            .unwrap_or(Reply::Nil)
+            .ok("EVAL")?;
+        Ok(if done.int() == Some(1) { records } else { 0 })
+    }
+
+    /// The sealed chunks indexed for `host` (all of them).
+    pub async fn chunks(&self, db: &dyn Exec, host: &str) -> Result<Vec<ChunkRef>, LayoutError> {
+        let members = db
+            .pipeline(vec![Command::of(
+                "ZRANGE",
+                &[index_key(host).as_bytes(), b"0", b"-1"],
+            )])
+            .await?
+            .pop()
+            .unwrap_or(Reply::Nil)
+            .ok("ZRANGE")?;
+        Ok(members
+            .into_array()
+            .iter()
+            .filter_map(|m| m.bytes().and_then(ChunkRef::parse))
+            .collect())
+    }
+
+    fn read_command(req: &RangeReq) -> Command {
+        let index = index_key(&req.host);
+        let open = open_key(&req.host);
+        eval(
+            READ_SCRIPT,
+            &[index.as_bytes(), open.as_bytes()],
+            vec![
+                Bytes::from(req.start.saturating_sub(CHUNK_WINDOW - 1).to_string()),
+                Bytes::from(req.end.to_string()),
+                Bytes::from(req.start.to_string()),
+                Bytes::from(chunk_key_prefix(&req.host)),
+            ],
+        )
+    }
+}
+
+impl KeyLayout for ChunkedLayout {
+    fn name(&self) -> &'static str {
+        "chunked"
+    }
+
+    fn write_commands(
+        &self,
+        batches: &[&MetricBatch],
+        ttl_secs: u64,
+        _now: i64,
+        out: &mut Vec<Command>,
+    ) {
+        struct Host<'a> {
+            points: i64,
+            last_seen: i64,
+            labels: Option<&'a HashMap<String, String>>,
+        }
+        let mut order: Vec<&str> = Vec::new();
+        let mut hosts: HashMap<&str, Host<'_>> = HashMap::new();
+        let mut record = Vec::with_capacity(1024);
+        for batch in batches {
+            let names = &batch.metric_names;
+            for p in &batch.points {
+                let values: Vec<(&str, f64)> = p
+                    .values
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| {
+                        let ix = if p.name_index.is_empty() {
+                            i
+                        } else {
+                            *p.name_index.get(i)? as usize
+                        };
+                        Some((names.get(ix)?.as_str(), *v))
+                    })
+                    .collect();
+                record.clear();
+                chunk::encode_record(&mut record, p.timestamp, values.iter().copied());
+                let mut key = Vec::with_capacity(p.host_id.len() + 16);
+                key.extend_from_slice(b"monitor:open:{");
+                key.extend_from_slice(p.host_id.as_bytes());
+                key.push(b'}');
+                out.push(Command::new(
+                    "APPEND",
+                    vec![Bytes::from(key), Bytes::copy_from_slice(&record)],
+                ));
+                let h = hosts.entry(p.host_id.as_str()).or_insert_with(|| {
+                    order.push(p.host_id.as_str());
+                    Host {
+                        points: 0,
+                        last_seen: i64::MIN,
+                        labels: None,
+                    }
+                });
+                h.points += 1;
+                if p.timestamp >= h.last_seen {
+                    h.last_seen = p.timestamp;
+                    if !p.labels.is_empty() {
+                        h.labels = Some(&p.labels);
+                    }
+                }
+            }
+        }
+        for host in order {
+            let h = &hosts[host];
+            let meta_key = Bytes::from(meta::host_key(host));
+            let mut args = vec![
+                meta_key.clone(),
+                Bytes::from_static(LAST_SEEN_FIELD.as_bytes()),
+                Bytes::from(h.last_seen.to_string()),
+            ];
+            if let Some(labels) = h.labels {
+                let mut sorted: Vec<_> = labels.iter().collect();
+                sorted.sort();
+                for (k, v) in sorted {
+                    args.push(Bytes::from(format!("{LABEL_FIELD_PREFIX}{k}")));
+                    args.push(Bytes::copy_from_slice(v.as_bytes()));
+                }
+            }
+            out.push(Command::new("HSET", args));
+            out.push(Command::new(
+                "HINCRBY",
+                vec![
+                    meta_key.clone(),
+                    Bytes::from_static(OPEN_POINTS_FIELD.as_bytes()),
+                    Bytes::from(h.points.to_string()),
+                ],
+            ));
+            if !self.maintained.contains_key(host) {
+                let long_ttl = Bytes::from(
+                    (ttl_secs + self.config.maintenance_interval.as_secs()).to_string(),
+                );
+                out.push(Command::new(
+                    "EXPIRE",
+                    vec![Bytes::from(open_key(host)), long_ttl.clone()],
+                ));
+                out.push(Command::new("EXPIRE", vec![meta_key, long_ttl]));
+                self.maintained.insert(host.to_string(), ());
+            }
+        }
+    }
+
+    fn written(&self, batches: &[&MetricBatch], ok: bool, now: i64) {
+        if !ok {
+            for b in batches {
+                for p in &b.points {
+                    self.maintained.invalidate(&p.host_id);
+                }
+            }
+            return;
+        }
+        let mut open = self.open.lock().expect("open-chunk table lock");
+        for b in batches {
+            for p in &b.points {
+                let e = open.entry(p.host_id.clone()).or_insert(Open {
+                    points: 0,
+                    since: now,
+                    sealing: false,
+                });
+                e.points += 1;
+            }
+        }
+    }
+
+    fn due(&self, now: i64, max: usize) -> Vec<String> {
+        let max_open = self.config.max_open.as_secs() as i64;
+        let mut open = self.open.lock().expect("open-chunk table lock");
+        let mut out = Vec::new();
+        for (host, o) in open.iter_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if !o.sealing
+                && (o.points >= self.config.points_per_chunk
+                    || now.saturating_sub(o.since) >= max_open)
+            {
+                o.sealing = true;
+                out.push(host.clone());
+            }
+        }
+        out
+    }
+
+    fn maintain<'a>(
+        &'a self,
+        db: &'a dyn Exec,
+        host: &'a str,
+        ttl_secs: u64,
+        now: i64,
+    ) -> BoxFuture<'a, Result<(), LayoutError>> {
+        Box::pin(async move {
+            let result = self.seal(db, host, ttl_secs, now).await;
+            let mut open = self.open.lock().expect("open-chunk table lock");
+            if let Some(o) = open.get_mut(host) {
+                o.sealing = false;
+                if let Ok(sealed) = &result {
+                    o.points = o.points.saturating_sub(*sealed);
+                    if *sealed == 0 || o.points == 0 {
+                        // Nothing left (or someone else sealed): forget
+                        // the host until it appends again.
+                        open.remove(host);
+                    } else {
+                        o.since = now;
+                    }
+                }
+            }
+            result.map(|_| ())
+        })
+    }
+
+    fn frames<'a>(
+        &'a self,
+        db: &'a dyn Exec,
+        reqs: &'a [RangeReq],
+        metrics: &'a [String],
+        limit: Option<usize>,
+    ) -> BoxFuture<'a, Result<Vec<Frame>, LayoutError>> {
+        Box::pin(async move {
+            let replies = db
+                .pipeline(reqs.iter().map(Self::read_command).collect())
+                .await?;
+            let mut frames = Vec::with_capacity(reqs.len());
+            for (req, reply) in reqs.iter().zip(replies) {
+                let mut parts = reply.ok("EVAL")?.into_array().into_iter();
+                let open = parts.next();
+                let mut b = FrameBuilder::new(req.start, req.end, metrics);
+                for blob in parts {
+                    if let Some(blob) = blob.bytes() {
+                        chunk::read_chunk(blob, &mut b)
+                            .map_err(|e| corrupt("sealed chunk", &req.host, e))?;
+                    }
+                }
+                if let Some(open) = open.as_ref().and_then(Reply::bytes) {
+                    chunk::read_records(open, &mut b)
+                        .map_err(|e| corrupt("open chunk", &req.host, e))?;
+                }
+                frames.push(b.finish(limit));
+            }
+            Ok(frames)
+        })
+    }
+
+    fn counts<'a>(
+        &'a self,
+        db: &'a dyn Exec,
+        reqs: &'a [RangeReq],
+    ) -> BoxFuture<'a, Result<Vec<u64>, LayoutError>> {
+        Box::pin(async move {
+            let mut commands = Vec::with_capacity(reqs.len() * 2);
+            for r in reqs {
+                commands.push(Command::of(
+                    "ZRANGEBYSCORE",
+                    &[
+                        index_key(&r.host).as_bytes(),
+                        r.start.saturating_sub(CHUNK_WINDOW - 1).to_string().as_bytes(),
+                        r.end.to_string().as_bytes(),
+                    ],
+                ));
+                commands.push(Command::of(
+                    "HGET",
+                    &[
+                        meta::host_key(&r.host).as_bytes(),
+                        OPEN_POINTS_FIELD.as_bytes(),
+                    ],
+                ));
+            }
+            let mut replies = db.pipeline(commands).await?.into_iter();
+            let mut out = Vec::with_capacity(reqs.len());
+            for r in reqs {
+                let (Some(members), Some(open)) = (replies.next(), replies.next()) else {
+                    break;
+                };
+                let sealed: u64 = members
+                    .ok("ZRANGEBYSCORE")?
+                    .into_array()
+                    .iter()
+                    .filter_map(|m| m.bytes().and_then(ChunkRef::parse))
+                    .filter(|c| c.end >= r.start)
+                    .map(|c| c.count)
+                    .sum();
+                let open = open.ok("HGET")?.int().unwrap_or(0).max(0) as u64;
+                out.push(sealed + open);
+            }
+            Ok(out)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker_proto::v1::Point;
+
+    #[test]
+    fn members_round_trip() {
+        let c = ChunkRef {
+            start: -5,
+            end: 100,
+            count: 3,
+            id: "00ff".into(),
+        };
+        assert_eq!(ChunkRef::parse(c.member().as_bytes()), Some(c));
+        assert_eq!(ChunkRef::parse(b"1:2:x:id"), None);
+        assert_eq!(chunk_key("h", 5, "ab"), "monitor:chunk:{h}:5:ab");
+    }
+
+    #[test]
+    fn writes_append_one_record_per_point_and_count_what_is_due() {
+        let layout = ChunkedLayout::new(ChunkedConfig {
+            points_per_chunk: 2,
+            max_open: Duration::from_secs(60),
+            maintenance_interval: Duration::from_secs(30),
+        });
+        let batch = MetricBatch {
+            seq: 0,
+            metric_names: vec!["cpu".into(), "mem".into()],
+            points: vec![
+                Point {
+                    host_id: "h1".into(),
+                    timestamp: 100,
+                    values: vec![0.5, 2.0],
+                    name_index: vec![],
+                    labels: [("role".to_string(), "web".to_string())].into(),
+                },
+                Point {
+                    host_id: "h2".into(),
+                    timestamp: 100,
+                    values: vec![7.0],
+                    name_index: vec![1],
+                    labels: Default::default(),
+                },
+            ],
+        };
+        let mut out = Vec::new();
+        layout.write_commands(&[&batch], 60, 1000, &mut out);
+        let names: Vec<&str> = out.iter().map(|c| c.name).collect();
+        assert_eq!(
+            names,
+            ["APPEND", "APPEND", "HSET", "HINCRBY", "EXPIRE", "EXPIRE", "HSET", "HINCRBY", "EXPIRE", "EXPIRE"]
+        );
+        assert_eq!(&out[0].args[0][..], b"monitor:open:{h1}");
+        let mut points = Points::new();
+        chunk::merge_records(&out[1].args[1], &mut points).unwrap();
+        assert_eq!(points[&100]["mem"], 7.0);
+        assert_eq!(points[&100].len(), 1);
+        layout.written(&[&batch], true, 1000);
+        assert!(layout.due(1000, 10).is_empty());
+        layout.written(&[&batch], true, 1001);
+        let mut due = layout.due(1001, 10);
+        due.sort();
+        assert_eq!(due, ["h1", "h2"]);
+        assert!(layout.due(1001, 10).is_empty(), "handed out once");
+    }
+}

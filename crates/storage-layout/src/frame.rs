@@ -1,0 +1,199 @@
+//! [`Frame`]: one host's snapshots, columnar, as every read returns them,
+//! and [`FrameBuilder`], which merges pieces (chunks, open records, two
+//! layouts) into one frame with the seed layout's semantics: snapshots are
+//! keyed by timestamp, a later piece's value of a metric wins, and metrics
+//! a later piece lacks keep the earlier value (as HSET does).
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Snapshots of one host, columnar: `metrics[name][i]` belongs to
+/// `timestamps[i]`; NaN where that snapshot lacks the metric.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Frame {
+    pub timestamps: Vec<i64>,
+    pub metrics: BTreeMap<String, Vec<f64>>,
+}
+
+impl Frame {
+    /// Rough heap size, for caches' weighers.
+    pub fn approx_bytes(&self) -> usize {
+        64 + self.timestamps.len() * 8
+            + self
+                .metrics
+                .iter()
+                .map(|(k, v)| 48 + k.len() + v.len() * 8)
+                .sum::<usize>()
+    }
+
+    /// The value of `metric` at `ts` (NaN when absent).
+    pub fn value_at(&self, metric: &str, ts: i64) -> f64 {
+        match (
+            self.timestamps.binary_search(&ts),
+            self.metrics.get(metric),
+        ) {
+            (Ok(i), Some(col)) => col[i],
+            _ => f64::NAN,
+        }
+    }
+
+    /// Names of the metrics the snapshot at `ts` has, sorted.
+    pub fn names_at(&self, ts: i64) -> Vec<String> {
+        let Ok(i) = self.timestamps.binary_search(&ts) else {
+            return Vec::new();
+        };
+        self.metrics
+            .iter()
+            .filter(|(_, col)| !col[i].is_nan())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+/// Collects snapshot values in any order and builds a [`Frame`].
+#[derive(Debug)]
+pub struct FrameBuilder {
+    start: i64,
+    end: i64,
+    /// Requested metrics (empty: all).
+    wanted: Option<HashMap<String, ()>>,
+    rows: HashMap<i64, usize>,
+    timestamps: Vec<i64>,
+    columns: HashMap<String, Vec<f64>>,
+}
+
+impl FrameBuilder {
+    /// Keeps snapshots with `start <= ts <= end`; with `metrics` named,
+    /// only those.
+    pub fn new(start: i64, end: i64, metrics: &[String]) -> Self {
+        let mut columns = HashMap::new();
+        let wanted = (!metrics.is_empty()).then(|| {
+            for m in metrics {
+                columns.insert(m.clone(), Vec::new());
+            }
+            metrics.iter().map(|m| (m.clone(), ())).collect()
+        });
+        Self {
+            start,
+            end,
+            wanted,
+            rows: HashMap::new(),
+            timestamps: Vec::new(),
+            columns,
+        }
+    }
+
+    pub fn in_range(&self, ts: i64) -> bool {
+        ts >= self.start && ts <= self.end
+    }
+
+    /// Whether metric `name` is read at all.
+    pub fn wants(&self, name: &str) -> bool {
+        self.wanted.as_ref().is_none_or(|w| w.contains_key(name))
+    }
+
+    fn row(&mut self, ts: i64) -> usize {
+        let n = self.timestamps.len();
+        *self.rows.entry(ts).or_insert_with(|| {
+            self.timestamps.push(ts);
+            n
+        })
+    }
+
+    /// Records that a snapshot exists at `ts` (kept when no metrics were
+    /// named, even if it has no value).
+    pub fn touch(&mut self, ts: i64) {
+        if self.in_range(ts) && self.wanted.is_none() {
+            self.row(ts);
+        }
+    }
+
+    /// Sets `name` at `ts` (a later call wins). NaN means absent.
+    pub fn set(&mut self, ts: i64, name: &str, value: f64) {
+        if !self.in_range(ts) || value.is_nan() || !self.wants(name) {
+            return;
+        }
+        let row = self.row(ts);
+        let col = match self.columns.get_mut(name) {
+            Some(c) => c,
+            None => self.columns.entry(name.to_string()).or_default(),
+        };
+        if col.len() <= row {
+            col.resize(row + 1, f64::NAN);
+        }
+        col[row] = value;
+    }
+
+    /// A whole column of one piece: `values[i]` at `timestamps[i]`.
+    pub fn set_column(&mut self, timestamps: &[i64], name: &str, values: &[f64]) {
+        if !self.wants(name) {
+            return;
+        }
+        for (&ts, &v) in timestamps.iter().zip(values) {
+            self.set(ts, name, v);
+        }
+    }
+
+    /// The frame, oldest first, at most `limit` snapshots.
+    pub fn finish(self, limit: Option<usize>) -> Frame {
+        let n = self.timestamps.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_unstable_by_key(|&i| self.timestamps[i]);
+        if let Some(limit) = limit {
+            order.truncate(limit);
+        }
+        let timestamps = order.iter().map(|&i| self.timestamps[i]).collect();
+        let metrics = self
+            .columns
+            .into_iter()
+            .map(|(name, col)| {
+                let v = order
+                    .iter()
+                    .map(|&i| col.get(i).copied().unwrap_or(f64::NAN))
+                    .collect();
+                (name, v)
+            })
+            .collect();
+        Frame {
+            timestamps,
+            metrics,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_values_win_and_missing_metrics_merge() {
+        let mut b = FrameBuilder::new(0, 100, &[]);
+        b.set(20, "a", 1.0);
+        b.set(10, "a", 2.0);
+        b.set(20, "b", 3.0);
+        b.set(20, "a", 4.0);
+        b.set(200, "a", 9.0);
+        b.touch(30);
+        let f = b.finish(None);
+        assert_eq!(f.timestamps, vec![10, 20, 30]);
+        assert_eq!(f.metrics["a"][..2], [2.0, 4.0]);
+        assert!(f.metrics["a"][2].is_nan());
+        assert!(f.metrics["b"][0].is_nan());
+        assert_eq!(f.metrics["b"][1], 3.0);
+        assert_eq!(f.value_at("a", 20), 4.0);
+        assert_eq!(f.names_at(20), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn named_metrics_are_columns_and_pick_snapshots() {
+        let mut b = FrameBuilder::new(0, 100, &["a".to_string(), "z".to_string()]);
+        b.touch(5);
+        b.set(10, "b", 1.0);
+        b.set(20, "a", 2.0);
+        b.set(30, "a", 3.0);
+        let f = b.finish(Some(1));
+        assert_eq!(f.timestamps, vec![20]);
+        assert_eq!(f.metrics.len(), 2);
+        assert_eq!(f.metrics["a"], vec![2.0]);
+        assert!(f.metrics["z"][0].is_nan());
+    }
+}
