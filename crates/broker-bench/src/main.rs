@@ -36,7 +36,6 @@ use redis_process::RedisServer;
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use storage_writer::layout::{KeyLayout, SeedLayout};
 
 #[derive(Parser)]
 #[command(
@@ -103,6 +102,9 @@ pub(crate) struct IngestArgs {
     /// `--broker-set writer.pool_size=2` (repeatable).
     #[arg(long = "broker-set", value_name = "KEY=VALUE")]
     broker_set: Vec<String>,
+    /// Key layout of the broker processes and the ceiling: seed or chunked.
+    #[arg(long, default_value = "seed")]
+    layout: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -194,6 +196,7 @@ pub(crate) fn spawn_serve(
         "--set",
         &format!("writer.spool_dir={}", spool.path().display()),
     ]);
+    cmd.args(["--set", &format!("writer.layout={}", args.layout)]);
     cmd.args(extra);
     for kv in &args.broker_set {
         cmd.args(["--set", kv]);
@@ -395,7 +398,13 @@ fn ceiling(redis: &RedisServer, args: &IngestArgs) -> anyhow::Result<Phase> {
     let mut points = 0u64;
     let mut group = Vec::new();
     let mut group_points = 0;
-    let layout = SeedLayout::default();
+    let layout = storage_layout::by_name(&args.layout).with_context(|| {
+        format!(
+            "--layout {:?}: one of {}",
+            args.layout,
+            storage_layout::LAYOUTS.join(", ")
+        )
+    })?;
     let mut flush = |group: &mut Vec<broker_proto::v1::MetricBatch>,
                      buf: &mut BytesMut|
      -> anyhow::Result<()> {

@@ -57,6 +57,12 @@ pub const DEFAULT_MAX_CONCURRENT_PIPELINES: usize = 4;
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_SPOOL_DIR: &str = "data/spool";
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
+/// Key layouts `writer.layout` and `writer.migrate_from` can name.
+pub const LAYOUTS: &[&str] = &["seed", "chunked"];
+pub const DEFAULT_CHUNK_POINTS: usize = 240;
+/// Points per chunk at most: a seal merges at most eight chunks' worth.
+pub const MAX_CHUNK_POINTS: usize = 100_000;
+pub const DEFAULT_CHUNK_MAX_OPEN: Duration = Duration::from_secs(30 * 60);
 
 /// Seed: members beat every second and are offline after 3 missed beats.
 pub const DEFAULT_MEMBER_HEARTBEAT: Duration = Duration::from_secs(1);
@@ -293,8 +299,19 @@ pub struct WriterConfig {
     pub redis_url: String,
     /// Redis connections, used round robin.
     pub pool_size: usize,
-    /// Key layout; `seed` is the layout of the original design.
+    /// Key layout: `seed` (the original design's, a HASH per point) or
+    /// `chunked` (compressed chunks per host, a few bytes per sample).
     pub layout: String,
+    /// During a migration, the layout written before `layout`: readers
+    /// read both and merge them until its data has aged out (one `ttl`
+    /// after the switch); then remove it. Empty: no migration.
+    pub migrate_from: String,
+    /// Chunked layout: points per sealed chunk.
+    pub chunk_points: usize,
+    /// Chunked layout: a host's open chunk is sealed once its oldest point
+    /// was written this long ago, even with fewer than `chunk_points`.
+    #[serde(with = "humantime_serde")]
+    pub chunk_max_open: Duration,
     /// A pipeline is sent when it holds this many points...
     pub batch_max_points: usize,
     /// ...or when its first point has waited this long.
@@ -322,6 +339,9 @@ impl Default for WriterConfig {
             redis_url: String::new(),
             pool_size: DEFAULT_REDIS_POOL_SIZE,
             layout: "seed".into(),
+            migrate_from: String::new(),
+            chunk_points: DEFAULT_CHUNK_POINTS,
+            chunk_max_open: DEFAULT_CHUNK_MAX_OPEN,
             batch_max_points: DEFAULT_BATCH_MAX_POINTS,
             batch_max_delay: DEFAULT_BATCH_MAX_DELAY,
             max_queued_points: DEFAULT_MAX_QUEUED_POINTS,
@@ -750,11 +770,35 @@ impl BrokerConfig {
             }
         }
         positive(&mut bad, "writer.pool_size", w.pool_size);
-        if w.layout != "seed" {
+        if !LAYOUTS.contains(&w.layout.as_str()) {
             bad(
                 "writer.layout",
-                format!("unknown layout {:?}, valid layouts are: seed", w.layout),
+                format!(
+                    "unknown layout {:?}, valid layouts are: {}",
+                    w.layout,
+                    LAYOUTS.join(", ")
+                ),
             );
+        }
+        if !w.migrate_from.is_empty() && !LAYOUTS.contains(&w.migrate_from.as_str()) {
+            bad(
+                "writer.migrate_from",
+                format!(
+                    "unknown layout {:?}, valid layouts are: {} (or empty)",
+                    w.migrate_from,
+                    LAYOUTS.join(", ")
+                ),
+            );
+        }
+        positive(&mut bad, "writer.chunk_points", w.chunk_points);
+        if w.chunk_points > MAX_CHUNK_POINTS {
+            bad(
+                "writer.chunk_points",
+                format!("{} is more than {MAX_CHUNK_POINTS}", w.chunk_points),
+            );
+        }
+        if w.chunk_max_open.is_zero() {
+            bad("writer.chunk_max_open", "must be more than 0".to_string());
         }
         positive(&mut bad, "writer.batch_max_points", w.batch_max_points);
         positive(

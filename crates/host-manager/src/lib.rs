@@ -143,7 +143,7 @@ impl HostManager {
             !url.is_empty(),
             "host_manager.redis_url and writer.redis_url are empty: set one (or use `broker up`, which launches a local redis-server)"
         );
-        let layout = storage_writer::layout::by_name(&config.writer.layout).ok_or_else(|| {
+        let layout = storage_layout::for_reader(&config.writer).ok_or_else(|| {
             anyhow::anyhow!("writer.layout: unknown layout {:?}", config.writer.layout)
         })?;
         let store = query_api::store::Store::connect(

@@ -393,24 +393,23 @@ impl Engine {
         } else {
             self.cfg.max_points + 1
         };
-        let mut ts = self
+        let mut frame = self
             .store
-            .timestamps(&q.host, q.start, q.end, Some(fetch))
+            .range(&q.host, q.start, q.end, &metrics, Some(fetch))
             .await?;
         let (mut truncated, mut next_start) = (false, None);
         if q.limit > 0 {
-            if ts.len() > q.limit {
+            if frame.timestamps.len() > q.limit {
                 truncated = true;
-                next_start = Some(ts[q.limit]);
-                ts.truncate(q.limit);
+                next_start = Some(frame.timestamps[q.limit]);
+                frame.truncate(q.limit);
             }
-        } else if ts.len() > self.cfg.max_points {
+        } else if frame.timestamps.len() > self.cfg.max_points {
             return Err(QueryError::TooManyPoints(format!(
                 "host {:?} has more than query.max_points ({}) snapshots from {} to {}; narrow the range, name fewer metrics or pass a limit",
                 q.host, self.cfg.max_points, q.start, q.end
             )));
         }
-        let frame = self.store.frame(&q.host, &ts, &metrics).await?;
         self.metrics
             .points_read
             .inc_by(frame.timestamps.len() as u64);
@@ -502,9 +501,14 @@ impl Engine {
             return Ok(r);
         }
         self.metrics.cache("aggregate", false);
-        let ts = self.store.timestamps_of(&hosts, q.start, q.end).await?;
-        self.check_scanned(ts.iter().map(Vec::len).sum())?;
-        let columns = self.store.values_of(&hosts, &ts, &q.metric).await?;
+        let counts = self.store.counts(&hosts, q.start, q.end).await?;
+        self.check_scanned(counts.iter().sum::<u64>() as usize)?;
+        let (ts, columns): (Vec<Vec<i64>>, Vec<Vec<f64>>) = self
+            .store
+            .series(&hosts, q.start, q.end, &q.metric)
+            .await?
+            .into_iter()
+            .unzip();
         self.metrics
             .points_read
             .inc_by(ts.iter().map(|t| t.len() as u64).sum());

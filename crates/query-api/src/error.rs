@@ -111,6 +111,12 @@ impl From<QueryError> for Status {
     }
 }
 
+impl From<storage_layout::LayoutError> for QueryError {
+    fn from(e: storage_layout::LayoutError) -> Self {
+        QueryError::Redis(e.to_string())
+    }
+}
+
 impl From<fred::error::Error> for QueryError {
     fn from(e: fred::error::Error) -> Self {
         QueryError::Redis(e.to_string())

@@ -3,7 +3,7 @@
 //! HTTP/JSON with the same semantics; a Prometheus-compatible read API; and
 //! the dashboard, a static page compiled into the binary.
 //!
-//! Redis is read through the writer's [`storage_writer::layout::KeyLayout`]
+//! Redis is read through the layout crate's [`storage_layout::KeyLayout`]
 //! (the same trait that writes the keys), never by spelling key formats
 //! here. Range and aggregation results go through a moka cache with TTL; a
 //! range that ends within `query.fresh_window` of now is cached for
@@ -64,7 +64,7 @@ impl QueryComponent {
             !url.is_empty(),
             "query.redis_url and writer.redis_url are empty: set one (or use `broker up`, which launches a local redis-server)"
         );
-        let layout = storage_writer::layout::by_name(&config.writer.layout).ok_or_else(|| {
+        let layout = storage_layout::for_reader(&config.writer).ok_or_else(|| {
             anyhow::anyhow!("writer.layout: unknown layout {:?}", config.writer.layout)
         })?;
         let q = &config.query;

@@ -110,10 +110,7 @@ fn parse_body(body: &[u8]) -> Result<Option<(i64, Vec<(&str, f64)>)>, DecodeErro
         values.push((name, v));
     }
     if at != body.len() {
-        return err(format!(
-            "record body of {} bytes holds {at}",
-            body.len()
-        ));
+        return err(format!("record body of {} bytes holds {at}", body.len()));
     }
     Ok(Some((ts, values)))
 }
@@ -136,7 +133,9 @@ pub fn for_each_record(
             return err(format!("open chunk ends inside a record at {at}"));
         };
         if trailer != len {
-            return err(format!("record at {at}: lengths {len} and {trailer} differ"));
+            return err(format!(
+                "record at {at}: lengths {len} and {trailer} differ"
+            ));
         }
         if let Some((ts, values)) = parse_body(body)? {
             f(ts, &values, end);
@@ -164,7 +163,10 @@ pub fn tail_records(tail: &[u8]) -> Vec<(i64, Snapshot)> {
         match parse_body(&tail[start + 4..end - 4]) {
             Ok(Some((ts, values))) => out.push((
                 ts,
-                values.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                values
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
             )),
             Ok(None) => {}
             Err(_) => break,
@@ -202,7 +204,9 @@ pub fn merge_records(chunk: &[u8], points: &mut Points) -> Result<usize, DecodeE
 }
 
 /// One sealed chunk of `points` (at least one).
-pub fn encode_chunk<'a>(points: impl IntoIterator<Item = (&'a i64, &'a Snapshot)> + Clone) -> Vec<u8> {
+pub fn encode_chunk<'a>(
+    points: impl IntoIterator<Item = (&'a i64, &'a Snapshot)> + Clone,
+) -> Vec<u8> {
     let mut names: Vec<&str> = Vec::new();
     {
         let mut set = std::collections::BTreeSet::new();

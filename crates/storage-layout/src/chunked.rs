@@ -658,7 +658,10 @@ impl KeyLayout for ChunkedLayout {
                     "ZRANGEBYSCORE",
                     &[
                         index_key(&r.host).as_bytes(),
-                        r.start.saturating_sub(CHUNK_WINDOW - 1).to_string().as_bytes(),
+                        r.start
+                            .saturating_sub(CHUNK_WINDOW - 1)
+                            .to_string()
+                            .as_bytes(),
                         r.end.to_string().as_bytes(),
                     ],
                 ));
@@ -742,7 +745,10 @@ mod tests {
         let names: Vec<&str> = out.iter().map(|c| c.name).collect();
         assert_eq!(
             names,
-            ["APPEND", "APPEND", "HSET", "HINCRBY", "EXPIRE", "EXPIRE", "HSET", "HINCRBY", "EXPIRE", "EXPIRE"]
+            [
+                "APPEND", "APPEND", "HSET", "HINCRBY", "EXPIRE", "EXPIRE", "HSET", "HINCRBY",
+                "EXPIRE", "EXPIRE"
+            ]
         );
         assert_eq!(&out[0].args[0][..], b"monitor:open:{h1}");
         let mut points = Points::new();

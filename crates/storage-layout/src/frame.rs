@@ -25,12 +25,17 @@ impl Frame {
                 .sum::<usize>()
     }
 
+    /// Keeps the first `n` snapshots.
+    pub fn truncate(&mut self, n: usize) {
+        self.timestamps.truncate(n);
+        for col in self.metrics.values_mut() {
+            col.truncate(n);
+        }
+    }
+
     /// The value of `metric` at `ts` (NaN when absent).
     pub fn value_at(&self, metric: &str, ts: i64) -> f64 {
-        match (
-            self.timestamps.binary_search(&ts),
-            self.metrics.get(metric),
-        ) {
+        match (self.timestamps.binary_search(&ts), self.metrics.get(metric)) {
             (Ok(i), Some(col)) => col[i],
             _ => f64::NAN,
         }

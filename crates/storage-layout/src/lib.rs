@@ -127,8 +127,29 @@ pub trait KeyLayout: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<u64>, LayoutError>>;
 }
 
-/// The layouts `writer.layout` can name.
-pub const LAYOUTS: &[&str] = &["seed", "chunked"];
+pub use broker_common::config::LAYOUTS;
+
+impl ChunkedConfig {
+    pub fn from_config(w: &broker_common::config::WriterConfig) -> Self {
+        Self {
+            points_per_chunk: w.chunk_points,
+            max_open: w.chunk_max_open,
+            maintenance_interval: seed::DEFAULT_MAINTENANCE_INTERVAL,
+        }
+    }
+}
+
+/// The layout a writer writes with `writer.*` (validated config).
+pub fn for_writer(w: &broker_common::config::WriterConfig) -> Option<Arc<dyn KeyLayout>> {
+    by_name_with(&w.layout, ChunkedConfig::from_config(w))
+}
+
+/// The layout readers read with `writer.*`: `writer.layout`, and
+/// `writer.migrate_from` too during a migration.
+pub fn for_reader(w: &broker_common::config::WriterConfig) -> Option<Arc<dyn KeyLayout>> {
+    let previous = (!w.migrate_from.is_empty()).then_some(w.migrate_from.as_str());
+    reader(&w.layout, previous, ChunkedConfig::from_config(w))
+}
 
 /// The layout named `name` (one of [`LAYOUTS`]), with default settings
 /// for the chunked one.

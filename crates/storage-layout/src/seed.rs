@@ -63,7 +63,6 @@ impl std::fmt::Debug for SeedLayout {
     }
 }
 
-
 /// Builds arguments into one buffer so a command's arguments share one
 /// allocation.
 struct Args {

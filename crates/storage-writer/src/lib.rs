@@ -1,12 +1,12 @@
 //! storage-writer: stores routed batches in Redis.
 //!
 //! # Layout
-//! - [`layout`]: the key layout trait and the seed layout (key formats live
-//!   only here).
 //! - [`writer`]: the batcher that turns write jobs into Redis pipelines and
 //!   acks each job once durable (Redis confirmed it, or it is in the
 //!   spool, or what Redis refused for good is in the dead-letter queue);
-//!   error classification; the spool replayer; Redis connection setup.
+//!   error classification; the spool replayer; the layout maintainer
+//!   (sealing open chunks); Redis connection setup. Key formats live in
+//!   the `storage-layout` crate.
 //! - [`spool`]: the write-ahead spool (redb) used while Redis is down, and
 //!   the dead-letter queue's table in the same database.
 //! - [`dlq`]: the dead-letter queue as operators use it: list, show,
@@ -23,7 +23,6 @@
 pub mod api;
 pub mod dlq;
 pub mod error;
-pub mod layout;
 pub mod metrics;
 pub mod service;
 pub mod spool;
@@ -56,7 +55,7 @@ impl WriterComponent {
             !w.redis_url.is_empty(),
             "writer.redis_url is empty: set it (or use `broker up`, which launches a local redis-server)"
         );
-        let layout = layout::by_name(&w.layout)
+        let layout = storage_layout::for_writer(w)
             .ok_or_else(|| anyhow::anyhow!("writer.layout: unknown layout {:?}", w.layout))?;
         let pool = writer::redis_pool(&w.redis_url, w.pool_size)?;
         let metrics = metrics::WriterMetrics::new(registry);

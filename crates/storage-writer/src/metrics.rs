@@ -25,6 +25,9 @@ pub struct WriterMetrics {
     pub dlq_points: Counter,
     pub dlq_replayed_points: Counter,
     pub dlq_discarded_points: Counter,
+    pub maintained: Counter,
+    pub maintain_errors: Counter,
+    pub maintain_seconds: Histogram,
 }
 
 impl WriterMetrics {
@@ -50,8 +53,26 @@ impl WriterMetrics {
             dlq_points: Counter::default(),
             dlq_replayed_points: Counter::default(),
             dlq_discarded_points: Counter::default(),
+            maintained: Counter::default(),
+            maintain_errors: Counter::default(),
+            maintain_seconds: Histogram::new(broker_common::admin::latency_buckets()),
         };
         let r = registry.sub_registry_with_prefix("broker_writer");
+        r.register(
+            "layout_maintenance",
+            "Hosts whose layout maintenance (sealing an open chunk) finished",
+            m.maintained.clone(),
+        );
+        r.register(
+            "layout_maintenance_errors",
+            "Layout maintenance runs that failed (retried later)",
+            m.maintain_errors.clone(),
+        );
+        r.register(
+            "layout_maintenance_duration_seconds",
+            "Duration of one host's layout maintenance",
+            m.maintain_seconds.clone(),
+        );
         r.register("points", "Points written to Redis", m.points.clone());
         r.register(
             "failed_points",

@@ -14,7 +14,6 @@
 //! and every other point of the pipeline is stored.
 
 use crate::error::WriterError;
-use crate::layout::{Command, KeyLayout};
 use crate::metrics::WriterMetrics;
 use crate::spool::{Spool, SpoolError};
 use broker_common::config::WriterConfig;
@@ -25,6 +24,7 @@ use fred::types::{ClusterHash, CustomCommand, Value};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use storage_layout::{Command, KeyLayout};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,8 @@ pub struct Writer {
     stop: CancellationToken,
     batcher: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     replayer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Seals open chunks (the chunked layout); idle for the seed layout.
+    maintainer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
     store: Arc<Store>,
 }
 
@@ -129,6 +131,7 @@ impl Writer {
             .spool
             .is_some()
             .then(|| tokio::spawn(store.clone().replay(stop.clone())));
+        let maintainer = tokio::spawn(store.clone().maintain(stop.clone()));
         let batcher = Batcher {
             rx,
             store: store.clone(),
@@ -148,6 +151,7 @@ impl Writer {
             stop,
             batcher: tokio::sync::Mutex::new(Some(handle)),
             replayer: tokio::sync::Mutex::new(replayer),
+            maintainer: tokio::sync::Mutex::new(Some(maintainer)),
             store,
         })
     }
@@ -216,6 +220,13 @@ impl Writer {
             && let Err(e) = h.await
         {
             tracing::error!(error = %e, "writer spool replayer task failed");
+        }
+        // Open chunks are durable in Redis: a seal cut short is redone by
+        // whichever writer appends to that host next.
+        if let Some(h) = self.maintainer.lock().await.take()
+            && let Err(e) = h.await
+        {
+            tracing::error!(error = %e, "writer layout maintenance task failed");
         }
     }
 }
@@ -311,7 +322,7 @@ async fn write_batches(
         Ok(r) => r,
         Err(_) => Err(WriterError::Timeout(timeout)),
     };
-    layout.written(batches, result.is_ok());
+    layout.written(batches, result.is_ok(), now_secs());
     metrics.pipelines.inc();
     metrics
         .pipeline_seconds
@@ -456,7 +467,7 @@ impl Store {
         if let Some(e) = transient {
             self.metrics.pipeline_errors.inc();
             for g in &groups {
-                self.layout.written(&[&g.sub], false);
+                self.layout.written(&[&g.sub], false, now_secs());
             }
             return Err(e);
         }
@@ -473,7 +484,8 @@ impl Store {
                     Ok(()) => None,
                 })
                 .collect();
-            self.layout.written(&[&g.sub], errors.is_empty());
+            self.layout
+                .written(&[&g.sub], errors.is_empty(), now_secs());
             if errors.is_empty() {
                 stored += g.sub.points.len() as u64;
                 continue;
@@ -719,6 +731,72 @@ impl Store {
     }
 }
 
+/// How often the maintainer asks the layout for due work.
+const MAINTAIN_TICK: Duration = Duration::from_millis(250);
+/// Hosts maintained at once (each seal is a few round trips).
+const MAINTAIN_CONCURRENCY: usize = 4;
+/// Hosts taken per tick at most.
+const MAINTAIN_PER_TICK: usize = 256;
+
+impl Store {
+    /// Runs the layout's maintenance (sealing open chunks) until `stop`;
+    /// a host whose maintenance failed is due again on a later tick.
+    async fn maintain(self: Arc<Self>, stop: CancellationToken) {
+        use futures::StreamExt;
+        let mut tick = tokio::time::interval(MAINTAIN_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            if !self.redis_up.load(Ordering::Acquire) {
+                continue;
+            }
+            let now = now_secs();
+            let due = self.layout.due(now, MAINTAIN_PER_TICK);
+            if due.is_empty() {
+                continue;
+            }
+            let client = self.pool.next().clone();
+            // The futures are collected first: a stream built from a
+            // closure trips rustc's Send inference for the spawned task.
+            let futs: Vec<_> = due
+                .iter()
+                .map(|host| {
+                    let (store, client) = (self.clone(), client.clone());
+                    async move {
+                        let started = Instant::now();
+                        let r = store
+                            .layout
+                            .maintain(&client, host, store.ttl_secs, now)
+                            .await;
+                        store
+                            .metrics
+                            .maintain_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        (host, r)
+                    }
+                })
+                .collect();
+            let results: Vec<_> = futures::stream::iter(futs)
+                .buffer_unordered(MAINTAIN_CONCURRENCY)
+                .collect()
+                .await;
+            for (host, r) in results {
+                match r {
+                    Ok(()) => self.metrics.maintained.inc(),
+                    Err(e) => {
+                        self.metrics.maintain_errors.inc();
+                        tracing::warn!(host = %host, error = %e, "sealing an open chunk failed; retrying later");
+                        0
+                    }
+                };
+            }
+        }
+    }
+}
+
 fn entry_points(e: &DeadLetter) -> usize {
     e.batch.as_ref().map_or(0, |b| b.points.len())
 }
@@ -803,12 +881,14 @@ pub async fn execute_each(
     let n = commands.len();
     let pipe = client.pipeline();
     for c in commands {
+        let hash = if c.key_arg == 0 {
+            ClusterHash::FirstKey
+        } else {
+            ClusterHash::Offset(c.key_arg)
+        };
         let args: Vec<Value> = c.args.into_iter().map(Value::Bytes).collect();
         let _: Value = pipe
-            .custom(
-                CustomCommand::new_static(c.name, ClusterHash::FirstKey, false),
-                args,
-            )
+            .custom(CustomCommand::new_static(c.name, hash, false), args)
             .await
             .map_err(|e| WriterError::Redis(e.to_string()))?;
     }
