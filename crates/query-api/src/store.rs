@@ -307,7 +307,7 @@ impl Store {
         };
         let mut hosts: Vec<String> = keys
             .iter()
-            .filter_map(|k| k.as_str().and_then(|k| meta::host_of_key(k)))
+            .filter_map(|k| k.as_str().and_then(meta::host_of_key))
             .collect();
         hosts.sort_unstable();
         hosts.dedup();

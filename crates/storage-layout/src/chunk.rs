@@ -83,8 +83,11 @@ fn f64_at(b: &[u8], at: usize) -> Option<f64> {
     Some(f64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-/// A decoded record body: `(ts, [(name, value)])`; `None` for a nonce.
-fn parse_body(body: &[u8]) -> Result<Option<(i64, Vec<(&str, f64)>)>, DecodeError> {
+/// A decoded record body: `(ts, [(name, value)])`.
+type Record<'a> = (i64, Vec<(&'a str, f64)>);
+
+/// Decodes a record body; `None` for a nonce.
+fn parse_body(body: &[u8]) -> Result<Option<Record<'_>>, DecodeError> {
     if body.len() == NONCE_LEN {
         return Ok(None);
     }
