@@ -196,6 +196,11 @@ impl Reader {
         Self { client }
     }
 
+    /// The client, e.g. as a `storage_layout::Exec` to read a layout.
+    pub fn client(&self) -> &fred::clients::Client {
+        &self.client
+    }
+
     pub async fn cmd(&self, args: &[&str]) -> Value {
         let (name, rest) = args.split_first().expect("a command");
         let name: &'static str = Box::leak(name.to_string().into_boxed_str());
@@ -287,4 +292,44 @@ pub async fn write_and_verify(endpoint: &str, redis_url: &str, hosts: usize) {
         assert_eq!(meta["last_seen"], (ts + 5).to_string());
         assert_eq!(meta["points_written"], "2");
     }
+}
+
+/// One HTTP/1.0 request; the status and the body as JSON (or a string).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    form: &str,
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = if form.is_empty() {
+        format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
+    } else {
+        format!(
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        )
+    };
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8(buf).expect("utf-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let json =
+        serde_json::from_str(body).unwrap_or_else(|_| serde_json::Value::String(body.to_string()));
+    (status, json)
+}
+
+/// Percent-encodes a query parameter value.
+pub fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -12,13 +12,12 @@ use broker_proto::v1::{
     MemberState, MetricBatch, Point, PointRequest, RangeRequest,
 };
 use broker_tests::{
-    Reader, RedisServer, Running, config_for, metric_names, now, send_batches, value,
+    Reader, RedisServer, Running, config_for, enc, http, metric_names, now, send_batches, value,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DATA_PATH: &[Service] = &[
     Service::IngestGateway,
@@ -129,39 +128,6 @@ impl Query {
     async fn get(&self, path: &str) -> (u16, Value) {
         http(self.http(), "GET", path, "").await
     }
-}
-
-/// One HTTP/1.0 request; the status and the body as JSON (or a string).
-async fn http(addr: SocketAddr, method: &str, path: &str, form: &str) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let req = if form.is_empty() {
-        format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
-    } else {
-        format!(
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
-            form.len()
-        )
-    };
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8(buf).expect("utf-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let json = serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string()));
-    (status, json)
-}
-
-/// Percent-encodes a query parameter value.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn close(a: f64, b: f64) -> bool {

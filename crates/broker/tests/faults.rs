@@ -4,14 +4,15 @@
 //! runs a scenario breaks something. Afterwards every point the load
 //! generator saw acked is looked up in Redis with its values; one missing
 //! point fails the test. A line per scenario reports sent, acked, found,
-//! missing and the time to recover.
+//! missing and the time to recover. One scenario runs the writers on the
+//! chunked layout and kills one while its hosts' chunks are open.
 //!
 //! `FAULT_REDIS_DOWN_SECS` sets how long Redis stays down in the
 //! Redis scenario (default 20).
 
 mod common;
 
-use common::{Service, durable_redis, port, steady_load, verify};
+use common::{Service, durable_redis, port, steady_load, verify_layout};
 use redis_process::RedisServer;
 use std::time::{Duration, Instant};
 const HOSTS: usize = 200;
@@ -26,14 +27,16 @@ struct Topology {
 }
 
 impl Topology {
-    async fn start() -> Self {
+    /// Three writers writing `layout` (with small chunks, so the chunked
+    /// layout seals while the load runs), a router and two gateways.
+    async fn start(layout: &str) -> Self {
         let redis = durable_redis();
         let dir = tempfile::tempdir().unwrap();
         let writer_ports: Vec<u16> = (0..3).map(|_| port()).collect();
         let mut writers = Vec::new();
         for (i, wp) in writer_ports.iter().enumerate() {
             let yaml = format!(
-                "node_id: writer-{i}\ngrpc_listen: 127.0.0.1:{wp}\nhttp_listen: 127.0.0.1:{}\nwriter:\n  redis_url: {}\n  redis_timeout: 2s\n  spool_dir: {}\n",
+                "node_id: writer-{i}\ngrpc_listen: 127.0.0.1:{wp}\nhttp_listen: 127.0.0.1:{}\nwriter:\n  redis_url: {}\n  redis_timeout: 2s\n  spool_dir: {}\n  layout: {layout}\n  chunk_points: 20\n  chunk_max_open: 5s\n",
                 port(),
                 redis.url(),
                 dir.path().join(format!("spool-{i}")).display()
@@ -120,7 +123,17 @@ where
     F: FnOnce(Topology) -> Fut,
     Fut: std::future::Future<Output = (Topology, Instant)>,
 {
-    let topo = Topology::start().await;
+    scenario_in("seed", name, load_for, fault).await
+}
+
+/// [`scenario`] with the writers writing `layout`; the acked points are
+/// read back through that layout.
+async fn scenario_in<F, Fut>(layout: &str, name: &str, load_for: Duration, fault: F)
+where
+    F: FnOnce(Topology) -> Fut,
+    Fut: std::future::Future<Output = (Topology, Instant)>,
+{
+    let topo = Topology::start(layout).await;
     let redis_url = topo.redis.url();
     let (load, timeline) = steady_load(topo.gateway_endpoints(), HOSTS, METRICS, load_for);
     let (mut topo, healed) = fault(topo).await;
@@ -131,7 +144,7 @@ where
     let load_end = Instant::now();
     let drain_deadline = load_end + Duration::from_secs(180);
     let outcome = loop {
-        let o = verify(&redis_url, &report, HOSTS, METRICS).await;
+        let o = verify_layout(layout, &redis_url, &report, HOSTS, METRICS).await;
         if o.missing == 0 || Instant::now() > drain_deadline {
             break o;
         }
@@ -165,6 +178,16 @@ where
         recovery.is_some(),
         "{name}: acks never resumed after the fault"
     );
+    if layout == "chunked" {
+        // The check above read sealed chunks, not only open ones.
+        let r = broker_tests::Reader::connect(&redis_url).await;
+        let indexes: Vec<String> = r
+            .cmd(&["KEYS", "monitor:chunks:*"])
+            .await
+            .convert()
+            .unwrap();
+        assert!(!indexes.is_empty(), "{name}: nothing was sealed");
+    }
     topo.stop_all().await;
 }
 
@@ -175,7 +198,7 @@ fn redis_down_secs() -> u64 {
         .unwrap_or(20)
 }
 
-/// The four scenarios share one machine's two cores, so they run one after
+/// The five scenarios share one machine's two cores, so they run one after
 /// the other inside one test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_points_survive_faults() {
@@ -187,6 +210,24 @@ async fn acked_points_survive_faults() {
             t.writers[1].kill9();
             tokio::time::sleep(Duration::from_secs(4)).await;
             t.writers[1].start().await;
+            let healed = Instant::now();
+            (t, healed)
+        },
+    )
+    .await;
+
+    // The chunked layout: the writer is killed with open chunks in Redis
+    // (appended, acked, not sealed) and seals racing the other writers;
+    // whatever it acked is read back from chunks and open chunks.
+    scenario_in(
+        "chunked",
+        "kill -9 writer mid-chunk",
+        Duration::from_secs(12),
+        |mut t| async move {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            t.writers[0].kill9();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            t.writers[0].start().await;
             let healed = Instant::now();
             (t, healed)
         },

@@ -170,48 +170,89 @@ pub struct Outcome {
     pub missing: u64,
 }
 
-/// Every acked point must be in Redis with every value the agent sent.
-/// Read by 16 tasks at once (fred pipelines them on its connection), so a
-/// Redis behind Docker's port proxy answers in seconds, not minutes.
+/// Every acked point must be in Redis with every value the agent sent
+/// (seed layout).
 pub async fn verify(
     redis_url: &str,
     report: &broker_agent::LoadReport,
     hosts: usize,
     metrics: usize,
 ) -> Outcome {
-    let names: Arc<Vec<String>> = Arc::new(
-        SnapshotGenerator::new(hosts, metrics)
-            .metric_names()
-            .to_vec(),
-    );
-    let r = Arc::new(Reader::connect(redis_url).await);
+    verify_layout("seed", redis_url, report, hosts, metrics).await
+}
+
+/// Every acked point must be readable through `layout` with every value
+/// the agent sent. Each host's acked range is read at once, 16 hosts per
+/// read and 8 reads in flight, so a Redis behind Docker's port proxy
+/// answers in seconds, not minutes.
+pub async fn verify_layout(
+    layout: &str,
+    redis_url: &str,
+    report: &broker_agent::LoadReport,
+    hosts: usize,
+    metrics: usize,
+) -> Outcome {
+    use futures::StreamExt;
+    use std::collections::BTreeMap;
+    use storage_layout::RangeReq;
+    let names: Vec<String> = SnapshotGenerator::new(hosts, metrics)
+        .metric_names()
+        .to_vec();
+    let layout = storage_layout::by_name(layout).expect("a layout name");
+    let r = Reader::connect(redis_url).await;
     let acked = report.acked_points.as_ref().expect("record_acked was set");
-    let mut tasks = tokio::task::JoinSet::new();
-    for chunk in acked.chunks(acked.len().div_ceil(16).max(1)) {
-        let (chunk, r, names) = (chunk.to_vec(), r.clone(), names.clone());
-        tasks.spawn(async move {
-            let (mut found, mut missing) = (0u64, Vec::new());
-            for (h, ts) in chunk {
-                let h = h as usize;
-                let got = r
-                    .hgetall(&format!("monitor:metrics:{{{}}}:{ts}", host_id(h)))
-                    .await;
-                let ok = got.len() == metrics
-                    && names.iter().enumerate().all(|(m, n)| {
-                        got.get(n).and_then(|v| v.parse::<f64>().ok()) == Some(value(h, ts, m))
-                    });
-                if ok {
-                    found += 1;
-                } else {
-                    missing.push(format!("{} {ts}: {got:?}", host_id(h)));
-                }
-            }
-            (found, missing)
-        });
+    let mut by_host: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+    for (h, ts) in acked {
+        by_host.entry(*h).or_default().push(*ts);
     }
+    let reqs: Vec<(RangeReq, Vec<i64>, usize)> = by_host
+        .into_iter()
+        .map(|(h, ts)| {
+            let h = h as usize;
+            let req = RangeReq {
+                host: host_id(h),
+                start: *ts.iter().min().expect("one point"),
+                end: *ts.iter().max().expect("one point"),
+            };
+            (req, ts, h)
+        })
+        .collect();
+    let reads: Vec<_> = reqs
+        .chunks(16)
+        .map(|part| {
+            let (layout, db, names) = (&layout, r.client(), &names);
+            async move {
+                let ranges: Vec<RangeReq> = part.iter().map(|(q, _, _)| q.clone()).collect();
+                let frames = layout
+                    .frames(db, &ranges, &[], None)
+                    .await
+                    .expect("read the layout");
+                let (mut found, mut missing) = (0u64, Vec::new());
+                for ((q, ts, h), f) in part.iter().zip(frames) {
+                    for &t in ts {
+                        let ok = names
+                            .iter()
+                            .enumerate()
+                            .all(|(m, n)| f.value_at(n, t) == value(*h, t, m))
+                            && f.names_at(t).len() == metrics;
+                        if ok {
+                            found += 1;
+                        } else {
+                            let got: Vec<f64> = names.iter().map(|n| f.value_at(n, t)).collect();
+                            missing.push(format!("{} {t}: {got:?}", q.host));
+                        }
+                    }
+                }
+                (found, missing)
+            }
+        })
+        .collect();
+    let results: Vec<(u64, Vec<String>)> = futures::stream::iter(reads)
+        .buffer_unordered(8)
+        .collect()
+        .await;
     let (mut found, mut missing) = (0, 0);
-    while let Some(done) = tasks.join_next().await {
-        let (f, m) = done.expect("verify task");
+    for (f, m) in results {
         for example in m.iter().take(3usize.saturating_sub(missing as usize)) {
             eprintln!("not (yet) in redis: {example}");
         }
