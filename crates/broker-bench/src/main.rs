@@ -25,7 +25,9 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod hosts;
+mod layout;
 mod query;
+mod vm;
 
 use anyhow::Context;
 use broker_agent::generator::SnapshotGenerator;
@@ -105,6 +107,10 @@ pub(crate) struct IngestArgs {
     /// Key layout of the broker processes and the ceiling: seed or chunked.
     #[arg(long, default_value = "seed")]
     layout: String,
+    /// Points sent to VictoriaMetrics (when `victoria-metrics` is
+    /// installed) for the side-by-side figures; 0 skips it.
+    #[arg(long, default_value_t = 400_000)]
+    vm_points: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -296,16 +302,38 @@ impl Phase {
     }
 }
 
+/// Redis memory of the mono run's data at rest.
+struct Memory {
+    points: u64,
+    bytes: f64,
+    /// Chunked layout: records sealed after the load, and how long it took.
+    sealed: Option<(u64, f64)>,
+}
+
+impl Memory {
+    fn per_point(&self) -> Option<f64> {
+        (self.points > 0).then(|| self.bytes / self.points as f64)
+    }
+}
+
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let layout = layout::by_name(&args.layout)?;
     let redis = RedisServer::start().context("starting redis-server")?;
-    eprintln!("redis-server {} (no persistence)", redis.url());
+    eprintln!(
+        "redis-server {} (no persistence), layout {}",
+        redis.url(),
+        args.layout
+    );
     let mut phases: Vec<Phase> = Vec::new();
     let skip = |p: &str| args.skip.iter().any(|s| s == p);
+    let hosts: Vec<String> = (0..args.hosts)
+        .map(broker_agent::generator::host_id)
+        .collect();
 
     if !skip("ceiling") {
         phases.push(ceiling(&redis, &args)?);
     }
-    let mut bytes_per_point = None;
+    let mut memory = None;
     if !skip("mono") {
         redis.command(&["FLUSHALL"])?;
         let before: f64 = redis.info_field("memory", "used_memory")?.parse()?;
@@ -314,16 +342,30 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         wait_serving(grpc).await?;
         let phase = load("mono", &args, vec![format!("http://127.0.0.1:{grpc}")]).await?;
         drop(child);
+        let db = layout::client(&redis.url()).await?;
+        // At rest: the chunked layout's open chunks sealed, as the
+        // writers' maintainers would seal them over the next minutes.
+        let sealed = if args.layout == "chunked" {
+            let (n, secs) = layout::seal_all(&db, &hosts, 7 * 86_400).await?;
+            eprintln!(
+                "sealed {n} open records in {secs:.1} s ({:.0} points/s)",
+                n as f64 / secs
+            );
+            Some((n, secs))
+        } else {
+            None
+        };
         let after: f64 = redis.info_field("memory", "used_memory")?.parse()?;
-        let keys: u64 = redis.command(&["DBSIZE"])?.parse()?;
-        let stored = keys.saturating_sub(2 * args.hosts as u64);
-        if stored > 0 {
-            bytes_per_point = Some((after - before) / stored as f64);
-        }
+        let stored = layout::stored_points(&db, &*layout, &hosts).await?;
         eprintln!(
             "mono: {stored} points stored in redis (acked {})",
             phase.points
         );
+        memory = Some(Memory {
+            points: stored,
+            bytes: after - before,
+            sealed,
+        });
         phases.push(phase);
     }
     if !skip("micro") {
@@ -333,6 +375,27 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         drop(micro);
         phases.push(phase);
     }
+    drop(redis);
+    let vm = match (args.vm_points, vm::binary()) {
+        (0, _) => None,
+        (_, None) => {
+            eprintln!(
+                "victoria-metrics: not installed, no side-by-side figures (apt-get install victoria-metrics)"
+            );
+            None
+        }
+        (n, Some(bin)) => Some(
+            vm::run(
+                &bin,
+                args.hosts,
+                args.metrics,
+                args.batch_hosts,
+                args.connections,
+                n,
+            )
+            .await?,
+        ),
+    };
 
     let get = |n: &str| phases.iter().find(|p| p.name == n);
     let ceiling_pps = get("ceiling").map(Phase::pps);
@@ -352,17 +415,44 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             p.ack_p99_ms.map_or("-".into(), |v| format!("{v:.1} ms")),
         );
     }
-    if let Some(b) = bytes_per_point {
+    if let Some(v) = &vm {
         eprintln!(
-            "redis memory per stored point: {b:.0} bytes ({} metrics per point)",
-            args.metrics
+            "{:<10} {:>12} {:>10.2} {:>12.0} {:>10} {:>10}",
+            "vm",
+            v.points,
+            v.secs,
+            v.pps(),
+            "-",
+            "-"
         );
+    }
+    let per_point = memory.as_ref().and_then(Memory::per_point);
+    let per_sample = per_point.map(|b| b / args.metrics as f64);
+    if let (Some(b), Some(s)) = (per_point, per_sample) {
+        eprintln!(
+            "redis memory per stored point ({} layout, at rest): {b:.0} bytes, {s:.2} bytes per sample ({} metrics per point)",
+            args.layout, args.metrics
+        );
+    }
+    if let Some(v) = &vm {
+        eprintln!(
+            "victoria-metrics: {:.0} points/s, {} bytes per sample on disk ({} samples found of {} sent)",
+            v.pps(),
+            v.bytes_per_sample.map_or("-".into(), |b| format!("{b:.2}")),
+            v.samples_found.map_or("-".into(), |n| n.to_string()),
+            v.points * args.metrics as u64,
+        );
+        if let Some(m) = get("mono") {
+            eprintln!("mono / victoria-metrics: {:.2}", m.pps() / v.pps());
+        }
     }
     let ratio = |n: &str| match (get(n), ceiling_pps) {
         (Some(p), Some(c)) => serde_json::json!(p.pps() / c),
         _ => serde_json::Value::Null,
     };
+    let sealed = memory.as_ref().and_then(|m| m.sealed);
     let json = serde_json::json!({
+        "layout": args.layout,
         "ceiling_pps": ceiling_pps,
         "mono_pps": get("mono").map(Phase::pps),
         "micro_pps": get("micro").map(Phase::pps),
@@ -370,7 +460,15 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "micro_ratio": ratio("micro"),
         "ack_p99_ms": get("mono").and_then(|p| p.ack_p99_ms),
         "micro_ack_p99_ms": get("micro").and_then(|p| p.ack_p99_ms),
-        "redis_bytes_per_point": bytes_per_point,
+        "redis_bytes_per_point": per_point,
+        "redis_bytes_per_sample": per_sample,
+        "seal_pps": sealed.map(|(n, secs)| n as f64 / secs),
+        "vm_pps": vm.as_ref().map(vm::VmFigures::pps),
+        "vm_bytes_per_sample": vm.as_ref().and_then(|v| v.bytes_per_sample),
+        "mono_vs_vm": match (get("mono"), &vm) {
+            (Some(m), Some(v)) => serde_json::json!(m.pps() / v.pps()),
+            _ => serde_json::Value::Null,
+        },
         "metrics_per_point": args.metrics,
     });
     println!("{json}");
@@ -398,13 +496,7 @@ fn ceiling(redis: &RedisServer, args: &IngestArgs) -> anyhow::Result<Phase> {
     let mut points = 0u64;
     let mut group = Vec::new();
     let mut group_points = 0;
-    let layout = storage_layout::by_name(&args.layout).with_context(|| {
-        format!(
-            "--layout {:?}: one of {}",
-            args.layout,
-            storage_layout::LAYOUTS.join(", ")
-        )
-    })?;
+    let layout = layout::by_name(&args.layout)?;
     let mut flush = |group: &mut Vec<broker_proto::v1::MetricBatch>,
                      buf: &mut BytesMut|
      -> anyhow::Result<()> {

@@ -1,0 +1,261 @@
+//! VictoriaMetrics beside the broker, on the same machine and the same
+//! shape of data: the Debian `victoria-metrics` single-node binary on a
+//! loopback port with a fresh data directory, fed the load generator's
+//! snapshots (one sample per metric, `host` as a label, millisecond
+//! timestamps) through its Prometheus text import API
+//! (`/api/v1/import/prometheus`) over `connections` keep-alive
+//! connections. Bodies are encoded before the clock starts; the clock
+//! stops when every request was answered and `/internal/force_flush`
+//! returned, so the samples are searchable. Bytes per sample: the data
+//! directory's size after the flush and a short settle, over the samples
+//! it holds.
+
+use anyhow::Context;
+use broker_agent::generator::SnapshotGenerator;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// The Debian package's binary name.
+const BINARY: &str = "victoria-metrics";
+/// Time VictoriaMetrics gets to merge its freshly flushed parts before
+/// its directory is measured.
+const SETTLE: Duration = Duration::from_secs(5);
+
+pub struct VmFigures {
+    pub points: u64,
+    pub secs: f64,
+    pub bytes_per_sample: Option<f64>,
+    pub samples_found: Option<u64>,
+}
+
+impl VmFigures {
+    pub fn pps(&self) -> f64 {
+        self.points as f64 / self.secs
+    }
+}
+
+struct Vm {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The binary, when installed.
+pub fn binary() -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(BINARY))
+            .find(|p| p.is_file())
+    })
+}
+
+/// One HTTP/1.1 request on a kept-alive connection; the status and body.
+async fn request(
+    conn: &mut BufReader<TcpStream>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.get_mut().write_all(head.as_bytes()).await?;
+    conn.get_mut().write_all(body).await?;
+    let mut line = String::new();
+    conn.read_line(&mut line).await?;
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {line:?}"))?;
+    let mut len = 0usize;
+    let mut chunked = false;
+    loop {
+        line.clear();
+        conn.read_line(&mut line).await?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let lower = l.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse()?;
+        } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+    let mut out = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            conn.read_line(&mut line).await?;
+            let n = usize::from_str_radix(line.trim(), 16)?;
+            let mut part = vec![0; n + 2];
+            conn.read_exact(&mut part).await?;
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&part[..n]);
+        }
+    } else {
+        out.resize(len, 0);
+        conn.read_exact(&mut out).await?;
+    }
+    Ok((status, String::from_utf8_lossy(&out).into_owned()))
+}
+
+async fn connect(port: u16) -> anyhow::Result<BufReader<TcpStream>> {
+    let s = TcpStream::connect(("127.0.0.1", port)).await?;
+    s.set_nodelay(true)?;
+    Ok(BufReader::new(s))
+}
+
+impl Vm {
+    async fn start(binary: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("broker-bench-vm-").tempdir()?;
+        let port = crate::port()?;
+        let child = Command::new(binary)
+            .arg(format!("-storageDataPath={}", dir.path().display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg("-retentionPeriod=100y")
+            .arg("-loggerLevel=ERROR")
+            // The count of what it holds spans every series, and reads up
+            // to now (by default the last 30 s are hidden from queries).
+            .arg("-search.maxUniqueTimeseries=10000000")
+            .arg("-search.latencyOffset=0s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let vm = Self { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut c) = connect(port).await
+                && let Ok((200, _)) = request(&mut c, "GET", "/health", b"").await
+            {
+                return Ok(vm);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "victoria-metrics did not answer /health in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(p) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Sends `points` snapshots of `hosts` hosts × `metrics` metrics, `batch`
+/// points per request, as the ingest bench's load does (round `r` stamped
+/// `now - r` seconds).
+pub async fn run(
+    binary: &Path,
+    hosts: usize,
+    metrics: usize,
+    batch: usize,
+    connections: usize,
+    points: usize,
+) -> anyhow::Result<VmFigures> {
+    let vm = Vm::start(binary).await?;
+    let generator = SnapshotGenerator::new(hosts, metrics);
+    let names = generator.metric_names().to_vec();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    let mut sent = 0u64;
+    'rounds: for round in 0.. {
+        for range in generator.batch_ranges(batch) {
+            let b = generator.batch(now - round as i64, range);
+            let mut body = String::with_capacity(b.points.len() * metrics * 48);
+            for p in &b.points {
+                let ms = p.timestamp * 1000;
+                for (name, v) in names.iter().zip(&p.values) {
+                    let _ = writeln!(body, "{name}{{host=\"{}\"}} {v} {ms}", p.host_id);
+                }
+            }
+            sent += b.points.len() as u64;
+            bodies.push(body.into_bytes());
+            if sent as usize >= points {
+                break 'rounds;
+            }
+        }
+    }
+    let mib = bodies.iter().map(Vec::len).sum::<usize>() >> 20;
+    eprintln!("victoria-metrics: {sent} points as {mib} MiB of Prometheus text, importing");
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(bodies));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let (queue, port) = (queue.clone(), vm.port);
+        tasks.spawn(async move {
+            let mut conn = connect(port).await?;
+            loop {
+                let Some(body) = queue.lock().expect("queue").pop() else {
+                    return anyhow::Ok(());
+                };
+                let (status, text) =
+                    request(&mut conn, "POST", "/api/v1/import/prometheus", &body).await?;
+                anyhow::ensure!(status / 100 == 2, "import answered {status}: {text}");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let mut c = connect(vm.port).await?;
+    let (status, text) = request(&mut c, "GET", "/internal/force_flush", b"").await?;
+    anyhow::ensure!(status == 200, "force_flush answered {status}: {text}");
+    let secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(SETTLE).await;
+    // What it holds: one series per (host, metric), counted over the span.
+    let query = format!(
+        "/api/v1/query?query=sum(count_over_time(%7B__name__%3D~%22.%2B%22%7D%5B7200s%5D))&time={}",
+        now + 1
+    );
+    let mut c = connect(vm.port).await?;
+    let samples_found = match request(&mut c, "GET", &query, b"").await {
+        Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|j| {
+                j["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .and_then(|s| s.parse::<f64>().ok())
+            })
+            .map(|f| f as u64),
+        _ => None,
+    };
+    let samples = samples_found.unwrap_or(sent * metrics as u64);
+    let bytes = dir_bytes(vm.dir.path());
+    Ok(VmFigures {
+        points: sent,
+        secs,
+        bytes_per_sample: (samples > 0).then(|| bytes as f64 / samples as f64),
+        samples_found,
+    })
+}
