@@ -280,7 +280,7 @@ async fn resend_while_sealing(url: String) {
     assert!(sealed > 0, "some seals won");
     let open = r.cmd(&["GET", &open_key(host)]).await;
     let open: Vec<u8> = open.convert().unwrap_or_default();
-    let mut left = storage_layout::chunk::Points::new();
+    let mut left = storage_layout::chunk::Table::new();
     assert_eq!(
         storage_layout::chunk::merge_records(&open, &mut left).unwrap(),
         0,

@@ -124,7 +124,9 @@ async fn connect(port: u16) -> anyhow::Result<BufReader<TcpStream>> {
 
 impl Vm {
     async fn start(binary: &Path) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("broker-bench-vm-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("broker-bench-vm-")
+            .tempdir()?;
         let port = crate::port()?;
         let child = Command::new(binary)
             .arg(format!("-storageDataPath={}", dir.path().display()))

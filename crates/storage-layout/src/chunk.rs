@@ -17,12 +17,10 @@
 //! gauges, which is where the memory goes.
 
 use crate::frame::FrameBuilder;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 const MAGIC: &[u8; 2] = b"C1";
 const NONCE_LEN: usize = 8;
-/// One snapshot: metric -> value.
-pub type Snapshot = BTreeMap<String, f64>;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -121,9 +119,9 @@ fn parse_body(body: &[u8]) -> Result<Option<Record<'_>>, DecodeError> {
 /// Walks the records of an open chunk, oldest first: `f(ts, values)` per
 /// point, nonces skipped. Returns the byte offset after each record, so a
 /// sealer can take a prefix.
-pub fn for_each_record(
-    chunk: &[u8],
-    mut f: impl FnMut(i64, &[(&str, f64)], usize),
+pub fn for_each_record<'a>(
+    chunk: &'a [u8],
+    mut f: impl FnMut(i64, &[(&'a str, f64)], usize),
 ) -> Result<(), DecodeError> {
     let mut at = 0;
     while at < chunk.len() {
@@ -148,37 +146,6 @@ pub fn for_each_record(
     Ok(())
 }
 
-/// The newest records of `tail` (the last bytes of an open chunk, maybe
-/// cut anywhere at the start), newest first; stops at the cut.
-pub fn tail_records(tail: &[u8]) -> Vec<(i64, Snapshot)> {
-    let mut out = Vec::new();
-    let mut end = tail.len();
-    while end >= 8 {
-        let Some(len) = u32_at(tail, end - 4) else {
-            break;
-        };
-        let Some(start) = end.checked_sub(8 + len as usize) else {
-            break;
-        };
-        if u32_at(tail, start) != Some(len) {
-            break;
-        }
-        match parse_body(&tail[start + 4..end - 4]) {
-            Ok(Some((ts, values))) => out.push((
-                ts,
-                values
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-            )),
-            Ok(None) => {}
-            Err(_) => break,
-        }
-        end = start;
-    }
-    out
-}
-
 /// Decodes an open chunk into `into` (later records win).
 pub fn read_records(chunk: &[u8], into: &mut FrameBuilder) -> Result<(), DecodeError> {
     for_each_record(chunk, |ts, values, _| {
@@ -189,43 +156,118 @@ pub fn read_records(chunk: &[u8], into: &mut FrameBuilder) -> Result<(), DecodeE
     })
 }
 
-/// Snapshots keyed by timestamp, as sealing merges them.
-pub type Points = BTreeMap<i64, Snapshot>;
+/// Snapshots being sealed, columnar, with metric names borrowed from the
+/// bytes they were decoded from: one row of values per timestamp (NaN
+/// where the snapshot lacks the metric), one column per name. Merging is
+/// one hash lookup per sample and no allocation per sample.
+#[derive(Debug, Default)]
+pub struct Table<'a> {
+    names: Vec<&'a str>,
+    columns: HashMap<&'a str, usize>,
+    rows: BTreeMap<i64, Vec<f64>>,
+}
 
-/// Merges an open chunk's records, up to byte `limit`, into `points`
-/// (later records win field by field). Returns the records merged.
-pub fn merge_records(chunk: &[u8], points: &mut Points) -> Result<usize, DecodeError> {
+impl<'a> Table<'a> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn row(&mut self, ts: i64) -> &mut Vec<f64> {
+        self.rows.entry(ts).or_default()
+    }
+
+    /// Sets `name` at `ts` (a later value replaces an earlier one).
+    pub fn set(&mut self, ts: i64, name: &'a str, v: f64) {
+        let n = self.names.len();
+        let col = *self.columns.entry(name).or_insert(n);
+        if col == n {
+            self.names.push(name);
+        }
+        let row = self.row(ts);
+        if row.len() <= col {
+            row.resize(col + 1, f64::NAN);
+        }
+        row[col] = v;
+    }
+
+    /// Snapshots held.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Oldest and newest timestamps.
+    pub fn span(&self) -> Option<(i64, i64)> {
+        Some((*self.rows.keys().next()?, *self.rows.keys().next_back()?))
+    }
+
+    /// The rows, oldest first.
+    pub fn rows(&self) -> impl Iterator<Item = (i64, &[f64])> {
+        self.rows.iter().map(|(t, r)| (*t, r.as_slice()))
+    }
+
+    /// The value of `name` at `ts`, if present.
+    pub fn get(&self, ts: i64, name: &str) -> Option<f64> {
+        let col = *self.columns.get(name)?;
+        self.rows
+            .get(&ts)?
+            .get(col)
+            .copied()
+            .filter(|v| !v.is_nan())
+    }
+
+    /// Metric names present at `ts`.
+    pub fn names_at(&self, ts: i64) -> Vec<&'a str> {
+        let Some(row) = self.rows.get(&ts) else {
+            return Vec::new();
+        };
+        row.iter()
+            .zip(&self.names)
+            .filter(|(v, _)| !v.is_nan())
+            .map(|(_, n)| *n)
+            .collect()
+    }
+}
+
+/// Merges an open chunk's records into `table` (later records win metric
+/// by metric). Returns the records merged.
+pub fn merge_records<'a>(chunk: &'a [u8], table: &mut Table<'a>) -> Result<usize, DecodeError> {
     let mut n = 0;
     for_each_record(chunk, |ts, values, _| {
-        let snap = points.entry(ts).or_default();
+        table.row(ts);
         for (name, v) in values {
-            snap.insert((*name).to_string(), *v);
+            table.set(ts, name, *v);
         }
         n += 1;
     })?;
     Ok(n)
 }
 
-/// One sealed chunk of `points` (at least one).
-pub fn encode_chunk<'a>(
-    points: impl IntoIterator<Item = (&'a i64, &'a Snapshot)> + Clone,
-) -> Vec<u8> {
-    let mut names: Vec<&str> = Vec::new();
-    {
-        let mut set = std::collections::BTreeSet::new();
-        for (_, snap) in points.clone() {
-            for k in snap.keys() {
-                set.insert(k.as_str());
-            }
-        }
-        names.extend(set);
-    }
-    let ts: Vec<i64> = points.clone().into_iter().map(|(t, _)| *t).collect();
+/// One sealed chunk of `rows` of `table` (at least one). The columns are
+/// written in name order, so the same snapshots always give the same bytes
+/// (and the same chunk id), whatever order they were merged in.
+pub fn encode_chunk(table: &Table<'_>, rows: &[(i64, &[f64])]) -> Vec<u8> {
+    // The names present in these rows, sorted, with their columns.
+    let mut names: Vec<(&str, usize)> = table
+        .names
+        .iter()
+        .enumerate()
+        .filter(|(col, _)| {
+            rows.iter()
+                .any(|(_, r)| r.get(*col).is_some_and(|v| !v.is_nan()))
+        })
+        .map(|(col, n)| (*n, col))
+        .collect();
+    names.sort_unstable();
+    let ts: Vec<i64> = rows.iter().map(|(t, _)| *t).collect();
     let mut out = Vec::with_capacity(64 + ts.len() * names.len() * 2);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(ts.len() as u32).to_le_bytes());
     out.extend_from_slice(&(names.len() as u16).to_le_bytes());
-    for n in &names {
+    for (n, _) in &names {
         out.extend_from_slice(&(n.len() as u16).to_le_bytes());
         out.extend_from_slice(n.as_bytes());
     }
@@ -238,12 +280,13 @@ pub fn encode_chunk<'a>(
         &mut out,
         pco::standalone::simple_compress(&ts, &config).expect("pco compresses any i64 slice"),
     );
-    for name in &names {
-        let col: Vec<f64> = points
-            .clone()
-            .into_iter()
-            .map(|(_, s)| s.get(*name).copied().unwrap_or(f64::NAN))
-            .collect();
+    let mut col = Vec::with_capacity(rows.len());
+    for (_, c) in &names {
+        col.clear();
+        col.extend(
+            rows.iter()
+                .map(|(_, r)| r.get(*c).copied().unwrap_or(f64::NAN)),
+        );
         put(
             &mut out,
             pco::standalone::simple_compress(&col, &config).expect("pco compresses any f64 slice"),
@@ -328,22 +371,25 @@ pub fn read_chunk(chunk: &[u8], into: &mut FrameBuilder) -> Result<(), DecodeErr
     Ok(())
 }
 
-/// Decodes a whole sealed chunk into `points` (values already there for
+/// Decodes a whole sealed chunk into `table` (values already there for
 /// the same timestamp and metric are replaced).
-pub fn merge_chunk(chunk: &[u8], points: &mut Points) -> Result<(), DecodeError> {
+pub fn merge_chunk<'a>(chunk: &'a [u8], table: &mut Table<'a>) -> Result<(), DecodeError> {
     let v = view(chunk)?;
     let ts = timestamps(&v)?;
+    for &t in &ts {
+        table.row(t);
+    }
     for (name, col) in v.names.iter().zip(&v.columns) {
         let values: Vec<f64> = pco::standalone::simple_decompress(col)
             .map_err(|e| DecodeError(format!("column {name}: {e}")))?;
+        if values.len() != ts.len() {
+            return err(format!("column {name} has {} values", values.len()));
+        }
         for (t, v) in ts.iter().zip(values) {
             if !v.is_nan() {
-                points.entry(*t).or_default().insert((*name).to_string(), v);
+                table.set(*t, name, v);
             }
         }
-    }
-    for t in ts {
-        points.entry(t).or_default();
     }
     Ok(())
 }
@@ -352,25 +398,21 @@ pub fn merge_chunk(chunk: &[u8], points: &mut Points) -> Result<(), DecodeError>
 mod tests {
     use super::*;
 
-    fn snap(pairs: &[(&str, f64)]) -> Snapshot {
-        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
-    }
-
     #[test]
-    fn records_round_trip_forward_and_backward() {
+    fn records_round_trip() {
         let mut open = nonce_record(*b"12345678");
         encode_record(&mut open, 100, [("cpu", 0.5), ("mem", -0.0)].into_iter());
         encode_record(&mut open, 105, [("cpu", f64::MAX)].into_iter());
-        let mut points = Points::new();
-        assert_eq!(merge_records(&open, &mut points).unwrap(), 2);
-        assert_eq!(points[&100]["mem"].to_bits(), (-0.0f64).to_bits());
-        assert_eq!(points[&105]["cpu"], f64::MAX);
-        let tail = tail_records(&open[5..]);
-        assert_eq!(tail.len(), 2, "the nonce is cut, both records parse");
-        assert_eq!(tail[0].0, 105);
-        assert_eq!(tail_records(&open[open.len() - 10..]), vec![]);
+        let mut table = Table::new();
+        assert_eq!(merge_records(&open, &mut table).unwrap(), 2);
+        assert_eq!(
+            table.get(100, "mem").unwrap().to_bits(),
+            (-0.0f64).to_bits()
+        );
+        assert_eq!(table.get(105, "cpu"), Some(f64::MAX));
+        assert_eq!(table.get(105, "mem"), None);
         // A cut record is an error, not a panic.
-        assert!(merge_records(&open[..open.len() - 1], &mut Points::new()).is_err());
+        assert!(merge_records(&open[..open.len() - 1], &mut Table::new()).is_err());
     }
 
     #[test]
@@ -388,22 +430,38 @@ mod tests {
             1.0,
             0.1 + 0.2,
         ];
-        let mut points = Points::new();
+        let mut table = Table::new();
+        let mut want: Vec<(i64, &str, f64)> = Vec::new();
         for (i, v) in odd.iter().enumerate() {
-            points.insert(1000 + i as i64 * 5, snap(&[("x", *v), ("c", i as f64)]));
+            let t = 1000 + i as i64 * 5;
+            want.push((t, "x", *v));
+            want.push((t, "c", i as f64));
         }
         // A snapshot without "x".
-        points.insert(2000, snap(&[("c", 7.0)]));
-        let blob = encode_chunk(&points);
-        let mut back = Points::new();
-        merge_chunk(&blob, &mut back).unwrap();
-        assert_eq!(back.len(), points.len());
-        for (t, s) in &points {
-            assert_eq!(back[t].len(), s.len(), "at {t}");
-            for (k, v) in s {
-                assert_eq!(back[t][k].to_bits(), v.to_bits(), "{k} at {t}");
-            }
+        want.push((2000, "c", 7.0));
+        for (t, n, v) in &want {
+            table.set(*t, n, *v);
         }
+        let rows: Vec<(i64, &[f64])> = table.rows().collect();
+        let blob = encode_chunk(&table, &rows);
+        // The same snapshots merged in another order: the same bytes.
+        let mut other = Table::new();
+        for (t, n, v) in want.iter().rev() {
+            other.set(*t, n, *v);
+        }
+        let other_rows: Vec<(i64, &[f64])> = other.rows().collect();
+        assert_eq!(encode_chunk(&other, &other_rows), blob);
+        let mut back = Table::new();
+        merge_chunk(&blob, &mut back).unwrap();
+        assert_eq!(back.len(), table.len());
+        for (t, n, v) in &want {
+            assert_eq!(
+                back.get(*t, n).unwrap().to_bits(),
+                v.to_bits(),
+                "{n} at {t}"
+            );
+        }
+        assert_eq!(back.names_at(2000), vec!["c"]);
         let mut b = FrameBuilder::new(1000, 1010, &["x".to_string()]);
         read_chunk(&blob, &mut b).unwrap();
         let f = b.finish(None);

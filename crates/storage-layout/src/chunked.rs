@@ -32,7 +32,7 @@
 //! open chunk and the sealed chunks overlapping the range: a seal can
 //! never move points between the index and the open chunk under a reader.
 
-use crate::chunk::{self, Points};
+use crate::chunk;
 use crate::exec::{Command, Exec, Reply};
 use crate::frame::{Frame, FrameBuilder};
 use crate::meta::{self, LABEL_FIELD_PREFIX, LAST_SEEN_FIELD};
@@ -272,19 +272,17 @@ impl ChunkedLayout {
         let Reply::Bytes(open) = open else {
             return Ok(0);
         };
-        // The first records, up to the per-seal bound.
+        // The first records, up to the per-seal bound: their span first.
         let max_records = self.config.points_per_chunk.max(1) * MAX_RECORDS_PER_SEAL_FACTOR;
-        let mut points = Points::new();
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
         let mut records = 0;
         let mut sealed_len = 0;
-        chunk::for_each_record(&open, |ts, values, end| {
+        chunk::for_each_record(&open, |ts, _, end| {
             if records >= max_records {
                 return;
             }
-            let snap = points.entry(ts).or_default();
-            for (name, v) in values {
-                snap.insert((*name).to_string(), *v);
-            }
+            lo = lo.min(ts);
+            hi = hi.max(ts);
             records += 1;
             sealed_len = end;
         })
@@ -292,10 +290,6 @@ impl ChunkedLayout {
         if records == 0 {
             return Ok(0);
         }
-        let (lo, hi) = (
-            *points.keys().next().expect("one point"),
-            *points.keys().next_back().expect("one point"),
-        );
         // Sealed chunks that overlap the open points are merged with them.
         let members = db
             .pipeline(vec![Command::of(
@@ -316,7 +310,7 @@ impl ChunkedLayout {
             .filter_map(|m| m.bytes().and_then(ChunkRef::parse))
             .filter(|c| c.end >= lo && c.start <= hi)
             .collect();
-        let mut merged = Points::new();
+        let mut blobs: Vec<Bytes> = Vec::with_capacity(old.len());
         if !old.is_empty() {
             let gets = old
                 .iter()
@@ -324,34 +318,37 @@ impl ChunkedLayout {
                 .collect();
             for blob in db.pipeline(gets).await? {
                 if let Reply::Bytes(b) = blob.ok("GET")? {
-                    chunk::merge_chunk(&b, &mut merged)
-                        .map_err(|e| corrupt("sealed chunk", host, e))?;
+                    blobs.push(b);
                 }
             }
         }
-        for (ts, snap) in points {
-            merged.entry(ts).or_default().extend(snap);
+        // Old chunks first, then the open records on top of them.
+        let mut table = chunk::Table::new();
+        for b in &blobs {
+            chunk::merge_chunk(b, &mut table).map_err(|e| corrupt("sealed chunk", host, e))?;
         }
+        chunk::merge_records(&open[..sealed_len], &mut table)
+            .map_err(|e| corrupt("open chunk", host, e))?;
         // Cut into chunks: one window, at most points_per_chunk each.
         let mut new: Vec<(ChunkRef, Vec<u8>)> = Vec::new();
-        let all: Vec<(&i64, &chunk::Snapshot)> = merged.iter().collect();
+        let all: Vec<(i64, &[f64])> = table.rows().collect();
         let mut i = 0;
         while i < all.len() {
-            let w = window(*all[i].0);
+            let w = window(all[i].0);
             let mut j = i + 1;
             while j < all.len()
                 && j - i < self.config.points_per_chunk.max(1)
-                && window(*all[j].0) == w
+                && window(all[j].0) == w
             {
                 j += 1;
             }
             let part = &all[i..j];
-            let (start, end) = (*part[0].0, *part[part.len() - 1].0);
+            let (start, end) = (part[0].0, part[part.len() - 1].0);
             i = j;
             if end.saturating_add(ttl_secs as i64) <= now {
                 continue; // already past retention
             }
-            let blob = chunk::encode_chunk(part.iter().copied());
+            let blob = chunk::encode_chunk(&table, part);
             let id = format!("{:016x}", twox_hash::XxHash3_64::oneshot(&blob));
             new.push((
                 ChunkRef {
@@ -751,10 +748,10 @@ mod tests {
             ]
         );
         assert_eq!(&out[0].args[0][..], b"monitor:open:{h1}");
-        let mut points = Points::new();
-        chunk::merge_records(&out[1].args[1], &mut points).unwrap();
-        assert_eq!(points[&100]["mem"], 7.0);
-        assert_eq!(points[&100].len(), 1);
+        let mut table = chunk::Table::new();
+        chunk::merge_records(&out[1].args[1], &mut table).unwrap();
+        assert_eq!(table.get(100, "mem"), Some(7.0));
+        assert_eq!(table.names_at(100), vec!["mem"]);
         layout.written(&[&batch], true, 1000);
         assert!(layout.due(1000, 10).is_empty());
         layout.written(&[&batch], true, 1001);
