@@ -11,6 +11,8 @@ use storage_layout::{ChunkedConfig, ChunkedLayout, Command, Exec, KeyLayout, Ran
 
 /// Hosts per pipeline when counting.
 const HOSTS_PER_PIPELINE: usize = 1_000;
+/// Hosts per read when reading everything back.
+const HOSTS_PER_READ: usize = 50;
 /// Hosts sealed at once.
 const SEAL_CONCURRENCY: usize = 16;
 
@@ -50,6 +52,31 @@ pub async fn stored_points(
             })
             .collect();
         total += layout.counts(db, &reqs).await?.iter().sum::<u64>();
+    }
+    Ok(total)
+}
+
+/// Distinct snapshots of `hosts` read back through the layout.
+pub async fn read_back(
+    db: &dyn Exec,
+    layout: &dyn KeyLayout,
+    hosts: &[String],
+) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for part in hosts.chunks(HOSTS_PER_READ) {
+        let reqs: Vec<RangeReq> = part
+            .iter()
+            .map(|h| RangeReq {
+                host: h.clone(),
+                start: 0,
+                end: i64::MAX,
+            })
+            .collect();
+        let frames = layout.frames(db, &reqs, &[], None).await?;
+        total += frames
+            .iter()
+            .map(|f| f.timestamps.len() as u64)
+            .sum::<u64>();
     }
     Ok(total)
 }

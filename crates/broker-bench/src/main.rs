@@ -111,6 +111,10 @@ pub(crate) struct IngestArgs {
     /// installed) for the side-by-side figures; 0 skips it.
     #[arg(long, default_value_t = 400_000)]
     vm_points: usize,
+    /// VictoriaMetrics import API: csv (a row per snapshot) or prometheus
+    /// (a text line per sample).
+    #[arg(long, value_enum, default_value = "csv")]
+    vm_format: vm::Format,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -357,8 +361,9 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         };
         let after: f64 = redis.info_field("memory", "used_memory")?.parse()?;
         let stored = layout::stored_points(&db, &*layout, &hosts).await?;
+        let read = layout::read_back(&db, &*layout, &hosts).await?;
         eprintln!(
-            "mono: {stored} points stored in redis (acked {})",
+            "mono: {stored} points stored in redis as the layout counts them, {read} distinct read back (acked {})",
             phase.points
         );
         memory = Some(Memory {
@@ -387,6 +392,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         (n, Some(bin)) => Some(
             vm::run(
                 &bin,
+                args.vm_format,
                 args.hosts,
                 args.metrics,
                 args.batch_hosts,
@@ -440,7 +446,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             v.pps(),
             v.bytes_per_sample.map_or("-".into(), |b| format!("{b:.2}")),
             v.samples_found.map_or("-".into(), |n| n.to_string()),
-            v.points * args.metrics as u64,
+            v.samples_sent,
         );
         if let Some(m) = get("mono") {
             eprintln!("mono / victoria-metrics: {:.2}", m.pps() / v.pps());
@@ -464,6 +470,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         "redis_bytes_per_sample": per_sample,
         "seal_pps": sealed.map(|(n, secs)| n as f64 / secs),
         "vm_pps": vm.as_ref().map(vm::VmFigures::pps),
+        "vm_format": vm.as_ref().map(|_| format!("{:?}", args.vm_format).to_lowercase()),
         "vm_bytes_per_sample": vm.as_ref().and_then(|v| v.bytes_per_sample),
         "mono_vs_vm": match (get("mono"), &vm) {
             (Some(m), Some(v)) => serde_json::json!(m.pps() / v.pps()),

@@ -44,6 +44,9 @@ pub struct QueryArgs {
     /// Length of the cached-rate phase.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     qps_duration: Duration,
+    /// Key layout the writer fills and query-api reads: seed or chunked.
+    #[arg(long, default_value = "seed")]
+    layout: String,
 }
 
 /// Points per writer batch during the fill, and batches in flight.
@@ -82,6 +85,8 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     let mut config = BrokerConfig::default();
     config.writer.redis_url = redis.url();
     config.writer.spool_dir = String::new();
+    crate::layout::by_name(&args.layout)?;
+    config.writer.layout = args.layout.clone();
 
     // Fill through the writer.
     let mut registry = prometheus_client::registry::Registry::default();
@@ -133,6 +138,25 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         "fill: {total} points in {fill_secs:.1} s ({:.0} points/s)",
         total as f64 / fill_secs
     );
+    if args.layout == "chunked" {
+        // Steady state: the writer's maintainer has sealed all but each
+        // host's newest points (less than a chunk open per host).
+        let db = crate::layout::client(&config.writer.redis_url).await?;
+        let hosts: Vec<String> = (0..args.hosts).map(host_id).collect();
+        let bound = (args.hosts * config.writer.chunk_points) as u64;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let open = crate::layout::open_points(&db, &hosts).await?;
+            if open < bound || Instant::now() > deadline {
+                eprintln!(
+                    "chunked: {open} points still in open chunks ({:.0} per host), the rest sealed",
+                    open as f64 / args.hosts as f64
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
 
     // query-api in this process, on loopback.
     let listeners = Listeners::loopback().await?;
@@ -301,6 +325,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         args.clients
     );
     let json = serde_json::json!({
+        "layout": args.layout,
         "range_1h_p99_ms_uncached": u99,
         "range_1h_p99_ms_cached": c99,
         "agg_100hosts_1h_p99_ms": a100_99,

@@ -2,9 +2,10 @@
 //! shape of data: the Debian `victoria-metrics` single-node binary on a
 //! loopback port with a fresh data directory, fed the load generator's
 //! snapshots (one sample per metric, `host` as a label, millisecond
-//! timestamps) through its Prometheus text import API
-//! (`/api/v1/import/prometheus`) over `connections` keep-alive
-//! connections. Bodies are encoded before the clock starts; the clock
+//! timestamps) through one of its import APIs over `connections`
+//! keep-alive connections: CSV (`/api/v1/import/csv`, one row per
+//! snapshot, the cheapest to parse and the closest to a snapshot) or
+//! Prometheus text (`/api/v1/import/prometheus`, a line per sample). Bodies are encoded before the clock starts; the clock
 //! stops when every request was answered and `/internal/force_flush`
 //! returned, so the samples are searchable. Bytes per sample: the data
 //! directory's size after the flush and a short settle, over the samples
@@ -26,7 +27,10 @@ const BINARY: &str = "victoria-metrics";
 const SETTLE: Duration = Duration::from_secs(5);
 
 pub struct VmFigures {
+    /// Points timed (the warm-up round not included).
     pub points: u64,
+    /// Samples sent in all, the warm-up round included.
+    pub samples_sent: u64,
     pub secs: f64,
     pub bytes_per_sample: Option<f64>,
     pub samples_found: Option<u64>,
@@ -158,6 +162,42 @@ impl Vm {
     }
 }
 
+/// POSTs every body to `path`, over `connections` connections at once.
+async fn send_all(
+    bodies: Vec<Vec<u8>>,
+    connections: usize,
+    port: u16,
+    path: &std::sync::Arc<String>,
+) -> anyhow::Result<()> {
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(bodies));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let (queue, path) = (queue.clone(), path.clone());
+        tasks.spawn(async move {
+            let mut conn = connect(port).await?;
+            loop {
+                let Some(body) = queue.lock().expect("queue").pop() else {
+                    return anyhow::Ok(());
+                };
+                let (status, text) = request(&mut conn, "POST", &path, &body).await?;
+                anyhow::ensure!(status / 100 == 2, "import answered {status}: {text}");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+/// Makes what was imported searchable (and written to disk).
+async fn flush(port: u16) -> anyhow::Result<()> {
+    let mut c = connect(port).await?;
+    let (status, text) = request(&mut c, "GET", "/internal/force_flush", b"").await?;
+    anyhow::ensure!(status == 200, "force_flush answered {status}: {text}");
+    Ok(())
+}
+
 fn dir_bytes(p: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(p) else {
         return 0;
@@ -172,11 +212,19 @@ fn dir_bytes(p: &Path) -> u64 {
         .sum()
 }
 
+/// How snapshots are sent to VictoriaMetrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Csv,
+    Prometheus,
+}
+
 /// Sends `points` snapshots of `hosts` hosts × `metrics` metrics, `batch`
 /// points per request, as the ingest bench's load does (round `r` stamped
 /// `now - r` seconds).
 pub async fn run(
     binary: &Path,
+    format: Format,
     hosts: usize,
     metrics: usize,
     batch: usize,
@@ -189,6 +237,10 @@ pub async fn run(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;
+    // Round 0 creates every series, untimed: a monitoring system's steady
+    // state is new samples of known series, and registering 32 series per
+    // new host is most of VictoriaMetrics's work otherwise.
+    let mut warmup: Vec<Vec<u8>> = Vec::new();
     let mut bodies: Vec<Vec<u8>> = Vec::new();
     let mut sent = 0u64;
     'rounds: for round in 0.. {
@@ -197,9 +249,24 @@ pub async fn run(
             let mut body = String::with_capacity(b.points.len() * metrics * 48);
             for p in &b.points {
                 let ms = p.timestamp * 1000;
-                for (name, v) in names.iter().zip(&p.values) {
-                    let _ = writeln!(body, "{name}{{host=\"{}\"}} {v} {ms}", p.host_id);
+                match format {
+                    Format::Csv => {
+                        let _ = write!(body, "{},{ms}", p.host_id);
+                        for v in &p.values {
+                            let _ = write!(body, ",{v}");
+                        }
+                        body.push('\n');
+                    }
+                    Format::Prometheus => {
+                        for (name, v) in names.iter().zip(&p.values) {
+                            let _ = writeln!(body, "{name}{{host=\"{}\"}} {v} {ms}", p.host_id);
+                        }
+                    }
                 }
+            }
+            if round == 0 {
+                warmup.push(body.into_bytes());
+                continue;
             }
             sent += b.points.len() as u64;
             bodies.push(body.into_bytes());
@@ -209,30 +276,23 @@ pub async fn run(
         }
     }
     let mib = bodies.iter().map(Vec::len).sum::<usize>() >> 20;
-    eprintln!("victoria-metrics: {sent} points as {mib} MiB of Prometheus text, importing");
-    let queue = std::sync::Arc::new(std::sync::Mutex::new(bodies));
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..connections.max(1) {
-        let (queue, port) = (queue.clone(), vm.port);
-        tasks.spawn(async move {
-            let mut conn = connect(port).await?;
-            loop {
-                let Some(body) = queue.lock().expect("queue").pop() else {
-                    return anyhow::Ok(());
-                };
-                let (status, text) =
-                    request(&mut conn, "POST", "/api/v1/import/prometheus", &body).await?;
-                anyhow::ensure!(status / 100 == 2, "import answered {status}: {text}");
+    let path = match format {
+        Format::Csv => {
+            let mut path = "/api/v1/import/csv?format=1:label:host,2:time:unix_ms".to_string();
+            for (i, name) in names.iter().enumerate() {
+                let _ = write!(path, ",{}:metric:{name}", i + 3);
             }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
-    let mut c = connect(vm.port).await?;
-    let (status, text) = request(&mut c, "GET", "/internal/force_flush", b"").await?;
-    anyhow::ensure!(status == 200, "force_flush answered {status}: {text}");
+            path
+        }
+        Format::Prometheus => "/api/v1/import/prometheus".to_string(),
+    };
+    eprintln!("victoria-metrics: {sent} points as {mib} MiB of {format:?}, importing");
+    let path = std::sync::Arc::new(path);
+    send_all(warmup, connections, vm.port, &path).await?;
+    flush(vm.port).await?;
+    let started = Instant::now();
+    send_all(bodies, connections, vm.port, &path).await?;
+    flush(vm.port).await?;
     let secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(SETTLE).await;
     // What it holds: one series per (host, metric), counted over the span.
@@ -252,10 +312,12 @@ pub async fn run(
             .map(|f| f as u64),
         _ => None,
     };
-    let samples = samples_found.unwrap_or(sent * metrics as u64);
+    let samples_sent = (sent + hosts as u64) * metrics as u64;
+    let samples = samples_found.unwrap_or(samples_sent);
     let bytes = dir_bytes(vm.dir.path());
     Ok(VmFigures {
         points: sent,
+        samples_sent,
         secs,
         bytes_per_sample: (samples > 0).then(|| bytes as f64 / samples as f64),
         samples_found,
