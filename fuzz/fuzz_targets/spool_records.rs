@@ -14,13 +14,11 @@ fuzz_target!(|data: &[u8]| {
         let again = broker_proto::v1::MetricBatch::decode(batch.encode_to_vec().as_slice())
             .expect("re-encoded batch decodes");
         assert_eq!(again.points.len(), batch.points.len());
-        let mut commands = Vec::new();
-        use storage_writer::layout::KeyLayout;
-        storage_writer::layout::SeedLayout::default().write_commands(
-            &[&batch],
-            604_800,
-            1_700_000_000,
-            &mut commands,
-        );
+        // A replayed record is written by whichever layout is configured.
+        for name in storage_layout::LAYOUTS {
+            let layout = storage_layout::by_name(name).expect("a known layout");
+            let mut commands = Vec::new();
+            layout.write_commands(&[&batch], 604_800, 1_700_000_000, &mut commands);
+        }
     }
 });

@@ -21,6 +21,8 @@ use std::collections::{BTreeMap, HashMap};
 
 const MAGIC: &[u8; 2] = b"C1";
 const NONCE_LEN: usize = 8;
+/// Points a sealed chunk can hold: sealing cuts at `writer.chunk_points`.
+const MAX_POINTS: usize = broker_common::config::MAX_CHUNK_POINTS;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -309,6 +311,9 @@ fn view(chunk: &[u8]) -> Result<ChunkView<'_>, DecodeError> {
     let (Some(n), Some(names_n)) = (u32_at(chunk, 2), u16_at(chunk, 6)) else {
         return err("chunk header cut short");
     };
+    if n as usize > MAX_POINTS {
+        return err(format!("chunk claims {n} points, more than {MAX_POINTS}"));
+    }
     let mut at = 8;
     let mut names = Vec::with_capacity(names_n as usize);
     for _ in 0..names_n {
@@ -341,13 +346,29 @@ fn view(chunk: &[u8]) -> Result<ChunkView<'_>, DecodeError> {
     })
 }
 
-fn timestamps(v: &ChunkView<'_>) -> Result<Vec<i64>, DecodeError> {
-    let ts: Vec<i64> = pco::standalone::simple_decompress(v.ts)
-        .map_err(|e| DecodeError(format!("timestamps: {e}")))?;
-    if ts.len() != v.n {
-        return err(format!("{} timestamps for {} points", ts.len(), v.n));
+/// Exactly `n` numbers of one pco column. Decoded into a buffer of the
+/// size the chunk header names (itself bounded), never one sized by pco's
+/// own header, so corrupt bytes cannot make a read allocate gigabytes.
+fn column<T: pco::data_types::Number + Default>(
+    col: &[u8],
+    n: usize,
+    what: &str,
+) -> Result<Vec<T>, DecodeError> {
+    let mut out = vec![T::default(); n];
+    let progress = pco::standalone::simple_decompress_into(col, &mut out)
+        .map_err(|e| DecodeError(format!("{what}: {e}")))?;
+    if progress.n_processed != n || !progress.finished {
+        return err(format!(
+            "{what}: {} values for {n} points{}",
+            progress.n_processed,
+            if progress.finished { "" } else { " and more" }
+        ));
     }
-    Ok(ts)
+    Ok(out)
+}
+
+fn timestamps(v: &ChunkView<'_>) -> Result<Vec<i64>, DecodeError> {
+    column(v.ts, v.n, "timestamps")
 }
 
 /// Decodes a sealed chunk's wanted columns into `into`.
@@ -361,11 +382,7 @@ pub fn read_chunk(chunk: &[u8], into: &mut FrameBuilder) -> Result<(), DecodeErr
         if !into.wants(name) {
             continue;
         }
-        let values: Vec<f64> = pco::standalone::simple_decompress(col)
-            .map_err(|e| DecodeError(format!("column {name}: {e}")))?;
-        if values.len() != ts.len() {
-            return err(format!("column {name} has {} values", values.len()));
-        }
+        let values: Vec<f64> = column(col, ts.len(), &format!("column {name}"))?;
         into.set_column(&ts, name, &values);
     }
     Ok(())
@@ -380,11 +397,7 @@ pub fn merge_chunk<'a>(chunk: &'a [u8], table: &mut Table<'a>) -> Result<(), Dec
         table.row(t);
     }
     for (name, col) in v.names.iter().zip(&v.columns) {
-        let values: Vec<f64> = pco::standalone::simple_decompress(col)
-            .map_err(|e| DecodeError(format!("column {name}: {e}")))?;
-        if values.len() != ts.len() {
-            return err(format!("column {name} has {} values", values.len()));
-        }
+        let values: Vec<f64> = column(col, ts.len(), &format!("column {name}"))?;
         for (t, v) in ts.iter().zip(values) {
             if !v.is_nan() {
                 table.set(*t, name, v);
@@ -468,6 +481,14 @@ mod tests {
         assert_eq!(f.timestamps, vec![1000, 1005, 1010]);
         assert_eq!(f.metrics["x"][0].to_bits(), (-0.0f64).to_bits());
         assert!(view(b"C1\x01").is_err());
+        // Found by the chunk_decode fuzz target: a header claiming 1.7
+        // billion points made pco allocate 4 GiB.
+        let oom = b"\x43\x31\x59\x39\x0a\x64\x00\x00\x28\x00\x00\x00\x70\x63\x6f\x21\x03\x03\x2c\x03\x03\x03\x03\x03\x03\x03\x03\x03\x03\x03\x03\x03\x32\x00\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x20\x31\x00\x00\x00\x2f";
+        assert!(merge_chunk(oom, &mut Table::new()).is_err());
+        // A valid chunk whose header claims more points than its columns hold.
+        let mut lying = blob.clone();
+        lying[2..6].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(merge_chunk(&lying, &mut Table::new()).is_err());
         assert!(read_chunk(&blob[..blob.len() - 3], &mut FrameBuilder::new(0, 1, &[])).is_err());
     }
 }

@@ -134,12 +134,14 @@ impl Exec for fred::clients::Client {
     }
 }
 
-/// Sends `commands` as one pipeline on `client`; per-command error replies
-/// come back as [`Reply::Error`].
-pub async fn send_pipeline(
+/// Sends `commands` as one pipeline on `client` and answers fred's result
+/// for each command; `Err` (a description) when Redis did not answer them
+/// all (connection lost, pipeline not sent). The one place commands become
+/// fred pipelines: the writer and the readers both go through it.
+pub async fn pipeline_results(
     client: &fred::clients::Client,
     commands: Vec<Command>,
-) -> Result<Vec<Reply>, LayoutError> {
+) -> Result<Vec<Result<Value, fred::error::Error>>, String> {
     let n = commands.len();
     if n == 0 {
         return Ok(Vec::new());
@@ -155,17 +157,29 @@ pub async fn send_pipeline(
         let _: Value = pipe
             .custom(CustomCommand::new_static(c.name, hash, false), args)
             .await
-            .map_err(|e| LayoutError::Redis(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
     }
     let results = pipe.try_all::<Value>().await;
     if results.len() != n {
+        // fred answers a pipeline it could not send with one error.
         let e = results.into_iter().find_map(Result::err);
-        return Err(LayoutError::Redis(e.map_or_else(
+        return Err(e.map_or_else(
             || format!("redis answered {n} commands with a different count"),
             |e| e.to_string(),
-        )));
+        ));
     }
-    Ok(results
+    Ok(results)
+}
+
+/// Sends `commands` as one pipeline on `client`; per-command error replies
+/// come back as [`Reply::Error`].
+pub async fn send_pipeline(
+    client: &fred::clients::Client,
+    commands: Vec<Command>,
+) -> Result<Vec<Reply>, LayoutError> {
+    Ok(pipeline_results(client, commands)
+        .await
+        .map_err(LayoutError::Redis)?
         .into_iter()
         .map(|r| match r {
             Ok(v) => Reply::from(v),

@@ -19,8 +19,6 @@ use crate::spool::{Spool, SpoolError};
 use broker_common::config::WriterConfig;
 use broker_proto::v1::{DeadLetter, MetricBatch, Point};
 use fred::clients::Pool;
-use fred::interfaces::ClientLike;
-use fred::types::{ClusterHash, CustomCommand, Value};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -878,30 +876,9 @@ pub async fn execute_each(
     client: &fred::clients::Client,
     commands: Vec<Command>,
 ) -> Result<Vec<Result<(), WriterError>>, WriterError> {
-    let n = commands.len();
-    let pipe = client.pipeline();
-    for c in commands {
-        let hash = if c.key_arg == 0 {
-            ClusterHash::FirstKey
-        } else {
-            ClusterHash::Offset(c.key_arg)
-        };
-        let args: Vec<Value> = c.args.into_iter().map(Value::Bytes).collect();
-        let _: Value = pipe
-            .custom(CustomCommand::new_static(c.name, hash, false), args)
-            .await
-            .map_err(|e| WriterError::Redis(e.to_string()))?;
-    }
-    let results = pipe.try_all::<Value>().await;
-    if results.len() != n {
-        // fred answers a pipeline it could not send with one error.
-        let e = results.into_iter().find_map(Result::err);
-        return Err(WriterError::Redis(e.map_or_else(
-            || format!("redis answered {n} commands with a different count"),
-            |e| e.to_string(),
-        )));
-    }
-    Ok(results
+    Ok(storage_layout::exec::pipeline_results(client, commands)
+        .await
+        .map_err(WriterError::Redis)?
         .into_iter()
         .map(|r| r.map(|_| ()).map_err(|e| classify(&e)))
         .collect())
