@@ -230,11 +230,15 @@ async fn up(
          \x20 query API:                    http://{http}/api/query/hosts  (Prometheus API: http://{http}/api/v1/query)\n\
          \x20 hosts and alerts:             http://{http}/api/hosts  /api/alerts  (brokerctl hosts)\n\
          \x20 health / ready / metrics:     http://{http}/health  /ready  /metrics\n\
-         \x20 redis:                        {redis}\n\
+         \x20 redis:                        {redis} (key layout: {layout})\n\
          {ctl_lines}\
          \x20 try: cargo run --release --bin broker-loadgen -- --endpoints http://{grpc} --hosts 1000 --interval 5s --duration 60s\n\
          \x20 stop: Ctrl-C (drains and flushes)\n",
         redis = config.writer.redis_url,
+        layout = match config.writer.migrate_from.as_str() {
+            "" => config.writer.layout.clone(),
+            from => format!("{}, reading {from} too", config.writer.layout),
+        },
     );
     let mut services = Service::DEFAULT.to_vec();
     services.push(Service::HostManager);

@@ -71,7 +71,12 @@ impl QueryComponent {
         let store = store::Store::connect(url, q.pool_size, layout, q.read_batch, q.timeout)?;
         let metrics = metrics::QueryMetrics::new(registry);
         let engine = Arc::new(Engine::new(config, store, metrics));
-        tracing::info!(redis = %url, "query-api reading redis");
+        tracing::info!(
+            redis = %url,
+            layout = %config.writer.layout,
+            migrate_from = %config.writer.migrate_from,
+            "query-api reading redis"
+        );
         Ok(Self {
             engine,
             cluster: cluster::ClusterView::new(config),

@@ -80,11 +80,12 @@ impl WriterComponent {
         // With a spool the writer can take writes before Redis answers.
         readiness.set("storage-writer", has_spool);
         let (r, p, url) = (readiness.clone(), pool.clone(), w.redis_url.clone());
+        let layout = w.layout.clone();
         tokio::spawn(async move {
             use fred::interfaces::ClientLike;
             match p.wait_for_connect().await {
                 Ok(()) => {
-                    tracing::info!(redis = %url, "connected to redis");
+                    tracing::info!(redis = %url, layout = %layout, "connected to redis");
                     r.set("storage-writer", true);
                 }
                 Err(e) => tracing::error!(redis = %url, error = %e, "connecting to redis failed"),
