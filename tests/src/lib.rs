@@ -7,6 +7,7 @@
 //! - [`config_for`]: a test configuration (loopback, short timeouts).
 //! - [`send_batches`]: an agent stream that sends batches and collects acks.
 //! - [`Reader`]: reads Redis (standalone, cluster or sentinel) with fred.
+//! - [`http`]: one HTTP/1.0 request to a service's HTTP port (JSON back).
 //! - [`cluster::CtlCluster`]: N cluster-ctl raft nodes on loopback, with
 //!   stop, restart, partition and add-voter.
 

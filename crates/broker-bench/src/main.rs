@@ -1,10 +1,12 @@
 //! `broker-bench`: benchmarks that start a real Redis and the real services
 //! and print figures. Not tests: nothing here asserts a speed.
 //!
-//! - `broker-bench ingest`: the Redis ceiling for our command mix, the
-//!   all-in-one broker (`mono`) and separate gateway/router/writer
-//!   processes (`micro`) on the same Redis, Redis memory per point. Ends
-//!   with one JSON line on stdout.
+//! - `broker-bench ingest [--layout seed|chunked]`: the Redis ceiling for
+//!   the layout's command mix, the all-in-one broker (`mono`) and separate
+//!   gateway/router/writer processes (`micro`) on the same Redis, Redis
+//!   memory per point and per sample at rest ([`layout`]), and
+//!   VictoriaMetrics on the same data when installed ([`vm`]). Ends with
+//!   one JSON line on stdout.
 //! - `broker-bench query`: query-api latency (range, aggregation) and the
 //!   cached query rate over 1,000 hosts x 1 h filled through the writer
 //!   ([`query`]). Ends with one JSON line on stdout.
