@@ -369,7 +369,12 @@ async fn a_loopback_scan_finds_the_open_port_within_its_rate_and_multicast_finds
         &api,
         "scan and multicast results",
         Duration::from_secs(20),
-        |v| host(v, "127.0.0.1").is_some() && host(v, "mc-agent-1").is_some(),
+        // A scan result is registered first and gets its address and ports
+        // a moment later: wait for the whole record.
+        |v| {
+            host(v, "127.0.0.1").is_some_and(|h| h["open_ports"].is_array())
+                && host(v, "mc-agent-1").is_some()
+        },
     )
     .await;
     let scanned = host(&v, "127.0.0.1").unwrap();
