@@ -35,6 +35,18 @@ pub async fn client(url: &str) -> anyhow::Result<fred::clients::Client> {
     Ok(client)
 }
 
+/// Every snapshot of each of `hosts`.
+fn all_time(hosts: &[String]) -> Vec<RangeReq> {
+    hosts
+        .iter()
+        .map(|h| RangeReq {
+            host: h.clone(),
+            start: 0,
+            end: i64::MAX,
+        })
+        .collect()
+}
+
 /// Snapshots stored for `hosts`, as the layout counts them.
 pub async fn stored_points(
     db: &dyn Exec,
@@ -43,15 +55,11 @@ pub async fn stored_points(
 ) -> anyhow::Result<u64> {
     let mut total = 0;
     for part in hosts.chunks(HOSTS_PER_PIPELINE) {
-        let reqs: Vec<RangeReq> = part
+        total += layout
+            .counts(db, &all_time(part))
+            .await?
             .iter()
-            .map(|h| RangeReq {
-                host: h.clone(),
-                start: 0,
-                end: i64::MAX,
-            })
-            .collect();
-        total += layout.counts(db, &reqs).await?.iter().sum::<u64>();
+            .sum::<u64>();
     }
     Ok(total)
 }
@@ -64,15 +72,7 @@ pub async fn read_back(
 ) -> anyhow::Result<u64> {
     let mut total = 0;
     for part in hosts.chunks(HOSTS_PER_READ) {
-        let reqs: Vec<RangeReq> = part
-            .iter()
-            .map(|h| RangeReq {
-                host: h.clone(),
-                start: 0,
-                end: i64::MAX,
-            })
-            .collect();
-        let frames = layout.frames(db, &reqs, &[], None).await?;
+        let frames = layout.frames(db, &all_time(part), &[], None).await?;
         total += frames
             .iter()
             .map(|f| f.timestamps.len() as u64)
