@@ -27,6 +27,19 @@ use tokio::task::JoinHandle;
 
 pub use redis_process::{RedisCluster, RedisSentinel, RedisServer};
 
+/// Redis with every write fsync'ed, so a Redis killed by the test (its
+/// `stop` is SIGKILL) loses nothing it acknowledged: what a test then
+/// measures is the broker. (With the default everysec Redis itself may
+/// lose the last second; it did once on a loaded CI machine.)
+pub fn durable_redis() -> RedisServer {
+    RedisServer::start_with(redis_process::RedisOptions {
+        appendonly: true,
+        extra_args: vec!["--appendfsync".into(), "always".into()],
+        ..Default::default()
+    })
+    .expect("redis-server")
+}
+
 /// Seconds since the epoch, now.
 pub fn now() -> i64 {
     SystemTime::now()

@@ -8,7 +8,6 @@
 use broker_common::{BrokerConfig, Service};
 use broker_proto::v1::{MetricBatch, Point};
 use broker_tests::*;
-use redis_process::RedisOptions;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use storage_layout::chunked::{ChunkRef, index_key, open_key};
@@ -320,12 +319,7 @@ async fn a_point_resent_while_its_chunk_is_sealed_is_stored_once_on_a_cluster() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spool_replays_into_the_chunked_layout() {
-    let mut redis = RedisServer::start_with(RedisOptions {
-        appendonly: true,
-        extra_args: vec!["--appendfsync".into(), "always".into()],
-        ..Default::default()
-    })
-    .unwrap();
+    let mut redis = durable_redis();
     let url = redis.url();
     let broker = Running::broker(chunked(&url, 4, Duration::from_secs(1)), &Service::DEFAULT).await;
     let ts0 = now() - 600;

@@ -42,15 +42,8 @@ async fn assert_all_stored(redis_url: &str, host: &str, ts: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_while_redis_is_down_and_replays_when_it_returns() {
-    // Every write fsync'ed: `stop` is SIGKILL, and with the default
-    // everysec Redis itself may lose the last second, "before" included
-    // (it did once on a loaded CI machine). The test measures the broker.
-    let mut redis = RedisServer::start_with(RedisOptions {
-        appendonly: true,
-        extra_args: vec!["--appendfsync".into(), "always".into()],
-        ..Default::default()
-    })
-    .unwrap();
+    // Every write fsync'ed: `stop` is SIGKILL ("before" must survive it).
+    let mut redis = durable_redis();
     let url = redis.url();
     let broker = Running::broker(config_for(&url), &Service::DEFAULT).await;
     let ts = now() - 30;

@@ -12,7 +12,9 @@
 
 mod common;
 
-use common::{Service, durable_redis, port, steady_load, verify_layout};
+use broker_tests::durable_redis;
+
+use common::{Service, port, steady_load, verify_layout};
 use redis_process::RedisServer;
 use std::time::{Duration, Instant};
 const HOSTS: usize = 200;

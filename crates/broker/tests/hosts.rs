@@ -14,12 +14,14 @@
 
 mod common;
 
+use broker_tests::durable_redis;
+
 use broker_proto::v1::host_service_client::HostServiceClient;
 use broker_proto::v1::{MemberState, RegisterHostRequest};
 use broker_tests::{Running, config_for, now, point, send_batches};
 use common::{
-    Service, cluster_section, ctl_yaml, durable_redis, member_state, port, service_on_free_ports,
-    steady_load, until, verify,
+    Service, cluster_section, ctl_yaml, member_state, port, service_on_free_ports, steady_load,
+    until, verify,
 };
 use redis_process::RedisServer;
 use serde_json::Value;

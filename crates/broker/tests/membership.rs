@@ -16,14 +16,13 @@
 
 mod common;
 
+use broker_tests::durable_redis;
+
 use broker::dlq_cli::AdminClient;
 use broker_proto::v1::{ClusterState, MemberState};
 use cluster_client::ClusterClient;
 use cluster_client::views::RingView;
-use common::{
-    Service, cluster_section, ctl_yaml, durable_redis, member_state, port, steady_load, until,
-    verify,
-};
+use common::{Service, cluster_section, ctl_yaml, member_state, port, steady_load, until, verify};
 use std::path::Path;
 use std::time::{Duration, Instant};
 

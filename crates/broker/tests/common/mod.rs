@@ -9,7 +9,6 @@ use broker_agent::load::{LoadConfig, Pacing, run_load_with};
 use broker_proto::v1::{ClusterState, MemberState};
 use broker_tests::Reader;
 use cluster_client::ClusterClient;
-use redis_process::{RedisOptions, RedisServer};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -129,17 +128,6 @@ pub fn service_on_free_ports(
 
 pub fn port() -> u16 {
     redis_process::free_port().unwrap()
-}
-
-/// Redis with every write fsync'ed, so Redis itself loses nothing it
-/// acknowledged when it is killed: what the test measures is the broker.
-pub fn durable_redis() -> RedisServer {
-    RedisServer::start_with(RedisOptions {
-        appendonly: true,
-        extra_args: vec!["--appendfsync".into(), "always".into()],
-        ..Default::default()
-    })
-    .unwrap()
 }
 
 /// Acked-point counts over time, from the load's progress callback.
