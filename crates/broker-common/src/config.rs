@@ -299,6 +299,11 @@ pub struct WriterConfig {
     pub redis_url: String,
     /// Redis connections, used round robin.
     pub pool_size: usize,
+    /// Send write pipelines as one pre-encoded RESP buffer on a plain
+    /// connection per pool slot, to the server fred is connected to
+    /// (standalone and sentinel; Redis Cluster always uses fred). `false`
+    /// sends them through fred, command by command (ADR 0006).
+    pub direct_pipelines: bool,
     /// Key layout: `seed` (the original design's, a HASH per point) or
     /// `chunked` (compressed chunks per host, a few bytes per sample).
     pub layout: String,
@@ -338,6 +343,7 @@ impl Default for WriterConfig {
         Self {
             redis_url: String::new(),
             pool_size: DEFAULT_REDIS_POOL_SIZE,
+            direct_pipelines: true,
             layout: "seed".into(),
             migrate_from: String::new(),
             chunk_points: DEFAULT_CHUNK_POINTS,

@@ -11,6 +11,8 @@
 //! - [`chunk`]: the chunked layout's byte formats (open-chunk records,
 //!   sealed chunks compressed with pco).
 //! - [`meta`]: the host metadata hash both layouts keep.
+//! - [`direct`]: write pipelines encoded once into one RESP buffer and
+//!   sent on a plain connection beside fred (standalone and sentinel).
 //! - [`dual`]: reads two layouts as one, for a migration window.
 //! - [`exec`]: [`Command`], [`Reply`] and [`Exec`], the one way a layout
 //!   talks to Redis, with the fred-backed executor.
@@ -23,6 +25,7 @@
 
 pub mod chunk;
 pub mod chunked;
+pub mod direct;
 pub mod dual;
 pub mod exec;
 pub mod frame;

@@ -51,6 +51,9 @@ pub struct Writer {
 /// or the dead-letter queue when Redis refuses them for good.
 pub(crate) struct Store {
     pool: Pool,
+    /// Write pipelines as one RESP buffer (`writer.direct_pipelines`);
+    /// `None`: through fred.
+    direct: Option<storage_layout::direct::DirectPipes>,
     layout: Arc<dyn KeyLayout>,
     ttl_secs: u64,
     timeout: Duration,
@@ -113,7 +116,13 @@ impl Writer {
             }
         }
         metrics.redis_up.set(i64::from(spool_empty));
+        let direct = if config.direct_pipelines {
+            storage_layout::direct::DirectPipes::new(&pool)
+        } else {
+            None
+        };
         let store = Arc::new(Store {
+            direct,
             pool,
             layout,
             ttl_secs: ttl.as_secs(),
@@ -305,18 +314,16 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 async fn write_batches(
+    store: &Store,
     client: &fred::clients::Client,
-    layout: &dyn KeyLayout,
     batches: &[&MetricBatch],
-    ttl: u64,
-    timeout: Duration,
-    metrics: &WriterMetrics,
 ) -> Result<(), WriterError> {
+    let (layout, metrics, timeout) = (store.layout.as_ref(), &store.metrics, store.timeout);
     let points: usize = batches.iter().map(|b| b.points.len()).sum();
     let mut commands = Vec::with_capacity(points * 2 + 8);
-    layout.write_commands(batches, ttl, now_secs(), &mut commands);
+    layout.write_commands(batches, store.ttl_secs, now_secs(), &mut commands);
     let started = Instant::now();
-    let result = match tokio::time::timeout(timeout, execute(client, commands)).await {
+    let result = match tokio::time::timeout(timeout, store.execute(client, commands)).await {
         Ok(r) => r,
         Err(_) => Err(WriterError::Timeout(timeout)),
     };
@@ -384,16 +391,7 @@ impl Store {
         batches: &[&MetricBatch],
     ) -> Result<Vec<Option<Refused>>, WriterError> {
         let client = self.pool.next().clone();
-        match write_batches(
-            &client,
-            self.layout.as_ref(),
-            batches,
-            self.ttl_secs,
-            self.timeout,
-            &self.metrics,
-        )
-        .await
-        {
+        match write_batches(self, &client, batches).await {
             Ok(()) => Ok(batches.iter().map(|_| None).collect()),
             Err(e) if e.is_permanent() => {
                 tracing::warn!(error = %e, "redis refused part of a pipeline for good; writing it again host by host to set those points apart");
@@ -447,11 +445,11 @@ impl Store {
         }
         let labels: Vec<String> = commands.iter().map(describe).collect();
         let started = Instant::now();
-        let results = match tokio::time::timeout(self.timeout, execute_each(client, commands)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(WriterError::Timeout(self.timeout)),
-        };
+        let results =
+            match tokio::time::timeout(self.timeout, self.execute_each(client, commands)).await {
+                Ok(r) => r,
+                Err(_) => Err(WriterError::Timeout(self.timeout)),
+            };
         self.metrics.pipelines.inc();
         self.metrics
             .pipeline_seconds
@@ -850,38 +848,52 @@ async fn sleep_or_stop(backoff: &mut impl Iterator<Item = Duration>, stop: &Canc
     }
 }
 
-/// Sends `commands` as one pipeline; fails if any command failed. When
-/// several failed, a transient failure wins over a permanent one: the
-/// write is then retried (spooled) as it is.
-pub async fn execute(
-    client: &fred::clients::Client,
-    commands: Vec<Command>,
-) -> Result<(), WriterError> {
-    let mut permanent = None;
-    for r in execute_each(client, commands).await? {
-        match r {
-            Ok(()) => {}
-            Err(e) if e.is_permanent() => {
-                permanent.get_or_insert(e);
+impl Store {
+    /// Sends `commands` as one pipeline; fails if any command failed. When
+    /// several failed, a transient failure wins over a permanent one: the
+    /// write is then retried (spooled) as it is.
+    async fn execute(
+        &self,
+        client: &fred::clients::Client,
+        commands: Vec<Command>,
+    ) -> Result<(), WriterError> {
+        let mut permanent = None;
+        for r in self.execute_each(client, commands).await? {
+            match r {
+                Ok(()) => {}
+                Err(e) if e.is_permanent() => {
+                    permanent.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
         }
+        permanent.map_or(Ok(()), Err)
     }
-    permanent.map_or(Ok(()), Err)
-}
 
-/// Sends `commands` as one pipeline and returns each command's outcome.
-/// `Err` when Redis did not answer every command (connection lost...).
-pub async fn execute_each(
-    client: &fred::clients::Client,
-    commands: Vec<Command>,
-) -> Result<Vec<Result<(), WriterError>>, WriterError> {
-    Ok(storage_layout::exec::pipeline_results(client, commands)
-        .await
-        .map_err(WriterError::Redis)?
-        .into_iter()
-        .map(|r| r.map(|_| ()).map_err(|e| classify(&e)))
-        .collect())
+    /// Sends `commands` as one pipeline (direct, or through fred's
+    /// `client`) and returns each command's outcome. `Err` when Redis did
+    /// not answer every command (connection lost...).
+    async fn execute_each(
+        &self,
+        client: &fred::clients::Client,
+        commands: Vec<Command>,
+    ) -> Result<Vec<Result<(), WriterError>>, WriterError> {
+        if let Some(direct) = &self.direct {
+            return Ok(direct
+                .pipeline(&commands)
+                .await
+                .map_err(WriterError::Redis)?
+                .into_iter()
+                .map(|r| r.map_err(|reply| classify_reply(&reply)))
+                .collect());
+        }
+        Ok(storage_layout::exec::pipeline_results(client, commands)
+            .await
+            .map_err(WriterError::Redis)?
+            .into_iter()
+            .map(|r| r.map(|_| ()).map_err(|e| classify(&e)))
+            .collect())
+    }
 }
 
 /// Error replies that say "not now" rather than "never": Redis is loading,
@@ -914,17 +926,9 @@ const TRANSIENT_REPLIES: &[&str] = &[
 pub fn classify(e: &fred::error::Error) -> WriterError {
     use fred::error::ErrorKind as K;
     let details = e.details();
-    // Redis error replies start with an upper-case code: "WRONGTYPE ...".
-    let code = details
-        .split_whitespace()
-        .next()
-        .filter(|w| w.len() >= 2 && w.bytes().all(|b| b.is_ascii_uppercase()));
-    let permanent = match (e.kind(), code) {
+    let permanent = match (e.kind(), reply_code(details)) {
         (K::InvalidArgument | K::InvalidCommand | K::Unknown, Some(code)) => {
-            let transient = TRANSIENT_REPLIES.contains(&code)
-                // Refused at connect time, not for this data.
-                || (code == "ERR" && details.contains("max number of clients"));
-            !transient
+            !transient_reply(code, details)
         }
         // Arguments the client cannot encode, or Redis's "Invalid argument".
         (K::InvalidArgument, None) => true,
@@ -937,6 +941,29 @@ pub fn classify(e: &fred::error::Error) -> WriterError {
     } else {
         WriterError::Redis(e.to_string())
     }
+}
+
+/// [`classify`] for an error reply read off a direct pipeline: permanent
+/// unless its code is one of `TRANSIENT_REPLIES`.
+pub fn classify_reply(reply: &str) -> WriterError {
+    match reply_code(reply) {
+        Some(code) if transient_reply(code, reply) => WriterError::Redis(reply.to_string()),
+        _ => WriterError::RedisRejected(reply.to_string()),
+    }
+}
+
+/// The code an error reply starts with, upper case: "WRONGTYPE ...".
+fn reply_code(reply: &str) -> Option<&str> {
+    reply
+        .split_whitespace()
+        .next()
+        .filter(|w| w.len() >= 2 && w.bytes().all(|b| b.is_ascii_uppercase()))
+}
+
+fn transient_reply(code: &str, reply: &str) -> bool {
+    TRANSIENT_REPLIES.contains(&code)
+        // Refused at connect time, not for this data.
+        || (code == "ERR" && reply.contains("max number of clients"))
 }
 
 /// Builds the Redis pool for `url` (`redis://`, `redis-cluster://`,
@@ -977,6 +1004,26 @@ mod tests {
 
     fn permanent(kind: ErrorKind, details: &'static str) -> bool {
         classify(&Error::new(kind, details)).is_permanent()
+    }
+
+    #[test]
+    fn direct_error_replies_classify_as_fred_errors_do() {
+        for reply in [
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "ERR wrong number of arguments for 'zadd' command",
+            "ERR value is not a valid float",
+        ] {
+            assert!(classify_reply(reply).is_permanent(), "{reply}");
+            assert!(permanent(ErrorKind::Unknown, reply), "{reply}");
+        }
+        for reply in [
+            "LOADING Redis is loading the dataset in memory",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "READONLY You can't write against a read only replica.",
+            "ERR max number of clients reached",
+        ] {
+            assert!(!classify_reply(reply).is_permanent(), "{reply}");
+        }
     }
 
     #[test]
