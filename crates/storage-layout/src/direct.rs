@@ -82,7 +82,8 @@ impl DirectPipes {
 
     /// Sends `commands` as one pipeline and answers, in order, `Ok` or the
     /// error reply for each; `Err` when Redis did not answer them all
-    /// (not connected, connection lost). Dropping the future mid-way
+    /// (connection lost or refused). While fred is still connecting it
+    /// waits for it, like a fred command would. Dropping the future mid-way
     /// (a timeout) closes the connection it was using.
     pub async fn pipeline(&self, commands: &[Command]) -> PipelineResult {
         if commands.is_empty() {
@@ -91,7 +92,18 @@ impl DirectPipes {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         // fred's client of this slot says where Redis is now.
         let client = &self.pool.clients()[i];
-        let Some(server) = client.active_connections().into_iter().next() else {
+        let mut server = client.active_connections().into_iter().next();
+        if server.is_none() {
+            // As fred's own commands do, wait for the connection (the
+            // caller's timeout bounds the wait): a writer takes writes
+            // before Redis answers, and they should not fail for that.
+            client
+                .wait_for_connect()
+                .await
+                .map_err(|e| format!("redis is not connected: {e}"))?;
+            server = client.active_connections().into_iter().next();
+        }
+        let Some(server) = server else {
             return Err("redis is not connected".into());
         };
         let mut out = Vec::with_capacity(commands.len());

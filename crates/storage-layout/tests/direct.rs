@@ -93,11 +93,11 @@ async fn credentials_and_database_come_from_the_url() {
         .unwrap();
     let _ = bad_pool.init().await;
     let direct = DirectPipes::new(&bad_pool).unwrap();
-    let e = direct.pipeline(&[set("x", "1")]).await.unwrap_err();
-    assert!(
-        e.contains("WRONGPASS") || e.contains("not connected"),
-        "{e}"
-    );
+    // fred's connection was refused, so the pipeline fails or (waiting
+    // for a connection that never comes) runs into the caller's deadline.
+    let r = tokio::time::timeout(Duration::from_secs(2), direct.pipeline(&[set("x", "1")])).await;
+    assert!(!matches!(r, Ok(Ok(_))), "{r:?}");
+    assert_eq!(get(&pool, "x").await, None);
 }
 
 #[tokio::test]
