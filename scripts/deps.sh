@@ -2,7 +2,10 @@
 # Installs what the broker's tests and local run need and Rust does not
 # bring (Debian/Ubuntu packages), idempotently:
 # - redis-server and redis-cli: the real Redis every integration test starts;
-# - prometheus (for promtool): the Prometheus client the query-api test uses;
+# - prometheus (promtool and prometheus): the Prometheus client the
+#   query-api test uses, and the Prometheus that remote-writes into the
+#   gateway in the remote-write test;
+# - prometheus-node-exporter: what that Prometheus scrapes;
 # - prometheus-alertmanager: the real Alertmanager host-manager's alerts
 #   test delivers to;
 # - chromium, then Playwright for Python (PyPI, tests/requirements.txt):
@@ -16,6 +19,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+command -v prometheus-node-exporter >/dev/null 2>&1 || need+=(prometheus-node-exporter)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
@@ -30,9 +34,9 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update >/dev/null
     $SUDO apt-get install -y --no-install-recommends "${need[@]}" >/dev/null
   }
-  # The Debian packages start a system redis on 6379, a prometheus on 9090
-  # and an alertmanager on 9093 (where they may); the broker's tests never
-  # use them.
+  # The Debian packages start a system redis on 6379, a prometheus on 9090,
+  # a node_exporter on 9100 and an alertmanager on 9093 (where they may);
+  # the broker's tests never use them.
 fi
 for tool in docker docker-compose; do
   command -v "$tool" >/dev/null 2>&1 ||

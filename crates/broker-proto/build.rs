@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "broker/v1/cluster.proto",
         "broker/v1/query.proto",
         "broker/v1/hosts.proto",
+        "prometheus/remote.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     tonic_prost_build::configure()

@@ -28,7 +28,9 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_MAX_POINTS_PER_BATCH: usize = 10_000;
 pub const DEFAULT_MAX_METRICS_PER_POINT: usize = 1_024;
 pub const DEFAULT_MAX_HOST_ID_LEN: usize = 128;
-pub const DEFAULT_MAX_METRIC_NAME_LEN: usize = 128;
+/// Room for a remote-written series' labels in its name
+/// (`node_exporter_build_info{branch="...",goversion="...",...}`).
+pub const DEFAULT_MAX_METRIC_NAME_LEN: usize = 256;
 pub const DEFAULT_MAX_LABELS_PER_POINT: usize = 32;
 pub const DEFAULT_MAX_FUTURE_SKEW: Duration = Duration::from_secs(300);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -188,6 +190,10 @@ pub struct GatewayConfig {
     /// Deadline of one gateway -> router call.
     #[serde(with = "humantime_serde")]
     pub forward_timeout: Duration,
+    /// Prometheus remote write (`POST /api/v1/write`): the label whose
+    /// value names the host (its `:port` dropped). The series' other
+    /// labels stay with the metric name.
+    pub remote_write_host_label: String,
 }
 
 impl Default for GatewayConfig {
@@ -204,6 +210,7 @@ impl Default for GatewayConfig {
             max_inflight_batches_per_stream: DEFAULT_MAX_INFLIGHT_BATCHES_PER_STREAM,
             max_inflight_points: DEFAULT_MAX_INFLIGHT_POINTS,
             forward_timeout: DEFAULT_FORWARD_TIMEOUT,
+            remote_write_host_label: "instance".into(),
         }
     }
 }
@@ -711,6 +718,12 @@ impl BrokerConfig {
             );
         }
         nonzero_duration(&mut bad, "gateway.forward_timeout", g.forward_timeout);
+        if g.remote_write_host_label.is_empty() {
+            bad(
+                "gateway.remote_write_host_label",
+                "must name a label (Prometheus's is `instance`)".to_string(),
+            );
+        }
         let r = &self.router;
         if !(1..=10_000).contains(&r.vnodes) {
             bad(

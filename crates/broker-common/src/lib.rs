@@ -19,6 +19,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod process_metrics;
+pub mod series_name;
 pub mod serve;
 pub mod service;
 pub mod shutdown;

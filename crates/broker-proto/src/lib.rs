@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`v1`]: `broker.v1`, the agent-facing `MonitorService` and the internal
 //!   `RouterService` / `WriterService`.
+//! - [`prometheus`]: Prometheus's remote-write messages.
 //! - [`bench`]: an alternative map-based point encoding, kept only so the
 //!   encoding benchmark can compare it with the packed layout we use.
 
@@ -11,6 +12,13 @@
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("broker.v1");
+}
+
+/// Prometheus remote write 1.0 (`prometheus.WriteRequest`), what the
+/// gateway's `POST /api/v1/write` decodes.
+pub mod prometheus {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("prometheus");
 }
 
 pub mod bench {

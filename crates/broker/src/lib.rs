@@ -135,6 +135,8 @@ pub async fn run(
             )
         };
         let g = Gateway::new(&config, client, &mut registry, stop.clone());
+        // POST /api/v1/write (Prometheus remote write)
+        admin_routes.push(g.http_routes());
         routes.add_service(g.into_server());
         names.push(ingest_gateway::gateway::MONITOR_SERVICE_NAME);
         readiness.set("ingest-gateway", true);

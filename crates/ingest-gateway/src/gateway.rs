@@ -7,7 +7,7 @@
 //! instead of the gateway dropping or buffering without bound.
 
 use crate::metrics::GatewayMetrics;
-use crate::validate::{Limits, reason_label, validate_batch};
+use crate::validate::{BatchRejection, Limits, reason_label, validate_batch};
 use broker_common::BrokerConfig;
 use broker_proto::v1::monitor_service_server::{MonitorService, MonitorServiceServer};
 use broker_proto::v1::{BatchAck, BatchError, MetricBatch, PointError, RejectReason};
@@ -28,15 +28,16 @@ pub struct Gateway {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    limits: Limits,
+pub(crate) struct Inner {
+    pub(crate) limits: Limits,
     router: RouterClient,
     forward_timeout: Duration,
     per_stream: usize,
     inflight_points: Arc<Semaphore>,
     max_inflight_points: usize,
-    max_message_bytes: usize,
-    metrics: GatewayMetrics,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) remote_write_host_label: String,
+    pub(crate) metrics: GatewayMetrics,
     stop: CancellationToken,
 }
 
@@ -59,10 +60,18 @@ impl Gateway {
                 inflight_points: Arc::new(Semaphore::new(g.max_inflight_points)),
                 max_inflight_points: g.max_inflight_points,
                 max_message_bytes: g.max_message_bytes,
+                remote_write_host_label: g.remote_write_host_label.clone(),
                 metrics: GatewayMetrics::new(registry),
                 stop,
             }),
         }
+    }
+
+    /// The gateway's HTTP routes: Prometheus remote write
+    /// (`POST /api/v1/write`, [`crate::remote_write`]), for
+    /// [`broker_common::Admin::with_routes`].
+    pub fn http_routes(&self) -> axum::Router {
+        crate::remote_write::routes(self.inner.clone())
     }
 
     pub fn into_server(self) -> MonitorServiceServer<Self> {
@@ -147,67 +156,21 @@ impl Inner {
         let started = Instant::now();
         let seq = batch.seq;
         let n = batch.points.len();
-        self.metrics.batches.inc();
-        self.metrics.received_points.inc_by(n as u64);
-        self.metrics.batch_points.observe(n as f64);
-        let ack = match validate_batch(batch, &self.limits, now_secs()) {
-            Err(rej) => {
-                self.metrics
-                    .batch_errors
-                    .get_or_create(&vec![("error", batch_error_label(rej.error))])
-                    .inc();
-                BatchAck {
-                    seq,
-                    accepted: 0,
-                    errors: vec![],
-                    batch_error: rej.error as i32,
-                    batch_error_message: rej.message,
-                }
-            }
-            Ok(v) => {
-                let mut errors = v.errors;
-                let routed = v.batch.points.len();
-                if routed > 0 {
-                    let want = routed.min(self.max_inflight_points) as u32;
-                    let _points = self
-                        .inflight_points
-                        .clone()
-                        .acquire_many_owned(want)
-                        .await
-                        .expect("inflight semaphore is never closed");
-                    self.metrics.inflight_points.inc_by(routed as i64);
-                    let result = self.router.route(v.batch, self.forward_timeout).await;
-                    self.metrics.inflight_points.dec_by(routed as i64);
-                    match result {
-                        Ok(failed) => errors.extend(failed.into_iter().map(|mut f| {
-                            f.index = v.index_map[f.index as usize];
-                            f
-                        })),
-                        Err(status) => errors.extend(v.index_map.iter().map(|&i| PointError {
-                            index: i,
-                            reason: RejectReason::Unavailable as i32,
-                            message: status.message().to_string(),
-                            retryable: true,
-                        })),
-                    }
-                    errors.sort_by_key(|e| e.index);
-                }
-                for e in &errors {
-                    self.metrics
-                        .rejected_points
-                        .get_or_create(&vec![("reason", reason_label(e.reason))])
-                        .inc();
-                }
-                let accepted = n - errors.len();
-                self.metrics.accepted_points.inc_by(accepted as u64);
-                BatchAck {
-                    seq,
-                    accepted: accepted as u32,
-                    errors,
-                    batch_error: BatchError::None as i32,
-                    batch_error_message: String::new(),
-                }
-            }
+        let ack = match self.ingest(batch).await {
+            Err(rej) => BatchAck {
+                seq,
+                accepted: 0,
+                errors: vec![],
+                batch_error: rej.error as i32,
+                batch_error_message: rej.message,
+            },
+            Ok(errors) => BatchAck {
+                seq,
+                accepted: (n - errors.len()) as u32,
+                errors,
+                batch_error: BatchError::None as i32,
+                batch_error_message: String::new(),
+            },
         };
         self.metrics
             .ack_seconds
@@ -215,6 +178,67 @@ impl Inner {
         if tx.send(Ok(ack)).await.is_err() {
             tracing::debug!(seq, "agent went away before its ack");
         }
+    }
+
+    /// Validates `batch`, forwards its valid points to the routers and
+    /// answers, once those are durable or failed, one error per point that
+    /// was not stored (by its index in `batch`, ascending). The one ingest
+    /// path of agents' streams and Prometheus remote write.
+    pub(crate) async fn ingest(
+        &self,
+        batch: MetricBatch,
+    ) -> Result<Vec<PointError>, BatchRejection> {
+        let n = batch.points.len();
+        self.metrics.batches.inc();
+        self.metrics.received_points.inc_by(n as u64);
+        self.metrics.batch_points.observe(n as f64);
+        let v = match validate_batch(batch, &self.limits, now_secs()) {
+            Err(rej) => {
+                self.metrics
+                    .batch_errors
+                    .get_or_create(&vec![("error", batch_error_label(rej.error))])
+                    .inc();
+                return Err(rej);
+            }
+            Ok(v) => v,
+        };
+        let mut errors = v.errors;
+        let routed = v.batch.points.len();
+        if routed > 0 {
+            let want = routed.min(self.max_inflight_points) as u32;
+            let _points = self
+                .inflight_points
+                .clone()
+                .acquire_many_owned(want)
+                .await
+                .expect("inflight semaphore is never closed");
+            self.metrics.inflight_points.inc_by(routed as i64);
+            let result = self.router.route(v.batch, self.forward_timeout).await;
+            self.metrics.inflight_points.dec_by(routed as i64);
+            match result {
+                Ok(failed) => errors.extend(failed.into_iter().map(|mut f| {
+                    f.index = v.index_map[f.index as usize];
+                    f
+                })),
+                Err(status) => errors.extend(v.index_map.iter().map(|&i| PointError {
+                    index: i,
+                    reason: RejectReason::Unavailable as i32,
+                    message: status.message().to_string(),
+                    retryable: true,
+                })),
+            }
+            errors.sort_by_key(|e| e.index);
+        }
+        for e in &errors {
+            self.metrics
+                .rejected_points
+                .get_or_create(&vec![("reason", reason_label(e.reason))])
+                .inc();
+        }
+        self.metrics
+            .accepted_points
+            .inc_by((n - errors.len()) as u64);
+        Ok(errors)
     }
 }
 

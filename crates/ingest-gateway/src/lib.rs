@@ -4,13 +4,17 @@
 //!
 //! # Layout
 //! - [`validate`]: per-point validation with reasons (pure logic).
-//! - [`gateway`]: the stream handler, backpressure and acks.
+//! - [`gateway`]: the stream handler, backpressure and acks; the one
+//!   ingest path (validate, route, ack after durable) both protocols use.
+//! - [`remote_write`]: Prometheus remote write 1.0 over HTTP, mapped onto
+//!   the same ingest path.
 //! - [`metrics`]: Prometheus metrics of ingest.
 
 #![forbid(unsafe_code)]
 
 pub mod gateway;
 pub mod metrics;
+pub mod remote_write;
 pub mod validate;
 
 pub use gateway::Gateway;
@@ -51,7 +55,8 @@ pub async fn run(
     let stop = broker_common::serve::token_from(shutdown);
     let gateway = Gateway::new(&config, router, &mut registry, stop.clone());
     readiness.set("ingest-gateway", true);
-    let admin = Admin::new(registry, readiness);
+    // POST /api/v1/write (Prometheus remote write) on the HTTP port.
+    let admin = Admin::new(registry, readiness).with_routes(gateway.http_routes());
     let routes = tonic::service::Routes::new(gateway.into_server());
     let result = broker_common::serve::serve(
         routes,

@@ -17,6 +17,10 @@ pub struct GatewayMetrics {
     pub ack_seconds: Histogram,
     pub inflight_points: Gauge,
     pub streams: Gauge,
+    /// Remote-write requests by HTTP status code.
+    pub remote_write_requests: Family<Vec<(&'static str, String)>, Counter>,
+    /// Remote-write samples by what became of them.
+    pub remote_write_samples: Family<ReasonLabels, Counter>,
 }
 
 impl GatewayMetrics {
@@ -31,6 +35,8 @@ impl GatewayMetrics {
             ack_seconds: Histogram::new(broker_common::admin::latency_buckets()),
             inflight_points: Gauge::default(),
             streams: Gauge::default(),
+            remote_write_requests: Family::default(),
+            remote_write_samples: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("broker_ingest");
         r.register(
@@ -70,6 +76,16 @@ impl GatewayMetrics {
             m.inflight_points.clone(),
         );
         r.register("streams", "Open agent streams", m.streams.clone());
+        r.register(
+            "remote_write_requests",
+            "Prometheus remote-write requests, by HTTP status code",
+            m.remote_write_requests.clone(),
+        );
+        r.register(
+            "remote_write_samples",
+            "Prometheus remote-write samples: stored, superseded (a later sample of the series in the same second), stale (staleness markers, skipped) or rejected",
+            m.remote_write_samples.clone(),
+        );
         m
     }
 }

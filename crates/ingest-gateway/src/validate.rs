@@ -61,7 +61,7 @@ pub fn host_id_byte(b: u8) -> bool {
 
 /// Characters allowed in metric names and label names.
 pub fn name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':')
+    broker_common::series_name::base_byte(b)
 }
 
 fn check_id(
@@ -92,6 +92,20 @@ fn check_id(
 const HOST_ALLOWED: &str = "letters, digits, '.', '_', '-'";
 const NAME_ALLOWED: &str = "letters, digits, '.', '_', '-', ':'";
 
+/// A metric name: a plain name of [`name_byte`]s, optionally followed by
+/// its own labels in Prometheus's series notation,
+/// `node_cpu_seconds_total{cpu="0",mode="idle"}`
+/// ([`broker_common::series_name`]); at most `max` bytes in all.
+pub fn check_metric_name(n: &str, max: usize) -> Result<(), String> {
+    broker_common::series_name::check(n, max).map_err(|e| {
+        if e.contains("bytes long") {
+            format!("{e} (gateway.max_metric_name_len)")
+        } else {
+            e
+        }
+    })
+}
+
 pub fn validate_batch(
     batch: MetricBatch,
     limits: &Limits,
@@ -113,18 +127,12 @@ pub fn validate_batch(
         .metric_names
         .iter()
         .map(|n| {
-            check_id(
-                "metric name",
-                n,
-                limits.max_metric_name_len,
-                name_byte,
-                NAME_ALLOWED,
-            )
-            .err()
-            .or_else(|| {
-                (!seen.insert(n.as_str()))
-                    .then(|| format!("metric name {n:?} appears twice in metric_names"))
-            })
+            check_metric_name(n, limits.max_metric_name_len)
+                .err()
+                .or_else(|| {
+                    (!seen.insert(n.as_str()))
+                        .then(|| format!("metric name {n:?} appears twice in metric_names"))
+                })
         })
         .collect();
     let table_ok = name_problem.iter().all(Option::is_none);

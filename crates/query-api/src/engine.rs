@@ -246,20 +246,9 @@ impl Engine {
         if metric.is_empty() {
             return Err(QueryError::invalid(param, "is empty"));
         }
-        if metric.len() > self.names.metric
-            || !metric
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-        {
-            return Err(QueryError::invalid(
-                param,
-                format!(
-                    "{metric:?} is not a metric name: at most {} of letters, digits, '.', '_', ':' or '-'",
-                    self.names.metric
-                ),
-            ));
-        }
-        Ok(())
+        broker_common::series_name::check(metric, self.names.metric).map_err(|e| {
+            QueryError::invalid(param, format!("{metric:?} is not a metric name: {e}"))
+        })
     }
 
     pub fn check_range(&self, start: i64, end: i64) -> Result<(), QueryError> {

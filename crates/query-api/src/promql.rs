@@ -5,9 +5,12 @@
 //!
 //! # Data model
 //! Each (metric, host) is a series `metric{host="<id>", <host labels>}`;
-//! its samples are the host's snapshots that hold the metric. A selector
-//! picks hosts by their labels (`host` and the labels agents sent) and
-//! metrics by name among those of each host's newest snapshot.
+//! its samples are the host's snapshots that hold the metric. A metric
+//! name that carries labels (`node_cpu_seconds_total{cpu="0",job="node"}`,
+//! as the gateway stores Prometheus remote write) is the series
+//! `node_cpu_seconds_total` with those labels too. A selector picks hosts
+//! by their labels (`host` and the labels agents sent) and series by name
+//! and labels among those of each host's newest snapshot.
 //!
 //! # What is evaluated
 //! PromQL is parsed with `promql-parser`; this module evaluates a subset:
@@ -53,10 +56,10 @@ pub enum Evaluated {
     Vector(Vec<Series>),
 }
 
-/// What one selector picks before any data is read: each host with its
-/// label set and the metric names wanted from it.
+/// What one selector picks before any data is read: each host with the
+/// metrics wanted from it (stored name, series labels).
 struct Selection {
-    hosts: Vec<(String, Labels, Vec<String>)>,
+    hosts: Vec<(String, Vec<(String, Labels)>)>,
 }
 
 fn unsupported(what: impl Into<String>) -> QueryError {
@@ -77,6 +80,27 @@ fn matches(m: &Matcher, value: Option<&str>) -> bool {
     m.is_match(value.unwrap_or(""))
 }
 
+/// The labels of a host's series `metric`: the host's labels, the labels
+/// the metric name carries (`node_cpu_seconds_total{cpu="0"}`, as remote
+/// write stores them; the host's win a clash) and `__name__`, the name
+/// without its labels.
+fn series_labels(host: &Labels, metric: &str) -> Labels {
+    let mut l = host.clone();
+    match broker_common::series_name::parse(metric) {
+        Ok(p) => {
+            for (k, v) in p.labels {
+                l.entry(k.to_string()).or_insert(v);
+            }
+            l.insert(NAME.into(), p.base.to_string());
+        }
+        // Not written by the gateway's validation; shown as it is.
+        Err(_) => {
+            l.insert(NAME.into(), metric.to_string());
+        }
+    }
+    l
+}
+
 /// Hosts and metric names a vector selector picks (no data read).
 async fn select(engine: &Engine, vs: &VectorSelector) -> Result<Selection, QueryError> {
     if !vs.matchers.or_matchers.is_empty() {
@@ -88,40 +112,37 @@ async fn select(engine: &Engine, vs: &VectorSelector) -> Result<Selection, Query
     if vs.at.is_some() {
         return Err(unsupported("@ modifier"));
     }
-    let mut name_matchers: Vec<Matcher> = vs
-        .matchers
-        .matchers
-        .iter()
-        .filter(|m| m.name == NAME)
-        .cloned()
-        .collect();
+    let mut matchers: Vec<Matcher> = vs.matchers.matchers.clone();
     if let Some(n) = &vs.name {
-        name_matchers.push(Matcher::new(MatchOp::Equal, NAME, n));
+        matchers.push(Matcher::new(MatchOp::Equal, NAME, n));
     }
-    let label_matchers: Vec<&Matcher> = vs
-        .matchers
-        .matchers
-        .iter()
-        .filter(|m| m.name != NAME)
-        .collect();
     let list = engine.host_list().await?;
     let mut hosts = Vec::new();
     for h in list.iter() {
         let labels = host_labels(h);
-        if !label_matchers
+        // Matchers on the host's own labels decide for all its series.
+        let (on_host, on_series): (Vec<&Matcher>, Vec<&Matcher>) = matchers
+            .iter()
+            .partition(|m| m.name != NAME && labels.contains_key(&m.name));
+        if !on_host
             .iter()
             .all(|m| matches(m, labels.get(&m.name).map(String::as_str)))
         {
             continue;
         }
-        let metrics: Vec<String> = h
+        let metrics: Vec<(String, Labels)> = h
             .metrics
             .iter()
-            .filter(|name| name_matchers.iter().all(|m| m.is_match(name)))
-            .cloned()
+            .filter_map(|name| {
+                let l = series_labels(&labels, name);
+                on_series
+                    .iter()
+                    .all(|m| matches(m, l.get(&m.name).map(String::as_str)))
+                    .then(|| (name.clone(), l))
+            })
             .collect();
         if !metrics.is_empty() {
-            hosts.push((h.id.clone(), labels, metrics));
+            hosts.push((h.id.clone(), metrics));
         }
     }
     let max = engine.config().max_hosts;
@@ -148,16 +169,20 @@ async fn series(
     let start = from_ms.div_euclid(1000).max(0);
     let end = to_ms.div_euclid(1000);
     engine.check_range(start, end.max(start))?;
-    let wanted: BTreeSet<&String> = sel.hosts.iter().flat_map(|(_, _, m)| m).collect();
+    let wanted: BTreeSet<&String> = sel
+        .hosts
+        .iter()
+        .flat_map(|(_, m)| m.iter().map(|(name, _)| name))
+        .collect();
     let wanted: Vec<String> = wanted.into_iter().cloned().collect();
     if sel.hosts.is_empty() || end < start {
         return Ok(Vec::new());
     }
-    let ids: Vec<String> = sel.hosts.iter().map(|(h, _, _)| h.clone()).collect();
+    let ids: Vec<String> = sel.hosts.iter().map(|(h, _)| h.clone()).collect();
     let frames = engine.frames(&ids, start, end, &wanted).await?;
     let mut out = Vec::new();
-    for ((_, labels, metrics), frame) in sel.hosts.into_iter().zip(frames) {
-        for m in metrics {
+    for ((_, metrics), frame) in sel.hosts.into_iter().zip(frames) {
+        for (m, labels) in metrics {
             let Some(col) = frame.metrics.get(&m) else {
                 continue;
             };
@@ -171,8 +196,6 @@ async fn series(
             if points.is_empty() {
                 continue;
             }
-            let mut labels = labels.clone();
-            labels.insert(NAME.into(), m);
             out.push(Series { labels, points });
         }
     }
@@ -578,11 +601,7 @@ async fn matched(engine: &Engine, p: &Params, required: bool) -> Result<Vec<Labe
             .iter()
             .flat_map(|h| {
                 let l = host_labels(h);
-                h.metrics.iter().map(move |m| {
-                    let mut l = l.clone();
-                    l.insert(NAME.into(), m.clone());
-                    l
-                })
+                h.metrics.iter().map(move |m| series_labels(&l, m))
             })
             .collect());
     }
@@ -594,12 +613,8 @@ async fn matched(engine: &Engine, p: &Params, required: bool) -> Result<Vec<Labe
                 format!("{s:?} is not a series selector"),
             ));
         };
-        for (_, labels, metrics) in select(engine, &vs).await?.hosts {
-            for m in metrics {
-                let mut l = labels.clone();
-                l.insert(NAME.into(), m);
-                out.insert(l);
-            }
+        for (_, metrics) in select(engine, &vs).await?.hosts {
+            out.extend(metrics.into_iter().map(|(_, labels)| labels));
         }
     }
     Ok(out.into_iter().collect())

@@ -17,6 +17,12 @@ use storage_layout::{Command, Exec, KeyLayout, LayoutError, RangeReq, Reply, met
 
 pub use storage_layout::{Frame, HostMeta};
 
+/// A host's series are the metrics of its newest snapshot and of the
+/// snapshots up to this many seconds before it...
+const SERIES_WINDOW_SECS: i64 = 60;
+/// ...at most this many of them (the oldest of the window first).
+const SERIES_WINDOW_SNAPSHOTS: usize = 16;
+
 /// Pipelines of one query in flight at once: enough to overlap our decoding
 /// with Redis's work, few enough to leave Redis to other queries.
 const PIPELINES_PER_QUERY: usize = 4;
@@ -374,9 +380,34 @@ impl Store {
                 Some(1),
             )
             .await?;
-        for ((i, r), f) in newest.into_iter().zip(frames) {
+        // And those of the snapshots just before it: a host whose series
+        // arrive at different seconds (Prometheus scraping two exporters of
+        // one machine at different offsets) has them all.
+        let before = self
+            .frames_of(
+                newest
+                    .iter()
+                    .map(|(_, r)| RangeReq {
+                        host: r.host.clone(),
+                        start: r.start.saturating_sub(SERIES_WINDOW_SECS),
+                        end: r.start - 1,
+                    })
+                    .collect(),
+                &[],
+                Some(SERIES_WINDOW_SNAPSHOTS),
+            )
+            .await?;
+        for (((i, r), f), b) in newest.into_iter().zip(frames).zip(before) {
             if let Some(info) = infos[i].as_mut() {
-                info.metrics = f.names_at(r.start);
+                let mut names: std::collections::BTreeSet<String> =
+                    f.names_at(r.start).into_iter().collect();
+                names.extend(
+                    b.metrics
+                        .into_iter()
+                        .filter(|(_, col)| col.iter().any(|v| !v.is_nan()))
+                        .map(|(n, _)| n),
+                );
+                info.metrics = names.into_iter().collect();
             }
         }
         Ok(infos)

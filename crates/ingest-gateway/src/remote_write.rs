@@ -1,0 +1,556 @@
+//! Prometheus remote write 1.0: `POST /api/v1/write` on the gateway's HTTP
+//! port (a snappy-compressed `prometheus.WriteRequest`).
+//!
+//! # How series become the broker's points
+//! - **Host**: the value of `gateway.remote_write_host_label` (`instance`
+//!   by default) without its `:port`, and with any character a host id
+//!   cannot hold replaced by `_`. The broker monitors hosts: node_exporter
+//!   on `:9100` and a Prometheus on `:9090` of one machine are one host,
+//!   whose series stay apart by their `job` label.
+//! - **Metric name**: `__name__` with the series' other labels in
+//!   Prometheus's series notation, sorted
+//!   (`node_cpu_seconds_total{cpu="0",job="node",mode="idle"}`,
+//!   [`broker_common::series_name`]); query-api parses it back, so PromQL
+//!   sees the labels Prometheus had.
+//! - **Time**: milliseconds to the broker's seconds (floor). Samples of one
+//!   series within one second: the latest wins.
+//! - One point per (host, second), split into several points of at most
+//!   `gateway.max_metrics_per_point` metrics (both layouts merge points of
+//!   the same host and second metric by metric).
+//! - Staleness markers (the NaN Prometheus writes when a series goes away)
+//!   are skipped; the broker has no stale state to record.
+//!
+//! # Answers
+//! The points go through the same validation, routing and ack-after-durable
+//! path as agents' batches ([`crate::gateway`]).
+//! - `204`: every sample is durable.
+//! - `400`: some samples are invalid (not retried by Prometheus); the valid
+//!   ones are stored; the body names the first problems.
+//! - `413` / `415`: a body too large, or not snappy protobuf remote write 1.0.
+//! - `503` with `Retry-After`: part of the request could not be made
+//!   durable now (no writer, Redis and the spool unavailable). Prometheus
+//!   sends the whole request again; writes are idempotent, so the samples
+//!   already stored are stored once.
+
+use crate::gateway::Inner;
+use crate::validate::host_id_byte;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use broker_proto::prometheus::WriteRequest;
+use broker_proto::v1::{MetricBatch, Point};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+pub const PATH: &str = "/api/v1/write";
+
+/// The value Prometheus writes as a staleness marker.
+const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
+/// Problems named in a 400's body; the rest are counted.
+const MAX_PROBLEMS_SHOWN: usize = 5;
+/// Seconds Prometheus is told to wait before sending again after a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+pub(crate) fn routes(inner: Arc<Inner>) -> Router {
+    let max = inner.max_message_bytes;
+    Router::new()
+        .route(PATH, post(write))
+        // The compressed body; the decompressed size is checked apart.
+        .layer(DefaultBodyLimit::max(max))
+        .with_state(inner)
+}
+
+/// What a request's series became.
+#[derive(Debug, Default)]
+pub struct Mapped {
+    pub batches: Vec<MetricBatch>,
+    /// Series that could not be mapped, with why.
+    pub problems: Vec<String>,
+    /// Samples put into points.
+    pub samples: u64,
+    /// Samples skipped: a later one of the same series and second won.
+    pub superseded: u64,
+    /// Staleness markers skipped.
+    pub stale: u64,
+    /// Samples left out as problems (invalid name, not finite).
+    pub rejected: u64,
+}
+
+/// The host id a `instance` label value stands for: without its `:port`
+/// (and IPv6 brackets), other characters a host id cannot hold as `_`.
+pub fn host_from_instance(instance: &str) -> String {
+    let host = if let Some(rest) = instance.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match instance.rsplit_once(':') {
+            Some((h, port))
+                if !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+                    && !h.contains(':') =>
+            {
+                h
+            }
+            _ => instance,
+        }
+    };
+    host.chars()
+        .map(|c| {
+            if c.is_ascii() && host_id_byte(c as u8) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Turns a request's series into batches of at most `max_points` points of
+/// at most `max_metrics` metrics each. A series whose name would be invalid
+/// and a sample that is not finite are left out here, as problems of their
+/// own: in a point they would take the host's whole second with them.
+pub fn map_request(
+    req: WriteRequest,
+    host_label: &str,
+    max_points: usize,
+    max_metrics: usize,
+    max_name_len: usize,
+) -> Mapped {
+    let mut m = Mapped::default();
+    // (host, second) -> metric name -> (milliseconds, value)
+    let mut points: BTreeMap<(String, i64), HashMap<String, (i64, f64)>> = BTreeMap::new();
+    for series in req.timeseries {
+        let mut name = None;
+        let mut host = None;
+        let mut labels: Vec<(&str, &str)> = Vec::with_capacity(series.labels.len());
+        for l in &series.labels {
+            match l.name.as_str() {
+                "__name__" => name = Some(l.value.as_str()),
+                n if n == host_label => host = Some(l.value.as_str()),
+                n => labels.push((n, l.value.as_str())),
+            }
+        }
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
+            m.problems.push(format!(
+                "a series with labels {:?} has no __name__",
+                series
+                    .labels
+                    .iter()
+                    .map(|l| format!("{}={:?}", l.name, l.value))
+                    .collect::<Vec<_>>()
+            ));
+            m.rejected += series.samples.len() as u64;
+            continue;
+        };
+        let host = match host.map(host_from_instance) {
+            Some(h) if !h.is_empty() => h,
+            _ => {
+                m.problems.push(format!(
+                    "series {name:?} has no {host_label:?} label to take the host from (gateway.remote_write_host_label)"
+                ));
+                m.rejected += series.samples.len() as u64;
+                continue;
+            }
+        };
+        let metric = broker_common::series_name::format(name, &mut labels);
+        if let Err(e) = crate::validate::check_metric_name(&metric, max_name_len) {
+            m.rejected += series.samples.len() as u64;
+            m.problems.push(format!("host {host:?}: {e}"));
+            continue;
+        }
+        for s in series.samples {
+            if s.value.to_bits() == STALE_NAN {
+                m.stale += 1;
+                continue;
+            }
+            if !s.value.is_finite() {
+                m.rejected += 1;
+                m.problems.push(format!(
+                    "host {host:?} at {}: metric {metric:?} has non-finite value {}",
+                    s.timestamp.div_euclid(1000),
+                    s.value
+                ));
+                continue;
+            }
+            let second = s.timestamp.div_euclid(1000);
+            let slot = points.entry((host.clone(), second)).or_default();
+            match slot.get_mut(&metric) {
+                Some(prev) => {
+                    m.superseded += 1;
+                    if s.timestamp >= prev.0 {
+                        *prev = (s.timestamp, s.value);
+                    }
+                }
+                None => {
+                    slot.insert(metric.clone(), (s.timestamp, s.value));
+                    m.samples += 1;
+                }
+            }
+        }
+    }
+    let mut batch = Batch::default();
+    for ((host, second), metrics) in points {
+        let mut metrics: Vec<(String, f64)> =
+            metrics.into_iter().map(|(n, (_, v))| (n, v)).collect();
+        metrics.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for part in metrics.chunks(max_metrics.max(1)) {
+            if batch.batch.points.len() >= max_points.max(1) {
+                m.batches.push(std::mem::take(&mut batch).batch);
+            }
+            batch.push(&host, second, part);
+        }
+    }
+    if !batch.batch.points.is_empty() {
+        m.batches.push(batch.batch);
+    }
+    m
+}
+
+/// A batch being built, with its name table's index.
+#[derive(Default)]
+struct Batch {
+    batch: MetricBatch,
+    names: HashMap<String, u32>,
+}
+
+impl Batch {
+    fn push(&mut self, host: &str, second: i64, metrics: &[(String, f64)]) {
+        let mut point = Point {
+            host_id: host.to_string(),
+            timestamp: second,
+            ..Default::default()
+        };
+        for (name, v) in metrics {
+            let next = self.names.len() as u32;
+            let i = *self.names.entry(name.clone()).or_insert_with(|| {
+                self.batch.metric_names.push(name.clone());
+                next
+            });
+            point.name_index.push(i);
+            point.values.push(*v);
+        }
+        self.batch.points.push(point);
+    }
+}
+
+async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (code, message) = handle(&inner, &headers, &body).await;
+    inner
+        .metrics
+        .remote_write_requests
+        .get_or_create(&vec![("code", code.as_u16().to_string())])
+        .inc();
+    let mut response = (code, message).into_response();
+    if code == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+    }
+    response
+}
+
+async fn handle(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> (StatusCode, String) {
+    let header = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
+    if let Some(enc) = header(header::CONTENT_ENCODING)
+        && !enc.eq_ignore_ascii_case("snappy")
+    {
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding {enc:?}: remote write bodies are snappy-compressed"),
+        );
+    }
+    if let Some(ct) = header(header::CONTENT_TYPE)
+        && ct.contains("proto=")
+        && !ct.contains("proto=prometheus.WriteRequest")
+    {
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type {ct:?}: only remote write 1.0 (prometheus.WriteRequest) is supported"
+            ),
+        );
+    }
+    let max = inner.max_message_bytes;
+    match snap::raw::decompress_len(body) {
+        Ok(n) if n > max => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request decompresses to {n} bytes, the limit is {max} (gateway.max_message_bytes); lower queue_config.max_samples_per_send"
+                ),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("the body is not snappy-compressed: {e}"),
+            );
+        }
+    }
+    let raw = match snap::raw::Decoder::new().decompress_vec(body) {
+        Ok(raw) => raw,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("the body does not decompress: {e}"),
+            );
+        }
+    };
+    let req = match <WriteRequest as prost::Message>::decode(raw.as_slice()) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("the body is not a prometheus.WriteRequest: {e}"),
+            );
+        }
+    };
+    let limits = &inner.limits;
+    let mapped = map_request(
+        req,
+        &inner.remote_write_host_label,
+        limits.max_points_per_batch,
+        limits.max_metrics_per_point,
+        limits.max_metric_name_len,
+    );
+    let samples = &inner.metrics.remote_write_samples;
+    samples
+        .get_or_create(&vec![("outcome", "superseded")])
+        .inc_by(mapped.superseded);
+    samples
+        .get_or_create(&vec![("outcome", "stale")])
+        .inc_by(mapped.stale);
+    let mut problems = mapped.problems;
+    let mut retryable = None;
+    let (mut stored, mut rejected) = (0u64, mapped.rejected);
+    let results = futures::future::join_all(mapped.batches.into_iter().map(|b| async move {
+        // (host, second, samples) of each point, for the answer.
+        let points: Vec<(String, i64, u64)> = b
+            .points
+            .iter()
+            .map(|p| (p.host_id.clone(), p.timestamp, p.values.len() as u64))
+            .collect();
+        (points, inner.ingest(b).await)
+    }))
+    .await;
+    for (points, result) in results {
+        let all: u64 = points.iter().map(|p| p.2).sum();
+        match result {
+            Err(rej) => {
+                rejected += all;
+                problems.push(rej.message);
+            }
+            Ok(errors) => {
+                stored += all;
+                for e in errors {
+                    let Some((host, second, n)) = points.get(e.index as usize) else {
+                        continue;
+                    };
+                    stored -= n;
+                    rejected += n;
+                    let what = format!("host {host:?} at {second}: {}", e.message);
+                    if e.retryable {
+                        retryable.get_or_insert(what);
+                    } else {
+                        problems.push(what);
+                    }
+                }
+            }
+        }
+    }
+    samples
+        .get_or_create(&vec![("outcome", "stored")])
+        .inc_by(stored);
+    samples
+        .get_or_create(&vec![("outcome", "rejected")])
+        .inc_by(rejected);
+    if let Some(what) = retryable {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not stored yet, send again: {what}"),
+        );
+    }
+    if !problems.is_empty() {
+        let n = problems.len();
+        // Prometheus logs the first line: the counts and the first problem.
+        let mut body = format!(
+            "{stored} samples stored, {rejected} rejected, {n} problem(s): {}\n",
+            problems[0]
+        );
+        for p in problems.iter().skip(1).take(MAX_PROBLEMS_SHOWN - 1) {
+            body.push_str(p);
+            body.push('\n');
+        }
+        if n > MAX_PROBLEMS_SHOWN {
+            body.push_str(&format!("... and {} more\n", n - MAX_PROBLEMS_SHOWN));
+        }
+        tracing::debug!(
+            problems = n,
+            stored,
+            rejected,
+            "remote write with invalid samples"
+        );
+        return (StatusCode::BAD_REQUEST, body);
+    }
+    (StatusCode::NO_CONTENT, String::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker_proto::prometheus::{Label, Sample, TimeSeries};
+
+    fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
+        TimeSeries {
+            labels: labels
+                .iter()
+                .map(|(n, v)| Label {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            samples: samples
+                .iter()
+                .map(|&(timestamp, value)| Sample { value, timestamp })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn instance_becomes_a_host_id() {
+        assert_eq!(host_from_instance("127.0.0.1:9100"), "127.0.0.1");
+        assert_eq!(
+            host_from_instance("web-1.example.org:9100"),
+            "web-1.example.org"
+        );
+        assert_eq!(host_from_instance("web-1"), "web-1");
+        assert_eq!(host_from_instance("[::1]:9100"), "__1");
+        assert_eq!(host_from_instance("fe80::1"), "fe80__1");
+        assert_eq!(host_from_instance("a b*{c}:x"), "a_b__c__x");
+    }
+
+    #[test]
+    fn series_group_into_points_per_host_and_second() {
+        let req = WriteRequest {
+            timeseries: vec![
+                series(
+                    &[
+                        ("__name__", "node_load1"),
+                        ("instance", "h1:9100"),
+                        ("job", "node"),
+                    ],
+                    &[(1_000_500, 0.5), (1_001_000, 0.7)],
+                ),
+                series(
+                    &[
+                        ("__name__", "node_cpu_seconds_total"),
+                        ("cpu", "0"),
+                        ("instance", "h1:9100"),
+                        ("job", "node"),
+                        ("mode", "idle"),
+                    ],
+                    // Two samples in second 1000: the later one wins.
+                    &[(1_000_100, 10.0), (1_000_900, 11.0), (1_001_000, 12.0)],
+                ),
+                series(
+                    &[("__name__", "up"), ("instance", "h2:9090")],
+                    &[(1_000_000, 1.0)],
+                ),
+                series(&[("instance", "h2:9090")], &[(1_000_000, 1.0)]),
+                series(&[("__name__", "up")], &[(1_000_000, 1.0)]),
+                series(
+                    &[("__name__", "gone"), ("instance", "h2:9090")],
+                    &[(1_000_000, f64::from_bits(STALE_NAN))],
+                ),
+                // Left out on their own, not with the rest of h2's second.
+                series(
+                    &[("__name__", "bad name"), ("instance", "h2:9090")],
+                    &[(1_000_000, 1.0)],
+                ),
+                series(
+                    &[("__name__", "nan"), ("instance", "h2:9090")],
+                    &[(1_000_000, f64::NAN)],
+                ),
+            ],
+        };
+        let m = map_request(req, "instance", 100, 100, 128);
+        let problem = |i: usize, what: &str| {
+            assert!(m.problems[i].contains(what), "{:?}", m.problems);
+        };
+        assert_eq!(m.problems.len(), 4, "{:?}", m.problems);
+        problem(0, "no __name__");
+        problem(1, "no \"instance\" label");
+        problem(2, "contains ' '");
+        problem(3, "non-finite value NaN");
+        assert_eq!((m.samples, m.superseded, m.stale, m.rejected), (5, 1, 1, 4));
+        assert_eq!(m.batches.len(), 1);
+        let b = &m.batches[0];
+        // (host, second, (metric, value)...) of each point.
+        type PointView = (String, i64, Vec<(String, f64)>);
+        let got: Vec<PointView> = b
+            .points
+            .iter()
+            .map(|p| {
+                (
+                    p.host_id.clone(),
+                    p.timestamp,
+                    p.metrics(&b.metric_names)
+                        .map(|(n, v)| (n.unwrap().to_string(), v))
+                        .collect(),
+                )
+            })
+            .collect();
+        let cpu = r#"node_cpu_seconds_total{cpu="0",job="node",mode="idle"}"#;
+        let load = r#"node_load1{job="node"}"#;
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "h1".into(),
+                    1000,
+                    vec![(cpu.into(), 11.0), (load.into(), 0.5)]
+                ),
+                (
+                    "h1".into(),
+                    1001,
+                    vec![(cpu.into(), 12.0), (load.into(), 0.7)]
+                ),
+                ("h2".into(), 1000, vec![("up".into(), 1.0)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn large_requests_split_into_points_and_batches_within_the_limits() {
+        let timeseries = (0..25)
+            .map(|i| {
+                let name = format!("m{i:02}");
+                series(
+                    &[("__name__", &name), ("instance", "h")],
+                    &[(5_000, i as f64)],
+                )
+            })
+            .chain((0..3).map(|i| {
+                let host = format!("other{i}");
+                series(&[("__name__", "up"), ("instance", &host)], &[(5_000, 1.0)])
+            }))
+            .collect();
+        let m = map_request(WriteRequest { timeseries }, "instance", 2, 10, 128);
+        let points: Vec<usize> = m
+            .batches
+            .iter()
+            .flat_map(|b| b.points.iter().map(|p| p.values.len()))
+            .collect();
+        assert_eq!(points, vec![10, 10, 5, 1, 1, 1]);
+        assert!(m.batches.iter().all(|b| b.points.len() <= 2));
+        // Each batch's name table holds only its own names.
+        for b in &m.batches {
+            let used: usize = b.points.iter().map(|p| p.values.len()).sum();
+            assert!(b.metric_names.len() <= used);
+        }
+    }
+}
