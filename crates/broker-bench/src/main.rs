@@ -14,6 +14,8 @@
 //! - `broker-bench hosts`: what host-manager costs the ingest path
 //!   (`mono_pps` without and with it, one run) and how fast it notices a
 //!   host going down and delivers the alert ([`hosts`]).
+//! - `broker-bench remote-write`: Prometheus remote write into the
+//!   all-in-one broker, samples/s ([`remote_write`]).
 //!
 //! The service processes are this same binary re-executed with the hidden
 //! `serve` subcommand (the all-in-one `broker::run`), so the bench needs
@@ -29,6 +31,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod hosts;
 mod layout;
 mod query;
+mod remote_write;
 mod vm;
 
 use anyhow::Context;
@@ -65,6 +68,8 @@ enum Cmd {
     /// host-manager: ingest with and without it, host-down detection and
     /// alert delivery latency.
     Hosts(IngestArgs),
+    /// Prometheus remote write into the all-in-one broker: samples/s.
+    RemoteWrite(remote_write::RemoteWriteArgs),
     /// Internal: run broker services (used by `ingest` for its children).
     #[command(hide = true)]
     Serve {
@@ -143,6 +148,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Hosts(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(hosts::run(args))
+        }
+        Cmd::RemoteWrite(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(remote_write::run(args))
         }
         Cmd::Ingest(args) => {
             let rt = tokio::runtime::Runtime::new()?;

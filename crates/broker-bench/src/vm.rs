@@ -71,8 +71,19 @@ async fn request(
     path: &str,
     body: &[u8],
 ) -> anyhow::Result<(u16, String)> {
+    request_with(conn, method, path, "", body).await
+}
+
+/// [`request`] with more header lines (each ending in `\r\n`).
+pub(crate) async fn request_with(
+    conn: &mut BufReader<TcpStream>,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, String)> {
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {}\r\n\r\n",
         body.len()
     );
     conn.get_mut().write_all(head.as_bytes()).await?;
@@ -120,7 +131,7 @@ async fn request(
     Ok((status, String::from_utf8_lossy(&out).into_owned()))
 }
 
-async fn connect(port: u16) -> anyhow::Result<BufReader<TcpStream>> {
+pub(crate) async fn connect(port: u16) -> anyhow::Result<BufReader<TcpStream>> {
     let s = TcpStream::connect(("127.0.0.1", port)).await?;
     s.set_nodelay(true)?;
     Ok(BufReader::new(s))
