@@ -88,6 +88,16 @@ impl Running {
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         let listeners = Listeners::loopback().await.expect("loopback listeners");
+        Self::start_on(listeners, config, run)
+    }
+
+    /// Starts `run` on `listeners` (a restart on the addresses of a
+    /// stopped one: `Listeners::bind(old.grpc, old.http)`).
+    pub fn start_on<F, Fut>(listeners: Listeners, config: BrokerConfig, run: F) -> Self
+    where
+        F: FnOnce(BrokerConfig, Listeners, Box<dyn Future<Output = ()> + Send + Unpin>) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
         let (grpc, http) = (listeners.grpc_addr(), listeners.http_addr());
         let (tx, rx) = oneshot::channel::<()>();
         let shutdown = Box::new(Box::pin(async move {
@@ -105,6 +115,20 @@ impl Running {
     /// The all-in-one broker with `services`.
     pub async fn broker(config: BrokerConfig, services: &'static [Service]) -> Self {
         Self::start(config, move |c, l, s| broker::run(c, services, l, s)).await
+    }
+
+    /// The all-in-one broker with `services` on `grpc` and `http` (the
+    /// addresses of one stopped before).
+    pub async fn broker_at(
+        config: BrokerConfig,
+        services: &'static [Service],
+        grpc: SocketAddr,
+        http: SocketAddr,
+    ) -> Self {
+        let listeners = Listeners::bind(grpc, http).await.expect("rebinding");
+        Self::start_on(listeners, config, move |c, l, s| {
+            broker::run(c, services, l, s)
+        })
     }
 
     pub fn endpoint(&self) -> String {

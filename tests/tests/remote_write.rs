@@ -66,57 +66,103 @@ async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_scraping_node_exporter_writes_into_the_broker() {
-    let redis = RedisServer::start().expect("redis-server");
-    let broker = Running::broker(config_for(&redis.url()), SERVICES).await;
-    let dir = tempfile::tempdir().unwrap();
-    let node_port = port();
-    let _node = spawn(
-        "prometheus-node-exporter",
-        &[
-            format!("--web.listen-address=127.0.0.1:{node_port}"),
-            // Collectors that read /proc and /sys only.
-            "--collector.disable-defaults".into(),
-            "--collector.cpu".into(),
-            "--collector.loadavg".into(),
-            "--collector.meminfo".into(),
-            "--collector.netdev".into(),
-            "--collector.stat".into(),
-        ],
-        &dir.path().join("node_exporter.log"),
-    );
-    let prom_port = port();
-    let config = dir.path().join("prometheus.yml");
-    // The README's "Use it with Prometheus" snippet, with test ports and a
-    // 1 s scrape.
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n\
-             scrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{node_port}']\n\
-             remote_write:\n  - url: http://{}/api/v1/write\n    queue_config:\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 1s\n",
-            broker.http
-        ),
-    )
-    .unwrap();
-    let _prom = spawn(
-        "prometheus",
-        &[
-            format!("--config.file={}", config.display()),
-            format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
-            format!("--web.listen-address=127.0.0.1:{prom_port}"),
-        ],
-        &dir.path().join("prometheus.log"),
-    );
-    let prom: SocketAddr = format!("127.0.0.1:{prom_port}").parse().unwrap();
+/// node_exporter and a Prometheus scraping it every second and
+/// remote-writing to a broker's HTTP address, in a temporary directory
+/// that outlives restarts of either.
+struct Scraping {
+    dir: tempfile::TempDir,
+    _node: Proc,
+    prom: Option<Proc>,
+    prom_addr: SocketAddr,
+}
 
-    // The series arrive at query-api with the labels Prometheus has.
-    let logs = || {
+impl Scraping {
+    fn start(broker_http: SocketAddr) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let node_port = port();
+        let node = spawn(
+            "prometheus-node-exporter",
+            &[
+                format!("--web.listen-address=127.0.0.1:{node_port}"),
+                // Collectors that read /proc and /sys only.
+                "--collector.disable-defaults".into(),
+                "--collector.cpu".into(),
+                "--collector.loadavg".into(),
+                "--collector.meminfo".into(),
+                "--collector.netdev".into(),
+                "--collector.stat".into(),
+            ],
+            &dir.path().join("node_exporter.log"),
+        );
+        // The README's "Use it with Prometheus" snippet, with test ports
+        // and a 1 s scrape.
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n\
+                 scrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:{node_port}']\n\
+                 remote_write:\n  - url: http://{broker_http}/api/v1/write\n    queue_config:\n      batch_send_deadline: 1s\n      min_backoff: 100ms\n      max_backoff: 1s\n"
+            ),
+        )
+        .unwrap();
+        let mut s = Self {
+            dir,
+            _node: node,
+            prom: None,
+            prom_addr: format!("127.0.0.1:{}", port()).parse().unwrap(),
+        };
+        s.start_prometheus();
+        s
+    }
+
+    /// Starts Prometheus on its address and data directory (again).
+    fn start_prometheus(&mut self) {
+        let d = self.dir.path();
+        self.prom = Some(spawn(
+            "prometheus",
+            &[
+                format!("--config.file={}", d.join("prometheus.yml").display()),
+                format!("--storage.tsdb.path={}", d.join("tsdb").display()),
+                format!("--web.listen-address={}", self.prom_addr),
+            ],
+            &d.join("prometheus.log"),
+        ));
+    }
+
+    /// Stops Prometheus gracefully (SIGTERM), as an operator would.
+    fn stop_prometheus(&mut self) {
+        if let Some(mut p) = self.prom.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &p.0.id().to_string()])
+                .status();
+            let _ = p.0.wait();
+        }
+    }
+
+    /// Waits until Prometheus answers `/-/ready`.
+    async fn prometheus_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if tokio::net::TcpStream::connect(self.prom_addr).await.is_ok()
+                && http(self.prom_addr, "GET", "/-/ready", "").await.0 == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus not ready\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The last lines of both logs, for failure messages.
+    fn logs(&self) -> String {
         ["prometheus.log", "node_exporter.log"]
             .iter()
             .map(|f| {
-                let text = std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+                let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(15).collect();
                 format!(
                     "--- {f}:\n{}",
@@ -125,20 +171,36 @@ async fn prometheus_scraping_node_exporter_writes_into_the_broker() {
             })
             .collect::<Vec<_>>()
             .join("\n")
-    };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let load = loop {
-        let r = instant(broker.http, "node_load1").await;
-        if !r.is_empty() {
-            break r;
+    }
+
+    /// Waits until `q` has a result in the broker at `http`.
+    async fn wait_in_broker(&self, http: SocketAddr, q: &str) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let r = instant(http, q).await;
+            if !r.is_empty() {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{q} never reached the broker\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        assert!(
-            Instant::now() < deadline,
-            "node_load1 never reached the broker\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scraping_node_exporter_writes_into_the_broker() {
+    let redis = RedisServer::start().expect("redis-server");
+    let broker = Running::broker(config_for(&redis.url()), SERVICES).await;
+    let scraping = Scraping::start(broker.http);
+    let prom = scraping.prom_addr;
+    let logs = || scraping.logs();
+
+    // The series arrive at query-api with the labels Prometheus has.
+    let load = scraping.wait_in_broker(broker.http, "node_load1").await;
     assert_eq!(load.len(), 1, "{load:?}");
     let m = &load[0]["metric"];
     assert_eq!(m["__name__"], "node_load1");
@@ -335,5 +397,69 @@ async fn bad_samples_get_400_and_the_good_ones_are_stored_and_no_redis_gets_503(
     let (status, retry_after, body) = post(broker.http, &later).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(retry_after.as_deref(), Some("1"));
+    broker.stop().await;
+}
+
+/// `count_over_time(node_load1[60s])` at `t_ms` from `addr`.
+async fn count_at(addr: SocketAddr, t_ms: i64) -> Option<f64> {
+    let path = format!(
+        "/api/v1/query?query={}&time={}.{:03}",
+        enc("count_over_time(node_load1[60s])"),
+        t_ms / 1000,
+        t_ms % 1000
+    );
+    let (status, body) = http(addr, "GET", &path, "").await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_of_the_gateway_and_of_prometheus_lose_no_sample() {
+    let redis = RedisServer::start().expect("redis-server");
+    let config = config_for(&redis.url());
+    let broker = Running::broker(config.clone(), SERVICES).await;
+    let (grpc, http_addr) = (broker.grpc, broker.http);
+    let mut scraping = Scraping::start(http_addr);
+    scraping.wait_in_broker(http_addr, "node_load1").await;
+
+    // The broker goes away for 5 s (Prometheus's sends fail and are
+    // retried from its WAL), then comes back on the same addresses.
+    broker.stop().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let broker = Running::broker_at(config, SERVICES, grpc, http_addr).await;
+    // Prometheus goes away for 3 s and comes back on its data directory.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    scraping.stop_prometheus();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    scraping.start_prometheus();
+    scraping.prometheus_ready().await;
+
+    // Over the last minute, which spans both outages, the broker holds
+    // every sample Prometheus holds: each 1 s scrape is its own second.
+    // The window ends on a second's last millisecond so that both count
+    // the same scrapes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let t_ms = (now() - 2) * 1000 + 999;
+        let in_prom = count_at(scraping.prom_addr, t_ms).await;
+        let in_broker = count_at(http_addr, t_ms).await;
+        if let (Some(p), Some(b)) = (in_prom, in_broker)
+            && p == b
+            && p >= 10.0
+        {
+            eprintln!(
+                "after both restarts: Prometheus and the broker each hold {p} node_load1 samples of the last minute"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "at {t_ms}: Prometheus holds {in_prom:?} node_load1 samples of the last minute, the broker {in_broker:?}\n{}",
+            scraping.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     broker.stop().await;
 }
