@@ -248,6 +248,53 @@ async fn prometheus_scraping_node_exporter_writes_into_the_broker() {
         "{modes}"
     );
 
+    // What Grafana's Prometheus data source calls on save-and-test and in
+    // Explore, and scalar arithmetic compared with Prometheus's answers.
+    for q in [
+        "1+1",
+        "2^3",
+        "7 % 3",
+        "-7 % 3",
+        "1/0",
+        "2 > bool 1",
+        "1 atan2 2",
+    ] {
+        let scalar = |addr: SocketAddr| async move {
+            let (status, body) =
+                http(addr, "GET", &format!("/api/v1/query?query={}", enc(q)), "").await;
+            assert_eq!(status, 200, "{q}: {body}");
+            assert_eq!(body["data"]["resultType"], "scalar", "{q}: {body}");
+            body["data"]["result"][1]
+                .as_str()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        };
+        let (ours, theirs) = (scalar(broker.http).await, scalar(prom).await);
+        assert!(
+            ours == theirs || (ours - theirs).abs() < 1e-12,
+            "{q}: broker {ours}, Prometheus {theirs}"
+        );
+    }
+    let (status, info) = http(broker.http, "GET", "/api/v1/status/buildinfo", "").await;
+    assert_eq!(status, 200);
+    assert!(
+        info["data"]["version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+    );
+    let (status, meta) = http(broker.http, "GET", "/api/v1/metadata?metric=node_load1", "").await;
+    assert_eq!(status, 200, "{meta}");
+    assert_eq!(meta["data"]["node_load1"][0]["type"], "unknown", "{meta}");
+    let (status, ex) = http(
+        broker.http,
+        "GET",
+        "/api/v1/query_exemplars?query=node_load1",
+        "",
+    )
+    .await;
+    assert_eq!((status, ex["data"].clone()), (200, serde_json::json!([])));
+
     // Prometheus saw its writes succeed, and the gateway stored samples and
     // rejected none.
     let prom_metrics = scrape(prom).await;

@@ -19,9 +19,13 @@
 //! functions `avg_over_time`, `min_over_time`, `max_over_time`,
 //! `sum_over_time`, `count_over_time`, `last_over_time`,
 //! `quantile_over_time`, the aggregations `sum`, `avg`, `min`, `max`,
-//! `count` with `by (...)` / `without (...)`, number literals, unary minus
-//! and parentheses. Anything else (binary operators, other functions,
-//! `offset`, `@`, subqueries) is a 400 `bad_data` naming it.
+//! `count` with `by (...)` / `without (...)`, number literals, unary minus,
+//! parentheses and binary operators between scalars (`1+1`, Grafana's
+//! save-and-test query). Anything else (operators with a vector operand,
+//! other functions, `offset`, `@`, subqueries) is a 400 `bad_data`
+//! naming it. Beside the query API: `/api/v1/status/buildinfo`,
+//! `/api/v1/metadata` (names, type `unknown`) and `/api/v1/query_exemplars`
+//! (none), which Grafana's Prometheus data source calls.
 
 use crate::engine::Engine;
 use crate::error::QueryError;
@@ -202,6 +206,29 @@ async fn series(
     Ok(out)
 }
 
+/// A binary operator between two scalars, as Prometheus computes it
+/// (comparisons between scalars need `bool` and give 1 or 0).
+fn scalar_op(op: &str, l: f64, r: f64) -> Option<f64> {
+    let b = |c: bool| f64::from(u8::from(c));
+    Some(match op {
+        "+" => l + r,
+        "-" => l - r,
+        "*" => l * r,
+        "/" => l / r,
+        // Go's math.Mod, like Rust's `%` on floats: the sign of `l`.
+        "%" => l % r,
+        "^" => l.powf(r),
+        "atan2" => l.atan2(r),
+        "==" => b(l == r),
+        "!=" => b(l != r),
+        ">" => b(l > r),
+        "<" => b(l < r),
+        ">=" => b(l >= r),
+        "<=" => b(l <= r),
+        _ => return None,
+    })
+}
+
 /// Samples of `points` in `(t - window, t]`.
 fn window(points: &[(i64, f64)], t: i64, window: i64) -> &[(i64, f64)] {
     let lo = points.partition_point(|(pt, _)| *pt <= t - window);
@@ -278,7 +305,22 @@ impl Evaluator<'_> {
                 Expr::MatrixSelector(_) => Err(unsupported(
                     "a range vector as the result; wrap it in a *_over_time function",
                 )),
-                Expr::Binary(_) => Err(unsupported("binary operators")),
+                Expr::Binary(b) => {
+                    use promql_parser::parser::value::ValueType;
+                    if b.lhs.value_type() != ValueType::Scalar
+                        || b.rhs.value_type() != ValueType::Scalar
+                    {
+                        return Err(unsupported("binary operators with a vector operand"));
+                    }
+                    match (self.eval(&b.lhs).await?, self.eval(&b.rhs).await?) {
+                        (Evaluated::Scalar(l), Evaluated::Scalar(r)) => {
+                            scalar_op(&b.op.to_string(), l, r)
+                                .map(Evaluated::Scalar)
+                                .ok_or_else(|| unsupported(format!("operator {}", b.op)))
+                        }
+                        _ => Err(unsupported("binary operators with a vector operand")),
+                    }
+                }
                 Expr::Subquery(_) => Err(unsupported("subqueries")),
                 Expr::StringLiteral(_) => Err(unsupported("string results")),
                 Expr::Extension(_) => Err(unsupported("extensions")),
@@ -693,8 +735,65 @@ async fn label_values(
     )
 }
 
+/// The Prometheus HTTP API version Grafana's data source should assume
+/// (it reads `version` to pick features); `broker` says what answers.
+const PROMETHEUS_API_VERSION: &str = "2.40.0";
+
+async fn buildinfo() -> Response {
+    success(json!({
+        "version": PROMETHEUS_API_VERSION,
+        "revision": "",
+        "branch": "",
+        "buildUser": "",
+        "buildDate": "",
+        "goVersion": "",
+        "broker": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+/// `/api/v1/metadata`: every metric name (without the labels it may carry)
+/// with type `unknown`: the broker keeps no type or help text.
+async fn metadata(State(s): State<HttpState>, RawQuery(q): RawQuery) -> Response {
+    let e = &s.engine;
+    reply(
+        e.run("prom_metadata", async {
+            let p = Params::parse(q.as_deref(), b"")?;
+            let only = p.get("metric");
+            let limit =
+                match p.get("limit") {
+                    Some(v) => Some(v.parse::<usize>().map_err(|_| {
+                        QueryError::invalid("limit", format!("{v:?} is not a count"))
+                    })?),
+                    None => None,
+                };
+            let mut names: BTreeSet<String> = BTreeSet::new();
+            for l in matched(e, &p, false).await? {
+                if let Some(n) = l.get(NAME)
+                    && only.is_none_or(|m| m == n)
+                {
+                    names.insert(n.clone());
+                }
+            }
+            let entries = names
+                .into_iter()
+                .take(limit.filter(|&l| l > 0).unwrap_or(usize::MAX))
+                .map(|n| (n, json!([{"type": "unknown", "help": "", "unit": ""}])));
+            Ok(Json::Object(entries.collect()))
+        })
+        .await,
+    )
+}
+
+/// `/api/v1/query_exemplars`: the broker stores no exemplars.
+async fn exemplars() -> Response {
+    success(json!([]))
+}
+
 pub fn routes() -> Router<HttpState> {
     Router::new()
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/api/v1/metadata", get(metadata))
+        .route("/api/v1/query_exemplars", get(exemplars).post(exemplars))
         .route("/api/v1/query", get(query).post(query))
         .route("/api/v1/query_range", get(query_range).post(query_range))
         .route("/api/v1/series", get(series_api).post(series_api))
