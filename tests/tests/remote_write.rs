@@ -510,3 +510,210 @@ async fn restarts_of_the_gateway_and_of_prometheus_lose_no_sample() {
     }
     broker.stop().await;
 }
+
+/// A series of `samples` for the equality test, host `h`.
+fn labelled(
+    name: &str,
+    host: &str,
+    extra: &[(&str, &str)],
+    samples: Vec<(i64, f64)>,
+) -> TimeSeries {
+    let mut labels: Vec<Label> = [("__name__", name), ("instance", host), ("job", "t")]
+        .iter()
+        .chain(extra)
+        .map(|(n, v)| Label {
+            name: n.to_string(),
+            value: v.to_string(),
+        })
+        .collect();
+    labels.sort_by(|a, b| a.name.cmp(&b.name));
+    TimeSeries {
+        labels,
+        samples: samples
+            .into_iter()
+            .map(|(timestamp, value)| Sample { value, timestamp })
+            .collect(),
+    }
+}
+
+/// A query's instant vector as (labels without instance/host, value).
+async fn vector_at(addr: SocketAddr, q: &str, t_ms: i64) -> Result<Vec<(String, f64)>, String> {
+    let path = format!(
+        "/api/v1/query?query={}&time={}.{:03}",
+        enc(q),
+        t_ms / 1000,
+        t_ms % 1000
+    );
+    let (status, body) = http(addr, "GET", &path, "").await;
+    if status != 200 {
+        return Err(format!("{status}: {body}"));
+    }
+    if body["data"]["resultType"] == "scalar" {
+        let v = body["data"]["result"][1].as_str().unwrap().parse().unwrap();
+        return Ok(vec![("scalar".into(), v)]);
+    }
+    let mut out: Vec<(String, f64)> = body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| {
+            let labels: Vec<String> = s["metric"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(k, _)| *k != "instance" && *k != "host")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let host = s["metric"]["host"]
+                .as_str()
+                .or_else(|| s["metric"]["instance"].as_str()?.split(':').next())
+                .unwrap_or("")
+                .to_string();
+            let v: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
+            (format!("{host} {}", labels.join(",")), v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promql_answers_equal_prometheus_on_the_same_samples() {
+    let redis = RedisServer::start().expect("redis-server");
+    let broker = Running::broker(config_for(&redis.url()), SERVICES).await;
+    // A Prometheus that receives remote write, so both get the very same
+    // samples (whole seconds: the broker's resolution).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("prometheus.yml"), "global: {}\n").unwrap();
+    let prom: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
+    let _prom = spawn(
+        "prometheus",
+        &[
+            format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ),
+            format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
+            format!("--web.listen-address={prom}"),
+            "--web.enable-remote-write-receiver".into(),
+        ],
+        &dir.path().join("prometheus.log"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(tokio::net::TcpStream::connect(prom).await.is_ok()
+        && http(prom, "GET", "/-/ready", "").await.0 == 200)
+    {
+        assert!(Instant::now() < deadline, "Prometheus not ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 10 minutes of samples every 5 s, ending 2 minutes ago: a counter per
+    // host and kind with a reset, a gauge per host.
+    let end = (now() - 120) * 1000;
+    let start = end - 600_000;
+    let mut timeseries = Vec::new();
+    for (hi, host) in ["h1:9100", "h2:9100"].iter().enumerate() {
+        for (ki, kind) in ["a", "b"].iter().enumerate() {
+            let mut c = 10.0 * (hi + ki) as f64;
+            let samples = (start..=end)
+                .step_by(5_000)
+                .enumerate()
+                .map(|(i, t)| {
+                    c += ((i * 7 + hi * 3 + ki) % 11) as f64 + 0.25;
+                    if i == 60 + 10 * hi {
+                        c = 1.5; // counter reset
+                    }
+                    (t, c)
+                })
+                .collect();
+            timeseries.push(labelled("c_total", host, &[("kind", kind)], samples));
+        }
+        let samples = (start..=end)
+            .step_by(5_000)
+            .enumerate()
+            .map(|(i, t)| (t, ((i * 13 + hi * 5) % 17) as f64 * 1.5 - 4.0))
+            .collect();
+        timeseries.push(labelled("g", host, &[], samples));
+    }
+    let req = WriteRequest { timeseries };
+    let (status, _, body) = post(broker.http, &req).await;
+    assert_eq!(status, 204, "broker: {body}");
+    let (status, _, body) = post(prom, &req).await;
+    assert!(
+        status == 204 || status == 200,
+        "Prometheus: {status} {body}"
+    );
+
+    let queries = [
+        "c_total",
+        "g",
+        r#"c_total{kind="a"}"#,
+        "rate(c_total[1m])",
+        "rate(c_total[2m])",
+        "rate(c_total[5m])",
+        "increase(c_total[1m])",
+        "increase(c_total[3m])",
+        "irate(c_total[1m])",
+        "delta(g[1m])",
+        "delta(g[4m])",
+        "idelta(g[1m])",
+        "deriv(g[2m])",
+        "deriv(c_total[5m])",
+        "avg_over_time(g[1m])",
+        "max_over_time(g[2m])",
+        "min_over_time(g[2m])",
+        "sum_over_time(g[1m])",
+        "count_over_time(c_total[1m])",
+        "last_over_time(g[1m])",
+        "quantile_over_time(0.9, g[3m])",
+        "sum(rate(c_total[1m]))",
+        "sum by (kind) (rate(c_total[2m]))",
+        "avg by (job) (increase(c_total[2m]))",
+        "max(irate(c_total[1m]))",
+        "min without (kind) (rate(c_total[1m]))",
+        "count(g)",
+        "sum(g)",
+        "-g",
+        "1+1",
+    ];
+    // Times between samples (.5 s), across the data, and past its end
+    // (the lookback).
+    let times: Vec<i64> = (0..6).map(|i| start + 250_500 + i * 67_000).collect();
+    let (mut pass, mut total) = (0, 0);
+    let mut failures = Vec::new();
+    for q in queries {
+        for &t in &times {
+            total += 1;
+            let (ours, theirs) = (
+                vector_at(broker.http, q, t).await,
+                vector_at(prom, q, t).await,
+            );
+            let same = match (&ours, &theirs) {
+                (Ok(a), Ok(b)) => {
+                    a.len() == b.len()
+                        && a.iter().zip(b).all(|((la, va), (lb, vb))| {
+                            la == lb
+                                && (va == vb
+                                    || (va - vb).abs() <= 1e-9 * va.abs().max(vb.abs()).max(1.0))
+                        })
+                }
+                _ => false,
+            };
+            if same {
+                pass += 1;
+            } else if failures.len() < 5 {
+                failures.push(format!(
+                    "{q} at {t}:\n  broker     {ours:?}\n  prometheus {theirs:?}"
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "PromQL equal to Prometheus: {pass} of {total} ({} queries x {} times)",
+        queries.len(),
+        times.len()
+    );
+    assert_eq!(pass, total, "{}", failures.join("\n"));
+    broker.stop().await;
+}

@@ -10,13 +10,14 @@
 //! as the gateway stores Prometheus remote write) is the series
 //! `node_cpu_seconds_total` with those labels too. A selector picks hosts
 //! by their labels (`host` and the labels agents sent) and series by name
-//! and labels among those of each host's newest snapshot.
+//! and labels among those of each host's snapshots of the last minute.
 //!
 //! # What is evaluated
 //! PromQL is parsed with `promql-parser`; this module evaluates a subset:
 //! instant vector selectors (`cpu_user{host="h1"}`, `{host=~"web-.*"}`,
 //! `{__name__=~"cpu_.*"}`) with the `query.lookback` window, the range
-//! functions `avg_over_time`, `min_over_time`, `max_over_time`,
+//! functions `rate`, `irate`, `increase`, `delta`, `idelta`, `deriv`,
+//! `avg_over_time`, `min_over_time`, `max_over_time`,
 //! `sum_over_time`, `count_over_time`, `last_over_time`,
 //! `quantile_over_time`, the aggregations `sum`, `avg`, `min`, `max`,
 //! `count` with `by (...)` / `without (...)`, number literals, unary minus,
@@ -206,6 +207,108 @@ async fn series(
     Ok(out)
 }
 
+/// The range functions that need the samples' times, as Prometheus 2.x
+/// computes them: `Some(result)` for those (`Some(None)`: no value at
+/// this step), `None` for other functions. `w` is the window `(t - range,
+/// t]`, oldest first; times are milliseconds.
+fn sampled(name: &str, w: &[(i64, f64)], t: i64, range: i64) -> Option<Option<f64>> {
+    Some(match name {
+        "rate" => extrapolated(w, t, range, true, true),
+        "increase" => extrapolated(w, t, range, true, false),
+        "delta" => extrapolated(w, t, range, false, false),
+        "irate" => instant_delta(w, true),
+        "idelta" => instant_delta(w, false),
+        "deriv" => (w.len() >= 2).then(|| regression_slope(w)),
+        _ => return None,
+    })
+}
+
+/// Prometheus's `extrapolatedRate`: the change over the window (with
+/// counter resets undone for counters), extrapolated to the window's edges
+/// when the first and last samples are near them (within 1.1 average
+/// intervals; else by half an interval), not below zero for counters; per
+/// second for `rate`.
+fn extrapolated(w: &[(i64, f64)], t: i64, range: i64, counter: bool, rate: bool) -> Option<f64> {
+    if w.len() < 2 {
+        return None;
+    }
+    let (first, last) = (w[0], w[w.len() - 1]);
+    let mut result = last.1 - first.1;
+    if counter {
+        let mut prev = 0.0;
+        for &(_, v) in w {
+            if v < prev {
+                result += prev;
+            }
+            prev = v;
+        }
+    }
+    let mut to_start = (first.0 - (t - range)) as f64 / 1000.0;
+    let to_end = (t - last.0) as f64 / 1000.0;
+    let sampled = (last.0 - first.0) as f64 / 1000.0;
+    let average = sampled / (w.len() - 1) as f64;
+    if counter && result > 0.0 && first.1 >= 0.0 {
+        let to_zero = sampled * (first.1 / result);
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    let threshold = average * 1.1;
+    let mut interval = sampled;
+    interval += if to_start < threshold {
+        to_start
+    } else {
+        average / 2.0
+    };
+    interval += if to_end < threshold {
+        to_end
+    } else {
+        average / 2.0
+    };
+    result *= interval / sampled;
+    if rate {
+        result /= range as f64 / 1000.0;
+    }
+    Some(result)
+}
+
+/// `irate` / `idelta`: from the last two samples (`irate` per second, a
+/// drop taken as a counter reset).
+fn instant_delta(w: &[(i64, f64)], rate: bool) -> Option<f64> {
+    let [.., (t0, v0), (t1, v1)] = w else {
+        return None;
+    };
+    let interval = t1 - t0;
+    if interval == 0 {
+        return None;
+    }
+    let delta = if rate && v1 < v0 { *v1 } else { v1 - v0 };
+    Some(if rate {
+        delta / (interval as f64 / 1000.0)
+    } else {
+        delta
+    })
+}
+
+/// `deriv`: the least-squares slope per second, times taken from the
+/// first sample's (Prometheus's `linearRegression`).
+fn regression_slope(w: &[(i64, f64)]) -> f64 {
+    let t0 = w[0].0;
+    if w.iter().all(|p| p.1 == w[0].1) {
+        return if w[0].1.is_infinite() { f64::NAN } else { 0.0 };
+    }
+    let n = w.len() as f64;
+    let (mut sx, mut sy, mut sxy, mut sx2) = (0.0, 0.0, 0.0, 0.0);
+    for &(t, v) in w {
+        let x = (t - t0) as f64 / 1000.0;
+        sx += x;
+        sy += v;
+        sxy += x * v;
+        sx2 += x * x;
+    }
+    (sxy - sx * sy / n) / (sx2 - sx * sx / n)
+}
+
 /// A binary operator between two scalars, as Prometheus computes it
 /// (comparisons between scalars need `bool` and give 1 or 0).
 fn scalar_op(op: &str, l: f64, r: f64) -> Option<f64> {
@@ -344,6 +447,10 @@ impl Evaluator<'_> {
             _ => return Err(unsupported(format!("function {name}"))),
         };
         let f: fn(&[f64], Option<f64>) -> f64 = match name {
+            // Computed from the samples' times by `sampled`, below.
+            "rate" | "increase" | "delta" | "irate" | "idelta" | "deriv" => {
+                |_, _| unreachable!("computed by sampled()")
+            }
             "avg_over_time" => |v, _| v.iter().sum::<f64>() / v.len() as f64,
             "min_over_time" => |v, _| v.iter().copied().fold(f64::INFINITY, f64::min),
             "max_over_time" => |v, _| v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
@@ -384,11 +491,18 @@ impl Evaluator<'_> {
                     .steps
                     .iter()
                     .filter_map(|&t| {
-                        let w: Vec<f64> = window(&s.points, t, range).iter().map(|p| p.1).collect();
+                        let w = window(&s.points, t, range);
+                        if let Some(v) = sampled(name, w, t, range) {
+                            return v.map(|v| (t, v));
+                        }
+                        let w: Vec<f64> = w.iter().map(|p| p.1).collect();
                         (!w.is_empty()).then(|| (t, f(&w, q)))
                     })
                     .collect();
-                s.labels.remove(NAME);
+                // As in Prometheus, last_over_time keeps the metric name.
+                if name != "last_over_time" {
+                    s.labels.remove(NAME);
+                }
                 (!points.is_empty()).then_some(Series {
                     labels: s.labels,
                     points,
