@@ -19,6 +19,7 @@
 //!   `/dashboard/`, parameter parsing.
 //! - [`promql`]: `/api/v1/*`, Prometheus's HTTP API, with a PromQL subset
 //!   evaluated over the same engine.
+//! - [`binop`]: PromQL binary operators with a vector operand.
 //! - [`cluster`]: the cluster view (cluster-ctl, or the static ring).
 //! - [`error`]: [`QueryError`] and its gRPC / HTTP / Prometheus mapping.
 //! - [`metrics`]: `broker_query_*` Prometheus metrics.
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agg;
+pub mod binop;
 pub mod cluster;
 pub mod engine;
 pub mod error;

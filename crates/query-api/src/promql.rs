@@ -21,10 +21,11 @@
 //! `sum_over_time`, `count_over_time`, `last_over_time`,
 //! `quantile_over_time`, the aggregations `sum`, `avg`, `min`, `max`,
 //! `count` with `by (...)` / `without (...)`, number literals, unary minus,
-//! parentheses and binary operators between scalars (`1+1`, Grafana's
-//! save-and-test query). Anything else (operators with a vector operand,
-//! other functions, `offset`, `@`, subqueries) is a 400 `bad_data`
-//! naming it. Beside the query API: `/api/v1/status/buildinfo`,
+//! parentheses, and binary operators ([`crate::binop`]: arithmetic and
+//! comparison between scalars and vectors, vectors matched one-to-one with
+//! `on` / `ignoring`, `and` / `or` / `unless`). Anything else
+//! (`group_left` / `group_right`, other functions, `offset`, `@`,
+//! subqueries) is a 400 `bad_data` naming it. Beside the query API: `/api/v1/status/buildinfo`,
 //! `/api/v1/metadata` (names, type `unknown`) and `/api/v1/query_exemplars`
 //! (none), which Grafana's Prometheus data source calls.
 
@@ -43,10 +44,10 @@ use serde_json::{Value as Json, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-const NAME: &str = "__name__";
+pub(crate) const NAME: &str = "__name__";
 const HOST: &str = "host";
 
-type Labels = BTreeMap<String, String>;
+pub(crate) type Labels = BTreeMap<String, String>;
 
 /// One series: its labels and samples `(milliseconds, value)`, oldest first.
 #[derive(Debug, Clone, PartialEq)]
@@ -311,7 +312,7 @@ fn regression_slope(w: &[(i64, f64)]) -> f64 {
 
 /// A binary operator between two scalars, as Prometheus computes it
 /// (comparisons between scalars need `bool` and give 1 or 0).
-fn scalar_op(op: &str, l: f64, r: f64) -> Option<f64> {
+pub(crate) fn scalar_op(op: &str, l: f64, r: f64) -> Option<f64> {
     let b = |c: bool| f64::from(u8::from(c));
     Some(match op {
         "+" => l + r,
@@ -409,20 +410,30 @@ impl Evaluator<'_> {
                     "a range vector as the result; wrap it in a *_over_time function",
                 )),
                 Expr::Binary(b) => {
-                    use promql_parser::parser::value::ValueType;
-                    if b.lhs.value_type() != ValueType::Scalar
-                        || b.rhs.value_type() != ValueType::Scalar
-                    {
-                        return Err(unsupported("binary operators with a vector operand"));
+                    use crate::binop;
+                    let op = b.op.to_string().to_ascii_lowercase();
+                    if b.modifier.as_ref().is_some_and(|m| {
+                        m.fill_values != promql_parser::parser::VectorMatchFillValues::default()
+                    }) {
+                        return Err(unsupported("fill modifiers"));
                     }
-                    match (self.eval(&b.lhs).await?, self.eval(&b.rhs).await?) {
-                        (Evaluated::Scalar(l), Evaluated::Scalar(r)) => {
-                            scalar_op(&b.op.to_string(), l, r)
-                                .map(Evaluated::Scalar)
-                                .ok_or_else(|| unsupported(format!("operator {}", b.op)))
+                    let return_bool = b.return_bool();
+                    let (l, r) = (self.eval(&b.lhs).await?, self.eval(&b.rhs).await?);
+                    Ok(match (l, r) {
+                        (Evaluated::Scalar(l), Evaluated::Scalar(r)) => Evaluated::Scalar(
+                            scalar_op(&op, l, r)
+                                .ok_or_else(|| unsupported(format!("operator {op}")))?,
+                        ),
+                        (Evaluated::Vector(v), Evaluated::Scalar(s)) => {
+                            Evaluated::Vector(binop::vector_scalar(v, s, &op, false, return_bool)?)
                         }
-                        _ => Err(unsupported("binary operators with a vector operand")),
-                    }
+                        (Evaluated::Scalar(s), Evaluated::Vector(v)) => {
+                            Evaluated::Vector(binop::vector_scalar(v, s, &op, true, return_bool)?)
+                        }
+                        (Evaluated::Vector(l), Evaluated::Vector(r)) => {
+                            Evaluated::Vector(binop::vector_vector(l, r, &op, b.modifier.as_ref())?)
+                        }
+                    })
                 }
                 Expr::Subquery(_) => Err(unsupported("subqueries")),
                 Expr::StringLiteral(_) => Err(unsupported("string results")),

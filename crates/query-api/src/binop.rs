@@ -1,0 +1,220 @@
+//! PromQL binary operators with a vector operand, as Prometheus 2.x
+//! evaluates them: arithmetic and comparison between a vector and a
+//! scalar or between two vectors matched one-to-one (`on` / `ignoring`),
+//! and the set operators `and`, `or`, `unless`. Series hold one point per
+//! evaluation step; matching happens step by step.
+
+use crate::error::QueryError;
+use crate::promql::{Labels, NAME, Series, scalar_op};
+use promql_parser::parser::{BinModifier, LabelModifier, VectorMatchCardinality};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+fn is_comparison(op: &str) -> bool {
+    matches!(op, "==" | "!=" | ">" | "<" | ">=" | "<=")
+}
+
+/// Arithmetic drops the metric name; so does a comparison with `bool`.
+fn drops_name(op: &str, return_bool: bool) -> bool {
+    return_bool || !is_comparison(op)
+}
+
+/// `vector op scalar` (or `scalar op vector` when `scalar_left`).
+pub fn vector_scalar(
+    v: Vec<Series>,
+    s: f64,
+    op: &str,
+    scalar_left: bool,
+    return_bool: bool,
+) -> Result<Vec<Series>, QueryError> {
+    let unsupported = || QueryError::Unsupported(format!("operator {op}"));
+    let mut out = Vec::with_capacity(v.len());
+    for mut series in v {
+        let mut points = Vec::with_capacity(series.points.len());
+        for (t, x) in series.points {
+            let (l, r) = if scalar_left { (s, x) } else { (x, s) };
+            let p = point(op, l, r, return_bool, x).ok_or_else(unsupported)?;
+            if let Some(value) = p {
+                points.push((t, value));
+            }
+        }
+        if points.is_empty() {
+            continue;
+        }
+        if drops_name(op, return_bool) {
+            series.labels.remove(NAME);
+        }
+        series.points = points;
+        out.push(series);
+    }
+    Ok(out)
+}
+
+/// One element: `Some(Some(v))` kept with value `v`, `Some(None)` filtered
+/// out by a comparison, `None` for an unknown operator. A comparison
+/// without `bool` keeps `vector_value` (the vector's, on whichever side).
+fn point(op: &str, l: f64, r: f64, return_bool: bool, vector_value: f64) -> Option<Option<f64>> {
+    let v = scalar_op(op, l, r)?;
+    if !is_comparison(op) {
+        return Some(Some(v));
+    }
+    let keep = v == 1.0;
+    Some(if return_bool {
+        Some(f64::from(u8::from(keep)))
+    } else {
+        keep.then_some(vector_value)
+    })
+}
+
+/// The labels two series are matched on.
+fn signature(l: &Labels, matching: Option<&LabelModifier>) -> Labels {
+    match matching {
+        Some(LabelModifier::Include(on)) => on
+            .labels
+            .iter()
+            .filter_map(|n| l.get(n).map(|v| (n.clone(), v.clone())))
+            .collect(),
+        Some(LabelModifier::Exclude(ignoring)) => l
+            .iter()
+            .filter(|(k, _)| *k != NAME && !ignoring.labels.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        None => l
+            .iter()
+            .filter(|(k, _)| *k != NAME)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+/// Collects (labels, t, v) into series, ordered by labels.
+fn collect(out: BTreeMap<Labels, Vec<(i64, f64)>>) -> Vec<Series> {
+    out.into_iter()
+        .map(|(labels, mut points)| {
+            points.sort_by_key(|p| p.0);
+            Series { labels, points }
+        })
+        .collect()
+}
+
+/// Per step, the series (index) that have a point there, with its value.
+fn by_step(v: &[Series]) -> BTreeMap<i64, Vec<(usize, f64)>> {
+    let mut steps: BTreeMap<i64, Vec<(usize, f64)>> = BTreeMap::new();
+    for (i, s) in v.iter().enumerate() {
+        for &(t, x) in &s.points {
+            steps.entry(t).or_default().push((i, x));
+        }
+    }
+    steps
+}
+
+/// `lhs op rhs` for two vectors.
+pub fn vector_vector(
+    lhs: Vec<Series>,
+    rhs: Vec<Series>,
+    op: &str,
+    modifier: Option<&BinModifier>,
+) -> Result<Vec<Series>, QueryError> {
+    let matching = modifier.and_then(|m| m.matching.as_ref());
+    let return_bool = modifier.is_some_and(|m| m.return_bool);
+    let card = modifier.map(|m| &m.card);
+    if matches!(
+        card,
+        Some(VectorMatchCardinality::ManyToOne(_) | VectorMatchCardinality::OneToMany(_))
+    ) {
+        return Err(QueryError::Unsupported("group_left / group_right".into()));
+    }
+    let lsig: Vec<Labels> = lhs.iter().map(|s| signature(&s.labels, matching)).collect();
+    let rsig: Vec<Labels> = rhs.iter().map(|s| signature(&s.labels, matching)).collect();
+    let (lsteps, rsteps) = (by_step(&lhs), by_step(&rhs));
+    let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
+    let mut push =
+        |labels: &Labels, t: i64, v: f64| out.entry(labels.clone()).or_default().push((t, v));
+    let empty = Vec::new();
+    match op {
+        "and" | "unless" => {
+            for (t, ls) in &lsteps {
+                let present: HashSet<&Labels> = rsteps
+                    .get(t)
+                    .unwrap_or(&empty)
+                    .iter()
+                    .map(|(i, _)| &rsig[*i])
+                    .collect();
+                for &(i, x) in ls {
+                    if present.contains(&lsig[i]) == (op == "and") {
+                        push(&lhs[i].labels, *t, x);
+                    }
+                }
+            }
+        }
+        "or" => {
+            for (t, ls) in &lsteps {
+                for &(i, x) in ls {
+                    push(&lhs[i].labels, *t, x);
+                }
+            }
+            for (t, rs) in &rsteps {
+                let present: HashSet<&Labels> = lsteps
+                    .get(t)
+                    .unwrap_or(&empty)
+                    .iter()
+                    .map(|(i, _)| &lsig[*i])
+                    .collect();
+                for &(i, x) in rs {
+                    if !present.contains(&rsig[i]) {
+                        push(&rhs[i].labels, *t, x);
+                    }
+                }
+            }
+        }
+        _ => {
+            for (t, ls) in &lsteps {
+                let mut right: HashMap<&Labels, f64> = HashMap::new();
+                for &(i, x) in rsteps.get(t).unwrap_or(&empty) {
+                    if right.insert(&rsig[i], x).is_some() {
+                        return Err(QueryError::invalid(
+                            "query",
+                            format!(
+                                "found duplicate series for the match group {:?} on the right hand-side of the operation: many-to-many matching not allowed: matching labels must be unique on one side",
+                                rsig[i]
+                            ),
+                        ));
+                    }
+                }
+                let mut seen: HashSet<&Labels> = HashSet::new();
+                for &(i, x) in ls {
+                    let Some(&y) = right.get(&lsig[i]) else {
+                        continue;
+                    };
+                    if !seen.insert(&lsig[i]) {
+                        return Err(QueryError::invalid(
+                            "query",
+                            format!(
+                                "found duplicate series for the match group {:?} on the left hand-side of the operation: many-to-many matching not allowed: matching labels must be unique on one side",
+                                lsig[i]
+                            ),
+                        ));
+                    }
+                    let Some(p) = point(op, x, y, return_bool, x) else {
+                        return Err(QueryError::Unsupported(format!("operator {op}")));
+                    };
+                    let Some(v) = p else { continue };
+                    let mut labels = lhs[i].labels.clone();
+                    if drops_name(op, return_bool) {
+                        labels.remove(NAME);
+                    }
+                    match matching {
+                        Some(LabelModifier::Include(on)) => {
+                            labels.retain(|k, _| on.labels.contains(k));
+                        }
+                        Some(LabelModifier::Exclude(ignoring)) => {
+                            labels.retain(|k, _| !ignoring.labels.contains(k));
+                        }
+                        None => {}
+                    }
+                    push(&labels, *t, v);
+                }
+            }
+        }
+    }
+    Ok(collect(out))
+}
