@@ -5,7 +5,7 @@
 //! evaluation step; matching happens step by step.
 
 use crate::error::QueryError;
-use crate::promql::{Labels, NAME, Series, scalar_op};
+use crate::promql::{Labels, NAME, Series, grouping_labels, scalar_op};
 use promql_parser::parser::{BinModifier, LabelModifier, VectorMatchCardinality};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -65,19 +65,11 @@ fn point(op: &str, l: f64, r: f64, return_bool: bool, vector_value: f64) -> Opti
     })
 }
 
-/// The labels two series are matched on.
+/// The labels two series are matched on: those `on` / `ignoring` say, by
+/// default all but the metric name.
 fn signature(l: &Labels, matching: Option<&LabelModifier>) -> Labels {
     match matching {
-        Some(LabelModifier::Include(on)) => on
-            .labels
-            .iter()
-            .filter_map(|n| l.get(n).map(|v| (n.clone(), v.clone())))
-            .collect(),
-        Some(LabelModifier::Exclude(ignoring)) => l
-            .iter()
-            .filter(|(k, _)| *k != NAME && !ignoring.labels.contains(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        Some(m) => grouping_labels(l, m),
         None => l
             .iter()
             .filter(|(k, _)| *k != NAME)

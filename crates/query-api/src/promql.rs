@@ -310,6 +310,23 @@ fn regression_slope(w: &[(i64, f64)]) -> f64 {
     (sxy - sx * sy / n) / (sx2 - sx * sx / n)
 }
 
+/// The labels of `l` that `by (...)` / `on (...)` keep, or that
+/// `without (...)` / `ignoring (...)` leave (the metric name too).
+pub(crate) fn grouping_labels(l: &Labels, m: &LabelModifier) -> Labels {
+    match m {
+        LabelModifier::Include(keep) => keep
+            .labels
+            .iter()
+            .filter_map(|n| l.get(n).map(|v| (n.clone(), v.clone())))
+            .collect(),
+        LabelModifier::Exclude(drop) => l
+            .iter()
+            .filter(|(k, _)| *k != NAME && !drop.labels.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
 /// A binary operator between two scalars, as Prometheus computes it
 /// (comparisons between scalars need `bool` and give 1 or 0).
 pub(crate) fn scalar_op(op: &str, l: f64, r: f64) -> Option<f64> {
@@ -543,19 +560,9 @@ impl Evaluator<'_> {
             ));
         };
         let key = |l: &Labels| -> Labels {
-            match &a.modifier {
-                None => Labels::new(),
-                Some(LabelModifier::Include(by)) => by
-                    .labels
-                    .iter()
-                    .filter_map(|n| l.get(n).map(|v| (n.clone(), v.clone())))
-                    .collect(),
-                Some(LabelModifier::Exclude(without)) => l
-                    .iter()
-                    .filter(|(k, _)| *k != NAME && !without.labels.contains(k))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            }
+            a.modifier
+                .as_ref()
+                .map_or_else(Labels::new, |m| grouping_labels(l, m))
         };
         let mut groups: BTreeMap<Labels, BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
         for s in inner {
