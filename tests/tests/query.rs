@@ -783,7 +783,10 @@ async fn prometheus_api_and_promtool() {
     assert_eq!(j["data"], serde_json::json!(["m00", "m01", "m02", "m03"]));
     // What is not evaluated is named, as Prometheus's bad_data.
     for (expr, msg) in [
-        ("m00 * on(host) group_left m01", "unsupported PromQL: group_left"),
+        (
+            "m00 * on(host) group_left m01",
+            "unsupported PromQL: group_left",
+        ),
         ("abs(m00)", "unsupported PromQL: function abs"),
         ("sum(", "query: "),
     ] {
