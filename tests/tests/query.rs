@@ -787,7 +787,7 @@ async fn prometheus_api_and_promtool() {
             "m00 * on(host) group_left m01",
             "unsupported PromQL: group_left",
         ),
-        ("abs(m00)", "unsupported PromQL: function abs"),
+        ("changes(m00[1m])", "unsupported PromQL: function changes"),
         ("sum(", "query: "),
     ] {
         let (status, j) = q.get(&prom(expr, last)).await;

@@ -15,19 +15,20 @@
 //! # What is evaluated
 //! PromQL is parsed with `promql-parser`; this module evaluates a subset:
 //! instant vector selectors (`cpu_user{host="h1"}`, `{host=~"web-.*"}`,
-//! `{__name__=~"cpu_.*"}`) with the `query.lookback` window, the range
-//! functions `rate`, `irate`, `increase`, `delta`, `idelta`, `deriv`,
-//! `avg_over_time`, `min_over_time`, `max_over_time`,
-//! `sum_over_time`, `count_over_time`, `last_over_time`,
-//! `quantile_over_time`, the aggregations `sum`, `avg`, `min`, `max`,
-//! `count` with `by (...)` / `without (...)`, number literals, unary minus,
-//! parentheses, and binary operators ([`crate::binop`]: arithmetic and
-//! comparison between scalars and vectors, vectors matched one-to-one with
-//! `on` / `ignoring`, `and` / `or` / `unless`). Anything else
-//! (`group_left` / `group_right`, other functions, `offset`, `@`,
-//! subqueries) is a 400 `bad_data` naming it. Beside the query API: `/api/v1/status/buildinfo`,
-//! `/api/v1/metadata` (names, type `unknown`) and `/api/v1/query_exemplars`
-//! (none), which Grafana's Prometheus data source calls.
+//! `{__name__=~"cpu_.*"}`, `offset`) with the `query.lookback` window, the
+//! range functions `rate`, `irate`, `increase`, `delta`, `idelta`, `deriv`
+//! and `*_over_time`, the aggregations `sum`, `avg`, `min`, `max`, `count`,
+//! `stddev`, `stdvar`, `quantile`, `topk`, `bottomk` with `by (...)` /
+//! `without (...)`, the functions `abs`, `ceil`, `floor`, `round`, `sgn`,
+//! `sqrt`, `exp`, `ln`, `log2`, `log10`, `clamp*`, number literals, unary
+//! minus, parentheses, and binary operators ([`crate::binop`]: arithmetic
+//! and comparison between scalars and vectors, vectors matched one-to-one
+//! with `on` / `ignoring`, `and` / `or` / `unless`). Anything else
+//! (`group_left` / `group_right`, other functions, `@`, subqueries) is a
+//! 400 `bad_data` naming it. Beside the query API:
+//! `/api/v1/status/buildinfo`, `/api/v1/metadata` (names, type `unknown`)
+//! and `/api/v1/query_exemplars` (none), which Grafana's Prometheus data
+//! source calls.
 
 use crate::engine::Engine;
 use crate::error::QueryError;
@@ -112,9 +113,6 @@ async fn select(engine: &Engine, vs: &VectorSelector) -> Result<Selection, Query
     if !vs.matchers.or_matchers.is_empty() {
         return Err(unsupported("`or` between label matchers"));
     }
-    if vs.offset.is_some() {
-        return Err(unsupported("offset modifier"));
-    }
     if vs.at.is_some() {
         return Err(unsupported("@ modifier"));
     }
@@ -172,6 +170,13 @@ async fn series(
     to_ms: i64,
 ) -> Result<Vec<Series>, QueryError> {
     let sel = select(engine, vs).await?;
+    // `offset d` reads the data from d earlier and shows it as of now.
+    let off = match &vs.offset {
+        Some(parser::Offset::Pos(d)) => d.as_millis() as i64,
+        Some(parser::Offset::Neg(d)) => -(d.as_millis() as i64),
+        None => 0,
+    };
+    let (from_ms, to_ms) = (from_ms - off, to_ms - off);
     let start = from_ms.div_euclid(1000).max(0);
     let end = to_ms.div_euclid(1000);
     engine.check_range(start, end.max(start))?;
@@ -197,7 +202,7 @@ async fn series(
                 .iter()
                 .zip(col)
                 .filter(|(t, v)| !v.is_nan() && **t * 1000 >= from_ms && **t * 1000 <= to_ms)
-                .map(|(t, v)| (t * 1000, *v))
+                .map(|(t, v)| (t * 1000 + off, *v))
                 .collect();
             if points.is_empty() {
                 continue;
@@ -462,6 +467,9 @@ impl Evaluator<'_> {
     async fn call(&self, call: &parser::Call) -> Result<Evaluated, QueryError> {
         let name = call.func.name;
         let args = &call.args.args;
+        if MATH_FUNCTIONS.contains(&name) {
+            return self.math(name, args).await;
+        }
         let (q, ms) = match (name, args.as_slice()) {
             ("quantile_over_time", [q, m]) => {
                 let Expr::NumberLiteral(q) = q.as_ref() else {
@@ -540,19 +548,111 @@ impl Evaluator<'_> {
         Ok(Evaluated::Vector(out))
     }
 
+    /// Functions of an instant vector and scalar parameters, applied
+    /// sample by sample; the metric name is dropped, as in Prometheus.
+    async fn math(&self, name: &str, args: &[Box<Expr>]) -> Result<Evaluated, QueryError> {
+        let Some((first, rest)) = args.split_first() else {
+            return Err(QueryError::invalid(
+                "query",
+                format!("{name} expects an argument"),
+            ));
+        };
+        let mut params = Vec::with_capacity(rest.len());
+        for p in rest {
+            match self.eval(p).await? {
+                Evaluated::Scalar(x) => params.push(x),
+                Evaluated::Vector(_) => {
+                    return Err(QueryError::invalid(
+                        "query",
+                        format!("{name} expects scalars after its first argument"),
+                    ));
+                }
+            }
+        }
+        let Evaluated::Vector(v) = self.eval(first).await? else {
+            return Err(QueryError::invalid(
+                "query",
+                format!("{name} expects an instant vector"),
+            ));
+        };
+        let p = |i: usize, default: f64| params.get(i).copied().unwrap_or(default);
+        let f: Box<dyn Fn(f64) -> f64 + Send + Sync> = match name {
+            "abs" => Box::new(f64::abs),
+            "ceil" => Box::new(f64::ceil),
+            "floor" => Box::new(f64::floor),
+            "exp" => Box::new(f64::exp),
+            "sqrt" => Box::new(f64::sqrt),
+            "ln" => Box::new(f64::ln),
+            "log2" => Box::new(f64::log2),
+            "log10" => Box::new(f64::log10),
+            "sgn" => Box::new(|x: f64| {
+                if x == 0.0 || x.is_nan() {
+                    x
+                } else {
+                    x.signum()
+                }
+            }),
+            "round" => {
+                // Go's math.Floor(v*inverse+0.5) / inverse.
+                let inverse = 1.0 / p(0, 1.0);
+                Box::new(move |x: f64| (x * inverse + 0.5).floor() / inverse)
+            }
+            "clamp" => {
+                let (lo, hi) = (p(0, f64::NAN), p(1, f64::NAN));
+                if hi < lo {
+                    return Ok(Evaluated::Vector(Vec::new()));
+                }
+                Box::new(move |x: f64| x.min(hi).max(lo))
+            }
+            "clamp_min" => {
+                let lo = p(0, f64::NAN);
+                Box::new(move |x: f64| x.max(lo))
+            }
+            "clamp_max" => {
+                let hi = p(0, f64::NAN);
+                Box::new(move |x: f64| x.min(hi))
+            }
+            _ => return Err(unsupported(format!("function {name}"))),
+        };
+        Ok(Evaluated::Vector(
+            v.into_iter()
+                .map(|mut s| {
+                    s.labels.remove(NAME);
+                    for p in &mut s.points {
+                        p.1 = f(p.1);
+                    }
+                    s
+                })
+                .collect(),
+        ))
+    }
+
     async fn aggregate(&self, a: &parser::AggregateExpr) -> Result<Evaluated, QueryError> {
         let op = a.op.to_string().to_ascii_lowercase();
+        let param = match &a.param {
+            None => None,
+            Some(p) => match self.eval(p).await? {
+                Evaluated::Scalar(x) => Some(x),
+                Evaluated::Vector(_) => {
+                    return Err(QueryError::invalid(
+                        "query",
+                        format!("the parameter of {op} must be a number"),
+                    ));
+                }
+            },
+        };
         let f = match op.as_str() {
-            "sum" => crate::agg::AggFn::Sum,
-            "avg" => crate::agg::AggFn::Avg,
-            "min" => crate::agg::AggFn::Min,
-            "max" => crate::agg::AggFn::Max,
-            "count" => crate::agg::AggFn::Count,
+            "sum" => Reduce::Agg(crate::agg::AggFn::Sum),
+            "avg" => Reduce::Agg(crate::agg::AggFn::Avg),
+            "min" => Reduce::Agg(crate::agg::AggFn::Min),
+            "max" => Reduce::Agg(crate::agg::AggFn::Max),
+            "count" => Reduce::Agg(crate::agg::AggFn::Count),
+            "stddev" => Reduce::StdDev,
+            "stdvar" => Reduce::StdVar,
+            "quantile" => Reduce::Quantile(param.unwrap_or(f64::NAN)),
+            "topk" | "bottomk" => return self.top(a, &op, param.unwrap_or(0.0)).await,
             other => return Err(unsupported(format!("aggregation {other}"))),
         };
-        if a.param.is_some() {
-            return Err(unsupported(format!("a parameter to {op}")));
-        }
         let Evaluated::Vector(inner) = self.eval(&a.expr).await? else {
             return Err(QueryError::invalid(
                 "query",
@@ -584,6 +684,122 @@ impl Evaluator<'_> {
                 .collect(),
         ))
     }
+
+    /// `topk` / `bottomk`: per group and step, the `k` series with the
+    /// largest (smallest) values, with their own labels.
+    async fn top(
+        &self,
+        a: &parser::AggregateExpr,
+        op: &str,
+        k: f64,
+    ) -> Result<Evaluated, QueryError> {
+        let Evaluated::Vector(inner) = self.eval(&a.expr).await? else {
+            return Err(QueryError::invalid(
+                "query",
+                format!("{op} expects an instant vector"),
+            ));
+        };
+        let k = if k.is_nan() || k < 1.0 { 0 } else { k as usize };
+        let key = |l: &Labels| -> Labels {
+            a.modifier
+                .as_ref()
+                .map_or_else(Labels::new, |m| grouping_labels(l, m))
+        };
+        // group -> step -> (value, series index)
+        let mut groups: BTreeMap<Labels, BTreeMap<i64, Vec<(f64, usize)>>> = BTreeMap::new();
+        for (i, s) in inner.iter().enumerate() {
+            let g = groups.entry(key(&s.labels)).or_default();
+            for &(t, v) in &s.points {
+                g.entry(t).or_default().push((v, i));
+            }
+        }
+        let mut kept: Vec<Vec<(i64, f64)>> = vec![Vec::new(); inner.len()];
+        for by_t in groups.into_values() {
+            for (t, mut vs) in by_t {
+                // NaN last either way, as Prometheus ranks it.
+                vs.sort_by(|x, y| {
+                    let o = x.0.total_cmp(&y.0);
+                    match (x.0.is_nan(), y.0.is_nan()) {
+                        (true, false) => std::cmp::Ordering::Greater,
+                        (false, true) => std::cmp::Ordering::Less,
+                        _ if op == "topk" => o.reverse(),
+                        _ => o,
+                    }
+                });
+                for &(v, i) in vs.iter().take(k) {
+                    kept[i].push((t, v));
+                }
+            }
+        }
+        Ok(Evaluated::Vector(
+            inner
+                .into_iter()
+                .zip(kept)
+                .filter(|(_, points)| !points.is_empty())
+                .map(|(s, mut points)| {
+                    points.sort_by_key(|p| p.0);
+                    Series {
+                        labels: s.labels,
+                        points,
+                    }
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// Instant-vector functions evaluated sample by sample ([`Evaluator::math`]).
+const MATH_FUNCTIONS: [&str; 13] = [
+    "abs",
+    "ceil",
+    "floor",
+    "exp",
+    "sqrt",
+    "ln",
+    "log2",
+    "log10",
+    "sgn",
+    "round",
+    "clamp",
+    "clamp_min",
+    "clamp_max",
+];
+
+/// What an aggregation computes from a group's values at one step.
+enum Reduce {
+    Agg(crate::agg::AggFn),
+    StdDev,
+    StdVar,
+    Quantile(f64),
+}
+
+impl Reduce {
+    fn apply(&self, v: &mut [f64]) -> Option<f64> {
+        if v.is_empty() {
+            return None;
+        }
+        Some(match self {
+            Reduce::Agg(f) => return f.apply(v),
+            Reduce::StdDev => variance(v).sqrt(),
+            Reduce::StdVar => variance(v),
+            Reduce::Quantile(q) if q.is_nan() => f64::NAN,
+            Reduce::Quantile(q) if *q < 0.0 => f64::NEG_INFINITY,
+            Reduce::Quantile(q) if *q > 1.0 => f64::INFINITY,
+            Reduce::Quantile(q) => crate::agg::percentile(v, *q),
+        })
+    }
+}
+
+/// The population variance, accumulated as Prometheus does (Welford).
+fn variance(v: &[f64]) -> f64 {
+    let (mut mean, mut m2, mut n) = (v[0], 0.0, 1.0);
+    for &x in &v[1..] {
+        n += 1.0;
+        let delta = x - mean;
+        mean += delta / n;
+        m2 += delta * (x - mean);
+    }
+    m2 / n
 }
 
 /// Prometheus's sample value formatting (`strconv.FormatFloat(v, 'f', -1,
