@@ -783,11 +783,11 @@ async fn prometheus_api_and_promtool() {
     assert_eq!(j["data"], serde_json::json!(["m00", "m01", "m02", "m03"]));
     // What is not evaluated is named, as Prometheus's bad_data.
     for (expr, msg) in [
+        ("count_values(\"v\", m00)", "unsupported PromQL: "),
         (
-            "m00 * on(host) group_left m01",
-            "unsupported PromQL: group_left",
+            "predict_linear(m00[5m], 60)",
+            "unsupported PromQL: function predict_linear",
         ),
-        ("changes(m00[1m])", "unsupported PromQL: function changes"),
         ("sum(", "query: "),
     ] {
         let (status, j) = q.get(&prom(expr, last)).await;

@@ -737,23 +737,35 @@ async fn promql_answers_equal_prometheus_on_the_same_samples() {
         "g offset 1m",
         "rate(c_total[1m] offset 1m)",
         "avg_over_time(g[2m] offset 30s)",
+        "changes(g[5m])",
+        "resets(c_total[5m])",
+        "vector(1)",
+        "vector(2) * 3",
+        "label_replace(g, \"x\", \"$1\", \"job\", \"(.*)\")",
+        "label_replace(g, \"job\", \"\", \"job\", \"t\")",
+        "label_replace(c_total, \"k2\", \"k-$1\", \"kind\", \"(a)\")",
+        "c_total * on(instance, job) group_left g",
+        "c_total / on(instance) group_left(job) g",
+        "g * on(instance, job) group_right c_total",
+        "g > on(instance, job) group_right c_total",
+        "sum by (kind) (c_total) * on() group_left sum(g)",
     ];
     // What dashboards also use and the broker does not evaluate yet: each
     // must be a clear 400 (never a wrong answer); they count against the
     // compatibility figure.
     let not_yet = [
         "count_values(\"v\", g)",
-        "label_replace(g, \"x\", \"$1\", \"job\", \"(.*)\")",
-        "c_total * on(instance, job) group_left g",
         "max_over_time(rate(c_total[1m])[5m:1m])",
         "histogram_quantile(0.9, rate(c_total[1m]))",
         "g @ 100",
         "predict_linear(g[5m], 60)",
-        "changes(g[5m])",
-        "resets(c_total[5m])",
         "absent(nope)",
-        "vector(1)",
         "scalar(sum(g))",
+        "time()",
+        "timestamp(g)",
+        "label_join(g, \"x\", \",\", \"job\")",
+        "sort(g)",
+        "holt_winters(g[5m], 0.5, 0.5)",
     ];
     // Times between samples (.5 s), across the data, and past its end
     // (the lookback).

@@ -7,9 +7,9 @@
 //!   cannot hold replaced by `_`. The broker monitors hosts: node_exporter
 //!   on `:9100` and a Prometheus on `:9090` of one machine are one host,
 //!   whose series stay apart by their `job` label.
-//! - **Metric name**: `__name__` with the series' other labels in
-//!   Prometheus's series notation, sorted
-//!   (`node_cpu_seconds_total{cpu="0",job="node",mode="idle"}`,
+//! - **Metric name**: `__name__` with the series' other labels (the
+//!   `instance` label too) in Prometheus's series notation, sorted
+//!   (`node_cpu_seconds_total{cpu="0",instance="h:9100",job="node",mode="idle"}`,
 //!   [`broker_common::series_name`]); query-api parses it back, so PromQL
 //!   sees the labels Prometheus had.
 //! - **Time**: milliseconds to the broker's seconds (floor). Samples of one
@@ -128,8 +128,14 @@ pub fn map_request(
         for l in &series.labels {
             match l.name.as_str() {
                 "__name__" => name = Some(l.value.as_str()),
-                n if n == host_label => host = Some(l.value.as_str()),
-                n => labels.push((n, l.value.as_str())),
+                n => {
+                    if n == host_label {
+                        host = Some(l.value.as_str());
+                    }
+                    // The host label stays with the series too, so
+                    // dashboards that select or join on `instance` work.
+                    labels.push((n, l.value.as_str()));
+                }
             }
         }
         let Some(name) = name.filter(|n| !n.is_empty()) else {
@@ -504,8 +510,8 @@ mod tests {
                 )
             })
             .collect();
-        let cpu = r#"node_cpu_seconds_total{cpu="0",job="node",mode="idle"}"#;
-        let load = r#"node_load1{job="node"}"#;
+        let cpu = r#"node_cpu_seconds_total{cpu="0",instance="h1:9100",job="node",mode="idle"}"#;
+        let load = r#"node_load1{instance="h1:9100",job="node"}"#;
         assert_eq!(
             got,
             vec![
@@ -519,7 +525,11 @@ mod tests {
                     1001,
                     vec![(cpu.into(), 12.0), (load.into(), 0.7)]
                 ),
-                ("h2".into(), 1000, vec![("up".into(), 1.0)]),
+                (
+                    "h2".into(),
+                    1000,
+                    vec![(r#"up{instance="h2:9090"}"#.into(), 1.0)],
+                ),
             ]
         );
     }

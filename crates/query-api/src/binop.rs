@@ -1,7 +1,8 @@
 //! PromQL binary operators with a vector operand, as Prometheus 2.x
 //! evaluates them: arithmetic and comparison between a vector and a
-//! scalar or between two vectors matched one-to-one (`on` / `ignoring`),
-//! and the set operators `and`, `or`, `unless`. Series hold one point per
+//! scalar or between two vectors matched one-to-one (`on` / `ignoring`) or
+//! many-to-one (`group_left` / `group_right`), and the set operators
+//! `and`, `or`, `unless`. Series hold one point per
 //! evaluation step; matching happens step by step.
 
 use crate::error::QueryError;
@@ -109,12 +110,12 @@ pub fn vector_vector(
     let matching = modifier.and_then(|m| m.matching.as_ref());
     let return_bool = modifier.is_some_and(|m| m.return_bool);
     let card = modifier.map(|m| &m.card);
-    if matches!(
-        card,
-        Some(VectorMatchCardinality::ManyToOne(_) | VectorMatchCardinality::OneToMany(_))
-    ) {
-        return Err(QueryError::Unsupported("group_left / group_right".into()));
-    }
+    // group_left / group_right: the labels copied from the "one" side.
+    let (include, one_to_many) = match card {
+        Some(VectorMatchCardinality::ManyToOne(l)) => (Some(l), false),
+        Some(VectorMatchCardinality::OneToMany(l)) => (Some(l), true),
+        _ => (None, false),
+    };
     let lsig: Vec<Labels> = lhs.iter().map(|s| signature(&s.labels, matching)).collect();
     let rsig: Vec<Labels> = rhs.iter().map(|s| signature(&s.labels, matching)).collect();
     let (lsteps, rsteps) = (by_step(&lhs), by_step(&rhs));
@@ -159,49 +160,97 @@ pub fn vector_vector(
             }
         }
         _ => {
-            for (t, ls) in &lsteps {
-                let mut right: HashMap<&Labels, f64> = HashMap::new();
-                for &(i, x) in rsteps.get(t).unwrap_or(&empty) {
-                    if right.insert(&rsig[i], x).is_some() {
+            // As Prometheus does: `one` is the side matched at most once
+            // (the right one, but the left one for group_right); `many`
+            // the side each of whose series takes its match.
+            let (many, one, msig, osig, msteps, osteps) = if one_to_many {
+                (&rhs, &lhs, &rsig, &lsig, &rsteps, &lsteps)
+            } else {
+                (&lhs, &rhs, &lsig, &rsig, &lsteps, &rsteps)
+            };
+            let side = |many_side: bool| {
+                if many_side == one_to_many {
+                    "right"
+                } else {
+                    "left"
+                }
+            };
+            for (t, ms) in msteps {
+                let mut matches: HashMap<&Labels, (usize, f64)> = HashMap::new();
+                for &(i, x) in osteps.get(t).unwrap_or(&empty) {
+                    if matches.insert(&osig[i], (i, x)).is_some() {
                         return Err(QueryError::invalid(
                             "query",
                             format!(
-                                "found duplicate series for the match group {:?} on the right hand-side of the operation: many-to-many matching not allowed: matching labels must be unique on one side",
-                                rsig[i]
+                                "found duplicate series for the match group {:?} on the {} hand-side of the operation: many-to-many matching not allowed: matching labels must be unique on one side",
+                                osig[i],
+                                side(false)
                             ),
                         ));
                     }
                 }
-                let mut seen: HashSet<&Labels> = HashSet::new();
-                for &(i, x) in ls {
-                    let Some(&y) = right.get(&lsig[i]) else {
+                let mut inserted: HashSet<Labels> = HashSet::new();
+                let mut matched: HashSet<&Labels> = HashSet::new();
+                for &(i, x) in ms {
+                    let Some(&(j, y)) = matches.get(&msig[i]) else {
                         continue;
                     };
-                    if !seen.insert(&lsig[i]) {
+                    // One-to-one: each match group at most once on both sides.
+                    if include.is_none() && !matched.insert(&msig[i]) {
                         return Err(QueryError::invalid(
                             "query",
                             format!(
-                                "found duplicate series for the match group {:?} on the left hand-side of the operation: many-to-many matching not allowed: matching labels must be unique on one side",
-                                lsig[i]
+                                "found duplicate series for the match group {:?} on the {} hand-side of the operation: many-to-many matching not allowed: matching labels must be unique on one side",
+                                msig[i],
+                                side(true)
                             ),
                         ));
                     }
-                    let Some(p) = point(op, x, y, return_bool, x) else {
+                    let (l, r) = if one_to_many { (y, x) } else { (x, y) };
+                    let Some(p) = point(op, l, r, return_bool, l) else {
                         return Err(QueryError::Unsupported(format!("operator {op}")));
                     };
                     let Some(v) = p else { continue };
-                    let mut labels = lhs[i].labels.clone();
+                    let mut labels = many[i].labels.clone();
                     if drops_name(op, return_bool) {
                         labels.remove(NAME);
                     }
-                    match matching {
-                        Some(LabelModifier::Include(on)) => {
+                    match (include, matching) {
+                        (Some(include), _) => {
+                            for name in &include.labels {
+                                match one[j].labels.get(name) {
+                                    Some(value) if !value.is_empty() => {
+                                        labels.insert(name.clone(), value.clone());
+                                    }
+                                    _ => {
+                                        labels.remove(name);
+                                    }
+                                }
+                            }
+                        }
+                        (None, Some(LabelModifier::Include(on))) => {
                             labels.retain(|k, _| on.labels.contains(k));
                         }
-                        Some(LabelModifier::Exclude(ignoring)) => {
+                        (None, Some(LabelModifier::Exclude(ignoring))) => {
                             labels.retain(|k, _| !ignoring.labels.contains(k));
                         }
-                        None => {}
+                        (None, None) => {}
+                    }
+                    if !inserted.insert(labels.clone()) {
+                        return Err(QueryError::invalid(
+                            "query",
+                            if include.is_some() {
+                                format!(
+                                    "multiple matches for labels {labels:?}: grouping labels must ensure unique matches"
+                                )
+                            } else {
+                                format!(
+                                    "found duplicate series for the match group {:?} on the {} hand-side of the operation: many-to-many matching not allowed: matching labels must be unique on one side",
+                                    msig[i],
+                                    side(true)
+                                )
+                            },
+                        ));
                     }
                     push(&labels, *t, v);
                 }

@@ -23,8 +23,9 @@
 //! `sqrt`, `exp`, `ln`, `log2`, `log10`, `clamp*`, number literals, unary
 //! minus, parentheses, and binary operators ([`crate::binop`]: arithmetic
 //! and comparison between scalars and vectors, vectors matched one-to-one
-//! with `on` / `ignoring`, `and` / `or` / `unless`). Anything else
-//! (`group_left` / `group_right`, other functions, `@`, subqueries) is a
+//! with `on` / `ignoring` or many-to-one with `group_left` / `group_right`,
+//! `and` / `or` / `unless`), `changes`, `resets`, `vector`,
+//! `label_replace`. Anything else (other functions, `@`, subqueries) is a
 //! 400 `bad_data` naming it. Beside the query API:
 //! `/api/v1/status/buildinfo`, `/api/v1/metadata` (names, type `unknown`)
 //! and `/api/v1/query_exemplars` (none), which Grafana's Prometheus data
@@ -225,6 +226,12 @@ fn sampled(name: &str, w: &[(i64, f64)], t: i64, range: i64) -> Option<Option<f6
         "irate" => instant_delta(w, true),
         "idelta" => instant_delta(w, false),
         "deriv" => (w.len() >= 2).then(|| regression_slope(w)),
+        "changes" => {
+            (!w.is_empty()).then(|| w.windows(2).filter(|p| p[1].1 != p[0].1).count() as f64)
+        }
+        "resets" => {
+            (!w.is_empty()).then(|| w.windows(2).filter(|p| p[1].1 < p[0].1).count() as f64)
+        }
         _ => return None,
     })
 }
@@ -470,6 +477,55 @@ impl Evaluator<'_> {
         if MATH_FUNCTIONS.contains(&name) {
             return self.math(name, args).await;
         }
+        match (name, args.as_slice()) {
+            ("vector", [x]) => {
+                let Evaluated::Scalar(x) = self.eval(x).await? else {
+                    return Err(QueryError::invalid("query", "vector expects a scalar"));
+                };
+                return Ok(Evaluated::Vector(vec![Series {
+                    labels: Labels::new(),
+                    points: self.steps.iter().map(|&t| (t, x)).collect(),
+                }]));
+            }
+            ("label_replace", [v, dst, replacement, src, regex]) => {
+                let text = |e: &Expr| match e {
+                    Expr::StringLiteral(s) => Ok(s.val.clone()),
+                    _ => Err(QueryError::invalid(
+                        "query",
+                        "label_replace expects string literals after the vector",
+                    )),
+                };
+                let (dst, replacement, src, regex) =
+                    (text(dst)?, text(replacement)?, text(src)?, text(regex)?);
+                let re = regex::Regex::new(&format!("^(?:{regex})$")).map_err(|e| {
+                    QueryError::invalid("query", format!("label_replace regex {regex:?}: {e}"))
+                })?;
+                let Evaluated::Vector(v) = self.eval(v).await? else {
+                    return Err(QueryError::invalid(
+                        "query",
+                        "label_replace expects a vector",
+                    ));
+                };
+                return Ok(Evaluated::Vector(
+                    v.into_iter()
+                        .map(|mut s| {
+                            let value = s.labels.get(&src).cloned().unwrap_or_default();
+                            if let Some(c) = re.captures(&value) {
+                                let mut out = String::new();
+                                c.expand(&replacement, &mut out);
+                                if out.is_empty() {
+                                    s.labels.remove(&dst);
+                                } else {
+                                    s.labels.insert(dst.clone(), out);
+                                }
+                            }
+                            s
+                        })
+                        .collect(),
+                ));
+            }
+            _ => {}
+        }
         let (q, ms) = match (name, args.as_slice()) {
             ("quantile_over_time", [q, m]) => {
                 let Expr::NumberLiteral(q) = q.as_ref() else {
@@ -484,7 +540,7 @@ impl Evaluator<'_> {
         };
         let f: fn(&[f64], Option<f64>) -> f64 = match name {
             // Computed from the samples' times by `sampled`, below.
-            "rate" | "increase" | "delta" | "irate" | "idelta" | "deriv" => {
+            "rate" | "increase" | "delta" | "irate" | "idelta" | "deriv" | "changes" | "resets" => {
                 |_, _| unreachable!("computed by sampled()")
             }
             "avg_over_time" => |v, _| v.iter().sum::<f64>() / v.len() as f64,
