@@ -15,6 +15,25 @@ use std::time::{Duration, Instant};
 
 const SERVICES: &[Service] = &Service::DEFAULT;
 
+/// Waits until the Prometheus at `addr` answers `/-/ready`; `logs` for
+/// the failure message.
+async fn prometheus_ready(addr: SocketAddr, logs: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok()
+            && http(addr, "GET", "/-/ready", "").await.0 == 200
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus not ready\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A child process killed when dropped.
 struct Proc(Child);
 
@@ -139,22 +158,8 @@ impl Scraping {
         }
     }
 
-    /// Waits until Prometheus answers `/-/ready`.
     async fn prometheus_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if tokio::net::TcpStream::connect(self.prom_addr).await.is_ok()
-                && http(self.prom_addr, "GET", "/-/ready", "").await.0 == 200
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Prometheus not ready\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        prometheus_ready(self.prom_addr, || self.logs()).await;
     }
 
     /// The last lines of both logs, for failure messages.
@@ -600,13 +605,10 @@ async fn promql_answers_equal_prometheus_on_the_same_samples() {
         ],
         &dir.path().join("prometheus.log"),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(tokio::net::TcpStream::connect(prom).await.is_ok()
-        && http(prom, "GET", "/-/ready", "").await.0 == 200)
-    {
-        assert!(Instant::now() < deadline, "Prometheus not ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    prometheus_ready(prom, || {
+        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+    })
+    .await;
 
     // 10 minutes of samples every 5 s, ending 2 minutes ago: a counter per
     // host and kind with a reset, a gauge per host.

@@ -79,6 +79,16 @@ fn signature(l: &Labels, matching: Option<&LabelModifier>) -> Labels {
     }
 }
 
+/// Prometheus's error for a match group found twice on one side.
+fn many_to_many(signature: &Labels, side: &str) -> QueryError {
+    QueryError::invalid(
+        "query",
+        format!(
+            "found duplicate series for the match group {signature:?} on the {side} hand-side of the operation: many-to-many matching not allowed: matching labels must be unique on one side"
+        ),
+    )
+}
+
 /// Collects (labels, t, v) into series, ordered by labels.
 fn collect(out: BTreeMap<Labels, Vec<(i64, f64)>>) -> Vec<Series> {
     out.into_iter()
@@ -179,14 +189,7 @@ pub fn vector_vector(
                 let mut matches: HashMap<&Labels, (usize, f64)> = HashMap::new();
                 for &(i, x) in osteps.get(t).unwrap_or(&empty) {
                     if matches.insert(&osig[i], (i, x)).is_some() {
-                        return Err(QueryError::invalid(
-                            "query",
-                            format!(
-                                "found duplicate series for the match group {:?} on the {} hand-side of the operation: many-to-many matching not allowed: matching labels must be unique on one side",
-                                osig[i],
-                                side(false)
-                            ),
-                        ));
+                        return Err(many_to_many(&osig[i], side(false)));
                     }
                 }
                 let mut inserted: HashSet<Labels> = HashSet::new();
@@ -197,14 +200,7 @@ pub fn vector_vector(
                     };
                     // One-to-one: each match group at most once on both sides.
                     if include.is_none() && !matched.insert(&msig[i]) {
-                        return Err(QueryError::invalid(
-                            "query",
-                            format!(
-                                "found duplicate series for the match group {:?} on the {} hand-side of the operation: many-to-many matching not allowed: matching labels must be unique on one side",
-                                msig[i],
-                                side(true)
-                            ),
-                        ));
+                        return Err(many_to_many(&msig[i], side(true)));
                     }
                     let (l, r) = if one_to_many { (y, x) } else { (x, y) };
                     let Some(p) = point(op, l, r, return_bool, l) else {
@@ -237,20 +233,16 @@ pub fn vector_vector(
                         (None, None) => {}
                     }
                     if !inserted.insert(labels.clone()) {
-                        return Err(QueryError::invalid(
-                            "query",
-                            if include.is_some() {
+                        return Err(if include.is_some() {
+                            QueryError::invalid(
+                                "query",
                                 format!(
                                     "multiple matches for labels {labels:?}: grouping labels must ensure unique matches"
-                                )
-                            } else {
-                                format!(
-                                    "found duplicate series for the match group {:?} on the {} hand-side of the operation: many-to-many matching not allowed: matching labels must be unique on one side",
-                                    msig[i],
-                                    side(true)
-                                )
-                            },
-                        ));
+                                ),
+                            )
+                        } else {
+                            many_to_many(&msig[i], side(true))
+                        });
                     }
                     push(&labels, *t, v);
                 }
