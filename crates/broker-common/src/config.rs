@@ -194,6 +194,9 @@ pub struct GatewayConfig {
     /// value names the host (its `:port` dropped). The series' other
     /// labels stay with the metric name.
     pub remote_write_host_label: String,
+    /// OTLP metrics (gRPC `MetricsService/Export`, HTTP `/v1/metrics`):
+    /// the resource attribute whose value names the host.
+    pub otlp_host_attribute: String,
 }
 
 impl Default for GatewayConfig {
@@ -211,6 +214,7 @@ impl Default for GatewayConfig {
             max_inflight_points: DEFAULT_MAX_INFLIGHT_POINTS,
             forward_timeout: DEFAULT_FORWARD_TIMEOUT,
             remote_write_host_label: "instance".into(),
+            otlp_host_attribute: "host.name".into(),
         }
     }
 }
@@ -722,6 +726,12 @@ impl BrokerConfig {
             bad(
                 "gateway.remote_write_host_label",
                 "must name a label (Prometheus's is `instance`)".to_string(),
+            );
+        }
+        if g.otlp_host_attribute.is_empty() {
+            bad(
+                "gateway.otlp_host_attribute",
+                "must name a resource attribute (OpenTelemetry's is `host.name`)".to_string(),
             );
         }
         let r = &self.router;

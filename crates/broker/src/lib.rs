@@ -135,10 +135,10 @@ pub async fn run(
             )
         };
         let g = Gateway::new(&config, client, &mut registry, stop.clone());
-        // POST /api/v1/write (Prometheus remote write)
+        // POST /api/v1/write (Prometheus remote write), /v1/metrics (OTLP)
         admin_routes.push(g.http_routes());
-        routes.add_service(g.into_server());
-        names.push(ingest_gateway::gateway::MONITOR_SERVICE_NAME);
+        g.add_grpc(&mut routes);
+        names.extend(ingest_gateway::gateway::GRPC_SERVICE_NAMES);
         readiness.set("ingest-gateway", true);
     }
     let query = if has(Service::QueryApi) {

@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 pub const MONITOR_SERVICE_NAME: &str = "broker.v1.MonitorService";
+/// The gRPC services [`Gateway::add_grpc`] serves, for health reporting.
+pub const GRPC_SERVICE_NAMES: &[&str] = &[MONITOR_SERVICE_NAME, crate::otlp::SERVICE_NAME];
 
 #[derive(Clone)]
 pub struct Gateway {
@@ -37,6 +39,7 @@ pub(crate) struct Inner {
     max_inflight_points: usize,
     pub(crate) max_message_bytes: usize,
     pub(crate) remote_write_host_label: String,
+    pub(crate) otlp_host_attribute: String,
     pub(crate) metrics: GatewayMetrics,
     stop: CancellationToken,
 }
@@ -61,6 +64,7 @@ impl Gateway {
                 max_inflight_points: g.max_inflight_points,
                 max_message_bytes: g.max_message_bytes,
                 remote_write_host_label: g.remote_write_host_label.clone(),
+                otlp_host_attribute: g.otlp_host_attribute.clone(),
                 metrics: GatewayMetrics::new(registry),
                 stop,
             }),
@@ -68,17 +72,24 @@ impl Gateway {
     }
 
     /// The gateway's HTTP routes: Prometheus remote write
-    /// (`POST /api/v1/write`, [`crate::remote_write`]), for
+    /// (`POST /api/v1/write`, [`crate::remote_write`]) and OTLP/HTTP
+    /// (`POST /v1/metrics`, [`crate::otlp`]), for
     /// [`broker_common::Admin::with_routes`].
     pub fn http_routes(&self) -> axum::Router {
         crate::remote_write::routes(self.inner.clone())
+            .merge(crate::otlp::routes(self.inner.clone()))
     }
 
-    pub fn into_server(self) -> MonitorServiceServer<Self> {
+    /// Adds the gateway's gRPC services: `MonitorService` (agents) and
+    /// OTLP's `MetricsService`. Their names are [`GRPC_SERVICE_NAMES`].
+    pub fn add_grpc(self, routes: &mut tonic::service::RoutesBuilder) {
         let max = self.inner.max_message_bytes;
-        MonitorServiceServer::new(self)
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max)
+        routes.add_service(crate::otlp::Otlp::server(self.inner.clone()));
+        routes.add_service(
+            MonitorServiceServer::new(self)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
     }
 }
 

@@ -6,15 +6,19 @@
 //! - [`validate`]: per-point validation with reasons (pure logic).
 //! - [`gateway`]: the stream handler, backpressure and acks; the one
 //!   ingest path (validate, route, ack after durable) both protocols use.
-//! - [`remote_write`]: Prometheus remote write 1.0 over HTTP, mapped onto
-//!   the same ingest path.
+//! - [`samples`]: labelled series' samples gathered into the broker's
+//!   points and stored through that path, for the two protocols below.
+//! - [`remote_write`]: Prometheus remote write 1.0 over HTTP.
+//! - [`otlp`]: OpenTelemetry metrics (OTLP over gRPC and HTTP/protobuf).
 //! - [`metrics`]: Prometheus metrics of ingest.
 
 #![forbid(unsafe_code)]
 
 pub mod gateway;
 pub mod metrics;
+pub mod otlp;
 pub mod remote_write;
+pub mod samples;
 pub mod validate;
 
 pub use gateway::Gateway;
@@ -55,12 +59,14 @@ pub async fn run(
     let stop = broker_common::serve::token_from(shutdown);
     let gateway = Gateway::new(&config, router, &mut registry, stop.clone());
     readiness.set("ingest-gateway", true);
-    // POST /api/v1/write (Prometheus remote write) on the HTTP port.
+    // POST /api/v1/write (Prometheus remote write) and /v1/metrics (OTLP)
+    // on the HTTP port.
     let admin = Admin::new(registry, readiness).with_routes(gateway.http_routes());
-    let routes = tonic::service::Routes::new(gateway.into_server());
+    let mut routes = tonic::service::RoutesBuilder::default();
+    gateway.add_grpc(&mut routes);
     let result = broker_common::serve::serve(
-        routes,
-        &[gateway::MONITOR_SERVICE_NAME],
+        routes.routes(),
+        gateway::GRPC_SERVICE_NAMES,
         &admin,
         listeners,
         stop,

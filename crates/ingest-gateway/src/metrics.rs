@@ -21,6 +21,10 @@ pub struct GatewayMetrics {
     pub remote_write_requests: Family<Vec<(&'static str, String)>, Counter>,
     /// Remote-write samples by what became of them.
     pub remote_write_samples: Family<ReasonLabels, Counter>,
+    /// OTLP export requests by transport and outcome.
+    pub otlp_requests: Family<ReasonLabels, Counter>,
+    /// OTLP samples by what became of them.
+    pub otlp_samples: Family<ReasonLabels, Counter>,
 }
 
 impl GatewayMetrics {
@@ -37,6 +41,8 @@ impl GatewayMetrics {
             streams: Gauge::default(),
             remote_write_requests: Family::default(),
             remote_write_samples: Family::default(),
+            otlp_requests: Family::default(),
+            otlp_samples: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("broker_ingest");
         r.register(
@@ -85,6 +91,16 @@ impl GatewayMetrics {
             "remote_write_samples",
             "Prometheus remote-write samples: stored, superseded (a later sample of the series in the same second), stale (staleness markers, skipped) or rejected",
             m.remote_write_samples.clone(),
+        );
+        r.register(
+            "otlp_requests",
+            "OTLP metric exports, by transport (grpc, http) and outcome (ok, partial: some data rejected, retry: not durable yet, invalid: not OTLP)",
+            m.otlp_requests.clone(),
+        );
+        r.register(
+            "otlp_samples",
+            "OTLP samples (a histogram data point is several): stored, superseded (a later sample of the series in the same second), no_value (flagged no recorded value, skipped) or rejected",
+            m.otlp_samples.clone(),
         );
         m
     }

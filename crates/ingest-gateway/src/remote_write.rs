@@ -33,6 +33,7 @@
 //!   already stored are stored once.
 
 use crate::gateway::Inner;
+use crate::samples::Points;
 use crate::validate::host_id_byte;
 use axum::Router;
 use axum::body::Bytes;
@@ -41,8 +42,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use broker_proto::prometheus::WriteRequest;
-use broker_proto::v1::{MetricBatch, Point};
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub const PATH: &str = "/api/v1/write";
@@ -66,17 +65,9 @@ pub(crate) fn routes(inner: Arc<Inner>) -> Router {
 /// What a request's series became.
 #[derive(Debug, Default)]
 pub struct Mapped {
-    pub batches: Vec<MetricBatch>,
-    /// Series that could not be mapped, with why.
-    pub problems: Vec<String>,
-    /// Samples put into points.
-    pub samples: u64,
-    /// Samples skipped: a later one of the same series and second won.
-    pub superseded: u64,
+    pub points: Points,
     /// Staleness markers skipped.
     pub stale: u64,
-    /// Samples left out as problems (invalid name, not finite).
-    pub rejected: u64,
 }
 
 /// The host id a `instance` label value stands for: without its `:port`
@@ -107,20 +98,10 @@ pub fn host_from_instance(instance: &str) -> String {
         .collect()
 }
 
-/// Turns a request's series into batches of at most `max_points` points of
-/// at most `max_metrics` metrics each. A series whose name would be invalid
-/// and a sample that is not finite are left out here, as problems of their
-/// own: in a point they would take the host's whole second with them.
-pub fn map_request(
-    req: WriteRequest,
-    host_label: &str,
-    max_points: usize,
-    max_metrics: usize,
-    max_name_len: usize,
-) -> Mapped {
+/// Gathers a request's samples into points ([`Points`]). A series whose
+/// name would be invalid is left out here, as a problem of its own.
+pub fn map_request(req: WriteRequest, host_label: &str, max_name_len: usize) -> Mapped {
     let mut m = Mapped::default();
-    // (host, second) -> metric name -> (milliseconds, value)
-    let mut points: BTreeMap<(String, i64), HashMap<String, (i64, f64)>> = BTreeMap::new();
     for series in req.timeseries {
         let mut name = None;
         let mut host = None;
@@ -138,32 +119,33 @@ pub fn map_request(
                 }
             }
         }
+        let n = series.samples.len() as u64;
         let Some(name) = name.filter(|n| !n.is_empty()) else {
-            m.problems.push(format!(
-                "a series with labels {:?} has no __name__",
-                series
-                    .labels
-                    .iter()
-                    .map(|l| format!("{}={:?}", l.name, l.value))
-                    .collect::<Vec<_>>()
-            ));
-            m.rejected += series.samples.len() as u64;
+            m.points.reject(
+                n,
+                format!(
+                    "a series with labels {:?} has no __name__",
+                    series
+                        .labels
+                        .iter()
+                        .map(|l| format!("{}={:?}", l.name, l.value))
+                        .collect::<Vec<_>>()
+                ),
+            );
             continue;
         };
         let host = match host.map(host_from_instance) {
             Some(h) if !h.is_empty() => h,
             _ => {
-                m.problems.push(format!(
+                m.points.reject(n, format!(
                     "series {name:?} has no {host_label:?} label to take the host from (gateway.remote_write_host_label)"
                 ));
-                m.rejected += series.samples.len() as u64;
                 continue;
             }
         };
         let metric = broker_common::series_name::format(name, &mut labels);
         if let Err(e) = crate::validate::check_metric_name(&metric, max_name_len) {
-            m.rejected += series.samples.len() as u64;
-            m.problems.push(format!("host {host:?}: {e}"));
+            m.points.reject(n, format!("host {host:?}: {e}"));
             continue;
         }
         for s in series.samples {
@@ -171,74 +153,11 @@ pub fn map_request(
                 m.stale += 1;
                 continue;
             }
-            if !s.value.is_finite() {
-                m.rejected += 1;
-                m.problems.push(format!(
-                    "host {host:?} at {}: metric {metric:?} has non-finite value {}",
-                    s.timestamp.div_euclid(1000),
-                    s.value
-                ));
-                continue;
-            }
             let second = s.timestamp.div_euclid(1000);
-            let slot = points.entry((host.clone(), second)).or_default();
-            match slot.get_mut(&metric) {
-                Some(prev) => {
-                    m.superseded += 1;
-                    if s.timestamp >= prev.0 {
-                        *prev = (s.timestamp, s.value);
-                    }
-                }
-                None => {
-                    slot.insert(metric.clone(), (s.timestamp, s.value));
-                    m.samples += 1;
-                }
-            }
+            m.points.add(&host, &metric, second, s.timestamp, s.value);
         }
-    }
-    let mut batch = Batch::default();
-    for ((host, second), metrics) in points {
-        let mut metrics: Vec<(String, f64)> =
-            metrics.into_iter().map(|(n, (_, v))| (n, v)).collect();
-        metrics.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for part in metrics.chunks(max_metrics.max(1)) {
-            if batch.batch.points.len() >= max_points.max(1) {
-                m.batches.push(std::mem::take(&mut batch).batch);
-            }
-            batch.push(&host, second, part);
-        }
-    }
-    if !batch.batch.points.is_empty() {
-        m.batches.push(batch.batch);
     }
     m
-}
-
-/// A batch being built, with its name table's index.
-#[derive(Default)]
-struct Batch {
-    batch: MetricBatch,
-    names: HashMap<String, u32>,
-}
-
-impl Batch {
-    fn push(&mut self, host: &str, second: i64, metrics: &[(String, f64)]) {
-        let mut point = Point {
-            host_id: host.to_string(),
-            timestamp: second,
-            ..Default::default()
-        };
-        for (name, v) in metrics {
-            let next = self.names.len() as u32;
-            let i = *self.names.entry(name.clone()).or_insert_with(|| {
-                self.batch.metric_names.push(name.clone());
-                next
-            });
-            point.name_index.push(i);
-            point.values.push(*v);
-        }
-        self.batch.points.push(point);
-    }
 }
 
 async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -315,92 +234,39 @@ async fn handle(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> (StatusCode,
             );
         }
     };
-    let limits = &inner.limits;
     let mapped = map_request(
         req,
         &inner.remote_write_host_label,
-        limits.max_points_per_batch,
-        limits.max_metrics_per_point,
-        limits.max_metric_name_len,
+        inner.limits.max_metric_name_len,
     );
     let samples = &inner.metrics.remote_write_samples;
     samples
         .get_or_create(&vec![("outcome", "superseded")])
-        .inc_by(mapped.superseded);
+        .inc_by(mapped.points.superseded);
     samples
         .get_or_create(&vec![("outcome", "stale")])
         .inc_by(mapped.stale);
-    let mut problems = mapped.problems;
-    let mut retryable = None;
-    let (mut stored, mut rejected) = (0u64, mapped.rejected);
-    let results = futures::future::join_all(mapped.batches.into_iter().map(|b| async move {
-        // (host, second, samples) of each point, for the answer.
-        let points: Vec<(String, i64, u64)> = b
-            .points
-            .iter()
-            .map(|p| (p.host_id.clone(), p.timestamp, p.values.len() as u64))
-            .collect();
-        (points, inner.ingest(b).await)
-    }))
-    .await;
-    for (points, result) in results {
-        let all: u64 = points.iter().map(|p| p.2).sum();
-        match result {
-            Err(rej) => {
-                rejected += all;
-                problems.push(rej.message);
-            }
-            Ok(errors) => {
-                stored += all;
-                for e in errors {
-                    let Some((host, second, n)) = points.get(e.index as usize) else {
-                        continue;
-                    };
-                    stored -= n;
-                    rejected += n;
-                    let what = format!("host {host:?} at {second}: {}", e.message);
-                    if e.retryable {
-                        retryable.get_or_insert(what);
-                    } else {
-                        problems.push(what);
-                    }
-                }
-            }
-        }
-    }
+    let out = crate::samples::store(inner, mapped.points).await;
     samples
         .get_or_create(&vec![("outcome", "stored")])
-        .inc_by(stored);
+        .inc_by(out.stored);
     samples
         .get_or_create(&vec![("outcome", "rejected")])
-        .inc_by(rejected);
-    if let Some(what) = retryable {
+        .inc_by(out.rejected);
+    if let Some(what) = out.retryable {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not stored yet, send again: {what}"),
         );
     }
-    if !problems.is_empty() {
-        let n = problems.len();
-        // Prometheus logs the first line: the counts and the first problem.
-        let mut body = format!(
-            "{stored} samples stored, {rejected} rejected, {n} problem(s): {}\n",
-            problems[0]
-        );
-        for p in problems.iter().skip(1).take(MAX_PROBLEMS_SHOWN - 1) {
-            body.push_str(p);
-            body.push('\n');
-        }
-        if n > MAX_PROBLEMS_SHOWN {
-            body.push_str(&format!("... and {} more\n", n - MAX_PROBLEMS_SHOWN));
-        }
+    if !out.problems.is_empty() {
         tracing::debug!(
-            problems = n,
-            stored,
-            rejected,
+            problems = out.problems.len(),
+            stored = out.stored,
+            rejected = out.rejected,
             "remote write with invalid samples"
         );
-        return (StatusCode::BAD_REQUEST, body);
+        return (StatusCode::BAD_REQUEST, out.summary(MAX_PROBLEMS_SHOWN));
     }
     (StatusCode::NO_CONTENT, String::new())
 }
@@ -483,18 +349,20 @@ mod tests {
                 ),
             ],
         };
-        let m = map_request(req, "instance", 100, 100, 128);
+        let mut m = map_request(req, "instance", 128);
+        let p = &m.points;
         let problem = |i: usize, what: &str| {
-            assert!(m.problems[i].contains(what), "{:?}", m.problems);
+            assert!(p.problems[i].contains(what), "{:?}", p.problems);
         };
-        assert_eq!(m.problems.len(), 4, "{:?}", m.problems);
+        assert_eq!(p.problems.len(), 4, "{:?}", p.problems);
         problem(0, "no __name__");
         problem(1, "no \"instance\" label");
         problem(2, "contains ' '");
         problem(3, "non-finite value NaN");
-        assert_eq!((m.samples, m.superseded, m.stale, m.rejected), (5, 1, 1, 4));
-        assert_eq!(m.batches.len(), 1);
-        let b = &m.batches[0];
+        assert_eq!((p.samples, p.superseded, m.stale, p.rejected), (5, 1, 1, 4));
+        let batches = m.points.batches(100, 100);
+        assert_eq!(batches.len(), 1);
+        let b = &batches[0];
         // (host, second, (metric, value)...) of each point.
         type PointView = (String, i64, Vec<(String, f64)>);
         let got: Vec<PointView> = b
@@ -549,16 +417,16 @@ mod tests {
                 series(&[("__name__", "up"), ("instance", &host)], &[(5_000, 1.0)])
             }))
             .collect();
-        let m = map_request(WriteRequest { timeseries }, "instance", 2, 10, 128);
-        let points: Vec<usize> = m
-            .batches
+        let mut m = map_request(WriteRequest { timeseries }, "instance", 128);
+        let batches = m.points.batches(2, 10);
+        let points: Vec<usize> = batches
             .iter()
             .flat_map(|b| b.points.iter().map(|p| p.values.len()))
             .collect();
         assert_eq!(points, vec![10, 10, 5, 1, 1, 1]);
-        assert!(m.batches.iter().all(|b| b.points.len() <= 2));
+        assert!(batches.iter().all(|b| b.points.len() <= 2));
         // Each batch's name table holds only its own names.
-        for b in &m.batches {
+        for b in &batches {
             let used: usize = b.points.iter().map(|p| p.values.len()).sum();
             assert!(b.metric_names.len() <= used);
         }

@@ -1,0 +1,248 @@
+//! Samples of labelled series (Prometheus remote write, OTLP) gathered into
+//! the broker's points, and stored through the agents' ingest path.
+//!
+//! The broker's model is one snapshot per host and second. [`Points`]
+//! collects `(host, metric, time, value)` samples: one point per (host,
+//! second), the latest sample of a metric within a second winning, a
+//! non-finite value or an invalid name left out as a problem of its own (in
+//! a point it would take the host's whole second with it). [`store`] sends
+//! the points through [`Inner::ingest`] and tallies what became of each
+//! sample, for the protocol's answer.
+
+use crate::gateway::Inner;
+use broker_proto::v1::{MetricBatch, Point};
+use std::collections::{BTreeMap, HashMap};
+
+/// Samples being gathered into points.
+#[derive(Debug, Default)]
+pub struct Points {
+    /// (host, second) -> metric name -> (time within the protocol's unit,
+    /// value): the time orders samples of one second.
+    points: BTreeMap<(String, i64), HashMap<String, (i64, f64)>>,
+    /// What could not be mapped, with why.
+    pub problems: Vec<String>,
+    /// Samples put into points.
+    pub samples: u64,
+    /// Samples skipped: a later one of the same series and second won.
+    pub superseded: u64,
+    /// Samples left out as problems.
+    pub rejected: u64,
+}
+
+impl Points {
+    /// Adds one sample at `second`; `order` (the protocol's own timestamp)
+    /// decides which of two samples of one metric and second wins. A
+    /// non-finite value is a problem.
+    pub fn add(&mut self, host: &str, metric: &str, second: i64, order: i64, value: f64) {
+        if !value.is_finite() {
+            self.reject(
+                1,
+                format!(
+                    "host {host:?} at {second}: metric {metric:?} has non-finite value {value}"
+                ),
+            );
+            return;
+        }
+        // Looked up by &str first: most samples join an existing point.
+        let slot = match self.points.get_mut(&(host.to_string(), second)) {
+            Some(s) => s,
+            None => self.points.entry((host.to_string(), second)).or_default(),
+        };
+        match slot.get_mut(metric) {
+            Some(prev) => {
+                self.superseded += 1;
+                if order >= prev.0 {
+                    *prev = (order, value);
+                }
+            }
+            None => {
+                slot.insert(metric.to_string(), (order, value));
+                self.samples += 1;
+            }
+        }
+    }
+
+    /// Leaves `n` samples out, for `problem`.
+    pub fn reject(&mut self, n: u64, problem: String) {
+        self.rejected += n;
+        self.problems.push(problem);
+    }
+
+    /// The points, in batches of at most `max_points` points of at most
+    /// `max_metrics` metrics each (a host's second with more metrics
+    /// becomes several points; both layouts merge them metric by metric).
+    pub fn batches(&mut self, max_points: usize, max_metrics: usize) -> Vec<MetricBatch> {
+        let mut out = Vec::new();
+        let mut batch = Batch::default();
+        for ((host, second), metrics) in std::mem::take(&mut self.points) {
+            let mut metrics: Vec<(String, f64)> =
+                metrics.into_iter().map(|(n, (_, v))| (n, v)).collect();
+            metrics.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            for part in metrics.chunks(max_metrics.max(1)) {
+                if batch.batch.points.len() >= max_points.max(1) {
+                    out.push(std::mem::take(&mut batch).batch);
+                }
+                batch.push(&host, second, part);
+            }
+        }
+        if !batch.batch.points.is_empty() {
+            out.push(batch.batch);
+        }
+        out
+    }
+}
+
+/// A batch being built, with its name table's index.
+#[derive(Default)]
+struct Batch {
+    batch: MetricBatch,
+    names: HashMap<String, u32>,
+}
+
+impl Batch {
+    fn push(&mut self, host: &str, second: i64, metrics: &[(String, f64)]) {
+        let mut point = Point {
+            host_id: host.to_string(),
+            timestamp: second,
+            ..Default::default()
+        };
+        for (name, v) in metrics {
+            let next = self.names.len() as u32;
+            let i = *self.names.entry(name.clone()).or_insert_with(|| {
+                self.batch.metric_names.push(name.clone());
+                next
+            });
+            point.name_index.push(i);
+            point.values.push(*v);
+        }
+        self.batch.points.push(point);
+    }
+}
+
+/// What became of a request's samples.
+#[derive(Debug, Default)]
+pub struct Stored {
+    pub stored: u64,
+    /// Samples not stored: mapping problems and points the ingest path
+    /// rejected.
+    pub rejected: u64,
+    /// Not retryable problems, in order.
+    pub problems: Vec<String>,
+    /// The first problem the sender should retry (no writer, Redis and
+    /// the spool unavailable), if any.
+    pub retryable: Option<String>,
+}
+
+impl Stored {
+    /// One line naming the counts and the first problem (Prometheus and
+    /// the OTel SDKs log the first line of an answer), then up to
+    /// `max_shown - 1` more problems, one per line.
+    pub fn summary(&self, max_shown: usize) -> String {
+        let n = self.problems.len();
+        let Some(first) = self.problems.first() else {
+            return String::new();
+        };
+        let mut body = format!(
+            "{} samples stored, {} rejected, {n} problem(s): {first}\n",
+            self.stored, self.rejected
+        );
+        for p in self.problems.iter().skip(1).take(max_shown.max(1) - 1) {
+            body.push_str(p);
+            body.push('\n');
+        }
+        if n > max_shown {
+            body.push_str(&format!("... and {} more\n", n - max_shown));
+        }
+        body
+    }
+}
+
+/// Sends `points` through the agents' ingest path (validation, routing,
+/// ack after durable), all batches at once, and tallies the outcome.
+pub(crate) async fn store(inner: &Inner, mut points: Points) -> Stored {
+    let limits = &inner.limits;
+    let batches = points.batches(limits.max_points_per_batch, limits.max_metrics_per_point);
+    let mut out = Stored {
+        rejected: points.rejected,
+        problems: std::mem::take(&mut points.problems),
+        ..Default::default()
+    };
+    let results = futures::future::join_all(batches.into_iter().map(|b| async move {
+        // (host, second, samples) of each point, for the answer.
+        let points: Vec<(String, i64, u64)> = b
+            .points
+            .iter()
+            .map(|p| (p.host_id.clone(), p.timestamp, p.values.len() as u64))
+            .collect();
+        (points, inner.ingest(b).await)
+    }))
+    .await;
+    for (points, result) in results {
+        let all: u64 = points.iter().map(|p| p.2).sum();
+        match result {
+            Err(rej) => {
+                out.rejected += all;
+                out.problems.push(rej.message);
+            }
+            Ok(errors) => {
+                out.stored += all;
+                for e in errors {
+                    let Some((host, second, n)) = points.get(e.index as usize) else {
+                        continue;
+                    };
+                    out.stored -= n;
+                    out.rejected += n;
+                    let what = format!("host {host:?} at {second}: {}", e.message);
+                    if e.retryable {
+                        out.retryable.get_or_insert(what);
+                    } else {
+                        out.problems.push(what);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_sample_of_a_second_wins_and_non_finite_values_are_problems() {
+        let mut p = Points::default();
+        p.add("h", "m", 10, 10_900, 2.0);
+        p.add("h", "m", 10, 10_100, 1.0);
+        p.add("h", "n", 10, 10_000, f64::INFINITY);
+        p.add("h", "m", 11, 11_000, 3.0);
+        assert_eq!((p.samples, p.superseded, p.rejected), (2, 1, 1));
+        assert!(
+            p.problems[0].contains("non-finite value inf"),
+            "{:?}",
+            p.problems
+        );
+        let b = p.batches(10, 10);
+        let got: Vec<(i64, Vec<f64>)> = b[0]
+            .points
+            .iter()
+            .map(|p| (p.timestamp, p.values.clone()))
+            .collect();
+        assert_eq!(got, vec![(10, vec![2.0]), (11, vec![3.0])]);
+    }
+
+    #[test]
+    fn the_summary_leads_with_counts_and_the_first_problem() {
+        let s = Stored {
+            stored: 5,
+            rejected: 3,
+            problems: vec!["a".into(), "b".into(), "c".into()],
+            retryable: None,
+        };
+        assert_eq!(
+            s.summary(2),
+            "5 samples stored, 3 rejected, 3 problem(s): a\nb\n... and 1 more\n"
+        );
+        assert_eq!(Stored::default().summary(5), "");
+    }
+}
