@@ -10,7 +10,9 @@
 #   test delivers to;
 # - chromium, then Playwright for Python (PyPI, tests/requirements.txt):
 #   the dashboard test in headless Chromium;
-# - kubernetes-validate (PyPI, tests/requirements.txt): the manifests' check.
+# - kubernetes-validate (PyPI, tests/requirements.txt): the manifests' check;
+# - the OpenTelemetry SDK and its OTLP exporters (PyPI, tests/requirements.txt):
+#   the OTLP test's client.
 # Docker Engine and docker-compose must be there already (the compose test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +45,7 @@ for tool in docker docker-compose; do
     echo "warning: $tool not found: the container tests need Docker Engine and docker-compose" >&2
 done
 # Playwright drives the system chromium; it downloads no browser.
-if ! python3 -c 'import playwright.sync_api, kubernetes_validate' >/dev/null 2>&1; then
+if ! python3 -c 'import playwright.sync_api, kubernetes_validate, opentelemetry.exporter.otlp.proto.grpc.metric_exporter, opentelemetry.exporter.otlp.proto.http.metric_exporter' >/dev/null 2>&1; then
   echo "installing tests/requirements.txt with pip" >&2
   python3 -m pip install --quiet -r tests/requirements.txt
 fi
