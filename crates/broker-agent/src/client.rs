@@ -501,7 +501,7 @@ impl<T> AckTable<T> {
 }
 
 /// Formats an error with its sources, `a: b: c`, for one-line logs.
-pub(crate) struct DisplayChain<'a>(pub &'a (dyn std::error::Error + 'static));
+pub struct DisplayChain<'a>(pub &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for DisplayChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -337,7 +337,10 @@ mod tests {
         let r = g.batch_ranges(100);
         assert_eq!(r, vec![0..100, 100..200, 200..250]);
         assert_eq!(g.batch_ranges(0).len(), 250);
-        assert_eq!(SnapshotGenerator::new(0, 1).batch_ranges(10), vec![]);
+        assert_eq!(
+            SnapshotGenerator::new(0, 1).batch_ranges(10),
+            Vec::<std::ops::Range<usize>>::new()
+        );
     }
 
     #[test]
