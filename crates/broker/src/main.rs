@@ -48,6 +48,11 @@ enum Command {
         /// (this process's writer only), as before cluster-ctl existed.
         #[arg(long)]
         no_cluster: bool,
+        /// Do not run broker-agent for this machine in the process (by
+        /// default its CPU, memory, disks and network go to the dashboard
+        /// as host `<hostname>` every 5 s).
+        #[arg(long)]
+        no_agent: bool,
     },
     /// Run the given services with the given config.
     Run {
@@ -84,9 +89,10 @@ fn main() {
             redis_dir,
             raft_dir,
             no_cluster,
+            no_agent,
         } => {
             let config = config.load_or_exit();
-            runtime(|| up(config, redis_dir, raft_dir, no_cluster))
+            runtime(|| up(config, redis_dir, raft_dir, no_cluster, no_agent))
         }
         Command::Run { config, services } => {
             let config = config.load_or_exit();
@@ -153,6 +159,7 @@ async fn up(
     redis_dir: Option<std::path::PathBuf>,
     raft_dir: Option<std::path::PathBuf>,
     no_cluster: bool,
+    no_agent: bool,
 ) -> anyhow::Result<()> {
     let _guard = broker_common::telemetry::init(&config.telemetry, "broker")?;
     let _redis = if config.writer.redis_url.is_empty() {
@@ -223,9 +230,47 @@ async fn up(
     let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
     let grpc = listeners.grpc_addr();
     let http = listeners.http_addr();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            broker_common::shutdown::signal().await;
+            stop.cancel();
+        }
+    });
+    // This machine's own agent, so the dashboard shows a real host.
+    let (agent, agent_line) = if no_agent {
+        (None, String::new())
+    } else {
+        let host = broker_agent::local_host_id();
+        let mut cfg = broker_agent::AgentConfig::new(vec![format!("http://{grpc}")], host.clone());
+        cfg.drain_timeout = std::time::Duration::from_secs(2);
+        let line = format!(
+            "\x20 this machine (broker-agent):    host {host}, every {}s (--no-agent leaves it out)\n",
+            cfg.interval.as_secs()
+        );
+        match broker_agent::HostCollector::new() {
+            Ok(mut collector) => {
+                let stop = stop.clone();
+                let task = tokio::spawn(broker_agent::run_agent(
+                    cfg,
+                    move || collector.collect(),
+                    async move { stop.cancelled().await },
+                ));
+                (Some(task), line)
+            }
+            Err(e) => (
+                None,
+                format!("\x20 this machine (broker-agent):    not started: {e}\n"),
+            ),
+        }
+    };
     eprintln!(
         "\nbroker is up (ingest-gateway, shard-router, storage-writer, query-api, host-manager in one process)\n\
          \x20 agents (gRPC MonitorService): http://{grpc}\n\
+         \x20 Prometheus remote write:      http://{http}/api/v1/write\n\
+         \x20 OpenTelemetry (OTLP):         gRPC http://{grpc}  HTTP http://{http}/v1/metrics\n\
+         {agent_line}\
          \x20 dashboard:                    http://{http}/dashboard/\n\
          \x20 query API:                    http://{http}/api/query/hosts  (Prometheus API: http://{http}/api/v1/query)\n\
          \x20 hosts and alerts:             http://{http}/api/hosts  /api/alerts  (brokerctl hosts)\n\
@@ -242,13 +287,15 @@ async fn up(
     );
     let mut services = Service::DEFAULT.to_vec();
     services.push(Service::HostManager);
-    let result = broker::run(
-        config,
-        &services,
-        listeners,
-        broker_common::shutdown::signal(),
-    )
+    let result = broker::run(config, &services, listeners, {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    })
     .await;
+    stop.cancel();
+    if let Some(agent) = agent {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), agent).await;
+    }
     ctl_stop.cancel();
     for t in ctl_tasks {
         if let Ok(Err(e)) = t.await {
