@@ -819,3 +819,143 @@ async fn promql_answers_equal_prometheus_on_the_same_samples() {
     assert_eq!(pass, total, "{}", failures.join("\n"));
     broker.stop().await;
 }
+
+/// The result vector of `q` at `t_ms` from `addr`, as sorted
+/// (labels, value) pairs.
+async fn answers_at(addr: SocketAddr, q: &str, t_ms: i64) -> Vec<(String, String)> {
+    let path = format!(
+        "/api/v1/query?query={}&time={}.{:03}",
+        enc(q),
+        t_ms / 1000,
+        t_ms % 1000
+    );
+    let (status, body) = http(addr, "GET", &path, "").await;
+    assert_eq!(status, 200, "{q}: {body}");
+    let mut out: Vec<(String, String)> = body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| (s["metric"].to_string(), s["value"][1].to_string()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// POSTs `body` to `/api/v1/read`; status and body.
+async fn post_read(addr: SocketAddr, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/read HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_reads_what_it_wrote_back_through_remote_read() {
+    let redis = RedisServer::start().expect("redis-server");
+    let broker = Running::broker(config_for(&redis.url()), SERVICES).await;
+    let scraping = Scraping::start(broker.http);
+    let writer = scraping.prom_addr;
+    // At least 12 scrapes in the broker.
+    wait_for("12 s of samples", Duration::from_secs(90), || async {
+        let n = count_at(broker.http, now() * 1000).await?;
+        (n >= 12.0).then_some(())
+    })
+    .await;
+
+    // A second Prometheus that scrapes nothing and reads from the broker:
+    // the README's "long-term storage" snippet.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "remote_read:\n  - url: http://{}/api/v1/read\n    read_recent: true\n",
+            broker.http
+        ),
+    )
+    .unwrap();
+    let reader_addr: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
+    let log = dir.path().join("prometheus.log");
+    let _reader = spawn(
+        "prometheus",
+        &[
+            format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ),
+            format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
+            format!("--web.listen-address={reader_addr}"),
+        ],
+        &log,
+    );
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    prometheus_ready(reader_addr, logs).await;
+
+    // At a second's last millisecond the broker's second-resolution
+    // samples select exactly what the writer's millisecond ones do, so
+    // the reader must answer as the writer does.
+    let t_ms = (now() - 3) * 1000 + 999;
+    for q in [
+        "node_load1",
+        "count_over_time(node_load1[10s])",
+        "sum by (mode) (node_cpu_seconds_total)",
+        r#"node_cpu_seconds_total{mode="idle"}"#,
+        "count(node_cpu_seconds_total)",
+        "max_over_time(node_memory_MemFree_bytes[30s])",
+    ] {
+        let want = answers_at(writer, q, t_ms).await;
+        assert!(!want.is_empty(), "{q}: the writing Prometheus has nothing");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = answers_at(reader_addr, q, t_ms).await;
+            if got == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{q} at {t_ms}: read back {got:?}, written {want:?}\n{}",
+                logs()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    // Requests the endpoint cannot serve, by hand.
+    let (status, body) = post_read(broker.http, b"hello").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("snappy"), "{body}");
+    use broker_proto::prometheus::{LabelMatcher, Query, ReadRequest};
+    use prost::Message;
+    let streamed_only = ReadRequest {
+        queries: vec![Query {
+            start_timestamp_ms: 0,
+            end_timestamp_ms: 1,
+            matchers: vec![LabelMatcher {
+                r#type: 0,
+                name: "__name__".into(),
+                value: "up".into(),
+            }],
+            hints: None,
+        }],
+        accepted_response_types: vec![1],
+    };
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&streamed_only.encode_to_vec())
+        .unwrap();
+    let (status, body) = post_read(broker.http, &body).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("SAMPLES"), "{body}");
+    broker.stop().await;
+}

@@ -12,12 +12,17 @@
 //! - [`serve`]: runs one process's gRPC and admin servers on given listeners
 //!   until shutdown.
 //! - [`cli`]: flags shared by every binary, and config loading from them.
+//! - [`series_name`]: metric names that carry labels, in Prometheus's
+//!   series notation (`name{k="v"}`): format, parse, check.
+//! - [`host_id`]: the characters of host ids, and the host an `instance`
+//!   label names.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod host_id;
 pub mod process_metrics;
 pub mod series_name;
 pub mod serve;

@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`v1`]: `broker.v1`, the agent-facing `MonitorService` and the internal
 //!   `RouterService` / `WriterService`.
-//! - [`prometheus`]: Prometheus's remote-write messages.
+//! - [`prometheus`]: Prometheus's remote-write and remote-read messages.
 //! - [`bench`]: an alternative map-based point encoding, kept only so the
 //!   encoding benchmark can compare it with the packed layout we use.
 
@@ -15,7 +15,9 @@ pub mod v1 {
 }
 
 /// Prometheus remote write 1.0 (`prometheus.WriteRequest`), what the
-/// gateway's `POST /api/v1/write` decodes.
+/// gateway's `POST /api/v1/write` decodes, and remote read
+/// (`prometheus.ReadRequest` / `ReadResponse`), what query-api's
+/// `POST /api/v1/read` answers.
 pub mod prometheus {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("prometheus");

@@ -34,7 +34,6 @@
 
 use crate::gateway::Inner;
 use crate::samples::Points;
-use crate::validate::host_id_byte;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
@@ -70,32 +69,10 @@ pub struct Mapped {
     pub stale: u64,
 }
 
-/// The host id a `instance` label value stands for: without its `:port`
-/// (and IPv6 brackets), other characters a host id cannot hold as `_`.
+/// The host id a `instance` label value stands for
+/// ([`broker_common::host_id::from_instance`]).
 pub fn host_from_instance(instance: &str) -> String {
-    let host = if let Some(rest) = instance.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else {
-        match instance.rsplit_once(':') {
-            Some((h, port))
-                if !port.is_empty()
-                    && port.bytes().all(|b| b.is_ascii_digit())
-                    && !h.contains(':') =>
-            {
-                h
-            }
-            _ => instance,
-        }
-    };
-    host.chars()
-        .map(|c| {
-            if c.is_ascii() && host_id_byte(c as u8) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    broker_common::host_id::from_instance(instance)
 }
 
 /// Gathers a request's samples into points ([`Points`]). A series whose
@@ -290,19 +267,6 @@ mod tests {
                 .map(|&(timestamp, value)| Sample { value, timestamp })
                 .collect(),
         }
-    }
-
-    #[test]
-    fn instance_becomes_a_host_id() {
-        assert_eq!(host_from_instance("127.0.0.1:9100"), "127.0.0.1");
-        assert_eq!(
-            host_from_instance("web-1.example.org:9100"),
-            "web-1.example.org"
-        );
-        assert_eq!(host_from_instance("web-1"), "web-1");
-        assert_eq!(host_from_instance("[::1]:9100"), "__1");
-        assert_eq!(host_from_instance("fe80::1"), "fe80__1");
-        assert_eq!(host_from_instance("a b*{c}:x"), "a_b__c__x");
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub struct BatchRejection {
 /// nothing that could act as a pattern (`*`, `?`, `[`), hash tag (`{`, `}`),
 /// separator (`:`) or whitespace.
 pub fn host_id_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+    broker_common::host_id::byte(b)
 }
 
 /// Characters allowed in metric names and label names.

@@ -343,6 +343,7 @@ pub fn routes(state: HttpState) -> Router {
         .route("/api/query/hosts/{id}", get(host))
         .route("/api/query/cluster", get(cluster))
         .merge(crate::promql::routes())
+        .merge(crate::remote_read::routes())
         .merge(dashboard())
         .with_state(state)
 }

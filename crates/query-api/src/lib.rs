@@ -20,6 +20,8 @@
 //! - [`promql`]: `/api/v1/*`, Prometheus's HTTP API, with a PromQL subset
 //!   evaluated over the same engine.
 //! - [`binop`]: PromQL binary operators with a vector operand.
+//! - [`remote_read`]: Prometheus remote read (`POST /api/v1/read`) over
+//!   the same selection as PromQL selectors.
 //! - [`cluster`]: the cluster view (cluster-ctl, or the static ring).
 //! - [`error`]: [`QueryError`] and its gRPC / HTTP / Prometheus mapping.
 //! - [`metrics`]: `broker_query_*` Prometheus metrics.
@@ -35,6 +37,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod promql;
+pub mod remote_read;
 pub mod store;
 
 pub use engine::Engine;

@@ -164,7 +164,7 @@ async fn select(engine: &Engine, vs: &VectorSelector) -> Result<Selection, Query
 }
 
 /// The series of a selector with their samples in `[from_ms, to_ms]`.
-async fn series(
+pub(crate) async fn series(
     engine: &Engine,
     vs: &VectorSelector,
     from_ms: i64,
