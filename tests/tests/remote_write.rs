@@ -637,6 +637,24 @@ async fn promql_answers_equal_prometheus_on_the_same_samples() {
             .map(|(i, t)| (t, ((i * 13 + hi * 5) % 17) as f64 * 1.5 - 4.0))
             .collect();
         timeseries.push(labelled("g", host, &[], samples));
+        // A classic histogram: cumulative buckets per `le`.
+        let bounds = ["0.1", "0.5", "1", "5", "+Inf"];
+        let mut counts = [0.0; 5];
+        let mut buckets: Vec<Vec<(i64, f64)>> = vec![Vec::new(); bounds.len()];
+        for (i, t) in (start..=end).step_by(5_000).enumerate() {
+            // Observations this interval, by bucket (not cumulative).
+            for (b, c) in counts.iter_mut().enumerate() {
+                *c += ((i * (b + 3) + hi * 7 + b) % 5) as f64;
+            }
+            let mut cumulative = 0.0;
+            for (b, c) in counts.iter().enumerate() {
+                cumulative += c;
+                buckets[b].push((t, cumulative));
+            }
+        }
+        for (le, samples) in bounds.iter().zip(buckets) {
+            timeseries.push(labelled("h_bucket", host, &[("le", le)], samples));
+        }
     }
     let req = WriteRequest { timeseries };
     let (status, _, body) = post(broker.http, &req).await;
@@ -647,6 +665,14 @@ async fn promql_answers_equal_prometheus_on_the_same_samples() {
         "Prometheus: {status} {body}"
     );
 
+    // `@` pins a selector to a time inside the data.
+    let at = format!("{}.5", (start + 300_000) / 1000);
+    let pinned = [
+        format!("g @ {at}"),
+        format!("rate(c_total[1m] @ {at})"),
+        format!("max_over_time(g[2m] @ {at})"),
+        format!("g @ {at} offset 1m"),
+    ];
     let queries = [
         "c_total",
         "g",
@@ -751,30 +777,51 @@ async fn promql_answers_equal_prometheus_on_the_same_samples() {
         "g * on(instance, job) group_right c_total",
         "g > on(instance, job) group_right c_total",
         "sum by (kind) (c_total) * on() group_left sum(g)",
-    ];
-    // What dashboards also use and the broker does not evaluate yet: each
-    // must be a clear 400 (never a wrong answer); they count against the
-    // compatibility figure.
-    let not_yet = [
         "count_values(\"v\", g)",
+        "count_values by (job) (\"v\", round(g / 10))",
         "max_over_time(rate(c_total[1m])[5m:1m])",
-        "histogram_quantile(0.9, rate(c_total[1m]))",
-        "g @ 100",
+        "avg_over_time(g[3m:30s])",
+        "min_over_time(sum(g)[2m:20s])",
+        "histogram_quantile(0.9, rate(h_bucket[2m]))",
+        "histogram_quantile(0.5, sum by (le) (rate(h_bucket[2m])))",
+        "histogram_quantile(0.99, h_bucket)",
+        "histogram_quantile(0.25, sum by (le, instance) (h_bucket))",
         "predict_linear(g[5m], 60)",
+        "predict_linear(c_total[2m], 300)",
         "absent(nope)",
+        "absent(nope{job=\"x\"})",
+        "absent(g)",
         "scalar(sum(g))",
+        "scalar(g)",
+        "g * scalar(count(g))",
         "time()",
+        "time() - 1",
         "timestamp(g)",
-        "label_join(g, \"x\", \",\", \"job\")",
+        "timestamp(rate(c_total[1m]))",
+        "label_join(g, \"x\", \",\", \"job\", \"instance\")",
         "sort(g)",
+        "sort_desc(c_total)",
         "holt_winters(g[5m], 0.5, 0.5)",
+        "holt_winters(c_total[3m], 0.3, 0.7)",
+        "stddev_over_time(g[2m])",
+        "stdvar_over_time(c_total[3m])",
+        "present_over_time(g[1m])",
+        "g - g offset 1m",
     ];
+    let queries: Vec<String> = queries
+        .iter()
+        .map(|q| q.to_string())
+        .chain(pinned)
+        .collect();
+    // What the broker does not evaluate yet: each must be a clear 400
+    // (never a wrong answer); they count against the compatibility figure.
+    let not_yet: [&str; 0] = [];
     // Times between samples (.5 s), across the data, and past its end
     // (the lookback).
     let times: Vec<i64> = (0..6).map(|i| start + 250_500 + i * 67_000).collect();
     let (mut pass, mut total) = (0, 0);
     let mut failures = Vec::new();
-    for q in queries {
+    for q in &queries {
         for &t in &times {
             total += 1;
             let (ours, theirs) = (
@@ -787,6 +834,7 @@ async fn promql_answers_equal_prometheus_on_the_same_samples() {
                         && a.iter().zip(b).all(|((la, va), (lb, vb))| {
                             la == lb
                                 && (va == vb
+                                    || (va.is_nan() && vb.is_nan())
                                     || (va - vb).abs() <= 1e-9 * va.abs().max(vb.abs()).max(1.0))
                         })
                 }

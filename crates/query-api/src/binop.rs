@@ -6,7 +6,7 @@
 //! evaluation step; matching happens step by step.
 
 use crate::error::QueryError;
-use crate::promql::{Labels, NAME, Series, grouping_labels, scalar_op};
+use crate::promql::{Labels, NAME, Scalar, Series, grouping_labels, scalar_op};
 use promql_parser::parser::{BinModifier, LabelModifier, VectorMatchCardinality};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -22,7 +22,7 @@ fn drops_name(op: &str, return_bool: bool) -> bool {
 /// `vector op scalar` (or `scalar op vector` when `scalar_left`).
 pub fn vector_scalar(
     v: Vec<Series>,
-    s: f64,
+    s: &Scalar,
     op: &str,
     scalar_left: bool,
     return_bool: bool,
@@ -32,6 +32,7 @@ pub fn vector_scalar(
     for mut series in v {
         let mut points = Vec::with_capacity(series.points.len());
         for (t, x) in series.points {
+            let s = s.at(t);
             let (l, r) = if scalar_left { (s, x) } else { (x, s) };
             let p = point(op, l, r, return_bool, x).ok_or_else(unsupported)?;
             if let Some(value) = p {

@@ -20,6 +20,7 @@
 //! - [`promql`]: `/api/v1/*`, Prometheus's HTTP API, with a PromQL subset
 //!   evaluated over the same engine.
 //! - [`binop`]: PromQL binary operators with a vector operand.
+//! - [`histogram`]: `histogram_quantile` over classic (`le`) buckets.
 //! - [`remote_read`]: Prometheus remote read (`POST /api/v1/read`) over
 //!   the same selection as PromQL selectors.
 //! - [`cluster`]: the cluster view (cluster-ctl, or the static ring).
@@ -34,6 +35,7 @@ pub mod cluster;
 pub mod engine;
 pub mod error;
 pub mod grpc;
+pub mod histogram;
 pub mod http;
 pub mod metrics;
 pub mod promql;

@@ -41,10 +41,10 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use promql_parser::label::{MatchOp, Matcher};
-use promql_parser::parser::{self, Expr, LabelModifier, VectorSelector};
+use promql_parser::parser::{self, AtModifier, Expr, LabelModifier, VectorSelector};
 use serde_json::{Value as Json, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 pub(crate) const NAME: &str = "__name__";
 const HOST: &str = "host";
@@ -60,8 +60,29 @@ pub struct Series {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Evaluated {
-    Scalar(f64),
+    Scalar(Scalar),
     Vector(Vec<Series>),
+}
+
+/// A scalar result: one value at every step (a literal, arithmetic on
+/// literals) or one per step (`time()`, `scalar(v)`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    Const(f64),
+    /// `(step time ms, value)` for every step, ascending.
+    Steps(Vec<(i64, f64)>),
+}
+
+impl Scalar {
+    /// The value at step `t` (NaN at a time that is not a step).
+    pub fn at(&self, t: i64) -> f64 {
+        match self {
+            Scalar::Const(v) => *v,
+            Scalar::Steps(s) => s
+                .binary_search_by_key(&t, |p| p.0)
+                .map_or(f64::NAN, |i| s[i].1),
+        }
+    }
 }
 
 /// What one selector picks before any data is read: each host with the
@@ -114,9 +135,6 @@ async fn select(engine: &Engine, vs: &VectorSelector) -> Result<Selection, Query
     if !vs.matchers.or_matchers.is_empty() {
         return Err(unsupported("`or` between label matchers"));
     }
-    if vs.at.is_some() {
-        return Err(unsupported("@ modifier"));
-    }
     let mut matchers: Vec<Matcher> = vs.matchers.matchers.clone();
     if let Some(n) = &vs.name {
         matchers.push(Matcher::new(MatchOp::Equal, NAME, n));
@@ -163,6 +181,40 @@ async fn select(engine: &Engine, vs: &VectorSelector) -> Result<Selection, Query
     Ok(Selection { hosts })
 }
 
+/// The labels `absent(v)` answers with: of a selector, those its
+/// equality matchers name once (not the metric name); else none.
+fn absent_labels(e: &Expr) -> Labels {
+    let Expr::VectorSelector(vs) = e else {
+        return Labels::new();
+    };
+    let mut out = Labels::new();
+    let mut seen = BTreeSet::new();
+    for m in &vs.matchers.matchers {
+        if m.name == NAME {
+            continue;
+        }
+        if !seen.insert(m.name.clone()) {
+            out.remove(&m.name);
+        } else if m.op == MatchOp::Equal {
+            out.insert(m.name.clone(), m.value.clone());
+        }
+    }
+    out
+}
+
+/// An `offset` in milliseconds (negative for `offset -5m`).
+fn offset_ms(o: Option<&parser::Offset>) -> i64 {
+    match o {
+        Some(parser::Offset::Pos(d)) => d.as_millis() as i64,
+        Some(parser::Offset::Neg(d)) => -(d.as_millis() as i64),
+        None => 0,
+    }
+}
+
+/// A subquery's resolution when it names none: Prometheus's default
+/// global evaluation interval.
+const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
+
 /// The series of a selector with their samples in `[from_ms, to_ms]`.
 pub(crate) async fn series(
     engine: &Engine,
@@ -172,11 +224,7 @@ pub(crate) async fn series(
 ) -> Result<Vec<Series>, QueryError> {
     let sel = select(engine, vs).await?;
     // `offset d` reads the data from d earlier and shows it as of now.
-    let off = match &vs.offset {
-        Some(parser::Offset::Pos(d)) => d.as_millis() as i64,
-        Some(parser::Offset::Neg(d)) => -(d.as_millis() as i64),
-        None => 0,
-    };
+    let off = offset_ms(vs.offset.as_ref());
     let (from_ms, to_ms) = (from_ms - off, to_ms - off);
     let start = from_ms.div_euclid(1000).max(0);
     let end = to_ms.div_euclid(1000);
@@ -218,14 +266,18 @@ pub(crate) async fn series(
 /// computes them: `Some(result)` for those (`Some(None)`: no value at
 /// this step), `None` for other functions. `w` is the window `(t - range,
 /// t]`, oldest first; times are milliseconds.
-fn sampled(name: &str, w: &[(i64, f64)], t: i64, range: i64) -> Option<Option<f64>> {
+fn sampled(name: &str, w: &[(i64, f64)], t: i64, range: i64, p: &[f64]) -> Option<Option<f64>> {
     Some(match name {
         "rate" => extrapolated(w, t, range, true, true),
         "increase" => extrapolated(w, t, range, true, false),
         "delta" => extrapolated(w, t, range, false, false),
         "irate" => instant_delta(w, true),
         "idelta" => instant_delta(w, false),
-        "deriv" => (w.len() >= 2).then(|| regression_slope(w)),
+        "deriv" => (w.len() >= 2).then(|| linear_regression(w, w[0].0).0),
+        "predict_linear" => (w.len() >= 2).then(|| {
+            let (slope, intercept) = linear_regression(w, t);
+            slope * p[0] + intercept
+        }),
         "changes" => {
             (!w.is_empty()).then(|| w.windows(2).filter(|p| p[1].1 != p[0].1).count() as f64)
         }
@@ -303,12 +355,17 @@ fn instant_delta(w: &[(i64, f64)], rate: bool) -> Option<f64> {
     })
 }
 
-/// `deriv`: the least-squares slope per second, times taken from the
-/// first sample's (Prometheus's `linearRegression`).
-fn regression_slope(w: &[(i64, f64)]) -> f64 {
-    let t0 = w[0].0;
+/// The least-squares line through the window, per second, with its
+/// intercept at `t0` ms (Prometheus's `linearRegression`): `deriv` takes
+/// the slope with `t0` the first sample's time, `predict_linear` the
+/// value `slope * d + intercept` with `t0` the evaluation time.
+fn linear_regression(w: &[(i64, f64)], t0: i64) -> (f64, f64) {
     if w.iter().all(|p| p.1 == w[0].1) {
-        return if w[0].1.is_infinite() { f64::NAN } else { 0.0 };
+        return if w[0].1.is_infinite() {
+            (f64::NAN, f64::NAN)
+        } else {
+            (0.0, w[0].1)
+        };
     }
     let n = w.len() as f64;
     let (mut sx, mut sy, mut sxy, mut sx2) = (0.0, 0.0, 0.0, 0.0);
@@ -319,7 +376,27 @@ fn regression_slope(w: &[(i64, f64)]) -> f64 {
         sxy += x * v;
         sx2 += x * x;
     }
-    (sxy - sx * sy / n) / (sx2 - sx * sx / n)
+    let slope = (sxy - sx * sy / n) / (sx2 - sx * sx / n);
+    (slope, sy / n - slope * sx / n)
+}
+
+/// `holt_winters`: double exponential smoothing with smoothing factor
+/// `sf` and trend factor `tf`, as Prometheus 2.x computes it; needs two
+/// samples.
+fn holt_winters(v: &[f64], sf: f64, tf: f64) -> Option<f64> {
+    if v.len() < 2 {
+        return None;
+    }
+    let (mut s0, mut s1, mut b) = (0.0, v[0], v[1] - v[0]);
+    for (i, &x) in v.iter().enumerate().skip(1) {
+        if i > 1 {
+            b = tf * (s1 - s0) + (1.0 - tf) * b;
+        }
+        let next = sf * x + (1.0 - sf) * (s1 + b);
+        s0 = s1;
+        s1 = next;
+    }
+    Some(s1)
 }
 
 /// The labels of `l` that `by (...)` / `on (...)` keep, or that
@@ -391,10 +468,14 @@ impl Evaluator<'_> {
     ) -> futures::future::BoxFuture<'s, Result<Evaluated, QueryError>> {
         Box::pin(async move {
             match expr {
-                Expr::NumberLiteral(n) => Ok(Evaluated::Scalar(n.val)),
+                Expr::NumberLiteral(n) => Ok(Evaluated::Scalar(Scalar::Const(n.val))),
                 Expr::Paren(p) => self.eval(&p.expr).await,
                 Expr::Unary(u) => Ok(match self.eval(&u.expr).await? {
-                    Evaluated::Scalar(v) => Evaluated::Scalar(-v),
+                    Evaluated::Scalar(Scalar::Const(v)) => Evaluated::Scalar(Scalar::Const(-v)),
+                    Evaluated::Scalar(Scalar::Steps(mut s)) => {
+                        s.iter_mut().for_each(|p| p.1 = -p.1);
+                        Evaluated::Scalar(Scalar::Steps(s))
+                    }
                     Evaluated::Vector(mut s) => {
                         for series in &mut s {
                             series.labels.remove(NAME);
@@ -406,32 +487,7 @@ impl Evaluator<'_> {
                     }
                 }),
                 Expr::VectorSelector(vs) => {
-                    let raw = series(
-                        self.engine,
-                        vs,
-                        self.first() - self.lookback_ms + 1,
-                        self.last(),
-                    )
-                    .await?;
-                    Ok(Evaluated::Vector(
-                        raw.into_iter()
-                            .filter_map(|s| {
-                                let points: Vec<(i64, f64)> = self
-                                    .steps
-                                    .iter()
-                                    .filter_map(|&t| {
-                                        window(&s.points, t, self.lookback_ms)
-                                            .last()
-                                            .map(|(_, v)| (t, *v))
-                                    })
-                                    .collect();
-                                (!points.is_empty()).then_some(Series {
-                                    labels: s.labels,
-                                    points,
-                                })
-                            })
-                            .collect(),
-                    ))
+                    Ok(Evaluated::Vector(self.instant_selector(vs, false).await?))
                 }
                 Expr::Call(call) => self.call(call).await,
                 Expr::Aggregate(a) => self.aggregate(a).await,
@@ -449,22 +505,35 @@ impl Evaluator<'_> {
                     let return_bool = b.return_bool();
                     let (l, r) = (self.eval(&b.lhs).await?, self.eval(&b.rhs).await?);
                     Ok(match (l, r) {
-                        (Evaluated::Scalar(l), Evaluated::Scalar(r)) => Evaluated::Scalar(
-                            scalar_op(&op, l, r)
-                                .ok_or_else(|| unsupported(format!("operator {op}")))?,
-                        ),
+                        (Evaluated::Scalar(l), Evaluated::Scalar(r)) => {
+                            let f = |l: f64, r: f64| {
+                                scalar_op(&op, l, r)
+                                    .ok_or_else(|| unsupported(format!("operator {op}")))
+                            };
+                            Evaluated::Scalar(match (l, r) {
+                                (Scalar::Const(l), Scalar::Const(r)) => Scalar::Const(f(l, r)?),
+                                (l, r) => Scalar::Steps(
+                                    self.steps
+                                        .iter()
+                                        .map(|&t| Ok((t, f(l.at(t), r.at(t))?)))
+                                        .collect::<Result<_, QueryError>>()?,
+                                ),
+                            })
+                        }
                         (Evaluated::Vector(v), Evaluated::Scalar(s)) => {
-                            Evaluated::Vector(binop::vector_scalar(v, s, &op, false, return_bool)?)
+                            Evaluated::Vector(binop::vector_scalar(v, &s, &op, false, return_bool)?)
                         }
                         (Evaluated::Scalar(s), Evaluated::Vector(v)) => {
-                            Evaluated::Vector(binop::vector_scalar(v, s, &op, true, return_bool)?)
+                            Evaluated::Vector(binop::vector_scalar(v, &s, &op, true, return_bool)?)
                         }
                         (Evaluated::Vector(l), Evaluated::Vector(r)) => {
                             Evaluated::Vector(binop::vector_vector(l, r, &op, b.modifier.as_ref())?)
                         }
                     })
                 }
-                Expr::Subquery(_) => Err(unsupported("subqueries")),
+                Expr::Subquery(_) => Err(unsupported(
+                    "a subquery as the result; wrap it in a *_over_time function",
+                )),
                 Expr::StringLiteral(_) => Err(unsupported("string results")),
                 Expr::Extension(_) => Err(unsupported("extensions")),
             }
@@ -477,24 +546,123 @@ impl Evaluator<'_> {
         if MATH_FUNCTIONS.contains(&name) {
             return self.math(name, args).await;
         }
+        let text = |e: &Expr| match e {
+            Expr::StringLiteral(s) => Ok(s.val.clone()),
+            _ => Err(QueryError::invalid(
+                "query",
+                format!("{name} expects string literals after the vector"),
+            )),
+        };
         match (name, args.as_slice()) {
+            ("time", []) => {
+                return Ok(Evaluated::Scalar(Scalar::Steps(
+                    self.steps.iter().map(|&t| (t, t as f64 / 1000.0)).collect(),
+                )));
+            }
+            ("scalar", [v]) => {
+                let v = self.vector_arg(v, name).await?;
+                // The single sample's value at each step, else NaN.
+                let mut at: BTreeMap<i64, (usize, f64)> = BTreeMap::new();
+                for s in &v {
+                    for &(t, x) in &s.points {
+                        let e = at.entry(t).or_insert((0, x));
+                        e.0 += 1;
+                    }
+                }
+                return Ok(Evaluated::Scalar(Scalar::Steps(
+                    self.steps
+                        .iter()
+                        .map(|&t| match at.get(&t) {
+                            Some(&(1, x)) => (t, x),
+                            _ => (t, f64::NAN),
+                        })
+                        .collect(),
+                )));
+            }
+            ("timestamp", [v]) => {
+                // Of a selector, the samples' own times; of anything else,
+                // the evaluation times.
+                let mut out = match v.as_ref() {
+                    Expr::VectorSelector(vs) => self.instant_selector(vs, true).await?,
+                    e => {
+                        let mut v = self.vector_arg(e, name).await?;
+                        for s in &mut v {
+                            s.points.iter_mut().for_each(|p| p.1 = p.0 as f64 / 1000.0);
+                        }
+                        v
+                    }
+                };
+                out.iter_mut().for_each(|s| {
+                    s.labels.remove(NAME);
+                });
+                return Ok(Evaluated::Vector(out));
+            }
+            ("absent", [v]) => {
+                let inner = self.vector_arg(v, name).await?;
+                let present: BTreeSet<i64> = inner
+                    .iter()
+                    .flat_map(|s| s.points.iter().map(|p| p.0))
+                    .collect();
+                let points: Vec<(i64, f64)> = self
+                    .steps
+                    .iter()
+                    .filter(|t| !present.contains(t))
+                    .map(|&t| (t, 1.0))
+                    .collect();
+                if points.is_empty() {
+                    return Ok(Evaluated::Vector(Vec::new()));
+                }
+                return Ok(Evaluated::Vector(vec![Series {
+                    labels: absent_labels(v),
+                    points,
+                }]));
+            }
+            // The order is applied to an instant query's answer
+            // (`instant`); a range query's has none.
+            ("sort" | "sort_desc", [v]) => {
+                return Ok(Evaluated::Vector(self.vector_arg(v, name).await?));
+            }
+            ("label_join", [v, dst, sep, srcs @ ..]) => {
+                let (dst, sep) = (text(dst)?, text(sep)?);
+                let srcs = srcs
+                    .iter()
+                    .map(|e| text(e))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut v = self.vector_arg(v, name).await?;
+                for s in &mut v {
+                    let joined = srcs
+                        .iter()
+                        .map(|l| s.labels.get(l).map_or("", String::as_str))
+                        .collect::<Vec<_>>()
+                        .join(&sep);
+                    if joined.is_empty() {
+                        s.labels.remove(&dst);
+                    } else {
+                        s.labels.insert(dst.clone(), joined);
+                    }
+                }
+                return Ok(Evaluated::Vector(v));
+            }
+            ("histogram_quantile", [q, v]) => {
+                let Evaluated::Scalar(q) = self.eval(q).await? else {
+                    return Err(QueryError::invalid(
+                        "query",
+                        "histogram_quantile expects a scalar quantile",
+                    ));
+                };
+                let v = self.vector_arg(v, name).await?;
+                return Ok(Evaluated::Vector(crate::histogram::quantiles(&q, v)));
+            }
             ("vector", [x]) => {
                 let Evaluated::Scalar(x) = self.eval(x).await? else {
                     return Err(QueryError::invalid("query", "vector expects a scalar"));
                 };
                 return Ok(Evaluated::Vector(vec![Series {
                     labels: Labels::new(),
-                    points: self.steps.iter().map(|&t| (t, x)).collect(),
+                    points: self.steps.iter().map(|&t| (t, x.at(t))).collect(),
                 }]));
             }
             ("label_replace", [v, dst, replacement, src, regex]) => {
-                let text = |e: &Expr| match e {
-                    Expr::StringLiteral(s) => Ok(s.val.clone()),
-                    _ => Err(QueryError::invalid(
-                        "query",
-                        "label_replace expects string literals after the vector",
-                    )),
-                };
                 let (dst, replacement, src, regex) =
                     (text(dst)?, text(replacement)?, text(src)?, text(regex)?);
                 let re = regex::Regex::new(&format!("^(?:{regex})$")).map_err(|e| {
@@ -526,56 +694,67 @@ impl Evaluator<'_> {
             }
             _ => {}
         }
-        let (q, ms) = match (name, args.as_slice()) {
-            ("quantile_over_time", [q, m]) => {
-                let Expr::NumberLiteral(q) = q.as_ref() else {
-                    return Err(unsupported(
-                        "quantile_over_time with a non-literal quantile",
-                    ));
-                };
-                (Some(q.val), m)
-            }
-            (_, [m]) => (None, m),
+        // Range functions: the range vector first (the quantile first for
+        // quantile_over_time), then scalar parameters.
+        let (m, param_exprs): (&Expr, Vec<&Expr>) = match (name, args.as_slice()) {
+            ("quantile_over_time", [q, m]) => (m, vec![q.as_ref()]),
+            ("predict_linear", [m, t]) => (m, vec![t.as_ref()]),
+            ("double_exponential_smoothing", [m, sf, tf]) => (m, vec![sf.as_ref(), tf.as_ref()]),
+            (_, [m]) => (m, Vec::new()),
             _ => return Err(unsupported(format!("function {name}"))),
         };
-        let f: fn(&[f64], Option<f64>) -> f64 = match name {
+        let f: fn(&[f64], &[f64]) -> Option<f64> = match name {
             // Computed from the samples' times by `sampled`, below.
-            "rate" | "increase" | "delta" | "irate" | "idelta" | "deriv" | "changes" | "resets" => {
-                |_, _| unreachable!("computed by sampled()")
-            }
-            "avg_over_time" => |v, _| v.iter().sum::<f64>() / v.len() as f64,
-            "min_over_time" => |v, _| v.iter().copied().fold(f64::INFINITY, f64::min),
-            "max_over_time" => |v, _| v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            "sum_over_time" => |v, _| v.iter().sum(),
-            "count_over_time" => |v, _| v.len() as f64,
-            "last_over_time" => |v, _| v[v.len() - 1],
-            "quantile_over_time" => |v, q| {
-                let q = q.unwrap_or(0.5);
-                if !(0.0..=1.0).contains(&q) {
-                    return if q < 0.0 {
-                        f64::NEG_INFINITY
-                    } else {
-                        f64::INFINITY
-                    };
-                }
-                crate::agg::percentile(&mut v.to_vec(), q)
+            "rate" | "increase" | "delta" | "irate" | "idelta" | "deriv" | "changes" | "resets"
+            | "predict_linear" => |_, _| unreachable!("computed by sampled()"),
+            "avg_over_time" => |v, _| Some(v.iter().sum::<f64>() / v.len() as f64),
+            "min_over_time" => |v, _| Some(v.iter().copied().fold(f64::INFINITY, f64::min)),
+            "max_over_time" => |v, _| Some(v.iter().copied().fold(f64::NEG_INFINITY, f64::max)),
+            "sum_over_time" => |v, _| Some(v.iter().sum()),
+            "count_over_time" => |v, _| Some(v.len() as f64),
+            "last_over_time" => |v, _| Some(v[v.len() - 1]),
+            "stddev_over_time" => |v, _| Some(variance(v).sqrt()),
+            "stdvar_over_time" => |v, _| Some(variance(v)),
+            "present_over_time" => |_, _| Some(1.0),
+            "quantile_over_time" => |v, p| {
+                let q = p[0];
+                Some(if q.is_nan() {
+                    f64::NAN
+                } else if q < 0.0 {
+                    f64::NEG_INFINITY
+                } else if q > 1.0 {
+                    f64::INFINITY
+                } else {
+                    crate::agg::percentile(&mut v.to_vec(), q)
+                })
             },
+            "double_exponential_smoothing" => |v, p| holt_winters(v, p[0], p[1]),
             _ => return Err(unsupported(format!("function {name}"))),
         };
-        let Expr::MatrixSelector(ms) = ms.as_ref() else {
-            return Err(QueryError::invalid(
-                "query",
-                format!("{name} expects a range vector such as metric[5m]"),
-            ));
-        };
-        let range = ms.range.as_millis() as i64;
-        if range <= 0 {
-            return Err(QueryError::invalid(
-                "query",
-                "the range of a selector must be positive",
-            ));
+        let mut params = Vec::with_capacity(param_exprs.len());
+        for e in param_exprs {
+            match self.eval(e).await? {
+                Evaluated::Scalar(x) => params.push(x),
+                Evaluated::Vector(_) => {
+                    return Err(QueryError::invalid(
+                        "query",
+                        format!("{name} expects scalar parameters"),
+                    ));
+                }
+            }
         }
-        let raw = series(self.engine, &ms.vs, self.first() - range + 1, self.last()).await?;
+        if name == "double_exponential_smoothing" {
+            for (what, p) in ["smoothing", "trend"].iter().zip(&params) {
+                let v = p.at(self.first());
+                if !(v > 0.0 && v < 1.0) {
+                    return Err(QueryError::invalid(
+                        "query",
+                        format!("invalid {what} factor. Expected: 0 < {what} factor < 1, got: {v}"),
+                    ));
+                }
+            }
+        }
+        let (raw, range, at) = self.range_vector(name, m).await?;
         let out = raw
             .into_iter()
             .filter_map(|mut s| {
@@ -583,12 +762,17 @@ impl Evaluator<'_> {
                     .steps
                     .iter()
                     .filter_map(|&t| {
-                        let w = window(&s.points, t, range);
-                        if let Some(v) = sampled(name, w, t, range) {
+                        let e = self.at_time(at.as_ref(), t);
+                        let p: Vec<f64> = params.iter().map(|p| p.at(t)).collect();
+                        let w = window(&s.points, e, range);
+                        if let Some(v) = sampled(name, w, e, range, &p) {
                             return v.map(|v| (t, v));
                         }
                         let w: Vec<f64> = w.iter().map(|p| p.1).collect();
-                        (!w.is_empty()).then(|| (t, f(&w, q)))
+                        if w.is_empty() {
+                            return None;
+                        }
+                        f(&w, &p).map(|v| (t, v))
                     })
                     .collect();
                 // As in Prometheus, last_over_time keeps the metric name.
@@ -604,6 +788,142 @@ impl Evaluator<'_> {
         Ok(Evaluated::Vector(out))
     }
 
+    /// The evaluation time of step `t` under an `@` modifier.
+    fn at_time(&self, at: Option<&AtModifier>, t: i64) -> i64 {
+        match at {
+            None => t,
+            Some(AtModifier::Start) => self.first(),
+            Some(AtModifier::End) => self.last(),
+            Some(AtModifier::At(time)) => match time.duration_since(UNIX_EPOCH) {
+                Ok(d) => d.as_millis() as i64,
+                Err(e) => -(e.duration().as_millis() as i64),
+            },
+        }
+    }
+
+    /// The earliest and latest evaluation time over the steps.
+    fn at_span(&self, at: Option<&AtModifier>) -> (i64, i64) {
+        (
+            self.at_time(at, self.first()),
+            self.at_time(at, self.last()),
+        )
+    }
+
+    /// A range function's argument: the series with every sample its
+    /// windows need, the window length and the `@` modifier. A matrix
+    /// selector reads them; a subquery evaluates its expression at steps
+    /// aligned to its resolution, as Prometheus does.
+    async fn range_vector(
+        &self,
+        name: &str,
+        m: &Expr,
+    ) -> Result<(Vec<Series>, i64, Option<AtModifier>), QueryError> {
+        let positive = |range: i64| {
+            if range <= 0 {
+                return Err(QueryError::invalid(
+                    "query",
+                    "the range of a selector must be positive",
+                ));
+            }
+            Ok(range)
+        };
+        match m {
+            Expr::MatrixSelector(ms) => {
+                let range = positive(ms.range.as_millis() as i64)?;
+                let (lo, hi) = self.at_span(ms.vs.at.as_ref());
+                let raw = series(self.engine, &ms.vs, lo - range + 1, hi).await?;
+                Ok((raw, range, ms.vs.at.clone()))
+            }
+            Expr::Subquery(sq) => {
+                let range = positive(sq.range.as_millis() as i64)?;
+                let step = sq
+                    .step
+                    .map_or(DEFAULT_SUBQUERY_STEP_MS, |d| d.as_millis() as i64)
+                    .max(1);
+                let off = offset_ms(sq.offset.as_ref());
+                let (lo, hi) = self.at_span(sq.at.as_ref());
+                let first = lo - off - range;
+                let mut start = step * first.div_euclid(step);
+                if start < first {
+                    start += step;
+                }
+                let end = hi - off;
+                let n = (end - start).div_euclid(step) + 1;
+                let max = self.engine.config().max_points as i64;
+                if n > max {
+                    return Err(QueryError::limit(
+                        "query",
+                        format!(
+                            "the subquery of {name} has {n} steps, more than query.max_points ({max}); use a coarser resolution"
+                        ),
+                    ));
+                }
+                let inner = Evaluator {
+                    engine: self.engine,
+                    steps: (0..n.max(0)).map(|i| start + i * step).collect(),
+                    lookback_ms: self.lookback_ms,
+                };
+                let mut raw = match inner.eval(&sq.expr).await? {
+                    Evaluated::Vector(v) => v,
+                    Evaluated::Scalar(x) => vec![Series {
+                        labels: Labels::new(),
+                        points: inner.steps.iter().map(|&t| (t, x.at(t))).collect(),
+                    }],
+                };
+                for s in &mut raw {
+                    s.points.iter_mut().for_each(|p| p.0 += off);
+                }
+                Ok((raw, range, sq.at.clone()))
+            }
+            _ => Err(QueryError::invalid(
+                "query",
+                format!("{name} expects a range vector such as metric[5m] or a subquery"),
+            )),
+        }
+    }
+
+    /// An instant selector at each step: the last sample within the
+    /// lookback before the step's evaluation time, its value (or, with
+    /// `sample_time`, its time in seconds: `timestamp()`).
+    async fn instant_selector(
+        &self,
+        vs: &VectorSelector,
+        sample_time: bool,
+    ) -> Result<Vec<Series>, QueryError> {
+        let at = vs.at.as_ref();
+        let (lo, hi) = self.at_span(at);
+        let raw = series(self.engine, vs, lo - self.lookback_ms + 1, hi).await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|s| {
+                let points: Vec<(i64, f64)> = self
+                    .steps
+                    .iter()
+                    .filter_map(|&t| {
+                        window(&s.points, self.at_time(at, t), self.lookback_ms)
+                            .last()
+                            .map(|&(pt, v)| (t, if sample_time { pt as f64 / 1000.0 } else { v }))
+                    })
+                    .collect();
+                (!points.is_empty()).then_some(Series {
+                    labels: s.labels,
+                    points,
+                })
+            })
+            .collect())
+    }
+
+    /// Evaluates `e`, which must be an instant vector (for `what`).
+    async fn vector_arg(&self, e: &Expr, what: &str) -> Result<Vec<Series>, QueryError> {
+        match self.eval(e).await? {
+            Evaluated::Vector(v) => Ok(v),
+            Evaluated::Scalar(_) => Err(QueryError::invalid(
+                "query",
+                format!("{what} expects an instant vector"),
+            )),
+        }
+    }
+
     /// Functions of an instant vector and scalar parameters, applied
     /// sample by sample; the metric name is dropped, as in Prometheus.
     async fn math(&self, name: &str, args: &[Box<Expr>]) -> Result<Evaluated, QueryError> {
@@ -613,7 +933,7 @@ impl Evaluator<'_> {
                 format!("{name} expects an argument"),
             ));
         };
-        let mut params = Vec::with_capacity(rest.len());
+        let mut params: Vec<Scalar> = Vec::with_capacity(rest.len());
         for p in rest {
             match self.eval(p).await? {
                 Evaluated::Scalar(x) => params.push(x),
@@ -631,53 +951,20 @@ impl Evaluator<'_> {
                 format!("{name} expects an instant vector"),
             ));
         };
-        let p = |i: usize, default: f64| params.get(i).copied().unwrap_or(default);
-        let f: Box<dyn Fn(f64) -> f64 + Send + Sync> = match name {
-            "abs" => Box::new(f64::abs),
-            "ceil" => Box::new(f64::ceil),
-            "floor" => Box::new(f64::floor),
-            "exp" => Box::new(f64::exp),
-            "sqrt" => Box::new(f64::sqrt),
-            "ln" => Box::new(f64::ln),
-            "log2" => Box::new(f64::log2),
-            "log10" => Box::new(f64::log10),
-            "sgn" => Box::new(|x: f64| {
-                if x == 0.0 || x.is_nan() {
-                    x
-                } else {
-                    x.signum()
-                }
-            }),
-            "round" => {
-                // Go's math.Floor(v*inverse+0.5) / inverse.
-                let inverse = 1.0 / p(0, 1.0);
-                Box::new(move |x: f64| (x * inverse + 0.5).floor() / inverse)
-            }
-            "clamp" => {
-                let (lo, hi) = (p(0, f64::NAN), p(1, f64::NAN));
-                if hi < lo {
-                    return Ok(Evaluated::Vector(Vec::new()));
-                }
-                Box::new(move |x: f64| x.min(hi).max(lo))
-            }
-            "clamp_min" => {
-                let lo = p(0, f64::NAN);
-                Box::new(move |x: f64| x.max(lo))
-            }
-            "clamp_max" => {
-                let hi = p(0, f64::NAN);
-                Box::new(move |x: f64| x.min(hi))
-            }
-            _ => return Err(unsupported(format!("function {name}"))),
-        };
         Ok(Evaluated::Vector(
             v.into_iter()
-                .map(|mut s| {
+                .filter_map(|mut s| {
                     s.labels.remove(NAME);
-                    for p in &mut s.points {
-                        p.1 = f(p.1);
-                    }
-                    s
+                    s.points = s
+                        .points
+                        .into_iter()
+                        .filter_map(|(t, x)| {
+                            let p =
+                                |i: usize, default: f64| params.get(i).map_or(default, |p| p.at(t));
+                            math(name, x, p).map(|y| (t, y))
+                        })
+                        .collect();
+                    (!s.points.is_empty()).then_some(s)
                 })
                 .collect(),
         ))
@@ -685,10 +972,14 @@ impl Evaluator<'_> {
 
     async fn aggregate(&self, a: &parser::AggregateExpr) -> Result<Evaluated, QueryError> {
         let op = a.op.to_string().to_ascii_lowercase();
+        if op == "count_values" {
+            return self.count_values(a).await;
+        }
         let param = match &a.param {
             None => None,
+            // A per-step parameter is taken at the first step.
             Some(p) => match self.eval(p).await? {
-                Evaluated::Scalar(x) => Some(x),
+                Evaluated::Scalar(x) => Some(x.at(self.first())),
                 Evaluated::Vector(_) => {
                     return Err(QueryError::invalid(
                         "query",
@@ -736,6 +1027,41 @@ impl Evaluator<'_> {
                         .into_iter()
                         .filter_map(|(t, mut v)| f.apply(&mut v).map(|x| (t, x)))
                         .collect(),
+                })
+                .collect(),
+        ))
+    }
+
+    /// `count_values("label", v)`: per group and step, how many series
+    /// have each value; the value (as Prometheus formats it) in `label`.
+    async fn count_values(&self, a: &parser::AggregateExpr) -> Result<Evaluated, QueryError> {
+        let label = match a.param.as_deref() {
+            Some(Expr::StringLiteral(s)) => s.val.clone(),
+            _ => {
+                return Err(QueryError::invalid(
+                    "query",
+                    "count_values expects a label name string first",
+                ));
+            }
+        };
+        let inner = self.vector_arg(&a.expr, "count_values").await?;
+        let mut groups: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
+        for s in inner {
+            let mut key = a
+                .modifier
+                .as_ref()
+                .map_or_else(Labels::new, |m| grouping_labels(&s.labels, m));
+            for (t, v) in s.points {
+                key.insert(label.clone(), fmt_value(v));
+                *groups.entry(key.clone()).or_default().entry(t).or_default() += 1.0;
+            }
+        }
+        Ok(Evaluated::Vector(
+            groups
+                .into_iter()
+                .map(|(labels, by_t)| Series {
+                    labels,
+                    points: by_t.into_iter().collect(),
                 })
                 .collect(),
         ))
@@ -802,6 +1128,44 @@ impl Evaluator<'_> {
                 .collect(),
         ))
     }
+}
+
+/// One sample of a [`MATH_FUNCTIONS`] function, with its scalar
+/// parameters at the sample's step; `None` drops the sample (`clamp` with
+/// max below min).
+fn math(name: &str, x: f64, p: impl Fn(usize, f64) -> f64) -> Option<f64> {
+    Some(match name {
+        "abs" => x.abs(),
+        "ceil" => x.ceil(),
+        "floor" => x.floor(),
+        "exp" => x.exp(),
+        "sqrt" => x.sqrt(),
+        "ln" => x.ln(),
+        "log2" => x.log2(),
+        "log10" => x.log10(),
+        "sgn" => {
+            if x == 0.0 || x.is_nan() {
+                x
+            } else {
+                x.signum()
+            }
+        }
+        // Go's math.Floor(v*inverse+0.5) / inverse.
+        "round" => {
+            let inverse = 1.0 / p(0, 1.0);
+            (x * inverse + 0.5).floor() / inverse
+        }
+        "clamp" => {
+            let (lo, hi) = (p(0, f64::NAN), p(1, f64::NAN));
+            if hi < lo {
+                return None;
+            }
+            x.min(hi).max(lo)
+        }
+        "clamp_min" => x.max(p(0, f64::NAN)),
+        "clamp_max" => x.min(p(0, f64::NAN)),
+        _ => unreachable!("MATH_FUNCTIONS lists {name}"),
+    })
 }
 
 /// Instant-vector functions evaluated sample by sample ([`Evaluator::math`]).
@@ -914,7 +1278,45 @@ fn parse_duration_ms(param: &str, v: &str) -> Result<i64, QueryError> {
 }
 
 fn parse_expr(q: &str) -> Result<Expr, QueryError> {
-    parser::parse(q).map_err(|e| QueryError::invalid("query", e))
+    parser::parse(&renamed_functions(q)).map_err(|e| QueryError::invalid("query", e))
+}
+
+/// Prometheus 2.x's `holt_winters` is Prometheus 3's (and the parser's)
+/// `double_exponential_smoothing`: dashboards written for 2.x use the old
+/// name. Renamed where it is a function name, outside string literals.
+fn renamed_functions(q: &str) -> std::borrow::Cow<'_, str> {
+    const OLD: &str = "holt_winters";
+    const NEW: &str = "double_exponential_smoothing";
+    if !q.contains(OLD) {
+        return q.into();
+    }
+    let b = q.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':';
+    let mut out = String::with_capacity(q.len() + 16);
+    let (mut i, mut quote, mut copied) = (0, None::<u8>, 0);
+    while i < b.len() {
+        let c = b[i];
+        match quote {
+            Some(_) if c == b'\\' => i += 1,
+            Some(open) if c == open => quote = None,
+            Some(_) => {}
+            None if matches!(c, b'"' | b'\'' | b'`') => quote = Some(c),
+            None if q[i..].starts_with(OLD)
+                && (i == 0 || !ident(b[i - 1]))
+                && q[i + OLD.len()..].trim_start().starts_with('(') =>
+            {
+                out.push_str(&q[copied..i]);
+                out.push_str(NEW);
+                i += OLD.len();
+                copied = i;
+                continue;
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    out.push_str(&q[copied..]);
+    out.into()
 }
 
 fn success(data: Json) -> Response {
@@ -954,6 +1356,16 @@ fn labels_json(l: &Labels) -> Json {
     Json::Object(l.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
 }
 
+/// `Some(descending)` when `e` is `sort(...)` / `sort_desc(...)`.
+fn sort_order(e: &Expr) -> Option<bool> {
+    match e {
+        Expr::Paren(p) => sort_order(&p.expr),
+        Expr::Call(c) if c.func.name == "sort" => Some(false),
+        Expr::Call(c) if c.func.name == "sort_desc" => Some(true),
+        _ => None,
+    }
+}
+
 async fn instant(engine: &Engine, p: &Params) -> Result<Json, QueryError> {
     let expr = parse_expr(p.required("query")?)?;
     let t = match p.get("time") {
@@ -967,9 +1379,16 @@ async fn instant(engine: &Engine, p: &Params) -> Result<Json, QueryError> {
     };
     Ok(match ev.eval(&expr).await? {
         Evaluated::Scalar(v) => {
-            json!({"resultType": "scalar", "result": [fmt_time(t), fmt_value(v)]})
+            json!({"resultType": "scalar", "result": [fmt_time(t), fmt_value(v.at(t))]})
         }
-        Evaluated::Vector(s) => {
+        Evaluated::Vector(mut s) => {
+            if let Some(desc) = sort_order(&expr) {
+                let last = |s: &Series| s.points.last().map_or(f64::NAN, |p| p.1);
+                s.sort_by(|a, b| {
+                    let o = last(a).total_cmp(&last(b));
+                    if desc { o.reverse() } else { o }
+                });
+            }
             let result: Vec<Json> = s
                 .iter()
                 .filter_map(|s| {
@@ -1015,7 +1434,7 @@ async fn range(engine: &Engine, p: &Params) -> Result<Json, QueryError> {
     let series = match ev.eval(&expr).await? {
         Evaluated::Scalar(v) => vec![Series {
             labels: Labels::new(),
-            points: steps.iter().map(|&t| (t, v)).collect(),
+            points: steps.iter().map(|&t| (t, v.at(t))).collect(),
         }],
         Evaluated::Vector(s) => s,
     };
@@ -1227,6 +1646,21 @@ mod tests {
         assert_eq!(parse_ms("time", "1700000000.5").unwrap(), 1_700_000_000_500);
         assert_eq!(parse_duration_ms("step", "1m").unwrap(), 60_000);
         assert_eq!(parse_duration_ms("step", "15").unwrap(), 15_000);
+    }
+
+    #[test]
+    fn holt_winters_is_the_parsers_double_exponential_smoothing() {
+        assert_eq!(
+            renamed_functions(
+                r#"holt_winters(g{a="holt_winters(x)"}[5m], 0.5, 0.5) + my_holt_winters"#
+            ),
+            r#"double_exponential_smoothing(g{a="holt_winters(x)"}[5m], 0.5, 0.5) + my_holt_winters"#
+        );
+        assert_eq!(
+            renamed_functions("holt_winters (g[1m],0.1,0.2)"),
+            "double_exponential_smoothing (g[1m],0.1,0.2)"
+        );
+        assert!(parse_expr("holt_winters(g[5m], 0.5, 0.5)").is_ok());
     }
 
     #[test]
