@@ -7,8 +7,13 @@ gauge, exports twice (one second apart, cumulative, as the SDK does by
 default), and prints one JSON object to stdout: each export's result and
 the values the broker should hold after the last one.
 
-    python3 otlp_client.py --protocol grpc --endpoint 127.0.0.1:4317 --host web-1
-    python3 otlp_client.py --protocol http --endpoint http://127.0.0.1:8080/v1/metrics --host web-2
+It is configured as the README says, through the SDK's own environment
+variables (the exporter and the resource read them):
+
+    OTEL_RESOURCE_ATTRIBUTES=host.name=web-1 \
+    OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=http://127.0.0.1:9093 \
+        python3 otlp_client.py --protocol grpc
+    OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=http://127.0.0.1:9190/v1/metrics ... --protocol http
     python3 otlp_client.py ... --delta   # delta temporality: the broker rejects it
 """
 
@@ -59,7 +64,7 @@ class Recording(MetricExporter):
         self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
 
 
-def exporter(protocol, endpoint, delta):
+def exporter(protocol, delta):
     temporality = None
     if delta:
         temporality = {Counter: AggregationTemporality.DELTA}
@@ -68,35 +73,26 @@ def exporter(protocol, endpoint, delta):
             OTLPMetricExporter,
         )
 
-        return OTLPMetricExporter(
-            endpoint=endpoint, insecure=True, preferred_temporality=temporality
-        )
+        return OTLPMetricExporter(preferred_temporality=temporality)
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
         OTLPMetricExporter,
     )
 
-    return OTLPMetricExporter(endpoint=endpoint, preferred_temporality=temporality)
+    return OTLPMetricExporter(preferred_temporality=temporality)
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--protocol", choices=["grpc", "http"], required=True)
-    p.add_argument("--endpoint", required=True)
-    p.add_argument("--host", required=True, help="the host.name resource attribute")
     p.add_argument("--delta", action="store_true")
     args = p.parse_args()
 
-    rec = Recording(exporter(args.protocol, args.endpoint, args.delta))
+    rec = Recording(exporter(args.protocol, args.delta))
     # Exports only when flushed, so the test knows what each one held.
     reader = PeriodicExportingMetricReader(rec, export_interval_millis=3_600_000)
     provider = MeterProvider(
-        resource=Resource.create(
-            {
-                "host.name": args.host,
-                "service.name": "shop",
-                "service.instance.id": args.host + "-1",
-            }
-        ),
+        # host.name and the rest from OTEL_RESOURCE_ATTRIBUTES.
+        resource=Resource.create(),
         metric_readers=[reader],
         views=[
             View(

@@ -21,12 +21,20 @@ use std::time::{Duration, Instant};
 
 const SERVICES: &[Service] = &Service::DEFAULT;
 
-/// Runs `tests/otlp_client.py` with `args`; its JSON report.
-fn sdk_client(args: &[&str]) -> Value {
+/// Runs `tests/otlp_client.py --protocol P [--delta]`, configured as the
+/// README's OpenTelemetry snippet says: `OTEL_RESOURCE_ATTRIBUTES` with
+/// `host.name` and `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`; its JSON report.
+fn sdk_client(protocol: &str, endpoint: &str, host: &str, delta: bool) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/otlp_client.py");
     let out = Command::new("python3")
         .arg(script)
-        .args(args)
+        .args(["--protocol", protocol])
+        .args(delta.then_some("--delta"))
+        .env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            format!("host.name={host},service.name=shop,service.instance.id={host}-1"),
+        )
+        .env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", endpoint)
         .output()
         .expect("python3 (scripts/deps.sh installs the OpenTelemetry SDK)");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -93,22 +101,15 @@ async fn the_opentelemetry_sdk_exports_over_grpc_and_http() {
     let redis = RedisServer::start().expect("redis-server");
     let broker = Running::broker(config_for(&redis.url()), SERVICES).await;
     let grpc = broker.grpc.to_string();
+    let grpc_url = format!("http://{grpc}");
     let http_endpoint = format!("http://{}/v1/metrics", broker.http);
     for (protocol, endpoint, host) in [
-        ("grpc", grpc.as_str(), "otel-grpc"),
+        ("grpc", grpc_url.as_str(), "otel-grpc"),
         ("http", http_endpoint.as_str(), "otel-http"),
     ] {
         let report = tokio::task::spawn_blocking({
-            let args = [
-                "--protocol",
-                protocol,
-                "--endpoint",
-                endpoint,
-                "--host",
-                host,
-            ]
-            .map(String::from);
-            move || sdk_client(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            let endpoint = endpoint.to_string();
+            move || sdk_client(protocol, &endpoint, host, false)
         })
         .await
         .unwrap();
@@ -142,19 +143,11 @@ async fn the_opentelemetry_sdk_exports_over_grpc_and_http() {
     // SDK's exports succeed with a partial success.
     let rejected = r#"broker_ingest_otlp_samples_total{outcome="rejected"}"#;
     let before = metric(broker.http, rejected).await;
-    let report = tokio::task::spawn_blocking(move || {
-        sdk_client(&[
-            "--protocol",
-            "grpc",
-            "--endpoint",
-            &grpc,
-            "--host",
-            "otel-delta",
-            "--delta",
-        ])
-    })
-    .await
-    .unwrap();
+    let grpc_endpoint = format!("http://{grpc}");
+    let report =
+        tokio::task::spawn_blocking(move || sdk_client("grpc", &grpc_endpoint, "otel-delta", true))
+            .await
+            .unwrap();
     all_succeeded(&report, "grpc, delta");
     assert_eq!(
         metric(broker.http, rejected).await - before,
