@@ -1002,7 +1002,7 @@ const REDIS_SCHEMES: [&str; 4] = [
 ];
 
 fn id_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
+    crate::host_id::byte(b)
 }
 
 fn positive(bad: &mut impl FnMut(&str, String), key: &str, v: usize) {

@@ -2,8 +2,10 @@
 //! label (`host:port`) names. Shared by the gateway, which maps Prometheus
 //! series to hosts, and query-api, which maps them back.
 
-/// Characters of a host id: letters, digits, `.`, `_`, `-` (nothing that
-/// is special in a Redis key pattern or hash tag).
+/// Characters of a host id (and of node ids): letters, digits, `.`, `_`,
+/// `-` (nothing that is special in a Redis key pattern or hash tag). The
+/// gateway, query-api, host-manager, cluster-ctl and the config check
+/// ids with this one rule.
 pub fn byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
 }

@@ -178,11 +178,7 @@ pub fn check(state: &ClusterState, cmd: &ClusterCommand) -> Result<(), CommandEr
 }
 
 fn id_ok(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(broker_common::host_id::byte)
 }
 
 fn check_member(m: &Member) -> Result<(), CommandError> {

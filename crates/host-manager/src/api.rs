@@ -27,11 +27,7 @@ pub const MAX_LABELS: usize = 32;
 pub const MAX_LABEL_BYTES: usize = 256;
 
 pub fn valid_host_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(broker_common::host_id::byte)
 }
 
 /// Checks a registration; the error names what is wrong.

@@ -230,10 +230,7 @@ impl Engine {
                 format!("is longer than {} bytes", self.names.host),
             ));
         }
-        if !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
+        if !host.bytes().all(broker_common::host_id::byte) {
             return Err(QueryError::invalid(
                 param,
                 format!("{host:?} is not a host id: use only letters, digits, '.', '_' or '-'"),
