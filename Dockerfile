@@ -1,5 +1,5 @@
-# The broker's one image: every service binary, brokerctl, broker-loadgen
-# and Debian's redis-server, on Debian bookworm, running as a non-root user.
+# The broker's one image: every service binary, brokerctl, broker-loadgen,
+# broker-agent and Debian's redis-server, on Debian bookworm, running as a non-root user.
 #
 # Two ways to fill it, same runtime stage:
 #
@@ -25,7 +25,7 @@ ARG RUST_IMAGE=rust:1.95-slim-bookworm
 # ---- The OS part of the runtime image.
 FROM ${BASE} AS runtime-base
 LABEL org.opencontainers.image.title="monitoring-broker" \
-      org.opencontainers.image.description="Monitoring broker: ingest-gateway, shard-router, storage-writer, query-api, cluster-ctl, brokerctl, broker-loadgen, redis-server"
+      org.opencontainers.image.description="Monitoring broker: ingest-gateway, shard-router, storage-writer, query-api, cluster-ctl, brokerctl, broker-loadgen, broker-agent, redis-server"
 # redis-server: the compose file's Redis comes from the same image (no
 # registry needed); redis-cli for its health check. ca-certificates for
 # rediss:// and OTLP over TLS.
@@ -69,9 +69,9 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked \
       --bin broker --bin ingest-gateway --bin shard-router --bin storage-writer \
-      --bin cluster-ctl --bin query-api --bin brokerctl --bin broker-loadgen \
+      --bin cluster-ctl --bin query-api --bin brokerctl --bin broker-loadgen --bin broker-agent \
  && mkdir /out \
- && for b in broker ingest-gateway shard-router storage-writer cluster-ctl query-api brokerctl broker-loadgen; do \
+ && for b in broker ingest-gateway shard-router storage-writer cluster-ctl query-api brokerctl broker-loadgen broker-agent; do \
       strip --strip-debug -o /out/$b target/release/$b; \
     done
 

@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE="${IMAGE:-broker:local}"
 BASE="${BASE:-debian:bookworm-slim}"
-BINS=(broker ingest-gateway shard-router storage-writer cluster-ctl query-api brokerctl broker-loadgen)
+BINS=(broker ingest-gateway shard-router storage-writer cluster-ctl query-api brokerctl broker-loadgen broker-agent)
 mode=host
 case "${1:-}" in
   "") ;;
