@@ -1007,3 +1007,55 @@ async fn a_prometheus_reads_what_it_wrote_back_through_remote_read() {
     assert!(body.contains("SAMPLES"), "{body}");
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_gateway_answers_503_with_retry_after_instead_of_hanging() {
+    // A "router" that accepts connections and never answers: whatever the
+    // gateway forwards stays in flight until gateway.forward_timeout.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = hole.accept().await {
+            open.push(s);
+        }
+    });
+    let mut config = config_for("");
+    config.gateway.routers = vec![format!("http://{hole_addr}")];
+    config.gateway.max_points_per_batch = 10;
+    config.gateway.max_inflight_points = 10;
+    config.gateway.forward_timeout = Duration::from_secs(8);
+    let gateway = Running::start(config, ingest_gateway::run).await;
+    let ms = (now() - 10) * 1000;
+
+    // Ten hosts' points fill the gateway's in-flight room and hang.
+    let first = WriteRequest {
+        timeseries: (0..10)
+            .map(|i| series("up", &format!("h{i}:9100"), &[(ms, 1.0)]))
+            .collect(),
+    };
+    let http = gateway.http;
+    let hanging = tokio::spawn(async move { post(http, &first).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!hanging.is_finished());
+
+    // The next request is told to come back, in about a second, not after
+    // the forward timeout.
+    let started = Instant::now();
+    let next = WriteRequest {
+        timeseries: vec![series("up", "other:9100", &[(ms, 1.0)])],
+    };
+    let (status, retry_after, body) = post(http, &next).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(body.contains("gateway.max_inflight_points"), "{body}");
+    assert!(
+        !hanging.is_finished(),
+        "answered while the first request still holds the room"
+    );
+    eprintln!("503 after {:?}", started.elapsed());
+    let (status, _, _) = hanging.await.unwrap();
+    assert_eq!(status, 503, "the hung forward is retryable too");
+    held.abort();
+    gateway.stop().await;
+}

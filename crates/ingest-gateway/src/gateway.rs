@@ -167,7 +167,7 @@ impl Inner {
         let started = Instant::now();
         let seq = batch.seq;
         let n = batch.points.len();
-        let ack = match self.ingest(batch).await {
+        let ack = match self.ingest(batch, Admission::Wait).await {
             Err(rej) => BatchAck {
                 seq,
                 accepted: 0,
@@ -194,10 +194,11 @@ impl Inner {
     /// Validates `batch`, forwards its valid points to the routers and
     /// answers, once those are durable or failed, one error per point that
     /// was not stored (by its index in `batch`, ascending). The one ingest
-    /// path of agents' streams and Prometheus remote write.
+    /// path of agents' streams, Prometheus remote write and OTLP.
     pub(crate) async fn ingest(
         &self,
         batch: MetricBatch,
+        admission: Admission,
     ) -> Result<Vec<PointError>, BatchRejection> {
         let n = batch.points.len();
         self.metrics.batches.inc();
@@ -217,12 +218,30 @@ impl Inner {
         let routed = v.batch.points.len();
         if routed > 0 {
             let want = routed.min(self.max_inflight_points) as u32;
-            let _points = self
-                .inflight_points
-                .clone()
-                .acquire_many_owned(want)
-                .await
-                .expect("inflight semaphore is never closed");
+            let acquire = self.inflight_points.clone().acquire_many_owned(want);
+            let _points = match admission {
+                Admission::Wait => acquire.await,
+                Admission::Within(d) => match tokio::time::timeout(d, acquire).await {
+                    Ok(p) => p,
+                    Err(_) => {
+                        let message = format!(
+                            "the gateway is at its in-flight limit (gateway.max_inflight_points = {}) for {d:?}; send again",
+                            self.max_inflight_points
+                        );
+                        errors.extend(v.index_map.iter().map(|&i| PointError {
+                            index: i,
+                            reason: RejectReason::Unavailable as i32,
+                            message: message.clone(),
+                            retryable: true,
+                        }));
+                        errors.sort_by_key(|e| e.index);
+                        self.count_rejected(&errors);
+                        self.metrics.accepted_points.inc_by((n - errors.len()) as u64);
+                        return Ok(errors);
+                    }
+                },
+            }
+            .expect("inflight semaphore is never closed");
             self.metrics.inflight_points.inc_by(routed as i64);
             let result = self.router.route(v.batch, self.forward_timeout).await;
             self.metrics.inflight_points.dec_by(routed as i64);
@@ -240,18 +259,37 @@ impl Inner {
             }
             errors.sort_by_key(|e| e.index);
         }
-        for e in &errors {
-            self.metrics
-                .rejected_points
-                .get_or_create(&vec![("reason", reason_label(e.reason))])
-                .inc();
-        }
+        self.count_rejected(&errors);
         self.metrics
             .accepted_points
             .inc_by((n - errors.len()) as u64);
         Ok(errors)
     }
+
+    fn count_rejected(&self, errors: &[PointError]) {
+        for e in errors {
+            self.metrics
+                .rejected_points
+                .get_or_create(&vec![("reason", reason_label(e.reason))])
+                .inc();
+        }
+    }
 }
+
+/// How [`Inner::ingest`] waits for room under `gateway.max_inflight_points`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Admission {
+    /// As long as it takes: the stream is not read meanwhile, so HTTP/2
+    /// flow control slows the agent (gRPC streams).
+    Wait,
+    /// At most this long, then the points are answered retryable, so an
+    /// HTTP sender (Prometheus, OTLP) gets 503 / `UNAVAILABLE` with a
+    /// `Retry-After` and backs off, instead of a request that hangs.
+    Within(Duration),
+}
+
+/// How long a remote-write or OTLP request waits for in-flight room.
+pub(crate) const HTTP_ADMISSION_WAIT: Duration = Duration::from_secs(1);
 
 fn batch_error_label(e: BatchError) -> &'static str {
     match e {

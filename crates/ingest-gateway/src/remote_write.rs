@@ -28,7 +28,8 @@
 //!   ones are stored; the body names the first problems.
 //! - `413` / `415`: a body too large, or not snappy protobuf remote write 1.0.
 //! - `503` with `Retry-After`: part of the request could not be made
-//!   durable now (no writer, Redis and the spool unavailable). Prometheus
+//!   durable now (no writer, Redis and the spool unavailable), or the
+//!   gateway has had no in-flight room for a second. Prometheus
 //!   sends the whole request again; writes are idempotent, so the samples
 //!   already stored are stored once.
 

@@ -174,7 +174,8 @@ pub(crate) async fn store(inner: &Inner, mut points: Points) -> Stored {
             .iter()
             .map(|p| (p.host_id.clone(), p.timestamp, p.values.len() as u64))
             .collect();
-        (points, inner.ingest(b).await)
+        let wait = crate::gateway::Admission::Within(crate::gateway::HTTP_ADMISSION_WAIT);
+        (points, inner.ingest(b, wait).await)
     }))
     .await;
     for (points, result) in results {
