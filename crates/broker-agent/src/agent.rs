@@ -172,10 +172,9 @@ pub async fn run_agent(
     let mut dropping = false;
 
     let secs = cfg.interval.as_secs() as i64;
-    let first = next_tick(secs);
-    let mut ticker = tokio::time::interval_at(first.1, cfg.interval);
+    let mut ticker = tokio::time::interval_at(next_tick(secs), cfg.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let mut next_ts = first.0;
+    let mut last_ts: Option<i64> = None;
     let mut stop = std::pin::pin!(stop);
     let mut draining: Option<Instant> = None;
     info!(
@@ -227,8 +226,11 @@ pub async fn run_agent(
             _ = ticker.tick(), if draining.is_none() => {
                 let metrics = collect();
                 report.collected += 1;
-                waiting.push_back(Waiting { timestamp: next_ts, metrics, sent: 0 });
-                next_ts += secs;
+                // Stamped from the wall clock, so skipped ticks (a
+                // suspended process) leave a gap, not a drift.
+                let timestamp = stamp(aligned_second(secs), last_ts, secs);
+                last_ts = Some(timestamp);
+                waiting.push_back(Waiting { timestamp, metrics, sent: 0 });
                 if waiting.len() > cfg.buffer {
                     waiting.pop_front();
                     report.dropped += 1;
@@ -326,14 +328,34 @@ fn retry_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// The next interval-aligned second after now, and when it comes.
-fn next_tick(interval_secs: i64) -> (i64, Instant) {
+/// The interval-aligned second nearest to now (a tick fires at the aligned
+/// instant, give or take a few milliseconds).
+fn aligned_second(interval_secs: i64) -> i64 {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
+    let second = (now_ms + 500).div_euclid(1000);
+    second.div_euclid(interval_secs) * interval_secs
+}
+
+/// A snapshot's timestamp: the aligned second, or the next one after the
+/// last snapshot's when the clock has not moved on (or went back).
+fn stamp(aligned: i64, last: Option<i64>, interval_secs: i64) -> i64 {
+    match last {
+        Some(l) if aligned <= l => l + interval_secs,
+        _ => aligned,
+    }
+}
+
+/// When the next interval-aligned second comes.
+fn next_tick(interval_secs: i64) -> Instant {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let next = (now.as_secs() as i64).div_euclid(interval_secs) * interval_secs + interval_secs;
     let wait = Duration::from_secs(next as u64).saturating_sub(now);
-    (next, Instant::now() + wait)
+    Instant::now() + wait
 }
 
 /// Puts `batch` back at the front of `waiting`, in order.
@@ -424,6 +446,16 @@ mod tests {
 
     fn cfg() -> AgentConfig {
         AgentConfig::new(vec!["http://127.0.0.1:1".into()], "h".into())
+    }
+
+    #[test]
+    fn timestamps_follow_the_clock_and_never_repeat() {
+        assert_eq!(stamp(100, None, 5), 100);
+        assert_eq!(stamp(110, Some(100), 5), 110, "a skipped tick is a gap");
+        assert_eq!(stamp(100, Some(100), 5), 105);
+        assert_eq!(stamp(95, Some(100), 5), 105, "the clock went back");
+        let a = aligned_second(5);
+        assert_eq!(a % 5, 0);
     }
 
     #[test]

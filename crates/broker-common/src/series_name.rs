@@ -39,9 +39,18 @@ pub fn check(name: &str, max: usize) -> Result<(), String> {
             shown()
         ));
     }
-    parse(name)
-        .map(|_| ())
-        .map_err(|e| format!("metric name {:?}: {e}", shown()))
+    // Checked without building the values: this runs for every name of
+    // every batch the gateway takes.
+    let mut keys: Vec<&str> = Vec::new();
+    scan(name, |key, _| {
+        if keys.contains(&key) {
+            return Err(format!("label {key:?} appears twice"));
+        }
+        keys.push(key);
+        Ok(())
+    })
+    .map(|_| ())
+    .map_err(|e| format!("metric name {:?}: {e}", shown()))
 }
 
 /// Formats `base{k="v",...}` with `labels` sorted by name and values
@@ -93,17 +102,32 @@ pub struct SeriesName<'a> {
 /// is wrong with the label block. Label names must be `[A-Za-z_][A-Za-z0-9_]*`
 /// and appear at most once; a trailing comma is allowed, as in PromQL.
 pub fn parse(name: &str) -> Result<SeriesName<'_>, String> {
+    let mut labels: Vec<(&str, String)> = Vec::new();
+    let base = scan(name, |key, raw| {
+        if labels.iter().any(|(k, _)| *k == key) {
+            return Err(format!("label {key:?} appears twice"));
+        }
+        labels.push((key, unescape(raw)));
+        Ok(())
+    })?;
+    labels.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    Ok(SeriesName { base, labels })
+}
+
+/// Walks `name`'s label block, checking its syntax, and hands each label's
+/// name and value as written (escapes in place) to `label`; returns the
+/// base. Escapes are `\\`, `\"` and `\n`.
+fn scan<'a>(
+    name: &'a str,
+    mut label: impl FnMut(&'a str, &'a str) -> Result<(), String>,
+) -> Result<&'a str, String> {
     let Some(open) = name.find('{') else {
-        return Ok(SeriesName {
-            base: name,
-            labels: Vec::new(),
-        });
+        return Ok(name);
     };
     let base = &name[..open];
     let Some(block) = name[open + 1..].strip_suffix('}') else {
         return Err("a label block must end with '}'".into());
     };
-    let mut labels: Vec<(&str, String)> = Vec::new();
     let mut rest = block;
     while !rest.is_empty() {
         let Some(eq) = rest.find('=') else {
@@ -120,25 +144,22 @@ pub fn parse(name: &str) -> Result<SeriesName<'_>, String> {
         let Some(after) = rest[eq + 1..].strip_prefix('"') else {
             return Err(format!("the value of label {key:?} must be quoted"));
         };
-        let mut value = String::new();
-        let mut chars = after.char_indices();
+        // '"' and '\\' are ASCII, never inside a multi-byte character, so
+        // the byte positions found are character boundaries.
+        let bytes = after.as_bytes();
+        let mut i = 0;
         let end = loop {
-            match chars.next() {
+            match bytes.get(i) {
                 None => return Err(format!("the value of label {key:?} is not closed")),
-                Some((i, '"')) => break i,
-                Some((_, '\\')) => match chars.next() {
-                    Some((_, '\\')) => value.push('\\'),
-                    Some((_, '"')) => value.push('"'),
-                    Some((_, 'n')) => value.push('\n'),
+                Some(b'"') => break i,
+                Some(b'\\') => match bytes.get(i + 1) {
+                    Some(b'\\' | b'"' | b'n') => i += 2,
                     _ => return Err(format!("bad escape in the value of label {key:?}")),
                 },
-                Some((_, c)) => value.push(c),
+                Some(_) => i += 1,
             }
         };
-        if labels.iter().any(|(k, _)| *k == key) {
-            return Err(format!("label {key:?} appears twice"));
-        }
-        labels.push((key, value));
+        label(key, &after[..end])?;
         rest = &after[end + 1..];
         rest = match rest.strip_prefix(',') {
             Some(r) => r,
@@ -146,8 +167,27 @@ pub fn parse(name: &str) -> Result<SeriesName<'_>, String> {
             None => return Err(format!("expected ',' or '}}' after label {key:?}")),
         };
     }
-    labels.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    Ok(SeriesName { base, labels })
+    Ok(base)
+}
+
+/// A label value as [`scan`] found it, its escapes resolved.
+fn unescape(raw: &str) -> String {
+    if !raw.contains('\\') {
+        return raw.to_string();
+    }
+    let mut value = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('n') => value.push('\n'),
+                Some(c) => value.push(c),
+                None => {}
+            },
+            c => value.push(c),
+        }
+    }
+    value
 }
 
 #[cfg(test)]
@@ -170,6 +210,44 @@ mod tests {
                 ("cpu", "0".to_string()),
                 ("mode", "idle".to_string()),
                 ("path", "C:\\a \"b\"\nc".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn check_and_parse_agree() {
+        for name in [
+            r#"a{b="c"}"#,
+            r#"a{b="c",}"#,
+            r#"a{b="c\"d",e="\\",f="\n"}"#,
+            r#"a{b="é☃"}"#,
+            r#"a{b="c",b="d"}"#,
+            r#"a{b="c\x"}"#,
+            r#"a{b="c}"#,
+            r#"a{b=c}"#,
+            r#"a{1b="c"}"#,
+            r#"a{b="c"d="e"}"#,
+            r#"a{}"#,
+        ] {
+            assert_eq!(
+                check(name, 256).is_ok(),
+                parse(name).is_ok(),
+                "{name}: {:?} {:?}",
+                check(name, 256),
+                parse(name)
+            );
+        }
+        assert!(
+            check(r#"a{b="c",b="d"}"#, 256)
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert_eq!(
+            parse(r#"a{b="c\"d",e="\\",f="\n"}"#).unwrap().labels,
+            vec![
+                ("b", "c\"d".to_string()),
+                ("e", "\\".to_string()),
+                ("f", "\n".to_string())
             ]
         );
     }
