@@ -360,6 +360,67 @@ pub async fn http(
     (status, json)
 }
 
+/// An HTTP/1.0 answer with a binary body.
+pub struct RawAnswer {
+    pub status: u16,
+    /// The header lines, as sent.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawAnswer {
+    /// The value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        self.head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix(&prefix)
+                .map(|v| v.trim().to_string())
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.0 `POST` of a binary `body` with extra `headers` (each line
+/// ending in `\r\n`), as remote write, remote read and OTLP/HTTP send.
+pub async fn post_bytes(addr: SocketAddr, path: &str, headers: &str, body: &[u8]) -> RawAnswer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("http response");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    RawAnswer {
+        status,
+        head,
+        body: buf[split + 4..].to_vec(),
+    }
+}
+
+/// `/api/v1/query` of `addr` (query-api or a Prometheus) at now: the
+/// result vector (empty when there is none).
+pub async fn instant(addr: SocketAddr, q: &str) -> Vec<serde_json::Value> {
+    let (status, body) = http(addr, "GET", &format!("/api/v1/query?query={}", enc(q)), "").await;
+    assert_eq!(status, 200, "{q}: {body}");
+    body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Percent-encodes a query parameter value.
 pub fn enc(s: &str) -> String {
     s.bytes()

@@ -7,7 +7,7 @@
 
 use broker_agent::{AgentConfig, HostCollector, run_agent};
 use broker_common::Service;
-use broker_tests::{RedisServer, Running, config_for, enc, http};
+use broker_tests::{RedisServer, Running, config_for, http, instant};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,15 +52,7 @@ async fn the_agent_streams_this_host_through_failover_and_a_broker_restart() {
     let q = format!("mem_total{{host=\"{HOST}\"}}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let series = loop {
-        let (status, body) = http(
-            http_addr,
-            "GET",
-            &format!("/api/v1/query?query={}", enc(&q)),
-            "",
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-        if let Some(s) = body["data"]["result"].as_array().and_then(|r| r.first()) {
+        if let Some(s) = instant(http_addr, &q).await.first() {
             break s.clone();
         }
         assert!(Instant::now() < deadline, "{q} never arrived");
@@ -69,23 +61,8 @@ async fn the_agent_streams_this_host_through_failover_and_a_broker_restart() {
     assert_eq!(series["metric"]["role"], "test", "{series}");
     let total: f64 = series["value"][1].as_str().unwrap().parse().unwrap();
     assert!(total > 0.0);
-    let (_, labelled) = http(
-        http_addr,
-        "GET",
-        &format!(
-            "/api/v1/query?query={}",
-            enc(&format!(
-                "net_rx_bytes_total{{host=\"{HOST}\",interface=\"lo\"}}"
-            ))
-        ),
-        "",
-    )
-    .await;
-    assert_eq!(
-        labelled["data"]["result"].as_array().map(Vec::len),
-        Some(1),
-        "{labelled}"
-    );
+    let lo = format!("net_rx_bytes_total{{host=\"{HOST}\",interface=\"lo\"}}");
+    assert_eq!(instant(http_addr, &lo).await.len(), 1, "{lo}");
 
     // The broker goes away for 3 s (snapshots wait in the agent) and comes
     // back on the same ports.

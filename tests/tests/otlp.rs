@@ -5,7 +5,7 @@
 //! the answers to data the broker cannot store, with hand-built requests.
 
 use broker_common::Service;
-use broker_tests::{RedisServer, Running, config_for, enc, http};
+use broker_tests::{RedisServer, Running, config_for, http, instant, post_bytes};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -59,16 +59,6 @@ fn all_succeeded(report: &Value, what: &str) {
         results.len() >= 2 && results.iter().all(|r| r == "SUCCESS"),
         "{what}: {results:?}"
     );
-}
-
-/// The instant-query result vector of `q` at query-api `addr`.
-async fn instant(addr: SocketAddr, q: &str) -> Vec<Value> {
-    let (status, body) = http(addr, "GET", &format!("/api/v1/query?query={}", enc(q)), "").await;
-    assert_eq!(status, 200, "{q}: {body}");
-    body["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
 }
 
 /// Waits until `q` answers exactly one series with `want`.
@@ -206,28 +196,9 @@ fn gauge_request(
 /// POSTs `body` to `/v1/metrics` with the given headers; the status, the
 /// Content-Type and the body.
 async fn post(addr: SocketAddr, headers: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /v1/metrics HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&buf[..split]).to_string();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let ct = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type:")
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (status, ct, buf[split + 4..].to_vec())
+    let a = post_bytes(addr, "/v1/metrics", headers, body).await;
+    let ct = a.header("content-type").unwrap_or_default();
+    (a.status, ct, a.body)
 }
 
 /// `google.rpc.Status`, OTLP/HTTP's error body.

@@ -7,7 +7,7 @@
 
 use broker_common::Service;
 use broker_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
-use broker_tests::{RedisServer, Running, config_for, enc, http, now};
+use broker_tests::{RedisServer, Running, config_for, enc, http, instant, now, post_bytes};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -57,16 +57,6 @@ fn spawn(bin: &'static str, args: &[String], log: &std::path::Path) -> Proc {
 
 fn port() -> u16 {
     redis_process::free_port().unwrap()
-}
-
-/// `/api/v1/query` of `addr` (query-api or Prometheus): the result vector.
-async fn instant(addr: SocketAddr, q: &str) -> Vec<Value> {
-    let (status, body) = http(addr, "GET", &format!("/api/v1/query?query={}", enc(q)), "").await;
-    assert_eq!(status, 200, "{q}: {body}");
-    body["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
 }
 
 /// Polls until `f` answers `Some`, for at most `within`.
@@ -350,25 +340,14 @@ fn value_of(text: &str, name: &str, labels: &str) -> f64 {
 /// POSTs `body` to `/api/v1/write` as Prometheus does; status,
 /// Retry-After and body.
 async fn post_raw(addr: SocketAddr, body: &[u8]) -> (u16, Option<String>, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /api/v1/write HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let retry_after = head.lines().find_map(|l| {
-        l.to_ascii_lowercase()
-            .strip_prefix("retry-after:")
-            .map(|v| v.trim().to_string())
-    });
-    (status, retry_after, body.to_string())
+    let a = post_bytes(
+        addr,
+        "/api/v1/write",
+        "Content-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n",
+        body,
+    )
+    .await;
+    (a.status, a.header("retry-after"), a.text())
 }
 
 /// POSTs `req`, snappy-compressed protobuf.
@@ -898,22 +877,14 @@ async fn answers_at(addr: SocketAddr, q: &str, t_ms: i64) -> Vec<(String, String
 
 /// POSTs `body` to `/api/v1/read`; status and body.
 async fn post_read(addr: SocketAddr, body: &[u8]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /api/v1/read HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (
-        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        body.to_string(),
+    let a = post_bytes(
+        addr,
+        "/api/v1/read",
+        "Content-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\n",
+        body,
     )
+    .await;
+    (a.status, a.text())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -199,6 +199,32 @@ fn sample(
     );
 }
 
+/// The samples of one histogram or summary data point: `base` plus a
+/// suffix (`_count`, `_sum`, `_bucket`), the point's labels and time.
+struct Emit<'a> {
+    points: &'a mut Points,
+    host: &'a str,
+    base: &'a str,
+    labels: Vec<(String, String)>,
+    time_ns: u64,
+    max_name_len: usize,
+}
+
+impl Emit<'_> {
+    fn sample(&mut self, suffix: &str, extra: Option<(&str, &str)>, v: f64) {
+        sample(
+            self.points,
+            self.host,
+            &format!("{}{suffix}", self.base),
+            &self.labels,
+            extra,
+            self.time_ns,
+            v,
+            self.max_name_len,
+        );
+    }
+}
+
 /// Prometheus's text for a bucket bound or quantile.
 fn float_label(f: f64) -> String {
     if f == f64::INFINITY {
@@ -302,24 +328,17 @@ pub fn map_request(
                             );
                             continue;
                         }
-                        let labels = point_labels(&res, &dp.attributes);
-                        let t = dp.time_unix_nano;
-                        let mut add = |suffix: &str, extra: Option<(&str, &str)>, v: f64| {
-                            let name = format!("{base}{suffix}");
-                            sample(
-                                &mut m.points,
-                                &host,
-                                &name,
-                                &labels,
-                                extra,
-                                t,
-                                v,
-                                max_name_len,
-                            );
+                        let mut add = Emit {
+                            points: &mut m.points,
+                            host: &host,
+                            base: &base,
+                            labels: point_labels(&res, &dp.attributes),
+                            time_ns: dp.time_unix_nano,
+                            max_name_len,
                         };
-                        add("_count", None, dp.count as f64);
+                        add.sample("_count", None, dp.count as f64);
                         if let Some(sum) = dp.sum {
-                            add("_sum", None, sum);
+                            add.sample("_sum", None, sum);
                         }
                         if !dp.bucket_counts.is_empty() {
                             let mut cumulative = 0u64;
@@ -328,7 +347,7 @@ pub fn map_request(
                                 let le = float_label(
                                     dp.explicit_bounds.get(i).copied().unwrap_or(f64::INFINITY),
                                 );
-                                add("_bucket", Some(("le", &le)), cumulative as f64);
+                                add.sample("_bucket", Some(("le", &le)), cumulative as f64);
                             }
                         }
                     }
@@ -339,26 +358,19 @@ pub fn map_request(
                             m.no_value += 1;
                             continue;
                         }
-                        let labels = point_labels(&res, &dp.attributes);
-                        let t = dp.time_unix_nano;
-                        let mut add = |suffix: &str, extra: Option<(&str, &str)>, v: f64| {
-                            let name = format!("{base}{suffix}");
-                            sample(
-                                &mut m.points,
-                                &host,
-                                &name,
-                                &labels,
-                                extra,
-                                t,
-                                v,
-                                max_name_len,
-                            );
+                        let mut add = Emit {
+                            points: &mut m.points,
+                            host: &host,
+                            base: &base,
+                            labels: point_labels(&res, &dp.attributes),
+                            time_ns: dp.time_unix_nano,
+                            max_name_len,
                         };
-                        add("_count", None, dp.count as f64);
-                        add("_sum", None, dp.sum);
+                        add.sample("_count", None, dp.count as f64);
+                        add.sample("_sum", None, dp.sum);
                         for q in &dp.quantile_values {
                             let quantile = float_label(q.quantile);
-                            add("", Some(("quantile", &quantile)), q.value);
+                            add.sample("", Some(("quantile", &quantile)), q.value);
                         }
                     }
                 }
@@ -437,20 +449,13 @@ async fn export(inner: &Inner, req: ExportMetricsServiceRequest) -> Answer {
         &inner.otlp_host_attribute,
         inner.limits.max_metric_name_len,
     );
-    let samples = &inner.metrics.otlp_samples;
-    samples
-        .get_or_create(&vec![("outcome", "superseded")])
-        .inc_by(mapped.points.superseded);
-    samples
-        .get_or_create(&vec![("outcome", "no_value")])
-        .inc_by(mapped.no_value);
-    let out = crate::samples::store(inner, mapped.points).await;
-    samples
-        .get_or_create(&vec![("outcome", "stored")])
-        .inc_by(out.stored);
-    samples
-        .get_or_create(&vec![("outcome", "rejected")])
-        .inc_by(out.rejected);
+    let out = crate::samples::store(
+        inner,
+        mapped.points,
+        &inner.metrics.otlp_samples,
+        ("no_value", mapped.no_value),
+    )
+    .await;
     if let Some(what) = out.retryable {
         return Answer::Retry(format!("not stored yet, send again: {what}"));
     }

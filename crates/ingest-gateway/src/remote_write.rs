@@ -217,20 +217,13 @@ async fn handle(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> (StatusCode,
         &inner.remote_write_host_label,
         inner.limits.max_metric_name_len,
     );
-    let samples = &inner.metrics.remote_write_samples;
-    samples
-        .get_or_create(&vec![("outcome", "superseded")])
-        .inc_by(mapped.points.superseded);
-    samples
-        .get_or_create(&vec![("outcome", "stale")])
-        .inc_by(mapped.stale);
-    let out = crate::samples::store(inner, mapped.points).await;
-    samples
-        .get_or_create(&vec![("outcome", "stored")])
-        .inc_by(out.stored);
-    samples
-        .get_or_create(&vec![("outcome", "rejected")])
-        .inc_by(out.rejected);
+    let out = crate::samples::store(
+        inner,
+        mapped.points,
+        &inner.metrics.remote_write_samples,
+        ("stale", mapped.stale),
+    )
+    .await;
     if let Some(what) = out.retryable {
         return (
             StatusCode::SERVICE_UNAVAILABLE,

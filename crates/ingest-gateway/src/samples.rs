@@ -10,7 +10,10 @@
 //! sample, for the protocol's answer.
 
 use crate::gateway::Inner;
+use crate::metrics::ReasonLabels;
 use broker_proto::v1::{MetricBatch, Point};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::collections::{BTreeMap, HashMap};
 
 /// Samples being gathered into points.
@@ -158,8 +161,20 @@ impl Stored {
 }
 
 /// Sends `points` through the agents' ingest path (validation, routing,
-/// ack after durable), all batches at once, and tallies the outcome.
-pub(crate) async fn store(inner: &Inner, mut points: Points) -> Stored {
+/// ack after durable), all batches at once, and tallies the outcome; counts
+/// the protocol's samples by outcome in `counts` (superseded, `skipped`'s
+/// kind, stored, rejected).
+pub(crate) async fn store(
+    inner: &Inner,
+    mut points: Points,
+    counts: &Family<ReasonLabels, Counter>,
+    skipped: (&'static str, u64),
+) -> Stored {
+    let count = |outcome: &'static str, n: u64| {
+        counts.get_or_create(&vec![("outcome", outcome)]).inc_by(n);
+    };
+    count("superseded", points.superseded);
+    count(skipped.0, skipped.1);
     let limits = &inner.limits;
     let batches = points.batches(limits.max_points_per_batch, limits.max_metrics_per_point);
     let mut out = Stored {
@@ -203,6 +218,8 @@ pub(crate) async fn store(inner: &Inner, mut points: Points) -> Stored {
             }
         }
     }
+    count("stored", out.stored);
+    count("rejected", out.rejected);
     out
 }
 
