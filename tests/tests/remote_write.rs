@@ -59,6 +59,19 @@ fn port() -> u16 {
     redis_process::free_port().unwrap()
 }
 
+/// A Prometheus on `addr` with `dir/prometheus.yml` (written by the
+/// caller), its TSDB in `dir/tsdb` and its log in `dir/prometheus.log`;
+/// `extra` flags after those.
+fn prometheus(dir: &std::path::Path, addr: SocketAddr, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        format!("--config.file={}", dir.join("prometheus.yml").display()),
+        format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
+        format!("--web.listen-address={addr}"),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    spawn("prometheus", &args, &dir.join("prometheus.log"))
+}
+
 /// Polls until `f` answers `Some`, for at most `within`.
 async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
@@ -127,15 +140,7 @@ impl Scraping {
     /// Starts Prometheus on its address and data directory (again).
     fn start_prometheus(&mut self) {
         let d = self.dir.path();
-        self.prom = Some(spawn(
-            "prometheus",
-            &[
-                format!("--config.file={}", d.join("prometheus.yml").display()),
-                format!("--storage.tsdb.path={}", d.join("tsdb").display()),
-                format!("--web.listen-address={}", self.prom_addr),
-            ],
-            &d.join("prometheus.log"),
-        ));
+        self.prom = Some(prometheus(d, self.prom_addr, &[]));
     }
 
     /// Stops Prometheus gracefully (SIGTERM), as an operator would.
@@ -571,19 +576,7 @@ async fn promql_answers_equal_prometheus_on_the_same_samples() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("prometheus.yml"), "global: {}\n").unwrap();
     let prom: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
-    let _prom = spawn(
-        "prometheus",
-        &[
-            format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ),
-            format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
-            format!("--web.listen-address={prom}"),
-            "--web.enable-remote-write-receiver".into(),
-        ],
-        &dir.path().join("prometheus.log"),
-    );
+    let _prom = prometheus(dir.path(), prom, &["--web.enable-remote-write-receiver"]);
     prometheus_ready(prom, || {
         std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
     })
@@ -913,18 +906,7 @@ async fn a_prometheus_reads_what_it_wrote_back_through_remote_read() {
     .unwrap();
     let reader_addr: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
     let log = dir.path().join("prometheus.log");
-    let _reader = spawn(
-        "prometheus",
-        &[
-            format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ),
-            format!("--storage.tsdb.path={}", dir.path().join("tsdb").display()),
-            format!("--web.listen-address={reader_addr}"),
-        ],
-        &log,
-    );
+    let _reader = prometheus(dir.path(), reader_addr, &[]);
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     prometheus_ready(reader_addr, logs).await;
 
