@@ -2,7 +2,8 @@
 //! its own loopback gRPC and HTTP listeners and its own data directory, so
 //! a node can be stopped, restarted from disk, partitioned or added.
 
-use broker_common::config::RaftPeer;
+use broker_common::config::{RaftPeer, SecurityConfig};
+use broker_common::security::{ClientSecurity, Security};
 use broker_common::{Admin, BrokerConfig, Listeners, Readiness};
 use cluster_client::ClusterClient;
 use cluster_ctl::{ClusterCtl, Node};
@@ -33,6 +34,8 @@ pub struct CtlCluster {
     slots: Vec<Slot>,
     /// Member heartbeat interval given to every node.
     pub member_heartbeat: Duration,
+    /// TLS and tokens of every node (plain by default).
+    pub security: SecurityConfig,
 }
 
 impl CtlCluster {
@@ -40,6 +43,16 @@ impl CtlCluster {
     /// 100 ms, heartbeat 5 ticks, election 10 ticks) and member beats every
     /// `member_heartbeat`.
     pub async fn start(n: usize, member_heartbeat: Duration) -> Self {
+        Self::start_secured(n, member_heartbeat, SecurityConfig::default()).await
+    }
+
+    /// As [`CtlCluster::start`], every node with the `security` section
+    /// (peers are then reached over TLS with the admin token).
+    pub async fn start_secured(
+        n: usize,
+        member_heartbeat: Duration,
+        security: SecurityConfig,
+    ) -> Self {
         let mut slots = Vec::new();
         let mut listeners = Vec::new();
         for i in 0..n {
@@ -56,6 +69,7 @@ impl CtlCluster {
         let mut c = Self {
             slots,
             member_heartbeat,
+            security,
         };
         let peers = c.initial_peers();
         for (i, l) in listeners.into_iter().enumerate() {
@@ -71,7 +85,7 @@ impl CtlCluster {
             .filter(|s| !s.join_existing)
             .map(|s| RaftPeer {
                 id: s.id,
-                addr: format!("http://{}", s.grpc),
+                addr: format!("{}://{}", self.scheme(), s.grpc),
             })
             .collect()
     }
@@ -89,15 +103,33 @@ impl CtlCluster {
         c.cluster_ctl.member_heartbeat = self.member_heartbeat;
         // Small, so the snapshot and compaction path runs in tests.
         c.cluster_ctl.snapshot_every = 50;
+        c.security = self.security.clone();
         c
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.security.tls.enabled() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// How the nodes reach each other; clients of the cluster use it too.
+    pub fn client_security(&self) -> ClientSecurity {
+        Security::from_config(&self.security)
+            .expect("security config loads")
+            .client
     }
 
     fn launch(&self, i: usize, listeners: Listeners, peers: &[RaftPeer]) -> CtlNode {
         let config = self.config(i, peers);
-        let own = format!("http://{}", listeners.grpc_addr());
+        let own = config.advertise_addr_for(listeners.grpc_addr());
         let http = listeners.http_addr();
+        let security = Security::from_config(&config.security).expect("security config loads");
         let mut registry = prometheus_client::registry::Registry::default();
-        let ctl = ClusterCtl::start(&config, &own, &mut registry).expect("cluster-ctl starts");
+        let ctl = ClusterCtl::start(&config, &own, &security.client, &mut registry)
+            .expect("cluster-ctl starts");
         let node = ctl.node.clone();
         let readiness = Readiness::default();
         ctl.report_readiness(&readiness);
@@ -106,7 +138,7 @@ impl CtlCluster {
         let s = stop.clone();
         let handle = tokio::spawn(async move {
             let routes = ctl.grpc_routes(s.clone());
-            let r = broker_common::serve::serve(routes, &[], &admin, listeners, s).await;
+            let r = broker_common::serve::serve(routes, &[], &admin, listeners, &security, s).await;
             ctl.shutdown().await;
             if let Err(e) = r {
                 panic!("cluster-ctl server failed: {e}");
@@ -132,24 +164,25 @@ impl CtlCluster {
     }
 
     pub fn endpoint(&self, id: u64) -> String {
-        format!("http://{}", self.slots[self.slot(id)].grpc)
+        format!("{}://{}", self.scheme(), self.slots[self.slot(id)].grpc)
     }
 
     /// gRPC endpoints of every node (running or not).
     pub fn endpoints(&self) -> Vec<String> {
         self.slots
             .iter()
-            .map(|s| format!("http://{}", s.grpc))
+            .map(|s| format!("{}://{}", self.scheme(), s.grpc))
             .collect()
     }
 
     pub fn client(&self) -> ClusterClient {
-        ClusterClient::new(&self.endpoints()).expect("cluster client")
+        ClusterClient::new(&self.endpoints(), &self.client_security()).expect("cluster client")
     }
 
     /// A client of node `id` only.
     pub fn client_of(&self, id: u64) -> ClusterClient {
-        ClusterClient::with_retry(&[self.endpoint(id)], backon_none()).expect("cluster client")
+        ClusterClient::with_retry(&[self.endpoint(id)], &self.client_security(), backon_none())
+            .expect("cluster client")
     }
 
     pub fn node(&self, id: u64) -> &Node {

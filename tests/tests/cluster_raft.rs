@@ -172,8 +172,11 @@ async fn a_minority_cannot_commit_and_converges_after_healing() {
 
     // The majority side elects a new leader and commits.
     let majority: Vec<u64> = c.ids().into_iter().filter(|&i| i != old).collect();
-    let majority_client =
-        ClusterClient::new(&majority.iter().map(|&i| c.endpoint(i)).collect::<Vec<_>>()).unwrap();
+    let majority_client = ClusterClient::new(
+        &majority.iter().map(|&i| c.endpoint(i)).collect::<Vec<_>>(),
+        &c.client_security(),
+    )
+    .unwrap();
     let after = majority_client.join(member("majority")).await.unwrap();
     let after_state = after.state.unwrap();
     assert!(after_state.epoch > before_epoch);
@@ -278,8 +281,11 @@ async fn voters_are_added_and_removed_at_run_time() {
     let want: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|&v| v != leader).collect();
     assert_eq!(voters, want);
     c.stop(leader).await;
-    let client =
-        ClusterClient::new(&want.iter().map(|&i| c.endpoint(i)).collect::<Vec<_>>()).unwrap();
+    let client = ClusterClient::new(
+        &want.iter().map(|&i| c.endpoint(i)).collect::<Vec<_>>(),
+        &c.client_security(),
+    )
+    .unwrap();
     let r = client.join(member("after-removal")).await.unwrap();
     assert_eq!(r.state.unwrap().members.len(), 61);
     let new = c.wait_leader(Duration::from_secs(10)).await;

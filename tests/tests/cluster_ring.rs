@@ -49,7 +49,7 @@ async fn points_routed_under_an_old_epoch_are_routed_again_under_the_new_ring() 
             &Default::default(),
             vec![(
                 NodeSpec::new("writer-a"),
-                WriterClient::remote(&writers[0].endpoint()).unwrap(),
+                WriterClient::remote(&writers[0].endpoint(), &Default::default()).unwrap(),
             )],
             RouterMetrics::new(&mut registry),
             1,
@@ -61,7 +61,7 @@ async fn points_routed_under_an_old_epoch_are_routed_again_under_the_new_ring() 
     let watched = cluster_client::watch_state(client.clone());
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        shard_router::follow_cluster(&r, watched, None);
+        shard_router::follow_cluster(&r, watched, None, Default::default());
     });
 
     let ts = now() - 5;

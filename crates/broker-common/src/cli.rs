@@ -164,3 +164,55 @@ pub fn table(rows: &[Vec<String>], out: &mut String) {
         out.push('\n');
     }
 }
+
+/// How a tool (brokerctl, `broker dlq`, the agent, the load generator)
+/// reaches a secured broker: a bearer token and, for TLS, the CA (and a
+/// client certificate when the server requires one). Each flag also reads
+/// an environment variable, so a token need not appear in `ps`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientSecurityArgs {
+    /// Bearer token sent with every call (the ingest token for agents, the
+    /// admin token for brokerctl and `broker dlq`).
+    #[arg(
+        long,
+        global = true,
+        env = "BROKER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// PEM CA that signed the broker's certificates: turns TLS on.
+    #[arg(long, global = true, env = "BROKER_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, when the broker requires one.
+    #[arg(
+        long,
+        global = true,
+        env = "BROKER_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "BROKER_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ClientSecurityArgs {
+    pub fn client_security(
+        &self,
+    ) -> Result<crate::security::ClientSecurity, crate::security::ClientError> {
+        crate::security::ClientSecurity::for_tool(
+            self.tls_ca.clone(),
+            self.tls_cert.clone(),
+            self.tls_key.clone(),
+            self.token.as_deref(),
+        )
+    }
+}

@@ -7,8 +7,10 @@
 //! Unknown keys are rejected wherever they come from.
 
 mod host_manager;
+mod security;
 
 pub use host_manager::*;
+pub use security::*;
 
 use hash_ring::{HashAlgorithm, NodeSpec, RingConfig};
 use serde::{Deserialize, Serialize};
@@ -83,10 +85,14 @@ pub const DEFAULT_RAFT_DATA_DIR: &str = "data/raft";
 pub const ENV_PREFIX: &str = "BROKER_";
 
 /// Variables with [`ENV_PREFIX`] that are not config keys: the config file
-/// itself (`--config`) and the load generator's flags. Every other
+/// itself (`--config`), the tools' security flags and the load
+/// generator's flags. Every other
 /// `BROKER_*` name must be a key, so a typo is an error, not ignored.
 fn env_is_reserved(name: &str) -> bool {
-    name == "BROKER_CONFIG" || name.starts_with("BROKER_LOADGEN_")
+    matches!(
+        name,
+        "BROKER_CONFIG" | "BROKER_TOKEN" | "BROKER_TLS_CA" | "BROKER_TLS_CERT" | "BROKER_TLS_KEY"
+    ) || name.starts_with("BROKER_LOADGEN_")
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +119,7 @@ pub struct BrokerConfig {
     pub cluster_ctl: ClusterCtlConfig,
     pub query: QueryConfig,
     pub host_manager: HostManagerConfig,
+    pub security: SecurityConfig,
 }
 
 impl Default for BrokerConfig {
@@ -131,6 +138,7 @@ impl Default for BrokerConfig {
             cluster_ctl: ClusterCtlConfig::default(),
             query: QueryConfig::default(),
             host_manager: HostManagerConfig::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -971,6 +979,9 @@ impl BrokerConfig {
             );
         }
         self.host_manager.validate(&mut bad);
+        for (key, problem) in self.security.problems() {
+            bad(&key, problem);
+        }
         if p.is_empty() {
             Ok(())
         } else {
@@ -980,8 +991,20 @@ impl BrokerConfig {
 
     /// The gRPC address other services reach this process at.
     pub fn advertise_addr(&self) -> String {
+        self.advertise_addr_for(self.grpc_listen)
+    }
+
+    /// As [`Self::advertise_addr`] for a process whose gRPC listener is
+    /// bound at `grpc` (port 0 in tests resolves to the real port):
+    /// `cluster.advertise_addr`, else `https://` (TLS on) or `http://`.
+    pub fn advertise_addr_for(&self, grpc: SocketAddr) -> String {
         if self.cluster.advertise_addr.is_empty() {
-            format!("http://{}", self.grpc_listen)
+            let scheme = if self.security.tls.enabled() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{grpc}")
         } else {
             self.cluster.advertise_addr.clone()
         }

@@ -2,7 +2,11 @@
 //! gRPC health service beside them, and the admin HTTP server.
 
 use crate::admin::Admin;
+use crate::security::Security;
+use crate::security::auth::GrpcAuthLayer;
+use crate::security::tls::{self, TlsListener};
 use std::future::Future;
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -47,11 +51,17 @@ impl Listeners {
 /// `grpc_services` as serving) and the admin router until `stop` is
 /// cancelled. The gRPC server then stops accepting and waits for in-flight
 /// calls; handlers watch `stop` too and end their streams once drained.
+///
+/// With TLS configured both ports speak only TLS (a plaintext client fails
+/// the handshake), and the certificates are reloaded when their files
+/// change. Every gRPC call and HTTP route passes the token check of
+/// [`crate::security::auth`] first.
 pub async fn serve(
     routes: tonic::service::Routes,
     grpc_services: &[&str],
     admin: &Admin,
     listeners: Listeners,
+    security: &Security,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -64,34 +74,70 @@ pub async fn serve(
             .await;
     }
     let routes = routes.add_service(health);
-    // tonic's `tcp_nodelay` does not reach sockets handed in as a stream:
-    // set it on each accepted one, or small answers (acks, query results)
-    // wait ~40 ms for the peer's delayed ACK (Nagle).
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
-        |s| {
-            if let Ok(s) = &s {
-                let _ = s.set_nodelay(true);
-            }
-            s
-        },
-    );
     let grpc_stop = stop.clone();
-    let grpc = tonic::transport::Server::builder()
+    let grpc_server = tonic::transport::Server::builder()
         // Agents keep streams open for hours; keepalive finds dead peers.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .tcp_nodelay(true)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, async move {
-            grpc_stop.cancelled().await;
-            reporter
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-        });
+        // Refuse a call before its body is decoded when its token (or, for
+        // peer calls, its client certificate) is missing.
+        .layer(GrpcAuthLayer {
+            tokens: security.tokens.clone(),
+        })
+        .add_routes(routes);
+    let grpc_shutdown = async move {
+        grpc_stop.cancelled().await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    };
+    let http_router = admin.router().layer(axum::middleware::from_fn_with_state(
+        security.tokens.clone(),
+        crate::security::auth::http_auth,
+    ));
     let http_stop = stop.clone();
-    let http = axum::serve(listeners.http, admin.router())
-        .with_graceful_shutdown(async move { http_stop.cancelled().await });
-    let (g, h) = tokio::join!(grpc, http);
+    let http_shutdown = async move { http_stop.cancelled().await };
+    let (g, h) = match &security.tls {
+        None => {
+            // tonic's `tcp_nodelay` does not reach sockets handed in as a
+            // stream: set it on each accepted one, or small answers (acks,
+            // query results) wait ~40 ms for the peer's delayed ACK.
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+                |s| {
+                    if let Ok(s) = &s {
+                        let _ = s.set_nodelay(true);
+                    }
+                    s
+                },
+            );
+            tokio::join!(
+                grpc_server.serve_with_incoming_shutdown(incoming, grpc_shutdown),
+                axum::serve(listeners.http, http_router)
+                    .with_graceful_shutdown(http_shutdown)
+                    .into_future()
+            )
+        }
+        Some(tls) => {
+            tls.watch(security.reload_interval, stop.clone());
+            let http_addr = listeners.http_addr();
+            let grpc = tls::accept(listeners.grpc, tls.clone(), false, stop.clone());
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(grpc),
+                |(s, _)| Ok::<_, std::io::Error>(s),
+            );
+            let http = TlsListener {
+                rx: tls::accept(listeners.http, tls.clone(), true, stop.clone()),
+                addr: http_addr,
+            };
+            tokio::join!(
+                grpc_server.serve_with_incoming_shutdown(incoming, grpc_shutdown),
+                axum::serve(http, http_router)
+                    .with_graceful_shutdown(http_shutdown)
+                    .into_future()
+            )
+        }
+    };
     g.map_err(|e| anyhow::anyhow!("grpc server: {e}"))?;
     h.map_err(|e| anyhow::anyhow!("admin http server: {e}"))?;
     Ok(())

@@ -52,15 +52,13 @@ pub async fn run(
     let mut names = Vec::new();
     let mut admin_routes = Vec::new();
 
+    let security = broker_common::security::Security::from_config(&config.security)?;
     let cluster_ctl = if has(Service::ClusterCtl) {
-        let own = if config.cluster.advertise_addr.is_empty() {
-            format!("http://{}", listeners.grpc_addr())
-        } else {
-            config.cluster.advertise_addr.clone()
-        };
+        let own = config.advertise_addr_for(listeners.grpc_addr());
         Some(cluster_ctl::ClusterCtl::start(
             &config,
             &own,
+            &security.client,
             &mut registry,
         )?)
     } else {
@@ -85,6 +83,7 @@ pub async fn run(
             roles,
             listeners.grpc_addr(),
             listeners.http_addr(),
+            &security.client,
         )
         .await?
     };
@@ -111,7 +110,13 @@ pub async fn run(
         let local = writer
             .as_ref()
             .map(|w| WriterClient::local(w.writer.clone()));
-        let r = shard_router::build(&config, local, cluster_state.clone(), &mut registry)?;
+        let r = shard_router::build(
+            &config,
+            local,
+            cluster_state.clone(),
+            &security.client,
+            &mut registry,
+        )?;
         routes.add_service(RouterGrpc::new(r.clone()).into_server());
         names.push(shard_router::service::ROUTER_SERVICE_NAME);
         readiness.set("shard-router", true);
@@ -121,12 +126,12 @@ pub async fn run(
     };
     if has(Service::IngestGateway) {
         let client = if !config.gateway.routers.is_empty() {
-            RouterClient::remote(&config.gateway.routers)
+            RouterClient::remote(&config.gateway.routers, &security.client)
                 .map_err(|e| anyhow::anyhow!("{}", e.message()))?
         } else if let Some(r) = router.clone() {
             RouterClient::local(r)
         } else if let Some(state) = cluster_state.clone() {
-            let c = RouterClient::dynamic();
+            let c = RouterClient::dynamic(&security.client);
             ingest_gateway::follow_routers(&c, state);
             c
         } else {
@@ -142,7 +147,7 @@ pub async fn run(
         readiness.set("ingest-gateway", true);
     }
     let query = if has(Service::QueryApi) {
-        let q = query_api::QueryComponent::start(&config, &mut registry)?;
+        let q = query_api::QueryComponent::start(&config, &security.client, &mut registry)?;
         // "query-api" turns ready once Redis answers.
         q.report_readiness(&readiness);
         routes.add_service(q.grpc_service());
@@ -154,7 +159,7 @@ pub async fn run(
         None
     };
     let host_manager = if has(Service::HostManager) {
-        let h = host_manager::HostManager::start(&config, &mut registry)?;
+        let h = host_manager::HostManager::start(&config, &security.client, &mut registry)?;
         h.report_readiness(&readiness);
         routes.add_service(h.grpc_service());
         names.push(host_manager::HOST_SERVICE_NAME);
@@ -186,7 +191,8 @@ pub async fn run(
     if let Some(ctl) = &cluster_ctl {
         grpc_routes = ctl.add_grpc_routes(grpc_routes, stop.clone());
     }
-    let result = broker_common::serve::serve(grpc_routes, &names, &admin, listeners, stop).await;
+    let result =
+        broker_common::serve::serve(grpc_routes, &names, &admin, listeners, &security, stop).await;
     if let Some(h) = host_manager {
         h.shutdown().await;
     }

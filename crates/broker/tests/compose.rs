@@ -229,10 +229,13 @@ async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
         ),
     ];
     let redis_url = format!("redis://127.0.0.1:{}", compose.published("PUBLISH_REDIS"));
-    let ctl = ClusterClient::new(&[format!(
-        "http://127.0.0.1:{}",
-        compose.published("PUBLISH_CTL_GRPC")
-    )])
+    let ctl = ClusterClient::new(
+        &[format!(
+            "http://127.0.0.1:{}",
+            compose.published("PUBLISH_CTL_GRPC")
+        )],
+        &Default::default(),
+    )
     .unwrap();
     let up_timeout = Duration::from_secs(120);
 

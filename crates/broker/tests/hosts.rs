@@ -495,7 +495,7 @@ async fn a_writer_with_a_wedged_grpc_port_is_taken_offline_by_health_checks_and_
         ),
     );
     hm.start().await;
-    let client = cluster_client::ClusterClient::new(&endpoints).unwrap();
+    let client = cluster_client::ClusterClient::new(&endpoints, &Default::default()).unwrap();
     until(
         &client,
         "three writers online",
@@ -651,7 +651,7 @@ async fn the_local_actuator_adds_a_writer_under_load_and_drains_it_when_the_load
         ),
     );
     hm.start().await;
-    let client = cluster_client::ClusterClient::new(&endpoints).unwrap();
+    let client = cluster_client::ClusterClient::new(&endpoints, &Default::default()).unwrap();
     let added = "hm-writer-1";
     let (load, _timeline) = steady_load(
         vec![gateway.endpoint()],

@@ -146,7 +146,7 @@ async fn the_ring_follows_membership_under_load_and_loses_nothing() {
     let redis = durable_redis();
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::start(&redis.url(), dir.path()).await;
-    let client = ClusterClient::new(&c.endpoints).unwrap();
+    let client = ClusterClient::new(&c.endpoints, &Default::default()).unwrap();
     let (_, s) = until(
         &client,
         "two writers and a router online",

@@ -60,6 +60,9 @@ pub struct GlobalArgs {
         value_name = "URL"
     )]
     pub host_manager: String,
+    /// Token and TLS of a secured cluster (`--token` takes the admin token).
+    #[command(flatten)]
+    pub security: broker_common::cli::ClientSecurityArgs,
 }
 
 /// Where `broker up` serves host-manager (its gRPC port).

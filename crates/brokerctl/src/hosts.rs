@@ -4,21 +4,25 @@
 use crate::render::age;
 use crate::{Command, CtlError};
 use broker_common::cli::table;
+use broker_common::security::{AuthChannel, ClientSecurity};
 use broker_proto::v1::host_service_client::HostServiceClient;
 use broker_proto::v1::{AutoscaleStatus, AutoscaleStatusRequest, Host, ListHostsRequest};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-async fn client(endpoint: &str) -> Result<HostServiceClient<tonic::transport::Channel>, CtlError> {
+async fn client(
+    endpoint: &str,
+    security: &ClientSecurity,
+) -> Result<HostServiceClient<AuthChannel>, CtlError> {
     let err = |reason: String| CtlError::HostManager {
         endpoint: endpoint.to_string(),
         reason,
     };
-    let ch = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| err(e.to_string()))?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(10))
-        .connect()
+    let ch = security
+        .connect(endpoint, |ep| {
+            ep.connect_timeout(Duration::from_secs(3))
+                .timeout(Duration::from_secs(10))
+        })
         .await
         .map_err(|e| {
             err(format!(
@@ -40,8 +44,13 @@ fn status_err(endpoint: &str, s: tonic::Status) -> CtlError {
     }
 }
 
-pub async fn execute(endpoint: &str, command: Command, json: bool) -> Result<String, CtlError> {
-    let mut c = client(endpoint).await?;
+pub async fn execute(
+    endpoint: &str,
+    security: &ClientSecurity,
+    command: Command,
+    json: bool,
+) -> Result<String, CtlError> {
+    let mut c = client(endpoint, security).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -66,6 +66,8 @@ pub enum CtlError {
     HostManager { endpoint: String, reason: String },
     #[error("encoding JSON")]
     Json(#[source] serde_json::Error),
+    #[error("--token / --tls-*: {0}")]
+    Security(String),
     #[error("writing the output")]
     Output(#[source] std::io::Error),
 }
@@ -93,14 +95,25 @@ pub fn retry_policy() -> ExponentialBuilder {
 
 /// Runs `cli`'s command and writes what it prints to `out`.
 pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), CtlError> {
+    let security = cli
+        .global
+        .security
+        .client_security()
+        .map_err(|e| CtlError::Security(e.to_string()))?;
     if let Command::Hosts { .. } | Command::Autoscale(_) = cli.command {
-        let text = hosts::execute(&cli.global.host_manager, cli.command, cli.global.json).await?;
+        let text = hosts::execute(
+            &cli.global.host_manager,
+            &security,
+            cli.command,
+            cli.global.json,
+        )
+        .await?;
         return out
             .write_all(text.as_bytes())
             .and_then(|()| out.flush())
             .map_err(CtlError::Output);
     }
-    let client = ClusterClient::with_retry(&cli.global.endpoints, retry_policy())?;
+    let client = ClusterClient::with_retry(&cli.global.endpoints, &security, retry_policy())?;
     let text = execute(&client, cli.command, cli.global.json).await?;
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())

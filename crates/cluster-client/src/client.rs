@@ -1,6 +1,7 @@
 //! `ClusterService` calls with failover across cluster-ctl endpoints.
 
 use backon::{ExponentialBuilder, Retryable};
+use broker_common::security::{AuthChannel, ClientSecurity};
 use broker_proto::v1::cluster_service_client::ClusterServiceClient;
 use broker_proto::v1::{
     ChangeResponse, ClusterState, HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse,
@@ -10,7 +11,6 @@ use broker_proto::v1::{
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 /// Deadline of one call to one endpoint. Changes wait for a Raft commit,
@@ -50,7 +50,7 @@ pub struct ClusterClient {
 }
 
 struct Inner {
-    endpoints: Vec<(String, ClusterServiceClient<Channel>)>,
+    endpoints: Vec<(String, ClusterServiceClient<AuthChannel>)>,
     /// The endpoint that answered last; tried first.
     preferred: AtomicUsize,
     retry: ExponentialBuilder,
@@ -66,10 +66,12 @@ fn transient(status: &Status) -> bool {
 }
 
 impl ClusterClient {
-    /// Lazily connecting channels to `endpoints` (`http://host:port`).
-    pub fn new(endpoints: &[String]) -> Result<Self, ClusterError> {
+    /// Lazily connecting channels to `endpoints` (`http://host:port`),
+    /// with TLS and the token `security` gives.
+    pub fn new(endpoints: &[String], security: &ClientSecurity) -> Result<Self, ClusterError> {
         Self::with_retry(
             endpoints,
+            security,
             ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
                 .with_max_delay(Duration::from_secs(1))
@@ -82,6 +84,7 @@ impl ClusterClient {
     /// every endpoint once per attempt).
     pub fn with_retry(
         endpoints: &[String],
+        security: &ClientSecurity,
         retry: ExponentialBuilder,
     ) -> Result<Self, ClusterError> {
         if endpoints.is_empty() {
@@ -90,11 +93,12 @@ impl ClusterClient {
         let endpoints = endpoints
             .iter()
             .map(|a| {
-                let ep = Endpoint::from_shared(a.clone())
-                    .map_err(|e| ClusterError::Endpoint(a.clone(), e.to_string()))?
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true);
-                Ok((a.clone(), ClusterServiceClient::new(ep.connect_lazy())))
+                let ch = security
+                    .lazy(a, |ep| {
+                        ep.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true)
+                    })
+                    .map_err(|e| ClusterError::Endpoint(a.clone(), e.to_string()))?;
+                Ok((a.clone(), ClusterServiceClient::new(ch)))
             })
             .collect::<Result<Vec<_>, ClusterError>>()?;
         Ok(Self {
@@ -119,7 +123,7 @@ impl ClusterClient {
     /// endpoint fails transiently.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, ClusterError>
     where
-        F: Fn(ClusterServiceClient<Channel>) -> Fut,
+        F: Fn(ClusterServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let round = || async {

@@ -22,20 +22,22 @@ pub async fn join_configured(
     roles: Vec<MemberRole>,
     grpc: SocketAddr,
     http: SocketAddr,
+    security: &broker_common::security::ClientSecurity,
 ) -> anyhow::Result<Option<Membership>> {
     if config.cluster.endpoints.is_empty() {
         return Ok(None);
     }
-    let client = ClusterClient::new(&config.cluster.endpoints)?;
-    let addr = if config.cluster.advertise_addr.is_empty() {
-        format!("http://{grpc}")
+    let client = ClusterClient::new(&config.cluster.endpoints, security)?;
+    let scheme = if security.tls.is_some() {
+        "https"
     } else {
-        config.cluster.advertise_addr.clone()
+        "http"
     };
+    let addr = config.advertise_addr_for(grpc);
     let opts = MembershipOptions {
         id: config.node_id.clone(),
         roles,
-        admin_addr: admin_addr(&addr, http),
+        admin_addr: admin_addr(&addr, http, scheme),
         addr,
         weight: config.cluster.weight,
     };
@@ -48,9 +50,9 @@ pub async fn join_configured(
 /// The admin URL others reach this process at: `http://` + `http`, or,
 /// when `http` binds every address (a container), the advertised gRPC
 /// host with the admin port.
-fn admin_addr(advertised: &str, http: SocketAddr) -> String {
+fn admin_addr(advertised: &str, http: SocketAddr, scheme: &str) -> String {
     if !http.ip().is_unspecified() {
-        return format!("http://{http}");
+        return format!("{scheme}://{http}");
     }
     let host = advertised
         .split_once("://")
@@ -59,7 +61,7 @@ fn admin_addr(advertised: &str, http: SocketAddr) -> String {
         .next()
         .unwrap_or_default();
     let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    format!("http://{host}:{}", http.port())
+    format!("{scheme}://{host}:{}", http.port())
 }
 
 /// The token the servers stop on. Without membership, or for a member that
@@ -130,14 +132,21 @@ mod tests {
     fn admin_addr_follows_the_advertised_host_when_binding_every_address() {
         let any = "0.0.0.0:9195".parse().unwrap();
         assert_eq!(
-            admin_addr("http://storage-writer-1:9095", any),
+            admin_addr("http://storage-writer-1:9095", any, "http"),
             "http://storage-writer-1:9195"
         );
-        assert_eq!(admin_addr("http://[::1]:9095", any), "http://[::1]:9195");
+        assert_eq!(
+            admin_addr("http://[::1]:9095", any, "http"),
+            "http://[::1]:9195"
+        );
         let lo = "127.0.0.1:9195".parse().unwrap();
         assert_eq!(
-            admin_addr("http://storage-writer-1:9095", lo),
+            admin_addr("http://storage-writer-1:9095", lo, "http"),
             "http://127.0.0.1:9195"
+        );
+        assert_eq!(
+            admin_addr("https://storage-writer-1:9095", any, "https"),
+            "https://storage-writer-1:9195"
         );
     }
 }

@@ -48,6 +48,7 @@ pub struct ClusterCtl {
     pub node: Node,
     pub leases: Arc<Leases>,
     stop: CancellationToken,
+    security: broker_common::security::ClientSecurity,
 }
 
 impl ClusterCtl {
@@ -56,11 +57,15 @@ impl ClusterCtl {
     pub fn start(
         config: &BrokerConfig,
         own_addr: &str,
+        security: &broker_common::security::ClientSecurity,
         registry: &mut prometheus_client::registry::Registry,
     ) -> anyhow::Result<Self> {
         let cc = &config.cluster_ctl;
         let stop = CancellationToken::new();
-        let node = Node::start(NodeConfig::from_config(cc, own_addr), stop.clone())?;
+        let node = Node::start(
+            NodeConfig::from_config(cc, own_addr, security),
+            stop.clone(),
+        )?;
         let leases = Arc::new(Leases::new(cc.member_heartbeat, cc.lease_missed_beats));
         let ring = RingSettings {
             vnodes: config.router.vnodes,
@@ -73,7 +78,12 @@ impl ClusterCtl {
             stop.clone(),
         ));
         tokio::spawn(export_metrics(node.clone(), registry, stop.clone()));
-        Ok(Self { node, leases, stop })
+        Ok(Self {
+            node,
+            leases,
+            stop,
+            security: security.clone(),
+        })
     }
 
     /// `ClusterService` and `RaftService`; Watch streams end when `stop`
@@ -90,8 +100,13 @@ impl ClusterCtl {
     ) -> tonic::service::Routes {
         routes
             .add_service(
-                service::ClusterGrpc::new(self.node.clone(), self.leases.clone(), stop)
-                    .into_server(),
+                service::ClusterGrpc::new(
+                    self.node.clone(),
+                    self.leases.clone(),
+                    self.security.clone(),
+                    stop,
+                )
+                .into_server(),
             )
             .add_service(service::RaftGrpc::new(self.node.clone()).into_server())
     }
@@ -180,12 +195,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let readiness = Readiness::default();
-    let own_addr = if config.cluster.advertise_addr.is_empty() {
-        format!("http://{}", listeners.grpc_addr())
-    } else {
-        config.cluster.advertise_addr.clone()
-    };
-    let ctl = ClusterCtl::start(&config, &own_addr, &mut registry)?;
+    let security = broker_common::security::Security::from_config(&config.security)?;
+    let own_addr = config.advertise_addr_for(listeners.grpc_addr());
+    let ctl = ClusterCtl::start(&config, &own_addr, &security.client, &mut registry)?;
     ctl.report_readiness(&readiness);
     let admin = Admin::new(registry, readiness).with_routes(ctl.http_routes());
     tracing::info!(
@@ -200,6 +212,7 @@ pub async fn run(
         &[service::CLUSTER_SERVICE_NAME, service::RAFT_SERVICE_NAME],
         &admin,
         listeners,
+        &security,
         stop,
     )
     .await;

@@ -41,10 +41,16 @@ pub struct NodeConfig {
     pub heartbeat_ticks: usize,
     pub election_ticks: usize,
     pub snapshot_every: u64,
+    /// TLS and token of the channels to raft peers.
+    pub security: broker_common::security::ClientSecurity,
 }
 
 impl NodeConfig {
-    pub fn from_config(c: &broker_common::config::ClusterCtlConfig, own_addr: &str) -> Self {
+    pub fn from_config(
+        c: &broker_common::config::ClusterCtlConfig,
+        own_addr: &str,
+        security: &broker_common::security::ClientSecurity,
+    ) -> Self {
         let mut peers: BTreeMap<u64, String> =
             c.peers.iter().map(|p| (p.id, p.addr.clone())).collect();
         peers.entry(c.id).or_insert_with(|| own_addr.to_string());
@@ -57,6 +63,7 @@ impl NodeConfig {
             heartbeat_ticks: c.heartbeat_ticks,
             election_ticks: c.election_ticks,
             snapshot_every: c.snapshot_every,
+            security: security.clone(),
         }
     }
 }
@@ -190,7 +197,12 @@ impl Node {
         let (input_tx, input_rx) = mpsc::channel(4096);
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let filter = NetFilter::default();
-        let mut transport = Transport::new(config.id, filter.clone(), report_tx);
+        let mut transport = Transport::new(
+            config.id,
+            filter.clone(),
+            report_tx,
+            config.security.clone(),
+        );
         transport.set_peers(&peers);
         let (state_tx, state_rx) = watch::channel(Arc::new(sm.state().clone()));
         let (view_tx, view_rx) = watch::channel(Arc::new(RaftView::default()));

@@ -4,6 +4,7 @@
 use crate::leases::Leases;
 use crate::node::{Node, NodeError};
 use crate::state::CommandError;
+use broker_common::security::{AuthChannel, ClientSecurity};
 use broker_proto::v1::cluster_service_client::ClusterServiceClient;
 use broker_proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
 use broker_proto::v1::raft_service_server::{RaftService, RaftServiceServer};
@@ -19,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 pub const CLUSTER_SERVICE_NAME: &str = "broker.v1.ClusterService";
@@ -78,18 +78,25 @@ pub struct ClusterGrpc {
     leases: Arc<Leases>,
     /// Channels to other cluster-ctl nodes, for heartbeats a follower
     /// passes on to the leader (leases live on the leader).
-    leaders: Arc<Mutex<HashMap<String, ClusterServiceClient<Channel>>>>,
+    leaders: Arc<Mutex<HashMap<String, ClusterServiceClient<AuthChannel>>>>,
+    security: ClientSecurity,
     /// Cancelled when the server stops: Watch streams end, so the server's
     /// graceful shutdown does not wait for watchers to hang up.
     stop: CancellationToken,
 }
 
 impl ClusterGrpc {
-    pub fn new(node: Node, leases: Arc<Leases>, stop: CancellationToken) -> Self {
+    pub fn new(
+        node: Node,
+        leases: Arc<Leases>,
+        security: ClientSecurity,
+        stop: CancellationToken,
+    ) -> Self {
         Self {
             node,
             leases,
             leaders: Arc::default(),
+            security,
             stop,
         }
     }
@@ -110,15 +117,16 @@ impl ClusterGrpc {
         Ok(self.node.state().borrow().clone())
     }
 
-    fn leader_client(&self, addr: &str) -> Result<ClusterServiceClient<Channel>, Status> {
+    fn leader_client(&self, addr: &str) -> Result<ClusterServiceClient<AuthChannel>, Status> {
         let mut map = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ep = Endpoint::from_shared(addr.to_string())
-            .map_err(|e| Status::internal(format!("leader address {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_millis(500));
-        let c = ClusterServiceClient::new(ep.connect_lazy());
+        let ch = self
+            .security
+            .lazy(addr, |ep| ep.connect_timeout(Duration::from_millis(500)))
+            .map_err(|e| Status::internal(format!("leader address {addr:?}: {e}")))?;
+        let c = ClusterServiceClient::new(ch);
         map.insert(addr.to_string(), c.clone());
         Ok(c)
     }

@@ -10,6 +10,7 @@
 //! [`NetFilter`] drops traffic to and from chosen peers, in both
 //! directions: the test-controlled transport the partition tests use.
 
+use broker_common::security::ClientSecurity;
 use broker_proto::v1::RaftMessages;
 use broker_proto::v1::raft_service_client::RaftServiceClient;
 use protobuf::Message as _;
@@ -18,7 +19,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tonic::transport::Endpoint;
 
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 4096;
@@ -77,15 +77,22 @@ pub struct Transport {
     peers: BTreeMap<u64, Peer>,
     filter: NetFilter,
     reports: mpsc::UnboundedSender<Report>,
+    security: ClientSecurity,
 }
 
 impl Transport {
-    pub fn new(id: u64, filter: NetFilter, reports: mpsc::UnboundedSender<Report>) -> Self {
+    pub fn new(
+        id: u64,
+        filter: NetFilter,
+        reports: mpsc::UnboundedSender<Report>,
+        security: ClientSecurity,
+    ) -> Self {
         Self {
             id,
             peers: BTreeMap::new(),
             filter,
             reports,
+            security,
         }
     }
 
@@ -98,7 +105,13 @@ impl Transport {
             if id == self.id || self.peers.contains_key(&id) {
                 continue;
             }
-            match spawn_sender(id, addr, self.filter.clone(), self.reports.clone()) {
+            match spawn_sender(
+                id,
+                addr,
+                &self.security,
+                self.filter.clone(),
+                self.reports.clone(),
+            ) {
                 Ok(queue) => {
                     self.peers.insert(
                         id,
@@ -133,13 +146,15 @@ impl Transport {
 fn spawn_sender(
     to: u64,
     addr: &str,
+    security: &ClientSecurity,
     filter: NetFilter,
     reports: mpsc::UnboundedSender<Report>,
-) -> Result<mpsc::Sender<Message>, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(addr.to_string())?
-        .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true);
-    let mut client = RaftServiceClient::new(endpoint.connect_lazy());
+) -> Result<mpsc::Sender<Message>, broker_common::security::ClientError> {
+    let channel = security.lazy(addr, |ep| {
+        ep.connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+    })?;
+    let mut client = RaftServiceClient::new(channel);
     let (tx, mut rx) = mpsc::channel::<Message>(PEER_QUEUE);
     tokio::spawn(async move {
         // Ends when the transport drops the queue (peer removed or node

@@ -13,6 +13,7 @@
 
 use crate::http_client::HttpClient;
 use broker_common::config::{CheckKind, HealthConfig};
+use broker_common::security::ClientSecurity;
 use broker_proto::v1::{Member, MemberState};
 use cluster_client::ClusterClient;
 use serde::Serialize;
@@ -69,6 +70,7 @@ pub async fn check(
     kind: CheckKind,
     member: &Member,
     http: &HttpClient,
+    security: &ClientSecurity,
     timeout: Duration,
 ) -> Result<Duration, String> {
     let start = Instant::now();
@@ -96,11 +98,8 @@ pub async fn check(
             use tonic_health::pb::health_check_response::ServingStatus;
             use tonic_health::pb::health_client::HealthClient;
             let call = async {
-                let ep = tonic::transport::Endpoint::from_shared(member.addr.clone())
-                    .map_err(|e| e.to_string())?
-                    .connect_timeout(timeout);
-                let ch = ep
-                    .connect()
+                let ch = security
+                    .connect(&member.addr, |ep| ep.connect_timeout(timeout))
                     .await
                     .map_err(|e| broker_common::error_chain(&e))?;
                 let r = HealthClient::new(ch)
@@ -168,11 +167,12 @@ pub fn decide(
 pub async fn run(
     config: HealthConfig,
     client: ClusterClient,
+    security: ClientSecurity,
     view: HealthView,
     metrics: crate::metrics::HostMetrics,
     stop: CancellationToken,
 ) {
-    let http = HttpClient::default();
+    let http = HttpClient::new(&security);
     let mut every = crate::Every::new(config.interval);
     while every.next(&stop).await {
         let state = match client.members().await {
@@ -184,11 +184,14 @@ pub async fn run(
         };
         let rounds = state.members.iter().map(|m| {
             let http = http.clone();
+            let security = security.clone();
             let checks = config.checks.clone();
             let timeout = config.timeout;
             async move {
                 let mut results = BTreeMap::new();
-                let futs = checks.iter().map(|k| check(*k, m, &http, timeout));
+                let futs = checks
+                    .iter()
+                    .map(|k| check(*k, m, &http, &security, timeout));
                 for (k, r) in checks.iter().zip(futures::future::join_all(futs).await) {
                     results.insert(
                         k.as_str().to_string(),

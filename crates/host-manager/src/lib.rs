@@ -15,7 +15,6 @@
 //! - [`alerts`]: threshold rules and HostDown, Alertmanager API v2.
 //! - [`api`]: `/api/hosts`, `/api/alerts`, `/api/autoscale`,
 //!   `/api/health-checks`, `/api/discovery` and the gRPC `HostService`.
-//! - [`http_client`]: the HTTP/1 client of checks, scrapes and alerts.
 //! - [`metrics`]: the `broker_host_manager_*` metrics.
 
 #![forbid(unsafe_code)]
@@ -26,7 +25,8 @@ pub mod api;
 pub mod autoscale;
 pub mod discovery;
 pub mod health;
-pub mod http_client;
+/// The HTTP/1 client of checks, scrapes and alerts (moved to broker-common).
+pub use broker_common::http_client;
 pub mod inventory;
 pub mod load;
 pub mod metrics;
@@ -101,6 +101,9 @@ pub struct Shared {
     pub discovery: Mutex<DiscoveryState>,
     pub metrics: metrics::HostMetrics,
     pub actuator: Option<Arc<dyn actuator::Actuator>>,
+    /// TLS and token of calls to members (health checks, load scrapes,
+    /// cluster-ctl).
+    pub security: broker_common::security::ClientSecurity,
 }
 
 /// A started host-manager: its loops and what serves its API.
@@ -131,6 +134,7 @@ impl HostManager {
     /// background, retrying) and starts every loop the config enables.
     pub fn start(
         config: &BrokerConfig,
+        security: &broker_common::security::ClientSecurity,
         registry: &mut prometheus_client::registry::Registry,
     ) -> anyhow::Result<Self> {
         let hm = &config.host_manager;
@@ -180,6 +184,7 @@ impl HostManager {
             }),
             metrics: metrics::HostMetrics::new(registry),
             actuator,
+            security: security.clone(),
         });
         let stop = CancellationToken::new();
         let ready = Arc::new(tokio::sync::Notify::new());
@@ -199,12 +204,13 @@ impl HostManager {
             tasks.push(tokio::spawn(multicast_loop(shared.clone(), stop.clone())));
         }
         if !config.cluster.endpoints.is_empty() {
-            let client = cluster_client::ClusterClient::new(&config.cluster.endpoints)
+            let client = cluster_client::ClusterClient::new(&config.cluster.endpoints, security)
                 .map_err(|e| anyhow::anyhow!("cluster.endpoints: {e}"))?;
             if hm.health.enabled {
                 tasks.push(tokio::spawn(health::run(
                     hm.health.clone(),
                     client.clone(),
+                    security.clone(),
                     shared.health.clone(),
                     shared.metrics.clone(),
                     stop.clone(),
@@ -505,7 +511,7 @@ async fn autoscale_loop(
         memory_bytes: config.memory_bytes_per_writer as f64,
         queued_points: shared.config.writer.max_queued_points as f64,
     };
-    let mut reader = load::LoadReader::default();
+    let mut reader = load::LoadReader::new(&shared.security);
     let mut every = crate::Every::new(config.interval);
     while every.next(&stop).await {
         let state = match client.members().await {
@@ -587,14 +593,22 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let readiness = Readiness::default();
-    let hm = HostManager::start(&config, &mut registry)?;
+    let security = broker_common::security::Security::from_config(&config.security)?;
+    let hm = HostManager::start(&config, &security.client, &mut registry)?;
     hm.report_readiness(&readiness);
     let admin = Admin::new(registry, readiness).with_routes(hm.http_routes());
     let stop = broker_common::serve::token_from(shutdown);
     let routes = tonic::service::Routes::new(hm.grpc_service());
     tracing::info!(grpc = %listeners.grpc_addr(), http = %listeners.http_addr(), "host-manager serving");
-    let result =
-        broker_common::serve::serve(routes, &[HOST_SERVICE_NAME], &admin, listeners, stop).await;
+    let result = broker_common::serve::serve(
+        routes,
+        &[HOST_SERVICE_NAME],
+        &admin,
+        listeners,
+        &security,
+        stop,
+    )
+    .await;
     hm.shutdown().await;
     result
 }

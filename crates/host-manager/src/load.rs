@@ -96,6 +96,14 @@ pub struct LoadReader {
 }
 
 impl LoadReader {
+    /// A reader that scrapes with `security`'s TLS.
+    pub fn new(security: &broker_common::security::ClientSecurity) -> Self {
+        Self {
+            http: HttpClient::new(security),
+            prev: HashMap::new(),
+        }
+    }
+
     /// The load of each `(id, admin_addr)`; a writer seen for the first
     /// time gets its rate from the next call.
     pub async fn read(&mut self, writers: &[(String, String)], cap: &Capacity) -> Vec<WriterLoad> {

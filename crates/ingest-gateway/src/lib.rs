@@ -38,20 +38,22 @@ pub async fn run(
         !config.gateway.routers.is_empty() || !config.cluster.endpoints.is_empty(),
         "gateway.routers and cluster.endpoints are empty: a standalone ingest-gateway needs shard-router endpoints or cluster-ctl to learn them from"
     );
+    let security = broker_common::security::Security::from_config(&config.security)?;
     let membership = cluster_client::lifecycle::join_configured(
         &config,
         vec![broker_proto::v1::MemberRole::IngestGateway],
         listeners.grpc_addr(),
         listeners.http_addr(),
+        &security.client,
     )
     .await?;
     let router = match &membership {
         Some(m) if config.gateway.routers.is_empty() => {
-            let client = RouterClient::dynamic();
+            let client = RouterClient::dynamic(&security.client);
             follow_routers(&client, m.state());
             client
         }
-        _ => RouterClient::remote(&config.gateway.routers)
+        _ => RouterClient::remote(&config.gateway.routers, &security.client)
             .map_err(|e| anyhow::anyhow!("{}", e.message()))?,
     };
     let mut registry = prometheus_client::registry::Registry::default();
@@ -69,6 +71,7 @@ pub async fn run(
         gateway::GRPC_SERVICE_NAMES,
         &admin,
         listeners,
+        &security,
         stop,
     )
     .await;

@@ -8,6 +8,7 @@
 
 use crate::error::QueryError;
 use broker_common::BrokerConfig;
+use broker_common::security::ClientSecurity;
 use broker_proto::v1::cluster_service_client::ClusterServiceClient;
 use broker_proto::v1::{
     ClusterState, ClusterStatusResponse, Member, MemberRole, MemberState, MembersRequest,
@@ -22,11 +23,12 @@ const CLUSTER_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct ClusterView {
     endpoints: Vec<String>,
+    security: ClientSecurity,
     static_state: ClusterState,
 }
 
 impl ClusterView {
-    pub fn new(config: &BrokerConfig) -> Self {
+    pub fn new(config: &BrokerConfig, security: &ClientSecurity) -> Self {
         let r = &config.router;
         let members = if r.writers.is_empty() {
             vec![Member {
@@ -53,6 +55,7 @@ impl ClusterView {
         };
         Self {
             endpoints: config.cluster.endpoints.clone(),
+            security: security.clone(),
             static_state: ClusterState {
                 epoch: 1,
                 members,
@@ -71,7 +74,7 @@ impl ClusterView {
         }
         let mut errors = Vec::new();
         for ep in &self.endpoints {
-            match ask(ep).await {
+            match ask(ep, &self.security).await {
                 Ok((state, raft)) => {
                     return with_shares(state, "cluster-ctl", Some(raft), ep.clone());
                 }
@@ -85,12 +88,17 @@ impl ClusterView {
     }
 }
 
-async fn ask(endpoint: &str) -> Result<(ClusterState, RaftStatus), String> {
-    let ep = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| e.to_string())?
-        .connect_timeout(CLUSTER_CALL_TIMEOUT)
-        .timeout(CLUSTER_CALL_TIMEOUT);
-    let channel = ep.connect().await.map_err(|e| e.to_string())?;
+async fn ask(
+    endpoint: &str,
+    security: &ClientSecurity,
+) -> Result<(ClusterState, RaftStatus), String> {
+    let channel = security
+        .connect(endpoint, |ep| {
+            ep.connect_timeout(CLUSTER_CALL_TIMEOUT)
+                .timeout(CLUSTER_CALL_TIMEOUT)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
     let mut client = ClusterServiceClient::new(channel);
     let state = client
         .members(MembersRequest {})
@@ -243,7 +251,7 @@ mod tests {
     #[test]
     fn static_ring_is_this_node_alone_by_default() {
         let c = BrokerConfig::default();
-        let view = ClusterView::new(&c);
+        let view = ClusterView::new(&c, &Default::default());
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

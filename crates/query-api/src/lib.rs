@@ -64,6 +64,7 @@ impl QueryComponent {
     /// `writer.redis_url`) and the engine; registers `broker_query_*`.
     pub fn start(
         config: &BrokerConfig,
+        security: &broker_common::security::ClientSecurity,
         registry: &mut prometheus_client::registry::Registry,
     ) -> anyhow::Result<Self> {
         let url = config.query.effective_redis_url(&config.writer);
@@ -86,7 +87,7 @@ impl QueryComponent {
         );
         Ok(Self {
             engine,
-            cluster: cluster::ClusterView::new(config),
+            cluster: cluster::ClusterView::new(config, security),
         })
     }
 
@@ -134,7 +135,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let readiness = Readiness::default();
-    let component = QueryComponent::start(&config, &mut registry)?;
+    let security = broker_common::security::Security::from_config(&config.security)?;
+    let component = QueryComponent::start(&config, &security.client, &mut registry)?;
     component.report_readiness(&readiness);
     let admin = Admin::new(registry, readiness).with_routes(component.http_routes());
     let stop = broker_common::serve::token_from(shutdown);
@@ -144,8 +146,15 @@ pub async fn run(
         dashboard = %format!("http://{}/dashboard/", listeners.http_addr()),
         "query-api serving"
     );
-    let result =
-        broker_common::serve::serve(routes, &[QUERY_SERVICE_NAME], &admin, listeners, stop).await;
+    let result = broker_common::serve::serve(
+        routes,
+        &[QUERY_SERVICE_NAME],
+        &admin,
+        listeners,
+        &security,
+        stop,
+    )
+    .await;
     component.shutdown().await;
     result
 }

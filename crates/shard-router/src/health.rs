@@ -24,6 +24,7 @@
 //! writer to fail over to).
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use broker_common::security::{AuthChannel, ClientSecurity};
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +32,6 @@ use std::time::{Duration, Instant};
 use storage_writer::WriterClient;
 use storage_writer::service::WRITER_SERVICE_NAME;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -68,8 +68,9 @@ pub struct WriterStatus {
 enum Target {
     /// In this process: always reachable, never marked down.
     Local,
-    /// Behind a gRPC endpoint (`http://host:port`).
-    Remote(String),
+    /// Behind a gRPC endpoint (`http://host:port`), reached with the
+    /// security of the data channel.
+    Remote(String, ClientSecurity),
 }
 
 #[derive(Default)]
@@ -147,7 +148,9 @@ impl Health {
                     id: id.to_string(),
                     target: match client {
                         WriterClient::Local(_) => Target::Local,
-                        WriterClient::Remote { addr, .. } => Target::Remote(addr.clone()),
+                        WriterClient::Remote { addr, security, .. } => {
+                            Target::Remote(addr.clone(), security.clone())
+                        }
                     },
                     up: AtomicBool::new(true),
                     failures: AtomicU32::new(0),
@@ -306,15 +309,17 @@ async fn probe_until_back(shared: Arc<Shared>, i: usize, first_delay: Duration) 
     // Its own lazily connecting channel: the data channel stays as it is.
     let channel = match &w.target {
         Target::Local => None,
-        Target::Remote(addr) => match Endpoint::from_shared(addr.clone()) {
-            Ok(ep) => Some(ep.connect_timeout(shared.probe_timeout).connect_lazy()),
-            // `WriterClient::remote` already parsed it; keep the writer down.
-            Err(e) => {
-                tracing::error!(writer = %w.id, error = %e, "cannot probe the writer");
-                lock(&w.state).probing = false;
-                return;
+        Target::Remote(addr, security) => {
+            match security.lazy(addr, |ep| ep.connect_timeout(shared.probe_timeout)) {
+                Ok(ch) => Some(ch),
+                // `WriterClient::remote` already parsed it; keep the writer down.
+                Err(e) => {
+                    tracing::error!(writer = %w.id, error = %e, "cannot probe the writer");
+                    lock(&w.state).probing = false;
+                    return;
+                }
             }
-        },
+        }
     };
     loop {
         // Jitter may double a delay; keep the cap.
@@ -350,7 +355,7 @@ async fn probe_until_back(shared: Arc<Shared>, i: usize, first_delay: Duration) 
 }
 
 /// One health check; `None` channel is the in-process writer.
-async fn probe(channel: Option<&Channel>, timeout: Duration) -> Result<(), String> {
+async fn probe(channel: Option<&AuthChannel>, timeout: Duration) -> Result<(), String> {
     let Some(channel) = channel else {
         return Ok(());
     };
@@ -390,8 +395,8 @@ mod tests {
     #[tokio::test]
     async fn down_after_failures_back_on_answer_and_flaps_probe_later() {
         let clients = [
-            WriterClient::remote(&dead_endpoint()).unwrap(),
-            WriterClient::remote(&dead_endpoint()).unwrap(),
+            WriterClient::remote(&dead_endpoint(), &Default::default()).unwrap(),
+            WriterClient::remote(&dead_endpoint(), &Default::default()).unwrap(),
         ];
         let gauges = [Gauge::default(), Gauge::default()];
         let min = Duration::from_millis(400);

@@ -68,6 +68,7 @@ pub use health::WriterStatus;
 pub use router::Router;
 pub use service::{RouterClient, RouterGrpc};
 
+use broker_common::security::ClientSecurity;
 use broker_common::{Admin, BrokerConfig, Listeners, Readiness};
 use broker_proto::v1::ClusterState;
 use std::future::Future;
@@ -84,6 +85,7 @@ pub fn build(
     config: &BrokerConfig,
     local: Option<WriterClient>,
     cluster: Option<watch::Receiver<Arc<ClusterState>>>,
+    security: &ClientSecurity,
     registry: &mut prometheus_client::registry::Registry,
 ) -> anyhow::Result<Arc<Router>> {
     let metrics = metrics::RouterMetrics::new(registry);
@@ -91,7 +93,7 @@ pub fn build(
         // Epoch 0 until the first watched state arrives.
         let router = Arc::new(Router::with_epoch(&config.router, Vec::new(), metrics, 0)?);
         let local = local.map(|c| (config.node_id.clone(), c));
-        follow_cluster(&router, state, local);
+        follow_cluster(&router, state, local, security.clone());
         return Ok(router);
     }
     let writers = if config.router.writers.is_empty() {
@@ -106,7 +108,7 @@ pub fn build(
             .router
             .writers
             .iter()
-            .map(|w| Ok((w.node_spec(), WriterClient::remote(&w.addr)?)))
+            .map(|w| Ok((w.node_spec(), WriterClient::remote(&w.addr, security)?)))
             .collect::<Result<Vec<_>, storage_writer::WriterError>>()?
     };
     Ok(Arc::new(Router::new(&config.router, writers, metrics)?))
@@ -120,13 +122,14 @@ pub fn follow_cluster(
     router: &Arc<Router>,
     mut state: watch::Receiver<Arc<ClusterState>>,
     local: Option<(String, WriterClient)>,
+    security: ClientSecurity,
 ) {
     let weak = Arc::downgrade(router);
     tokio::spawn(async move {
         loop {
             let s = state.borrow_and_update().clone();
             let Some(router) = weak.upgrade() else { return };
-            if let Err(e) = apply_state(&router, &s, local.as_ref()) {
+            if let Err(e) = apply_state(&router, &s, local.as_ref(), &security) {
                 tracing::error!(epoch = s.epoch, error = %e, "cannot build the ring of this epoch, keeping the previous one");
             }
             drop(router);
@@ -141,6 +144,7 @@ fn apply_state(
     router: &Router,
     state: &ClusterState,
     local: Option<&(String, WriterClient)>,
+    security: &ClientSecurity,
 ) -> anyhow::Result<()> {
     if state.epoch <= router.epoch() {
         return Ok(());
@@ -158,7 +162,7 @@ fn apply_state(
                     Some((_, c @ WriterClient::Remote { addr, .. })) if *addr == m.addr => {
                         c.clone()
                     }
-                    _ => WriterClient::remote(&m.addr)?,
+                    _ => WriterClient::remote(&m.addr, security)?,
                 },
             };
             Ok((n.clone(), client))
@@ -176,17 +180,20 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let readiness = Readiness::default();
+    let security = broker_common::security::Security::from_config(&config.security)?;
     let membership = cluster_client::lifecycle::join_configured(
         &config,
         vec![broker_proto::v1::MemberRole::ShardRouter],
         listeners.grpc_addr(),
         listeners.http_addr(),
+        &security.client,
     )
     .await?;
     let router = build(
         &config,
         None,
         membership.as_ref().map(|m| m.state()),
+        &security.client,
         &mut registry,
     )?;
     readiness.set("shard-router", true);
@@ -198,6 +205,7 @@ pub async fn run(
         &[service::ROUTER_SERVICE_NAME],
         &admin,
         listeners,
+        &security,
         stop,
     )
     .await;

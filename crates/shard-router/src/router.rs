@@ -719,7 +719,7 @@ mod tests {
             .map(|id| {
                 (
                     NodeSpec::new(id),
-                    WriterClient::remote(&dead_endpoint()).unwrap(),
+                    WriterClient::remote(&dead_endpoint(), &Default::default()).unwrap(),
                 )
             })
             .into();

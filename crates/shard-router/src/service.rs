@@ -1,6 +1,7 @@
 //! The gRPC face of the router and the client that hides local vs remote.
 
 use crate::router::{Router, retryable};
+use broker_common::security::{AuthChannel, ClientSecurity};
 use broker_proto::v1::router_service_client::RouterServiceClient;
 use broker_proto::v1::router_service_server::{RouterService, RouterServiceServer};
 use broker_proto::v1::{MetricBatch, PointError, RouteRequest, RouteResponse};
@@ -8,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use storage_writer::service::MAX_INTERNAL_MESSAGE_BYTES;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 pub const ROUTER_SERVICE_NAME: &str = "broker.v1.RouterService";
@@ -49,21 +49,28 @@ pub enum RouterClient {
 }
 
 /// Router endpoints and their channels, in round-robin order.
-type Endpoints = Arc<Vec<(String, RouterServiceClient<Channel>)>>;
+type Endpoints = Arc<Vec<(String, RouterServiceClient<AuthChannel>)>>;
 
 pub struct RemoteRouters {
     /// Replaced as a whole when membership changes ([`RouterClient::set_endpoints`]).
     endpoints: RwLock<Endpoints>,
     next: AtomicUsize,
+    /// TLS and token of the channels, for routers that join later.
+    security: ClientSecurity,
 }
 
-fn router_channel(a: &str) -> Result<RouterServiceClient<Channel>, Status> {
-    let ep = Endpoint::from_shared(a.to_string())
-        .map_err(|e| Status::invalid_argument(format!("router endpoint {a:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30));
-    Ok(RouterServiceClient::new(ep.connect_lazy())
+fn router_channel(
+    a: &str,
+    security: &ClientSecurity,
+) -> Result<RouterServiceClient<AuthChannel>, Status> {
+    let ch = security
+        .lazy(a, |ep| {
+            ep.connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+        })
+        .map_err(|e| Status::invalid_argument(format!("router endpoint {a:?}: {e}")))?;
+    Ok(RouterServiceClient::new(ch)
         .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES))
 }
@@ -75,26 +82,28 @@ impl RouterClient {
 
     /// Lazily connecting channels to each endpoint; calls go round robin and
     /// fail over to the next endpoint when one is unreachable.
-    pub fn remote(addrs: &[String]) -> Result<Self, Status> {
+    pub fn remote(addrs: &[String], security: &ClientSecurity) -> Result<Self, Status> {
         if addrs.is_empty() {
             return Err(Status::invalid_argument("no router endpoints configured"));
         }
         let endpoints = addrs
             .iter()
-            .map(|a| Ok((a.clone(), router_channel(a)?)))
+            .map(|a| Ok((a.clone(), router_channel(a, security)?)))
             .collect::<Result<Vec<_>, Status>>()?;
         Ok(RouterClient::Remote(Arc::new(RemoteRouters {
             endpoints: RwLock::new(Arc::new(endpoints)),
             next: AtomicUsize::new(0),
+            security: security.clone(),
         })))
     }
 
     /// Routers learned from cluster membership: starts with none and takes
     /// its endpoints from [`RouterClient::set_endpoints`].
-    pub fn dynamic() -> Self {
+    pub fn dynamic(security: &ClientSecurity) -> Self {
         RouterClient::Remote(Arc::new(RemoteRouters {
             endpoints: RwLock::new(Arc::new(Vec::new())),
             next: AtomicUsize::new(0),
+            security: security.clone(),
         }))
     }
 
@@ -113,7 +122,7 @@ impl RouterClient {
             .iter()
             .filter_map(|a| match old.iter().find(|(o, _)| o == a) {
                 Some(e) => Some(e.clone()),
-                None => match router_channel(a) {
+                None => match router_channel(a, &remote.security) {
                     Ok(c) => Some((a.clone(), c)),
                     Err(e) => {
                         tracing::warn!(router = %a, error = %e.message(), "bad router address from membership");

@@ -116,12 +116,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut registry = prometheus_client::registry::Registry::default();
     let readiness = Readiness::default();
+    let security = broker_common::security::Security::from_config(&config.security)?;
     let component = WriterComponent::start(&config, &mut registry, &readiness)?;
     let membership = cluster_client::lifecycle::join_configured(
         &config,
         vec![broker_proto::v1::MemberRole::StorageWriter],
         listeners.grpc_addr(),
         listeners.http_addr(),
+        &security.client,
     )
     .await?;
     let ownership = membership
@@ -140,6 +142,7 @@ pub async fn run(
         &[service::WRITER_SERVICE_NAME],
         &admin,
         listeners,
+        &security,
         stop.clone(),
     );
     let result = served.await;

@@ -2,6 +2,7 @@
 
 use crate::error::WriterError;
 use crate::writer::Writer;
+use broker_common::security::{AuthChannel, ClientSecurity};
 use broker_proto::v1::ClusterState;
 use broker_proto::v1::writer_service_client::WriterServiceClient;
 use broker_proto::v1::writer_service_server::{WriterService, WriterServiceServer};
@@ -10,7 +11,6 @@ use hash_ring::HashRing;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 pub const WRITER_SERVICE_NAME: &str = "broker.v1.WriterService";
@@ -153,7 +153,10 @@ pub enum WriterClient {
     Local(Arc<Writer>),
     Remote {
         addr: String,
-        client: WriterServiceClient<Channel>,
+        client: WriterServiceClient<AuthChannel>,
+        /// How this channel was made, for other channels to the same
+        /// writer (the router's health probes).
+        security: ClientSecurity,
     },
 }
 
@@ -162,19 +165,23 @@ impl WriterClient {
         WriterClient::Local(writer)
     }
 
-    /// A lazily connecting channel to `addr` (`http://host:port`).
-    pub fn remote(addr: &str) -> Result<Self, WriterError> {
-        let endpoint = Endpoint::from_shared(addr.to_string())
-            .map_err(|e| WriterError::Unreachable(addr.into(), e.to_string()))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30));
-        let client = WriterServiceClient::new(endpoint.connect_lazy())
+    /// A lazily connecting channel to `addr` (`http://host:port`), with
+    /// the TLS and token of `security`.
+    pub fn remote(addr: &str, security: &ClientSecurity) -> Result<Self, WriterError> {
+        let channel = security
+            .lazy(addr, |ep| {
+                ep.connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+            })
+            .map_err(|e| WriterError::Unreachable(addr.into(), e.to_string()))?;
+        let client = WriterServiceClient::new(channel)
             .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
         Ok(WriterClient::Remote {
             addr: addr.to_string(),
             client,
+            security: security.clone(),
         })
     }
 

@@ -1,0 +1,213 @@
+//! The `security` section: TLS on every listener and client, and bearer
+//! tokens per role. Off by default (loopback development); `broker up
+//! --secure` writes a config with both on. Its own types and `validate`.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How often certificate files are checked for changes (SIGHUP reloads at
+/// once too).
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+/// Tokens shorter than this are refused: they are guessable.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    pub tls: TlsConfig,
+    pub tokens: TokensConfig,
+}
+
+/// Whether a TLS listener asks clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificates; service-to-service calls are then protected
+    /// by the admin token alone.
+    None,
+    /// A client may present a certificate (it must then chain to `ca`);
+    /// service-to-service calls (raft, router, writer) require one. Agents
+    /// and dashboards connect with the CA and a token only.
+    #[default]
+    Optional,
+    /// Every connection must present a certificate from `ca`.
+    Required,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Optional => "optional",
+            Self::Required => "required",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain this process presents, as a server and as a
+    /// client of its peers. Unset: every port is plaintext.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle: verifies the servers this process calls and the
+    /// client certificates of its peers.
+    pub ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    /// How often `cert`, `key` and `ca` are checked for changes; a change
+    /// is loaded without a restart (new connections use it).
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            ca: None,
+            client_auth: ClientAuth::default(),
+            reload_interval: DEFAULT_TLS_RELOAD_INTERVAL,
+        }
+    }
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+}
+
+/// A secret string: its `Debug` never shows the value, so a config dump in
+/// a log does not leak it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Bearer tokens by role. An unset role is open; the admin token is
+/// accepted wherever a token is asked for.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// Agents, remote write and OTLP: `MonitorService`, `/api/v1/write`,
+    /// `/v1/metrics`, host registration.
+    pub ingest: Option<Secret>,
+    /// Dashboards: `QueryService`, `/api/query/*`, `/api/v1/*`, status pages.
+    pub query: Option<Secret>,
+    /// Operators and the services themselves: cluster-ctl, the DLQ, raft,
+    /// router and writer calls. Services send it on every internal call.
+    pub admin: Option<Secret>,
+}
+
+impl TokensConfig {
+    pub fn roles(&self) -> [(&'static str, Option<&Secret>); 3] {
+        [
+            ("ingest", self.ingest.as_ref()),
+            ("query", self.query.as_ref()),
+            ("admin", self.admin.as_ref()),
+        ]
+    }
+}
+
+impl SecurityConfig {
+    /// Problems as (key, problem); the caller adds them to the others.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut p = Vec::new();
+        let t = &self.tls;
+        match (&t.cert, &t.key) {
+            (Some(_), None) => p.push((
+                "security.tls.key".into(),
+                "is required when security.tls.cert is set".into(),
+            )),
+            (None, Some(_)) => p.push((
+                "security.tls.cert".into(),
+                "is required when security.tls.key is set".into(),
+            )),
+            _ => {}
+        }
+        if t.ca.is_some() && t.cert.is_none() {
+            p.push((
+                "security.tls.cert".into(),
+                "is required when security.tls.ca is set (every process serves too)".into(),
+            ));
+        }
+        if t.cert.is_some() && t.ca.is_none() && t.client_auth != ClientAuth::None {
+            p.push((
+                "security.tls.ca".into(),
+                format!(
+                    "is required with client_auth {} (it verifies peers' certificates); \
+                     set client_auth: none to run without client certificates",
+                    t.client_auth.as_str()
+                ),
+            ));
+        }
+        for (key, path) in [("cert", &t.cert), ("key", &t.key), ("ca", &t.ca)] {
+            if let Some(path) = path
+                && let Err(e) = std::fs::metadata(path)
+            {
+                p.push((
+                    format!("security.tls.{key}"),
+                    format!("{} cannot be read: {e}", path.display()),
+                ));
+            }
+        }
+        if t.enabled() && t.reload_interval < Duration::from_secs(1) {
+            p.push((
+                "security.tls.reload_interval".into(),
+                format!("{:?} is shorter than one second", t.reload_interval),
+            ));
+        }
+        for (role, token) in self.tokens.roles() {
+            let Some(token) = token else { continue };
+            let v = token.expose();
+            if v.len() < MIN_TOKEN_LEN {
+                p.push((
+                    format!("security.tokens.{role}"),
+                    format!("is {} characters; use at least {MIN_TOKEN_LEN}", v.len()),
+                ));
+            } else if !v.bytes().all(|b| b.is_ascii_graphic()) {
+                p.push((
+                    format!("security.tokens.{role}"),
+                    "must be printable ASCII without spaces (it travels in a header)".into(),
+                ));
+            }
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_name_keys_and_never_show_tokens() {
+        let mut c = SecurityConfig::default();
+        assert!(c.problems().is_empty());
+        c.tls.cert = Some("/nonexistent/cert.pem".into());
+        c.tokens.ingest = Some(Secret("short".into()));
+        c.tokens.admin = Some(Secret("has a space in it ....".into()));
+        let keys: Vec<_> = c.problems().into_iter().map(|(k, _)| k).collect();
+        assert!(keys.contains(&"security.tls.key".to_string()), "{keys:?}");
+        assert!(keys.contains(&"security.tls.ca".to_string()), "{keys:?}");
+        assert!(keys.contains(&"security.tls.cert".to_string()), "{keys:?}");
+        assert!(keys.contains(&"security.tokens.ingest".to_string()));
+        assert!(keys.contains(&"security.tokens.admin".to_string()));
+        assert!(!format!("{c:?}").contains("short"));
+    }
+}

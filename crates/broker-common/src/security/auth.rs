@@ -1,0 +1,387 @@
+//! Who may call what: the role each gRPC method and HTTP route needs, and
+//! the checks that enforce it. The whole policy is in this file, in two
+//! tables ([`grpc_role`], [`http_role`]), so it can be read and audited in
+//! one place; the README's Ports table lists the same.
+
+use crate::config::{ClientAuth, SecurityConfig};
+use axum::http::{Method, StatusCode};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use subtle::ConstantTimeEq;
+
+/// What a caller is allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Send data: agents, remote write, OTLP, host registration.
+    Ingest,
+    /// Read data and status: dashboards.
+    Query,
+    /// Change the cluster, replay or discard the DLQ.
+    Admin,
+    /// Service-to-service calls (raft, router, writer): the admin token
+    /// and, with TLS and client_auth on, a client certificate from the CA.
+    Peer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Query => "query",
+            Role::Admin => "admin",
+            Role::Peer => "peer",
+        }
+    }
+}
+
+/// The role a gRPC method needs (`/package.Service/Method`); `None` is
+/// open (health checks). Unknown services need admin: a new service is
+/// closed until it is listed here.
+pub fn grpc_role(path: &str) -> Option<Role> {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or("");
+    let method = parts.next().unwrap_or("");
+    Some(match service {
+        "grpc.health.v1.Health" => return None,
+        "broker.v1.MonitorService" | "opentelemetry.proto.collector.metrics.v1.MetricsService" => {
+            Role::Ingest
+        }
+        "broker.v1.HostService" if method == "Register" => Role::Ingest,
+        "broker.v1.QueryService" | "broker.v1.HostService" => Role::Query,
+        "broker.v1.RaftService" | "broker.v1.RouterService" | "broker.v1.WriterService" => {
+            Role::Peer
+        }
+        _ => Role::Admin,
+    })
+}
+
+/// The role an HTTP route needs; `None` is open (probes, metrics, the
+/// dashboard page itself, whose API calls carry the token).
+pub fn http_role(method: &Method, path: &str) -> Option<Role> {
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    if matches!(path, "/health" | "/ready" | "/metrics") || under("/dashboard") {
+        return None;
+    }
+    Some(if path == "/api/v1/write" || path == "/v1/metrics" {
+        Role::Ingest
+    } else if path == "/api/hosts" && method == Method::POST {
+        Role::Ingest
+    } else if under("/api/dlq") {
+        Role::Admin
+    } else if under("/api/query")
+        || under("/api/v1")
+        || under("/api/hosts")
+        || matches!(
+            path,
+            "/api/cluster"
+                | "/api/members"
+                | "/api/ring"
+                | "/api/alerts"
+                | "/api/autoscale"
+                | "/api/health-checks"
+                | "/api/discovery"
+        )
+    {
+        Role::Query
+    } else {
+        Role::Admin
+    })
+}
+
+/// Why a call was refused. The messages never contain a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing bearer token: this call needs the {0} token (authorization: Bearer ...)")]
+    Missing(&'static str),
+    #[error("wrong bearer token for the {0} role")]
+    Wrong(&'static str),
+    #[error("this call is service-to-service: it needs a client certificate from the cluster CA")]
+    NoClientCert,
+}
+
+/// The tokens a server checks, by role.
+#[derive(Clone, Default)]
+pub struct Tokens {
+    ingest: Option<Arc<[u8]>>,
+    query: Option<Arc<[u8]>>,
+    admin: Option<Arc<[u8]>>,
+    /// Peer calls need a verified client certificate (TLS with a CA and
+    /// client_auth optional or required).
+    peer_cert: bool,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("ingest", &self.ingest.is_some())
+            .field("query", &self.query.is_some())
+            .field("admin", &self.admin.is_some())
+            .field("peer_cert", &self.peer_cert)
+            .finish()
+    }
+}
+
+fn eq(a: &[u8], b: &[u8]) -> bool {
+    a.ct_eq(b).into()
+}
+
+impl Tokens {
+    pub fn from_config(c: &SecurityConfig) -> Self {
+        let t =
+            |s: &Option<crate::config::Secret>| s.as_ref().map(|s| s.expose().as_bytes().into());
+        Self {
+            ingest: t(&c.tokens.ingest),
+            query: t(&c.tokens.query),
+            admin: t(&c.tokens.admin),
+            peer_cert: c.tls.enabled() && c.tls.client_auth != ClientAuth::None,
+        }
+    }
+
+    /// Whether anything is checked at all (the layers are skipped if not).
+    pub fn enforced(&self) -> bool {
+        self.ingest.is_some() || self.query.is_some() || self.admin.is_some() || self.peer_cert
+    }
+
+    /// Checks a call needing `role`, given its `authorization` value and
+    /// whether the connection presented a verified client certificate.
+    pub fn check(
+        &self,
+        role: Role,
+        authorization: Option<&[u8]>,
+        client_cert: bool,
+    ) -> Result<(), AuthError> {
+        if role == Role::Peer && self.peer_cert && !client_cert {
+            return Err(AuthError::NoClientCert);
+        }
+        let wanted = match role {
+            Role::Ingest => self.ingest.as_ref(),
+            Role::Query => self.query.as_ref(),
+            Role::Admin | Role::Peer => self.admin.as_ref(),
+        };
+        let Some(wanted) = wanted else { return Ok(()) };
+        let name = match role {
+            Role::Peer => "admin",
+            r => r.as_str(),
+        };
+        let given = authorization
+            .and_then(|v| v.strip_prefix(b"Bearer ".as_slice()))
+            .ok_or(AuthError::Missing(name))?;
+        let admin_ok = self.admin.as_ref().is_some_and(|a| eq(a, given));
+        // Both comparisons always run, so timing does not tell which role
+        // a token belongs to.
+        if eq(wanted, given) | admin_ok {
+            Ok(())
+        } else {
+            Err(AuthError::Wrong(name))
+        }
+    }
+}
+
+/// The tower layer in front of every gRPC service: checks the token (and
+/// the client certificate for peer calls) before the call is decoded.
+#[derive(Clone)]
+pub struct GrpcAuthLayer {
+    pub tokens: Tokens,
+}
+
+impl<S> tower::Layer<S> for GrpcAuthLayer {
+    type Service = GrpcAuth<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcAuth {
+            inner,
+            tokens: self.tokens.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcAuth<S> {
+    inner: S,
+    tokens: Tokens,
+}
+
+type TlsInfo = tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>;
+
+impl<S, B> tower::Service<http::Request<B>> for GrpcAuth<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        futures::future::Either<S::Future, std::future::Ready<Result<S::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if let Some(role) = grpc_role(req.uri().path()) {
+            let cert = req
+                .extensions()
+                .get::<TlsInfo>()
+                .and_then(|i| i.peer_certs())
+                .is_some_and(|c| !c.is_empty());
+            let auth = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            if let Err(e) = self.tokens.check(role, auth, cert) {
+                tracing::debug!(path = req.uri().path(), error = %e, "grpc call refused");
+                let status = tonic::Status::unauthenticated(e.to_string());
+                return futures::future::Either::Right(std::future::ready(Ok(status.into_http())));
+            }
+        }
+        futures::future::Either::Left(self.inner.call(req))
+    }
+}
+
+/// The axum middleware in front of every HTTP route: 401 with
+/// `WWW-Authenticate: Bearer` when the route's token is missing or wrong.
+pub async fn http_auth(
+    axum::extract::State(tokens): axum::extract::State<Tokens>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Some(role) = http_role(req.method(), req.uri().path())
+        && let Err(e) = tokens.check(
+            // HTTP routes are token-only: peers do not call them.
+            if role == Role::Peer {
+                Role::Admin
+            } else {
+                role
+            },
+            req.headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+            false,
+        )
+    {
+        tracing::debug!(path = req.uri().path(), error = %e, "http request refused");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(http::header::WWW_AUTHENTICATE, "Bearer")],
+            format!("{e}\n"),
+        )
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// Adds a token to requests a client sends (an `authorization` header).
+#[derive(Clone, Default)]
+pub struct BearerToken(pub Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerToken {
+    pub fn new(token: Option<&str>) -> Result<Self, AuthError> {
+        Ok(Self(match token {
+            None => None,
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| AuthError::Wrong("client"))?,
+            ),
+        }))
+    }
+
+    /// The header value, for HTTP clients.
+    pub fn header(&self) -> Option<&str> {
+        self.0.as_ref().and_then(|v| v.to_str().ok())
+    }
+}
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "BearerToken({})",
+            if self.0.is_some() { "***" } else { "none" }
+        )
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn tokens() -> Tokens {
+        let mut c = SecurityConfig::default();
+        c.tokens.ingest = Some(Secret("ingest-token-0123456789".into()));
+        c.tokens.admin = Some(Secret("admin-token-0123456789".into()));
+        Tokens::from_config(&c)
+    }
+
+    #[test]
+    fn roles_admin_everywhere_and_open_roles() {
+        let t = tokens();
+        let ingest = Some(b"Bearer ingest-token-0123456789".as_slice());
+        let admin = Some(b"Bearer admin-token-0123456789".as_slice());
+        assert_eq!(t.check(Role::Ingest, ingest, false), Ok(()));
+        assert_eq!(t.check(Role::Ingest, admin, false), Ok(()));
+        assert_eq!(
+            t.check(Role::Admin, ingest, false),
+            Err(AuthError::Wrong("admin"))
+        );
+        assert_eq!(
+            t.check(Role::Ingest, None, false),
+            Err(AuthError::Missing("ingest"))
+        );
+        assert_eq!(
+            t.check(Role::Ingest, Some(b"ingest-token-0123456789"), false),
+            Err(AuthError::Missing("ingest"))
+        );
+        // No query token configured: the query role is open.
+        assert_eq!(t.check(Role::Query, None, false), Ok(()));
+        assert_eq!(t.check(Role::Peer, admin, false), Ok(()));
+    }
+
+    #[test]
+    fn the_policy_tables() {
+        assert_eq!(grpc_role("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            grpc_role("/broker.v1.MonitorService/SendMetrics"),
+            Some(Role::Ingest)
+        );
+        assert_eq!(
+            grpc_role("/broker.v1.HostService/Register"),
+            Some(Role::Ingest)
+        );
+        assert_eq!(grpc_role("/broker.v1.HostService/List"), Some(Role::Query));
+        assert_eq!(grpc_role("/broker.v1.RaftService/Send"), Some(Role::Peer));
+        assert_eq!(
+            grpc_role("/broker.v1.ClusterService/RemoveVoter"),
+            Some(Role::Admin)
+        );
+        assert_eq!(grpc_role("/something.New/Call"), Some(Role::Admin));
+        let get = Method::GET;
+        assert_eq!(http_role(&get, "/metrics"), None);
+        assert_eq!(http_role(&get, "/dashboard/"), None);
+        assert_eq!(
+            http_role(&Method::POST, "/api/v1/write"),
+            Some(Role::Ingest)
+        );
+        assert_eq!(http_role(&get, "/api/v1/query"), Some(Role::Query));
+        assert_eq!(http_role(&get, "/api/dlq"), Some(Role::Admin));
+        assert_eq!(
+            http_role(&Method::POST, "/api/dlq/replay"),
+            Some(Role::Admin)
+        );
+        assert_eq!(http_role(&Method::POST, "/api/hosts"), Some(Role::Ingest));
+        assert_eq!(http_role(&get, "/api/hosts"), Some(Role::Query));
+        assert_eq!(http_role(&get, "/api/dlqx"), Some(Role::Admin));
+        assert_eq!(http_role(&get, "/api/query/hosts"), Some(Role::Query));
+        assert_eq!(http_role(&get, "/healthz"), Some(Role::Admin));
+    }
+}
