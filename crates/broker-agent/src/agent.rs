@@ -58,6 +58,8 @@ pub struct AgentConfig {
     pub batch_max: usize,
     pub drain_timeout: Duration,
     pub connect_timeout: Duration,
+    /// TLS (the gateway's CA) and the ingest token.
+    pub security: broker_common::security::ClientSecurity,
 }
 
 impl AgentConfig {
@@ -71,6 +73,7 @@ impl AgentConfig {
             batch_max: DEFAULT_BATCH_MAX,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             connect_timeout: crate::client::DEFAULT_CONNECT_TIMEOUT,
+            security: Default::default(),
         }
     }
 
@@ -157,6 +160,7 @@ pub async fn run_agent(
         endpoints: cfg.endpoints.clone(),
         connect_timeout: cfg.connect_timeout,
         window: 1,
+        security: cfg.security.clone(),
         ..ClientConfig::new(cfg.endpoints.clone())
     };
     let mut report = AgentReport::default();

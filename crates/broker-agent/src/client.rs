@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use broker_common::security::{ClientError, ClientSecurity};
 use broker_proto::v1::monitor_service_client::MonitorServiceClient;
 use broker_proto::v1::{BatchAck, MetricBatch};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Endpoint;
 use tracing::{debug, info, warn};
 
 use crate::error::AgentError;
@@ -77,6 +77,8 @@ pub struct ClientConfig {
     pub window: usize,
     pub connect_timeout: Duration,
     pub open_timeout: Duration,
+    /// TLS (the gateway's CA) and the ingest token.
+    pub security: ClientSecurity,
 }
 
 impl ClientConfig {
@@ -88,6 +90,7 @@ impl ClientConfig {
             window: DEFAULT_WINDOW,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             open_timeout: DEFAULT_OPEN_TIMEOUT,
+            security: ClientSecurity::default(),
         }
     }
 }
@@ -224,20 +227,26 @@ impl AgentClient {
         endpoint_index: usize,
         config: &ClientConfig,
     ) -> Result<Self, AgentError> {
-        let ep = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|source| AgentError::InvalidEndpoint {
-                endpoint: endpoint.to_string(),
-                source,
-            })?
-            .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
-        let channel = ep.connect().await.map_err(|source| AgentError::Connect {
-            endpoint: endpoint.to_string(),
-            source,
-        })?;
+        let channel = config
+            .security
+            .connect(endpoint, |ep| {
+                ep.connect_timeout(config.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+                    .keep_alive_while_idle(true)
+            })
+            .await
+            .map_err(|e| match e {
+                ClientError::Connect { source, .. } => AgentError::Connect {
+                    endpoint: endpoint.to_string(),
+                    source,
+                },
+                e => AgentError::InvalidEndpoint {
+                    endpoint: endpoint.to_string(),
+                    reason: e.to_string(),
+                },
+            })?;
         let mut grpc = MonitorServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -13,12 +13,8 @@ pub enum AgentError {
     NoEndpoints,
 
     /// An endpoint string is not a valid URI.
-    #[error("invalid gateway endpoint {endpoint:?}")]
-    InvalidEndpoint {
-        endpoint: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error("invalid gateway endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
 
     /// Every endpoint was tried and none accepted a `SendMetrics` stream.
     /// `last` is the failure of the last endpoint tried; every failure is

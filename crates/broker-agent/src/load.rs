@@ -141,6 +141,8 @@ pub struct LoadConfig {
     /// [`LoadReport::acked_points`], so a test can look each one up in the
     /// store. Costs 16 bytes per acked point; off by default.
     pub record_acked: bool,
+    /// TLS (the gateway's CA) and the ingest token.
+    pub security: broker_common::security::ClientSecurity,
 }
 
 impl Default for LoadConfig {
@@ -161,6 +163,7 @@ impl Default for LoadConfig {
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             max_resends: DEFAULT_MAX_RESENDS,
             record_acked: false,
+            security: Default::default(),
         }
     }
 }
@@ -264,6 +267,7 @@ pub async fn run_load_with(
             window: cfg.window,
             connect_timeout: cfg.connect_timeout,
             open_timeout: crate::client::DEFAULT_OPEN_TIMEOUT,
+            security: cfg.security.clone(),
         })
         .collect();
     let clients = futures::future::join_all(client_configs.iter().map(AgentClient::connect)).await;

@@ -2,18 +2,15 @@
 //! dead-letter entries through its admin HTTP API (`/api/dlq`, see
 //! `storage_writer::api`).
 //!
-//! [`AdminClient`] is the HTTP client (hyper-util's pooled HTTP/1 client,
-//! already in the tree through tonic, so no new crate); the rest renders
+//! [`AdminClient`] is the HTTP client (the workspace's
+//! [`broker_common::http_client`], with TLS and the token); the rest renders
 //! answers as tables, or as the API's JSON with `--json`.
 
 use broker_common::cli::table;
-use broker_common::error_chain;
+use broker_common::http_client::{HttpClient, HttpError};
+use broker_common::security::ClientSecurity;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::{Method, StatusCode, Uri};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -22,8 +19,6 @@ use storage_writer::dlq::{EntryDetail, EntryDone, EntryList, ReplayAll};
 
 /// Where the CLI looks by default: the `http_listen` default.
 pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9190";
-/// Largest answer read (a list of 10,000 entries fits).
-const MAX_BODY_BYTES: usize = 64 << 20;
 
 #[derive(clap::Args, Debug)]
 pub struct DlqArgs {
@@ -37,6 +32,9 @@ pub struct DlqArgs {
     /// How long one request may take (a replay writes to Redis).
     #[arg(long, global = true, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
+    /// The admin token and the CA, when the broker is secured.
+    #[command(flatten)]
+    pub security: broker_common::cli::ClientSecurityArgs,
     #[command(subcommand)]
     pub action: DlqAction,
 }
@@ -103,40 +101,52 @@ impl ClientError {
 #[derive(Clone)]
 pub struct AdminClient {
     base: String,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: HttpClient,
     timeout: Duration,
 }
 
 impl AdminClient {
-    /// `admin`: `http://host:port` (or `host:port`). Plain HTTP only: the
-    /// admin port serves plain HTTP and binds loopback by default.
+    /// `admin`: `http://host:port` (or `host:port`), plain HTTP, no token.
     pub fn new(admin: &str, timeout: Duration) -> Result<Self, ClientError> {
+        Self::with_security(admin, timeout, &ClientSecurity::default())
+    }
+
+    /// As [`AdminClient::new`] for a secured broker: `https://` with the
+    /// CA of `security`, and its token (the admin token) on every request.
+    pub fn with_security(
+        admin: &str,
+        timeout: Duration,
+        security: &ClientSecurity,
+    ) -> Result<Self, ClientError> {
         let invalid = |reason: &str| ClientError::InvalidAddress {
             admin: admin.to_string(),
             reason: reason.to_string(),
         };
         let base = if admin.contains("://") {
             admin.to_string()
+        } else if security.tls.is_some() {
+            format!("https://{admin}")
         } else {
             format!("http://{admin}")
         };
         let base = base.trim_end_matches('/').to_string();
         let uri: Uri = base.parse().map_err(|e| invalid(&format!("{e}")))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(invalid(
-                "only http:// is supported (the admin port serves plain HTTP)",
-            ));
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") if security.tls.is_some() => {}
+            Some("https") => {
+                return Err(invalid(
+                    "https:// needs the CA that signed the broker's certificate (--tls-ca)",
+                ));
+            }
+            _ => return Err(invalid("must be http:// or https://")),
         }
         if uri.host().is_none() {
             return Err(invalid("no host"));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(Self {
             base,
-            client,
+            client: HttpClient::new(security),
             timeout,
         })
     }
@@ -148,41 +158,21 @@ impl AdminClient {
     /// Sends `method path`, returns the status and body.
     async fn send(&self, method: Method, path: &str) -> Result<(StatusCode, Bytes), ClientError> {
         let url = format!("{}{path}", self.base);
-        let req = Request::builder()
-            .method(method)
-            .uri(&url)
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| ClientError::InvalidAddress {
-                admin: self.base.clone(),
-                reason: e.to_string(),
-            })?;
-        let call = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| ClientError::Unreachable {
-                    url: url.clone(),
-                    reason: error_chain(&e),
-                })?;
-            let status = resp.status();
-            let body = Limited::new(resp.into_body(), MAX_BODY_BYTES)
-                .collect()
-                .await
-                .map_err(|e| ClientError::BadAnswer {
-                    url: url.clone(),
-                    reason: format!("reading the body: {e}"),
-                })?
-                .to_bytes();
-            Ok((status, body))
-        };
-        tokio::time::timeout(self.timeout, call)
+        self.client
+            .send(method, &url, None, self.timeout)
             .await
-            .map_err(|_| ClientError::Timeout {
-                url: url.clone(),
-                after: self.timeout,
-            })?
+            .map_err(|e| match e {
+                HttpError::Invalid(reason) => ClientError::InvalidAddress {
+                    admin: self.base.clone(),
+                    reason,
+                },
+                HttpError::Unreachable(reason) => ClientError::Unreachable { url, reason },
+                HttpError::Timeout(after) => ClientError::Timeout { url, after },
+                HttpError::Body(reason) => ClientError::BadAnswer {
+                    url,
+                    reason: format!("reading the body: {reason}"),
+                },
+            })
     }
 
     /// Calls the API and decodes a JSON answer; a non-2xx answer becomes
@@ -280,7 +270,11 @@ impl AdminClient {
 
 /// Runs `broker dlq ...`, printing to stdout.
 pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
-    let client = AdminClient::new(&args.admin, args.timeout)?;
+    let security = args
+        .security
+        .client_security()
+        .map_err(|e| anyhow::anyhow!("--token / --tls-*: {e}"))?;
+    let client = AdminClient::with_security(&args.admin, args.timeout, &security)?;
     let mut out = String::new();
     match args.action {
         DlqAction::List { limit, after } => {
@@ -557,7 +551,7 @@ mod tests {
         let e = AdminClient::new("https://127.0.0.1:9190", Duration::from_secs(1))
             .err()
             .unwrap();
-        assert!(e.to_string().contains("only http://"), "{e}");
+        assert!(e.to_string().contains("--tls-ca"), "{e}");
     }
 
     #[tokio::test]

@@ -35,6 +35,10 @@ struct Args {
     )]
     endpoints: Vec<String>,
 
+    /// The ingest token and the gateway's CA, when the broker is secured.
+    #[command(flatten)]
+    security: broker_common::cli::ClientSecurityArgs,
+
     /// The host id the snapshots carry (default: this machine's host name,
     /// characters outside [A-Za-z0-9._-] as '-').
     #[arg(long, env = "BROKER_AGENT_HOST_ID")]
@@ -105,7 +109,15 @@ async fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    let security = match args.security.client_security() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("broker-agent: --token / --tls-*: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let cfg = AgentConfig {
+        security,
         labels: args.labels.into_iter().collect(),
         interval: args.interval,
         buffer: args.buffer,

@@ -36,6 +36,10 @@ struct Args {
     #[arg(long, env = "BROKER_LOADGEN_ENDPOINTS", value_delimiter = ',', default_value = DEFAULT_ENDPOINT)]
     endpoints: Vec<String>,
 
+    /// The ingest token and the gateway's CA, when the broker is secured.
+    #[command(flatten)]
+    security: broker_common::cli::ClientSecurityArgs,
+
     /// Simulated hosts (host-00000 ...).
     #[arg(long, default_value_t = DEFAULT_HOSTS)]
     hosts: usize,
@@ -110,7 +114,11 @@ fn parse_pacing(s: &str) -> Result<Pacing, String> {
 }
 
 impl Args {
-    fn into_config(self) -> LoadConfig {
+    fn into_config(self) -> Result<LoadConfig, String> {
+        let security = self
+            .security
+            .client_security()
+            .map_err(|e| format!("--token / --tls-*: {e}"))?;
         let pacing = match (self.interval, self.rate, self.as_fast_as_possible) {
             (_, _, true) => Pacing::Max,
             (_, Some(rate), false) => rate,
@@ -121,7 +129,7 @@ impl Args {
             (None, None) => Some(DEFAULT_DURATION),
             (d, _) => d,
         };
-        LoadConfig {
+        Ok(LoadConfig {
             endpoints: self
                 .endpoints
                 .into_iter()
@@ -141,7 +149,8 @@ impl Args {
             drain_timeout: self.drain_timeout,
             max_resends: self.max_resends,
             record_acked: false,
-        }
+            security,
+        })
     }
 }
 
@@ -157,7 +166,13 @@ async fn main() -> ExitCode {
         .init();
 
     let json = args.json;
-    let cfg = args.into_config();
+    let cfg = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("broker-loadgen: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if let Err(e) = cfg.validate() {
         eprintln!("broker-loadgen: {e}");
         return ExitCode::from(EXIT_CONFIG);
@@ -212,7 +227,7 @@ mod tests {
     fn parse(args: &[&str]) -> LoadConfig {
         let mut argv = vec!["broker-loadgen"];
         argv.extend_from_slice(args);
-        Args::try_parse_from(argv).unwrap().into_config()
+        Args::try_parse_from(argv).unwrap().into_config().unwrap()
     }
 
     #[test]
