@@ -200,9 +200,20 @@ pub async fn try_send_batches(
     endpoint: &str,
     batches: Vec<MetricBatch>,
 ) -> Result<Vec<BatchAck>, tonic::Status> {
-    let mut client = MonitorServiceClient::connect(endpoint.to_string())
+    try_send_batches_with(endpoint, &Default::default(), batches).await
+}
+
+/// As [`try_send_batches`] through `security` (TLS, token).
+pub async fn try_send_batches_with(
+    endpoint: &str,
+    security: &broker_common::security::ClientSecurity,
+    batches: Vec<MetricBatch>,
+) -> Result<Vec<BatchAck>, tonic::Status> {
+    let channel = security
+        .connect(endpoint, |e| e)
         .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?
+        .map_err(|e| tonic::Status::unavailable(broker_common::error_chain(&e)))?;
+    let mut client = MonitorServiceClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let n = batches.len();

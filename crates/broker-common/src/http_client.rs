@@ -55,7 +55,12 @@ impl HttpClient {
         http.set_connect_timeout(Some(Duration::from_secs(5)));
         http.enforce_http(false);
         let tls = match &security.tls {
-            Some(t) => (*t.current().client_http1).clone(),
+            Some(t) => {
+                // hyper-rustls sets ALPN itself (and refuses a preset one).
+                let mut c = (*t.current().client_http1).clone();
+                c.alpn_protocols.clear();
+                c
+            }
             // No CA: https URLs fail the handshake with a clear error.
             None => tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
                 tokio_rustls::rustls::crypto::ring::default_provider(),

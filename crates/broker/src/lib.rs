@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dlq_cli;
+pub mod pki;
 
 use broker_common::{Admin, BrokerConfig, Listeners, Readiness, Service};
 use broker_proto::v1::MemberRole;

@@ -8,6 +8,8 @@
 //!   queue, through its admin HTTP API.
 //! - `broker health`: GET /health (or /ready) on this config's admin port;
 //!   the container image's HEALTHCHECK.
+//! - `broker certs`: a local CA, node certificate and tokens (what
+//!   `broker up --secure` uses), for compose or a first secured cluster.
 
 /// mimalloc: the data path allocates many small buffers per point from
 /// several threads; glibc malloc spent a quarter of the broker's CPU there.
@@ -53,6 +55,14 @@ enum Command {
         /// as host `<hostname>` every 5 s).
         #[arg(long)]
         no_agent: bool,
+        /// Run everything with TLS (mTLS between services) and a bearer
+        /// token per role, from a local CA generated into --secure-dir on
+        /// first use (reused afterwards).
+        #[arg(long)]
+        secure: bool,
+        /// Where --secure keeps its CA, certificate and token files.
+        #[arg(long, value_name = "DIR", default_value = "broker-secure")]
+        secure_dir: std::path::PathBuf,
     },
     /// Run the given services with the given config.
     Run {
@@ -79,6 +89,23 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
         timeout: std::time::Duration,
     },
+    /// Generate a local CA, a node certificate (server and client use) and
+    /// a token per role (ingest, query, admin) into a directory, and print
+    /// the `security` section that uses them.
+    Certs {
+        /// Directory to write ca.pem, ca-key.pem, node.pem, node-key.pem
+        /// and {ingest,query,admin}.token into.
+        #[arg(long, value_name = "DIR", default_value = "broker-secure")]
+        out: std::path::PathBuf,
+        /// A host name or address the node certificate is valid for, beside
+        /// localhost, 127.0.0.1 and ::1 (repeatable; e.g. compose service
+        /// names).
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Replace files already in --out.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() {
@@ -90,10 +117,18 @@ fn main() {
             raft_dir,
             no_cluster,
             no_agent,
+            secure,
+            secure_dir,
         } => {
             let config = config.load_or_exit();
-            runtime(|| up(config, redis_dir, raft_dir, no_cluster, no_agent))
+            let secure_dir = secure.then_some(secure_dir);
+            runtime(|| {
+                up(
+                    config, redis_dir, raft_dir, no_cluster, no_agent, secure_dir,
+                )
+            })
         }
+        Command::Certs { out, hosts, force } => runtime(|| async move { certs(out, hosts, force) }),
         Command::Run { config, services } => {
             let config = config.load_or_exit();
             let services = if services.is_empty() {
@@ -110,7 +145,7 @@ fn main() {
             timeout,
         } => {
             let config = config.load_or_exit();
-            runtime(|| health(config.http_listen, path, timeout))
+            runtime(|| health(config, path, timeout))
         }
     };
     std::process::exit(code);
@@ -136,15 +171,18 @@ where
 
 /// `broker health`: one GET on this process's admin port.
 async fn health(
-    listen: std::net::SocketAddr,
+    config: BrokerConfig,
     path: String,
     timeout: std::time::Duration,
 ) -> anyhow::Result<()> {
-    let mut addr = listen;
+    let mut addr = config.http_listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let client = broker::dlq_cli::AdminClient::new(&addr.to_string(), timeout)?;
+    // With TLS on, the probe speaks TLS with the config's CA.
+    let security = broker_common::security::Security::from_config(&config.security)?;
+    let client =
+        broker::dlq_cli::AdminClient::with_security(&addr.to_string(), timeout, &security.client)?;
     let body = client.get_text(&path).await?;
     println!("{}", body.trim());
     Ok(())
@@ -160,8 +198,32 @@ async fn up(
     raft_dir: Option<std::path::PathBuf>,
     no_cluster: bool,
     no_agent: bool,
+    secure_dir: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     let _guard = broker_common::telemetry::init(&config.telemetry, "broker")?;
+    let mut secure_lines = String::new();
+    if let Some(dir) = &secure_dir {
+        anyhow::ensure!(
+            config.security == Default::default(),
+            "--secure generates its own certificates and tokens, but the config already has a security section: use one or the other"
+        );
+        let (pki, fresh) = broker::pki::LocalPki::ensure(dir, &[])?;
+        config.security = pki.security_config()?;
+        let d = dir.display();
+        secure_lines = format!(
+            "\x20 security:                     TLS everywhere (CA {d}/ca.pem; service-to-service needs its client certificate), tokens {d}/{{ingest,query,admin}}.token ({})\n\
+             \x20 try: curl --cacert {d}/ca.pem -H \"Authorization: Bearer $(cat {d}/query.token)\" https://127.0.0.1:{http_port}/api/query/hosts\n\
+             \x20      brokerctl --tls-ca {d}/ca.pem --token \"$(cat {d}/admin.token)\" members\n",
+            if fresh { "generated now" } else { "reused" },
+            http_port = config.http_listen.port(),
+        );
+    }
+    let security = broker_common::security::Security::from_config(&config.security)?;
+    let scheme = if security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let _redis = if config.writer.redis_url.is_empty() {
         let mut opts = redis_process::RedisOptions::default();
         if let Some(dir) = redis_dir {
@@ -197,7 +259,7 @@ async fn up(
             .enumerate()
             .map(|(i, (g, _))| broker_common::config::RaftPeer {
                 id: i as u64 + 1,
-                addr: format!("http://127.0.0.1:{g}"),
+                addr: format!("{scheme}://127.0.0.1:{g}"),
             })
             .collect();
         for (i, (g, h)) in UP_CLUSTER_PORTS.iter().enumerate() {
@@ -217,7 +279,7 @@ async fn up(
                 stop.cancelled().await
             })));
             ctl_lines.push_str(&format!(
-                "\x20 cluster-ctl {} (raft):           grpc http://127.0.0.1:{g}  http://127.0.0.1:{h}/api/cluster\n",
+                "\x20 cluster-ctl {} (raft):           grpc {scheme}://127.0.0.1:{g}  {scheme}://127.0.0.1:{h}/api/cluster\n",
                 i + 1
             ));
         }
@@ -243,8 +305,16 @@ async fn up(
         (None, String::new())
     } else {
         let host = broker_agent::local_host_id();
-        let mut cfg = broker_agent::AgentConfig::new(vec![format!("http://{grpc}")], host.clone());
+        let mut cfg =
+            broker_agent::AgentConfig::new(vec![format!("{scheme}://{grpc}")], host.clone());
         cfg.drain_timeout = std::time::Duration::from_secs(2);
+        // The agent is an ingest client: the CA and the ingest token.
+        cfg.security = broker_common::security::ClientSecurity {
+            tls: security.tls.clone(),
+            token: broker_common::security::BearerToken::new(
+                config.security.tokens.ingest.as_ref().map(|t| t.expose()),
+            )?,
+        };
         let line = format!(
             "\x20 this machine (broker-agent):    host {host}, every {}s (--no-agent leaves it out)\n",
             cfg.interval.as_secs()
@@ -267,18 +337,26 @@ async fn up(
     };
     eprintln!(
         "\nbroker is up (ingest-gateway, shard-router, storage-writer, query-api, host-manager in one process)\n\
-         \x20 agents (gRPC MonitorService): http://{grpc}\n\
-         \x20 Prometheus remote write:      http://{http}/api/v1/write\n\
-         \x20 OpenTelemetry (OTLP):         gRPC http://{grpc}  HTTP http://{http}/v1/metrics\n\
+         \x20 agents (gRPC MonitorService): {scheme}://{grpc}\n\
+         \x20 Prometheus remote write:      {scheme}://{http}/api/v1/write\n\
+         \x20 OpenTelemetry (OTLP):         gRPC {scheme}://{grpc}  HTTP {scheme}://{http}/v1/metrics\n\
          {agent_line}\
-         \x20 dashboard:                    http://{http}/dashboard/\n\
-         \x20 query API:                    http://{http}/api/query/hosts  (Prometheus API: http://{http}/api/v1/query)\n\
-         \x20 hosts and alerts:             http://{http}/api/hosts  /api/alerts  (brokerctl hosts)\n\
-         \x20 health / ready / metrics:     http://{http}/health  /ready  /metrics\n\
+         \x20 dashboard:                    {scheme}://{http}/dashboard/\n\
+         \x20 query API:                    {scheme}://{http}/api/query/hosts  (Prometheus API: {scheme}://{http}/api/v1/query)\n\
+         \x20 hosts and alerts:             {scheme}://{http}/api/hosts  /api/alerts  (brokerctl hosts)\n\
+         \x20 health / ready / metrics:     {scheme}://{http}/health  /ready  /metrics\n\
          \x20 redis:                        {redis} (key layout: {layout})\n\
          {ctl_lines}\
-         \x20 try: cargo run --release --bin broker-loadgen -- --endpoints http://{grpc} --hosts 1000 --interval 5s --duration 60s\n\
+         {secure_lines}\
+         \x20 try: cargo run --release --bin broker-loadgen -- --endpoints {scheme}://{grpc} --hosts 1000 --interval 5s --duration 60s{loadgen_security}\n\
          \x20 stop: Ctrl-C (drains and flushes)\n",
+        loadgen_security = match &secure_dir {
+            Some(d) => format!(
+                " --tls-ca {d}/ca.pem --token \"$(cat {d}/ingest.token)\"",
+                d = d.display()
+            ),
+            None => String::new(),
+        },
         redis = config.writer.redis_url,
         layout = match config.writer.migrate_from.as_str() {
             "" => config.writer.layout.clone(),
@@ -303,4 +381,32 @@ async fn up(
         }
     }
     result
+}
+
+/// `broker certs`: writes a local PKI and prints the config that uses it.
+fn certs(out: std::path::PathBuf, hosts: Vec<String>, force: bool) -> anyhow::Result<()> {
+    let pki = if force {
+        broker::pki::LocalPki::generate(&out, &hosts)?
+    } else {
+        let (pki, fresh) = broker::pki::LocalPki::ensure(&out, &hosts)?;
+        if !fresh {
+            eprintln!(
+                "{} already holds a CA, certificate and tokens; kept (--force replaces them)",
+                out.display()
+            );
+        }
+        pki
+    };
+    let mut section = pki.security_config()?;
+    // Print where the tokens are, not the tokens.
+    section.tokens = Default::default();
+    let yaml = serde_yaml_ng::to_string(&serde_json::json!({ "security": section }))?;
+    println!(
+        "# broker.yaml: TLS from {dir}; tokens from {dir}/*.token, e.g. in the environment:\n\
+         #   BROKER_SECURITY__TOKENS__INGEST=$(cat {dir}/ingest.token)\n\
+         #   BROKER_SECURITY__TOKENS__QUERY=$(cat {dir}/query.token)\n\
+         #   BROKER_SECURITY__TOKENS__ADMIN=$(cat {dir}/admin.token)\n{yaml}",
+        dir = out.display()
+    );
+    Ok(())
 }
