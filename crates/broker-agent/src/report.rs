@@ -185,6 +185,8 @@ pub(crate) struct Counters {
     pub failed_by_reason: Mutex<BTreeMap<String, u64>>,
     /// `(host_idx, ts)` of every acked point, when asked for.
     pub acked_points: Option<Mutex<Vec<(u32, i64)>>>,
+    /// When each ack arrived and its latency, when acked points are kept.
+    pub ack_times: Option<Mutex<Vec<(std::time::Instant, Duration)>>>,
     /// Ack latency in µs.
     pub latency: Mutex<Histogram<u64>>,
 }
@@ -212,6 +214,7 @@ impl Counters {
             retries_by_reason: Mutex::new(BTreeMap::new()),
             failed_by_reason: Mutex::new(BTreeMap::new()),
             acked_points: record_acked.then(|| Mutex::new(Vec::new())),
+            ack_times: record_acked.then(|| Mutex::new(Vec::new())),
             latency: Mutex::new(new_latency_histogram()),
         }
     }
@@ -244,6 +247,9 @@ impl Counters {
         ));
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         lock(&self.latency).saturating_record(us.clamp(1, LATENCY_MAX_US));
+        if let Some(t) = &self.ack_times {
+            lock(t).push((std::time::Instant::now(), latency));
+        }
         new_reasons
     }
 
@@ -311,6 +317,7 @@ impl Counters {
                 points.sort_unstable();
                 points
             }),
+            ack_times: self.ack_times.as_ref().map(|t| lock(t).clone()),
         }
     }
 }
@@ -450,6 +457,28 @@ pub struct LoadReport {
     /// [`LoadConfig::record_acked`](crate::LoadConfig::record_acked) is set.
     /// Its values are [`value(host_idx, ts, metric)`](crate::value).
     pub acked_points: Option<Vec<(u32, i64)>>,
+    /// When each ack arrived and its latency, in arrival order, with
+    /// `acked_points`: for latency before, during and after a fault.
+    pub ack_times: Option<Vec<(std::time::Instant, Duration)>>,
+}
+
+impl LoadReport {
+    /// Ack latency percentiles of the acks that arrived in `[from, to)`
+    /// (with `ack_times`).
+    pub fn latency_between(
+        &self,
+        from: std::time::Instant,
+        to: std::time::Instant,
+    ) -> Option<LatencySummary> {
+        let mut h = new_latency_histogram();
+        for (at, l) in self.ack_times.as_ref()? {
+            if *at >= from && *at < to {
+                let us = u64::try_from(l.as_micros()).unwrap_or(u64::MAX);
+                h.saturating_record(us.clamp(1, LATENCY_MAX_US));
+            }
+        }
+        Some(LatencySummary::from_histogram(&h))
+    }
 }
 
 /// The `--json` summary line.
@@ -768,6 +797,7 @@ mod tests {
             elapsed: Duration::from_secs(4),
             latency: LatencySummary::default(),
             acked_points: None,
+            ack_times: None,
         };
         assert_eq!(report.points_per_s(), 2500.0);
         assert_eq!(report.settled(), report.sent);

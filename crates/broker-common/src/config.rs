@@ -46,6 +46,11 @@ pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// writer that is falling back to its spool answers before the router
 /// gives up on it.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A forward unanswered this long (at least; see `router.hedge`) is also
+/// sent to the points' next ring owners.
+pub const DEFAULT_HEDGE_MIN_DELAY: Duration = Duration::from_millis(300);
+/// Hedges a writer loses in a row before it is marked down.
+pub const DEFAULT_HEDGE_EJECT_AFTER: u32 = 3;
 /// Seed: back off 1 s, 2 s, 4 s.
 pub const DEFAULT_RETRY_ATTEMPTS: usize = 3;
 pub const DEFAULT_RETRY_INITIAL_BACKOFF: Duration = Duration::from_secs(1);
@@ -284,6 +289,30 @@ pub struct RouterConfig {
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
     pub retry: RetryConfig,
+    pub hedge: HedgeConfig,
+}
+
+/// Hedged forwarding: what the router does about a writer that stops
+/// answering without failing (see `shard_router::hedge`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HedgeConfig {
+    /// A forward unanswered for max(this, 3 x the writer's recent p95) is
+    /// also sent to the points' next ring owners; 0s turns hedging off.
+    #[serde(with = "humantime_serde")]
+    pub min_delay: Duration,
+    /// Hedges in a row a writer loses (the copy answered first) before it
+    /// is marked down; 0 never marks it down for slowness.
+    pub eject_after: u32,
+}
+
+impl Default for HedgeConfig {
+    fn default() -> Self {
+        Self {
+            min_delay: DEFAULT_HEDGE_MIN_DELAY,
+            eject_after: DEFAULT_HEDGE_EJECT_AFTER,
+        }
+    }
 }
 
 impl Default for RouterConfig {
@@ -297,6 +326,7 @@ impl Default for RouterConfig {
             writers: Vec::new(),
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             retry: RetryConfig::default(),
+            hedge: HedgeConfig::default(),
         }
     }
 }
@@ -777,6 +807,15 @@ impl BrokerConfig {
             }
         }
         nonzero_duration(&mut bad, "router.write_timeout", r.write_timeout);
+        if !r.hedge.min_delay.is_zero() && r.hedge.min_delay >= r.write_timeout {
+            bad(
+                "router.hedge.min_delay",
+                format!(
+                    "{:?} is not shorter than router.write_timeout ({:?}): a hedge would never start",
+                    r.hedge.min_delay, r.write_timeout
+                ),
+            );
+        }
         if r.retry.initial_backoff > r.retry.max_backoff {
             bad(
                 "router.retry.initial_backoff",

@@ -97,6 +97,10 @@ struct WriterHealth {
     /// a healthy writer touches no lock.
     failures: AtomicU32,
     state: Mutex<State>,
+    /// Latencies of its last successful forwards (for the hedge delay).
+    latency: Mutex<crate::hedge::LatencyWindow>,
+    /// Hedges in a row it lost (another writer stored the copy first).
+    lost_hedges: AtomicU32,
     /// `broker_router_writer_up{writer}`.
     gauge: Gauge,
 }
@@ -155,6 +159,8 @@ impl Health {
                     up: AtomicBool::new(true),
                     failures: AtomicU32::new(0),
                     state: Mutex::new(State::default()),
+                    latency: Mutex::default(),
+                    lost_hedges: AtomicU32::new(0),
                     gauge: g,
                 }
             })
@@ -201,6 +207,46 @@ impl Health {
         }
         if !w.up.load(Ordering::Acquire) {
             self.shared.mark_up(i, &mut lock(&w.state));
+        }
+    }
+
+    /// A forward attempt to writer `i` succeeded in `took`.
+    pub(crate) fn observe(&self, i: usize, took: Duration) {
+        let w = &self.shared.writers[i];
+        w.latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(took);
+        if w.lost_hedges.load(Ordering::Relaxed) != 0 {
+            w.lost_hedges.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How long a forward to writer `i` may go unanswered before it is
+    /// hedged (see [`crate::hedge`]).
+    pub(crate) fn hedge_delay(
+        &self,
+        i: usize,
+        min_delay: Duration,
+        write_timeout: Duration,
+    ) -> Option<Duration> {
+        let w = &self.shared.writers[i];
+        let window = w.latency.lock().unwrap_or_else(|e| e.into_inner());
+        crate::hedge::hedge_delay(&window, min_delay, write_timeout)
+    }
+
+    /// Writer `i` lost a hedge: the copy sent to other writers was stored
+    /// while it had not answered. After `eject_after` in a row (0: never)
+    /// it is marked down like an unreachable writer.
+    pub(crate) fn hedge_lost(&self, i: usize, eject_after: u32) {
+        let w = &self.shared.writers[i];
+        let lost = w
+            .lost_hedges
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if eject_after > 0 && lost >= eject_after && w.up.load(Ordering::Acquire) {
+            tracing::warn!(writer = %w.id, lost_hedges = lost, "writer answers too slowly");
+            self.mark_down(i, &mut lock(&w.state));
         }
     }
 
@@ -288,6 +334,7 @@ impl Shared {
         st.back_at = Some(Instant::now());
         let w = &self.writers[i];
         w.failures.store(0, Ordering::Relaxed);
+        w.lost_hedges.store(0, Ordering::Relaxed);
         w.up.store(true, Ordering::Release);
         self.down.fetch_sub(1, Ordering::AcqRel);
         w.gauge.set(1);

@@ -60,6 +60,7 @@
 #![forbid(unsafe_code)]
 
 pub mod health;
+pub mod hedge;
 pub mod metrics;
 pub mod router;
 pub mod service;

@@ -25,6 +25,13 @@ pub struct RouterMetrics {
     pub stale_rerouted_points: Counter,
     /// `broker_router_ring_epoch`: the epoch of the ring in use.
     pub epoch: Gauge,
+    /// `broker_router_hedges_total{writer,outcome}`: forwards also sent to
+    /// the next ring owners because the writer had not answered in time;
+    /// `outcome` is `won` (the writer answered first), `lost` (the copy
+    /// was stored first) or `failed` (the copy failed).
+    pub hedges: Family<WriterLabels, Counter>,
+    /// Points sent a second time by hedges.
+    pub hedged_points: Counter,
 }
 
 impl RouterMetrics {
@@ -40,6 +47,8 @@ impl RouterMetrics {
             rerouted_points: Counter::default(),
             stale_rerouted_points: Counter::default(),
             epoch: Gauge::default(),
+            hedges: Family::default(),
+            hedged_points: Counter::default(),
         };
         m.epoch.set(1);
         let r = registry.sub_registry_with_prefix("broker_router");
@@ -49,6 +58,16 @@ impl RouterMetrics {
             m.stale_rerouted_points.clone(),
         );
         r.register("ring_epoch", "Ring epoch in use", m.epoch.clone());
+        r.register(
+            "hedges",
+            "Forwards also sent to the next ring owners because the writer had not answered in time, by writer and outcome",
+            m.hedges.clone(),
+        );
+        r.register(
+            "hedged_points",
+            "Points sent a second time by hedges",
+            m.hedged_points.clone(),
+        );
         r.register("points", "Points routed", m.points.clone());
         r.register(
             "failed_points",

@@ -402,9 +402,14 @@ impl Router {
             metric_names: names.to_vec(),
             points: std::mem::take(&mut job.points),
         });
-        let result = self
-            .forward(topo, job.target, &job.tried, batch.clone())
-            .await;
+        let primary = self.forward(topo, job.target, &job.tried, batch.clone());
+        let hedge_delay =
+            topo.health
+                .hedge_delay(job.target, self.config.hedge.min_delay, self.write_timeout);
+        let result = match hedge_delay {
+            Some(delay) => self.hedged(topo, &job, &batch, primary, delay).await,
+            None => primary.await,
+        };
         if result.is_err() {
             // Every attempt has ended, so this is normally the last
             // reference (a local write that timed out may still hold one).
@@ -413,6 +418,81 @@ impl Router {
                 .unwrap_or_else(|b| b.points.clone());
         }
         (job, result)
+    }
+
+    /// Runs `primary` (the forward of `job`); if it has not answered after
+    /// `delay`, also sends the same points to their next ring owners that
+    /// are up (see [`crate::hedge`]). The first of the two to store every
+    /// point decides; the other is dropped (cancelled). If one fails, the
+    /// other still decides.
+    async fn hedged(
+        &self,
+        topo: &Topology,
+        job: &Job,
+        batch: &Arc<MetricBatch>,
+        primary: impl Future<Output = Result<(), Status>>,
+        delay: Duration,
+    ) -> Result<(), Status> {
+        let mut primary = std::pin::pin!(primary);
+        tokio::select! {
+            r = &mut primary => return r,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let mut tried = job.tried.clone();
+        tried.push(job.target);
+        let up = topo.health.up_all();
+        let mut groups: Vec<Vec<Point>> = vec![Vec::new(); topo.writers.len()];
+        for p in &batch.points {
+            match failover_target(&topo.ring, &p.host_id, p.timestamp, &tried, &up) {
+                Some(t) => groups[t].push(p.clone()),
+                // Nowhere else to send this point: wait for the writer.
+                None => return primary.await,
+            }
+        }
+        let id = topo.ring.nodes()[job.target].id.clone();
+        self.metrics.hedged_points.inc_by(batch.points.len() as u64);
+        tracing::debug!(writer = %id, after = ?delay, points = batch.points.len(), "hedging a slow forward");
+        let copies = groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, points)| !points.is_empty())
+            .map(|(t, points)| {
+                let copy = Arc::new(MetricBatch {
+                    seq: 0,
+                    metric_names: batch.metric_names.clone(),
+                    points,
+                });
+                let tried = tried.clone();
+                async move { self.forward(topo, t, &tried, copy).await }
+            });
+        let mut hedge = std::pin::pin!(futures::future::try_join_all(copies));
+        let outcome = |o: &str| {
+            self.metrics
+                .hedges
+                .get_or_create(&vec![("writer", id.clone()), ("outcome", o.to_string())])
+                .inc();
+        };
+        tokio::select! {
+            r = &mut primary => match r {
+                Ok(()) => {
+                    outcome("won");
+                    Ok(())
+                }
+                // The writer failed: the copy decides.
+                Err(e) => hedge.await.map(|_| ()).map_err(|_| e),
+            },
+            r = &mut hedge => match r {
+                Ok(_) => {
+                    outcome("lost");
+                    topo.health.hedge_lost(job.target, self.config.hedge.eject_after);
+                    Ok(())
+                }
+                Err(_) => {
+                    outcome("failed");
+                    primary.await
+                }
+            },
+        }
     }
 
     /// One forward with retries. Retries stop early when the writer gets
@@ -435,8 +515,13 @@ impl Router {
         let result = (|| {
             let batch = batch.clone();
             async move {
+                let attempt = Instant::now();
                 let r = writer.write(batch, topo.epoch, self.write_timeout).await;
                 match &r {
+                    Ok(()) => {
+                        topo.health.observe(target, attempt.elapsed());
+                        topo.health.answered(target);
+                    }
                     Err(e) if retryable(e) => topo.health.attempt_failed(target),
                     // Success, or a refusal: either way the writer answered.
                     _ => topo.health.answered(target),

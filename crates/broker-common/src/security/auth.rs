@@ -62,30 +62,33 @@ pub fn http_role(method: &Method, path: &str) -> Option<Role> {
     if matches!(path, "/health" | "/ready" | "/metrics") || under("/dashboard") {
         return None;
     }
-    Some(if path == "/api/v1/write" || path == "/v1/metrics" {
-        Role::Ingest
-    } else if path == "/api/hosts" && method == Method::POST {
-        Role::Ingest
-    } else if under("/api/dlq") {
-        Role::Admin
-    } else if under("/api/query")
-        || under("/api/v1")
-        || under("/api/hosts")
-        || matches!(
-            path,
-            "/api/cluster"
-                | "/api/members"
-                | "/api/ring"
-                | "/api/alerts"
-                | "/api/autoscale"
-                | "/api/health-checks"
-                | "/api/discovery"
-        )
-    {
-        Role::Query
-    } else {
-        Role::Admin
-    })
+    Some(
+        if path == "/api/v1/write"
+            || path == "/v1/metrics"
+            || (path == "/api/hosts" && method == Method::POST)
+        {
+            Role::Ingest
+        } else if under("/api/dlq") {
+            Role::Admin
+        } else if under("/api/query")
+            || under("/api/v1")
+            || under("/api/hosts")
+            || matches!(
+                path,
+                "/api/cluster"
+                    | "/api/members"
+                    | "/api/ring"
+                    | "/api/alerts"
+                    | "/api/autoscale"
+                    | "/api/health-checks"
+                    | "/api/discovery"
+            )
+        {
+            Role::Query
+        } else {
+            Role::Admin
+        },
+    )
 }
 
 /// Why a call was refused. The messages never contain a token.

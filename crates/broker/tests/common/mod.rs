@@ -83,6 +83,16 @@ impl Service {
         }
     }
 
+    /// Sends `kill -<sig>` (e.g. `STOP`, `CONT`) to the running process.
+    pub fn signal(&self, sig: &str) {
+        let c = self.child.as_ref().expect("the process runs");
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{sig} {}", self.name);
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub async fn terminate(&mut self) {
         if let Some(mut c) = self.child.take() {
