@@ -181,6 +181,15 @@ pub struct ClientSecurityArgs {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+    /// Read the token from this file instead (a mounted secret).
+    #[arg(
+        long,
+        global = true,
+        env = "BROKER_TOKEN_FILE",
+        value_name = "FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
     /// PEM CA that signed the broker's certificates: turns TLS on.
     #[arg(long, global = true, env = "BROKER_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
@@ -208,11 +217,24 @@ impl ClientSecurityArgs {
     pub fn client_security(
         &self,
     ) -> Result<crate::security::ClientSecurity, crate::security::ClientError> {
+        let from_file = match &self.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .map(|t| t.trim().to_string())
+                    .map_err(|e| {
+                        crate::security::ClientError::Token(format!(
+                            "--token-file {}: {e}",
+                            f.display()
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
         crate::security::ClientSecurity::for_tool(
             self.tls_ca.clone(),
             self.tls_cert.clone(),
             self.tls_key.clone(),
-            self.token.as_deref(),
+            self.token.as_deref().or(from_file.as_deref()),
         )
     }
 }

@@ -96,7 +96,12 @@ pub const ENV_PREFIX: &str = "BROKER_";
 fn env_is_reserved(name: &str) -> bool {
     matches!(
         name,
-        "BROKER_CONFIG" | "BROKER_TOKEN" | "BROKER_TLS_CA" | "BROKER_TLS_CERT" | "BROKER_TLS_KEY"
+        "BROKER_CONFIG"
+            | "BROKER_TOKEN"
+            | "BROKER_TOKEN_FILE"
+            | "BROKER_TLS_CA"
+            | "BROKER_TLS_CERT"
+            | "BROKER_TLS_KEY"
     ) || name.starts_with("BROKER_LOADGEN_")
 }
 

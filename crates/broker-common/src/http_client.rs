@@ -37,6 +37,10 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 pub struct HttpClient {
     client: Client<Connector, Full<Bytes>>,
     token: Option<String>,
+    /// With TLS material every `http://` URL is dialled as `https://`: a
+    /// process with certificates never talks plaintext to its peers (as
+    /// [`ClientSecurity::lazy`] does for gRPC).
+    upgrade: bool,
 }
 
 impl Default for HttpClient {
@@ -80,6 +84,7 @@ impl HttpClient {
                 .pool_idle_timeout(Duration::from_secs(30))
                 .build(connector),
             token: security.token.header().map(str::to_string),
+            upgrade: security.tls.is_some(),
         }
     }
 
@@ -92,6 +97,14 @@ impl HttpClient {
         json: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), HttpError> {
+        let upgraded;
+        let url = match url.strip_prefix("http://") {
+            Some(rest) if self.upgrade => {
+                upgraded = format!("https://{rest}");
+                upgraded.as_str()
+            }
+            _ => url,
+        };
         let mut req = Request::builder()
             .method(method)
             .uri(url)

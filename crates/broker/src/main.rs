@@ -312,7 +312,12 @@ async fn up(
         cfg.security = broker_common::security::ClientSecurity {
             tls: security.tls.clone(),
             token: broker_common::security::BearerToken::new(
-                config.security.tokens.ingest.as_ref().map(|t| t.expose()),
+                config
+                    .security
+                    .tokens
+                    .get("ingest")
+                    .as_ref()
+                    .map(|t| t.expose()),
             )?,
         };
         let line = format!(

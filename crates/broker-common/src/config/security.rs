@@ -112,15 +112,50 @@ pub struct TokensConfig {
     /// Operators and the services themselves: cluster-ctl, the DLQ, raft,
     /// router and writer calls. Services send it on every internal call.
     pub admin: Option<Secret>,
+    /// The same tokens read from files (a mounted Kubernetes Secret, a
+    /// compose volume); one of `x` and `x_file` per role. Read at start.
+    pub ingest_file: Option<PathBuf>,
+    pub query_file: Option<PathBuf>,
+    pub admin_file: Option<PathBuf>,
 }
 
 impl TokensConfig {
-    pub fn roles(&self) -> [(&'static str, Option<&Secret>); 3] {
+    /// Each role's token, from the value or the file (trimmed), or why it
+    /// cannot be had; `(role, key, result)`.
+    pub fn resolve(&self) -> [(&'static str, String, Result<Option<Secret>, String>); 3] {
+        let one = |role: &'static str, v: &Option<Secret>, f: &Option<PathBuf>| {
+            let (key, r) = match (v, f) {
+                (Some(_), Some(_)) => (
+                    format!("security.tokens.{role}_file"),
+                    Err(format!(
+                        "set security.tokens.{role} or {role}_file, not both"
+                    )),
+                ),
+                (Some(v), None) => (format!("security.tokens.{role}"), Ok(Some(v.clone()))),
+                (None, Some(f)) => (
+                    format!("security.tokens.{role}_file"),
+                    std::fs::read_to_string(f)
+                        .map(|t| Some(Secret(t.trim().to_string())))
+                        .map_err(|e| format!("{} cannot be read: {e}", f.display())),
+                ),
+                (None, None) => (format!("security.tokens.{role}"), Ok(None)),
+            };
+            (role, key, r)
+        };
         [
-            ("ingest", self.ingest.as_ref()),
-            ("query", self.query.as_ref()),
-            ("admin", self.admin.as_ref()),
+            one("ingest", &self.ingest, &self.ingest_file),
+            one("query", &self.query, &self.query_file),
+            one("admin", &self.admin, &self.admin_file),
         ]
+    }
+
+    /// The token of `role` (`ingest`, `query`, `admin`); `None` when unset
+    /// or unreadable (validation reports that before anything starts).
+    pub fn get(&self, role: &str) -> Option<Secret> {
+        self.resolve()
+            .into_iter()
+            .find(|(r, _, _)| *r == role)
+            .and_then(|(_, _, t)| t.ok().flatten())
     }
 }
 
@@ -172,17 +207,24 @@ impl SecurityConfig {
                 format!("{:?} is shorter than one second", t.reload_interval),
             ));
         }
-        for (role, token) in self.tokens.roles() {
-            let Some(token) = token else { continue };
+        for (_, key, token) in self.tokens.resolve() {
+            let token = match token {
+                Ok(Some(t)) => t,
+                Ok(None) => continue,
+                Err(e) => {
+                    p.push((key, e));
+                    continue;
+                }
+            };
             let v = token.expose();
             if v.len() < MIN_TOKEN_LEN {
                 p.push((
-                    format!("security.tokens.{role}"),
+                    key,
                     format!("is {} characters; use at least {MIN_TOKEN_LEN}", v.len()),
                 ));
             } else if !v.bytes().all(|b| b.is_ascii_graphic()) {
                 p.push((
-                    format!("security.tokens.{role}"),
+                    key,
                     "must be printable ASCII without spaces (it travels in a header)".into(),
                 ));
             }
@@ -209,5 +251,27 @@ mod tests {
         assert!(keys.contains(&"security.tokens.ingest".to_string()));
         assert!(keys.contains(&"security.tokens.admin".to_string()));
         assert!(!format!("{c:?}").contains("short"));
+    }
+
+    #[test]
+    fn tokens_from_files() {
+        let dir = std::env::temp_dir().join(format!("broker-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("admin.token");
+        std::fs::write(&f, "0123456789abcdef0123\n").unwrap();
+        let mut c = SecurityConfig::default();
+        c.tokens.admin_file = Some(f.clone());
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        assert_eq!(
+            c.tokens.get("admin").unwrap().expose(),
+            "0123456789abcdef0123"
+        );
+        c.tokens.admin = Some(Secret("0123456789abcdef0123".into()));
+        c.tokens.query_file = Some(dir.join("missing.token"));
+        let keys: Vec<_> = c.problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            ["security.tokens.query_file", "security.tokens.admin_file"]
+        );
     }
 }

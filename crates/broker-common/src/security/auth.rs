@@ -130,12 +130,15 @@ fn eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Tokens {
     pub fn from_config(c: &SecurityConfig) -> Self {
-        let t =
-            |s: &Option<crate::config::Secret>| s.as_ref().map(|s| s.expose().as_bytes().into());
+        let t = |role: &str| {
+            c.tokens
+                .get(role)
+                .map(|s| Arc::<[u8]>::from(s.expose().as_bytes()))
+        };
         Self {
-            ingest: t(&c.tokens.ingest),
-            query: t(&c.tokens.query),
-            admin: t(&c.tokens.admin),
+            ingest: t("ingest"),
+            query: t("query"),
+            admin: t("admin"),
             peer_cert: c.tls.enabled() && c.tls.client_auth != ClientAuth::None,
         }
     }

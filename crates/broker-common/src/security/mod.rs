@@ -47,11 +47,12 @@ impl Security {
         } else {
             None
         };
-        let admin = c.tokens.admin.as_ref().map(|s| s.expose());
+        let admin = c.tokens.get("admin");
         Ok(Self {
             client: ClientSecurity {
                 tls: tls.clone(),
-                token: BearerToken::new(admin).expect("validated token"),
+                token: BearerToken::new(admin.as_ref().map(|s| s.expose()))
+                    .expect("validated token"),
             },
             tls,
             tokens: Tokens::from_config(c),
@@ -69,6 +70,8 @@ impl Security {
 pub enum ClientError {
     #[error("endpoint {endpoint:?}: {reason}")]
     Endpoint { endpoint: String, reason: String },
+    #[error("token: {0}")]
+    Token(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("connecting to {endpoint}: {source}")]
@@ -108,10 +111,8 @@ impl ClientSecurity {
         };
         Ok(Self {
             tls,
-            token: BearerToken::new(token).map_err(|_| ClientError::Endpoint {
-                endpoint: String::new(),
-                reason: "the token must be printable ASCII".into(),
-            })?,
+            token: BearerToken::new(token)
+                .map_err(|_| ClientError::Token("it must be printable ASCII".into()))?,
         })
     }
 
