@@ -36,7 +36,7 @@ RUN apt-get update \
  && groupadd --system --gid 10001 broker \
  && useradd --system --uid 10001 --gid broker --home-dir /var/lib/broker \
       --shell /usr/sbin/nologin broker \
- && mkdir -p /var/lib/broker/spool /var/lib/broker/raft /var/lib/broker/redis /etc/broker \
+ && mkdir -p /var/lib/broker/spool /var/lib/broker/raft /var/lib/broker/redis /var/lib/broker/certs /etc/broker \
  && chown -R broker:broker /var/lib/broker
 # The defaults, annotated; a deployment mounts its own file here or sets
 # BROKER_* variables (they win over the file).

@@ -53,18 +53,19 @@ const MEMBERS: [&str; 8] = [
 /// no containers or volumes behind.
 struct Compose {
     project: String,
-    file: PathBuf,
+    /// docker-compose.yml, then any overlays.
+    files: Vec<PathBuf>,
     env: Vec<(&'static str, String)>,
 }
 
 impl Compose {
     fn command(&self, args: &[&str]) -> Command {
         let mut c = compose_command();
-        c.arg("--project-name")
-            .arg(&self.project)
-            .arg("--file")
-            .arg(&self.file)
-            .args(args)
+        c.arg("--project-name").arg(&self.project);
+        for f in &self.files {
+            c.arg("--file").arg(f);
+        }
+        c.args(args)
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null());
         c
@@ -124,9 +125,11 @@ fn compose_command() -> Command {
     }
 }
 
-/// Takes down what an earlier run of this test left behind (a run killed
-/// before its `Drop`): every project named `broker-test-*` but `ours`.
-fn remove_stale_projects(ours: &str, file: &std::path::Path) {
+/// Takes down what an earlier run of these tests left behind (a run killed
+/// before its `Drop`): every project named `broker-test-*` but this
+/// process's own.
+fn remove_stale_projects(file: &std::path::Path) {
+    let ours = format!("broker-test-{}", std::process::id());
     let projects = docker(&[
         "ps",
         "--all",
@@ -135,7 +138,7 @@ fn remove_stale_projects(ours: &str, file: &std::path::Path) {
     ]);
     let mut stale: Vec<&str> = projects
         .lines()
-        .filter(|p| p.starts_with("broker-test-") && *p != ours)
+        .filter(|p| p.starts_with("broker-test-") && !p.starts_with(&ours))
         .collect();
     stale.sort();
     stale.dedup();
@@ -188,9 +191,12 @@ fn all_online(s: &ClusterState) -> bool {
         .all(|id| member_state(s, id) == Some(MemberState::Online))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
-    let test_start = Instant::now();
+/// Two compose clusters at once would share two cores: the tests take
+/// turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The image under test, checked to exist.
+fn image_present() -> String {
     let image_name = image();
     let image = Command::new("docker")
         .args(["image", "inspect", &image_name])
@@ -202,10 +208,18 @@ async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
         image.success(),
         "image {image_name} missing: run scripts/images.sh (scripts/test.sh does)"
     );
+    image_name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let test_start = Instant::now();
+    let image_name = image_present();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let compose = Compose {
         project: format!("broker-test-{}", std::process::id()),
-        file: root.join("docker-compose.yml"),
+        files: vec![root.join("docker-compose.yml")],
         env: [
             "PUBLISH_GATEWAY",
             "PUBLISH_GATEWAY_2",
@@ -220,7 +234,7 @@ async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
         .chain([("IMAGE", image_name.clone())])
         .collect(),
     };
-    remove_stale_projects(&compose.project, &compose.file);
+    remove_stale_projects(&compose.files[0]);
     let gateways = vec![
         format!("http://127.0.0.1:{}", compose.published("PUBLISH_GATEWAY")),
         format!(
@@ -469,4 +483,160 @@ async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
         "FIGURE compose test: {:.0}s in all",
         test_start.elapsed().as_secs_f64()
     );
+}
+
+/// `docker-compose.secure.yml` over the same cluster: every published
+/// port refuses plaintext and missing tokens, and serves clients holding
+/// the CA and the right token (copied out of the `certs` volume); the
+/// containers' health checks (`broker health` over TLS) pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn compose_secure_cluster_speaks_only_tls_with_tokens() {
+    use broker_common::security::ClientSecurity;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let image_name = image_present();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let compose = Compose {
+        project: format!("broker-test-{}-secure", std::process::id()),
+        files: vec![
+            root.join("docker-compose.yml"),
+            root.join("docker-compose.secure.yml"),
+        ],
+        env: [
+            "PUBLISH_GATEWAY",
+            "PUBLISH_GATEWAY_2",
+            "PUBLISH_QUERY_HTTP",
+            "PUBLISH_QUERY_GRPC",
+            "PUBLISH_CTL_GRPC",
+            "PUBLISH_CTL_HTTP",
+            "PUBLISH_REDIS",
+        ]
+        .into_iter()
+        .map(|k| (k, port().to_string()))
+        .chain([("IMAGE", image_name)])
+        .collect(),
+    };
+    remove_stale_projects(&compose.files[0]);
+    let t = Instant::now();
+    compose.run(
+        &["up", "--detach", "--no-build", "--scale", "loadgen=0"],
+        Duration::from_secs(120),
+    );
+    // The CA and the tokens, as an operator copies them out.
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["ca.pem", "ingest.token", "query.token", "admin.token"] {
+        let body = compose.run(
+            &[
+                "exec",
+                "-T",
+                "cluster-ctl-1",
+                "cat",
+                &format!("/var/lib/broker/certs/{f}"),
+            ],
+            Duration::from_secs(30),
+        );
+        std::fs::write(dir.path().join(f), body).unwrap();
+    }
+    let token = |r: &str| {
+        std::fs::read_to_string(dir.path().join(format!("{r}.token")))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let with = |t: Option<&str>| {
+        ClientSecurity::for_tool(Some(dir.path().join("ca.pem")), None, None, t).unwrap()
+    };
+    let ctl_endpoint = format!(
+        "https://127.0.0.1:{}",
+        compose.published("PUBLISH_CTL_GRPC")
+    );
+    let ctl = ClusterClient::new(
+        std::slice::from_ref(&ctl_endpoint),
+        &with(Some(&token("admin"))),
+    )
+    .unwrap();
+    let (_, s) = until(
+        &ctl,
+        "every member online",
+        Duration::from_secs(120),
+        all_online,
+    )
+    .await;
+    println!(
+        "FIGURE compose secure ready: {:.1}s from `up` to every member online over TLS: {:?}",
+        t.elapsed().as_secs_f64(),
+        members_line(&s)
+    );
+    // cluster-ctl: no token, or plaintext: refused.
+    let anonymous = ClusterClient::with_retry(
+        std::slice::from_ref(&ctl_endpoint),
+        &with(None),
+        backon::ExponentialBuilder::default().with_max_times(0),
+    )
+    .unwrap();
+    let e = anonymous.members().await.unwrap_err();
+    assert!(e.to_string().contains("admin token"), "{e}");
+    let plain = ClusterClient::with_retry(
+        &[ctl_endpoint.replace("https", "http")],
+        &ClientSecurity::default(),
+        backon::ExponentialBuilder::default().with_max_times(0),
+    )
+    .unwrap();
+    assert!(plain.members().await.is_err());
+    // A gateway stores a batch sent with the ingest token only.
+    let gateway = format!("https://127.0.0.1:{}", compose.published("PUBLISH_GATEWAY"));
+    let ts = broker_tests::now() - 30;
+    let batch = || broker_proto::v1::MetricBatch {
+        seq: 1,
+        metric_names: broker_tests::metric_names(2),
+        points: vec![broker_tests::point("secure-host", ts, 2)],
+    };
+    let refused = broker_tests::try_send_batches_with(&gateway, &with(None), vec![batch()]).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let acks =
+        broker_tests::try_send_batches_with(&gateway, &with(Some(&token("ingest"))), vec![batch()])
+            .await
+            .expect("the ingest token is accepted");
+    assert_eq!(acks[0].accepted, 1, "{:?}", acks[0].errors);
+    // query-api: 401 without the query token, the point with it.
+    let url = format!(
+        "https://127.0.0.1:{}/api/query/range?host=secure-host&start=now-5m",
+        compose.published("PUBLISH_QUERY_HTTP")
+    );
+    let http = |t: Option<&str>| broker_common::http_client::HttpClient::new(&with(t));
+    let (status, _) = http(None)
+        .send(hyper::Method::GET, &url, None, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(status, hyper::StatusCode::UNAUTHORIZED);
+    let q = token("query");
+    let body = loop {
+        let (status, body) = http(Some(&q))
+            .send(hyper::Method::GET, &url, None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&body).into_owned();
+        if status.is_success() && body.contains(&ts.to_string()) {
+            break body;
+        }
+        assert!(t.elapsed() < Duration::from_secs(240), "{status}: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    println!("FIGURE compose secure: query-api over TLS with the query token: {body}");
+    // The containers' own health checks pass over TLS.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ids = compose.run(&["ps", "-q", "query-api"], Duration::from_secs(30));
+        let health = docker(&[
+            "inspect",
+            "--format",
+            "{{.State.Health.Status}}",
+            ids.trim(),
+        ]);
+        if health.trim() == "healthy" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "query-api is {}", health.trim());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    drop(compose);
 }
