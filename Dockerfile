@@ -28,7 +28,7 @@ LABEL org.opencontainers.image.title="monitoring-broker" \
       org.opencontainers.image.description="Monitoring broker: ingest-gateway, shard-router, storage-writer, query-api, cluster-ctl, brokerctl, broker-loadgen, broker-agent, redis-server"
 # redis-server: the compose file's Redis comes from the same image (no
 # registry needed); redis-cli for its health check. ca-certificates for
-# rediss:// and OTLP over TLS.
+# OTLP trace export over TLS.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       redis-server redis-tools ca-certificates \

@@ -7,6 +7,10 @@
 //!   `broker.yaml` loaded by the broker's own config loader with the
 //!   variables its pod sets, and grace periods consistent with
 //!   `shutdown_grace`.
+//! - `deploy/kubernetes-secure`: the overlay with TLS and tokens, rendered
+//!   and validated the same way; every broker workload mounts the Secret,
+//!   probes over HTTPS, and its configuration loads with a real CA and
+//!   tokens at the Secret's paths.
 //! - `docker-compose.yml`: every broker service's configuration (the shared
 //!   file plus its `BROKER_*` variables) loads, and its stop grace period
 //!   covers `shutdown_grace`.
@@ -71,7 +75,7 @@ fn rendered() -> String {
             );
         }
     }
-    match Command::new("kubectl").arg("kustomize").arg(&dir).output() {
+    match kustomize(&dir) {
         Ok(out) => {
             assert!(
                 out.status.success(),
@@ -90,6 +94,11 @@ fn rendered() -> String {
                 .join("\n---\n")
         }
     }
+}
+
+/// `kubectl kustomize dir`, or the error if kubectl cannot be run.
+fn kustomize(dir: &Path) -> std::io::Result<std::process::Output> {
+    Command::new("kubectl").arg("kustomize").arg(dir).output()
 }
 
 /// `kubernetes-validate --strict` on `text`; Ok(output) or Err(output).
@@ -263,6 +272,108 @@ fn kubernetes_manifests_are_valid_and_consistent() {
         .filter(|d| kind(d) == "PodDisruptionBudget")
         .count();
     assert_eq!(pdbs, 6, "a PodDisruptionBudget per broker service");
+}
+
+#[test]
+fn kubernetes_secure_overlay_mounts_the_secret_and_loads() {
+    let dir = root().join("deploy/kubernetes-secure");
+    let out = match kustomize(&dir) {
+        Ok(out) => out,
+        Err(e) => panic!("the secure overlay is rendered with kubectl kustomize: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    if let Err(out) = kubernetes_validate(&text) {
+        panic!("kubernetes-validate rejects deploy/kubernetes-secure:\n{out}");
+    }
+    // A real CA and tokens where the Secret would be mounted.
+    let secrets = tempfile::tempdir().unwrap();
+    let pki = broker::pki::LocalPki::generate(secrets.path(), &["broker.monitoring-broker".into()])
+        .unwrap();
+    let docs = docs(&text);
+    let mut secured = Vec::new();
+    for w in docs
+        .iter()
+        .filter(|d| matches!(d["kind"].as_str(), Some("StatefulSet" | "Deployment")))
+    {
+        let name = str_at(w, &["metadata", "name"]).unwrap();
+        if name == "redis" {
+            continue;
+        }
+        let pod = &w["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert!(
+            pod["volumes"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|v| str_at(v, &["secret", "secretName"]) == Some("broker-security")),
+            "{name}: mounts the Secret broker-security"
+        );
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(
+                str_at(container, &[probe, "httpGet", "scheme"]),
+                Some("HTTPS"),
+                "{name}: {probe} over HTTPS"
+            );
+        }
+        let cm_name = pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find_map(|v| str_at(v, &["configMap", "name"]))
+            .unwrap();
+        let cm = docs
+            .iter()
+            .find(|d| {
+                d["kind"].as_str() == Some("ConfigMap")
+                    && str_at(d, &["metadata", "name"]) == Some(cm_name)
+            })
+            .unwrap();
+        let mut env: Vec<(String, String)> = env_of_container(container)
+            .into_iter()
+            .map(|(k, v)| {
+                let v = v.replace("/var/run/secrets/broker", &pki.dir.display().to_string());
+                (k, v)
+            })
+            .collect();
+        if name == "cluster-ctl" {
+            env.push(("BROKER_CLUSTER_CTL__ID".into(), "1".into()));
+        }
+        let config = load(
+            &format!("{name} (secure)"),
+            str_at(cm, &["data", "broker.yaml"]).unwrap(),
+            &env,
+        );
+        assert!(config.security.tls.enabled(), "{name}: TLS on");
+        for role in ["ingest", "query", "admin"] {
+            assert_eq!(
+                config.security.tokens.get(role).map(|t| t.expose().to_string()),
+                Some(pki.token(role).unwrap()),
+                "{name}: the {role} token from the Secret"
+            );
+        }
+        broker_common::security::Security::from_config(&config.security)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        secured.push(name.to_string());
+    }
+    secured.sort();
+    assert_eq!(
+        secured,
+        [
+            "cluster-ctl",
+            "host-manager",
+            "ingest-gateway",
+            "query-api",
+            "shard-router",
+            "storage-writer"
+        ]
+    );
 }
 
 #[test]

@@ -831,24 +831,8 @@ impl BrokerConfig {
             );
         }
         let w = &self.writer;
-        if !w.redis_url.is_empty() {
-            let scheme_ok = [
-                "redis://",
-                "rediss://",
-                "redis-cluster://",
-                "redis-sentinel://",
-            ]
-            .iter()
-            .any(|s| w.redis_url.starts_with(s));
-            if !scheme_ok {
-                bad(
-                    "writer.redis_url",
-                    format!(
-                        "{:?} must start with redis://, rediss://, redis-cluster:// or redis-sentinel://",
-                        w.redis_url
-                    ),
-                );
-            }
+        if let Err(e) = check_redis_url(&w.redis_url) {
+            bad("writer.redis_url", e);
         }
         positive(&mut bad, "writer.pool_size", w.pool_size);
         if !LAYOUTS.contains(&w.layout.as_str()) {
@@ -904,14 +888,8 @@ impl BrokerConfig {
             );
         }
         let q = &self.query;
-        if !q.redis_url.is_empty() && !REDIS_SCHEMES.iter().any(|s| q.redis_url.starts_with(s)) {
-            bad(
-                "query.redis_url",
-                format!(
-                    "{:?} must start with redis://, rediss://, redis-cluster:// or redis-sentinel://",
-                    q.redis_url
-                ),
-            );
+        if let Err(e) = check_redis_url(&q.redis_url) {
+            bad("query.redis_url", e);
         }
         positive(&mut bad, "query.pool_size", q.pool_size);
         positive(&mut bad, "query.read_batch", q.read_batch);
@@ -1060,13 +1038,26 @@ impl BrokerConfig {
     }
 }
 
-/// URL schemes fred understands.
-const REDIS_SCHEMES: [&str; 4] = [
-    "redis://",
-    "rediss://",
-    "redis-cluster://",
-    "redis-sentinel://",
-];
+/// URL schemes the Redis client is built for.
+const REDIS_SCHEMES: [&str; 3] = ["redis://", "redis-cluster://", "redis-sentinel://"];
+
+/// An empty URL (unset) or one of [`REDIS_SCHEMES`]. TLS schemes are
+/// refused by name: fred is built without TLS, and would otherwise connect
+/// in plaintext to a `rediss://` URL without a word.
+pub(crate) fn check_redis_url(url: &str) -> Result<(), String> {
+    if url.is_empty() || REDIS_SCHEMES.iter().any(|s| url.starts_with(s)) {
+        return Ok(());
+    }
+    if url.starts_with("rediss") || url.starts_with("valkeys") {
+        return Err(format!(
+            "{url:?}: TLS to Redis is not built in (it would silently connect in plaintext); \
+             reach Redis over a private network or a TLS tunnel, with redis://"
+        ));
+    }
+    Err(format!(
+        "{url:?} must start with redis://, redis-cluster:// or redis-sentinel://"
+    ))
+}
 
 fn id_byte(b: u8) -> bool {
     crate::host_id::byte(b)
@@ -1159,6 +1150,17 @@ mod tests {
         ));
         let f = std::fs::File::create(&path).unwrap();
         (path, f)
+    }
+
+    #[test]
+    fn tls_redis_urls_are_refused_by_name() {
+        for url in ["rediss://127.0.0.1:6379", "rediss-cluster://a:1", "valkeys://a:1"] {
+            let e = load_str(&format!("writer:\n  redis_url: {url}\n"), &[], &[]).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("writer.redis_url"), "{text}");
+            assert!(text.contains("TLS to Redis is not built in"), "{text}");
+        }
+        assert!(load_str("query:\n  redis_url: redis://127.0.0.1:1\n", &[], &[]).is_ok());
     }
 
     #[test]

@@ -45,12 +45,42 @@
     $('error').textContent = '';
   }
 
+  // The query token, when the broker asks for one (security.tokens.query):
+  // from the page's #token=... fragment (never sent to the server) or asked
+  // for once on a 401; kept for this tab only.
+  let token = new URLSearchParams(location.hash.slice(1)).get('token')
+    || sessionStorage.getItem('broker-token') || '';
+  if (location.hash.includes('token=')) {
+    history.replaceState(null, '', location.pathname + location.search);
+  }
+  if (token) sessionStorage.setItem('broker-token', token);
+  let asking = null;
+
+  async function authFetch(url) {
+    const headers = () => (token ? { Authorization: 'Bearer ' + token } : {});
+    let r = await fetch(url, { headers: headers() });
+    if (r.status === 401) {
+      // One prompt for every request refused at the same time.
+      asking = asking || Promise.resolve().then(() => {
+        const t = window.prompt('This broker asks for a query token (security.tokens.query):');
+        if (t) {
+          token = t.trim();
+          sessionStorage.setItem('broker-token', token);
+        }
+      });
+      await asking;
+      asking = null;
+      if (token) r = await fetch(url, { headers: headers() });
+    }
+    return r;
+  }
+
   async function api(path, params) {
     state.pending++;
     setStatus();
     try {
       const qs = params ? '?' + new URLSearchParams(params) : '';
-      const r = await fetch(path + qs);
+      const r = await authFetch(path + qs);
       const body = await r.json().catch(() => ({}));
       if (!r.ok) throw new Error((body && body.error) || `${r.status} ${r.statusText}`);
       clearError();
@@ -324,7 +354,7 @@
   async function loadFleet() {
     // host-manager serves these on the admin port of the process that runs
     // it (broker up, or query-api's container in compose).
-    const r = await fetch('/api/hosts');
+    const r = await authFetch('/api/hosts');
     const missing = $('fleet-missing');
     if (r.status === 404) {
       missing.textContent = 'host-manager does not run in this process: the fleet is served by the process that runs it (broker up runs both; or add --service host-manager).';

@@ -17,8 +17,10 @@
 //! the server fred's client of the same pool slot is connected to right
 //! now, and is dropped and reopened when that changes (a sentinel
 //! failover) or when anything goes wrong with it, so it never outlives
-//! fred's view of the topology. Clusters and TLS connections keep using
-//! fred: [`DirectPipes::new`] answers `None` for them.
+//! fred's view of the topology. Clusters keep using fred:
+//! [`DirectPipes::new`] answers `None` for them. (TLS to Redis is refused
+//! by the config: fred is built without it; a TLS connection would need
+//! this module to step aside too, docs/adr/0007.)
 
 use crate::exec::Command;
 use bytes::{Buf, BytesMut};

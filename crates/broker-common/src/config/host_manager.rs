@@ -435,18 +435,8 @@ impl HostManagerConfig {
                 bad(key, "must be greater than zero".into());
             }
         };
-        if !self.redis_url.is_empty()
-            && !super::REDIS_SCHEMES
-                .iter()
-                .any(|s| self.redis_url.starts_with(s))
-        {
-            bad(
-                "host_manager.redis_url",
-                format!(
-                    "{:?} must start with redis://, rediss://, redis-cluster:// or redis-sentinel://",
-                    self.redis_url
-                ),
-            );
+        if let Err(e) = super::check_redis_url(&self.redis_url) {
+            bad("host_manager.redis_url", e);
         }
         nonzero(bad, "host_manager.refresh_interval", self.refresh_interval);
         nonzero(bad, "host_manager.report_interval", self.report_interval);

@@ -57,6 +57,10 @@ pub struct TlsConfig {
     /// client certificates of its peers.
     pub ca: Option<PathBuf>,
     pub client_auth: ClientAuth,
+    /// The name this process checks its peers' certificates against,
+    /// whatever address it dials (pods advertised by IP, one certificate
+    /// for every service). Unset: the host of the address dialled.
+    pub server_name: Option<String>,
     /// How often `cert`, `key` and `ca` are checked for changes; a change
     /// is loaded without a restart (new connections use it).
     #[serde(with = "humantime_serde")]
@@ -70,6 +74,7 @@ impl Default for TlsConfig {
             key: None,
             ca: None,
             client_auth: ClientAuth::default(),
+            server_name: None,
             reload_interval: DEFAULT_TLS_RELOAD_INTERVAL,
         }
     }
@@ -200,6 +205,14 @@ impl SecurityConfig {
                     format!("{} cannot be read: {e}", path.display()),
                 ));
             }
+        }
+        if let Some(n) = &t.server_name
+            && rustls_pki_types::ServerName::try_from(n.as_str()).is_err()
+        {
+            p.push((
+                "security.tls.server_name".into(),
+                format!("{n:?} is not a DNS name or an IP address"),
+            ));
         }
         if t.enabled() && t.reload_interval < Duration::from_secs(1) {
             p.push((

@@ -105,6 +105,7 @@ impl ClientSecurity {
                 key,
                 ca,
                 client_auth: crate::config::ClientAuth::None,
+                server_name: None,
             })?)
         } else {
             None

@@ -47,6 +47,8 @@ pub struct TlsFiles {
     pub key: Option<PathBuf>,
     pub ca: Option<PathBuf>,
     pub client_auth: ClientAuth,
+    /// Checked in the servers' certificates instead of the dialled host.
+    pub server_name: Option<String>,
 }
 
 impl TlsFiles {
@@ -56,6 +58,7 @@ impl TlsFiles {
             key: c.key.clone(),
             ca: c.ca.clone(),
             client_auth: c.client_auth,
+            server_name: c.server_name.clone(),
         }
     }
 
@@ -340,7 +343,11 @@ pub async fn connect(
     authority: &str,
     http1: bool,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let name = server_name(authority).map_err(std::io::Error::other)?;
+    let name = match &tls.files.server_name {
+        Some(n) => ServerName::try_from(n.clone())
+            .map_err(|_| std::io::Error::other(TlsError::ServerName(n.clone())))?,
+        None => server_name(authority).map_err(std::io::Error::other)?,
+    };
     let b = tls.current();
     let config = if http1 {
         b.client_http1.clone()
