@@ -24,6 +24,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+/// Every broker workload of the manifests (all but Redis), sorted.
+const BROKER_WORKLOADS: [&str; 6] = [
+    "cluster-ctl",
+    "host-manager",
+    "ingest-gateway",
+    "query-api",
+    "shard-router",
+    "storage-writer",
+];
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -246,17 +256,7 @@ fn kubernetes_manifests_are_valid_and_consistent() {
         checked.push(name.to_string());
     }
     checked.sort();
-    assert_eq!(
-        checked,
-        [
-            "cluster-ctl",
-            "host-manager",
-            "ingest-gateway",
-            "query-api",
-            "shard-router",
-            "storage-writer"
-        ]
-    );
+    assert_eq!(checked, BROKER_WORKLOADS);
     for set in ["cluster-ctl", "storage-writer"] {
         let w = workloads
             .iter()
@@ -353,7 +353,11 @@ fn kubernetes_secure_overlay_mounts_the_secret_and_loads() {
         assert!(config.security.tls.enabled(), "{name}: TLS on");
         for role in ["ingest", "query", "admin"] {
             assert_eq!(
-                config.security.tokens.get(role).map(|t| t.expose().to_string()),
+                config
+                    .security
+                    .tokens
+                    .get(role)
+                    .map(|t| t.expose().to_string()),
                 Some(pki.token(role).unwrap()),
                 "{name}: the {role} token from the Secret"
             );
@@ -363,17 +367,7 @@ fn kubernetes_secure_overlay_mounts_the_secret_and_loads() {
         secured.push(name.to_string());
     }
     secured.sort();
-    assert_eq!(
-        secured,
-        [
-            "cluster-ctl",
-            "host-manager",
-            "ingest-gateway",
-            "query-api",
-            "shard-router",
-            "storage-writer"
-        ]
-    );
+    assert_eq!(secured, BROKER_WORKLOADS);
 }
 
 #[test]

@@ -10,12 +10,14 @@ use broker_common::config::{ClientAuth, SecurityConfig};
 use broker_common::http_client::HttpClient;
 use broker_common::security::{BearerToken, ClientSecurity, Security};
 use broker_proto::v1::cluster_service_client::ClusterServiceClient;
+use broker_proto::v1::host_service_client::HostServiceClient;
 use broker_proto::v1::query_service_client::QueryServiceClient;
 use broker_proto::v1::raft_service_client::RaftServiceClient;
+use broker_proto::v1::router_service_client::RouterServiceClient;
 use broker_proto::v1::writer_service_client::WriterServiceClient;
 use broker_proto::v1::{
-    HostsRequest, JoinRequest, Member, MemberRole, MembersRequest, MetricBatch, RaftMessages,
-    VoterRequest, WriteRequest,
+    HostsRequest, JoinRequest, ListHostsRequest, Member, MemberRole, MembersRequest, MetricBatch,
+    RaftMessages, RouteRequest, VoterRequest, WriteRequest,
 };
 use broker_tests::cluster::CtlCluster;
 use broker_tests::*;
@@ -87,7 +89,17 @@ async fn every_port_wants_tls_the_right_certificate_and_the_right_token() {
     let mut config = config_for(&redis.url());
     config.security = pki.security_config().unwrap();
     config.security.tls.reload_interval = Duration::from_secs(1);
-    let broker = Running::broker(config, &Service::DEFAULT).await;
+    let broker = Running::broker(
+        config,
+        &[
+            Service::IngestGateway,
+            Service::ShardRouter,
+            Service::StorageWriter,
+            Service::QueryApi,
+            Service::HostManager,
+        ],
+    )
+    .await;
     let grpc = format!("https://{}", broker.grpc);
     let https = format!("https://{}", broker.http);
     let token = |r: &str| pki.token(r).unwrap();
@@ -183,12 +195,39 @@ async fn every_port_wants_tls_the_right_certificate_and_the_right_token() {
     write(&peer)
         .await
         .expect("a peer with the CA's certificate and the admin token writes");
+    let (c, m) = code(
+        RouterServiceClient::new(ch(&admin_no_cert))
+            .route(RouteRequest {
+                batch: Some(batch("sec-c", ts)),
+            })
+            .await,
+    );
+    assert_eq!(c, Code::Unauthenticated, "{m}");
+    RouterServiceClient::new(ch(&peer))
+        .route(RouteRequest {
+            batch: Some(batch("sec-c", ts)),
+        })
+        .await
+        .expect("a peer routes");
+    // host-manager: the query token lists, the ingest token does not.
+    let (c, m) = code(
+        HostServiceClient::new(ch(&ingest))
+            .list(ListHostsRequest::default())
+            .await,
+    );
+    assert_eq!(c, Code::Unauthenticated, "{m}");
+    HostServiceClient::new(ch(&query))
+        .list(ListHostsRequest::default())
+        .await
+        .expect("the query token lists hosts");
 
     // 4. HTTP: 401 with WWW-Authenticate for a missing or wrong token;
     // probes and metrics stay open.
     for (path, role) in [
         ("/api/query/hosts", "query"),
         ("/api/v1/query?query=up", "query"),
+        ("/api/hosts", "query"),
+        ("/api/alerts", "query"),
         ("/api/dlq", "admin"),
     ] {
         let (s, body) = get(&anonymous, &format!("{https}{path}")).await.unwrap();

@@ -1021,12 +1021,7 @@ impl BrokerConfig {
     /// `cluster.advertise_addr`, else `https://` (TLS on) or `http://`.
     pub fn advertise_addr_for(&self, grpc: SocketAddr) -> String {
         if self.cluster.advertise_addr.is_empty() {
-            let scheme = if self.security.tls.enabled() {
-                "https"
-            } else {
-                "http"
-            };
-            format!("{scheme}://{grpc}")
+            format!("{}://{grpc}", self.security.tls.scheme())
         } else {
             self.cluster.advertise_addr.clone()
         }
@@ -1154,7 +1149,11 @@ mod tests {
 
     #[test]
     fn tls_redis_urls_are_refused_by_name() {
-        for url in ["rediss://127.0.0.1:6379", "rediss-cluster://a:1", "valkeys://a:1"] {
+        for url in [
+            "rediss://127.0.0.1:6379",
+            "rediss-cluster://a:1",
+            "valkeys://a:1",
+        ] {
             let e = load_str(&format!("writer:\n  redis_url: {url}\n"), &[], &[]).unwrap_err();
             let text = e.to_string();
             assert!(text.contains("writer.redis_url"), "{text}");

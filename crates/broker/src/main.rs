@@ -219,11 +219,7 @@ async fn up(
         );
     }
     let security = broker_common::security::Security::from_config(&config.security)?;
-    let scheme = if security.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = config.security.tls.scheme();
     let _redis = if config.writer.redis_url.is_empty() {
         let mut opts = redis_process::RedisOptions::default();
         if let Some(dir) = redis_dir {

@@ -195,6 +195,23 @@ fn all_online(s: &ClusterState) -> bool {
 /// turns.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Every published port on a free loopback port, and the image.
+fn published_env(image: &str) -> Vec<(&'static str, String)> {
+    [
+        "PUBLISH_GATEWAY",
+        "PUBLISH_GATEWAY_2",
+        "PUBLISH_QUERY_HTTP",
+        "PUBLISH_QUERY_GRPC",
+        "PUBLISH_CTL_GRPC",
+        "PUBLISH_CTL_HTTP",
+        "PUBLISH_REDIS",
+    ]
+    .into_iter()
+    .map(|k| (k, port().to_string()))
+    .chain([("IMAGE", image.to_string())])
+    .collect()
+}
+
 /// The image under test, checked to exist.
 fn image_present() -> String {
     let image_name = image();
@@ -220,19 +237,7 @@ async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
     let compose = Compose {
         project: format!("broker-test-{}", std::process::id()),
         files: vec![root.join("docker-compose.yml")],
-        env: [
-            "PUBLISH_GATEWAY",
-            "PUBLISH_GATEWAY_2",
-            "PUBLISH_QUERY_HTTP",
-            "PUBLISH_QUERY_GRPC",
-            "PUBLISH_CTL_GRPC",
-            "PUBLISH_CTL_HTTP",
-            "PUBLISH_REDIS",
-        ]
-        .into_iter()
-        .map(|k| (k, port().to_string()))
-        .chain([("IMAGE", image_name.clone())])
-        .collect(),
+        env: published_env(&image_name),
     };
     remove_stale_projects(&compose.files[0]);
     let gateways = vec![
@@ -501,19 +506,7 @@ async fn compose_secure_cluster_speaks_only_tls_with_tokens() {
             root.join("docker-compose.yml"),
             root.join("docker-compose.secure.yml"),
         ],
-        env: [
-            "PUBLISH_GATEWAY",
-            "PUBLISH_GATEWAY_2",
-            "PUBLISH_QUERY_HTTP",
-            "PUBLISH_QUERY_GRPC",
-            "PUBLISH_CTL_GRPC",
-            "PUBLISH_CTL_HTTP",
-            "PUBLISH_REDIS",
-        ]
-        .into_iter()
-        .map(|k| (k, port().to_string()))
-        .chain([("IMAGE", image_name)])
-        .collect(),
+        env: published_env(&image_name),
     };
     remove_stale_projects(&compose.files[0]);
     let t = Instant::now();

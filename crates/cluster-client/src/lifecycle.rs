@@ -28,11 +28,7 @@ pub async fn join_configured(
         return Ok(None);
     }
     let client = ClusterClient::new(&config.cluster.endpoints, security)?;
-    let scheme = if security.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = config.security.tls.scheme();
     let addr = config.advertise_addr_for(grpc);
     let opts = MembershipOptions {
         id: config.node_id.clone(),

@@ -37,7 +37,7 @@ impl ClusterView {
                 addr: config.advertise_addr(),
                 state: MemberState::Online as i32,
                 weight: config.cluster.weight.max(1),
-                admin_addr: format!("http://{}", config.http_listen),
+                admin_addr: format!("{}://{}", config.security.tls.scheme(), config.http_listen),
                 ..Default::default()
             }]
         } else {

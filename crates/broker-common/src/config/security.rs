@@ -84,6 +84,11 @@ impl TlsConfig {
     pub fn enabled(&self) -> bool {
         self.cert.is_some()
     }
+
+    /// The URL scheme of this process's own addresses.
+    pub fn scheme(&self) -> &'static str {
+        if self.enabled() { "https" } else { "http" }
+    }
 }
 
 /// A secret string: its `Debug` never shows the value, so a config dump in
