@@ -153,7 +153,8 @@ pub enum WriterClient {
     Local(Arc<Writer>),
     Remote {
         addr: String,
-        client: WriterServiceClient<AuthChannel>,
+        /// Boxed: the channel and its interceptor are large beside `Local`.
+        client: Box<WriterServiceClient<AuthChannel>>,
         /// How this channel was made, for other channels to the same
         /// writer (the router's health probes).
         security: ClientSecurity,
@@ -180,7 +181,7 @@ impl WriterClient {
             .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
         Ok(WriterClient::Remote {
             addr: addr.to_string(),
-            client,
+            client: Box::new(client),
             security: security.clone(),
         })
     }

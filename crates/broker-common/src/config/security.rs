@@ -129,10 +129,17 @@ pub struct TokensConfig {
     pub admin_file: Option<PathBuf>,
 }
 
+/// One role's token as configured: its role, the key it came from, and the
+/// token (`None`: unset) or why it cannot be had.
+pub struct ResolvedToken {
+    pub role: &'static str,
+    pub key: String,
+    pub token: Result<Option<Secret>, String>,
+}
+
 impl TokensConfig {
-    /// Each role's token, from the value or the file (trimmed), or why it
-    /// cannot be had; `(role, key, result)`.
-    pub fn resolve(&self) -> [(&'static str, String, Result<Option<Secret>, String>); 3] {
+    /// Each role's token, from the value or the file (trimmed).
+    pub fn resolve(&self) -> [ResolvedToken; 3] {
         let one = |role: &'static str, v: &Option<Secret>, f: &Option<PathBuf>| {
             let (key, r) = match (v, f) {
                 (Some(_), Some(_)) => (
@@ -150,7 +157,11 @@ impl TokensConfig {
                 ),
                 (None, None) => (format!("security.tokens.{role}"), Ok(None)),
             };
-            (role, key, r)
+            ResolvedToken {
+                role,
+                key,
+                token: r,
+            }
         };
         [
             one("ingest", &self.ingest, &self.ingest_file),
@@ -164,8 +175,8 @@ impl TokensConfig {
     pub fn get(&self, role: &str) -> Option<Secret> {
         self.resolve()
             .into_iter()
-            .find(|(r, _, _)| *r == role)
-            .and_then(|(_, _, t)| t.ok().flatten())
+            .find(|t| t.role == role)
+            .and_then(|t| t.token.ok().flatten())
     }
 }
 
@@ -225,7 +236,7 @@ impl SecurityConfig {
                 format!("{:?} is shorter than one second", t.reload_interval),
             ));
         }
-        for (_, key, token) in self.tokens.resolve() {
+        for ResolvedToken { key, token, .. } in self.tokens.resolve() {
             let token = match token {
                 Ok(Some(t)) => t,
                 Ok(None) => continue,
