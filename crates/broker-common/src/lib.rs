@@ -16,6 +16,10 @@
 //!   series notation (`name{k="v"}`): format, parse, check.
 //! - [`host_id`]: the characters of host ids, and the host an `instance`
 //!   label names.
+//! - [`validate`]: the checks every batch passes, at the gateway and again
+//!   at the router and the writer (whatever reaches Redis was checked).
+//! - [`security`]: TLS and bearer tokens of every server and client;
+//!   [`http_client`]: the HTTP/1 client with both.
 
 #![forbid(unsafe_code)]
 
@@ -31,6 +35,15 @@ pub mod serve;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod validate;
+
+/// Now, in Unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
 
 pub use admin::{Admin, Readiness};
 pub use config::BrokerConfig;

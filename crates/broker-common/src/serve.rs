@@ -91,10 +91,17 @@ pub async fn serve(
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
     };
-    let http_router = admin.router().layer(axum::middleware::from_fn_with_state(
-        security.tokens.clone(),
-        crate::security::auth::http_auth,
-    ));
+    let http_router = admin
+        .router()
+        // Inner: the token check runs before any handler.
+        .layer(axum::middleware::from_fn_with_state(
+            security.tokens.clone(),
+            crate::security::auth::http_auth,
+        ))
+        // Outer: no request holds a connection and a task for longer than
+        // HTTP_REQUEST_TIMEOUT, whatever the route (queries have their own,
+        // shorter, query.timeout).
+        .layer(axum::middleware::from_fn(deadline));
     let http_stop = stop.clone();
     let http_shutdown = async move { http_stop.cancelled().await };
     let (g, h) = match &security.tls {
@@ -141,6 +148,29 @@ pub async fn serve(
     g.map_err(|e| anyhow::anyhow!("grpc server: {e}"))?;
     h.map_err(|e| anyhow::anyhow!("admin http server: {e}"))?;
     Ok(())
+}
+
+/// Longest an admin-port request may take (a DLQ replay of many entries is
+/// the slowest; `broker dlq`'s own default timeout is the same).
+pub const HTTP_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn deadline(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path().to_string();
+    match tokio::time::timeout(HTTP_REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(path = %path, after = ?HTTP_REQUEST_TIMEOUT, "http request timed out");
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("{path} took longer than {HTTP_REQUEST_TIMEOUT:?}\n"),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Turns any shutdown future into a token that is cancelled when it fires.

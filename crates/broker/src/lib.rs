@@ -98,6 +98,7 @@ pub async fn run(
             .map(|s| storage_writer::service::Ownership::new(&config.node_id, s));
         routes.add_service(
             WriterGrpc::new(w.writer.clone())
+                .with_limits(&config)
                 .with_ownership(ownership)
                 .into_server(),
         );
@@ -118,7 +119,11 @@ pub async fn run(
             &security.client,
             &mut registry,
         )?;
-        routes.add_service(RouterGrpc::new(r.clone()).into_server());
+        routes.add_service(
+            RouterGrpc::new(r.clone())
+                .with_limits(&config)
+                .into_server(),
+        );
         names.push(shard_router::service::ROUTER_SERVICE_NAME);
         readiness.set("shard-router", true);
         Some(r)

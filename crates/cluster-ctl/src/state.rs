@@ -159,7 +159,18 @@ pub fn check(state: &ClusterState, cmd: &ClusterCommand) -> Result<(), CommandEr
     let member = |id: &str| state.members.iter().find(|m| m.id == id);
     match &cmd.command {
         None => Err(CommandError::Invalid("empty command".into())),
-        Some(Command::Join(m)) => check_member(m),
+        Some(Command::Join(m)) => {
+            check_member(m)?;
+            let others = state.members.iter().filter(|o| o.id != m.id);
+            if others.clone().count() + 1 > MAX_MEMBERS {
+                return Err(CommandError::Invalid(format!(
+                    "the cluster has {MAX_MEMBERS} members, the most it takes; remove one first"
+                )));
+            }
+            let weight: u64 = others.map(|o| u64::from(o.weight.max(1))).sum::<u64>()
+                + u64::from(m.weight.max(1));
+            check_ring_size(state.ring.as_ref().map_or(0, |r| r.vnodes), weight)
+        }
         Some(Command::Leave(id)) => member(id)
             .map(|_| ())
             .ok_or_else(|| CommandError::UnknownMember(id.clone())),
@@ -173,8 +184,34 @@ pub fn check(state: &ClusterState, cmd: &ClusterCommand) -> Result<(), CommandEr
                 ))),
             }
         }
-        Some(Command::SetRing(r)) => check_ring(r),
+        Some(Command::SetRing(r)) => {
+            check_ring(r)?;
+            let weight = state
+                .members
+                .iter()
+                .map(|o| u64::from(o.weight.max(1)))
+                .sum();
+            check_ring_size(r.vnodes, weight)
+        }
     }
+}
+
+/// Members a cluster holds at most.
+pub const MAX_MEMBERS: usize = 1_024;
+/// Points of the ring at most (vnodes x the members' total weight): every
+/// router, writer and query-api holds the ring, about 16 bytes a point.
+pub const MAX_RING_POINTS: u64 = 4_000_000;
+/// Longest member address.
+pub const MAX_ADDR_LEN: usize = 256;
+
+fn check_ring_size(vnodes: u32, total_weight: u64) -> Result<(), CommandError> {
+    let points = u64::from(vnodes).saturating_mul(total_weight);
+    if points > MAX_RING_POINTS {
+        return Err(CommandError::Invalid(format!(
+            "the ring would have {points} points (vnodes {vnodes} x total weight {total_weight}), more than {MAX_RING_POINTS}; lower vnodes or weights"
+        )));
+    }
+    Ok(())
 }
 
 fn id_ok(id: &str) -> bool {
@@ -186,6 +223,13 @@ fn check_member(m: &Member) -> Result<(), CommandError> {
         return Err(CommandError::Invalid(format!(
             "member id {:?} must be 1 to 128 letters, digits, '.', '_' or '-'",
             m.id
+        )));
+    }
+    if m.addr.len() > MAX_ADDR_LEN {
+        return Err(CommandError::Invalid(format!(
+            "member {} addr is {} bytes long, the limit is {MAX_ADDR_LEN}",
+            m.id,
+            m.addr.len()
         )));
     }
     if !(m.addr.starts_with("http://") || m.addr.starts_with("https://")) {
@@ -314,6 +358,46 @@ mod tests {
             })),
         };
         assert!(sm.check(&ring).unwrap_err().to_string().contains("md5"));
+    }
+
+    #[test]
+    fn membership_is_bounded() {
+        let mut sm = StateMachine::default();
+        // A ring of vnodes x total weight above MAX_RING_POINTS is refused
+        // before any router has to allocate it.
+        let ring = |vnodes| ClusterCommand {
+            at_ms: 1,
+            command: Some(Command::SetRing(RingSettings {
+                vnodes,
+                hash: "xxh3".into(),
+            })),
+        };
+        assert!(sm.apply(1, &ring(hash_ring::MAX_VNODES)));
+        let mut heavy = join("heavy", 2);
+        if let Some(Command::Join(m)) = &mut heavy.command {
+            m.weight = hash_ring::MAX_WEIGHT;
+        }
+        for i in 0..(MAX_RING_POINTS / (u64::from(hash_ring::MAX_VNODES) * 100)) {
+            let mut j = heavy.clone();
+            if let Some(Command::Join(m)) = &mut j.command {
+                m.id = format!("heavy-{i}");
+            }
+            sm.check(&j).unwrap();
+            assert!(sm.apply(2 + i, &j));
+        }
+        let e = sm.check(&join("one-more", 3)).unwrap_err().to_string();
+        assert!(e.contains("more than 4000000"), "{e}");
+        // A long address.
+        let mut long = join("long", 4);
+        if let Some(Command::Join(m)) = &mut long.command {
+            m.addr = format!("http://{}", "a".repeat(300));
+        }
+        let e = sm.check(&long).unwrap_err().to_string();
+        assert!(e.contains("bytes long"), "{e}");
+        // vnodes raised over existing weights.
+        let mut small = StateMachine::default();
+        assert!(small.apply(1, &join("w", 1)));
+        assert!(small.check(&ring(hash_ring::MAX_VNODES)).is_ok());
     }
 
     #[test]

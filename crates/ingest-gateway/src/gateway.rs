@@ -14,7 +14,7 @@ use broker_proto::v1::{BatchAck, BatchError, MetricBatch, PointError, RejectReas
 use shard_router::RouterClient;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -302,8 +302,5 @@ fn batch_error_label(e: BatchError) -> &'static str {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    broker_common::unix_now()
 }

@@ -3,7 +3,8 @@
 //! and acks each batch only after its points are durable.
 //!
 //! # Layout
-//! - [`validate`]: per-point validation with reasons (pure logic).
+//! - [`validate`]: per-point validation with reasons (pure logic; in
+//!   broker-common, so the writer and the router run the same checks).
 //! - [`gateway`]: the stream handler, backpressure and acks; the one
 //!   ingest path (validate, route, ack after durable) both protocols use.
 //! - [`samples`]: labelled series' samples gathered into the broker's
@@ -19,7 +20,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod remote_write;
 pub mod samples;
-pub mod validate;
+pub use broker_common::validate;
 
 pub use gateway::Gateway;
 

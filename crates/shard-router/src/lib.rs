@@ -200,7 +200,8 @@ pub async fn run(
     readiness.set("shard-router", true);
     let admin = Admin::new(registry, readiness);
     let stop = broker_common::serve::token_from(shutdown);
-    let routes = tonic::service::Routes::new(RouterGrpc::new(router).into_server());
+    let routes =
+        tonic::service::Routes::new(RouterGrpc::new(router).with_limits(&config).into_server());
     let result = broker_common::serve::serve(
         routes,
         &[service::ROUTER_SERVICE_NAME],

@@ -2,6 +2,7 @@
 
 use crate::router::{Router, retryable};
 use broker_common::security::{AuthChannel, ClientSecurity};
+use broker_common::validate::{Limits, first_problem};
 use broker_proto::v1::router_service_client::RouterServiceClient;
 use broker_proto::v1::router_service_server::{RouterService, RouterServiceServer};
 use broker_proto::v1::{MetricBatch, PointError, RouteRequest, RouteResponse};
@@ -15,11 +16,23 @@ pub const ROUTER_SERVICE_NAME: &str = "broker.v1.RouterService";
 
 pub struct RouterGrpc {
     router: Arc<Router>,
+    /// The gateway's checks, run again on what peers send.
+    limits: Limits,
 }
 
 impl RouterGrpc {
     pub fn new(router: Arc<Router>) -> Self {
-        Self { router }
+        Self {
+            router,
+            limits: Limits::new(&Default::default(), broker_common::config::DEFAULT_TTL).internal(),
+        }
+    }
+
+    /// The limits of this deployment (`gateway.*`, `ttl`) for the checks
+    /// every `Route` passes.
+    pub fn with_limits(mut self, config: &broker_common::BrokerConfig) -> Self {
+        self.limits = Limits::new(&config.gateway, config.ttl).internal();
+        self
     }
 
     pub fn into_server(self) -> RouterServiceServer<Self> {
@@ -36,6 +49,11 @@ impl RouterService for RouterGrpc {
         request: Request<RouteRequest>,
     ) -> Result<Response<RouteResponse>, Status> {
         let batch = request.into_inner().batch.unwrap_or_default();
+        if let Some(problem) = first_problem(&batch, &self.limits, broker_common::unix_now()) {
+            return Err(Status::invalid_argument(format!(
+                "refused by the router's checks: {problem}"
+            )));
+        }
         let failed = self.router.route(batch).await;
         Ok(Response::new(RouteResponse { failed }))
     }

@@ -276,7 +276,9 @@ impl KeyLayout for SeedLayout {
         let mut hosts: HashMap<&str, HostAgg<'_>> = HashMap::new();
         for batch in batches {
             let names = &batch.metric_names;
-            let name_args: Vec<Bytes> = names.iter().map(|n| intern(n)).collect();
+            // Interned when first used: a router sends each writer the
+            // whole name table, most of it for other writers' points.
+            let mut name_args: Vec<Option<Bytes>> = vec![None; names.len()];
             for p in &batch.points {
                 let key_len = p.host_id.len() + 40;
                 let mut a =
@@ -293,9 +295,10 @@ impl KeyLayout for SeedLayout {
                     };
                     // The gateway rejects, and the writer's service refuses,
                     // points whose name indexes do not match the values.
-                    let Some(name) = ix.and_then(|ix| name_args.get(ix)) else {
+                    let Some(ix) = ix.filter(|&ix| ix < names.len()) else {
                         continue;
                     };
+                    let name = name_args[ix].get_or_insert_with(|| intern(&names[ix]));
                     a.args.push(name.clone());
                     a.push_f64(*v);
                 }
@@ -392,11 +395,25 @@ impl KeyLayout for SeedLayout {
 static INTERNED: std::sync::LazyLock<
     std::sync::RwLock<std::collections::HashMap<&'static str, Bytes>>,
 > = std::sync::LazyLock::new(Default::default);
-/// Names interned at most; past this (many distinct names, or hostile
-/// input) names are copied per batch instead, so memory stays bounded.
+/// Names interned at most, and their bytes at most; past either (many
+/// distinct names, or hostile input) names are copied per batch instead,
+/// so the leaked memory stays bounded.
 const MAX_INTERNED: usize = 65_536;
+const MAX_INTERNED_BYTES: usize = 8 << 20;
+/// Longer names are never interned (the gateway's default limit is 256).
+const MAX_INTERNED_NAME_LEN: usize = 1024;
+static INTERNED_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Bytes of metric names interned so far (bounded by
+/// `MAX_INTERNED_BYTES`); for tests and the hardening suite.
+pub fn interned_bytes() -> usize {
+    INTERNED_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 fn intern(name: &str) -> Bytes {
+    if name.len() > MAX_INTERNED_NAME_LEN {
+        return Bytes::copy_from_slice(name.as_bytes());
+    }
     if let Some(b) = INTERNED.read().expect("interner lock").get(name) {
         return b.clone();
     }
@@ -404,9 +421,11 @@ fn intern(name: &str) -> Bytes {
     if let Some(b) = map.get(name) {
         return b.clone();
     }
-    if map.len() >= MAX_INTERNED {
+    let bytes = INTERNED_BYTES.load(std::sync::atomic::Ordering::Relaxed);
+    if map.len() >= MAX_INTERNED || bytes + name.len() > MAX_INTERNED_BYTES {
         return Bytes::copy_from_slice(name.as_bytes());
     }
+    INTERNED_BYTES.store(bytes + name.len(), std::sync::atomic::Ordering::Relaxed);
     let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
     let b = Bytes::from_static(leaked.as_bytes());
     map.insert(leaked, b.clone());

@@ -134,6 +134,7 @@ pub async fn run(
     let stop = cluster_client::lifecycle::serve_token(signal, membership.as_ref());
     let routes = tonic::service::Routes::new(
         WriterGrpc::new(component.writer.clone())
+            .with_limits(&config)
             .with_ownership(ownership)
             .into_server(),
     );

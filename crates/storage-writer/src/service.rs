@@ -3,6 +3,7 @@
 use crate::error::WriterError;
 use crate::writer::Writer;
 use broker_common::security::{AuthChannel, ClientSecurity};
+use broker_common::validate::{Limits, first_problem};
 use broker_proto::v1::ClusterState;
 use broker_proto::v1::writer_service_client::WriterServiceClient;
 use broker_proto::v1::writer_service_server::{WriterService, WriterServiceServer};
@@ -25,6 +26,8 @@ pub const STALE_EPOCH: &str = "stale ring epoch";
 pub struct WriterGrpc {
     writer: Arc<Writer>,
     ownership: Option<Ownership>,
+    /// The gateway's checks, run again on what peers send.
+    limits: Limits,
 }
 
 /// What this writer owns, from the committed cluster state.
@@ -92,7 +95,15 @@ impl WriterGrpc {
         Self {
             writer,
             ownership: None,
+            limits: Limits::new(&Default::default(), broker_common::config::DEFAULT_TTL).internal(),
         }
+    }
+
+    /// The limits of this deployment (`gateway.*`, `ttl`) for the checks
+    /// every `Write` passes.
+    pub fn with_limits(mut self, config: &broker_common::BrokerConfig) -> Self {
+        self.limits = Limits::new(&config.gateway, config.ttl).internal();
+        self
     }
 
     /// Checks each batch's routing epoch against the committed ring.
@@ -116,35 +127,20 @@ impl WriterService for WriterGrpc {
     ) -> Result<Response<WriteResponse>, Status> {
         let req = request.into_inner();
         let batch = req.batch.unwrap_or_default();
-        check_shape(&batch)?;
+        // The gateway checked every point; a peer that did not (a bug, or
+        // a client of the internal port) must not reach Redis with keys or
+        // values the gateway would refuse.
+        if let Some(problem) = first_problem(&batch, &self.limits, broker_common::unix_now()) {
+            return Err(Status::invalid_argument(format!(
+                "refused by the writer's checks: {problem}"
+            )));
+        }
         if let Some(o) = &self.ownership {
             o.check(&batch, req.ring_epoch)?;
         }
         self.writer.write(Arc::new(batch)).await?;
         Ok(Response::new(WriteResponse { failed: vec![] }))
     }
-}
-
-/// Refuses a batch whose points do not line up with its name table. The
-/// gateway validates every point; this guards the writer against a peer
-/// that did not, so no value is ever dropped silently.
-fn check_shape(batch: &MetricBatch) -> Result<(), Status> {
-    let names = batch.metric_names.len();
-    for (i, p) in batch.points.iter().enumerate() {
-        let ok = if p.name_index.is_empty() {
-            p.values.len() <= names
-        } else {
-            p.name_index.len() == p.values.len()
-                && p.name_index.iter().all(|&n| (n as usize) < names)
-        };
-        if !ok {
-            return Err(Status::invalid_argument(format!(
-                "point {i} (host {:?}): values and name_index do not match metric_names ({names} names)",
-                p.host_id
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// A writer, in this process or behind a gRPC channel.

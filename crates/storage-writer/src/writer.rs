@@ -300,10 +300,7 @@ impl Batcher {
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    broker_common::unix_now()
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -251,7 +251,22 @@ pub async fn http_auth(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if let Some(role) = http_role(req.method(), req.uri().path())
+    let role = http_role(req.method(), req.uri().path());
+    // A browser page (a cross-site form, or DNS rebinding to loopback)
+    // must not drive state changes such as a DLQ replay or discard: those
+    // come from brokerctl, `broker dlq` or curl, which send no Origin.
+    let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if role == Some(Role::Admin)
+        && changes_state
+        && req.headers().contains_key(http::header::ORIGIN)
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            "a request from a browser page (Origin header) cannot change state here; use `broker dlq` or brokerctl\n",
+        )
+            .into_response();
+    }
+    if let Some(role) = role
         && let Err(e) = tokens.check(
             // HTTP routes are token-only: peers do not call them.
             if role == Role::Peer {

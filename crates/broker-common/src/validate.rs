@@ -2,7 +2,7 @@
 //! point gets its own error naming the field and the problem; the valid
 //! points of the same batch go on.
 
-use broker_common::config::GatewayConfig;
+use crate::config::GatewayConfig;
 use broker_proto::v1::{BatchError, MetricBatch, PointError, RejectReason};
 use std::time::Duration;
 
@@ -17,6 +17,10 @@ pub struct Limits {
     pub max_label_value_len: usize,
     pub max_future_skew_secs: i64,
     pub max_age_secs: i64,
+    /// Refuse a batch whose name table holds entries no point uses. On for
+    /// what clients send; off between services (a router sends each writer
+    /// the whole table with only its share of the points).
+    pub reject_unused_names: bool,
 }
 
 impl Limits {
@@ -30,7 +34,15 @@ impl Limits {
             max_label_value_len: 256,
             max_future_skew_secs: g.max_future_skew.as_secs() as i64,
             max_age_secs: ttl.as_secs() as i64,
+            reject_unused_names: true,
         }
+    }
+
+    /// The same limits for a batch from another service (router, writer):
+    /// the name table may hold names of points sent elsewhere.
+    pub fn internal(mut self) -> Self {
+        self.reject_unused_names = false;
+        self
     }
 }
 
@@ -56,12 +68,12 @@ pub struct BatchRejection {
 /// nothing that could act as a pattern (`*`, `?`, `[`), hash tag (`{`, `}`),
 /// separator (`:`) or whitespace.
 pub fn host_id_byte(b: u8) -> bool {
-    broker_common::host_id::byte(b)
+    crate::host_id::byte(b)
 }
 
 /// Characters allowed in metric names and label names.
 pub fn name_byte(b: u8) -> bool {
-    broker_common::series_name::base_byte(b)
+    crate::series_name::base_byte(b)
 }
 
 fn check_id(
@@ -95,9 +107,9 @@ const NAME_ALLOWED: &str = "letters, digits, '.', '_', '-', ':'";
 /// A metric name: a plain name of [`name_byte`]s, optionally followed by
 /// its own labels in Prometheus's series notation,
 /// `node_cpu_seconds_total{cpu="0",mode="idle"}`
-/// ([`broker_common::series_name`]); at most `max` bytes in all.
+/// ([`crate::series_name`]); at most `max` bytes in all.
 pub fn check_metric_name(n: &str, max: usize) -> Result<(), String> {
-    broker_common::series_name::check(n, max).map_err(|e| {
+    crate::series_name::check(n, max).map_err(|e| {
         if e.contains("bytes long") {
             format!("{e} (gateway.max_metric_name_len)")
         } else {
@@ -121,20 +133,13 @@ pub fn validate_batch(
             ),
         });
     }
-    // Problems with name-table entries, reported on the points that use them.
-    let mut seen = std::collections::HashSet::with_capacity(batch.metric_names.len());
-    let name_problem: Vec<Option<String>> = batch
-        .metric_names
-        .iter()
-        .map(|n| {
-            check_metric_name(n, limits.max_metric_name_len)
-                .err()
-                .or_else(|| {
-                    (!seen.insert(n.as_str()))
-                        .then(|| format!("metric name {n:?} appears twice in metric_names"))
-                })
-        })
-        .collect();
+    if let Some(message) = name_table_problem(&batch, limits) {
+        return Err(BatchRejection {
+            error: BatchError::InvalidNameTable,
+            message,
+        });
+    }
+    let name_problem = name_problems(&batch.metric_names, limits);
     let table_ok = name_problem.iter().all(Option::is_none);
 
     let MetricBatch {
@@ -178,6 +183,107 @@ pub fn validate_batch(
         index_map,
         errors,
     })
+}
+
+/// Problems with name-table entries, reported on the points that use them.
+fn name_problems(names: &[String], limits: &Limits) -> Vec<Option<String>> {
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
+    names
+        .iter()
+        .map(|n| {
+            check_metric_name(n, limits.max_metric_name_len)
+                .err()
+                .or_else(|| {
+                    (!seen.insert(n.as_str()))
+                        .then(|| format!("metric name {n:?} appears twice in metric_names"))
+                })
+        })
+        .collect()
+}
+
+/// The first problem of a batch another service sent (a router's to a
+/// writer, a gateway's to a router): the same checks as
+/// [`validate_batch`], but any problem refuses the whole batch, since a
+/// peer that validated would have sent none. `None`: every point is valid.
+pub fn first_problem(batch: &MetricBatch, limits: &Limits, now: i64) -> Option<String> {
+    if batch.points.len() > limits.max_points_per_batch {
+        return Some(format!(
+            "batch has {} points, the limit is {}",
+            batch.points.len(),
+            limits.max_points_per_batch
+        ));
+    }
+    if let Some(m) = name_table_problem(batch, limits) {
+        return Some(m);
+    }
+    let name_problem = name_problems(&batch.metric_names, limits);
+    let table_ok = name_problem.iter().all(Option::is_none);
+    let mut used = Vec::new();
+    batch.points.iter().enumerate().find_map(|(i, p)| {
+        check_point(
+            p,
+            &batch.metric_names,
+            &name_problem,
+            table_ok,
+            limits,
+            now,
+            &mut used,
+        )
+        .map(|(_, m)| format!("point {i} (host {:?}): {m}", p.host_id))
+    })
+}
+
+/// What is wrong with the name table as a whole, before any point is
+/// looked at: more entries than the batch could use, an entry longer than
+/// `max_metric_name_len` (it would be copied, and interned by the writer,
+/// for nothing), or (with `reject_unused_names`) an entry no point uses.
+fn name_table_problem(batch: &MetricBatch, limits: &Limits) -> Option<String> {
+    let names = &batch.metric_names;
+    let most = limits
+        .max_points_per_batch
+        .saturating_mul(limits.max_metrics_per_point);
+    if names.len() > most {
+        return Some(format!(
+            "metric_names has {} entries, more than max_points_per_batch x max_metrics_per_point ({most})",
+            names.len()
+        ));
+    }
+    if let Some((i, n)) = names
+        .iter()
+        .enumerate()
+        .find(|(_, n)| n.len() > limits.max_metric_name_len)
+    {
+        let shown: String = n.chars().take(64).collect();
+        return Some(format!(
+            "metric_names[{i}] ({shown:?}...) is {} bytes long, the limit is {} (gateway.max_metric_name_len)",
+            n.len(),
+            limits.max_metric_name_len
+        ));
+    }
+    if !limits.reject_unused_names || batch.points.is_empty() {
+        return None;
+    }
+    // Which entries some point refers to (valid or not: the table is
+    // judged by the batch's own references).
+    let mut used = vec![false; names.len()];
+    let mut prefix = 0;
+    for p in &batch.points {
+        if p.name_index.is_empty() {
+            prefix = prefix.max(p.values.len().min(names.len()));
+        } else {
+            for &ix in &p.name_index {
+                if let Some(u) = used.get_mut(ix as usize) {
+                    *u = true;
+                }
+            }
+        }
+    }
+    used[..prefix].iter_mut().for_each(|u| *u = true);
+    let unused = used.iter().position(|u| !u)?;
+    let shown: String = names[unused].chars().take(64).collect();
+    Some(format!(
+        "metric_names[{unused}] ({shown:?}) is used by no point; send only the names the points use"
+    ))
 }
 
 fn check_point(
@@ -459,6 +565,39 @@ mod tests {
         let v = validate_batch(b, &limits(), NOW).unwrap();
         // Only the point that uses the bad name is rejected.
         assert_eq!(reasons(&v), vec![(1, RejectReason::InvalidMetricName)]);
+    }
+
+    #[test]
+    fn a_name_table_with_huge_or_unused_entries_is_rejected_whole() {
+        // One valid point and a 1 MiB name nobody uses: refused whole,
+        // before anything is copied on.
+        let mut b = batch(vec![point("h", NOW, vec![1.0, 2.0])]);
+        b.metric_names.push("x".repeat(1 << 20));
+        let e = validate_batch(b, &limits(), NOW).unwrap_err();
+        assert_eq!(e.error, BatchError::InvalidNameTable);
+        assert!(e.message.contains("metric_names[2]"), "{}", e.message);
+        assert!(e.message.contains("1048576 bytes"), "{}", e.message);
+        // A short unused name: refused from clients, allowed between
+        // services (a router sends each writer the whole table).
+        let mut b = batch(vec![point("h", NOW, vec![1.0])]);
+        b.metric_names.push("disk".into());
+        let e = validate_batch(b.clone(), &limits(), NOW).unwrap_err();
+        assert_eq!(e.error, BatchError::InvalidNameTable);
+        assert!(e.message.contains("used by no point"), "{}", e.message);
+        let v = validate_batch(b, &limits().internal(), NOW).unwrap();
+        assert!(v.errors.is_empty());
+        // name_index references count.
+        let mut p = point("h", NOW, vec![1.0]);
+        p.name_index = vec![1];
+        let mut q = point("h", NOW, vec![1.0]);
+        q.name_index = vec![0];
+        assert!(validate_batch(batch(vec![p, q]), &limits(), NOW).is_ok());
+        // A table longer than any batch could use.
+        let mut l = limits();
+        l.max_points_per_batch = 1;
+        l.max_metrics_per_point = 1;
+        let e = validate_batch(batch(vec![point("h", NOW, vec![1.0])]), &l, NOW).unwrap_err();
+        assert!(e.message.contains("2 entries"), "{}", e.message);
     }
 
     #[test]

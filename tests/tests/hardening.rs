@@ -1,0 +1,200 @@
+//! Inputs bounded before they cost memory or Redis work (issue "hardening"),
+//! with real processes over loopback: a storage-writer, a shard-router and
+//! the all-in-one broker, each fed what a buggy or hostile peer could send.
+
+use broker_common::Service;
+use broker_proto::v1::router_service_client::RouterServiceClient;
+use broker_proto::v1::writer_service_client::WriterServiceClient;
+use broker_proto::v1::{BatchError, MetricBatch, Point, RouteRequest, WriteRequest};
+use broker_tests::*;
+use redis_process::RedisServer;
+use tonic::Code;
+
+fn bad_points(ts: i64) -> Vec<(&'static str, Point)> {
+    let mut nan = point("h-nan", ts, 2);
+    nan.values[0] = f64::NAN;
+    let mut labels = point("h-labels", ts, 2);
+    for i in 0..100 {
+        labels.labels.insert(format!("l{i}"), "v".into());
+    }
+    vec![
+        ("'*'", point("a*b", ts, 2)),
+        ("' '", point("a b", ts, 2)),
+        ("'é'", point("hé", ts, 2)),
+        ("bytes long", point(&"h".repeat(200), ts, 2)),
+        ("non-finite", nan),
+        (
+            "ahead of the gateway clock",
+            point("h-future", ts + 86_400, 2),
+        ),
+        ("older than the ttl", point("h-old", ts - 30 * 86_400, 2)),
+        ("labels", labels),
+    ]
+}
+
+/// `WriterService.Write` and `RouterService.Route` run the gateway's
+/// checks: a host id with `*`, spaces, non-ASCII or 200 bytes, NaN, a
+/// timestamp a day ahead or a month old, 100 labels: each refused with
+/// INVALID_ARGUMENT naming the problem, nothing written to Redis, and the
+/// writer still takes a valid batch afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_rpcs_run_the_gateways_checks() {
+    let redis = RedisServer::start().unwrap();
+    let writer = Running::start(config_for(&redis.url()), storage_writer::run).await;
+    let mut rc = config_for("");
+    rc.router.writers = vec![broker_common::config::WriterEndpoint {
+        id: "w".into(),
+        addr: writer.endpoint(),
+        weight: 1,
+    }];
+    let router = Running::start(rc, shard_router::run).await;
+    broker_common::serve::wait_serving(&writer.endpoint(), std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    broker_common::serve::wait_serving(&router.endpoint(), std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut w = WriterServiceClient::connect(writer.endpoint())
+        .await
+        .unwrap();
+    let mut r = RouterServiceClient::connect(router.endpoint())
+        .await
+        .unwrap();
+    let ts = now() - 30;
+    for (what, p) in bad_points(ts) {
+        let batch = MetricBatch {
+            seq: 1,
+            metric_names: metric_names(2),
+            points: vec![p],
+        };
+        let e = w
+            .write(WriteRequest {
+                batch: Some(batch.clone()),
+                ring_epoch: 1,
+            })
+            .await
+            .expect_err(what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        assert!(e.message().contains(what), "{what}: {}", e.message());
+        let e = r
+            .route(RouteRequest { batch: Some(batch) })
+            .await
+            .expect_err(what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        assert!(e.message().contains(what), "{what}: {}", e.message());
+    }
+    let reader = Reader::connect(&redis.url()).await;
+    let keys: Vec<String> = reader.cmd(&["KEYS", "*"]).await.convert().unwrap();
+    assert!(keys.is_empty(), "nothing reached Redis: {keys:?}");
+    // Still serving.
+    w.write(WriteRequest {
+        batch: Some(MetricBatch {
+            seq: 1,
+            metric_names: metric_names(2),
+            points: vec![point("fine", ts, 2)],
+        }),
+        ring_epoch: 1,
+    })
+    .await
+    .expect("a valid batch is written");
+    assert!(
+        reader
+            .exists(&format!("monitor:metrics:{{fine}}:{ts}"))
+            .await
+    );
+    router.stop().await;
+    writer.stop().await;
+}
+
+/// A name table with one valid point and a 15 MiB name nobody uses: the
+/// gateway refuses the batch whole (BATCH_ERROR_INVALID_NAME_TABLE), and a
+/// writer sent it directly refuses it too, so the name is never copied on
+/// or interned (before, each such batch leaked 15 MiB in the writer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_or_unused_names_are_refused_before_they_cost_memory() {
+    let redis = RedisServer::start().unwrap();
+    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
+    let ts = now() - 30;
+    let huge = "x".repeat(15 << 20);
+    let batch = |seq| MetricBatch {
+        seq,
+        metric_names: vec!["cpu".into(), huge.clone()],
+        points: vec![point("leak", ts, 1)],
+    };
+    let before = storage_layout::seed::interned_bytes();
+    let acks = send_batches(&broker.endpoint(), (1..=10).map(batch).collect()).await;
+    assert_eq!(acks.len(), 10);
+    for a in &acks {
+        assert_eq!(a.batch_error, BatchError::InvalidNameTable as i32, "{a:?}");
+        assert!(
+            a.batch_error_message.contains("metric_names[1]")
+                && a.batch_error_message.contains("max_metric_name_len"),
+            "{}",
+            a.batch_error_message
+        );
+        assert_eq!(a.accepted, 0);
+    }
+    // Straight to the writer's gRPC service (bypassing the gateway).
+    let mut w = WriterServiceClient::connect(broker.endpoint())
+        .await
+        .unwrap()
+        .max_encoding_message_size(64 << 20);
+    for _ in 0..10 {
+        let e = w
+            .write(WriteRequest {
+                batch: Some(batch(1)),
+                ring_epoch: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("max_metric_name_len"),
+            "{}",
+            e.message()
+        );
+    }
+    let after = storage_layout::seed::interned_bytes();
+    println!("interned name bytes: {before} before, {after} after 20 batches with a 15 MiB name");
+    assert!(
+        after - before < 1 << 20,
+        "the 15 MiB name was interned: {before} -> {after}"
+    );
+    // A point with a name it uses is stored.
+    let acks = send_batches(
+        &broker.endpoint(),
+        vec![MetricBatch {
+            seq: 11,
+            metric_names: vec!["cpu".into()],
+            points: vec![point("leak", ts, 1)],
+        }],
+    )
+    .await;
+    assert_eq!(acks[0].accepted, 1, "{:?}", acks[0]);
+    broker.stop().await;
+}
+
+/// A browser page cannot drive the DLQ: a state-changing request with an
+/// Origin header (a cross-site form, or DNS rebinding to loopback) is
+/// refused with 403 before any handler runs; the same request from a tool
+/// (no Origin) is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_cannot_replay_or_discard_the_dlq() {
+    let redis = RedisServer::start().unwrap();
+    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
+    let from_page = post_bytes(
+        broker.http,
+        "/api/dlq/replay",
+        "Origin: http://attacker.example\r\n",
+        b"",
+    )
+    .await;
+    assert_eq!(from_page.status, 403, "{}", from_page.text());
+    assert!(from_page.text().contains("Origin"), "{}", from_page.text());
+    let from_tool = post_bytes(broker.http, "/api/dlq/replay", "", b"").await;
+    assert_eq!(from_tool.status, 200, "{}", from_tool.text());
+    // Reads stay open to pages (the dashboard) and to tools alike.
+    let (status, _) = http(broker.http, "GET", "/api/dlq", "").await;
+    assert_eq!(status, 200);
+    broker.stop().await;
+}
