@@ -146,7 +146,10 @@ pub fn parse_time(param: &str, v: &str) -> Result<i64, QueryError> {
     if let Some(d) = v.strip_prefix("now-") {
         let d = humantime::parse_duration(d)
             .map_err(|e| QueryError::invalid(param, format!("{v:?}: {e}")))?;
-        return Ok(now() - d.as_secs() as i64);
+        return i64::try_from(d.as_secs())
+            .ok()
+            .and_then(|s| now().checked_sub(s))
+            .ok_or_else(|| QueryError::invalid(param, format!("{v:?} is too far back")));
     }
     if let Ok(t) = humantime::parse_rfc3339_weak(v) {
         return Ok(t
@@ -360,6 +363,8 @@ mod tests {
             parse_time("start", "2023-11-14T22:13:20Z").unwrap(),
             1_700_000_000
         );
+        let e = parse_time("start", "now-9223372036854775808s").unwrap_err();
+        assert!(e.to_string().contains("too far back"), "{e}");
         let t = parse_time("start", "now-1h").unwrap();
         assert!((now() - 3600 - t).abs() <= 1);
         let e = parse_time("start", "yesterday").unwrap_err().to_string();

@@ -1273,12 +1273,109 @@ fn parse_duration_ms(param: &str, v: &str) -> Result<i64, QueryError> {
         return Ok((s * 1000.0).round() as i64);
     }
     promql_parser::util::parse_duration(v)
-        .map(|d| d.as_millis() as i64)
         .map_err(|_| QueryError::invalid(param, format!("cannot parse {v:?} to a valid duration")))
+        .and_then(|d| {
+            within(&d, param).map_err(|e| QueryError::invalid(param, e))?;
+            Ok(d.as_millis() as i64)
+        })
 }
 
+/// Longest query text.
+pub const MAX_QUERY_BYTES: usize = 64 * 1024;
+/// Deepest nesting of expressions (each level is a recursion of the
+/// evaluator).
+pub const MAX_QUERY_DEPTH: usize = 128;
+/// Longest duration a query may name (ranges, subquery steps, offsets) and
+/// farthest `@` time from 1970: Prometheus's own bound (durations are
+/// int64 nanoseconds there); past it the millisecond arithmetic overflows.
+pub const MAX_QUERY_DURATION: std::time::Duration =
+    std::time::Duration::from_secs(292 * 365 * 86_400);
+
 fn parse_expr(q: &str) -> Result<Expr, QueryError> {
-    parser::parse(&renamed_functions(q)).map_err(|e| QueryError::invalid("query", e))
+    if q.len() > MAX_QUERY_BYTES {
+        return Err(QueryError::invalid(
+            "query",
+            format!("is {} bytes long, the limit is {MAX_QUERY_BYTES}", q.len()),
+        ));
+    }
+    let expr = parser::parse(&renamed_functions(q)).map_err(|e| QueryError::invalid("query", e))?;
+    let mut bounds = Bounds { depth: 0 };
+    promql_parser::util::walk_expr(&mut bounds, &expr)
+        .map_err(|e| QueryError::invalid("query", e))?;
+    Ok(expr)
+}
+
+/// Refuses, before anything is read, a query nested deeper than
+/// [`MAX_QUERY_DEPTH`] or naming a duration or `@` time past
+/// [`MAX_QUERY_DURATION`].
+struct Bounds {
+    depth: usize,
+}
+
+fn within(d: &std::time::Duration, what: &str) -> Result<(), String> {
+    if *d > MAX_QUERY_DURATION {
+        return Err(format!(
+            "the {what} {} is longer than {} (the longest a query may name)",
+            humantime::format_duration(*d),
+            humantime::format_duration(MAX_QUERY_DURATION)
+        ));
+    }
+    Ok(())
+}
+
+fn offset_within(o: Option<&parser::Offset>) -> Result<(), String> {
+    match o {
+        Some(parser::Offset::Pos(d) | parser::Offset::Neg(d)) => within(d, "offset"),
+        None => Ok(()),
+    }
+}
+
+fn at_within(at: Option<&AtModifier>) -> Result<(), String> {
+    if let Some(AtModifier::At(t)) = at {
+        let from_epoch = match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => d,
+            Err(e) => e.duration(),
+        };
+        within(&from_epoch, "@ time's distance from 1970")?;
+    }
+    Ok(())
+}
+
+impl promql_parser::util::ExprVisitor for Bounds {
+    type Error = String;
+
+    fn pre_visit(&mut self, e: &Expr) -> Result<bool, String> {
+        self.depth += 1;
+        if self.depth > MAX_QUERY_DEPTH {
+            return Err(format!("nests deeper than {MAX_QUERY_DEPTH} expressions"));
+        }
+        match e {
+            Expr::VectorSelector(vs) => {
+                offset_within(vs.offset.as_ref())?;
+                at_within(vs.at.as_ref())?;
+            }
+            Expr::MatrixSelector(ms) => {
+                within(&ms.range, "range")?;
+                offset_within(ms.vs.offset.as_ref())?;
+                at_within(ms.vs.at.as_ref())?;
+            }
+            Expr::Subquery(sq) => {
+                within(&sq.range, "subquery range")?;
+                if let Some(step) = &sq.step {
+                    within(step, "subquery step")?;
+                }
+                offset_within(sq.offset.as_ref())?;
+                at_within(sq.at.as_ref())?;
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    fn post_visit(&mut self, _: &Expr) -> Result<bool, String> {
+        self.depth -= 1;
+        Ok(true)
+    }
 }
 
 /// Prometheus 2.x's `holt_winters` is Prometheus 3's (and the parser's)
@@ -1627,6 +1724,29 @@ pub fn routes() -> Router<HttpState> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queries_past_the_bounds_are_refused_before_evaluation() {
+        let e = |q: &str| parse_expr(q).unwrap_err().to_string();
+        // Each would overflow the millisecond arithmetic (or, in release,
+        // wrap to a wrong range) before.
+        assert!(
+            e("rate(up[292470000y])").contains("longer than"),
+            "{}",
+            e("rate(up[292470000y])")
+        );
+        assert!(e("up offset 300y").contains("offset"));
+        assert!(e("max_over_time(up[5m:1000y])").contains("subquery step"));
+        assert!(e("up @ 99999999999999").contains("@ time"));
+        let deep = format!("{}up{}", "-(".repeat(200), ")".repeat(200));
+        assert!(e(&deep).contains("nests deeper than 128"), "{}", e(&deep));
+        let long = format!("up{{job=\"{}\"}}", "x".repeat(70_000));
+        assert!(e(&long).contains("bytes long"));
+        assert!(parse_duration_ms("step", "300y").is_err());
+        // Within the bounds: fine.
+        assert!(parse_expr("rate(up[5m] offset 1h)").is_ok());
+        assert!(parse_expr(&format!("{}up{}", "-(".repeat(50), ")".repeat(50))).is_ok());
+    }
 
     #[test]
     fn windows_are_left_open() {
