@@ -198,3 +198,56 @@ async fn browsers_cannot_replay_or_discard_the_dlq() {
     assert_eq!(status, 200);
     broker.stop().await;
 }
+
+/// A raft message raft-rs would panic on (a heartbeat committing past the
+/// follower's last index; a leader never sends one) is dropped before it
+/// is stepped: the follower keeps applying what the cluster commits.
+/// Before, its raft task panicked and the node served on, dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_message_raft_rs_would_panic_on_does_not_kill_the_node() {
+    use broker_proto::v1::raft_service_client::RaftServiceClient;
+    use broker_proto::v1::{Member, MemberRole, RaftMessages};
+    use broker_tests::cluster::CtlCluster;
+    use std::time::{Duration, Instant};
+    let cluster = CtlCluster::start(3, Duration::from_secs(1)).await;
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let follower = cluster.ids().into_iter().find(|&i| i != leader).unwrap();
+    let view = cluster.node(follower).view();
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    m.from = leader;
+    m.to = follower;
+    m.term = view.term;
+    m.commit = view.last_index + 1_000_000;
+    let bytes = protobuf::Message::write_to_bytes(&m).unwrap();
+    RaftServiceClient::connect(cluster.endpoint(follower))
+        .await
+        .unwrap()
+        .send(RaftMessages {
+            messages: vec![bytes],
+        })
+        .await
+        .expect("the message is taken (and dropped)");
+    // The cluster commits a change; the follower applies it.
+    let joined = cluster
+        .client()
+        .join(Member {
+            id: "after-bad-heartbeat".into(),
+            roles: vec![MemberRole::StorageWriter as i32],
+            addr: "http://127.0.0.1:9".into(),
+            weight: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let index = joined.state.unwrap().applied_index;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster.node(follower).view().applied_index < index {
+        assert!(
+            Instant::now() < deadline,
+            "the follower stopped applying: {:?}",
+            cluster.node(follower).view()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

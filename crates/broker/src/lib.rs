@@ -194,8 +194,10 @@ pub async fn run(
         "broker serving"
     );
     let mut grpc_routes = routes.routes();
+    let mut raft_died = None;
     if let Some(ctl) = &cluster_ctl {
         grpc_routes = ctl.add_grpc_routes(grpc_routes, stop.clone());
+        raft_died = Some(ctl.stop_serving_on_death(stop.clone()));
     }
     let result =
         broker_common::serve::serve(grpc_routes, &names, &admin, listeners, &security, stop).await;
@@ -213,5 +215,8 @@ pub async fn run(
         ctl.shutdown().await;
     }
     tracing::info!("broker stopped");
+    if let Some(d) = raft_died {
+        d.check()?;
+    }
     result
 }

@@ -124,7 +124,11 @@ impl ClusterCtl {
                 readiness.set("cluster-ctl", has_leader);
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    r = view.changed() => if r.is_err() { return },
+                    r = view.changed() => if r.is_err() {
+                        // The raft task is gone.
+                        readiness.set("cluster-ctl", false);
+                        return;
+                    },
                 }
             }
         });
@@ -132,6 +136,29 @@ impl ClusterCtl {
 
     pub fn http_routes(&self) -> axum::Router {
         http::routes(self.node.clone())
+    }
+
+    /// Cancels `serving` if the raft node stops without being asked to
+    /// (its task panicked): the process then stops serving and exits, and
+    /// its supervisor restarts it from disk. The flag it returns says so,
+    /// for [`RaftDied::check`] after the servers stopped.
+    pub fn stop_serving_on_death(&self, serving: CancellationToken) -> RaftDied {
+        let (node, stop) = (self.node.clone(), self.stop.clone());
+        let died = RaftDied::default();
+        let flag = died.0.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = node.stopped() => {
+                    if !stop.is_cancelled() {
+                        tracing::error!("the raft node died: stopping this process so its supervisor restarts it");
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                        serving.cancel();
+                    }
+                }
+                _ = serving.cancelled() => {}
+            }
+        });
+        died
     }
 
     /// Stops the raft node and the leader's duties, and waits for the node.
@@ -207,6 +234,7 @@ pub async fn run(
         "cluster-ctl serving"
     );
     let stop = broker_common::serve::token_from(shutdown);
+    let died = ctl.stop_serving_on_death(stop.clone());
     let result = broker_common::serve::serve(
         ctl.grpc_routes(stop.clone()),
         &[service::CLUSTER_SERVICE_NAME, service::RAFT_SERVICE_NAME],
@@ -217,5 +245,21 @@ pub async fn run(
     )
     .await;
     ctl.shutdown().await;
+    died.check()?;
     result
+}
+
+/// Set when the raft node died under a serving process.
+#[derive(Clone, Default)]
+pub struct RaftDied(Arc<std::sync::atomic::AtomicBool>);
+
+impl RaftDied {
+    /// An error if the node died: the process must exit non-zero.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.0.load(std::sync::atomic::Ordering::SeqCst),
+            "the raft node died (its panic is in the log above); restart to recover from disk"
+        );
+        Ok(())
+    }
 }

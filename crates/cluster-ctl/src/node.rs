@@ -224,11 +224,24 @@ impl Node {
         let done = stopped.clone();
         let tick = config.tick;
         tokio::spawn(async move {
-            task.run(input_rx, report_rx, tick, stop).await;
+            use futures::FutureExt;
+            // A panic inside raft-rs (a message it cannot take) must not
+            // leave a process that serves with a dead node: the node is
+            // then stopped, readiness drops, and the process exits (see
+            // `ClusterCtl::died`) so its supervisor restarts it from disk.
+            let run = std::panic::AssertUnwindSafe(task.run(input_rx, report_rx, tick, stop));
+            if let Err(panic) = run.catch_unwind().await {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown");
+                tracing::error!(panic = what, "the raft task panicked; the node stops");
+            }
             // Close the redb store (the task and its RawNode hold it) before
             // anyone hears the node stopped: a restart in the same process
-            // opens the same file, and redb refuses a second open.
-            drop(task);
+            // opens the same file, and redb refuses a second open. (After a
+            // panic the task was dropped with the future.)
             done.cancel();
         });
         Ok(Node {
@@ -426,10 +439,29 @@ impl Task {
         tracing::info!(raft_id = self.raw.raft.id, "raft node stopped");
     }
 
+    /// A message raft-rs would panic on rather than refuse: a heartbeat
+    /// committing past this node's last index (raft-rs asserts
+    /// `commit_to` is in range). A leader never sends one; a buggy or
+    /// forged peer might, and one message must not kill the node.
+    fn refuse(&self, m: &raft::eraftpb::Message) -> Option<&'static str> {
+        use raft::eraftpb::MessageType;
+        let last = self.raw.raft.raft_log.last_index();
+        match m.get_msg_type() {
+            MessageType::MsgHeartbeat if m.commit > last => {
+                Some("the heartbeat commits past this node's last index")
+            }
+            _ => None,
+        }
+    }
+
     fn handle(&mut self, input: Input) {
         match input {
             Input::Raft(msgs) => {
                 for m in msgs {
+                    if let Some(why) = self.refuse(&m) {
+                        tracing::warn!(from = m.from, kind = ?m.get_msg_type(), why, "raft message dropped");
+                        continue;
+                    }
                     if let Err(e) = self.raw.step(m) {
                         tracing::debug!(error = %e, "raft step");
                     }
