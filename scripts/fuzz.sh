@@ -19,6 +19,9 @@ cargo fuzz build -O --target-dir "$fuzz_target_dir"
 for target in $(cargo fuzz list); do
   echo "== fuzz $target for ${secs}s" >&2
   mkdir -p "corpus/$target"
+  # Committed seeds (queries, messages) give the fuzzer valid shapes to
+  # mutate; random bytes rarely parse as PromQL.
+  if [ -d "seeds/$target" ]; then cp -n seeds/"$target"/* "corpus/$target"/; fi
   cargo fuzz run -O --target-dir "$fuzz_target_dir" "$target" "corpus/$target" -- -max_total_time="$secs" -max_len=65536 2>&1 | grep -E "^Done|ERROR|panicked" || true
   # A crash makes cargo fuzz exit non-zero and leaves an artifact.
   if ls "artifacts/$target"/crash-* >/dev/null 2>&1; then

@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let fds = protox::compile(files, [&root])?;
     tonic_prost_build::configure()
+        // tonic-prost's codec, with a batch's counts checked before it is
+        // decoded (src/bounded.rs).
+        .codec_path("crate::bounded::Codec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

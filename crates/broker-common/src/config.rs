@@ -36,6 +36,8 @@ pub const DEFAULT_MAX_METRIC_NAME_LEN: usize = 256;
 pub const DEFAULT_MAX_LABELS_PER_POINT: usize = 32;
 pub const DEFAULT_MAX_FUTURE_SKEW: Duration = Duration::from_secs(300);
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// One stream per agent for 10,000 agents on one gateway.
+pub const DEFAULT_MAX_STREAMS: usize = 10_000;
 pub const DEFAULT_MAX_INFLIGHT_BATCHES_PER_STREAM: usize = 16;
 pub const DEFAULT_MAX_INFLIGHT_POINTS: usize = 200_000;
 /// Long enough for the router to go through its retries (1 s, 2 s, 4 s plus
@@ -205,6 +207,9 @@ pub struct GatewayConfig {
     pub max_inflight_batches_per_stream: usize,
     /// Points being stored at once across all streams (same mechanism).
     pub max_inflight_points: usize,
+    /// Agent streams open at once; a stream past this is refused with
+    /// RESOURCE_EXHAUSTED (each may hold a message being decoded).
+    pub max_streams: usize,
     /// Deadline of one gateway -> router call.
     #[serde(with = "humantime_serde")]
     pub forward_timeout: Duration,
@@ -230,6 +235,7 @@ impl Default for GatewayConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_inflight_batches_per_stream: DEFAULT_MAX_INFLIGHT_BATCHES_PER_STREAM,
             max_inflight_points: DEFAULT_MAX_INFLIGHT_POINTS,
+            max_streams: DEFAULT_MAX_STREAMS,
             forward_timeout: DEFAULT_FORWARD_TIMEOUT,
             remote_write_host_label: "instance".into(),
             otlp_host_attribute: "host.name".into(),
@@ -750,6 +756,7 @@ impl BrokerConfig {
             g.max_metric_name_len,
         );
         positive(&mut bad, "gateway.max_message_bytes", g.max_message_bytes);
+        positive(&mut bad, "gateway.max_streams", g.max_streams);
         positive(
             &mut bad,
             "gateway.max_inflight_batches_per_stream",

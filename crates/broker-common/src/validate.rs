@@ -38,6 +38,16 @@ impl Limits {
         }
     }
 
+    /// What a batch may decode to, checked on its wire bytes first
+    /// ([`broker_proto::bounded`]).
+    pub fn batch_bounds(&self) -> broker_proto::bounded::BatchBounds {
+        broker_proto::bounded::BatchBounds {
+            max_points: self.max_points_per_batch,
+            max_metrics_per_point: self.max_metrics_per_point,
+            max_labels_per_point: self.max_labels_per_point,
+        }
+    }
+
     /// The same limits for a batch from another service (router, writer):
     /// the name table may hold names of points sent elsewhere.
     pub fn internal(mut self) -> Self {

@@ -3,11 +3,15 @@
 //! # Layout
 //! - [`v1`]: `broker.v1`, the agent-facing `MonitorService` and the internal
 //!   `RouterService` / `WriterService`.
+//! - [`bounded`]: the codec of every service, which checks a batch's
+//!   counts before decoding it.
 //! - [`prometheus`]: Prometheus's remote-write and remote-read messages.
 //! - [`bench`]: an alternative map-based point encoding, kept only so the
 //!   encoding benchmark can compare it with the packed layout we use.
 
 #![forbid(unsafe_code)]
+
+pub mod bounded;
 
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]

@@ -37,6 +37,9 @@ pub(crate) struct Inner {
     per_stream: usize,
     inflight_points: Arc<Semaphore>,
     max_inflight_points: usize,
+    /// Agent streams open (`gateway.max_streams`).
+    streams: Arc<Semaphore>,
+    max_streams: usize,
     pub(crate) max_message_bytes: usize,
     pub(crate) remote_write_host_label: String,
     pub(crate) otlp_host_attribute: String,
@@ -62,6 +65,8 @@ impl Gateway {
                 per_stream: g.max_inflight_batches_per_stream,
                 inflight_points: Arc::new(Semaphore::new(g.max_inflight_points)),
                 max_inflight_points: g.max_inflight_points,
+                streams: Arc::new(Semaphore::new(g.max_streams)),
+                max_streams: g.max_streams,
                 max_message_bytes: g.max_message_bytes,
                 remote_write_host_label: g.remote_write_host_label.clone(),
                 otlp_host_attribute: g.otlp_host_attribute.clone(),
@@ -106,10 +111,16 @@ impl MonitorService for Gateway {
         if self.inner.stop.is_cancelled() {
             return Err(Status::unavailable("ingest-gateway is shutting down"));
         }
+        let Ok(open) = self.inner.streams.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "ingest-gateway has {} agent streams open (gateway.max_streams); retry later or on another gateway",
+                self.inner.max_streams
+            )));
+        };
         let peer = request.remote_addr();
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(self.inner.per_stream * 2);
-        tokio::spawn(self.inner.clone().read_stream(inbound, tx, peer));
+        tokio::spawn(self.inner.clone().read_stream(inbound, tx, peer, open));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -120,6 +131,8 @@ impl Inner {
         mut inbound: Streaming<MetricBatch>,
         tx: mpsc::Sender<Result<BatchAck, Status>>,
         peer: Option<std::net::SocketAddr>,
+        // Held until the stream ends.
+        _open: OwnedSemaphorePermit,
     ) {
         self.metrics.streams.inc();
         tracing::debug!(peer = ?peer, "agent stream opened");
@@ -130,7 +143,9 @@ impl Inner {
                 _ = self.stop.cancelled() => break,
             };
             let msg = tokio::select! {
-                m = inbound.message() => m,
+                // Counted against the limits before it is decoded: a
+                // message of empty points would decode to 60 times its size.
+                m = broker_proto::bounded::scope(self.limits.batch_bounds(), inbound.message()) => m,
                 _ = self.stop.cancelled() => break,
             };
             match msg {

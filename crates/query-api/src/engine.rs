@@ -249,27 +249,7 @@ impl Engine {
     }
 
     pub fn check_range(&self, start: i64, end: i64) -> Result<(), QueryError> {
-        if start < 0 {
-            return Err(QueryError::invalid("start", "is negative"));
-        }
-        if start > end {
-            return Err(QueryError::invalid(
-                "start",
-                format!("{start} is after end ({end})"),
-            ));
-        }
-        let max = self.cfg.max_range.as_secs() as i64;
-        if end - start > max {
-            return Err(QueryError::limit(
-                "end",
-                format!(
-                    "the range spans {}, more than query.max_range ({})",
-                    humantime::format_duration(Duration::from_secs((end - start) as u64)),
-                    humantime::format_duration(self.cfg.max_range)
-                ),
-            ));
-        }
-        Ok(())
+        check_range(&self.cfg, start, end)
     }
 
     fn check_metrics(&self, metrics: &[String]) -> Result<Vec<String>, QueryError> {
@@ -283,13 +263,7 @@ impl Engine {
     }
 
     fn check_scanned(&self, n: usize) -> Result<(), QueryError> {
-        if n > self.cfg.max_points_scanned {
-            return Err(QueryError::TooManyPoints(format!(
-                "the query would read {n} snapshots, more than query.max_points_scanned ({}); narrow the range or the hosts",
-                self.cfg.max_points_scanned
-            )));
-        }
-        Ok(())
+        check_scanned(&self.cfg, n)
     }
 
     // ---- cache ------------------------------------------------------------
@@ -608,8 +582,8 @@ impl Engine {
     }
 
     /// Raw snapshots of several hosts for the PromQL evaluator, through the
-    /// range cache; fails past `query.max_points` per host or
-    /// `query.max_points_scanned` in all.
+    /// range cache; fails past `query.max_points` per host or, before
+    /// reading, past `query.max_points_scanned` in all.
     pub async fn frames(
         &self,
         hosts: &[String],
@@ -617,6 +591,10 @@ impl Engine {
         end: i64,
         metrics: &[String],
     ) -> Result<Vec<Frame>, QueryError> {
+        // Counted first (one ZCOUNT per host), so a query too large is
+        // refused before its snapshots are read.
+        let counts = self.store.counts(hosts, start, end).await?;
+        self.check_scanned(counts.iter().sum::<u64>() as usize)?;
         let futs: Vec<_> = hosts
             .iter()
             .map(|h| {
@@ -629,8 +607,42 @@ impl Engine {
                 })
             })
             .collect();
-        let out = crate::store::ordered(futs, PARALLEL_HOSTS).await?;
-        self.check_scanned(out.iter().map(|f| f.timestamps.len()).sum())?;
-        Ok(out)
+        crate::store::ordered(futs, PARALLEL_HOSTS).await
     }
+}
+
+/// `[start, end]` (seconds) is a range a query may read.
+pub fn check_range(cfg: &QueryConfig, start: i64, end: i64) -> Result<(), QueryError> {
+    if start < 0 {
+        return Err(QueryError::invalid("start", "is negative"));
+    }
+    if start > end {
+        return Err(QueryError::invalid(
+            "start",
+            format!("{start} is after end ({end})"),
+        ));
+    }
+    let max = cfg.max_range.as_secs() as i64;
+    if end - start > max {
+        return Err(QueryError::limit(
+            "end",
+            format!(
+                "the range spans {}, more than query.max_range ({})",
+                humantime::format_duration(Duration::from_secs((end - start) as u64)),
+                humantime::format_duration(cfg.max_range)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A query may read `n` snapshots.
+pub fn check_scanned(cfg: &QueryConfig, n: usize) -> Result<(), QueryError> {
+    if n > cfg.max_points_scanned {
+        return Err(QueryError::TooManyPoints(format!(
+            "the query would read {n} snapshots, more than query.max_points_scanned ({}); narrow the range or the hosts",
+            cfg.max_points_scanned
+        )));
+    }
+    Ok(())
 }

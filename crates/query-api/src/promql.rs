@@ -34,17 +34,21 @@
 use crate::engine::Engine;
 use crate::error::QueryError;
 use crate::http::{HttpState, Params, error_response};
-use crate::store::HostInfo;
+use crate::store::{Frame, HostInfo};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use broker_common::config::QueryConfig;
+use futures::future::BoxFuture;
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{self, AtModifier, Expr, LabelModifier, VectorSelector};
 use serde_json::{Value as Json, json};
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 pub(crate) const NAME: &str = "__name__";
 const HOST: &str = "host";
@@ -91,6 +95,130 @@ struct Selection {
     hosts: Vec<(String, Vec<(String, Labels)>)>,
 }
 
+/// What the evaluator reads: the host list and hosts' snapshots, under
+/// the query limits. [`Engine`] reads Redis through its cache;
+/// [`MemorySource`] holds frames in memory (tests, fuzzing).
+pub trait Source: Send + Sync {
+    fn config(&self) -> &QueryConfig;
+    fn host_list(&self) -> BoxFuture<'_, Result<Arc<Vec<HostInfo>>, QueryError>>;
+    /// The snapshots of each of `hosts` in `[start, end]` (seconds), only
+    /// `metrics`; fails past `query.max_points_scanned` before reading.
+    fn frames<'a>(
+        &'a self,
+        hosts: &'a [String],
+        start: i64,
+        end: i64,
+        metrics: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Frame>, QueryError>>;
+}
+
+impl Source for Engine {
+    fn config(&self) -> &QueryConfig {
+        Engine::config(self)
+    }
+
+    fn host_list(&self) -> BoxFuture<'_, Result<Arc<Vec<HostInfo>>, QueryError>> {
+        Box::pin(Engine::host_list(self))
+    }
+
+    fn frames<'a>(
+        &'a self,
+        hosts: &'a [String],
+        start: i64,
+        end: i64,
+        metrics: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Frame>, QueryError>> {
+        Box::pin(Engine::frames(self, hosts, start, end, metrics))
+    }
+}
+
+/// Hosts and their snapshots in memory: a [`Source`] for tests and the
+/// PromQL fuzz target, with the same limits as the engine.
+pub struct MemorySource {
+    pub config: QueryConfig,
+    pub hosts: Arc<Vec<HostInfo>>,
+    /// Host id → its snapshots, timestamps ascending.
+    pub frames: BTreeMap<String, Frame>,
+}
+
+impl Source for MemorySource {
+    fn config(&self) -> &QueryConfig {
+        &self.config
+    }
+
+    fn host_list(&self) -> BoxFuture<'_, Result<Arc<Vec<HostInfo>>, QueryError>> {
+        Box::pin(async move { Ok(self.hosts.clone()) })
+    }
+
+    fn frames<'a>(
+        &'a self,
+        hosts: &'a [String],
+        start: i64,
+        end: i64,
+        metrics: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Frame>, QueryError>> {
+        Box::pin(async move {
+            let empty = Frame::default();
+            let out: Vec<Frame> = hosts
+                .iter()
+                .map(|h| {
+                    let f = self.frames.get(h).unwrap_or(&empty);
+                    let lo = f.timestamps.partition_point(|&t| t < start);
+                    let hi = f.timestamps.partition_point(|&t| t <= end).max(lo);
+                    Frame {
+                        timestamps: f.timestamps[lo..hi].to_vec(),
+                        metrics: f
+                            .metrics
+                            .iter()
+                            .filter(|(m, _)| metrics.is_empty() || metrics.contains(m))
+                            .map(|(m, col)| (m.clone(), col[lo..hi].to_vec()))
+                            .collect(),
+                    }
+                })
+                .collect();
+            crate::engine::check_scanned(
+                &self.config,
+                out.iter().map(|f| f.timestamps.len()).sum(),
+            )?;
+            Ok(out)
+        })
+    }
+}
+
+/// The deadline of one evaluation, checked by its loops: a query's
+/// timeout stops it between awaits (`Engine::run_within`), but the
+/// evaluator's loops over steps and windows run without awaiting.
+pub struct Budget {
+    deadline: Instant,
+    timeout: Duration,
+    spent: AtomicU64,
+}
+
+/// Work units (samples visited) between two looks at the clock.
+const BUDGET_CHECK_EVERY: u64 = 1 << 16;
+
+impl Budget {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + timeout,
+            timeout,
+            spent: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts `n` units of work; past the deadline, the query's timeout.
+    fn spend(&self, n: usize) -> Result<(), QueryError> {
+        let n = n as u64 + 1;
+        let before = self.spent.fetch_add(n, Ordering::Relaxed);
+        if before / BUDGET_CHECK_EVERY != (before + n) / BUDGET_CHECK_EVERY
+            && Instant::now() >= self.deadline
+        {
+            return Err(QueryError::Timeout(self.timeout));
+        }
+        Ok(())
+    }
+}
+
 fn unsupported(what: impl Into<String>) -> QueryError {
     QueryError::Unsupported(what.into())
 }
@@ -131,7 +259,7 @@ fn series_labels(host: &Labels, metric: &str) -> Labels {
 }
 
 /// Hosts and metric names a vector selector picks (no data read).
-async fn select(engine: &Engine, vs: &VectorSelector) -> Result<Selection, QueryError> {
+async fn select(engine: &dyn Source, vs: &VectorSelector) -> Result<Selection, QueryError> {
     if !vs.matchers.or_matchers.is_empty() {
         return Err(unsupported("`or` between label matchers"));
     }
@@ -217,7 +345,7 @@ const DEFAULT_SUBQUERY_STEP_MS: i64 = 60_000;
 
 /// The series of a selector with their samples in `[from_ms, to_ms]`.
 pub(crate) async fn series(
-    engine: &Engine,
+    engine: &dyn Source,
     vs: &VectorSelector,
     from_ms: i64,
     to_ms: i64,
@@ -228,7 +356,7 @@ pub(crate) async fn series(
     let (from_ms, to_ms) = (from_ms - off, to_ms - off);
     let start = from_ms.div_euclid(1000).max(0);
     let end = to_ms.div_euclid(1000);
-    engine.check_range(start, end.max(start))?;
+    crate::engine::check_range(engine.config(), start, end.max(start))?;
     let wanted: BTreeSet<&String> = sel
         .hosts
         .iter()
@@ -448,9 +576,10 @@ fn window(points: &[(i64, f64)], t: i64, window: i64) -> &[(i64, f64)] {
 
 /// Evaluates `expr` at every time of `steps` (milliseconds, ascending).
 pub struct Evaluator<'a> {
-    pub engine: &'a Engine,
+    pub source: &'a dyn Source,
     pub steps: Vec<i64>,
     pub lookback_ms: i64,
+    pub budget: &'a Budget,
 }
 
 impl Evaluator<'_> {
@@ -755,36 +884,36 @@ impl Evaluator<'_> {
             }
         }
         let (raw, range, at) = self.range_vector(name, m).await?;
-        let out = raw
-            .into_iter()
-            .filter_map(|mut s| {
-                let points: Vec<(i64, f64)> = self
-                    .steps
-                    .iter()
-                    .filter_map(|&t| {
-                        let e = self.at_time(at.as_ref(), t);
-                        let p: Vec<f64> = params.iter().map(|p| p.at(t)).collect();
-                        let w = window(&s.points, e, range);
-                        if let Some(v) = sampled(name, w, e, range, &p) {
-                            return v.map(|v| (t, v));
-                        }
-                        let w: Vec<f64> = w.iter().map(|p| p.1).collect();
-                        if w.is_empty() {
-                            return None;
-                        }
-                        f(&w, &p).map(|v| (t, v))
-                    })
-                    .collect();
-                // As in Prometheus, last_over_time keeps the metric name.
-                if name != "last_over_time" {
-                    s.labels.remove(NAME);
+        let mut out = Vec::new();
+        for mut s in raw {
+            let mut points: Vec<(i64, f64)> = Vec::new();
+            for &t in &self.steps {
+                let e = self.at_time(at.as_ref(), t);
+                let p: Vec<f64> = params.iter().map(|p| p.at(t)).collect();
+                let w = window(&s.points, e, range);
+                // A long window at many steps is the costly loop.
+                self.budget.spend(w.len())?;
+                if let Some(v) = sampled(name, w, e, range, &p) {
+                    points.extend(v.map(|v| (t, v)));
+                    continue;
                 }
-                (!points.is_empty()).then_some(Series {
+                let w: Vec<f64> = w.iter().map(|p| p.1).collect();
+                if w.is_empty() {
+                    continue;
+                }
+                points.extend(f(&w, &p).map(|v| (t, v)));
+            }
+            // As in Prometheus, last_over_time keeps the metric name.
+            if name != "last_over_time" {
+                s.labels.remove(NAME);
+            }
+            if !points.is_empty() {
+                out.push(Series {
                     labels: s.labels,
                     points,
-                })
-            })
-            .collect();
+                });
+            }
+        }
         Ok(Evaluated::Vector(out))
     }
 
@@ -831,7 +960,7 @@ impl Evaluator<'_> {
             Expr::MatrixSelector(ms) => {
                 let range = positive(ms.range.as_millis() as i64)?;
                 let (lo, hi) = self.at_span(ms.vs.at.as_ref());
-                let raw = series(self.engine, &ms.vs, lo - range + 1, hi).await?;
+                let raw = series(self.source, &ms.vs, lo - range + 1, hi).await?;
                 Ok((raw, range, ms.vs.at.clone()))
             }
             Expr::Subquery(sq) => {
@@ -849,7 +978,7 @@ impl Evaluator<'_> {
                 }
                 let end = hi - off;
                 let n = (end - start).div_euclid(step) + 1;
-                let max = self.engine.config().max_points as i64;
+                let max = self.source.config().max_points as i64;
                 if n > max {
                     return Err(QueryError::limit(
                         "query",
@@ -859,9 +988,10 @@ impl Evaluator<'_> {
                     ));
                 }
                 let inner = Evaluator {
-                    engine: self.engine,
+                    source: self.source,
                     steps: (0..n.max(0)).map(|i| start + i * step).collect(),
                     lookback_ms: self.lookback_ms,
+                    budget: self.budget,
                 };
                 let mut raw = match inner.eval(&sq.expr).await? {
                     Evaluated::Vector(v) => v,
@@ -892,7 +1022,9 @@ impl Evaluator<'_> {
     ) -> Result<Vec<Series>, QueryError> {
         let at = vs.at.as_ref();
         let (lo, hi) = self.at_span(at);
-        let raw = series(self.engine, vs, lo - self.lookback_ms + 1, hi).await?;
+        let raw = series(self.source, vs, lo - self.lookback_ms + 1, hi).await?;
+        self.budget
+            .spend(raw.len().saturating_mul(self.steps.len()))?;
         Ok(raw
             .into_iter()
             .filter_map(|s| {
@@ -1013,6 +1145,7 @@ impl Evaluator<'_> {
         };
         let mut groups: BTreeMap<Labels, BTreeMap<i64, Vec<f64>>> = BTreeMap::new();
         for s in inner {
+            self.budget.spend(s.points.len())?;
             let g = groups.entry(key(&s.labels)).or_default();
             for (t, v) in s.points {
                 g.entry(t).or_default().push(v);
@@ -1291,7 +1424,7 @@ pub const MAX_QUERY_DEPTH: usize = 128;
 pub const MAX_QUERY_DURATION: std::time::Duration =
     std::time::Duration::from_secs(292 * 365 * 86_400);
 
-fn parse_expr(q: &str) -> Result<Expr, QueryError> {
+pub fn parse_expr(q: &str) -> Result<Expr, QueryError> {
     if q.len() > MAX_QUERY_BYTES {
         return Err(QueryError::invalid(
             "query",
@@ -1463,18 +1596,31 @@ fn sort_order(e: &Expr) -> Option<bool> {
     }
 }
 
-async fn instant(engine: &Engine, p: &Params) -> Result<Json, QueryError> {
+/// Evaluates `expr` at each of `steps` (milliseconds, ascending) against
+/// `source`, within `timeout`.
+pub async fn evaluate(
+    source: &dyn Source,
+    expr: &Expr,
+    steps: Vec<i64>,
+    timeout: Duration,
+) -> Result<Evaluated, QueryError> {
+    let budget = Budget::new(timeout);
+    let ev = Evaluator {
+        source,
+        steps,
+        lookback_ms: source.config().lookback.as_millis() as i64,
+        budget: &budget,
+    };
+    ev.eval(expr).await
+}
+
+async fn instant(engine: &dyn Source, p: &Params, timeout: Duration) -> Result<Json, QueryError> {
     let expr = parse_expr(p.required("query")?)?;
     let t = match p.get("time") {
         Some(v) => parse_ms("time", v)?,
         None => crate::engine::now() * 1000,
     };
-    let ev = Evaluator {
-        engine,
-        steps: vec![t],
-        lookback_ms: engine.config().lookback.as_millis() as i64,
-    };
-    Ok(match ev.eval(&expr).await? {
+    Ok(match evaluate(engine, &expr, vec![t], timeout).await? {
         Evaluated::Scalar(v) => {
             json!({"resultType": "scalar", "result": [fmt_time(t), fmt_value(v.at(t))]})
         }
@@ -1498,7 +1644,7 @@ async fn instant(engine: &Engine, p: &Params) -> Result<Json, QueryError> {
     })
 }
 
-async fn range(engine: &Engine, p: &Params) -> Result<Json, QueryError> {
+async fn range(engine: &dyn Source, p: &Params, timeout: Duration) -> Result<Json, QueryError> {
     let expr = parse_expr(p.required("query")?)?;
     let start = parse_ms("start", p.required("start")?)?;
     let end = parse_ms("end", p.required("end")?)?;
@@ -1523,12 +1669,7 @@ async fn range(engine: &Engine, p: &Params) -> Result<Json, QueryError> {
         ));
     }
     let steps: Vec<i64> = (0..n).map(|i| start + i * step).collect();
-    let ev = Evaluator {
-        engine,
-        steps: steps.clone(),
-        lookback_ms: engine.config().lookback.as_millis() as i64,
-    };
-    let series = match ev.eval(&expr).await? {
+    let series = match evaluate(engine, &expr, steps.clone(), timeout).await? {
         Evaluated::Scalar(v) => vec![Series {
             labels: Labels::new(),
             points: steps.iter().map(|&t| (t, v.at(t))).collect(),
@@ -1595,8 +1736,8 @@ async fn handle(s: &HttpState, op: &'static str, q: Option<String>, body: Bytes)
     reply(
         e.run_within(op, timeout, async {
             match op {
-                "prom_query" => instant(e, &p).await,
-                "prom_query_range" => range(e, &p).await,
+                "prom_query" => instant(&**e, &p, timeout).await,
+                "prom_query_range" => range(&**e, &p, timeout).await,
                 "prom_series" => Ok(json!(
                     matched(e, &p, true)
                         .await?
@@ -1746,6 +1887,59 @@ mod tests {
         // Within the bounds: fine.
         assert!(parse_expr("rate(up[5m] offset 1h)").is_ok());
         assert!(parse_expr(&format!("{}up{}", "-(".repeat(50), ")".repeat(50))).is_ok());
+    }
+
+    /// One host `h1` with `n` snapshots of metric `m`, one a second from 0.
+    fn memory(n: i64) -> MemorySource {
+        let host = HostInfo {
+            id: "h1".into(),
+            last_seen: n - 1,
+            labels: BTreeMap::new(),
+            points: n as u64,
+            metrics: vec!["m".into()],
+        };
+        let frame = Frame {
+            timestamps: (0..n).collect(),
+            metrics: [("m".to_string(), (0..n).map(|i| i as f64).collect())].into(),
+        };
+        MemorySource {
+            config: QueryConfig::default(),
+            hosts: Arc::new(vec![host]),
+            frames: [("h1".to_string(), frame)].into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_evaluation_loop_stops_at_the_deadline() {
+        let src = memory(86_400);
+        let steps: Vec<i64> = (0..10_000).map(|i| 86_399_000 - i * 1000).rev().collect();
+        // A day's window at 10,000 steps: some 860 million samples visited.
+        let expr = parse_expr("max_over_time(m[1d])").unwrap();
+        // Nothing awaits inside that loop: only the budget can stop it.
+        let err = evaluate(&src, &expr, steps, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, QueryError::Timeout(_)), "{err}");
+        // The same query over a short range answers.
+        let steps: Vec<i64> = (0..10).map(|i| 86_390_000 + i * 1000).collect();
+        let Evaluated::Vector(v) = evaluate(&src, &expr, steps, Duration::from_secs(10))
+            .await
+            .unwrap()
+        else {
+            panic!("a vector")
+        };
+        assert_eq!(v[0].points.last(), Some(&(86_399_000, 86_399.0)));
+    }
+
+    #[tokio::test]
+    async fn memory_frames_are_bounded_by_max_points_scanned() {
+        let mut src = memory(1_000);
+        src.config.max_points_scanned = 100;
+        let expr = parse_expr("m").unwrap();
+        let err = evaluate(&src, &expr, vec![999_000], Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("max_points_scanned"), "{err}");
     }
 
     #[test]

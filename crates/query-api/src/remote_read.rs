@@ -144,7 +144,7 @@ async fn answer(s: &HttpState, req: ReadRequest) -> Result<ReadResponse, QueryEr
                 }
                 let vs = selector(q)?;
                 let series =
-                    crate::promql::series(engine, &vs, q.start_timestamp_ms, q.end_timestamp_ms)
+                    crate::promql::series(&**engine, &vs, q.start_timestamp_ms, q.end_timestamp_ms)
                         .await?;
                 results.push(QueryResult {
                     timeseries: series.into_iter().map(to_timeseries).collect(),

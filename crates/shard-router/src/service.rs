@@ -3,6 +3,7 @@
 use crate::router::{Router, retryable};
 use broker_common::security::{AuthChannel, ClientSecurity};
 use broker_common::validate::{Limits, first_problem};
+use broker_proto::bounded::Bounded;
 use broker_proto::v1::router_service_client::RouterServiceClient;
 use broker_proto::v1::router_service_server::{RouterService, RouterServiceServer};
 use broker_proto::v1::{MetricBatch, PointError, RouteRequest, RouteResponse};
@@ -35,10 +36,16 @@ impl RouterGrpc {
         self
     }
 
-    pub fn into_server(self) -> RouterServiceServer<Self> {
-        RouterServiceServer::new(self)
-            .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+    /// The gRPC service; a request's batch is counted against the limits
+    /// before it is decoded.
+    pub fn into_server(self) -> Bounded<RouterServiceServer<Self>> {
+        let bounds = self.limits.batch_bounds();
+        Bounded::new(
+            RouterServiceServer::new(self)
+                .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES),
+            bounds,
+        )
     }
 }
 

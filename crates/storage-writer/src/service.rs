@@ -4,6 +4,7 @@ use crate::error::WriterError;
 use crate::writer::Writer;
 use broker_common::security::{AuthChannel, ClientSecurity};
 use broker_common::validate::{Limits, first_problem};
+use broker_proto::bounded::Bounded;
 use broker_proto::v1::ClusterState;
 use broker_proto::v1::writer_service_client::WriterServiceClient;
 use broker_proto::v1::writer_service_server::{WriterService, WriterServiceServer};
@@ -112,10 +113,16 @@ impl WriterGrpc {
         self
     }
 
-    pub fn into_server(self) -> WriterServiceServer<Self> {
-        WriterServiceServer::new(self)
-            .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+    /// The gRPC service; a request's batch is counted against the limits
+    /// before it is decoded.
+    pub fn into_server(self) -> Bounded<WriterServiceServer<Self>> {
+        let bounds = self.limits.batch_bounds();
+        Bounded::new(
+            WriterServiceServer::new(self)
+                .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES),
+            bounds,
+        )
     }
 }
 
