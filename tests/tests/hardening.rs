@@ -251,3 +251,159 @@ async fn a_raft_message_raft_rs_would_panic_on_does_not_kill_the_node() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Calls of `command` Redis has served (INFO commandstats).
+async fn calls(r: &Reader, command: &str) -> u64 {
+    let info = r.cmd(&["INFO", "commandstats"]).await;
+    let text = match info {
+        fred::types::Value::String(s) => s.to_string(),
+        fred::types::Value::Bytes(b) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("INFO answered {other:?}"),
+    };
+    let prefix = format!("cmdstat_{}:calls=", command.to_ascii_lowercase());
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+/// Query-api bounds what it reads and answers before reading it: a query
+/// past `query.max_points_scanned` is refused after counting (ZCOUNT), with
+/// no snapshot read; a range query naming more than `query.max_metrics`
+/// metrics is refused; the host list comes in pages of `query.max_series`
+/// and label values and series past it are cut with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_api_bounds_what_it_reads_before_reading_it() {
+    let redis = RedisServer::start().unwrap();
+    let mut config = config_for(&redis.url());
+    config.query.max_points_scanned = 100;
+    config.query.max_series = 10;
+    config.query.max_hosts = 100;
+    config.query.hosts_cache_ttl = std::time::Duration::from_secs(600);
+    let broker = Running::broker(config, &Service::DEFAULT).await;
+    let ts = now() - 60;
+    // 30 hosts, 5 snapshots each: 150 snapshots.
+    let batches = (0..5)
+        .map(|k| MetricBatch {
+            seq: k as u64 + 1,
+            metric_names: metric_names(2),
+            points: (0..30)
+                .map(|h| point(&format!("qb-{h:02}"), ts + k * 10, 2))
+                .collect(),
+        })
+        .collect();
+    for a in send_batches(&broker.endpoint(), batches).await {
+        assert_eq!(a.accepted, 30, "{a:?}");
+    }
+    let reader = Reader::connect(&redis.url()).await;
+    let q = broker.http;
+    // The host list is read once here (its hosts' newest snapshots too),
+    // and kept.
+    let (status, _) = http(q, "GET", "/api/query/hosts", "").await;
+    assert_eq!(status, 200);
+
+    // Scanned: 150 snapshots > 100, refused before any is read.
+    let (hgetall, hmget, zrange) = (
+        calls(&reader, "hgetall").await,
+        calls(&reader, "hmget").await,
+        calls(&reader, "zrangebyscore").await,
+    );
+    let zcount = calls(&reader, "zcount").await;
+    let range = format!(
+        "/api/v1/query_range?query={}&start={}&end={}&step=10",
+        enc("sum(m00)"),
+        ts,
+        ts + 40
+    );
+    let (status, body) = http(q, "GET", &range, "").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("query.max_points_scanned (100)"),
+        "{body}"
+    );
+    assert!(calls(&reader, "zcount").await > zcount, "counted first");
+    let read = (
+        calls(&reader, "hgetall").await - hgetall,
+        calls(&reader, "hmget").await - hmget,
+        calls(&reader, "zrangebyscore").await - zrange,
+    );
+    println!("reads by the refused query (HGETALL, HMGET, ZRANGEBYSCORE): {read:?}");
+    assert_eq!(read, (0, 0, 0), "snapshots were read: {read:?}");
+    // Within the bound (20 hosts x 5): answered.
+    let ok = format!(
+        "/api/v1/query_range?query={}&start={}&end={}&step=10",
+        enc("sum(m00{host=~\"qb-0.*|qb-1.*\"})"),
+        ts,
+        ts + 40
+    );
+    let (status, body) = http(q, "GET", &ok, "").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Metrics named by one range query.
+    let many: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    let (status, body) = http(
+        q,
+        "GET",
+        &format!(
+            "/api/query/range?host=qb-00&start={ts}&end={}&metrics={}",
+            ts + 40,
+            many.join(",")
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string().contains("query.max_metrics (256)"),
+        "{body}"
+    );
+
+    // Host list pages of at most query.max_series.
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (status, body) = http(q, "GET", &format!("/api/query/hosts?after={after}"), "").await;
+        assert_eq!(status, 200, "{body}");
+        let page = body["hosts"].as_array().unwrap();
+        assert!(page.len() <= 10, "{} hosts in a page", page.len());
+        seen.extend(page.iter().map(|h| h["id"].as_str().unwrap().to_string()));
+        match body["next_after"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+    }
+    let mut want: Vec<String> = (0..30).map(|h| format!("qb-{h:02}")).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    let (status, body) = http(q, "GET", "/api/query/hosts?limit=11", "").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("query.max_series (10)"), "{body}");
+
+    // Label values and series: cut at query.max_series, with a warning.
+    let (status, body) = http(q, "GET", "/api/v1/label/host/values", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 10, "{body}");
+    assert!(
+        body["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("query.max_series is 10"),
+        "{body}"
+    );
+    let (status, body) = http(
+        q,
+        "GET",
+        &format!("/api/v1/series?match[]={}&limit=5", enc("m01")),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 5, "{body}");
+    assert_eq!(
+        body["warnings"][0], "results truncated due to limit",
+        "{body}"
+    );
+    broker.stop().await;
+}

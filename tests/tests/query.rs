@@ -361,6 +361,7 @@ async fn point_range_hosts_and_every_aggregation() {
         .hosts(HostsRequest {
             labels: Default::default(),
             prefix: "db".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -523,6 +523,10 @@ pub const DEFAULT_QUERY_MAX_POINTS: usize = 50_000;
 /// Snapshots one query may read from Redis (an aggregation over many hosts).
 pub const DEFAULT_QUERY_MAX_POINTS_SCANNED: usize = 2_000_000;
 pub const DEFAULT_QUERY_MAX_HOSTS: usize = 1_000;
+/// Metric names one point or range query may name.
+pub const DEFAULT_QUERY_MAX_METRICS: usize = 256;
+/// Entries of one list answer (hosts, label names or values, series).
+pub const DEFAULT_QUERY_MAX_SERIES: usize = 10_000;
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Prometheus's default lookback delta for instant vector selectors.
 pub const DEFAULT_QUERY_LOOKBACK: Duration = Duration::from_secs(300);
@@ -562,6 +566,12 @@ pub struct QueryConfig {
     pub max_points_scanned: usize,
     /// Hosts one aggregation or PromQL selector may cover.
     pub max_hosts: usize,
+    /// Metric names one point or range query may name.
+    pub max_metrics: usize,
+    /// Entries one list answer carries at most: the host list (then paged
+    /// with `after`), label names, label values and series (then cut,
+    /// with a warning, as Prometheus's `limit` does).
+    pub max_series: usize,
     /// Deadline of one query.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -586,6 +596,8 @@ impl Default for QueryConfig {
             max_points: DEFAULT_QUERY_MAX_POINTS,
             max_points_scanned: DEFAULT_QUERY_MAX_POINTS_SCANNED,
             max_hosts: DEFAULT_QUERY_MAX_HOSTS,
+            max_metrics: DEFAULT_QUERY_MAX_METRICS,
+            max_series: DEFAULT_QUERY_MAX_SERIES,
             timeout: DEFAULT_QUERY_TIMEOUT,
             lookback: DEFAULT_QUERY_LOOKBACK,
         }
@@ -902,6 +914,8 @@ impl BrokerConfig {
         positive(&mut bad, "query.read_batch", q.read_batch);
         positive(&mut bad, "query.max_points", q.max_points);
         positive(&mut bad, "query.max_hosts", q.max_hosts);
+        positive(&mut bad, "query.max_metrics", q.max_metrics);
+        positive(&mut bad, "query.max_series", q.max_series);
         if q.max_points_scanned < q.max_points {
             bad(
                 "query.max_points_scanned",

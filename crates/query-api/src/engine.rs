@@ -150,7 +150,10 @@ pub struct Engine {
     cfg: QueryConfig,
     names: NameLimits,
     cache: moka::sync::Cache<String, Entry>,
-    hosts: tokio::sync::Mutex<Option<(Instant, Arc<Vec<HostInfo>>)>>,
+    /// The host list and when it was read.
+    hosts: std::sync::Mutex<Option<(Instant, Arc<Vec<HostInfo>>)>>,
+    /// Held by the one request reading the host list again.
+    hosts_refresh: tokio::sync::Mutex<()>,
     pub metrics: QueryMetrics,
 }
 
@@ -170,7 +173,8 @@ impl Engine {
                 metric: config.gateway.max_metric_name_len,
             },
             cache,
-            hosts: tokio::sync::Mutex::new(None),
+            hosts: std::sync::Mutex::new(None),
+            hosts_refresh: tokio::sync::Mutex::new(()),
             metrics,
         }
     }
@@ -253,6 +257,16 @@ impl Engine {
     }
 
     fn check_metrics(&self, metrics: &[String]) -> Result<Vec<String>, QueryError> {
+        if metrics.len() > self.cfg.max_metrics {
+            return Err(QueryError::limit(
+                "metrics",
+                format!(
+                    "names {} metrics, more than query.max_metrics ({}); ask for fewer, or for all by naming none",
+                    metrics.len(),
+                    self.cfg.max_metrics
+                ),
+            ));
+        }
         for m in metrics {
             self.check_metric("metrics", m)?;
         }
@@ -528,39 +542,82 @@ impl Engine {
         Ok(r)
     }
 
-    /// Every host, from a list refreshed at most every
-    /// `query.hosts_cache_ttl` (one refresh at a time; others wait for it).
+    /// Every host, sorted by id, from a list read again at most every
+    /// `query.hosts_cache_ttl`. One request at a time reads it (a SCAN of
+    /// the host keys and a read per host); meanwhile the others answer from
+    /// the previous list instead of queueing behind it. Only the first
+    /// requests of a process, with no list yet, wait.
     pub async fn host_list(&self) -> Result<Arc<Vec<HostInfo>>, QueryError> {
-        let mut guard = self.hosts.lock().await;
-        if let Some((at, list)) = guard.as_ref()
+        let cached = || self.hosts.lock().expect("host list lock").clone();
+        let stale = match cached() {
+            Some((at, list)) if at.elapsed() < self.cfg.hosts_cache_ttl => return Ok(list),
+            Some((_, list)) => Some(list),
+            None => None,
+        };
+        let _refresh = match (self.hosts_refresh.try_lock(), stale) {
+            (Ok(guard), _) => guard,
+            (Err(_), Some(list)) => return Ok(list),
+            (Err(_), None) => {
+                let guard = self.hosts_refresh.lock().await;
+                // The request that held it has read the list.
+                if let Some((_, list)) = cached() {
+                    return Ok(list);
+                }
+                guard
+            }
+        };
+        // Another request may have refreshed it since we looked.
+        if let Some((at, list)) = cached()
             && at.elapsed() < self.cfg.hosts_cache_ttl
         {
-            return Ok(list.clone());
+            return Ok(list);
         }
         let ids = self.store.host_ids().await?;
         let infos = self.store.host_infos(&ids).await?;
         let list = Arc::new(infos.into_iter().flatten().collect::<Vec<_>>());
-        *guard = Some((Instant::now(), list.clone()));
+        *self.hosts.lock().expect("host list lock") = Some((Instant::now(), list.clone()));
         Ok(list)
     }
 
+    /// A page of the hosts with `labels` and `prefix`, sorted by id: up
+    /// to `limit` (0: `query.max_series`) after the id `after`, and the id
+    /// to continue after when there are more.
     pub async fn hosts(
         &self,
         labels: &BTreeMap<String, String>,
         prefix: &str,
-    ) -> Result<Vec<HostInfo>, QueryError> {
+        after: &str,
+        limit: usize,
+    ) -> Result<(Vec<HostInfo>, Option<String>), QueryError> {
+        let max = self.cfg.max_series;
+        let limit = match limit {
+            0 => max,
+            n if n > max => {
+                return Err(QueryError::limit(
+                    "limit",
+                    format!("{n} is more than query.max_series ({max})"),
+                ));
+            }
+            n => n,
+        };
         let sel = HostSelector {
             hosts: Vec::new(),
             labels: labels.clone(),
             prefix: prefix.to_string(),
         };
-        Ok(self
-            .host_list()
-            .await?
+        let list = self.host_list().await?;
+        let from = list.partition_point(|h| h.id.as_str() <= after);
+        let mut page: Vec<HostInfo> = list[from..]
             .iter()
             .filter(|h| sel.matches(h))
+            .take(limit + 1)
             .cloned()
-            .collect())
+            .collect();
+        let next = (page.len() > limit).then(|| {
+            page.truncate(limit);
+            page[limit - 1].id.clone()
+        });
+        Ok((page, next))
     }
 
     pub async fn host(&self, id: &str) -> Result<HostInfo, QueryError> {

@@ -133,9 +133,15 @@ impl QueryService for QueryGrpc {
         let r = req.into_inner();
         let labels = r.labels.into_iter().collect();
         let e = &self.engine;
-        let hosts = e.run("hosts", e.hosts(&labels, &r.prefix)).await?;
+        let (hosts, next) = e
+            .run(
+                "hosts",
+                e.hosts(&labels, &r.prefix, &r.after, r.limit as usize),
+            )
+            .await?;
         Ok(Response::new(HostsResponse {
             hosts: hosts.into_iter().map(host_info).collect(),
+            next_after: next.unwrap_or_default(),
         }))
     }
 

@@ -7,7 +7,7 @@
 //! | `GET /api/query/point?host=&ts=[&metrics=a,b]` | one snapshot; 404 if none |
 //! | `GET /api/query/range?host=&start=&end=[&metrics=][&limit=]` | columnar series |
 //! | `GET /api/query/aggregate?function=&metric=&start=&end=[&step=][&hosts=][&label=k=v][&prefix=][&per_host=true]` | buckets |
-//! | `GET /api/query/hosts[?label=k=v][&prefix=]` | host list |
+//! | `GET /api/query/hosts[?label=k=v][&prefix=][&limit=][&after=]` | host list, a page of at most `query.max_series`; `next_after` continues it |
 //! | `GET /api/query/hosts/{id}` | one host |
 //! | `GET /api/query/cluster` | members, states, ring shares, epoch |
 //!
@@ -271,10 +271,15 @@ async fn hosts(State(s): State<HttpState>, RawQuery(q): RawQuery) -> Response {
     json(
         e.run("hosts", async {
             let p = Params::parse(q.as_deref(), b"")?;
-            let hosts = e
-                .hosts(&p.labels("label")?, p.get("prefix").unwrap_or(""))
+            let (hosts, next) = e
+                .hosts(
+                    &p.labels("label")?,
+                    p.get("prefix").unwrap_or(""),
+                    p.get("after").unwrap_or(""),
+                    p.usize_or("limit", 0)?,
+                )
                 .await?;
-            Ok(serde_json::json!({ "hosts": hosts }))
+            Ok(serde_json::json!({ "hosts": hosts, "next_after": next }))
         })
         .await,
     )

@@ -1531,7 +1531,10 @@ fn renamed_functions(q: &str) -> std::borrow::Cow<'_, str> {
             Some(open) if c == open => quote = None,
             Some(_) => {}
             None if matches!(c, b'"' | b'\'' | b'`') => quote = Some(c),
-            None if q[i..].starts_with(OLD)
+            // Bytes, not `q[i..]`: `i` may be inside a multi-byte
+            // character (found by the promql_eval fuzz target). A match
+            // starts with an ASCII byte, so it is on a boundary.
+            None if b[i..].starts_with(OLD.as_bytes())
                 && (i == 0 || !ident(b[i - 1]))
                 && q[i + OLD.len()..].trim_start().starts_with('(') =>
             {
@@ -1551,6 +1554,45 @@ fn renamed_functions(q: &str) -> std::borrow::Cow<'_, str> {
 
 fn success(data: Json) -> Response {
     axum::Json(json!({"status": "success", "data": data})).into_response()
+}
+
+/// A list answer (label names, label values, series): at most `limit`
+/// entries (0: no limit of its own) and never more than
+/// `query.max_series`; when cut, the warning says so, as Prometheus's
+/// does.
+fn capped(
+    items: impl ExactSizeIterator<Item = Json>,
+    p: &Params,
+    cfg: &QueryConfig,
+) -> Result<(Json, Option<String>), QueryError> {
+    let asked = match p.get("limit") {
+        None => 0,
+        Some(v) => v.parse::<usize>().map_err(|_| {
+            QueryError::invalid("limit", format!("{v:?} is not a non-negative integer"))
+        })?,
+    };
+    let max = cfg.max_series;
+    let limit = if asked == 0 { max } else { asked.min(max) };
+    let n = items.len();
+    let out: Vec<Json> = items.take(limit).collect();
+    let warning = (n > limit).then(|| {
+        if limit == asked {
+            "results truncated due to limit".to_string()
+        } else {
+            format!("results truncated due to limit: {n} entries, query.max_series is {max}")
+        }
+    });
+    Ok((Json::Array(out), warning))
+}
+
+fn reply_capped(r: Result<(Json, Option<String>), QueryError>) -> Response {
+    match r {
+        Ok((d, None)) => success(d),
+        Ok((d, Some(w))) => {
+            axum::Json(json!({"status": "success", "data": d, "warnings": [w]})).into_response()
+        }
+        Err(e) => prom_error(&e),
+    }
 }
 
 fn prom_error(e: &QueryError) -> Response {
@@ -1689,24 +1731,34 @@ async fn range(engine: &dyn Source, p: &Params, timeout: Duration) -> Result<Jso
     Ok(json!({"resultType": "matrix", "result": result}))
 }
 
-/// Label sets of the series `match[]` selects (every series when absent).
-async fn matched(engine: &Engine, p: &Params, required: bool) -> Result<Vec<Labels>, QueryError> {
+/// Label sets of the series `match[]` selects (every series when absent),
+/// each given to `each`, so that callers keep only what they answer
+/// (label names or values), not every series of every host.
+async fn matched_each(
+    engine: &Engine,
+    p: &Params,
+    mut each: impl FnMut(Labels),
+) -> Result<(), QueryError> {
+    if p.all("match[]").is_empty() {
+        let list = engine.host_list().await?;
+        for h in list.iter() {
+            let l = host_labels(h);
+            h.metrics.iter().for_each(|m| each(series_labels(&l, m)));
+        }
+        return Ok(());
+    }
+    matched(engine, p).await?.into_iter().for_each(each);
+    Ok(())
+}
+
+/// Label sets of the series `match[]` selects (required).
+async fn matched(engine: &Engine, p: &Params) -> Result<Vec<Labels>, QueryError> {
     let selectors = p.all("match[]");
     if selectors.is_empty() {
-        if required {
-            return Err(QueryError::invalid(
-                "match[]",
-                "no match[] parameter provided",
-            ));
-        }
-        let list = engine.host_list().await?;
-        return Ok(list
-            .iter()
-            .flat_map(|h| {
-                let l = host_labels(h);
-                h.metrics.iter().map(move |m| series_labels(&l, m))
-            })
-            .collect());
+        return Err(QueryError::invalid(
+            "match[]",
+            "no match[] parameter provided",
+        ));
     }
     let mut out = BTreeSet::new();
     for s in selectors {
@@ -1733,24 +1785,19 @@ async fn handle(s: &HttpState, op: &'static str, q: Option<String>, body: Bytes)
         Ok(t) => t,
         Err(err) => return prom_error(&err),
     };
-    reply(
+    reply_capped(
         e.run_within(op, timeout, async {
             match op {
-                "prom_query" => instant(&**e, &p, timeout).await,
-                "prom_query_range" => range(&**e, &p, timeout).await,
-                "prom_series" => Ok(json!(
-                    matched(e, &p, true)
-                        .await?
-                        .iter()
-                        .map(labels_json)
-                        .collect::<Vec<_>>()
-                )),
+                "prom_query" => Ok((instant(&**e, &p, timeout).await?, None)),
+                "prom_query_range" => Ok((range(&**e, &p, timeout).await?, None)),
+                "prom_series" => {
+                    let series = matched(e, &p).await?;
+                    capped(series.iter().map(labels_json), &p, e.config())
+                }
                 "prom_labels" => {
                     let mut names: BTreeSet<String> = BTreeSet::new();
-                    for l in matched(e, &p, false).await? {
-                        names.extend(l.into_keys());
-                    }
-                    Ok(json!(names))
+                    matched_each(e, &p, |l| names.extend(l.into_keys())).await?;
+                    capped(names.into_iter().map(Json::String), &p, e.config())
                 }
                 _ => unreachable!("known op"),
             }
@@ -1781,16 +1828,17 @@ async fn label_values(
     RawQuery(q): RawQuery,
 ) -> Response {
     let e = &s.engine;
-    reply(
+    reply_capped(
         e.run("prom_label_values", async {
             let p = Params::parse(q.as_deref(), b"")?;
             let mut values: BTreeSet<String> = BTreeSet::new();
-            for mut l in matched(e, &p, false).await? {
+            matched_each(e, &p, |mut l| {
                 if let Some(v) = l.remove(&name) {
                     values.insert(v);
                 }
-            }
-            Ok(json!(values))
+            })
+            .await?;
+            capped(values.into_iter().map(Json::String), &p, e.config())
         })
         .await,
     )
@@ -1828,16 +1876,18 @@ async fn metadata(State(s): State<HttpState>, RawQuery(q): RawQuery) -> Response
                     None => None,
                 };
             let mut names: BTreeSet<String> = BTreeSet::new();
-            for l in matched(e, &p, false).await? {
-                if let Some(n) = l.get(NAME)
+            matched_each(e, &p, |mut l| {
+                if let Some(n) = l.remove(NAME)
                     && only.is_none_or(|m| m == n)
                 {
-                    names.insert(n.clone());
+                    names.insert(n);
                 }
-            }
+            })
+            .await?;
+            let max = e.config().max_series;
             let entries = names
                 .into_iter()
-                .take(limit.filter(|&l| l > 0).unwrap_or(usize::MAX))
+                .take(limit.filter(|&l| l > 0).unwrap_or(max).min(max))
                 .map(|n| (n, json!([{"type": "unknown", "help": "", "unit": ""}])));
             Ok(Json::Object(entries.collect()))
         })
@@ -1940,6 +1990,17 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("max_points_scanned"), "{err}");
+    }
+
+    #[test]
+    fn renaming_holt_winters_survives_multibyte_text() {
+        // Crashed the handler: a slice inside 'ؓ' (found by fuzzing).
+        let q = "histoholt_wintersl3mP(a(bsder\u{613}iv(cpu_user[3m])), 0, 1) u ";
+        assert_eq!(renamed_functions(q), q);
+        assert_eq!(
+            renamed_functions("é + holt_winters(x[5m], 0.5, 0.5)"),
+            "é + double_exponential_smoothing(x[5m], 0.5, 0.5)"
+        );
     }
 
     #[test]
