@@ -407,3 +407,88 @@ async fn query_api_bounds_what_it_reads_before_reading_it() {
     );
     broker.stop().await;
 }
+
+/// A Join cannot take over a live member: the same node_id from another
+/// process instance (a second process, or a stale one) is refused while
+/// the member's lease is renewed, through a follower too; that instance's
+/// heartbeats are not counted. Once the lease runs out, the new instance
+/// joins (a restarted process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_member_cannot_be_taken_over_by_another_instance() {
+    use broker_proto::v1::{Member, MemberRole, MemberState};
+    use broker_tests::cluster::CtlCluster;
+    use std::time::{Duration, Instant};
+    let cluster = CtlCluster::start(3, Duration::from_millis(300)).await;
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let follower = cluster.ids().into_iter().find(|&i| i != leader).unwrap();
+    let member = |instance: &str, port: u16| Member {
+        id: "w-dup".into(),
+        roles: vec![MemberRole::StorageWriter as i32],
+        addr: format!("http://127.0.0.1:{port}"),
+        weight: 1,
+        instance: instance.into(),
+        ..Default::default()
+    };
+    let client = cluster.client();
+    client.join(member("aaaa", 1001)).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let beating = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let r = client.heartbeat("w-dup", "aaaa").await.unwrap();
+                assert!(r.known);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let addr_of = |s: &broker_proto::v1::ClusterState| {
+        let m = s.members.iter().find(|m| m.id == "w-dup").unwrap();
+        (m.addr.clone(), m.state)
+    };
+    // Through a follower (no retries): forwarded, refused, nothing changed.
+    let e = cluster
+        .client_of(follower)
+        .join(member("bbbb", 1002))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("alive as another process instance (aaaa at http://127.0.0.1:1001"),
+        "{e}"
+    );
+    let state = client.members().await.unwrap();
+    assert_eq!(addr_of(&state).0, "http://127.0.0.1:1001");
+    // The other instance's heartbeat does not renew the lease.
+    assert!(!client.heartbeat("w-dup", "bbbb").await.unwrap().known);
+    // The same instance joins again freely (a process re-joining).
+    client.join(member("aaaa", 1001)).await.unwrap();
+
+    // The first process stops: its lease runs out, the member goes
+    // offline, and the new instance joins with its address.
+    stop.cancel();
+    beating.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = client.members().await.unwrap();
+        if addr_of(&state).1 == MemberState::Offline as i32 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease never ran out: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let joined = client.join(member("bbbb", 1002)).await.unwrap();
+    let state = joined.state.unwrap();
+    assert_eq!(
+        addr_of(&state),
+        (
+            "http://127.0.0.1:1002".to_string(),
+            MemberState::Online as i32
+        )
+    );
+    assert!(!client.heartbeat("w-dup", "aaaa").await.unwrap().known);
+    assert!(client.heartbeat("w-dup", "bbbb").await.unwrap().known);
+}

@@ -57,11 +57,17 @@ struct Inner {
 }
 
 /// Transient: the endpoint is unreachable, has no leader yet, or the call
-/// timed out; another endpoint or a later try may succeed.
+/// timed out; another endpoint or a later try may succeed. ABORTED: a Join
+/// raced the member's previous process instance, whose lease runs out
+/// within seconds.
 fn transient(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Aborted
     )
 }
 
@@ -225,10 +231,16 @@ impl ClusterClient {
             .await
     }
 
-    pub async fn heartbeat(&self, id: &str) -> Result<HeartbeatResponse, ClusterError> {
+    /// Renews the lease of member `id` as process `instance` (its
+    /// `Member.instance`; empty: not checked).
+    pub async fn heartbeat(
+        &self,
+        id: &str,
+        instance: &str,
+    ) -> Result<HeartbeatResponse, ClusterError> {
         self.call(|mut c| {
-            let id = id.to_string();
-            async move { c.heartbeat(HeartbeatRequest { id }).await }
+            let (id, instance) = (id.to_string(), instance.to_string());
+            async move { c.heartbeat(HeartbeatRequest { id, instance }).await }
         })
         .await
     }

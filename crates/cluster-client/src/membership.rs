@@ -55,6 +55,9 @@ impl Membership {
             state: MemberState::Online as i32,
             weight: opts.weight.max(1),
             admin_addr: opts.admin_addr.clone(),
+            // This process: another process with the same id cannot take
+            // the member over while this one heartbeats.
+            instance: format!("{:016x}", rand::random::<u64>()),
             ..Default::default()
         };
         let joined = client.join(member.clone()).await?;
@@ -189,7 +192,7 @@ async fn beat(client: ClusterClient, member: Member, interval: Duration, stop: C
         }
         let r = tokio::select! {
             _ = stop.cancelled() => return,
-            r = client.heartbeat(&member.id) => r,
+            r = client.heartbeat(&member.id, &member.instance) => r,
         };
         match r {
             Ok(r) if !r.known => {

@@ -79,6 +79,12 @@ impl Leases {
         );
     }
 
+    /// How long ago `id`'s lease was last renewed (a beat, a join, or a
+    /// new leader's grace), if this node holds one.
+    pub fn age(&self, id: &str) -> Option<Duration> {
+        self.lock().get(id).map(|l| l.at.elapsed())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Lease>> {
         self.beats.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -10,9 +10,9 @@ use broker_proto::v1::cluster_service_server::{ClusterService, ClusterServiceSer
 use broker_proto::v1::raft_service_server::{RaftService, RaftServiceServer};
 use broker_proto::v1::{
     ChangeResponse, ClusterCommand, ClusterState, HeartbeatRequest, HeartbeatResponse, JoinRequest,
-    JoinResponse, LeaveRequest, MembersRequest, RaftAck, RaftMessages, RaftStatus, SetRingRequest,
-    SetStateRequest, StatusRequest, VoterRequest, VoterResponse, WatchRequest,
-    cluster_command::Command,
+    JoinResponse, LeaveRequest, Member, MemberState, MembersRequest, RaftAck, RaftMessages,
+    RaftStatus, SetRingRequest, SetStateRequest, StatusRequest, VoterRequest, VoterResponse,
+    WatchRequest, cluster_command::Command,
 };
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -117,6 +117,38 @@ impl ClusterGrpc {
         Ok(self.node.state().borrow().clone())
     }
 
+    /// Refuses a Join of a member id by another process instance while the
+    /// instance that holds it is alive (its lease renewed within the TTL):
+    /// two processes with one node_id would take each other's address.
+    /// ABORTED, which clients retry: a restarted process joins once its old
+    /// instance's lease runs out.
+    fn check_instance(&self, joining: &Member) -> Result<(), Status> {
+        let state = self.node.state().borrow().clone();
+        let Some(current) = state.members.iter().find(|m| m.id == joining.id) else {
+            return Ok(());
+        };
+        if joining.instance.is_empty()
+            || current.instance.is_empty()
+            || current.instance == joining.instance
+            || current.state == MemberState::Offline as i32
+        {
+            return Ok(());
+        }
+        match self.leases.age(&joining.id) {
+            Some(age) if age <= self.leases.ttl() => Err(Status::aborted(format!(
+                "member {} is alive as another process instance ({} at {}, lease renewed {} ms ago); \
+                 is a second process running with node_id {}? A restarted process joins once the old lease expires ({} ms)",
+                joining.id,
+                current.instance,
+                current.addr,
+                age.as_millis(),
+                joining.id,
+                self.leases.ttl().as_millis()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn leader_client(&self, addr: &str) -> Result<ClusterServiceClient<AuthChannel>, Status> {
         let mut map = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = map.get(addr) {
@@ -137,10 +169,24 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<ClusterState, Status>> + Sen
 #[tonic::async_trait]
 impl ClusterService for ClusterGrpc {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        let member = request
-            .into_inner()
+        let req = request.into_inner();
+        // Leases live on the leader: it decides whether the member's
+        // current instance is alive.
+        let view = self.node.view();
+        if !view.is_leader() {
+            let addr = view
+                .leader_addr()
+                .ok_or_else(|| Status::unavailable(NodeError::NoLeader.to_string()))?
+                .to_string();
+            let mut leader = self.leader_client(&addr)?;
+            let mut fwd = Request::new(req);
+            fwd.set_timeout(Duration::from_secs(5));
+            return leader.join(fwd).await;
+        }
+        let member = req
             .member
             .ok_or_else(|| Status::invalid_argument("member is missing"))?;
+        self.check_instance(&member)?;
         let id = member.id.clone();
         let state = self.change(Command::Join(member)).await?;
         self.leases.grant(&id);
@@ -235,7 +281,14 @@ impl ClusterService for ClusterGrpc {
         let view = self.node.view();
         if view.is_leader() {
             let state = self.node.state().borrow().clone();
-            let known = state.members.iter().any(|m| m.id == req.id);
+            // A process whose member was joined by another instance since
+            // (it was paused, the other restarted) does not renew its lease.
+            let known = state.members.iter().any(|m| {
+                m.id == req.id
+                    && (req.instance.is_empty()
+                        || m.instance.is_empty()
+                        || m.instance == req.instance)
+            });
             if known {
                 self.leases.beat(&req.id);
             }
