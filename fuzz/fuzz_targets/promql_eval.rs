@@ -61,7 +61,14 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         .expect("a runtime")
 });
 
+/// libfuzzer-sys aborts on any panic, even a caught one. query-api catches
+/// promql-parser's own panics (and answers 400); the default hook lets
+/// that catch work here too, while a panic anywhere else still reaches
+/// libfuzzer-sys's catch and aborts.
+static DEFAULT_PANIC_HOOK: std::sync::Once = std::sync::Once::new();
+
 fuzz_target!(|data: &[u8]| {
+    DEFAULT_PANIC_HOOK.call_once(|| drop(std::panic::take_hook()));
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };

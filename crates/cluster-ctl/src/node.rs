@@ -439,26 +439,11 @@ impl Task {
         tracing::info!(raft_id = self.raw.raft.id, "raft node stopped");
     }
 
-    /// A message raft-rs would panic on rather than refuse: a heartbeat
-    /// committing past this node's last index (raft-rs asserts
-    /// `commit_to` is in range). A leader never sends one; a buggy or
-    /// forged peer might, and one message must not kill the node.
-    fn refuse(&self, m: &raft::eraftpb::Message) -> Option<&'static str> {
-        use raft::eraftpb::MessageType;
-        let last = self.raw.raft.raft_log.last_index();
-        match m.get_msg_type() {
-            MessageType::MsgHeartbeat if m.commit > last => {
-                Some("the heartbeat commits past this node's last index")
-            }
-            _ => None,
-        }
-    }
-
     fn handle(&mut self, input: Input) {
         match input {
             Input::Raft(msgs) => {
                 for m in msgs {
-                    if let Some(why) = self.refuse(&m) {
+                    if let Some(why) = refuse(&self.raw.raft, &m) {
                         tracing::warn!(from = m.from, kind = ?m.get_msg_type(), why, "raft message dropped");
                         continue;
                     }
@@ -723,5 +708,123 @@ impl Task {
                 false
             }
         });
+    }
+}
+
+/// Why raft-rs would panic on `m` rather than refuse it, if it would: a
+/// leader never sends such a message, a buggy or forged peer might, and
+/// one message must not kill the node. Checked before every step (and by
+/// the `raft_send` fuzz target, which looks for more):
+/// - a heartbeat committing past the last index (`commit_to` asserts it is
+///   in range);
+/// - an append whose entries are not numbered on from its index
+///   (`maybe_append` slices the entries by index);
+/// - an empty proposal (`stepped empty MsgProp`).
+pub fn refuse<S: raft::Storage>(
+    raft: &raft::Raft<S>,
+    m: &raft::eraftpb::Message,
+) -> Option<&'static str> {
+    use raft::eraftpb::MessageType;
+    let log = &raft.raft_log;
+    match m.get_msg_type() {
+        MessageType::MsgHeartbeat if m.commit > log.last_index() => {
+            Some("the heartbeat commits past this node's last index")
+        }
+        MessageType::MsgAppend => {
+            let numbered = m
+                .entries
+                .iter()
+                .enumerate()
+                .all(|(i, e)| Some(e.index) == m.index.checked_add(i as u64 + 1));
+            (!numbered).then_some("the append's entries are not numbered on from its index")
+        }
+        MessageType::MsgPropose if m.entries.is_empty() => Some("the proposal is empty"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuse;
+    use raft::eraftpb::{ConfState, Entry, HardState, Message, MessageType};
+    use raft::storage::MemStorage;
+    use raft::{Config, RawNode};
+
+    /// A follower (id 2) of voters 1..=3: entries 1..=5 at term 2, 3
+    /// committed.
+    fn follower() -> RawNode<MemStorage> {
+        let storage = MemStorage::new_with_conf_state(ConfState::from((vec![1, 2, 3], vec![])));
+        {
+            let mut w = storage.wl();
+            let entries: Vec<Entry> = (1..=5)
+                .map(|i| {
+                    let mut e = Entry::default();
+                    (e.index, e.term) = (i, 2);
+                    e
+                })
+                .collect();
+            w.append(&entries).unwrap();
+            let mut hs = HardState::default();
+            (hs.term, hs.commit) = (2, 3);
+            w.set_hardstate(hs);
+        }
+        let config = Config {
+            id: 2,
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let mut raw = RawNode::new(&config, storage, &logger).unwrap();
+        raw.raft.become_follower(2, 1);
+        raw
+    }
+
+    fn msg(kind: MessageType, index: u64, entries: &[(u64, u64)]) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        (m.from, m.to, m.term, m.index, m.log_term) = (1, 2, 2, index, 2);
+        m.entries = entries
+            .iter()
+            .map(|&(index, term)| {
+                let mut e = Entry::default();
+                (e.index, e.term) = (index, term);
+                e
+            })
+            .collect::<Vec<_>>()
+            .into();
+        m
+    }
+
+    /// Each message refused is one raft-rs panics on when stepped (the
+    /// control, under catch_unwind); each accepted one steps.
+    #[test]
+    fn messages_raft_rs_panics_on_are_refused() {
+        let mut heartbeat = msg(MessageType::MsgHeartbeat, 0, &[]);
+        heartbeat.commit = 100;
+        let panicking = [
+            heartbeat,
+            // Entries not following index 3.
+            msg(MessageType::MsgAppend, 3, &[(7, 2), (9, 2)]),
+            msg(MessageType::MsgPropose, 0, &[]),
+        ];
+        for m in panicking {
+            let mut raw = follower();
+            assert!(refuse(&raw.raft, &m).is_some(), "not refused: {m:?}");
+            let stepped =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| raw.step(m.clone())));
+            // The empty proposal panics only on a leader; the rest here.
+            if m.get_msg_type() != MessageType::MsgPropose {
+                assert!(stepped.is_err(), "raft-rs took {m:?}");
+            }
+        }
+        let fine = [
+            msg(MessageType::MsgAppend, 5, &[(6, 2), (7, 2)]),
+            // Rewrites uncommitted entry 4: allowed.
+            msg(MessageType::MsgAppend, 3, &[(4, 3)]),
+        ];
+        for m in fine {
+            let mut raw = follower();
+            assert_eq!(refuse(&raw.raft, &m), None, "{m:?}");
+            raw.step(m).unwrap();
+        }
     }
 }
