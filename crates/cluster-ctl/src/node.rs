@@ -718,15 +718,36 @@ impl Task {
 /// - a heartbeat committing past the last index (`commit_to` asserts it is
 ///   in range);
 /// - an append whose entries are not numbered on from its index
-///   (`maybe_append` slices the entries by index);
-/// - an empty proposal (`stepped empty MsgProp`).
+///   (`maybe_append` slices the entries by index), or that has an entry
+///   without a term or no term for its previous entry: raft-rs reads the
+///   term of an index past its log as 0, takes the append, and commits
+///   past its last index (`commit_to` asserts it does not);
+/// - an empty proposal (`stepped empty MsgProp`);
+/// - a message from raft id 0, or whose term does not match its kind:
+///   raft-rs sends every message with its term except proposals and read
+///   indexes, which a follower forwards to its leader as they are, and
+///   asserts so when it sends; it takes a message without a term as a
+///   local one;
+/// - a leader transfer to a node that is not the leader (it would forward
+///   it, with its term).
 pub fn refuse<S: raft::Storage>(
     raft: &raft::Raft<S>,
     m: &raft::eraftpb::Message,
 ) -> Option<&'static str> {
     use raft::eraftpb::MessageType;
     let log = &raft.raft_log;
-    match m.get_msg_type() {
+    let kind = m.get_msg_type();
+    let forwarded = matches!(kind, MessageType::MsgPropose | MessageType::MsgReadIndex);
+    if m.from == 0 {
+        return Some("a message from raft id 0");
+    }
+    if forwarded && m.term != 0 {
+        return Some("a forwarded proposal or read index carries a term");
+    }
+    if !forwarded && m.term == 0 {
+        return Some("a peer's message without a term");
+    }
+    match kind {
         MessageType::MsgHeartbeat if m.commit > log.last_index() => {
             Some("the heartbeat commits past this node's last index")
         }
@@ -736,9 +757,19 @@ pub fn refuse<S: raft::Storage>(
                 .iter()
                 .enumerate()
                 .all(|(i, e)| Some(e.index) == m.index.checked_add(i as u64 + 1));
-            (!numbered).then_some("the append's entries are not numbered on from its index")
+            if !numbered {
+                return Some("the append's entries are not numbered on from its index");
+            }
+            if m.entries.iter().any(|e| e.term == 0) {
+                return Some("the append has an entry without a term");
+            }
+            (m.index != 0 && m.log_term == 0)
+                .then_some("the append has no term for the entry before its own")
         }
         MessageType::MsgPropose if m.entries.is_empty() => Some("the proposal is empty"),
+        MessageType::MsgTransferLeader if raft.state != raft::StateRole::Leader => {
+            Some("a leader transfer sent to a node that is not the leader")
+        }
         _ => None,
     }
 }
@@ -804,7 +835,19 @@ mod tests {
             heartbeat,
             // Entries not following index 3.
             msg(MessageType::MsgAppend, 3, &[(7, 2), (9, 2)]),
-            msg(MessageType::MsgPropose, 0, &[]),
+            {
+                let mut m = msg(MessageType::MsgPropose, 0, &[]);
+                m.term = 0;
+                m
+            },
+            // Past the log, log_term 0: taken, then commits past it.
+            {
+                let mut m = msg(MessageType::MsgAppend, 1 << 40, &[]);
+                (m.log_term, m.commit) = (0, 20);
+                m
+            },
+            // A proposal with a term, which the follower would forward.
+            msg(MessageType::MsgPropose, 0, &[(0, 0)]),
         ];
         for m in panicking {
             let mut raw = follower();
@@ -812,7 +855,7 @@ mod tests {
             let stepped =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| raw.step(m.clone())));
             // The empty proposal panics only on a leader; the rest here.
-            if m.get_msg_type() != MessageType::MsgPropose {
+            if !(m.get_msg_type() == MessageType::MsgPropose && m.entries.is_empty()) {
                 assert!(stepped.is_err(), "raft-rs took {m:?}");
             }
         }
