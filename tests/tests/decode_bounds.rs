@@ -128,7 +128,7 @@ async fn a_message_of_empty_points_is_refused_before_it_is_decoded() {
     assert!(
         status
             .message()
-            .contains("more than 10000 points (gateway.max_points_per_batch)"),
+            .contains("more than 2 x 10000 points (2 x gateway.max_points_per_batch)"),
         "{}",
         status.message()
     );

@@ -6,9 +6,11 @@
 //! a 16 MiB message of empty points decodes to about 1 GB before any
 //! count check on the decoded batch could run. [`Codec`], the codec of
 //! every generated service, walks the fields of a `MetricBatch` (also inside
-//! `RouteRequest` / `WriteRequest`) and refuses one with more points, name
-//! table entries, values or labels than the [`BatchBounds`] in scope,
-//! naming the limit. The bounds are runtime configuration, and a tonic codec
+//! `RouteRequest` / `WriteRequest`) and refuses one with more than
+//! [`DECODE_MARGIN`] times the points, name table entries, values or labels
+//! the [`BatchBounds`] in scope allow, naming the limit. Within that margin
+//! the batch is decoded and the validation gives it its own errors (a batch
+//! error, per-point errors) while the stream goes on. The bounds are runtime configuration, and a tonic codec
 //! is built with `Default`: so they travel in a task-local, set by
 //! [`scope`] around the decode (the gateway's stream reader,
 //! [`Bounded`] around the unary internal services). Out of any scope, no
@@ -26,8 +28,8 @@ use tonic::Status;
 use tonic::codec::{DecodeBuf, Decoder};
 use tonic_prost::{ProstDecoder, ProstEncoder};
 
-/// The most a batch may hold, from `gateway.*` (the same limits the
-/// validation applies after decoding).
+/// The most a batch may hold, from `gateway.*` (the limits the validation
+/// applies after decoding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchBounds {
     pub max_points: usize,
@@ -35,10 +37,61 @@ pub struct BatchBounds {
     pub max_labels_per_point: usize,
 }
 
-impl BatchBounds {
-    /// Entries a name table may hold: every point naming different metrics.
-    fn max_names(&self) -> usize {
-        self.max_points.saturating_mul(self.max_metrics_per_point)
+/// How far past the limits a batch is still decoded. Up to there a batch
+/// over a limit gets its own error (a batch error, or a per-point one) and
+/// its stream goes on, as the delivery contract says; past it the message
+/// is refused before decoding and the stream ends. Twice the limits decode
+/// to at most a few MiB.
+pub const DECODE_MARGIN: usize = 2;
+
+/// What one batch holds, counted on its wire bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    points: usize,
+    names: usize,
+    values: usize,
+    indexes: usize,
+    labels: usize,
+}
+
+impl Counts {
+    /// The first count past `DECODE_MARGIN` times its limit, named.
+    fn over(&self, b: &BatchBounds) -> Option<String> {
+        let m = DECODE_MARGIN;
+        let per_metric = b.max_points.saturating_mul(b.max_metrics_per_point);
+        let checks = [
+            (
+                self.points,
+                b.max_points,
+                "points",
+                "gateway.max_points_per_batch",
+            ),
+            (
+                self.names,
+                per_metric,
+                "metric_names entries",
+                "gateway.max_points_per_batch x gateway.max_metrics_per_point",
+            ),
+            (
+                self.values.max(self.indexes),
+                per_metric,
+                "values",
+                "gateway.max_points_per_batch x gateway.max_metrics_per_point",
+            ),
+            (
+                self.labels,
+                b.max_points.saturating_mul(b.max_labels_per_point),
+                "labels",
+                "gateway.max_points_per_batch x gateway.max_labels_per_point",
+            ),
+        ];
+        checks.into_iter().find_map(|(n, limit, what, key)| {
+            (n > limit.saturating_mul(m)).then(|| {
+                format!(
+                    "the batch has more than {m} x {limit} {what} ({m} x {key}); refused before decoding, split it"
+                )
+            })
+        })
     }
 }
 
@@ -51,53 +104,39 @@ pub async fn scope<F: Future>(bounds: BatchBounds, fut: F) -> F::Output {
     BOUNDS.scope(bounds, fut).await
 }
 
-/// Checks the wire bytes of a `MetricBatch` against `b`; the error names
-/// the limit. Malformed bytes pass (prost's decode refuses them).
+/// Checks the wire bytes of a `MetricBatch` against `b` (with
+/// [`DECODE_MARGIN`]); the error names the limit. Malformed bytes pass
+/// (prost's decode refuses them).
 pub fn check_batch(buf: &[u8], b: &BatchBounds) -> Result<(), String> {
-    check_batch_counting(buf, b, &mut (0, 0))
+    let mut counts = Counts::default();
+    count_batch(buf, &mut counts, b)?;
+    counts.over(b).map_or(Ok(()), Err)
 }
 
-/// As [`check_batch`], counting on from `(points, names)` seen before.
-fn check_batch_counting(
-    mut buf: &[u8],
-    b: &BatchBounds,
-    (points, names): &mut (usize, usize),
-) -> Result<(), String> {
+/// Adds what the batch at `buf` holds to `c`, stopping as soon as a count
+/// is past its bound.
+fn count_batch(mut buf: &[u8], c: &mut Counts, b: &BatchBounds) -> Result<(), String> {
     while buf.has_remaining() {
         let Ok((tag, wire)) = decode_key(&mut buf) else {
             return Ok(());
         };
         match (tag, wire) {
-            (2, WireType::LengthDelimited) => {
-                *names += 1;
-                if *names > b.max_names() {
-                    return Err(format!(
-                        "metric_names has more than {} entries (gateway.max_points_per_batch x gateway.max_metrics_per_point)",
-                        b.max_names()
-                    ));
-                }
-                if skip_field(wire, tag, &mut buf, DecodeContext::default()).is_err() {
-                    return Ok(());
-                }
-            }
+            (2, WireType::LengthDelimited) => c.names += 1,
             (3, WireType::LengthDelimited) => {
-                *points += 1;
-                if *points > b.max_points {
-                    return Err(format!(
-                        "the batch has more than {} points (gateway.max_points_per_batch); split it",
-                        b.max_points
-                    ));
-                }
+                c.points += 1;
                 let Some(point) = delimited(&mut buf) else {
                     return Ok(());
                 };
-                check_point(point, b).map_err(|e| format!("point {}: {e}", *points - 1))?;
-            }
-            _ => {
-                if skip_field(wire, tag, &mut buf, DecodeContext::default()).is_err() {
-                    return Ok(());
+                count_point(point, c);
+                if let Some(e) = c.over(b) {
+                    return Err(e);
                 }
+                continue;
             }
+            _ => {}
+        }
+        if skip_field(wire, tag, &mut buf, DecodeContext::default()).is_err() {
+            return Ok(());
         }
     }
     Ok(())
@@ -114,65 +153,37 @@ fn delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     Some(field)
 }
 
-fn check_point(mut buf: &[u8], b: &BatchBounds) -> Result<(), String> {
-    let (mut values, mut indexes, mut labels) = (0usize, 0usize, 0usize);
+fn count_point(mut buf: &[u8], c: &mut Counts) {
     while buf.has_remaining() {
         let Ok((tag, wire)) = decode_key(&mut buf) else {
-            return Ok(());
+            return;
         };
         match (tag, wire) {
             // Packed doubles: 8 bytes each.
             (3, WireType::LengthDelimited) => {
                 let Some(f) = delimited(&mut buf) else {
-                    return Ok(());
+                    return;
                 };
-                values += f.len() / 8;
+                c.values += f.len() / 8;
+                continue;
             }
             // Packed varints: one ends at each byte below 0x80.
             (4, WireType::LengthDelimited) => {
                 let Some(f) = delimited(&mut buf) else {
-                    return Ok(());
+                    return;
                 };
-                indexes += f.iter().filter(|&&x| x < 0x80).count();
+                c.indexes += f.iter().filter(|&&x| x < 0x80).count();
+                continue;
             }
-            (3, _) => {
-                values += 1;
-                if skip_field(wire, tag, &mut buf, DecodeContext::default()).is_err() {
-                    return Ok(());
-                }
-            }
-            (4, _) => {
-                indexes += 1;
-                if skip_field(wire, tag, &mut buf, DecodeContext::default()).is_err() {
-                    return Ok(());
-                }
-            }
-            (5, _) => {
-                labels += 1;
-                if skip_field(wire, tag, &mut buf, DecodeContext::default()).is_err() {
-                    return Ok(());
-                }
-            }
-            _ => {
-                if skip_field(wire, tag, &mut buf, DecodeContext::default()).is_err() {
-                    return Ok(());
-                }
-            }
+            (3, _) => c.values += 1,
+            (4, _) => c.indexes += 1,
+            (5, _) => c.labels += 1,
+            _ => {}
         }
-        if values.max(indexes) > b.max_metrics_per_point {
-            return Err(format!(
-                "more than {} metrics (gateway.max_metrics_per_point)",
-                b.max_metrics_per_point
-            ));
-        }
-        if labels > b.max_labels_per_point {
-            return Err(format!(
-                "more than {} labels (gateway.max_labels_per_point)",
-                b.max_labels_per_point
-            ));
+        if skip_field(wire, tag, &mut buf, DecodeContext::default()).is_err() {
+            return;
         }
     }
-    Ok(())
 }
 
 /// Checks the `MetricBatch` in a message of type `U`, if it holds one:
@@ -187,7 +198,7 @@ fn check<U: 'static>(mut buf: &[u8], b: &BatchBounds) -> Result<(), String> {
     }
     // Protobuf merges every occurrence of a message field into one, so
     // their points count together.
-    let mut seen = (0, 0);
+    let mut seen = Counts::default();
     while buf.has_remaining() {
         let Ok((tag, wire)) = decode_key(&mut buf) else {
             return Ok(());
@@ -196,12 +207,12 @@ fn check<U: 'static>(mut buf: &[u8], b: &BatchBounds) -> Result<(), String> {
             let Some(batch) = delimited(&mut buf) else {
                 return Ok(());
             };
-            check_batch_counting(batch, b, &mut seen)?;
+            count_batch(batch, &mut seen, b)?;
         } else if skip_field(wire, tag, &mut buf, DecodeContext::default()).is_err() {
             return Ok(());
         }
     }
-    Ok(())
+    seen.over(b).map_or(Ok(()), Err)
 }
 
 /// tonic-prost's codec, with the batch bounds checked before decoding.
@@ -324,18 +335,27 @@ mod tests {
     }
 
     #[test]
-    fn counts_match_the_decoded_batch() {
-        assert_eq!(check_batch(&batch(vec![point(4, 2); 3], 12), &B), Ok(()));
-        let e = |b: Vec<u8>| check_batch(&b, &B).unwrap_err();
-        assert!(e(batch(vec![point(1, 0); 4], 1)).contains("gateway.max_points_per_batch"));
-        assert!(e(batch(vec![point(1, 0)], 13)).contains("metric_names has more than 12"));
-        assert!(
-            e(batch(vec![point(0, 0), point(5, 0)], 5)).starts_with("point 1: more than 4 metrics")
+    fn counts_past_twice_the_limits_are_refused() {
+        // Up to twice the limits (6 points, 24 names or values, 12
+        // labels): decoded, and validation gives each its own error.
+        assert_eq!(check_batch(&batch(vec![point(4, 2); 6], 24), &B), Ok(()));
+        assert_eq!(
+            check_batch(&batch(vec![point(0, 0), point(5, 0)], 5), &B),
+            Ok(())
         );
-        assert!(e(batch(vec![point(1, 3)], 1)).contains("gateway.max_labels_per_point"));
+        let e = |b: Vec<u8>| check_batch(&b, &B).unwrap_err();
+        assert!(
+            e(batch(vec![point(1, 0); 7], 1))
+                .contains("more than 2 x 3 points (2 x gateway.max_points_per_batch)")
+        );
+        assert!(e(batch(vec![point(1, 0)], 25)).contains("2 x 12 metric_names entries"));
+        assert!(e(batch(vec![point(13, 0), point(13, 0)], 1)).contains("2 x 12 values"));
+        assert!(
+            e(batch(vec![point(1, 7), point(1, 6)], 1)).contains("gateway.max_labels_per_point")
+        );
         // Empty points: two bytes each on the wire, counted all the same.
-        let empty = batch(vec![Point::default(); 4], 0);
-        assert_eq!(empty.len(), 2 + 4 * 2);
+        let empty = batch(vec![Point::default(); 7], 0);
+        assert_eq!(empty.len(), 2 + 7 * 2);
         assert!(check_batch(&empty, &B).is_err());
         // Inside the internal requests too.
         let route = |n| {
@@ -344,10 +364,10 @@ mod tests {
             }
             .encode_to_vec()
         };
-        assert!(check::<RouteRequest>(&route(4), &B).is_err());
-        assert_eq!(check::<Point>(&route(4), &B), Ok(()));
-        // Two occurrences of the batch field merge: 2 + 2 points.
-        let twice = [route(2), route(2)].concat();
+        assert!(check::<RouteRequest>(&route(7), &B).is_err());
+        assert_eq!(check::<Point>(&route(7), &B), Ok(()));
+        // Two occurrences of the batch field merge: 4 + 4 points.
+        let twice = [route(4), route(4)].concat();
         assert_eq!(
             RouteRequest::decode(&*twice)
                 .unwrap()
@@ -355,10 +375,10 @@ mod tests {
                 .unwrap()
                 .points
                 .len(),
-            4
+            8
         );
         assert!(check::<RouteRequest>(&twice, &B).is_err());
-        assert_eq!(check::<RouteRequest>(&route(3), &B), Ok(()));
+        assert_eq!(check::<RouteRequest>(&route(6), &B), Ok(()));
         // Garbage is left to prost.
         assert_eq!(check_batch(&[0xff, 0xff, 0xff], &B), Ok(()));
     }
