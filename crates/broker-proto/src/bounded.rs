@@ -10,8 +10,9 @@
 //! [`DECODE_MARGIN`] times the points, name table entries, values or labels
 //! the [`BatchBounds`] in scope allow, naming the limit. Within that margin
 //! the batch is decoded and the validation gives it its own errors (a batch
-//! error, per-point errors) while the stream goes on. The bounds are runtime configuration, and a tonic codec
-//! is built with `Default`: so they travel in a task-local, set by
+//! error, per-point errors) while the stream goes on. The bounds are
+//! runtime configuration, and a tonic codec is built with `Default`: so
+//! they travel in a task-local, set by
 //! [`scope`] around the decode (the gateway's stream reader,
 //! [`Bounded`] around the unary internal services). Out of any scope, no
 //! bound applies beyond the message size.
@@ -40,8 +41,8 @@ pub struct BatchBounds {
 /// How far past the limits a batch is still decoded. Up to there a batch
 /// over a limit gets its own error (a batch error, or a per-point one) and
 /// its stream goes on, as the delivery contract says; past it the message
-/// is refused before decoding and the stream ends. Twice the limits decode
-/// to at most a few MiB.
+/// is refused before decoding and the stream ends. What a batch decodes to
+/// is then bounded by the configured limits, not by its size on the wire.
 pub const DECODE_MARGIN: usize = 2;
 
 /// What one batch holds, counted on its wire bytes.

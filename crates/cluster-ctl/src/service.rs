@@ -149,6 +149,20 @@ impl ClusterGrpc {
         }
     }
 
+    /// A client of the leader, for calls only the leader answers (it holds
+    /// the leases); `None` when this node is the leader.
+    fn leader_unless_me(&self) -> Result<Option<ClusterServiceClient<AuthChannel>>, Status> {
+        let view = self.node.view();
+        if view.is_leader() {
+            return Ok(None);
+        }
+        let addr = view
+            .leader_addr()
+            .ok_or_else(|| Status::unavailable(NodeError::NoLeader.to_string()))?
+            .to_string();
+        self.leader_client(&addr).map(Some)
+    }
+
     fn leader_client(&self, addr: &str) -> Result<ClusterServiceClient<AuthChannel>, Status> {
         let mut map = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = map.get(addr) {
@@ -172,13 +186,7 @@ impl ClusterService for ClusterGrpc {
         let req = request.into_inner();
         // Leases live on the leader: it decides whether the member's
         // current instance is alive.
-        let view = self.node.view();
-        if !view.is_leader() {
-            let addr = view
-                .leader_addr()
-                .ok_or_else(|| Status::unavailable(NodeError::NoLeader.to_string()))?
-                .to_string();
-            let mut leader = self.leader_client(&addr)?;
+        if let Some(mut leader) = self.leader_unless_me()? {
             let mut fwd = Request::new(req);
             fwd.set_timeout(Duration::from_secs(5));
             return leader.join(fwd).await;
@@ -278,8 +286,7 @@ impl ClusterService for ClusterGrpc {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let req = request.into_inner();
-        let view = self.node.view();
-        if view.is_leader() {
+        let Some(mut leader) = self.leader_unless_me()? else {
             let state = self.node.state().borrow().clone();
             // A process whose member was joined by another instance since
             // (it was paused, the other restarted) does not renew its lease.
@@ -296,12 +303,7 @@ impl ClusterService for ClusterGrpc {
                 epoch: state.epoch,
                 known,
             }));
-        }
-        let addr = view
-            .leader_addr()
-            .ok_or_else(|| Status::unavailable(NodeError::NoLeader.to_string()))?
-            .to_string();
-        let mut leader = self.leader_client(&addr)?;
+        };
         let mut fwd = Request::new(req);
         fwd.set_timeout(Duration::from_secs(2));
         leader.heartbeat(fwd).await
