@@ -159,10 +159,10 @@ pub async fn router_and_gateway(
         router_config.router.writers.iter().map(|w| w.node_spec()),
     )
     .expect("ring from the router config");
-    let router = Running::start(router_config, shard_router::run).await;
+    let router = Running::broker(router_config, &[Service::ShardRouter]).await;
     let mut gc = config_for("");
     gc.gateway.routers = vec![router.endpoint()];
-    let gateway = Running::start(gc, ingest_gateway::run).await;
+    let gateway = Running::broker(gc, &[Service::IngestGateway]).await;
     (ring, router, gateway)
 }
 

@@ -3,6 +3,7 @@
 //! own, and the router routes them again under its newer ring, so nothing
 //! is lost or written by the wrong owner.
 
+use broker_common::Service;
 use broker_proto::v1::{MemberState, MetricBatch};
 use broker_tests::cluster::CtlCluster;
 use broker_tests::*;
@@ -23,7 +24,7 @@ async fn points_routed_under_an_old_epoch_are_routed_again_under_the_new_ring() 
         let mut config = config_for(&redis.url());
         config.node_id = id.into();
         config.cluster.endpoints = c.endpoints();
-        writers.push(Running::start(config, storage_writer::run).await);
+        writers.push(Running::broker(config, &[Service::StorageWriter]).await);
     }
     let client = c.client();
     let deadline = Instant::now() + Duration::from_secs(15);

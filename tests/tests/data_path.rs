@@ -243,7 +243,7 @@ async fn multi_writer_routing_matches_the_ring() {
     for (i, r) in redis.iter().enumerate() {
         let mut c = config_for(&r.url());
         c.node_id = format!("writer-{i}");
-        writers.push(Running::start(c, storage_writer::run).await);
+        writers.push(Running::broker(c, &[Service::StorageWriter]).await);
     }
     let mut rc = config_for("");
     rc.router.writers = writers

@@ -40,14 +40,14 @@ fn bad_points(ts: i64) -> Vec<(&'static str, Point)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_rpcs_run_the_gateways_checks() {
     let redis = RedisServer::start().unwrap();
-    let writer = Running::start(config_for(&redis.url()), storage_writer::run).await;
+    let writer = Running::broker(config_for(&redis.url()), &[Service::StorageWriter]).await;
     let mut rc = config_for("");
     rc.router.writers = vec![broker_common::config::WriterEndpoint {
         id: "w".into(),
         addr: writer.endpoint(),
         weight: 1,
     }];
-    let router = Running::start(rc, shard_router::run).await;
+    let router = Running::broker(rc, &[Service::ShardRouter]).await;
     broker_common::serve::wait_serving(&writer.endpoint(), std::time::Duration::from_secs(10))
         .await
         .unwrap();

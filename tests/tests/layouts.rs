@@ -461,7 +461,7 @@ async fn query_answers_are_equal_across_layouts_and_a_migration() {
     wait_readable(&migrating, N as usize).await;
 
     let start_query = |c: BrokerConfig| async move {
-        let q = Running::start(c, query_api::run).await;
+        let q = Running::broker(c, &[Service::QueryApi]).await;
         broker_common::serve::wait_serving(&q.endpoint(), Duration::from_secs(20))
             .await
             .expect("query-api serving");

@@ -96,7 +96,7 @@ impl Fixture {
     }
 
     async fn query(&self, config: BrokerConfig) -> Query {
-        Self::serving(Running::start(config, query_api::run).await).await
+        Self::serving(Running::broker(config, &[Service::QueryApi]).await).await
     }
 
     /// A started process that runs query-api, once it serves.
@@ -955,10 +955,21 @@ async fn cluster_view_static_and_from_cluster_ctl() {
     ] {
         client.join(m).await.unwrap();
     }
-    let state = client.set_state("w-3", MemberState::Offline).await.unwrap();
+    client.set_state("w-3", MemberState::Offline).await.unwrap();
     let mut c = f.config();
     c.cluster.endpoints = vec!["http://127.0.0.1:1".into(), ctl.endpoint(1)];
     let mut q = f.query(c).await;
+    // query-api is a member itself, as every data-path service is (and as
+    // it always was under `broker run`): its join is the last committed
+    // change, after w-3 went offline.
+    let state = client.members().await.unwrap();
+    assert!(
+        state
+            .members
+            .iter()
+            .any(|m| m.id == "w-3" && m.state == MemberState::Offline as i32),
+        "{state:?}"
+    );
     let (status, j) = q.get("/api/query/cluster").await;
     assert_eq!(status, 200, "{j}");
     assert_eq!(j["source"], "cluster-ctl");
@@ -982,7 +993,8 @@ async fn cluster_view_static_and_from_cluster_ctl() {
     .unwrap();
     let want: BTreeMap<String, f64> = ring.shares().into_iter().collect();
     let members = j["members"].as_array().unwrap();
-    assert_eq!(members.len(), 4);
+    // w-1..3, r-1 and this query-api (share 0: not a writer).
+    assert_eq!(members.len(), 5, "{j}");
     for m in members {
         let id = m["id"].as_str().unwrap();
         let share = m["share"].as_f64().unwrap();
@@ -1001,11 +1013,12 @@ async fn cluster_view_static_and_from_cluster_ctl() {
         .into_inner();
     assert_eq!(g.epoch, state.epoch);
     q.running.stop().await;
-    // cluster-ctl down: a clear 502 naming the endpoints.
-    ctl.stop_all().await;
+    // cluster-ctl down under a running query-api: a clear 502 naming the
+    // endpoints.
     let mut c = f.config();
     c.cluster.endpoints = vec![ctl.endpoint(1)];
     let q = f.query(c).await;
+    ctl.stop_all().await;
     let (status, j) = q.get("/api/query/cluster").await;
     assert_eq!(status, 502, "{j}");
     assert!(

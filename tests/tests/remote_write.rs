@@ -984,7 +984,7 @@ async fn a_full_gateway_answers_503_with_retry_after_instead_of_hanging() {
     config.gateway.max_points_per_batch = 10;
     config.gateway.max_inflight_points = 10;
     config.gateway.forward_timeout = Duration::from_secs(8);
-    let gateway = Running::start(config, ingest_gateway::run).await;
+    let gateway = Running::broker(config, &[Service::IngestGateway]).await;
     let ms = (now() - 10) * 1000;
 
     // Ten hosts' points fill the gateway's in-flight room and hang.

@@ -162,9 +162,14 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     let listeners = Listeners::loopback().await?;
     let endpoint = format!("http://{}", listeners.grpc_addr());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(query_api::run(config.clone(), listeners, async move {
-        let _ = stop_rx.await;
-    }));
+    let config_run = config.clone();
+    let server = tokio::spawn(async move {
+        let services = [broker_common::Service::QueryApi];
+        broker::run(config_run, &services, listeners, async move {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
     broker_common::serve::wait_serving(&endpoint, Duration::from_secs(20)).await?;
     let channel = || async {
         anyhow::Ok(

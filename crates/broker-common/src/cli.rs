@@ -1,12 +1,9 @@
 //! Flags every broker binary shares, and the `main` of a single-service
 //! binary.
 
+use crate::EXIT_INVALID_CONFIG;
 use crate::config::{BrokerConfig, ConfigError, ConfigSource};
-use crate::serve::Listeners;
-use crate::{EXIT_INVALID_CONFIG, telemetry};
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 
 /// Where the configuration comes from. Flags win over `BROKER_*`
 /// environment variables, which win over the file.
@@ -89,54 +86,6 @@ impl ConfigArgs {
             }
         }
     }
-}
-
-pub type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-/// The whole `main` of a single-service binary: flags, config (exit 64 when
-/// invalid), telemetry, listeners, then `run` until SIGINT/SIGTERM.
-pub fn service_main<F, Fut>(service_name: &str, run: F) -> !
-where
-    F: FnOnce(BrokerConfig, Listeners, ShutdownFuture) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        config: ConfigArgs,
-    }
-    let cli = <Cli as clap::Parser>::parse();
-    let config = cli.config.load_or_exit();
-    let code = match run_with_runtime(service_name, config, run) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            1
-        }
-    };
-    std::process::exit(code)
-}
-
-fn run_with_runtime<F, Fut>(service_name: &str, config: BrokerConfig, run: F) -> anyhow::Result<()>
-where
-    F: FnOnce(BrokerConfig, Listeners, ShutdownFuture) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let _guard = telemetry::init(&config.telemetry, service_name)?;
-        let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
-        tracing::info!(
-            service = service_name,
-            node = %config.node_id,
-            grpc = %listeners.grpc_addr(),
-            http = %listeners.http_addr(),
-            "starting"
-        );
-        run(config, listeners, Box::pin(crate::shutdown::signal())).await
-    })
 }
 
 /// Left-aligned columns separated by two spaces, as the operator CLIs

@@ -21,10 +21,40 @@ use shard_router::{RouterClient, RouterGrpc};
 use std::future::Future;
 use storage_writer::{WriterClient, WriterGrpc};
 
+/// The whole `main` of a single-service binary (`storage-writer`, ...):
+/// flags, config (exit 64 when invalid), then [`run_until_signal`] with that
+/// one service, so it runs exactly what `broker run --service` runs.
+pub fn service_main(service: Service) -> ! {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: broker_common::cli::ConfigArgs,
+    }
+    let cli = <Cli as clap::Parser>::parse();
+    let config = cli.config.load_or_exit();
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run_until_signal(config, &[service])));
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
 /// What `broker run` does: telemetry, listeners from the config, then
 /// [`run`] until SIGINT/SIGTERM.
 pub async fn run_until_signal(config: BrokerConfig, services: &[Service]) -> anyhow::Result<()> {
-    let _guard = broker_common::telemetry::init(&config.telemetry, "broker")?;
+    // A single-service process reports itself under that service's name.
+    let name = match services {
+        [one] => one.as_str(),
+        _ => "broker",
+    };
+    let _guard = broker_common::telemetry::init(&config.telemetry, name)?;
     let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
     run(
         config,
@@ -193,6 +223,9 @@ pub async fn run(
         http = %listeners.http_addr(),
         "broker serving"
     );
+    if query.is_some() {
+        tracing::info!(url = %format!("http://{}/dashboard/", listeners.http_addr()), "dashboard");
+    }
     let mut grpc_routes = routes.routes();
     let mut raft_died = None;
     if let Some(ctl) = &cluster_ctl {

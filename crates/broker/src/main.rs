@@ -271,9 +271,12 @@ async fn up(
             .await
             .map_err(|e| anyhow::anyhow!("cluster-ctl node {} cannot bind 127.0.0.1:{g} / {h}: {e} (use --no-cluster, or stop what holds the port)", i + 1))?;
             let stop = ctl_stop.clone();
-            ctl_tasks.push(tokio::spawn(cluster_ctl::run(c, listeners, async move {
-                stop.cancelled().await
-            })));
+            ctl_tasks.push(tokio::spawn(async move {
+                broker::run(c, &[Service::ClusterCtl], listeners, async move {
+                    stop.cancelled().await
+                })
+                .await
+            }));
             ctl_lines.push_str(&format!(
                 "\x20 cluster-ctl {} (raft):           grpc {scheme}://127.0.0.1:{g}  {scheme}://127.0.0.1:{h}/api/cluster\n",
                 i + 1

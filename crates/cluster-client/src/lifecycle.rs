@@ -79,10 +79,13 @@ pub fn serve_token(
             _ = t.cancelled() => return,
         }
         if let Some(h) = drain {
-            match h.drain().await {
-                Ok(_) => tokio::time::sleep(DRAIN_WAIT).await,
-                Err(e) => {
+            match tokio::time::timeout(LEAVE_TIMEOUT, h.drain()).await {
+                Ok(Ok(_)) => tokio::time::sleep(DRAIN_WAIT).await,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "could not mark this writer draining, stopping anyway")
+                }
+                Err(_) => {
+                    tracing::warn!(timeout = ?LEAVE_TIMEOUT, "cluster-ctl did not answer the drain in time, stopping anyway")
                 }
             }
         }
@@ -91,13 +94,25 @@ pub fn serve_token(
     token
 }
 
+/// Longest a stopping process tries to leave: past it the member's lease
+/// expires and cluster-ctl marks it offline anyway, so a process whose
+/// cluster-ctl is gone does not spend the client's whole retry budget
+/// (about 15 s) on its way out.
+pub const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Leaves the cluster (logging, not failing, when cluster-ctl is away: the
 /// member's lease then expires and it is marked offline).
 pub async fn leave(membership: Option<Membership>) {
     if let Some(m) = membership {
         let id = m.id().to_string();
-        if let Err(e) = m.leave().await {
-            tracing::warn!(member = %id, error = %e, "could not leave the cluster; its lease will expire");
+        match tokio::time::timeout(LEAVE_TIMEOUT, m.leave()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(member = %id, error = %e, "could not leave the cluster; its lease will expire");
+            }
+            Err(_) => {
+                tracing::warn!(member = %id, timeout = ?LEAVE_TIMEOUT, "cluster-ctl did not answer the leave in time; the member's lease will expire");
+            }
         }
     }
 }

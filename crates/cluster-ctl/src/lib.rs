@@ -34,7 +34,7 @@ pub mod transport;
 
 pub use node::{Node, NodeConfig, RaftView};
 
-use broker_common::{Admin, BrokerConfig, Listeners, Readiness};
+use broker_common::{BrokerConfig, Readiness};
 use broker_proto::v1::RingSettings;
 use leases::Leases;
 use prometheus_client::metrics::gauge::Gauge;
@@ -212,41 +212,6 @@ fn export_metrics(
             }
         }
     }
-}
-
-/// Runs a standalone cluster-ctl node until `shutdown` resolves.
-pub async fn run(
-    config: BrokerConfig,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let mut registry = prometheus_client::registry::Registry::default();
-    let readiness = Readiness::default();
-    let security = broker_common::security::Security::from_config(&config.security)?;
-    let own_addr = config.advertise_addr_for(listeners.grpc_addr());
-    let ctl = ClusterCtl::start(&config, &own_addr, &security.client, &mut registry)?;
-    ctl.report_readiness(&readiness);
-    let admin = Admin::new(registry, readiness).with_routes(ctl.http_routes());
-    tracing::info!(
-        raft_id = config.cluster_ctl.id,
-        grpc = %listeners.grpc_addr(),
-        http = %listeners.http_addr(),
-        "cluster-ctl serving"
-    );
-    let stop = broker_common::serve::token_from(shutdown);
-    let died = ctl.stop_serving_on_death(stop.clone());
-    let result = broker_common::serve::serve(
-        ctl.grpc_routes(stop.clone()),
-        &[service::CLUSTER_SERVICE_NAME, service::RAFT_SERVICE_NAME],
-        &admin,
-        listeners,
-        &security,
-        stop,
-    )
-    .await;
-    ctl.shutdown().await;
-    died.check()?;
-    result
 }
 
 /// Set when the raft node died under a serving process.

@@ -32,9 +32,8 @@ pub mod load;
 pub mod metrics;
 
 use broker_common::config::ActuatorKind;
-use broker_common::{Admin, BrokerConfig, Listeners, Readiness};
+use broker_common::{BrokerConfig, Readiness};
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -583,32 +582,4 @@ async fn autoscale_loop(
         st.decisions.push_front(decision);
         st.decisions.truncate(DECISIONS_KEPT);
     }
-}
-
-/// Runs a standalone host-manager until `shutdown` resolves.
-pub async fn run(
-    config: BrokerConfig,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let mut registry = prometheus_client::registry::Registry::default();
-    let readiness = Readiness::default();
-    let security = broker_common::security::Security::from_config(&config.security)?;
-    let hm = HostManager::start(&config, &security.client, &mut registry)?;
-    hm.report_readiness(&readiness);
-    let admin = Admin::new(registry, readiness).with_routes(hm.http_routes());
-    let stop = broker_common::serve::token_from(shutdown);
-    let routes = tonic::service::Routes::new(hm.grpc_service());
-    tracing::info!(grpc = %listeners.grpc_addr(), http = %listeners.http_addr(), "host-manager serving");
-    let result = broker_common::serve::serve(
-        routes,
-        &[HOST_SERVICE_NAME],
-        &admin,
-        listeners,
-        &security,
-        stop,
-    )
-    .await;
-    hm.shutdown().await;
-    result
 }

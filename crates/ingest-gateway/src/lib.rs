@@ -24,61 +24,7 @@ pub use broker_common::validate;
 
 pub use gateway::Gateway;
 
-use broker_common::{Admin, BrokerConfig, Listeners, Readiness};
 use shard_router::RouterClient;
-use std::future::Future;
-
-/// Runs a standalone ingest-gateway (remote routers from
-/// `gateway.routers`) until `shutdown` resolves.
-pub async fn run(
-    config: BrokerConfig,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !config.gateway.routers.is_empty() || !config.cluster.endpoints.is_empty(),
-        "gateway.routers and cluster.endpoints are empty: a standalone ingest-gateway needs shard-router endpoints or cluster-ctl to learn them from"
-    );
-    let security = broker_common::security::Security::from_config(&config.security)?;
-    let membership = cluster_client::lifecycle::join_configured(
-        &config,
-        vec![broker_proto::v1::MemberRole::IngestGateway],
-        listeners.grpc_addr(),
-        listeners.http_addr(),
-        &security.client,
-    )
-    .await?;
-    let router = match &membership {
-        Some(m) if config.gateway.routers.is_empty() => {
-            let client = RouterClient::dynamic(&security.client);
-            follow_routers(&client, m.state());
-            client
-        }
-        _ => RouterClient::remote(&config.gateway.routers, &security.client)
-            .map_err(|e| anyhow::anyhow!("{}", e.message()))?,
-    };
-    let mut registry = prometheus_client::registry::Registry::default();
-    let readiness = Readiness::default();
-    let stop = broker_common::serve::token_from(shutdown);
-    let gateway = Gateway::new(&config, router, &mut registry, stop.clone());
-    readiness.set("ingest-gateway", true);
-    // POST /api/v1/write (Prometheus remote write) and /v1/metrics (OTLP)
-    // on the HTTP port.
-    let admin = Admin::new(registry, readiness).with_routes(gateway.http_routes());
-    let mut routes = tonic::service::RoutesBuilder::default();
-    gateway.add_grpc(&mut routes);
-    let result = broker_common::serve::serve(
-        routes.routes(),
-        gateway::GRPC_SERVICE_NAMES,
-        &admin,
-        listeners,
-        &security,
-        stop,
-    )
-    .await;
-    cluster_client::lifecycle::leave(membership).await;
-    result
-}
 
 /// Keeps `client`'s endpoints to the shard-routers that are online in the
 /// watched cluster state. Ends when the watch ends.

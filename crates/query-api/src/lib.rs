@@ -46,9 +46,8 @@ pub use engine::Engine;
 pub use error::QueryError;
 pub use grpc::{QUERY_SERVICE_NAME, QueryGrpc};
 
-use broker_common::{Admin, BrokerConfig, Listeners, Readiness};
+use broker_common::{BrokerConfig, Readiness};
 use broker_proto::v1::query_service_server::QueryServiceServer;
-use std::future::Future;
 use std::sync::Arc;
 
 /// A started query-api: the engine and what serves it. The all-in-one
@@ -125,36 +124,4 @@ impl QueryComponent {
     pub async fn shutdown(&self) {
         self.engine.store().quit().await;
     }
-}
-
-/// Runs a standalone query-api until `shutdown` resolves.
-pub async fn run(
-    config: BrokerConfig,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let mut registry = prometheus_client::registry::Registry::default();
-    let readiness = Readiness::default();
-    let security = broker_common::security::Security::from_config(&config.security)?;
-    let component = QueryComponent::start(&config, &security.client, &mut registry)?;
-    component.report_readiness(&readiness);
-    let admin = Admin::new(registry, readiness).with_routes(component.http_routes());
-    let stop = broker_common::serve::token_from(shutdown);
-    let routes = tonic::service::Routes::new(component.grpc_service());
-    tracing::info!(
-        grpc = %listeners.grpc_addr(),
-        dashboard = %format!("http://{}/dashboard/", listeners.http_addr()),
-        "query-api serving"
-    );
-    let result = broker_common::serve::serve(
-        routes,
-        &[QUERY_SERVICE_NAME],
-        &admin,
-        listeners,
-        &security,
-        stop,
-    )
-    .await;
-    component.shutdown().await;
-    result
 }

@@ -69,10 +69,9 @@ pub use health::WriterStatus;
 pub use router::Router;
 pub use service::{RouterClient, RouterGrpc};
 
+use broker_common::BrokerConfig;
 use broker_common::security::ClientSecurity;
-use broker_common::{Admin, BrokerConfig, Listeners, Readiness};
 use broker_proto::v1::ClusterState;
-use std::future::Future;
 use std::sync::Arc;
 use storage_writer::WriterClient;
 use tokio::sync::watch;
@@ -171,46 +170,4 @@ fn apply_state(
         .collect::<Result<Vec<_>, storage_writer::WriterError>>()?;
     router.set_topology(state.epoch, ring.config(), writers)?;
     Ok(())
-}
-
-/// Runs a standalone shard-router until `shutdown` resolves.
-pub async fn run(
-    config: BrokerConfig,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let mut registry = prometheus_client::registry::Registry::default();
-    let readiness = Readiness::default();
-    let security = broker_common::security::Security::from_config(&config.security)?;
-    let membership = cluster_client::lifecycle::join_configured(
-        &config,
-        vec![broker_proto::v1::MemberRole::ShardRouter],
-        listeners.grpc_addr(),
-        listeners.http_addr(),
-        &security.client,
-    )
-    .await?;
-    let router = build(
-        &config,
-        None,
-        membership.as_ref().map(|m| m.state()),
-        &security.client,
-        &mut registry,
-    )?;
-    readiness.set("shard-router", true);
-    let admin = Admin::new(registry, readiness);
-    let stop = broker_common::serve::token_from(shutdown);
-    let routes =
-        tonic::service::Routes::new(RouterGrpc::new(router).with_limits(&config).into_server());
-    let result = broker_common::serve::serve(
-        routes,
-        &[service::ROUTER_SERVICE_NAME],
-        &admin,
-        listeners,
-        &security,
-        stop,
-    )
-    .await;
-    cluster_client::lifecycle::leave(membership).await;
-    result
 }

@@ -32,8 +32,7 @@ pub use error::{DlqError, WriterError};
 pub use service::{WriterClient, WriterGrpc};
 pub use writer::Writer;
 
-use broker_common::{Admin, BrokerConfig, Listeners, Readiness};
-use std::future::Future;
+use broker_common::{BrokerConfig, Readiness};
 use std::sync::Arc;
 
 /// A writer plus what it needs at shutdown.
@@ -106,48 +105,4 @@ impl WriterComponent {
         use fred::interfaces::ClientLike;
         let _ = self.pool.quit().await;
     }
-}
-
-/// Runs a standalone storage-writer until `shutdown` resolves.
-pub async fn run(
-    config: BrokerConfig,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let mut registry = prometheus_client::registry::Registry::default();
-    let readiness = Readiness::default();
-    let security = broker_common::security::Security::from_config(&config.security)?;
-    let component = WriterComponent::start(&config, &mut registry, &readiness)?;
-    let membership = cluster_client::lifecycle::join_configured(
-        &config,
-        vec![broker_proto::v1::MemberRole::StorageWriter],
-        listeners.grpc_addr(),
-        listeners.http_addr(),
-        &security.client,
-    )
-    .await?;
-    let ownership = membership
-        .as_ref()
-        .map(|m| service::Ownership::new(&config.node_id, m.state()));
-    let admin = Admin::new(registry, readiness).with_routes(component.admin_routes());
-    let signal = broker_common::serve::token_from(shutdown);
-    let stop = cluster_client::lifecycle::serve_token(signal, membership.as_ref());
-    let routes = tonic::service::Routes::new(
-        WriterGrpc::new(component.writer.clone())
-            .with_limits(&config)
-            .with_ownership(ownership)
-            .into_server(),
-    );
-    let served = broker_common::serve::serve(
-        routes,
-        &[service::WRITER_SERVICE_NAME],
-        &admin,
-        listeners,
-        &security,
-        stop.clone(),
-    );
-    let result = served.await;
-    broker_common::shutdown::within_grace(config.shutdown_grace, component.shutdown()).await;
-    cluster_client::lifecycle::leave(membership).await;
-    result
 }

@@ -1,13 +1,13 @@
-//! Failover end to end, with the services' real `run` functions in this
-//! process: storage-writers, a shard-router and an ingest-gateway over real
+//! Failover end to end, with the broker's real `run` in this process, one
+//! service per instance: storage-writers, a shard-router and an ingest-gateway over real
 //! gRPC on loopback, and a real redis-server. One writer stops: its share
 //! goes to the other and every point is still acked and stored. It restarts
 //! on the same port: the router's probe finds it and its share goes back to
 //! it. A writer that never answers gets nothing and loses nothing; with no
 //! writer at all, points come back `UNAVAILABLE` naming it.
 
-use broker_common::Listeners;
 use broker_common::config::WriterEndpoint;
+use broker_common::{Listeners, Service};
 use broker_proto::v1::{MetricBatch, RejectReason};
 use broker_tests::*;
 use std::net::SocketAddr;
@@ -64,7 +64,7 @@ async fn start_writer(redis_url: &str, id: &str, grpc: Option<SocketAddr>) -> Wr
     let (grpc, http) = (listeners.grpc_addr(), listeners.http_addr());
     // `Running` binds fresh listeners of its own; use ours instead.
     let running = Running::start(c, move |c, _unused, stop| {
-        storage_writer::run(c, listeners, stop)
+        broker::run(c, &[Service::StorageWriter], listeners, stop)
     })
     .await;
     broker_common::serve::wait_serving(&format!("http://{grpc}"), Duration::from_secs(10))
@@ -195,13 +195,13 @@ async fn a_stopped_writers_share_moves_to_the_other_and_comes_back_when_it_resta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn points_for_a_dead_writer_fail_over_to_the_live_one() {
     let redis = RedisServer::start().unwrap();
-    let writer = Running::start(
+    let writer = Running::broker(
         {
             let mut c = config_for(&redis.url());
             c.node_id = "alive".into();
             c
         },
-        storage_writer::run,
+        &[Service::StorageWriter],
     )
     .await;
     // A port nothing listens on.
@@ -265,10 +265,10 @@ async fn points_no_writer_can_take_are_reported_unavailable_not_dropped() {
         addr: dead_addr,
         weight: 1,
     }];
-    let router = Running::start(c, shard_router::run).await;
+    let router = Running::broker(c, &[Service::ShardRouter]).await;
     let mut gc = config_for("");
     gc.gateway.routers = vec![router.endpoint()];
-    let gateway = Running::start(gc, ingest_gateway::run).await;
+    let gateway = Running::broker(gc, &[Service::IngestGateway]).await;
     let ts = now();
     let points: Vec<_> = (0..40).map(|i| point(&format!("h{i}"), ts, 1)).collect();
     let acks = send_batches(

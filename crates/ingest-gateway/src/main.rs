@@ -1,5 +1,0 @@
-//! Standalone ingest-gateway binary.
-
-fn main() {
-    broker_common::cli::service_main("ingest-gateway", ingest_gateway::run)
-}
