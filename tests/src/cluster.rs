@@ -137,8 +137,19 @@ impl CtlCluster {
         let stop = CancellationToken::new();
         let s = stop.clone();
         let handle = tokio::spawn(async move {
-            let routes = ctl.grpc_routes(s.clone());
-            let r = broker_common::serve::serve(routes, &[], &admin, listeners, &security, s).await;
+            let routes = broker_common::serve::GrpcRoutes {
+                routes: ctl.grpc_routes(s.clone()),
+                names: vec![],
+            };
+            let r = broker_common::serve::serve(
+                routes,
+                Default::default(),
+                &admin,
+                listeners,
+                &security,
+                s,
+            )
+            .await;
             ctl.shutdown().await;
             if let Err(e) = r {
                 panic!("cluster-ctl server failed: {e}");

@@ -72,10 +72,24 @@ pub fn config_for(redis_url: &str) -> BrokerConfig {
     c
 }
 
+/// Whether `services` run an ingest-gateway beside services other broker
+/// processes call.
+fn needs_internal(services: &[Service]) -> bool {
+    services.contains(&Service::IngestGateway)
+        && services.iter().any(|s| {
+            matches!(
+                s,
+                Service::ShardRouter | Service::StorageWriter | Service::ClusterCtl
+            )
+        })
+}
+
 /// Services running in this process until [`Running::stop`].
 pub struct Running {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The internal gRPC port (`internal_listen`), when it has one.
+    pub internal: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -99,6 +113,7 @@ impl Running {
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         let (grpc, http) = (listeners.grpc_addr(), listeners.http_addr());
+        let internal = listeners.internal_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let shutdown = Box::new(Box::pin(async move {
             let _ = rx.await;
@@ -107,14 +122,31 @@ impl Running {
         Self {
             grpc,
             http,
+            internal,
             stop: Some(tx),
             handle,
         }
     }
 
-    /// The all-in-one broker with `services`.
+    /// The all-in-one broker with `services`, with an internal listener
+    /// too when an ingest-gateway runs beside services other processes
+    /// call (the agents' port does not serve those).
     pub async fn broker(config: BrokerConfig, services: &'static [Service]) -> Self {
-        Self::start(config, move |c, l, s| broker::run(c, services, l, s)).await
+        let mut listeners = Listeners::loopback().await.expect("loopback listeners");
+        if needs_internal(services) {
+            listeners = listeners
+                .with_internal("127.0.0.1:0".parse().expect("addr"))
+                .await
+                .expect("internal listener");
+        }
+        Self::start_on(listeners, config, move |c, l, s| {
+            broker::run(c, services, l, s)
+        })
+    }
+
+    /// Where other broker processes call it: the internal port if any.
+    pub fn internal_endpoint(&self) -> String {
+        format!("http://{}", self.internal.unwrap_or(self.grpc))
     }
 
     /// The all-in-one broker with `services` on `grpc` and `http` (the
@@ -125,7 +157,13 @@ impl Running {
         grpc: SocketAddr,
         http: SocketAddr,
     ) -> Self {
-        let listeners = Listeners::bind(grpc, http).await.expect("rebinding");
+        let mut listeners = Listeners::bind(grpc, http).await.expect("rebinding");
+        if needs_internal(services) {
+            listeners = listeners
+                .with_internal("127.0.0.1:0".parse().expect("addr"))
+                .await
+                .expect("internal listener");
+        }
         Self::start_on(listeners, config, move |c, l, s| {
             broker::run(c, services, l, s)
         })

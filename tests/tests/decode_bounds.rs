@@ -135,7 +135,7 @@ async fn a_message_of_empty_points_is_refused_before_it_is_decoded() {
 
     // WriterService.Write, straight: 60 MiB of empty points in one
     // request, under the internal 64 MiB message limit.
-    let mut grpc = channel(&endpoint).await;
+    let mut grpc = channel(&broker.internal_endpoint()).await;
     grpc.ready().await.unwrap();
     let batch = empty_points(30_000_000);
     let mut req = Vec::with_capacity(batch.len() + 8);

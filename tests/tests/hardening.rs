@@ -134,8 +134,9 @@ async fn huge_or_unused_names_are_refused_before_they_cost_memory() {
         );
         assert_eq!(a.accepted, 0);
     }
-    // Straight to the writer's gRPC service (bypassing the gateway).
-    let mut w = WriterServiceClient::connect(broker.endpoint())
+    // Straight to the writer's gRPC service (bypassing the gateway), on
+    // the internal port other processes call.
+    let mut w = WriterServiceClient::connect(broker.internal_endpoint())
         .await
         .unwrap()
         .max_encoding_message_size(64 << 20);
@@ -491,4 +492,137 @@ async fn a_live_member_cannot_be_taken_over_by_another_instance() {
     );
     assert!(!client.heartbeat("w-dup", "aaaa").await.unwrap().known);
     assert!(client.heartbeat("w-dup", "bbbb").await.unwrap().known);
+}
+
+/// The services other broker processes call (Route, Write, raft and
+/// membership) are not served on the agents' port. With `internal_listen`
+/// they are served there only; without it, beside a gateway, they are
+/// reached in-process only; a cluster member without it refuses to start,
+/// naming the key; with it, the member advertises the internal address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_services_are_not_served_on_the_agents_port() {
+    use broker_common::Listeners;
+    use std::time::Duration;
+    let redis = RedisServer::start().unwrap();
+    let reader = Reader::connect(&redis.url()).await;
+    let ts = now() - 30;
+    let good = |seq: u64, host: &str| MetricBatch {
+        seq,
+        metric_names: metric_names(2),
+        points: vec![point(host, ts, 2)],
+    };
+    let write = |endpoint: String, b: MetricBatch| async move {
+        WriterServiceClient::connect(endpoint)
+            .await
+            .unwrap()
+            .write(WriteRequest {
+                batch: Some(b),
+                ring_epoch: 0,
+            })
+            .await
+            .map(|r| r.into_inner())
+    };
+    let route = |endpoint: String, b: MetricBatch| async move {
+        RouterServiceClient::connect(endpoint)
+            .await
+            .unwrap()
+            .route(RouteRequest { batch: Some(b) })
+            .await
+            .map(|r| r.into_inner())
+    };
+    let stored = |host: &str| format!("monitor:metrics:{{{host}}}:{ts}");
+
+    // 1. With an internal listener.
+    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
+    let (agents, internal) = (broker.endpoint(), broker.internal_endpoint());
+    assert_ne!(agents, internal);
+    broker_common::serve::wait_serving(&agents, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let e = write(agents.clone(), good(1, "on-agents-w"))
+        .await
+        .expect_err("Write on the agents' port");
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    let e = route(agents.clone(), good(1, "on-agents-r"))
+        .await
+        .expect_err("Route on the agents' port");
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    let w = write(internal.clone(), good(1, "internal-w"))
+        .await
+        .unwrap();
+    assert!(w.failed.is_empty(), "{w:?}");
+    let r = route(internal.clone(), good(1, "internal-r"))
+        .await
+        .unwrap();
+    assert!(r.failed.is_empty(), "{r:?}");
+    let e = try_send_batches(&internal, vec![good(1, "agent-on-internal")])
+        .await
+        .expect_err("the agents' stream on the internal port");
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    let acks = send_batches(&agents, vec![good(1, "agent")]).await;
+    assert_eq!(acks[0].accepted, 1, "{acks:?}");
+    for host in ["internal-w", "internal-r", "agent"] {
+        assert!(reader.exists(&stored(host)).await, "{host} stored");
+    }
+    for host in ["on-agents-w", "on-agents-r", "agent-on-internal"] {
+        assert!(!reader.exists(&stored(host)).await, "{host} not stored");
+    }
+    broker.stop().await;
+
+    // 2. Without one, beside the gateway: in-process only.
+    let broker = Running::start_on(
+        Listeners::loopback().await.unwrap(),
+        config_for(&redis.url()),
+        |c, l, s| broker::run(c, &Service::DEFAULT, l, s),
+    );
+    assert_eq!(broker.internal, None);
+    broker_common::serve::wait_serving(&broker.endpoint(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let e = write(broker.endpoint(), good(2, "on-agents-w"))
+        .await
+        .expect_err("Write with no internal listener");
+    assert_eq!(e.code(), Code::Unimplemented, "{e:?}");
+    let acks = send_batches(&broker.endpoint(), vec![good(2, "agent-2")]).await;
+    assert_eq!(acks[0].accepted, 1, "{acks:?}");
+    assert!(reader.exists(&stored("agent-2")).await);
+    broker.stop().await;
+
+    // 3. A cluster member must have one, and advertises it.
+    let mut ctl = broker_tests::cluster::CtlCluster::start(1, Duration::from_secs(600)).await;
+    ctl.wait_leader(Duration::from_secs(10)).await;
+    let mut c = config_for(&redis.url());
+    c.node_id = "member-1".into();
+    c.cluster.endpoints = ctl.endpoints();
+    let e = broker::run(
+        c.clone(),
+        &Service::DEFAULT,
+        Listeners::loopback().await.unwrap(),
+        std::future::pending(),
+    )
+    .await
+    .expect_err("a member without internal_listen");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("internal_listen is not set") && e.contains("shard-router, storage-writer"),
+        "{e}"
+    );
+    let member = Running::broker(c, &Service::DEFAULT).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = ctl.client().members().await.unwrap();
+        if let Some(m) = state.members.iter().find(|m| m.id == "member-1") {
+            assert_eq!(m.addr, member.internal_endpoint(), "{m:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "member-1 never joined"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let acks = send_batches(&member.endpoint(), vec![good(3, "member-agent")]).await;
+    assert_eq!(acks[0].accepted, 1, "{acks:?}");
+    member.stop().await;
+    ctl.stop_all().await;
 }

@@ -121,6 +121,13 @@ async fn every_port_wants_tls_the_right_certificate_and_the_right_token() {
         .await
         .unwrap_err();
     println!("plaintext gRPC: {e}");
+    let e = health(
+        &plain,
+        &format!("http://{}", broker.internal.expect("internal listener")),
+    )
+    .await
+    .unwrap_err();
+    println!("plaintext internal gRPC: {e}");
     let e = get(&plain, &format!("http://{}/health", broker.http))
         .await
         .unwrap_err();
@@ -176,8 +183,11 @@ async fn every_port_wants_tls_the_right_certificate_and_the_right_token() {
 
     // Service-to-service: the admin token is not enough without the
     // client certificate; with both, the writer takes the batch.
+    // On the internal port: the agents' port does not serve them.
+    let internal = format!("https://{}", broker.internal.expect("internal listener"));
+    let peer_ch = |s: &ClientSecurity| s.lazy(&internal, |e| e.timeout(T)).unwrap();
     let write = |s: &ClientSecurity| {
-        let mut c = WriterServiceClient::new(ch(s));
+        let mut c = WriterServiceClient::new(peer_ch(s));
         async move {
             c.write(WriteRequest {
                 batch: Some(batch("sec-b", ts)),
@@ -196,14 +206,14 @@ async fn every_port_wants_tls_the_right_certificate_and_the_right_token() {
         .await
         .expect("a peer with the CA's certificate and the admin token writes");
     let (c, m) = code(
-        RouterServiceClient::new(ch(&admin_no_cert))
+        RouterServiceClient::new(peer_ch(&admin_no_cert))
             .route(RouteRequest {
                 batch: Some(batch("sec-c", ts)),
             })
             .await,
     );
     assert_eq!(c, Code::Unauthenticated, "{m}");
-    RouterServiceClient::new(ch(&peer))
+    RouterServiceClient::new(peer_ch(&peer))
         .route(RouteRequest {
             batch: Some(batch("sec-c", ts)),
         })

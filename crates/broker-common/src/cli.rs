@@ -21,6 +21,9 @@ pub struct ConfigArgs {
     /// Overrides `http_listen`.
     #[arg(long, value_name = "ADDR")]
     pub http_listen: Option<String>,
+    /// Overrides `internal_listen`.
+    #[arg(long, value_name = "ADDR")]
+    pub internal_listen: Option<String>,
     /// Overrides `writer.redis_url`.
     #[arg(long, value_name = "URL")]
     pub redis_url: Option<String>,
@@ -40,6 +43,7 @@ impl ConfigArgs {
             ("node_id", &self.node_id),
             ("grpc_listen", &self.grpc_listen),
             ("http_listen", &self.http_listen),
+            ("internal_listen", &self.internal_listen),
             ("writer.redis_url", &self.redis_url),
         ] {
             if let Some(v) = v {

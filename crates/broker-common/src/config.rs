@@ -112,8 +112,16 @@ fn env_is_reserved(name: &str) -> bool {
 pub struct BrokerConfig {
     /// This process's name in logs, metrics and (for a writer) the ring.
     pub node_id: String,
-    /// gRPC port shared by every service this process runs.
+    /// gRPC port of the services clients call: the agents' stream
+    /// (ingest-gateway), queries, host-manager.
     pub grpc_listen: SocketAddr,
+    /// gRPC port of the services other broker processes call: shard-router,
+    /// storage-writer, cluster-ctl (raft and membership). Unset, they share
+    /// `grpc_listen`, except beside an ingest-gateway: the agents' port
+    /// never serves them, so they are then reached in-process only (and a
+    /// cluster member that needs them reachable must set this). Members
+    /// advertise this address when it is set.
+    pub internal_listen: Option<SocketAddr>,
     /// Admin HTTP port: /health, /ready, /metrics.
     pub http_listen: SocketAddr,
     /// How long shutdown may take to drain and flush before it gives up.
@@ -140,6 +148,7 @@ impl Default for BrokerConfig {
             node_id: DEFAULT_NODE_ID.into(),
             grpc_listen: DEFAULT_GRPC_LISTEN.parse().expect("valid default"),
             http_listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default"),
+            internal_listen: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             ttl: DEFAULT_TTL,
             telemetry: TelemetryConfig::default(),
@@ -419,7 +428,6 @@ impl Default for WriterConfig {
     }
 }
 
-/// One problem with the configuration, named by its key.
 /// How this process takes part in cluster membership (client side of
 /// cluster-ctl).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -428,8 +436,9 @@ pub struct ClusterConfig {
     /// cluster-ctl gRPC endpoints (`http://host:port`, any node will do).
     /// Empty: static membership (`router.writers`, epoch 1), no cluster-ctl.
     pub endpoints: Vec<String>,
-    /// Where other services reach this process's gRPC server. Empty means
-    /// `http://` + `grpc_listen`.
+    /// Where other broker processes reach this one's internal gRPC
+    /// services. Empty means `http://` (or `https://`) + `internal_listen`,
+    /// or `grpc_listen` when that is unset.
     pub advertise_addr: String,
     /// This writer's relative share of the ring (1 to 100).
     pub weight: u32,
@@ -616,6 +625,7 @@ impl QueryConfig {
     }
 }
 
+/// One problem with the configuration, named by its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
     pub key: String,
@@ -741,6 +751,18 @@ impl BrokerConfig {
                 "http_listen",
                 format!("{} is the same as grpc_listen", self.http_listen),
             );
+        }
+        if let Some(i) = self.internal_listen
+            && i.port() != 0
+        {
+            for (key, other) in [
+                ("grpc_listen", self.grpc_listen),
+                ("http_listen", self.http_listen),
+            ] {
+                if i == other {
+                    bad("internal_listen", format!("{i} is the same as {key}"));
+                }
+            }
         }
         if self.ttl < Duration::from_secs(60) {
             bad("ttl", format!("{:?} is shorter than one minute", self.ttl));
@@ -1032,9 +1054,10 @@ impl BrokerConfig {
         }
     }
 
-    /// The gRPC address other services reach this process at.
+    /// The gRPC address other services reach this process at: its
+    /// internal listener when it has one.
     pub fn advertise_addr(&self) -> String {
-        self.advertise_addr_for(self.grpc_listen)
+        self.advertise_addr_for(self.internal_listen.unwrap_or(self.grpc_listen))
     }
 
     /// As [`Self::advertise_addr`] for a process whose gRPC listener is

@@ -1,12 +1,12 @@
-//! Runs one process's servers: every enabled gRPC service on one port, the
-//! gRPC health service beside them, and the admin HTTP server.
+//! Runs one process's servers: the clients' gRPC services on one port, the
+//! services other broker processes call on the internal port when there is
+//! one, the gRPC health service beside each, and the admin HTTP server.
 
 use crate::admin::Admin;
 use crate::security::Security;
 use crate::security::auth::GrpcAuthLayer;
 use crate::security::tls::{self, TlsListener};
 use std::future::Future;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -14,19 +14,37 @@ use tokio_util::sync::CancellationToken;
 /// The sockets a process serves on. Bound by the caller so tests can pass
 /// `127.0.0.1:0` listeners and learn the ports.
 pub struct Listeners {
+    /// Clients' gRPC: agents, dashboards, operators.
     pub grpc: TcpListener,
+    /// Admin HTTP and the HTTP APIs.
     pub http: TcpListener,
+    /// Other broker processes' gRPC (`internal_listen`), when configured.
+    pub internal: Option<TcpListener>,
 }
 
 impl Listeners {
     pub async fn bind(grpc: SocketAddr, http: SocketAddr) -> std::io::Result<Self> {
-        let g = TcpListener::bind(grpc).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("binding grpc_listen {grpc}: {e}"))
-        })?;
-        let h = TcpListener::bind(http).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("binding http_listen {http}: {e}"))
-        })?;
-        Ok(Self { grpc: g, http: h })
+        Ok(Self {
+            grpc: bind("grpc_listen", grpc).await?,
+            http: bind("http_listen", http).await?,
+            internal: None,
+        })
+    }
+
+    /// The listeners `config` names: `grpc_listen`, `http_listen` and
+    /// `internal_listen` when set.
+    pub async fn from_config(config: &crate::BrokerConfig) -> std::io::Result<Self> {
+        let l = Self::bind(config.grpc_listen, config.http_listen).await?;
+        match config.internal_listen {
+            Some(i) => l.with_internal(i).await,
+            None => Ok(l),
+        }
+    }
+
+    /// Adds an internal listener bound at `addr`.
+    pub async fn with_internal(mut self, addr: SocketAddr) -> std::io::Result<Self> {
+        self.internal = Some(bind("internal_listen", addr).await?);
+        Ok(self)
     }
 
     /// Two fresh loopback listeners on free ports, for tests.
@@ -45,37 +63,97 @@ impl Listeners {
     pub fn http_addr(&self) -> SocketAddr {
         self.http.local_addr().expect("bound listener")
     }
+
+    pub fn internal_addr(&self) -> Option<SocketAddr> {
+        self.internal
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener"))
+    }
+
+    /// Where other broker processes call this one: the internal listener,
+    /// else the gRPC one.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.internal_addr().unwrap_or_else(|| self.grpc_addr())
+    }
 }
 
-/// Serves `routes` (plus `grpc.health.v1`, reporting each name in
-/// `grpc_services` as serving) and the admin router until `stop` is
-/// cancelled. The gRPC server then stops accepting and waits for in-flight
-/// calls; handlers watch `stop` too and end their streams once drained.
+async fn bind(key: &str, addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("binding {key} {addr}: {e}")))
+}
+
+/// One gRPC server's services: the routes and the names its health service
+/// reports as serving.
+#[derive(Default)]
+pub struct GrpcRoutes {
+    pub routes: tonic::service::Routes,
+    pub names: Vec<&'static str>,
+}
+
+/// Serves `public` on the gRPC listener and `internal` on the internal one
+/// (each with `grpc.health.v1` reporting its names as serving), and the
+/// admin router, until `stop` is cancelled. The gRPC servers then stop
+/// accepting and wait for in-flight calls; handlers watch `stop` too and
+/// end their streams once drained. Without an internal listener, the
+/// caller has put what should be served into `public` and `internal` must
+/// be empty.
 ///
-/// With TLS configured both ports speak only TLS (a plaintext client fails
-/// the handshake), and the certificates are reloaded when their files
-/// change. Every gRPC call and HTTP route passes the token check of
+/// With TLS configured every port speaks only TLS (a plaintext client
+/// fails the handshake), and the certificates are reloaded when their
+/// files change. Every gRPC call and HTTP route passes the token check of
 /// [`crate::security::auth`] first.
 pub async fn serve(
-    routes: tonic::service::Routes,
-    grpc_services: &[&str],
+    public: GrpcRoutes,
+    internal: GrpcRoutes,
     admin: &Admin,
     listeners: Listeners,
     security: &Security,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    if let Some(tls) = &security.tls {
+        tls.watch(security.reload_interval, stop.clone());
+    }
+    let internal_server = async {
+        match listeners.internal {
+            Some(l) => serve_grpc(internal, l, security, stop.clone()).await,
+            None => {
+                debug_assert!(
+                    internal.names.is_empty(),
+                    "internal services without a listener"
+                );
+                Ok(())
+            }
+        }
+    };
+    let (g, i, h) = tokio::join!(
+        serve_grpc(public, listeners.grpc, security, stop.clone()),
+        internal_server,
+        serve_http(admin, listeners.http, security, stop.clone()),
+    );
+    g.map_err(|e| anyhow::anyhow!("grpc server: {e}"))?;
+    i.map_err(|e| anyhow::anyhow!("internal grpc server: {e}"))?;
+    h.map_err(|e| anyhow::anyhow!("admin http server: {e}"))?;
+    Ok(())
+}
+
+async fn serve_grpc(
+    services: GrpcRoutes,
+    listener: TcpListener,
+    security: &Security,
+    stop: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    for name in grpc_services {
+    for name in &services.names {
         reporter
             .set_service_status(*name, tonic_health::ServingStatus::Serving)
             .await;
     }
-    let routes = routes.add_service(health);
-    let grpc_stop = stop.clone();
-    let grpc_server = tonic::transport::Server::builder()
+    let routes = services.routes.add_service(health);
+    let server = tonic::transport::Server::builder()
         // Agents keep streams open for hours; keepalive finds dead peers.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .tcp_nodelay(true)
@@ -85,13 +163,55 @@ pub async fn serve(
             tokens: security.tokens.clone(),
         })
         .add_routes(routes);
-    let grpc_shutdown = async move {
+    let grpc_stop = stop.clone();
+    let shutdown = async move {
         grpc_stop.cancelled().await;
         reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
     };
-    let http_router = admin
+    match &security.tls {
+        None => {
+            // tonic's `tcp_nodelay` does not reach sockets handed in as a
+            // stream: set it on each accepted one, or small answers (acks,
+            // query results) wait ~40 ms for the peer's delayed ACK.
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |s| {
+                    if let Ok(s) = &s {
+                        let _ = s.set_nodelay(true);
+                    }
+                    s
+                },
+            );
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        Some(tls) => {
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(tls::accept(
+                    listener,
+                    tls.clone(),
+                    false,
+                    stop,
+                )),
+                |(s, _)| Ok::<_, std::io::Error>(s),
+            );
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
+}
+
+async fn serve_http(
+    admin: &Admin,
+    listener: TcpListener,
+    security: &Security,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let router = admin
         .router()
         // Inner: the token check runs before any handler.
         .layer(axum::middleware::from_fn_with_state(
@@ -103,51 +223,24 @@ pub async fn serve(
         // shorter, query.timeout).
         .layer(axum::middleware::from_fn(deadline));
     let http_stop = stop.clone();
-    let http_shutdown = async move { http_stop.cancelled().await };
-    let (g, h) = match &security.tls {
+    let shutdown = async move { http_stop.cancelled().await };
+    match &security.tls {
         None => {
-            // tonic's `tcp_nodelay` does not reach sockets handed in as a
-            // stream: set it on each accepted one, or small answers (acks,
-            // query results) wait ~40 ms for the peer's delayed ACK.
-            let incoming = tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
-                |s| {
-                    if let Ok(s) = &s {
-                        let _ = s.set_nodelay(true);
-                    }
-                    s
-                },
-            );
-            tokio::join!(
-                grpc_server.serve_with_incoming_shutdown(incoming, grpc_shutdown),
-                axum::serve(listeners.http, http_router)
-                    .with_graceful_shutdown(http_shutdown)
-                    .into_future()
-            )
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
         }
         Some(tls) => {
-            tls.watch(security.reload_interval, stop.clone());
-            let http_addr = listeners.http_addr();
-            let grpc = tls::accept(listeners.grpc, tls.clone(), false, stop.clone());
-            let incoming = tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::ReceiverStream::new(grpc),
-                |(s, _)| Ok::<_, std::io::Error>(s),
-            );
-            let http = TlsListener {
-                rx: tls::accept(listeners.http, tls.clone(), true, stop.clone()),
-                addr: http_addr,
+            let addr = listener.local_addr()?;
+            let tls_listener = TlsListener {
+                rx: tls::accept(listener, tls.clone(), true, stop),
+                addr,
             };
-            tokio::join!(
-                grpc_server.serve_with_incoming_shutdown(incoming, grpc_shutdown),
-                axum::serve(http, http_router)
-                    .with_graceful_shutdown(http_shutdown)
-                    .into_future()
-            )
+            axum::serve(tls_listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
         }
-    };
-    g.map_err(|e| anyhow::anyhow!("grpc server: {e}"))?;
-    h.map_err(|e| anyhow::anyhow!("admin http server: {e}"))?;
-    Ok(())
+    }
 }
 
 /// Longest an admin-port request may take (a DLQ replay of many entries is

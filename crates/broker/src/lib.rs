@@ -14,6 +14,7 @@
 pub mod dlq_cli;
 pub mod pki;
 
+use broker_common::serve::GrpcRoutes;
 use broker_common::{Admin, BrokerConfig, Listeners, Readiness, Service};
 use broker_proto::v1::MemberRole;
 use ingest_gateway::Gateway;
@@ -55,7 +56,7 @@ pub async fn run_until_signal(config: BrokerConfig, services: &[Service]) -> any
         _ => "broker",
     };
     let _guard = broker_common::telemetry::init(&config.telemetry, name)?;
-    let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
+    let listeners = Listeners::from_config(&config).await?;
     run(
         config,
         services,
@@ -76,16 +77,31 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     anyhow::ensure!(!services.is_empty(), "no service enabled");
     let has = |s| services.contains(&s);
+    let peers_at = internal_placement(&config, services, &listeners)?;
     let mut registry = prometheus_client::registry::Registry::default();
     let readiness = Readiness::default();
     let signal = broker_common::serve::token_from(shutdown);
+    // The clients' services (grpc_listen) and the ones other broker
+    // processes call (internal_listen, or grpc_listen without a gateway).
     let mut routes = tonic::service::RoutesBuilder::default();
     let mut names = Vec::new();
+    let mut internal_routes = tonic::service::RoutesBuilder::default();
+    let mut internal_names = Vec::new();
     let mut admin_routes = Vec::new();
+    // Where a service other broker processes call is added, if anywhere.
+    macro_rules! peer_routes {
+        () => {
+            match peers_at {
+                PeersAt::Internal => Some((&mut internal_routes, &mut internal_names)),
+                PeersAt::Grpc => Some((&mut routes, &mut names)),
+                PeersAt::InProcess => None,
+            }
+        };
+    }
 
     let security = broker_common::security::Security::from_config(&config.security)?;
     let cluster_ctl = if has(Service::ClusterCtl) {
-        let own = config.advertise_addr_for(listeners.grpc_addr());
+        let own = config.advertise_addr_for(listeners.peer_addr());
         Some(cluster_ctl::ClusterCtl::start(
             &config,
             &own,
@@ -112,7 +128,7 @@ pub async fn run(
         cluster_client::lifecycle::join_configured(
             &config,
             roles,
-            listeners.grpc_addr(),
+            listeners.peer_addr(),
             listeners.http_addr(),
             &security.client,
         )
@@ -126,13 +142,15 @@ pub async fn run(
         let ownership = cluster_state
             .clone()
             .map(|s| storage_writer::service::Ownership::new(&config.node_id, s));
-        routes.add_service(
-            WriterGrpc::new(w.writer.clone())
-                .with_limits(&config)
-                .with_ownership(ownership)
-                .into_server(),
-        );
-        names.push(storage_writer::service::WRITER_SERVICE_NAME);
+        if let Some((routes, names)) = peer_routes!() {
+            routes.add_service(
+                WriterGrpc::new(w.writer.clone())
+                    .with_limits(&config)
+                    .with_ownership(ownership)
+                    .into_server(),
+            );
+            names.push(storage_writer::service::WRITER_SERVICE_NAME);
+        }
         admin_routes.push(w.admin_routes());
         Some(w)
     } else {
@@ -149,12 +167,14 @@ pub async fn run(
             &security.client,
             &mut registry,
         )?;
-        routes.add_service(
-            RouterGrpc::new(r.clone())
-                .with_limits(&config)
-                .into_server(),
-        );
-        names.push(shard_router::service::ROUTER_SERVICE_NAME);
+        if let Some((routes, names)) = peer_routes!() {
+            routes.add_service(
+                RouterGrpc::new(r.clone())
+                    .with_limits(&config)
+                    .into_server(),
+            );
+            names.push(shard_router::service::ROUTER_SERVICE_NAME);
+        }
         readiness.set("shard-router", true);
         Some(r)
     } else {
@@ -206,6 +226,7 @@ pub async fn run(
         None
     };
     if let Some(ctl) = &cluster_ctl {
+        let (_, names) = peer_routes!().expect("cluster-ctl is never in-process only");
         names.push(cluster_ctl::service::CLUSTER_SERVICE_NAME);
         names.push(cluster_ctl::service::RAFT_SERVICE_NAME);
         admin_routes.push(ctl.http_routes());
@@ -221,19 +242,35 @@ pub async fn run(
         services = ?services.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
         grpc = %listeners.grpc_addr(),
         http = %listeners.http_addr(),
+        internal = %match peers_at {
+            PeersAt::Internal => listeners.peer_addr().to_string(),
+            PeersAt::Grpc => "grpc".to_string(),
+            PeersAt::InProcess => "in-process only".to_string(),
+        },
         "broker serving"
     );
     if query.is_some() {
         tracing::info!(url = %format!("http://{}/dashboard/", listeners.http_addr()), "dashboard");
     }
-    let mut grpc_routes = routes.routes();
+    let mut public = GrpcRoutes {
+        routes: routes.routes(),
+        names,
+    };
+    let mut internal = GrpcRoutes {
+        routes: internal_routes.routes(),
+        names: internal_names,
+    };
     let mut raft_died = None;
     if let Some(ctl) = &cluster_ctl {
-        grpc_routes = ctl.add_grpc_routes(grpc_routes, stop.clone());
+        let target = match peers_at {
+            PeersAt::Internal => &mut internal.routes,
+            PeersAt::Grpc | PeersAt::InProcess => &mut public.routes,
+        };
+        *target = ctl.add_grpc_routes(std::mem::take(target), stop.clone());
         raft_died = Some(ctl.stop_serving_on_death(stop.clone()));
     }
     let result =
-        broker_common::serve::serve(grpc_routes, &names, &admin, listeners, &security, stop).await;
+        broker_common::serve::serve(public, internal, &admin, listeners, &security, stop).await;
     if let Some(h) = host_manager {
         h.shutdown().await;
     }
@@ -252,4 +289,52 @@ pub async fn run(
         d.check()?;
     }
     result
+}
+
+/// Where this process serves the services other broker processes call
+/// (shard-router, storage-writer, cluster-ctl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeersAt {
+    /// On `internal_listen`.
+    Internal,
+    /// On `grpc_listen`: no ingest-gateway here, so it is not the agents'
+    /// port.
+    Grpc,
+    /// Nowhere: the gateway beside them reaches them in-process, and no
+    /// other process needs them.
+    InProcess,
+}
+
+/// Decides [`PeersAt`], refusing a process whose internal services others
+/// must reach (it joins a cluster, or runs cluster-ctl) while the only
+/// gRPC port is the agents'.
+fn internal_placement(
+    config: &BrokerConfig,
+    services: &[Service],
+    listeners: &Listeners,
+) -> anyhow::Result<PeersAt> {
+    if listeners.internal.is_some() {
+        return Ok(PeersAt::Internal);
+    }
+    if !services.contains(&Service::IngestGateway) {
+        return Ok(PeersAt::Grpc);
+    }
+    let internal: Vec<&str> = services
+        .iter()
+        .filter(|s| {
+            matches!(
+                s,
+                Service::ShardRouter | Service::StorageWriter | Service::ClusterCtl
+            )
+        })
+        .map(|s| s.as_str())
+        .collect();
+    let member = !config.cluster.endpoints.is_empty() || services.contains(&Service::ClusterCtl);
+    anyhow::ensure!(
+        internal.is_empty() || !member,
+        "internal_listen is not set, but this process runs ingest-gateway (grpc_listen {} is the agents' port and does not serve other broker processes) beside {} and is a cluster member: the other members could not reach them. Set internal_listen (e.g. 127.0.0.1:9095, or 0.0.0.0:9095 in a container) for them",
+        listeners.grpc_addr(),
+        internal.join(", ")
+    );
+    Ok(PeersAt::InProcess)
 }

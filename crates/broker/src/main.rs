@@ -288,9 +288,20 @@ async fn up(
             base.display()
         ));
     }
-    let listeners = Listeners::bind(config.grpc_listen, config.http_listen).await?;
+    let mut listeners = Listeners::from_config(&config).await?;
+    if listeners.internal.is_none() && !config.cluster.endpoints.is_empty() {
+        // The cluster reaches this process's router and writer here, never
+        // on the agents' port.
+        listeners = listeners.with_internal("127.0.0.1:0".parse()?).await?;
+    }
     let grpc = listeners.grpc_addr();
     let http = listeners.http_addr();
+    let internal_line = match listeners.internal_addr() {
+        Some(a) => format!(
+            "\x20 internal (router, writer):    {scheme}://{a}  (other broker processes only)\n"
+        ),
+        None => String::new(),
+    };
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
@@ -350,6 +361,7 @@ async fn up(
          \x20 hosts and alerts:             {scheme}://{http}/api/hosts  /api/alerts  (brokerctl hosts)\n\
          \x20 health / ready / metrics:     {scheme}://{http}/health  /ready  /metrics\n\
          \x20 redis:                        {redis} (key layout: {layout})\n\
+         {internal_line}\
          {ctl_lines}\
          {secure_lines}\
          \x20 try: cargo run --release --bin broker-loadgen -- --endpoints {scheme}://{grpc} --hosts 1000 --interval 5s --duration 60s{loadgen_security}\n\
