@@ -133,6 +133,8 @@ impl CtlCluster {
         let node = ctl.node.clone();
         let readiness = Readiness::default();
         ctl.report_readiness(&readiness);
+        let connections =
+            broker_common::connections::Connections::new(config.max_connections, &mut registry);
         let admin = Admin::new(registry, readiness).with_routes(ctl.http_routes());
         let stop = CancellationToken::new();
         let s = stop.clone();
@@ -146,6 +148,7 @@ impl CtlCluster {
                 Default::default(),
                 &admin,
                 listeners,
+                &connections,
                 &security,
                 s,
             )

@@ -382,6 +382,27 @@ pub async fn write_and_verify(endpoint: &str, redis_url: &str, hosts: usize) {
 }
 
 /// One HTTP/1.0 request; the status and the body as JSON (or a string).
+/// `GET /metrics` on an admin port, as text.
+pub async fn scrape(addr: SocketAddr) -> String {
+    let (status, body) = http(addr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200, "GET /metrics on {addr}: {body}");
+    body.as_str().unwrap_or_default().to_string()
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed,
+/// e.g. `broker_connections_open{listener="grpc"}`) in a scrape.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// [`sample`] of a fresh scrape of `addr`; 0 when the series is absent (a
+/// counter not yet incremented).
+pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
+    sample(&scrape(addr).await, series).unwrap_or(0.0)
+}
+
 pub async fn http(
     addr: SocketAddr,
     method: &str,

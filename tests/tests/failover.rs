@@ -12,31 +12,11 @@ use broker_proto::v1::{MetricBatch, RejectReason};
 use broker_tests::*;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `GET /metrics` on an admin port.
-async fn scrape(http: SocketAddr) -> String {
-    let mut s = tokio::net::TcpStream::connect(http)
-        .await
-        .expect("admin port");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text
-}
 
 /// The value of the sample `series` (name and labels exactly as exposed).
 async fn sample(http: SocketAddr, series: &str) -> f64 {
     let text = scrape(http).await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
+    broker_tests::sample(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
 }
 
 const WRITER_POINTS: &str = "broker_writer_points_total";

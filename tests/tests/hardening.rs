@@ -626,3 +626,82 @@ async fn internal_services_are_not_served_on_the_agents_port() {
     member.stop().await;
     ctl.stop_all().await;
 }
+
+/// Each listening port holds at most `max_connections` at once: one more
+/// is closed as soon as it is accepted and counted, the admin port (its
+/// own bound) still answers, and a freed place is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_port_are_bounded() {
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    let redis = RedisServer::start().unwrap();
+    let mut c = config_for(&redis.url());
+    c.max_connections = 3;
+    let broker = Running::broker(c, &Service::DEFAULT).await;
+    let open = r#"broker_connections_open{listener="grpc"}"#;
+    let refused = r#"broker_connections_refused_total{listener="grpc"}"#;
+    let wait_open = |want: f64| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = metric(broker.http, open).await;
+            if n == want {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{open} is {n}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    broker_common::serve::wait_serving(&broker.endpoint(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    wait_open(0.0).await;
+    // Three idle connections take every place.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(broker.grpc).await.unwrap());
+    }
+    wait_open(3.0).await;
+    // The fourth is closed at once (EOF or reset), not left hanging.
+    let mut fourth = tokio::net::TcpStream::connect(broker.grpc).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), fourth.read(&mut buf))
+        .await
+        .expect("the fourth connection is closed, not kept waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let e = try_send_batches(&broker.endpoint(), vec![MetricBatch::default()])
+        .await
+        .expect_err("an agent finds no place");
+    // The connection closed under the call: a code agents retry.
+    assert!(
+        matches!(
+            e.code(),
+            Code::Unavailable | Code::Cancelled | Code::Unknown
+        ),
+        "{e:?}"
+    );
+    // The fourth and the agent's (which may have tried more than once).
+    assert!(metric(broker.http, refused).await >= 2.0);
+    assert_eq!(metric(broker.http, open).await, 3.0);
+    // The admin port has its own bound.
+    let (status, _) = http(broker.http, "GET", "/health", "").await;
+    assert_eq!(status, 200);
+    // A freed place is taken again.
+    held.pop();
+    wait_open(2.0).await;
+    let ts = now() - 30;
+    let acks = send_batches(
+        &broker.endpoint(),
+        vec![MetricBatch {
+            seq: 1,
+            metric_names: metric_names(2),
+            points: vec![point("after-free", ts, 2)],
+        }],
+    )
+    .await;
+    assert_eq!(acks[0].accepted, 1, "{acks:?}");
+    drop(held);
+    broker.stop().await;
+}

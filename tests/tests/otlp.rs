@@ -5,7 +5,7 @@
 //! the answers to data the broker cannot store, with hand-built requests.
 
 use broker_common::Service;
-use broker_tests::{RedisServer, Running, config_for, http, instant, post_bytes};
+use broker_tests::{RedisServer, Running, config_for, instant, metric, post_bytes};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -75,15 +75,6 @@ async fn wait_value(addr: SocketAddr, q: &str, want: f64) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("{q}: want one series of {want}, have {last:?}");
-}
-
-/// The value of the sample line `name{labels}` in `/metrics` of `addr`.
-async fn metric(addr: SocketAddr, name_and_labels: &str) -> f64 {
-    let (_, body) = http(addr, "GET", "/metrics", "").await;
-    let text = body.as_str().unwrap_or_default().to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

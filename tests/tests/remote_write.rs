@@ -7,7 +7,7 @@
 
 use broker_common::Service;
 use broker_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
-use broker_tests::{RedisServer, Running, config_for, enc, http, instant, now, post_bytes};
+use broker_tests::{RedisServer, Running, config_for, enc, http, instant, now, post_bytes, scrape};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -320,13 +320,6 @@ async fn prometheus_scraping_node_exporter_writes_into_the_broker() {
         0.0
     );
     broker.stop().await;
-}
-
-/// `/metrics` of `addr` as text.
-async fn scrape(addr: SocketAddr) -> String {
-    let (status, body) = http(addr, "GET", "/metrics", "").await;
-    assert_eq!(status, 200);
-    body.as_str().unwrap_or_default().to_string()
 }
 
 /// The sum of the samples of `name` whose labels contain `labels` (0 when

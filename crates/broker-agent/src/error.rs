@@ -77,9 +77,14 @@ impl AgentError {
             | AgentError::Connect { .. }
             | AgentError::OpenTimeout { .. }
             | AgentError::StreamClosed { .. } => true,
+            // CANCELLED and UNKNOWN ("transport error"): the connection
+            // closed under the call (a server at its max_connections closes
+            // new ones on accept).
             AgentError::Open { source, .. } => matches!(
                 source.code(),
                 tonic::Code::Unavailable
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
                     | tonic::Code::ResourceExhausted
                     | tonic::Code::DeadlineExceeded
                     | tonic::Code::Aborted

@@ -22,6 +22,10 @@ use std::time::Duration;
 
 pub const DEFAULT_NODE_ID: &str = "broker-1";
 pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:9093";
+/// Connections each listening port holds open at once; agents hold one
+/// each, so a gateway takes this many agents (raise the process's open
+/// files limit with it).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9190";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Seed: points live 7 days.
@@ -122,6 +126,9 @@ pub struct BrokerConfig {
     /// cluster member that needs them reachable must set this). Members
     /// advertise this address when it is set.
     pub internal_listen: Option<SocketAddr>,
+    /// Connections each listening port holds open at once; one more is
+    /// closed on accept.
+    pub max_connections: usize,
     /// Admin HTTP port: /health, /ready, /metrics.
     pub http_listen: SocketAddr,
     /// How long shutdown may take to drain and flush before it gives up.
@@ -149,6 +156,7 @@ impl Default for BrokerConfig {
             grpc_listen: DEFAULT_GRPC_LISTEN.parse().expect("valid default"),
             http_listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default"),
             internal_listen: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             ttl: DEFAULT_TTL,
             telemetry: TelemetryConfig::default(),
@@ -764,6 +772,7 @@ impl BrokerConfig {
                 }
             }
         }
+        positive(&mut bad, "max_connections", self.max_connections);
         if self.ttl < Duration::from_secs(60) {
             bad("ttl", format!("{:?} is shorter than one minute", self.ttl));
         }

@@ -26,6 +26,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod host_id;
 pub mod http_client;
 pub mod process_metrics;

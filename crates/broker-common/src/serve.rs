@@ -3,12 +3,13 @@
 //! one, the gRPC health service beside each, and the admin HTTP server.
 
 use crate::admin::Admin;
+use crate::connections::{Conn, Connections, PlainListener};
 use crate::security::Security;
 use crate::security::auth::GrpcAuthLayer;
 use crate::security::tls::{self, TlsListener};
 use std::future::Future;
 use std::net::SocketAddr;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// The sockets a process serves on. Bound by the caller so tests can pass
@@ -108,15 +109,18 @@ pub async fn serve(
     internal: GrpcRoutes,
     admin: &Admin,
     listeners: Listeners,
+    connections: &Connections,
     security: &Security,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     if let Some(tls) = &security.tls {
         tls.watch(security.reload_interval, stop.clone());
     }
+    let accept = |l, name| connections.accept(l, name, stop.clone());
+    let http_addr = listeners.http.local_addr()?;
     let internal_server = async {
         match listeners.internal {
-            Some(l) => serve_grpc(internal, l, security, stop.clone()).await,
+            Some(l) => serve_grpc(internal, accept(l, "internal"), security, stop.clone()).await,
             None => {
                 debug_assert!(
                     internal.names.is_empty(),
@@ -127,9 +131,20 @@ pub async fn serve(
         }
     };
     let (g, i, h) = tokio::join!(
-        serve_grpc(public, listeners.grpc, security, stop.clone()),
+        serve_grpc(
+            public,
+            accept(listeners.grpc, "grpc"),
+            security,
+            stop.clone()
+        ),
         internal_server,
-        serve_http(admin, listeners.http, security, stop.clone()),
+        serve_http(
+            admin,
+            accept(listeners.http, "http"),
+            http_addr,
+            security,
+            stop.clone()
+        ),
     );
     g.map_err(|e| anyhow::anyhow!("grpc server: {e}"))?;
     i.map_err(|e| anyhow::anyhow!("internal grpc server: {e}"))?;
@@ -139,7 +154,7 @@ pub async fn serve(
 
 async fn serve_grpc(
     services: GrpcRoutes,
-    listener: TcpListener,
+    conns: Accepted,
     security: &Security,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
@@ -172,17 +187,11 @@ async fn serve_grpc(
     };
     match &security.tls {
         None => {
-            // tonic's `tcp_nodelay` does not reach sockets handed in as a
-            // stream: set it on each accepted one, or small answers (acks,
-            // query results) wait ~40 ms for the peer's delayed ACK.
+            // (tonic's `tcp_nodelay` does not reach sockets handed in as a
+            // stream: the accept loop sets it.)
             let incoming = tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |s| {
-                    if let Ok(s) = &s {
-                        let _ = s.set_nodelay(true);
-                    }
-                    s
-                },
+                tokio_stream::wrappers::ReceiverStream::new(conns),
+                |(s, _)| Ok::<_, std::io::Error>(s),
             );
             server
                 .serve_with_incoming_shutdown(incoming, shutdown)
@@ -191,7 +200,7 @@ async fn serve_grpc(
         Some(tls) => {
             let incoming = tokio_stream::StreamExt::map(
                 tokio_stream::wrappers::ReceiverStream::new(tls::accept(
-                    listener,
+                    conns,
                     tls.clone(),
                     false,
                     stop,
@@ -205,9 +214,13 @@ async fn serve_grpc(
     }
 }
 
+/// Accepted connections, from [`Connections::accept`].
+type Accepted = tokio::sync::mpsc::Receiver<(Conn<TcpStream>, SocketAddr)>;
+
 async fn serve_http(
     admin: &Admin,
-    listener: TcpListener,
+    conns: Accepted,
+    addr: SocketAddr,
     security: &Security,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
@@ -226,14 +239,14 @@ async fn serve_http(
     let shutdown = async move { http_stop.cancelled().await };
     match &security.tls {
         None => {
+            let listener = PlainListener { rx: conns, addr };
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         Some(tls) => {
-            let addr = listener.local_addr()?;
             let tls_listener = TlsListener {
-                rx: tls::accept(listener, tls.clone(), true, stop),
+                rx: tls::accept(conns, tls.clone(), true, stop),
                 addr,
             };
             axum::serve(tls_listener, router)

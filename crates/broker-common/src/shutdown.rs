@@ -23,6 +23,12 @@ pub async fn signal() {
 
 /// Runs `work` to completion or until `grace` elapses, whichever is first.
 /// Returns false when the grace period ran out.
+/// Longest a stopping process waits for Redis to answer QUIT. The data is
+/// flushed by then; QUIT only closes politely, and fred sometimes waits its
+/// whole internal command timeout (10 s) for the answer on one connection
+/// of a pool.
+pub const REDIS_QUIT_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub async fn within_grace<F: Future<Output = ()>>(grace: Duration, work: F) -> bool {
     match tokio::time::timeout(grace, work).await {
         Ok(()) => true,

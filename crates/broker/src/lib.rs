@@ -233,6 +233,8 @@ pub async fn run(
         ctl.report_readiness(&readiness);
     }
 
+    let connections =
+        broker_common::connections::Connections::new(config.max_connections, &mut registry);
     let mut admin = Admin::new(registry, readiness);
     for r in admin_routes {
         admin = admin.with_routes(r);
@@ -269,8 +271,16 @@ pub async fn run(
         *target = ctl.add_grpc_routes(std::mem::take(target), stop.clone());
         raft_died = Some(ctl.stop_serving_on_death(stop.clone()));
     }
-    let result =
-        broker_common::serve::serve(public, internal, &admin, listeners, &security, stop).await;
+    let result = broker_common::serve::serve(
+        public,
+        internal,
+        &admin,
+        listeners,
+        &connections,
+        &security,
+        stop,
+    )
+    .await;
     if let Some(h) = host_manager {
         h.shutdown().await;
     }

@@ -156,7 +156,11 @@ impl Store {
     }
 
     pub async fn quit(&self) {
-        let _ = self.pool.quit().await;
+        let _ = tokio::time::timeout(
+            broker_common::shutdown::REDIS_QUIT_TIMEOUT,
+            self.pool.quit(),
+        )
+        .await;
     }
 
     /// The layout's frames for `reqs`, read `HOSTS_PER_READ` hosts at a

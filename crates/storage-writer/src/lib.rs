@@ -103,6 +103,10 @@ impl WriterComponent {
     pub async fn shutdown(&self) {
         self.writer.flush_and_stop().await;
         use fred::interfaces::ClientLike;
-        let _ = self.pool.quit().await;
+        let _ = tokio::time::timeout(
+            broker_common::shutdown::REDIS_QUIT_TIMEOUT,
+            self.pool.quit(),
+        )
+        .await;
     }
 }

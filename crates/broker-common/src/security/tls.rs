@@ -7,12 +7,13 @@
 //! breaks no open stream.
 
 use crate::config::{ClientAuth, TlsConfig};
+use crate::connections::Conn;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -252,35 +253,26 @@ impl TlsState {
     }
 }
 
-/// Accepts TCP connections and completes TLS handshakes off the accept
-/// loop (each in its own task, bounded by [`HANDSHAKE_TIMEOUT`]), handing
+/// Completes TLS handshakes on accepted connections off the accept loop
+/// (each in its own task, bounded by [`HANDSHAKE_TIMEOUT`]), handing
 /// finished streams out in order of completion. A failed handshake (a
 /// plaintext client, a certificate from another CA) is logged and dropped.
 pub fn accept(
-    listener: TcpListener,
+    mut conns: tokio::sync::mpsc::Receiver<(Conn<TcpStream>, std::net::SocketAddr)>,
     tls: Arc<TlsState>,
     http: bool,
     stop: CancellationToken,
-) -> tokio::sync::mpsc::Receiver<(
-    tokio_rustls::server::TlsStream<TcpStream>,
-    std::net::SocketAddr,
-)> {
+) -> tokio::sync::mpsc::Receiver<(TlsConn, std::net::SocketAddr)> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
+                c = conns.recv() => match c {
+                    Some(c) => c,
+                    None => return,
                 },
             };
-            let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server(http));
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -299,17 +291,17 @@ pub fn accept(
     rx
 }
 
+/// A TLS connection over a bounded accepted one.
+pub type TlsConn = tokio_rustls::server::TlsStream<Conn<TcpStream>>;
+
 /// An axum listener over [`accept`]'s finished TLS streams.
 pub struct TlsListener {
-    pub rx: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<TcpStream>,
-        std::net::SocketAddr,
-    )>,
+    pub rx: tokio::sync::mpsc::Receiver<(TlsConn, std::net::SocketAddr)>,
     pub addr: std::net::SocketAddr,
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Io = TlsConn;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
