@@ -705,3 +705,69 @@ async fn connections_per_port_are_bounded() {
     drop(held);
     broker.stop().await;
 }
+
+/// The in-process clients call the handler the gRPC adapters call: a
+/// writer or router in the caller's process refuses what a remote one
+/// refuses, and the caller's timeout applies to it (before, the local
+/// writer skipped the checks and the local router had no timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_clients_run_what_grpc_runs() {
+    use shard_router::RouterClient;
+    use shard_router::service::RouteHandler;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use storage_writer::WriterClient;
+    use storage_writer::service::WriteHandler;
+    let redis = RedisServer::start().unwrap();
+    let config = config_for(&redis.url());
+    let mut registry = prometheus_client::registry::Registry::default();
+    let readiness = broker_common::Readiness::default();
+    let w = storage_writer::WriterComponent::start(&config, &mut registry, &readiness).unwrap();
+    let writer = WriterClient::local(Arc::new(
+        WriteHandler::new(w.writer.clone()).with_limits(&config),
+    ));
+    let router = shard_router::build(
+        &config,
+        Some(writer.clone()),
+        None,
+        &Default::default(),
+        &mut registry,
+    )
+    .unwrap();
+    let router = RouterClient::local(Arc::new(RouteHandler::new(router).with_limits(&config)));
+    let ts = now() - 30;
+    let batch = |p| MetricBatch {
+        seq: 1,
+        metric_names: metric_names(2),
+        points: vec![p],
+    };
+    let t = Duration::from_secs(5);
+    for (what, p) in bad_points(ts) {
+        let e = writer
+            .write(Arc::new(batch(p.clone())), 1, t)
+            .await
+            .expect_err(what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        assert!(e.message().contains(what), "{what}: {}", e.message());
+        let e = router.route(batch(p), t).await.expect_err(what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+        assert!(e.message().contains(what), "{what}: {}", e.message());
+    }
+    let reader = Reader::connect(&redis.url()).await;
+    let keys: Vec<String> = reader.cmd(&["KEYS", "*"]).await.convert().unwrap();
+    assert!(keys.is_empty(), "nothing reached Redis: {keys:?}");
+    // The caller's timeout bounds a local route as it bounds a remote one.
+    let e = router
+        .route(batch(point("late", ts, 2)), Duration::ZERO)
+        .await
+        .expect_err("no time to route");
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    let failed = router.route(batch(point("fine", ts, 2)), t).await.unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(
+        reader
+            .exists(&format!("monitor:metrics:{{fine}}:{ts}"))
+            .await
+    );
+    w.shutdown().await;
+}

@@ -18,9 +18,12 @@ use broker_common::serve::GrpcRoutes;
 use broker_common::{Admin, BrokerConfig, Listeners, Readiness, Service};
 use broker_proto::v1::MemberRole;
 use ingest_gateway::Gateway;
-use shard_router::{RouterClient, RouterGrpc};
+use shard_router::RouterClient;
+use shard_router::service::RouteHandler;
 use std::future::Future;
-use storage_writer::{WriterClient, WriterGrpc};
+use std::sync::Arc;
+use storage_writer::WriterClient;
+use storage_writer::service::WriteHandler;
 
 /// The whole `main` of a single-service binary (`storage-writer`, ...):
 /// flags, config (exit 64 when invalid), then [`run_until_signal`] with that
@@ -142,24 +145,25 @@ pub async fn run(
         let ownership = cluster_state
             .clone()
             .map(|s| storage_writer::service::Ownership::new(&config.node_id, s));
+        // One handler for gRPC and for the router in this process.
+        let handler = Arc::new(
+            WriteHandler::new(w.writer.clone())
+                .with_limits(&config)
+                .with_ownership(ownership),
+        );
         if let Some((routes, names)) = peer_routes!() {
-            routes.add_service(
-                WriterGrpc::new(w.writer.clone())
-                    .with_limits(&config)
-                    .with_ownership(ownership)
-                    .into_server(),
-            );
+            routes.add_service(handler.clone().into_server());
             names.push(storage_writer::service::WRITER_SERVICE_NAME);
         }
         admin_routes.push(w.admin_routes());
-        Some(w)
+        Some((w, handler))
     } else {
         None
     };
     let router = if has(Service::ShardRouter) {
         let local = writer
             .as_ref()
-            .map(|w| WriterClient::local(w.writer.clone()));
+            .map(|(_, handler)| WriterClient::local(handler.clone()));
         let r = shard_router::build(
             &config,
             local,
@@ -167,16 +171,14 @@ pub async fn run(
             &security.client,
             &mut registry,
         )?;
+        // One handler for gRPC and for the gateway in this process.
+        let handler = Arc::new(RouteHandler::new(r).with_limits(&config));
         if let Some((routes, names)) = peer_routes!() {
-            routes.add_service(
-                RouterGrpc::new(r.clone())
-                    .with_limits(&config)
-                    .into_server(),
-            );
+            routes.add_service(handler.clone().into_server());
             names.push(shard_router::service::ROUTER_SERVICE_NAME);
         }
         readiness.set("shard-router", true);
-        Some(r)
+        Some(handler)
     } else {
         None
     };
@@ -284,7 +286,7 @@ pub async fn run(
     if let Some(h) = host_manager {
         h.shutdown().await;
     }
-    if let Some(w) = writer {
+    if let Some((w, _)) = writer {
         broker_common::shutdown::within_grace(config.shutdown_grace, w.shutdown()).await;
     }
     if let Some(q) = query {

@@ -42,7 +42,6 @@ pub struct Topology {
 /// Prefix of the status message a writer answers with when a batch was
 /// routed under an older epoch for a range it no longer owns; the router
 /// re-routes such points under its newer ring.
-pub use storage_writer::service::STALE_EPOCH;
 
 /// How often a batch whose points came back stale is routed again (each
 /// time under a newer epoch).
@@ -552,7 +551,12 @@ impl Router {
                 ("outcome", outcome.to_string()),
             ])
             .inc();
-        result.map_err(|e| Status::new(e.code(), format!("writer {id}: {}", e.message())))
+        result.map_err(|e| {
+            // Name the writer; keep the metadata (the stale-epoch mark).
+            let mut named = Status::new(e.code(), format!("writer {id}: {}", e.message()));
+            *named.metadata_mut() = e.metadata().clone();
+            named
+        })
     }
 }
 
@@ -601,9 +605,10 @@ impl Topology {
 }
 
 /// A writer's answer that the points were routed under an older epoch for
-/// a range it no longer owns.
+/// a range it no longer owns (marked in the status's metadata, not its
+/// text).
 pub fn is_stale(s: &Status) -> bool {
-    s.code() == Code::FailedPrecondition && s.message().contains(STALE_EPOCH)
+    storage_writer::service::stale_epoch(s).is_some()
 }
 
 /// Transient failures worth another attempt (and, after the retries, worth

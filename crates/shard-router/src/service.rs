@@ -15,13 +15,20 @@ use tonic::{Request, Response, Status};
 
 pub const ROUTER_SERVICE_NAME: &str = "broker.v1.RouterService";
 
-pub struct RouterGrpc {
+/// What a `Route` does, whoever calls it: the gateway's checks again,
+/// then the router. The gRPC adapter ([`RouterGrpc`]) and the in-process
+/// client ([`RouterClient::Local`]) both call it, so a router in the
+/// gateway's process takes exactly what a remote one takes.
+pub struct RouteHandler {
     router: Arc<Router>,
     /// The gateway's checks, run again on what peers send.
     limits: Limits,
 }
 
-impl RouterGrpc {
+/// The gRPC face of a [`RouteHandler`].
+pub struct RouterGrpc(Arc<RouteHandler>);
+
+impl RouteHandler {
     pub fn new(router: Arc<Router>) -> Self {
         Self {
             router,
@@ -36,12 +43,22 @@ impl RouterGrpc {
         self
     }
 
+    /// Checks `batch` and routes it; returns the points not stored.
+    pub async fn route(&self, batch: MetricBatch) -> Result<Vec<PointError>, Status> {
+        if let Some(problem) = first_problem(&batch, &self.limits, broker_common::unix_now()) {
+            return Err(Status::invalid_argument(format!(
+                "refused by the router's checks: {problem}"
+            )));
+        }
+        Ok(self.router.route(batch).await)
+    }
+
     /// The gRPC service; a request's batch is counted against the limits
     /// before it is decoded.
-    pub fn into_server(self) -> Bounded<RouterServiceServer<Self>> {
+    pub fn into_server(self: Arc<Self>) -> Bounded<RouterServiceServer<RouterGrpc>> {
         let bounds = self.limits.batch_bounds();
         Bounded::new(
-            RouterServiceServer::new(self)
+            RouterServiceServer::new(RouterGrpc(self))
                 .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES),
             bounds,
@@ -56,12 +73,7 @@ impl RouterService for RouterGrpc {
         request: Request<RouteRequest>,
     ) -> Result<Response<RouteResponse>, Status> {
         let batch = request.into_inner().batch.unwrap_or_default();
-        if let Some(problem) = first_problem(&batch, &self.limits, broker_common::unix_now()) {
-            return Err(Status::invalid_argument(format!(
-                "refused by the router's checks: {problem}"
-            )));
-        }
-        let failed = self.router.route(batch).await;
+        let failed = self.0.route(batch).await?;
         Ok(Response::new(RouteResponse { failed }))
     }
 }
@@ -69,7 +81,7 @@ impl RouterService for RouterGrpc {
 /// A router, in this process or behind one or more gRPC endpoints.
 #[derive(Clone)]
 pub enum RouterClient {
-    Local(Arc<Router>),
+    Local(Arc<RouteHandler>),
     Remote(Arc<RemoteRouters>),
 }
 
@@ -101,8 +113,8 @@ fn router_channel(
 }
 
 impl RouterClient {
-    pub fn local(router: Arc<Router>) -> Self {
-        RouterClient::Local(router)
+    pub fn local(handler: Arc<RouteHandler>) -> Self {
+        RouterClient::Local(handler)
     }
 
     /// Lazily connecting channels to each endpoint; calls go round robin and
@@ -170,7 +182,12 @@ impl RouterClient {
         timeout: Duration,
     ) -> Result<Vec<PointError>, Status> {
         match self {
-            RouterClient::Local(r) => Ok(r.route(batch).await),
+            RouterClient::Local(r) => match tokio::time::timeout(timeout, r.route(batch)).await {
+                Ok(r) => r,
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "local route exceeded {timeout:?}"
+                ))),
+            },
             RouterClient::Remote(remote) => {
                 let endpoints = remote
                     .endpoints

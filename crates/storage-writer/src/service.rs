@@ -19,17 +19,42 @@ pub const WRITER_SERVICE_NAME: &str = "broker.v1.WriterService";
 /// Internal messages can be as large as an agent's batch.
 pub const MAX_INTERNAL_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Marks a writer's refusal of points routed under an older ring epoch
-/// for a range it no longer owns (`FAILED_PRECONDITION`); the router routes
-/// them again under its newer ring.
+/// Begins the message of a writer's refusal of points routed under an
+/// older ring epoch for a range it no longer owns (`FAILED_PRECONDITION`).
 pub const STALE_EPOCH: &str = "stale ring epoch";
+/// The status metadata that marks that refusal, with the writer's epoch as
+/// its value: the router routes such points again under its newer ring.
+pub const STALE_EPOCH_KEY: &str = "broker-stale-epoch";
 
-pub struct WriterGrpc {
+/// The ring epoch a writer refused a batch under for being routed with an
+/// older one, if `status` is that refusal.
+pub fn stale_epoch(status: &Status) -> Option<u64> {
+    if status.code() != tonic::Code::FailedPrecondition {
+        return None;
+    }
+    status
+        .metadata()
+        .get(STALE_EPOCH_KEY)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// What a `Write` does, whoever calls it: the gateway's checks again,
+/// the ownership check of the routed epoch, then the writer. The gRPC
+/// adapter ([`WriterGrpc`]) and the in-process client
+/// ([`WriterClient::Local`]) both call it, so a writer in the router's
+/// process takes exactly what a remote one takes.
+pub struct WriteHandler {
     writer: Arc<Writer>,
     ownership: Option<Ownership>,
     /// The gateway's checks, run again on what peers send.
     limits: Limits,
 }
+
+/// The gRPC face of a [`WriteHandler`].
+pub struct WriterGrpc(Arc<WriteHandler>);
 
 /// What this writer owns, from the committed cluster state.
 pub struct Ownership {
@@ -82,16 +107,21 @@ impl Ownership {
         if foreign == 0 {
             return Ok(());
         }
-        Err(Status::failed_precondition(format!(
+        let mut status = Status::failed_precondition(format!(
             "{STALE_EPOCH}: routed under epoch {routed_epoch}, the ring is at epoch {} where writer {} does not own {foreign} of the {} points",
             state.epoch,
             self.id,
             batch.points.len()
-        )))
+        ));
+        status.metadata_mut().insert(
+            STALE_EPOCH_KEY,
+            state.epoch.to_string().parse().expect("digits are ASCII"),
+        );
+        Err(status)
     }
 }
 
-impl WriterGrpc {
+impl WriteHandler {
     pub fn new(writer: Arc<Writer>) -> Self {
         Self {
             writer,
@@ -113,12 +143,29 @@ impl WriterGrpc {
         self
     }
 
+    /// Checks `batch` and stores it: `Ok` once it is durable.
+    pub async fn write(&self, batch: Arc<MetricBatch>, ring_epoch: u64) -> Result<(), Status> {
+        // The gateway checked every point; a peer that did not (a bug, or
+        // a client of the internal port) must not reach Redis with keys or
+        // values the gateway would refuse.
+        if let Some(problem) = first_problem(&batch, &self.limits, broker_common::unix_now()) {
+            return Err(Status::invalid_argument(format!(
+                "refused by the writer's checks: {problem}"
+            )));
+        }
+        if let Some(o) = &self.ownership {
+            o.check(&batch, ring_epoch)?;
+        }
+        self.writer.write(batch).await?;
+        Ok(())
+    }
+
     /// The gRPC service; a request's batch is counted against the limits
     /// before it is decoded.
-    pub fn into_server(self) -> Bounded<WriterServiceServer<Self>> {
+    pub fn into_server(self: Arc<Self>) -> Bounded<WriterServiceServer<WriterGrpc>> {
         let bounds = self.limits.batch_bounds();
         Bounded::new(
-            WriterServiceServer::new(self)
+            WriterServiceServer::new(WriterGrpc(self))
                 .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES),
             bounds,
@@ -133,19 +180,8 @@ impl WriterService for WriterGrpc {
         request: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
         let req = request.into_inner();
-        let batch = req.batch.unwrap_or_default();
-        // The gateway checked every point; a peer that did not (a bug, or
-        // a client of the internal port) must not reach Redis with keys or
-        // values the gateway would refuse.
-        if let Some(problem) = first_problem(&batch, &self.limits, broker_common::unix_now()) {
-            return Err(Status::invalid_argument(format!(
-                "refused by the writer's checks: {problem}"
-            )));
-        }
-        if let Some(o) = &self.ownership {
-            o.check(&batch, req.ring_epoch)?;
-        }
-        self.writer.write(Arc::new(batch)).await?;
+        let batch = Arc::new(req.batch.unwrap_or_default());
+        self.0.write(batch, req.ring_epoch).await?;
         Ok(Response::new(WriteResponse { failed: vec![] }))
     }
 }
@@ -153,7 +189,7 @@ impl WriterService for WriterGrpc {
 /// A writer, in this process or behind a gRPC channel.
 #[derive(Clone)]
 pub enum WriterClient {
-    Local(Arc<Writer>),
+    Local(Arc<WriteHandler>),
     Remote {
         addr: String,
         /// Boxed: the channel and its interceptor are large beside `Local`.
@@ -165,8 +201,8 @@ pub enum WriterClient {
 }
 
 impl WriterClient {
-    pub fn local(writer: Arc<Writer>) -> Self {
-        WriterClient::Local(writer)
+    pub fn local(handler: Arc<WriteHandler>) -> Self {
+        WriterClient::Local(handler)
     }
 
     /// A lazily connecting channel to `addr` (`http://host:port`), with
@@ -197,12 +233,14 @@ impl WriterClient {
         timeout: Duration,
     ) -> Result<(), Status> {
         match self {
-            WriterClient::Local(w) => match tokio::time::timeout(timeout, w.write(batch)).await {
-                Ok(r) => r.map_err(Status::from),
-                Err(_) => Err(Status::deadline_exceeded(format!(
-                    "local write exceeded {timeout:?}"
-                ))),
-            },
+            WriterClient::Local(w) => {
+                match tokio::time::timeout(timeout, w.write(batch, ring_epoch)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "local write exceeded {timeout:?}"
+                    ))),
+                }
+            }
             WriterClient::Remote { client, .. } => {
                 let mut req = Request::new(WriteRequest {
                     // The router keeps its copy for retries.
