@@ -39,10 +39,6 @@ pub struct Topology {
     pub epoch: u64,
 }
 
-/// Prefix of the status message a writer answers with when a batch was
-/// routed under an older epoch for a range it no longer owns; the router
-/// re-routes such points under its newer ring.
-
 /// How often a batch whose points came back stale is routed again (each
 /// time under a newer epoch).
 const MAX_REROUTES: usize = 3;
