@@ -11,7 +11,7 @@ use crate::validate::{BatchRejection, Limits, reason_label, validate_batch};
 use broker_common::BrokerConfig;
 use broker_proto::v1::monitor_service_server::{MonitorService, MonitorServiceServer};
 use broker_proto::v1::{BatchAck, BatchError, MetricBatch, PointError, RejectReason};
-use shard_router::RouterClient;
+use internal_clients::RouterClient;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -24,7 +24,7 @@ pub use broker_common::validate;
 
 pub use gateway::Gateway;
 
-use shard_router::RouterClient;
+use internal_clients::RouterClient;
 
 /// Keeps `client`'s endpoints to the shard-routers that are online in the
 /// watched cluster state. Ends when the watch ends.

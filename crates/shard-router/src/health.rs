@@ -25,12 +25,12 @@
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use broker_common::security::{AuthChannel, ClientSecurity};
+use internal_clients::WRITER_SERVICE_NAME;
+use internal_clients::WriterClient;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use storage_writer::WriterClient;
-use storage_writer::service::WRITER_SERVICE_NAME;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;

@@ -72,8 +72,8 @@ pub use service::{RouterClient, RouterGrpc};
 use broker_common::BrokerConfig;
 use broker_common::security::ClientSecurity;
 use broker_proto::v1::ClusterState;
+use internal_clients::WriterClient;
 use std::sync::Arc;
-use storage_writer::WriterClient;
 use tokio::sync::watch;
 
 /// Builds the router: from `router.writers` (static membership, epoch 1),
@@ -109,7 +109,7 @@ pub fn build(
             .writers
             .iter()
             .map(|w| Ok((w.node_spec(), WriterClient::remote(&w.addr, security)?)))
-            .collect::<Result<Vec<_>, storage_writer::WriterError>>()?
+            .collect::<Result<Vec<_>, internal_clients::ClientError>>()?
     };
     Ok(Arc::new(Router::new(&config.router, writers, metrics)?))
 }
@@ -167,7 +167,7 @@ fn apply_state(
             };
             Ok((n.clone(), client))
         })
-        .collect::<Result<Vec<_>, storage_writer::WriterError>>()?;
+        .collect::<Result<Vec<_>, internal_clients::ClientError>>()?;
     router.set_topology(state.epoch, ring.config(), writers)?;
     Ok(())
 }

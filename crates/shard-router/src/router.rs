@@ -8,11 +8,11 @@ use broker_proto::v1::{MetricBatch, Point, PointError, RejectReason};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hash_ring::{HashRing, NodeSpec, RingError};
+use internal_clients::WriterClient;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use storage_writer::WriterClient;
 use tokio::sync::watch;
-use tonic::{Code, Status};
+use tonic::Status;
 
 /// Groups points by writer and forwards each group to it; moves the share
 /// of a down or failing writer to its ring successors.
@@ -604,45 +604,10 @@ impl Topology {
 /// a range it no longer owns (marked in the status's metadata, not its
 /// text).
 pub fn is_stale(s: &Status) -> bool {
-    storage_writer::service::stale_epoch(s).is_some()
+    internal_clients::stale_epoch(s).is_some()
 }
 
-/// Transient failures worth another attempt (and, after the retries, worth
-/// another writer); writes are idempotent, so a retry after a timeout cannot
-/// corrupt data.
-pub fn retryable(s: &Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            // tonic reports its own client-side timeout as CANCELLED.
-            | Code::Cancelled
-            | Code::ResourceExhausted
-            | Code::Aborted
-            | Code::Unknown
-            | Code::Internal
-    )
-}
-
-#[cfg(test)]
-mod retryable_tests {
-    use super::*;
-
-    #[test]
-    fn client_timeouts_and_outages_are_retryable_refusals_are_not() {
-        for code in [
-            Code::Unavailable,
-            Code::DeadlineExceeded,
-            Code::Cancelled,
-            Code::ResourceExhausted,
-        ] {
-            assert!(retryable(&Status::new(code, "x")), "{code:?}");
-        }
-        for code in [Code::FailedPrecondition, Code::InvalidArgument] {
-            assert!(!retryable(&Status::new(code, "x")), "{code:?}");
-        }
-    }
-}
+pub use internal_clients::retryable;
 
 #[cfg(test)]
 mod tests {

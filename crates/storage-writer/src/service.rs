@@ -1,45 +1,21 @@
-//! The gRPC face of the writer and the client that hides local vs remote.
+//! The writer's handler of `Write` and its gRPC face; the client that
+//! hides local vs remote is [`internal_clients::WriterClient`].
 
-use crate::error::WriterError;
 use crate::writer::Writer;
-use broker_common::security::{AuthChannel, ClientSecurity};
 use broker_common::validate::{Limits, first_problem};
 use broker_proto::bounded::Bounded;
 use broker_proto::v1::ClusterState;
-use broker_proto::v1::writer_service_client::WriterServiceClient;
 use broker_proto::v1::writer_service_server::{WriterService, WriterServiceServer};
 use broker_proto::v1::{MetricBatch, WriteRequest, WriteResponse};
 use hash_ring::HashRing;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-pub const WRITER_SERVICE_NAME: &str = "broker.v1.WriterService";
-/// Internal messages can be as large as an agent's batch.
-pub const MAX_INTERNAL_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
-
-/// Begins the message of a writer's refusal of points routed under an
-/// older ring epoch for a range it no longer owns (`FAILED_PRECONDITION`).
-pub const STALE_EPOCH: &str = "stale ring epoch";
-/// The status metadata that marks that refusal, with the writer's epoch as
-/// its value: the router routes such points again under its newer ring.
-pub const STALE_EPOCH_KEY: &str = "broker-stale-epoch";
-
-/// The ring epoch a writer refused a batch under for being routed with an
-/// older one, if `status` is that refusal.
-pub fn stale_epoch(status: &Status) -> Option<u64> {
-    if status.code() != tonic::Code::FailedPrecondition {
-        return None;
-    }
-    status
-        .metadata()
-        .get(STALE_EPOCH_KEY)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}
+pub use internal_clients::{
+    MAX_INTERNAL_MESSAGE_BYTES, STALE_EPOCH, STALE_EPOCH_KEY, WRITER_SERVICE_NAME, WriterClient,
+    stale_epoch,
+};
 
 /// What a `Write` does, whoever calls it: the gateway's checks again,
 /// the ownership check of the routed epoch, then the writer. The gRPC
@@ -107,17 +83,15 @@ impl Ownership {
         if foreign == 0 {
             return Ok(());
         }
-        let mut status = Status::failed_precondition(format!(
-            "{STALE_EPOCH}: routed under epoch {routed_epoch}, the ring is at epoch {} where writer {} does not own {foreign} of the {} points",
+        Err(internal_clients::stale_epoch_status(
             state.epoch,
-            self.id,
-            batch.points.len()
-        ));
-        status.metadata_mut().insert(
-            STALE_EPOCH_KEY,
-            state.epoch.to_string().parse().expect("digits are ASCII"),
-        );
-        Err(status)
+            &format!(
+                "routed under epoch {routed_epoch}, the ring is at epoch {} where writer {} does not own {foreign} of the {} points",
+                state.epoch,
+                self.id,
+                batch.points.len()
+            ),
+        ))
     }
 }
 
@@ -173,6 +147,16 @@ impl WriteHandler {
     }
 }
 
+impl internal_clients::LocalWriter for WriteHandler {
+    fn write(
+        &self,
+        batch: Arc<MetricBatch>,
+        ring_epoch: u64,
+    ) -> futures::future::BoxFuture<'_, Result<(), Status>> {
+        Box::pin(WriteHandler::write(self, batch, ring_epoch))
+    }
+}
+
 #[tonic::async_trait]
 impl WriterService for WriterGrpc {
     async fn write(
@@ -183,82 +167,6 @@ impl WriterService for WriterGrpc {
         let batch = Arc::new(req.batch.unwrap_or_default());
         self.0.write(batch, req.ring_epoch).await?;
         Ok(Response::new(WriteResponse { failed: vec![] }))
-    }
-}
-
-/// A writer, in this process or behind a gRPC channel.
-#[derive(Clone)]
-pub enum WriterClient {
-    Local(Arc<WriteHandler>),
-    Remote {
-        addr: String,
-        /// Boxed: the channel and its interceptor are large beside `Local`.
-        client: Box<WriterServiceClient<AuthChannel>>,
-        /// How this channel was made, for other channels to the same
-        /// writer (the router's health probes).
-        security: ClientSecurity,
-    },
-}
-
-impl WriterClient {
-    pub fn local(handler: Arc<WriteHandler>) -> Self {
-        WriterClient::Local(handler)
-    }
-
-    /// A lazily connecting channel to `addr` (`http://host:port`), with
-    /// the TLS and token of `security`.
-    pub fn remote(addr: &str, security: &ClientSecurity) -> Result<Self, WriterError> {
-        let channel = security
-            .lazy(addr, |ep| {
-                ep.connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(30))
-            })
-            .map_err(|e| WriterError::Unreachable(addr.into(), e.to_string()))?;
-        let client = WriterServiceClient::new(channel)
-            .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
-        Ok(WriterClient::Remote {
-            addr: addr.to_string(),
-            client: Box::new(client),
-            security: security.clone(),
-        })
-    }
-
-    /// Writes `batch`, routed under `ring_epoch`, within `timeout`.
-    pub async fn write(
-        &self,
-        batch: Arc<MetricBatch>,
-        ring_epoch: u64,
-        timeout: Duration,
-    ) -> Result<(), Status> {
-        match self {
-            WriterClient::Local(w) => {
-                match tokio::time::timeout(timeout, w.write(batch, ring_epoch)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Status::deadline_exceeded(format!(
-                        "local write exceeded {timeout:?}"
-                    ))),
-                }
-            }
-            WriterClient::Remote { client, .. } => {
-                let mut req = Request::new(WriteRequest {
-                    // The router keeps its copy for retries.
-                    batch: Some((*batch).clone()),
-                    ring_epoch,
-                });
-                req.set_timeout(timeout);
-                let resp = client.clone().write(req).await?.into_inner();
-                match resp.failed.first() {
-                    None => Ok(()),
-                    Some(f) => Err(Status::unavailable(format!(
-                        "writer failed {} points, first: {}",
-                        resp.failed.len(),
-                        f.message
-                    ))),
-                }
-            }
-        }
     }
 }
 

@@ -1,0 +1,97 @@
+//! A storage-writer in this process or behind a gRPC channel.
+
+use crate::{ClientError, MAX_INTERNAL_MESSAGE_BYTES};
+use broker_common::security::{AuthChannel, ClientSecurity};
+use broker_proto::v1::writer_service_client::WriterServiceClient;
+use broker_proto::v1::{MetricBatch, WriteRequest};
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Status};
+
+/// A writer in this process: what its gRPC adapter calls (checks,
+/// ownership, the store), implemented by the storage-writer crate.
+pub trait LocalWriter: Send + Sync + 'static {
+    /// Checks `batch`, routed under `ring_epoch`, and stores it: `Ok` once
+    /// it is durable.
+    fn write(&self, batch: Arc<MetricBatch>, ring_epoch: u64) -> BoxFuture<'_, Result<(), Status>>;
+}
+
+/// A writer, in this process or behind a gRPC channel.
+#[derive(Clone)]
+pub enum WriterClient {
+    Local(Arc<dyn LocalWriter>),
+    Remote {
+        addr: String,
+        /// Boxed: the channel and its interceptor are large beside `Local`.
+        client: Box<WriterServiceClient<AuthChannel>>,
+        /// How this channel was made, for other channels to the same
+        /// writer (the router's health probes).
+        security: ClientSecurity,
+    },
+}
+
+impl WriterClient {
+    pub fn local(handler: Arc<dyn LocalWriter>) -> Self {
+        WriterClient::Local(handler)
+    }
+
+    /// A lazily connecting channel to `addr` (`http://host:port`), with
+    /// the TLS and token of `security`.
+    pub fn remote(addr: &str, security: &ClientSecurity) -> Result<Self, ClientError> {
+        let channel = security
+            .lazy(addr, |ep| {
+                ep.connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+            })
+            .map_err(|e| ClientError::Endpoint {
+                addr: addr.into(),
+                message: e.to_string(),
+            })?;
+        let client = WriterServiceClient::new(channel)
+            .max_decoding_message_size(MAX_INTERNAL_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_INTERNAL_MESSAGE_BYTES);
+        Ok(WriterClient::Remote {
+            addr: addr.to_string(),
+            client: Box::new(client),
+            security: security.clone(),
+        })
+    }
+
+    /// Writes `batch`, routed under `ring_epoch`, within `timeout`.
+    pub async fn write(
+        &self,
+        batch: Arc<MetricBatch>,
+        ring_epoch: u64,
+        timeout: Duration,
+    ) -> Result<(), Status> {
+        match self {
+            WriterClient::Local(w) => {
+                match tokio::time::timeout(timeout, w.write(batch, ring_epoch)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "local write exceeded {timeout:?}"
+                    ))),
+                }
+            }
+            WriterClient::Remote { client, .. } => {
+                let mut req = Request::new(WriteRequest {
+                    // The router keeps its copy for retries.
+                    batch: Some((*batch).clone()),
+                    ring_epoch,
+                });
+                req.set_timeout(timeout);
+                let resp = client.clone().write(req).await?.into_inner();
+                match resp.failed.first() {
+                    None => Ok(()),
+                    Some(f) => Err(Status::unavailable(format!(
+                        "writer failed {} points, first: {}",
+                        resp.failed.len(),
+                        f.message
+                    ))),
+                }
+            }
+        }
+    }
+}
