@@ -207,7 +207,7 @@ impl Node {
         let (state_tx, state_rx) = watch::channel(Arc::new(sm.state().clone()));
         let (view_tx, view_rx) = watch::channel(Arc::new(RaftView::default()));
         let stopped = CancellationToken::new();
-        let mut task = Task {
+        let task = Task {
             raw,
             store,
             sm,
@@ -223,27 +223,29 @@ impl Node {
         task.publish_view();
         let done = stopped.clone();
         let tick = config.tick;
-        tokio::spawn(async move {
-            use futures::FutureExt;
-            // A panic inside raft-rs (a message it cannot take) must not
-            // leave a process that serves with a dead node: the node is
-            // then stopped, readiness drops, and the process exits (see
-            // `ClusterCtl::died`) so its supervisor restarts it from disk.
-            let run = std::panic::AssertUnwindSafe(task.run(input_rx, report_rx, tick, stop));
-            if let Err(panic) = run.catch_unwind().await {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("unknown");
-                tracing::error!(panic = what, "the raft task panicked; the node stops");
-            }
-            // Close the redb store (the task and its RawNode hold it) before
-            // anyone hears the node stopped: a restart in the same process
-            // opens the same file, and redb refuses a second open. (After a
-            // panic the task was dropped with the future.)
-            done.cancel();
-        });
+        // The node runs on its own thread: every ready ends in a redb
+        // commit with an fsync, which must not block a worker of the
+        // process's runtime (gRPC, the data path). Its transport sends on
+        // the process's runtime.
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-{}", config.id))
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the raft thread's runtime");
+                        done.cancel();
+                        return;
+                    }
+                };
+                rt.block_on(run_node(task, input_rx, report_rx, tick, stop, done));
+            });
+        if let Err(e) = thread {
+            anyhow::bail!("cannot start the raft thread: {e}");
+        }
         Ok(Node {
             id: config.id,
             input: input_tx,
@@ -390,6 +392,36 @@ struct Task {
     /// Proposals applied in this round, answered once the state and the
     /// view show them.
     applied: Vec<(oneshot::Sender<Result<u64, NodeError>>, u64)>,
+}
+
+/// Runs the raft task until it stops, then says the node stopped.
+async fn run_node(
+    mut task: Task,
+    input: mpsc::Receiver<Input>,
+    reports: mpsc::UnboundedReceiver<Report>,
+    tick: Duration,
+    stop: CancellationToken,
+    done: CancellationToken,
+) {
+    use futures::FutureExt;
+    // A panic inside raft-rs (a message it cannot take) must not leave a
+    // process that serves with a dead node: the node is then stopped,
+    // readiness drops, and the process exits (see `ClusterCtl::died`) so
+    // its supervisor restarts it from disk.
+    let run = std::panic::AssertUnwindSafe(task.run(input, reports, tick, stop));
+    if let Err(panic) = run.catch_unwind().await {
+        let what = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown");
+        tracing::error!(panic = what, "the raft task panicked; the node stops");
+    }
+    // Close the redb store (the task and its RawNode hold it) before anyone
+    // hears the node stopped: a restart in the same process opens the same
+    // file, and redb refuses a second open.
+    drop(task);
+    done.cancel();
 }
 
 impl Task {

@@ -189,7 +189,16 @@ impl ClusterService for ClusterGrpc {
         if let Some(mut leader) = self.leader_unless_me()? {
             let mut fwd = Request::new(req);
             fwd.set_timeout(Duration::from_secs(5));
-            return leader.join(fwd).await;
+            let resp = leader.join(fwd).await?;
+            // The client's next call may come here again (it keeps the
+            // endpoint that answered): answer once this node has applied
+            // the join too, or its checks would not know the member yet.
+            let epoch = resp.get_ref().state.as_ref().map_or(0, |s| s.epoch);
+            let mut state = self.node.state();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.epoch >= epoch))
+                    .await;
+            return Ok(resp);
         }
         let member = req
             .member

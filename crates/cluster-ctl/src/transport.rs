@@ -78,6 +78,9 @@ pub struct Transport {
     filter: NetFilter,
     reports: mpsc::UnboundedSender<Report>,
     security: ClientSecurity,
+    /// The runtime the senders and their channels run on: the process's,
+    /// not the raft thread's (whose fsyncs must not hold up the network).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Transport {
@@ -93,14 +96,17 @@ impl Transport {
             filter,
             reports,
             security,
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
     /// Makes the peer set `peers` (other than this node): starts senders
-    /// for new or moved peers, stops those of removed ones.
+    /// for new or moved peers (on the process's runtime), stops those of
+    /// removed ones.
     pub fn set_peers(&mut self, peers: &BTreeMap<u64, String>) {
         self.peers
             .retain(|id, p| peers.get(id).is_some_and(|a| a == &p.addr));
+        let _runtime = self.runtime.enter();
         for (&id, addr) in peers {
             if id == self.id || self.peers.contains_key(&id) {
                 continue;
