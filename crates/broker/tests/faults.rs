@@ -14,7 +14,7 @@ mod common;
 
 use broker_tests::durable_redis;
 
-use common::{Service, port, steady_load, verify_layout};
+use common::{Sandbox, steady_load, verify_layout};
 use redis_process::RedisServer;
 use std::time::{Duration, Instant};
 const HOSTS: usize = 200;
@@ -22,12 +22,8 @@ const METRICS: usize = 8;
 
 struct Topology {
     redis: RedisServer,
-    writers: Vec<Service>,
-    router: Service,
-    gateways: Vec<Service>,
-    /// Admin HTTP ports of the writers and of the router (for /metrics).
-    writer_http: Vec<u16>,
-    router_http: u16,
+    /// Three writers, one router, two gateways (static membership).
+    sb: Sandbox,
     _dir: tempfile::TempDir,
 }
 
@@ -37,95 +33,40 @@ impl Topology {
     async fn start(layout: &str) -> Self {
         let redis = durable_redis();
         let dir = tempfile::tempdir().unwrap();
-        let writer_ports: Vec<u16> = (0..3).map(|_| port()).collect();
-        let mut writers = Vec::new();
-        let writer_http: Vec<u16> = (0..3).map(|_| port()).collect();
-        for (i, wp) in writer_ports.iter().enumerate() {
-            let yaml = format!(
-                "node_id: writer-{i}\ngrpc_listen: 127.0.0.1:{wp}\nhttp_listen: 127.0.0.1:{}\nwriter:\n  redis_url: {}\n  redis_timeout: 2s\n  spool_dir: {}\n  layout: {layout}\n  chunk_points: 20\n  chunk_max_open: 5s\n",
-                writer_http[i],
-                redis.url(),
-                dir.path().join(format!("spool-{i}")).display()
-            );
-            writers.push(Service::new(
-                &format!("writer-{i}"),
-                "storage-writer",
-                dir.path(),
-                yaml,
-                *wp,
-            ));
-        }
-        let rp = port();
-        let list: String = writer_ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("    - {{id: writer-{i}, addr: 'http://127.0.0.1:{p}'}}\n"))
-            .collect();
-        let router_http = port();
         // FAULT_HEDGE_MIN_DELAY=0s turns hedging off, to measure without it.
         let hedge = std::env::var("FAULT_HEDGE_MIN_DELAY")
             .map(|d| format!("  hedge:\n    min_delay: {d}\n"))
             .unwrap_or_default();
-        let router_yaml = format!(
-            "node_id: router\ngrpc_listen: 127.0.0.1:{rp}\nhttp_listen: 127.0.0.1:{router_http}\nrouter:\n  write_timeout: 5s\n  retry:\n    max_retries: 2\n    initial_backoff: 200ms\n    max_backoff: 1s\n{hedge}  writers:\n{list}",
-        );
-        let router = Service::new("router", "shard-router", dir.path(), router_yaml, rp);
-        let mut gateways = Vec::new();
-        for g in 0..2 {
-            let gp = port();
-            let yaml = format!(
-                "node_id: gateway-{g}\ngrpc_listen: 127.0.0.1:{gp}\nhttp_listen: 127.0.0.1:{}\ngateway:\n  forward_timeout: 15s\n  routers: ['http://127.0.0.1:{rp}']\n",
-                port()
-            );
-            gateways.push(Service::new(
-                &format!("gateway-{g}"),
-                "ingest-gateway",
-                dir.path(),
-                yaml,
-                gp,
-            ));
-        }
-        let mut t = Self {
+        let mut sb = Sandbox::builder()
+            .writers(3)
+            .routers(1)
+            .gateways(2)
+            .writer_settings(&format!(
+                "  redis_timeout: 2s\n  layout: {layout}\n  chunk_points: 20\n  chunk_max_open: 5s\n"
+            ))
+            .router_settings(&format!(
+                "  write_timeout: 5s\n  retry:\n    max_retries: 2\n    initial_backoff: 200ms\n    max_backoff: 1s\n{hedge}"
+            ))
+            .gateway_settings("  forward_timeout: 15s\n")
+            .build(&redis.url(), dir.path());
+        sb.start_all().await;
+        Self {
             redis,
-            writers,
-            router,
-            gateways,
-            writer_http,
-            router_http,
+            sb,
             _dir: dir,
-        };
-        for w in &mut t.writers {
-            w.start().await;
         }
-        t.router.start().await;
-        for g in &mut t.gateways {
-            g.start().await;
-        }
-        t
     }
 
     fn gateway_endpoints(&self) -> Vec<String> {
-        self.gateways.iter().map(Service::endpoint).collect()
+        self.sb.gateway_endpoints()
     }
 
     async fn stop_all(&mut self) {
-        for g in &mut self.gateways {
-            g.terminate().await;
-        }
-        self.router.terminate().await;
-        for w in &mut self.writers {
-            w.terminate().await;
-        }
+        self.sb.stop_all().await;
     }
 
     async fn start_all(&mut self) {
-        for w in &mut self.writers {
-            w.start().await;
-        }
-        self.router.start().await;
-        for g in &mut self.gateways {
-            g.start().await;
-        }
+        self.sb.start_all().await;
     }
 }
 
@@ -243,7 +184,7 @@ async fn gray_failure() {
     let (load, _timeline) = steady_load(topo.gateway_endpoints(), HOSTS, METRICS, load_for);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let frozen = &topo.writers[1];
+    let frozen = &topo.sb.writers[1];
     let fault = Instant::now();
     frozen.signal("STOP");
     tokio::time::sleep(Duration::from_secs(stop_secs)).await;
@@ -260,11 +201,12 @@ async fn gray_failure() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let mut written = 0.0;
-    for p in &topo.writer_http {
-        written += scrape(*p, "broker_writer_points_total").await;
+    for w in &topo.sb.writers {
+        written += scrape(w.http(), "broker_writer_points_total").await;
     }
-    let hedged = scrape(topo.router_http, "broker_router_hedged_points_total").await;
-    let lost = scrape(topo.router_http, "broker_router_hedges_total").await;
+    let router_http = topo.sb.routers[0].http();
+    let hedged = scrape(router_http, "broker_router_hedged_points_total").await;
+    let lost = scrape(router_http, "broker_router_hedges_total").await;
     let phase = |a, b| {
         report
             .latency_between(a, b)
@@ -336,9 +278,9 @@ async fn acked_points_survive_faults() {
         Duration::from_secs(12),
         |mut t| async move {
             tokio::time::sleep(Duration::from_secs(3)).await;
-            t.writers[1].kill9();
+            t.sb.writers[1].kill9();
             tokio::time::sleep(Duration::from_secs(4)).await;
-            t.writers[1].start().await;
+            t.sb.writers[1].start().await;
             let healed = Instant::now();
             (t, healed)
         },
@@ -354,9 +296,9 @@ async fn acked_points_survive_faults() {
         Duration::from_secs(12),
         |mut t| async move {
             tokio::time::sleep(Duration::from_secs(4)).await;
-            t.writers[0].kill9();
+            t.sb.writers[0].kill9();
             tokio::time::sleep(Duration::from_secs(3)).await;
-            t.writers[0].start().await;
+            t.sb.writers[0].start().await;
             let healed = Instant::now();
             (t, healed)
         },
@@ -383,7 +325,7 @@ async fn acked_points_survive_faults() {
         Duration::from_secs(10),
         |mut t| async move {
             tokio::time::sleep(Duration::from_secs(3)).await;
-            t.gateways[0].kill9();
+            t.sb.gateways[0].kill9();
             let healed = Instant::now();
             (t, healed)
         },

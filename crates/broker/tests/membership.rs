@@ -22,8 +22,7 @@ use broker::dlq_cli::AdminClient;
 use broker_proto::v1::{ClusterState, MemberState};
 use cluster_client::ClusterClient;
 use cluster_client::views::RingView;
-use common::{Service, cluster_section, ctl_yaml, member_state, port, steady_load, until, verify};
-use std::path::Path;
+use common::{Sandbox, member_state, steady_load, until, verify};
 use std::time::{Duration, Instant};
 
 const HOSTS: usize = 200;
@@ -60,92 +59,25 @@ fn print_ring(label: &str, s: &ClusterState) {
     );
 }
 
-struct Cluster {
-    ctl: Vec<Service>,
-    writers: Vec<(Service, u16)>,
-    router: Service,
-    gateway: Service,
-    endpoints: Vec<String>,
-}
-
-impl Cluster {
-    async fn start(redis_url: &str, dir: &Path) -> Self {
-        let ctl_ports: Vec<u16> = (0..3).map(|_| port()).collect();
-        let endpoints: Vec<String> = ctl_ports
-            .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
-            .collect();
-        let mut ctl = Vec::new();
-        for (i, p) in ctl_ports.iter().enumerate() {
-            let yaml = ctl_yaml(i + 1, *p, port(), &ctl_ports, dir);
-            ctl.push(Service::new(
-                &format!("ctl-{}", i + 1),
-                "cluster-ctl",
-                dir,
-                yaml,
-                *p,
-            ));
-        }
-        let cluster = cluster_section(&endpoints);
-        let writers = (0..3)
-            .map(|i| {
-                let (g, h) = (port(), port());
-                let yaml = format!(
-                    "node_id: writer-{i}\ngrpc_listen: 127.0.0.1:{g}\nhttp_listen: 127.0.0.1:{h}\n{cluster}writer:\n  redis_url: {redis_url}\n  redis_timeout: 2s\n  spool_dir: {}\n",
-                    dir.join(format!("spool-{i}")).display()
-                );
-                (
-                    Service::new(&format!("writer-{i}"), "storage-writer", dir, yaml, g),
-                    h,
-                )
-            })
-            .collect();
-        let rp = port();
-        let router = Service::new(
-            "router",
-            "shard-router",
-            dir,
-            format!(
-                "node_id: router\ngrpc_listen: 127.0.0.1:{rp}\nhttp_listen: 127.0.0.1:{}\n{cluster}router:\n  write_timeout: 5s\n  retry:\n    max_retries: 2\n    initial_backoff: 200ms\n    max_backoff: 1s\n",
-                port()
-            ),
-            rp,
-        );
-        let gp = port();
-        let gateway = Service::new(
-            "gateway",
-            "ingest-gateway",
-            dir,
-            format!(
-                "node_id: gateway\ngrpc_listen: 127.0.0.1:{gp}\nhttp_listen: 127.0.0.1:{}\n{cluster}gateway:\n  forward_timeout: 15s\n",
-                port()
-            ),
-            gp,
-        );
-        let mut c = Self {
-            ctl,
-            writers,
-            router,
-            gateway,
-            endpoints,
-        };
-        for s in &mut c.ctl {
-            s.start().await;
-        }
-        for (w, _) in c.writers.iter_mut().take(2) {
-            w.start().await;
-        }
-        c.router.start().await;
-        c.gateway.start().await;
-        c
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ring_follows_membership_under_load_and_loses_nothing() {
     let redis = durable_redis();
     let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::start(&redis.url(), dir.path()).await;
+    // Three cluster-ctl nodes, two of three writers, a router and a
+    // gateway, all learning the ring from cluster-ctl.
+    let mut c = Sandbox::builder()
+        .ctl(3)
+        .writers(3)
+        .writers_started(2)
+        .routers(1)
+        .gateways(1)
+        .writer_settings("  redis_timeout: 2s\n")
+        .router_settings(
+            "  write_timeout: 5s\n  retry:\n    max_retries: 2\n    initial_backoff: 200ms\n    max_backoff: 1s\n",
+        )
+        .gateway_settings("  forward_timeout: 15s\n")
+        .build(&redis.url(), dir.path());
+    c.start_all().await;
     let client = ClusterClient::new(&c.endpoints, &Default::default()).unwrap();
     let (_, s) = until(
         &client,
@@ -161,7 +93,7 @@ async fn the_ring_follows_membership_under_load_and_loses_nothing() {
     print_ring("with 2 writers", &s);
 
     let (load, timeline) = steady_load(
-        vec![c.gateway.endpoint()],
+        c.gateway_endpoints(),
         HOSTS,
         METRICS,
         Duration::from_secs(28),
@@ -169,8 +101,8 @@ async fn the_ring_follows_membership_under_load_and_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // 1. A third writer joins under load.
-    let w2_http = c.writers[2].1;
-    c.writers[2].0.start().await;
+    let w2_http = c.writers[2].http();
+    c.writers[2].start().await;
     let (_, s) = until(&client, "writer-2 joins", Duration::from_secs(10), |s| {
         member_state(s, "writer-2") == Some(MemberState::Online)
     })
@@ -203,7 +135,7 @@ async fn the_ring_follows_membership_under_load_and_loses_nothing() {
 
     // 2. kill -9 a writer: its lease expires and it is marked offline.
     let killed = Instant::now();
-    c.writers[0].0.kill9();
+    c.writers[0].kill9();
     let (to_offline, s) = until(
         &client,
         "writer-0 marked offline",
@@ -227,7 +159,7 @@ async fn the_ring_follows_membership_under_load_and_loses_nothing() {
 
     // 3. It comes back through the same path.
     let restarted = Instant::now();
-    c.writers[0].0.start().await;
+    c.writers[0].start().await;
     until(
         &client,
         "writer-0 back online",
@@ -243,7 +175,7 @@ async fn the_ring_follows_membership_under_load_and_loses_nothing() {
 
     // 4. Graceful stop: drain, finish, leave.
     let before = points_written(w2_http).await;
-    c.writers[2].0.terminate().await;
+    c.writers[2].terminate().await;
     let (_, s) = until(&client, "writer-2 left", Duration::from_secs(10), |s| {
         member_state(s, "writer-2").is_none()
     })
@@ -275,12 +207,5 @@ async fn the_ring_follows_membership_under_load_and_loses_nothing() {
     assert!(outcome.acked > 0);
     assert_eq!(outcome.missing, 0, "acked points missing from redis");
 
-    c.gateway.terminate().await;
-    c.router.terminate().await;
-    for (w, _) in &mut c.writers {
-        w.terminate().await;
-    }
-    for s in &mut c.ctl {
-        s.terminate().await;
-    }
+    c.stop_all().await;
 }

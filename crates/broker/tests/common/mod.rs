@@ -23,6 +23,8 @@ pub struct Service {
     service: &'static str,
     config: PathBuf,
     grpc: u16,
+    /// Its admin HTTP port, when known (0 otherwise).
+    http: u16,
     child: Option<Child>,
 }
 
@@ -35,8 +37,19 @@ impl Service {
             service,
             config,
             grpc,
+            http: 0,
             child: None,
         }
+    }
+
+    /// The admin HTTP port (`/metrics`, `/ready`).
+    pub fn http(&self) -> u16 {
+        assert_ne!(
+            self.http, 0,
+            "{} was made without its admin port",
+            self.name
+        );
+        self.http
     }
 
     pub fn endpoint(&self) -> String {
@@ -133,7 +146,214 @@ pub fn service_on_free_ports(
     let yaml = format!(
         "node_id: {name}\ngrpc_listen: 127.0.0.1:{grpc}\nhttp_listen: 127.0.0.1:{http}\n{body}"
     );
-    (Service::new(name, service, dir, yaml, grpc), http)
+    let mut s = Service::new(name, service, dir, yaml, grpc);
+    s.http = http;
+    (s, http)
+}
+
+/// A broker as separate processes (`broker run --service X`, the way
+/// docker-compose.yml and the Kubernetes manifests run it), on free
+/// loopback ports, with configs and spools in one directory: the one
+/// topology builder of the real-process suites.
+///
+/// With cluster-ctl nodes every service joins and learns the others from
+/// them (as in compose); without, the routers list the writers and the
+/// gateways list the routers (static membership).
+pub struct Sandbox {
+    pub ctl: Vec<Service>,
+    pub writers: Vec<Service>,
+    pub routers: Vec<Service>,
+    pub gateways: Vec<Service>,
+    /// cluster-ctl gRPC endpoints (empty: static membership).
+    pub endpoints: Vec<String>,
+    /// How many writers `start_all` starts (the others wait for the test).
+    writers_started: usize,
+}
+
+#[derive(Default)]
+pub struct SandboxBuilder {
+    ctl: usize,
+    writers: usize,
+    routers: usize,
+    gateways: usize,
+    writers_started: Option<usize>,
+    writer: String,
+    router: String,
+    gateway: String,
+}
+
+impl SandboxBuilder {
+    pub fn ctl(mut self, n: usize) -> Self {
+        self.ctl = n;
+        self
+    }
+    pub fn writers(mut self, n: usize) -> Self {
+        self.writers = n;
+        self
+    }
+    pub fn routers(mut self, n: usize) -> Self {
+        self.routers = n;
+        self
+    }
+    pub fn gateways(mut self, n: usize) -> Self {
+        self.gateways = n;
+        self
+    }
+    /// Start only the first `n` writers with [`Sandbox::start_all`].
+    pub fn writers_started(mut self, n: usize) -> Self {
+        self.writers_started = Some(n);
+        self
+    }
+    /// Lines inside every writer's `writer:` section (two-space indent),
+    /// beside `redis_url` and `spool_dir`.
+    pub fn writer_settings(mut self, yaml: &str) -> Self {
+        self.writer = yaml.to_string();
+        self
+    }
+    /// Lines inside every router's `router:` section.
+    pub fn router_settings(mut self, yaml: &str) -> Self {
+        self.router = yaml.to_string();
+        self
+    }
+    /// Lines inside every gateway's `gateway:` section.
+    pub fn gateway_settings(mut self, yaml: &str) -> Self {
+        self.gateway = yaml.to_string();
+        self
+    }
+
+    /// Writes every config under `dir`, writing to `redis_url`; starts
+    /// nothing.
+    pub fn build(self, redis_url: &str, dir: &Path) -> Sandbox {
+        let name = |role: &str, i: usize, n: usize| {
+            if n == 1 {
+                role.to_string()
+            } else {
+                format!("{role}-{i}")
+            }
+        };
+        let ctl_ports: Vec<u16> = (0..self.ctl).map(|_| port()).collect();
+        let endpoints: Vec<String> = ctl_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        let ctl = ctl_ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let http = port();
+                let mut s = Service::new(
+                    &format!("ctl-{}", i + 1),
+                    "cluster-ctl",
+                    dir,
+                    ctl_yaml(i + 1, *p, http, &ctl_ports, dir),
+                    *p,
+                );
+                s.http = http;
+                s
+            })
+            .collect();
+        let cluster = if endpoints.is_empty() {
+            String::new()
+        } else {
+            cluster_section(&endpoints)
+        };
+        let writers: Vec<Service> = (0..self.writers)
+            .map(|i| {
+                let body = format!(
+                    "{cluster}writer:\n  redis_url: {redis_url}\n  spool_dir: {}\n{}",
+                    dir.join(format!("spool-{i}")).display(),
+                    self.writer
+                );
+                service_on_free_ports(dir, &format!("writer-{i}"), "storage-writer", &body).0
+            })
+            .collect();
+        let listed = |services: &[Service], key: &str| {
+            if !endpoints.is_empty() {
+                return String::new();
+            }
+            let list: String = services
+                .iter()
+                .map(|s| format!("    - {{id: {}, addr: '{}'}}\n", s.name, s.endpoint()))
+                .collect();
+            format!("  {key}:\n{list}")
+        };
+        let writer_list = listed(&writers, "writers");
+        let routers: Vec<Service> = (0..self.routers)
+            .map(|i| {
+                let body = format!("{cluster}router:\n{}{writer_list}", self.router);
+                service_on_free_ports(dir, &name("router", i, self.routers), "shard-router", &body)
+                    .0
+            })
+            .collect();
+        let router_list = if endpoints.is_empty() {
+            let list: String = routers
+                .iter()
+                .map(|r| format!("'{}', ", r.endpoint()))
+                .collect();
+            format!("  routers: [{}]\n", list.trim_end_matches(", "))
+        } else {
+            String::new()
+        };
+        let gateways = (0..self.gateways)
+            .map(|i| {
+                let body = format!("{cluster}gateway:\n{}{router_list}", self.gateway);
+                service_on_free_ports(
+                    dir,
+                    &name("gateway", i, self.gateways),
+                    "ingest-gateway",
+                    &body,
+                )
+                .0
+            })
+            .collect();
+        Sandbox {
+            ctl,
+            writers_started: self.writers_started.unwrap_or(self.writers),
+            writers,
+            routers,
+            gateways,
+            endpoints,
+        }
+    }
+}
+
+impl Sandbox {
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder::default()
+    }
+
+    /// Starts cluster-ctl, the writers (see
+    /// [`SandboxBuilder::writers_started`]), the routers, then the
+    /// gateways, each once it serves gRPC.
+    pub async fn start_all(&mut self) {
+        for s in &mut self.ctl {
+            s.start().await;
+        }
+        for w in self.writers.iter_mut().take(self.writers_started) {
+            w.start().await;
+        }
+        for s in self.routers.iter_mut().chain(&mut self.gateways) {
+            s.start().await;
+        }
+    }
+
+    /// SIGTERM in data-path order (gateways first: they ack what they
+    /// took), each waited for; cluster-ctl last.
+    pub async fn stop_all(&mut self) {
+        for s in self
+            .gateways
+            .iter_mut()
+            .chain(&mut self.routers)
+            .chain(&mut self.writers)
+            .chain(&mut self.ctl)
+        {
+            s.terminate().await;
+        }
+    }
+
+    pub fn gateway_endpoints(&self) -> Vec<String> {
+        self.gateways.iter().map(Service::endpoint).collect()
+    }
 }
 
 pub fn port() -> u16 {
