@@ -20,10 +20,6 @@ use std::time::{Duration, Instant};
 const ROUNDS: usize = 3;
 const DOWN_AFTER_S: u64 = 4;
 
-fn now_ms() -> i64 {
-    host_manager::now_ms()
-}
-
 async fn get_json(http: &HttpClient, url: &str) -> Option<serde_json::Value> {
     let text = http.get_text(url, Duration::from_secs(5)).await.ok()?;
     serde_json::from_str(&text).ok()
@@ -105,7 +101,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let (mut detect, mut deliver) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let host = broker_agent::generator::host_id(round);
-        let ts = now_ms() / 1000;
+        let ts = broker_common::unix_now_ms() / 1000;
         let batch = generator.batch(ts, round..round + 1);
         let mut client = broker_proto::v1::monitor_service_client::MonitorServiceClient::connect(
             endpoint.clone(),
@@ -128,7 +124,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
                 .and_then(|v| v["hosts"].as_array())
                 .is_some_and(|a| a.iter().any(|h| h["id"] == host))
             {
-                break now_ms();
+                break broker_common::unix_now_ms();
             }
             anyhow::ensure!(Instant::now() < deadline, "{host} never listed down");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -143,7 +139,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
                         x["labels"]["alertname"] == "HostDown" && x["labels"]["host"] == host
                     })
                 }) {
-                    deliver.push((now_ms() - down_ms) as f64);
+                    deliver.push((broker_common::unix_now_ms() - down_ms) as f64);
                     break;
                 }
                 anyhow::ensure!(

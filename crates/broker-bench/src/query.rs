@@ -57,13 +57,6 @@ const QPS_HOSTS: usize = 100;
 /// Upper bound on requests of the cached-rate phase, whatever its length.
 const QPS_MAX_REQUESTS: u64 = 5_000_000;
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
-}
-
 /// p50 / p99 in milliseconds.
 fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
@@ -104,7 +97,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
     let n = (args.span.as_secs() as i64 / step).max(1);
     // The newest snapshot 30 s ago: past query.fresh_window, so the
     // measured ranges are cacheable for query.cache_ttl.
-    let end = now() - 30;
+    let end = broker_common::unix_now() - 30;
     let start = end - (n - 1) * step;
     let generator = SnapshotGenerator::new(args.hosts, args.metrics);
     let total = n as usize * args.hosts;

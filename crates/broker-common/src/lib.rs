@@ -38,11 +38,17 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod validate;
 
-/// Now, in Unix seconds (0 if the clock is before 1970).
+/// Now, in Unix seconds (0 if the clock is before 1970): the one clock of
+/// the services' wall-clock decisions (point ages, leases, timestamps).
 pub fn unix_now() -> i64 {
+    unix_now_ms() / 1000
+}
+
+/// Now, in Unix milliseconds (0 if the clock is before 1970).
+pub fn unix_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 

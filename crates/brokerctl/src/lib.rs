@@ -38,7 +38,7 @@ use cluster_client::{ClusterClient, ClusterError};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::io::Write;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Retries while every endpoint fails (unreachable, or a leader election
 /// under way): about 2.5 s of backoff in all, enough for an election, short
@@ -129,7 +129,7 @@ async fn execute(client: &ClusterClient, command: Command, json: bool) -> Result
             if json {
                 return to_json(&view);
             }
-            render::members(&view, now_ms(), &mut out);
+            render::members(&view, broker_common::unix_now_ms(), &mut out);
         }
         Command::Ring => {
             let view = RingView::from(&client.members().await?);
@@ -260,11 +260,4 @@ fn to_json<T: Serialize>(v: &T) -> Result<String, CtlError> {
     serde_json::to_string_pretty(v)
         .map(|s| s + "\n")
         .map_err(CtlError::Json)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

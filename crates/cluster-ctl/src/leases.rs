@@ -10,7 +10,6 @@
 //! beats went to the previous leader.
 
 use crate::node::Node;
-use crate::service::now_ms;
 use broker_proto::v1::{
     ClusterCommand, MemberState, RingSettings, SetStateRequest, cluster_command::Command,
 };
@@ -212,7 +211,7 @@ pub async fn leader_duties(
 
 async fn propose(node: &Node, command: Command) {
     let cmd = ClusterCommand {
-        at_ms: now_ms(),
+        at_ms: broker_common::unix_now_ms(),
         command: Some(command),
     };
     if let Err(e) = node.propose(cmd).await {

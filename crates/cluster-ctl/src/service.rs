@@ -17,7 +17,7 @@ use broker_proto::v1::{
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -45,13 +45,6 @@ impl From<CommandError> for Status {
             CommandError::Invalid(_) => Status::invalid_argument(e.to_string()),
         }
     }
-}
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 pub fn raft_status(node: &Node) -> RaftStatus {
@@ -109,7 +102,7 @@ impl ClusterGrpc {
     /// the state once it is applied here.
     async fn change(&self, command: Command) -> Result<Arc<ClusterState>, Status> {
         let cmd = ClusterCommand {
-            at_ms: now_ms(),
+            at_ms: broker_common::unix_now_ms(),
             command: Some(command),
         };
         crate::state::check(&self.node.state().borrow(), &cmd)?;

@@ -156,7 +156,7 @@ async fn register(State(s): State<Arc<Shared>>, body: axum::body::Bytes) -> Resp
             &r.addr,
             r.labels,
             Source::Registration,
-            crate::now_secs(),
+            broker_common::unix_now(),
         )
         .await;
     (StatusCode::CREATED, Json(h)).into_response()
@@ -257,7 +257,7 @@ impl pb::host_service_server::HostService for HostGrpc {
                 &r.addr,
                 labels,
                 Source::Registration,
-                crate::now_secs(),
+                broker_common::unix_now(),
             )
             .await;
         Ok(tonic::Response::new(pb::RegisterHostResponse {

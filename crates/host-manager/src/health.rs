@@ -205,7 +205,7 @@ pub async fn run(
             }
         });
         let results = futures::future::join_all(rounds).await;
-        let now_ms = crate::now_ms();
+        let now_ms = broker_common::unix_now_ms();
         let mut actions = Vec::new();
         {
             let mut map = view.0.lock().unwrap_or_else(|e| e.into_inner());

@@ -41,17 +41,6 @@ pub const HOST_SERVICE_NAME: &str = "broker.v1.HostService";
 /// Scaling decisions kept for `autoscale status`.
 const DECISIONS_KEPT: usize = 20;
 
-pub fn now_secs() -> i64 {
-    now_ms() / 1000
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// The tick of a periodic loop (the first at once, missed ticks delayed,
 /// not bunched) that ends when `stop` is cancelled.
 pub(crate) struct Every(tokio::time::Interval);
@@ -308,7 +297,7 @@ async fn inventory_loop(
     ready.notify_waiters();
     let mut every = crate::Every::new(hm.refresh_interval);
     while every.next(&stop).await {
-        match shared.inventory.refresh(now_secs()).await {
+        match shared.inventory.refresh(broker_common::unix_now()).await {
             Ok(transitions) => {
                 for t in transitions {
                     match t.to {
@@ -382,7 +371,7 @@ async fn alerts_loop(shared: Arc<Shared>, stop: CancellationToken) {
             // Do not resolve alerts on a failed read.
             continue;
         }
-        let now = now_secs();
+        let now = broker_common::unix_now();
         shared.alerts.evaluate(active, now);
         let firing = shared
             .alerts
@@ -409,7 +398,7 @@ async fn scan_loop(shared: Arc<Shared>, stop: CancellationToken) {
     while every.next(&stop).await {
         let report = tokio::select! {
             _ = stop.cancelled() => return,
-            r = discovery::scan::scan_once(&config, now_secs()) => r,
+            r = discovery::scan::scan_once(&config, broker_common::unix_now()) => r,
         };
         shared.metrics.scan_attempts.inc_by(report.attempts as u64);
         tracing::info!(
@@ -421,7 +410,7 @@ async fn scan_loop(shared: Arc<Shared>, stop: CancellationToken) {
         for (ip, ports) in &report.open {
             shared
                 .inventory
-                .scanned(*ip, ports.clone(), now_secs())
+                .scanned(*ip, ports.clone(), broker_common::unix_now())
                 .await;
         }
         shared
@@ -488,7 +477,7 @@ async fn multicast_loop(shared: Arc<Shared>, stop: CancellationToken) {
                         &addr,
                         labels,
                         inventory::Source::Multicast,
-                        now_secs(),
+                        broker_common::unix_now(),
                     )
                     .await;
             }
@@ -537,7 +526,8 @@ async fn autoscale_loop(
             st.score = score;
             st.writers = n;
             st.loads = loads;
-            st.decider.decide(score, n, &config, now_ms())
+            st.decider
+                .decide(score, n, &config, broker_common::unix_now_ms())
         };
         let action = decision.action;
         match action {

@@ -219,7 +219,7 @@ impl Inner {
         self.metrics.batches.inc();
         self.metrics.received_points.inc_by(n as u64);
         self.metrics.batch_points.observe(n as f64);
-        let v = match validate_batch(batch, &self.limits, now_secs()) {
+        let v = match validate_batch(batch, &self.limits, broker_common::unix_now()) {
             Err(rej) => {
                 self.metrics
                     .batch_errors
@@ -314,8 +314,4 @@ fn batch_error_label(e: BatchError) -> &'static str {
         BatchError::Overloaded => "overloaded",
         BatchError::ShuttingDown => "shutting_down",
     }
-}
-
-fn now_secs() -> i64 {
-    broker_common::unix_now()
 }

@@ -21,15 +21,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// Seconds since the epoch.
-pub fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PointResult {
@@ -294,7 +286,7 @@ impl Engine {
     }
 
     fn cache_put(&self, key: String, end: i64, value: Cached, bytes: usize) {
-        if let Some(ttl) = self.cache_ttl_for(end, now()) {
+        if let Some(ttl) = self.cache_ttl_for(end, broker_common::unix_now()) {
             self.cache.insert(
                 key,
                 Entry {

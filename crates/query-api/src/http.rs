@@ -18,7 +18,7 @@
 
 use crate::agg::AggFn;
 use crate::cluster::ClusterView;
-use crate::engine::{AggQuery, Engine, HostSelector, RangeQuery, now};
+use crate::engine::{AggQuery, Engine, HostSelector, RangeQuery};
 use crate::error::QueryError;
 use axum::Router;
 use axum::extract::{Path, RawQuery, State};
@@ -141,14 +141,14 @@ pub fn parse_time(param: &str, v: &str) -> Result<i64, QueryError> {
         return Ok(t.floor() as i64);
     }
     if v == "now" {
-        return Ok(now());
+        return Ok(broker_common::unix_now());
     }
     if let Some(d) = v.strip_prefix("now-") {
         let d = humantime::parse_duration(d)
             .map_err(|e| QueryError::invalid(param, format!("{v:?}: {e}")))?;
         return i64::try_from(d.as_secs())
             .ok()
-            .and_then(|s| now().checked_sub(s))
+            .and_then(|s| broker_common::unix_now().checked_sub(s))
             .ok_or_else(|| QueryError::invalid(param, format!("{v:?} is too far back")));
     }
     if let Ok(t) = humantime::parse_rfc3339_weak(v) {
@@ -232,7 +232,7 @@ async fn range(State(s): State<HttpState>, RawQuery(q): RawQuery) -> Response {
             let q = RangeQuery {
                 host: p.required("host")?.to_string(),
                 start: p.time("start")?,
-                end: p.time_or("end", now())?,
+                end: p.time_or("end", broker_common::unix_now())?,
                 metrics: p.list("metrics"),
                 limit: p.usize_or("limit", 0)?,
             };
@@ -256,7 +256,7 @@ async fn aggregate(State(s): State<HttpState>, RawQuery(q): RawQuery) -> Respons
                 metric: p.required("metric")?.to_string(),
                 function: p.required("function")?.parse::<AggFn>()?,
                 start: p.time("start")?,
-                end: p.time_or("end", now())?,
+                end: p.time_or("end", broker_common::unix_now())?,
                 step: p.get("step").map_or(Ok(0), |v| parse_step("step", v))?,
                 per_host: p.bool("per_host")?,
             };
@@ -371,7 +371,7 @@ mod tests {
         let e = parse_time("start", "now-9223372036854775808s").unwrap_err();
         assert!(e.to_string().contains("too far back"), "{e}");
         let t = parse_time("start", "now-1h").unwrap();
-        assert!((now() - 3600 - t).abs() <= 1);
+        assert!((broker_common::unix_now() - 3600 - t).abs() <= 1);
         let e = parse_time("start", "yesterday").unwrap_err().to_string();
         assert!(e.starts_with("start: \"yesterday\" is not a time"), "{e}");
         assert_eq!(parse_step("step", "60").unwrap(), 60);

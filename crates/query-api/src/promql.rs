@@ -1667,7 +1667,7 @@ async fn instant(engine: &dyn Source, p: &Params, timeout: Duration) -> Result<J
     let expr = parse_expr(p.required("query")?)?;
     let t = match p.get("time") {
         Some(v) => parse_ms("time", v)?,
-        None => crate::engine::now() * 1000,
+        None => broker_common::unix_now() * 1000,
     };
     Ok(match evaluate(engine, &expr, vec![t], timeout).await? {
         Evaluated::Scalar(v) => {

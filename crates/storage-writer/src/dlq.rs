@@ -11,7 +11,7 @@
 
 use crate::error::DlqError;
 use crate::spool::{DeadLetterRecord, Spool, SpoolError};
-use crate::writer::{Store, hosts_of, now_ms};
+use crate::writer::{Store, hosts_of};
 use broker_proto::v1::{DeadLetter, MetricBatch};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -284,7 +284,7 @@ impl DeadLetterQueue {
         };
         entry.replay_attempts += 1;
         entry.last_replay_error = failure.to_string();
-        entry.last_replay_at_ms = now_ms();
+        entry.last_replay_at_ms = broker_common::unix_now_ms();
         self.blocking(move |s| s.dlq_replace(id, &entry)).await?;
         tracing::warn!(id, error = %failure, "dead-letter replay did not store every point");
         Err(failure)

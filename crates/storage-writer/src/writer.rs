@@ -21,7 +21,7 @@ use broker_proto::v1::{DeadLetter, MetricBatch, Point};
 use fred::clients::Pool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use storage_layout::{Command, KeyLayout};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -299,17 +299,6 @@ impl Batcher {
     }
 }
 
-fn now_secs() -> i64 {
-    broker_common::unix_now()
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 async fn write_batches(
     store: &Store,
     client: &fred::clients::Client,
@@ -318,13 +307,18 @@ async fn write_batches(
     let (layout, metrics, timeout) = (store.layout.as_ref(), &store.metrics, store.timeout);
     let points: usize = batches.iter().map(|b| b.points.len()).sum();
     let mut commands = Vec::with_capacity(points * 2 + 8);
-    layout.write_commands(batches, store.ttl_secs, now_secs(), &mut commands);
+    layout.write_commands(
+        batches,
+        store.ttl_secs,
+        broker_common::unix_now(),
+        &mut commands,
+    );
     let started = Instant::now();
     let result = match tokio::time::timeout(timeout, store.execute(client, commands)).await {
         Ok(r) => r,
         Err(_) => Err(WriterError::Timeout(timeout)),
     };
-    layout.written(batches, result.is_ok(), now_secs());
+    layout.written(batches, result.is_ok(), broker_common::unix_now());
     metrics.pipelines.inc();
     metrics
         .pipeline_seconds
@@ -411,7 +405,7 @@ impl Store {
             sub: MetricBatch,
             commands: std::ops::Range<usize>,
         }
-        let now = now_secs();
+        let now = broker_common::unix_now();
         let mut groups: Vec<Group> = Vec::new();
         let mut commands = Vec::new();
         for (bi, b) in batches.iter().enumerate() {
@@ -460,7 +454,8 @@ impl Store {
         if let Some(e) = transient {
             self.metrics.pipeline_errors.inc();
             for g in &groups {
-                self.layout.written(&[&g.sub], false, now_secs());
+                self.layout
+                    .written(&[&g.sub], false, broker_common::unix_now());
             }
             return Err(e);
         }
@@ -478,7 +473,7 @@ impl Store {
                 })
                 .collect();
             self.layout
-                .written(&[&g.sub], errors.is_empty(), now_secs());
+                .written(&[&g.sub], errors.is_empty(), broker_common::unix_now());
             if errors.is_empty() {
                 stored += g.sub.points.len() as u64;
                 continue;
@@ -508,7 +503,7 @@ impl Store {
     /// A dead-letter entry for `refused`, dead-lettered now by this writer.
     pub(crate) fn dead_letter_entry(&self, refused: Refused) -> DeadLetter {
         DeadLetter {
-            dead_lettered_at_ms: now_ms(),
+            dead_lettered_at_ms: broker_common::unix_now_ms(),
             reason: refused.reason,
             writer: self.node_id.clone(),
             batch: Some(refused.batch),
@@ -746,7 +741,7 @@ impl Store {
             if !self.redis_up.load(Ordering::Acquire) {
                 continue;
             }
-            let now = now_secs();
+            let now = broker_common::unix_now();
             let due = self.layout.due(now, MAINTAIN_PER_TICK);
             if due.is_empty() {
                 continue;
