@@ -11,7 +11,7 @@
 
 use crate::error::DlqError;
 use crate::spool::{DeadLetterRecord, Spool, SpoolError};
-use crate::writer::{Store, hosts_of};
+use crate::store::{Store, hosts_of};
 use broker_proto::v1::{DeadLetter, MetricBatch};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

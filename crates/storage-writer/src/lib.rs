@@ -2,18 +2,23 @@
 //!
 //! # Layout
 //! - [`writer`]: the batcher that turns write jobs into Redis pipelines and
-//!   acks each job once durable (Redis confirmed it, or it is in the
-//!   spool, or what Redis refused for good is in the dead-letter queue);
-//!   error classification; the spool replayer; the layout maintainer
-//!   (sealing open chunks); Redis connection setup. Key formats live in
-//!   the `storage-layout` crate.
+//!   acks each job once durable.
+//! - `store`: where batches become durable: Redis (the layout's commands,
+//!   pipelined), the spool while Redis is down, the dead-letter queue for
+//!   what Redis refuses for good. Key formats live in the `storage-layout`
+//!   crate.
+//! - `replay`: the store's background work: the spool replayer and the
+//!   layout maintainer (sealing open chunks).
+//! - [`redis`]: the Redis pool, and which failures are transient or
+//!   permanent.
 //! - [`spool`]: the write-ahead spool (redb) used while Redis is down, and
 //!   the dead-letter queue's table in the same database.
 //! - [`dlq`]: the dead-letter queue as operators use it: list, show,
 //!   replay, discard.
 //! - [`api`]: its HTTP API (`/api/dlq`), mounted on the admin port.
-//! - [`service`]: the `WriterService` gRPC server and [`WriterClient`], which
-//!   hides whether the writer is in this process or across the network.
+//! - [`service`]: the `Write` handler (checks, ownership, store) and its
+//!   gRPC server; [`WriterClient`] (from `internal-clients`) calls the same
+//!   handler in this process.
 //! - [`error`]: [`WriterError`] and its gRPC status mapping, [`DlqError`]
 //!   and its HTTP status mapping.
 //! - [`metrics`]: Prometheus metrics of the writer.
@@ -24,8 +29,11 @@ pub mod api;
 pub mod dlq;
 pub mod error;
 pub mod metrics;
+pub mod redis;
+mod replay;
 pub mod service;
 pub mod spool;
+mod store;
 pub mod writer;
 
 pub use error::{DlqError, WriterError};
@@ -56,7 +64,7 @@ impl WriterComponent {
         );
         let layout = storage_layout::for_writer(w)
             .ok_or_else(|| anyhow::anyhow!("writer.layout: unknown layout {:?}", w.layout))?;
-        let pool = writer::redis_pool(&w.redis_url, w.pool_size)?;
+        let pool = redis::redis_pool(&w.redis_url, w.pool_size)?;
         let metrics = metrics::WriterMetrics::new(registry);
         let spool = if w.spool_dir.is_empty() {
             None
