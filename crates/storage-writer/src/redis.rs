@@ -97,6 +97,13 @@ pub fn redis_pool(url: &str, size: usize) -> Result<Pool, WriterError> {
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(5);
             c.max_command_attempts = 3;
+            // As query-api's pool: a pipeline leaves in several writes, and
+            // with Nagle's algorithm the last waits for the ACK of the one
+            // before, which Redis may delay by 40 ms.
+            c.tcp = fred::types::config::TcpConfig {
+                nodelay: Some(true),
+                ..Default::default()
+            };
         })
         .set_policy(fred::types::config::ReconnectPolicy::new_exponential(
             0, 100, 5_000, 2,
