@@ -365,6 +365,21 @@ pub fn port() -> u16 {
 pub struct Timeline(pub Arc<Mutex<Vec<(Instant, u64)>>>);
 
 impl Timeline {
+    /// The longest time the acked count stood still: from the first
+    /// sample at a count to the first sample past it.
+    pub fn longest_stall(&self) -> Duration {
+        let samples = self.0.lock().unwrap();
+        let mut longest = Duration::ZERO;
+        let mut since: Option<(Instant, u64)> = None;
+        for &(t, acked) in samples.iter() {
+            match since {
+                Some((t0, a0)) if acked == a0 => longest = longest.max(t.duration_since(t0)),
+                _ => since = Some((t, acked)),
+            }
+        }
+        longest
+    }
+
     /// Time from `healed` to the first progress sample whose acked count
     /// grew past the count at `healed`.
     pub fn recovery_after(&self, healed: Instant) -> Option<Duration> {
