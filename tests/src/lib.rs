@@ -132,7 +132,16 @@ impl Running {
     /// too when an ingest-gateway runs beside services other processes
     /// call (the agents' port does not serve those).
     pub async fn broker(config: BrokerConfig, services: &'static [Service]) -> Self {
-        let mut listeners = Listeners::loopback().await.expect("loopback listeners");
+        let listeners = Listeners::loopback().await.expect("loopback listeners");
+        Self::broker_on(listeners, config, services).await
+    }
+
+    /// [`Running::broker`] on `listeners`, adding the internal one it needs.
+    async fn broker_on(
+        mut listeners: Listeners,
+        config: BrokerConfig,
+        services: &'static [Service],
+    ) -> Self {
         if needs_internal(services) {
             listeners = listeners
                 .with_internal("127.0.0.1:0".parse().expect("addr"))
@@ -157,16 +166,8 @@ impl Running {
         grpc: SocketAddr,
         http: SocketAddr,
     ) -> Self {
-        let mut listeners = Listeners::bind(grpc, http).await.expect("rebinding");
-        if needs_internal(services) {
-            listeners = listeners
-                .with_internal("127.0.0.1:0".parse().expect("addr"))
-                .await
-                .expect("internal listener");
-        }
-        Self::start_on(listeners, config, move |c, l, s| {
-            broker::run(c, services, l, s)
-        })
+        let listeners = Listeners::bind(grpc, http).await.expect("rebinding");
+        Self::broker_on(listeners, config, services).await
     }
 
     pub fn endpoint(&self) -> String {

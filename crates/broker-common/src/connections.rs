@@ -205,14 +205,18 @@ impl<IO: tonic::transport::server::Connected> tonic::transport::server::Connecte
     }
 }
 
-/// An axum listener over [`Connections::accept`]'s connections.
-pub struct PlainListener {
-    pub rx: tokio::sync::mpsc::Receiver<(Conn<TcpStream>, SocketAddr)>,
+/// An axum listener over connections an accept loop hands on (plain ones
+/// from [`Connections::accept`], or TLS ones after their handshake).
+pub struct ChannelListener<IO> {
+    pub rx: tokio::sync::mpsc::Receiver<(IO, SocketAddr)>,
     pub addr: SocketAddr,
 }
 
-impl axum::serve::Listener for PlainListener {
-    type Io = Conn<TcpStream>;
+impl<IO> axum::serve::Listener for ChannelListener<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Io = IO;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -3,10 +3,10 @@
 //! one, the gRPC health service beside each, and the admin HTTP server.
 
 use crate::admin::Admin;
-use crate::connections::{Conn, Connections, PlainListener};
+use crate::connections::{ChannelListener, Conn, Connections};
 use crate::security::Security;
 use crate::security::auth::GrpcAuthLayer;
-use crate::security::tls::{self, TlsListener};
+use crate::security::tls;
 use std::future::Future;
 use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
@@ -239,13 +239,13 @@ async fn serve_http(
     let shutdown = async move { http_stop.cancelled().await };
     match &security.tls {
         None => {
-            let listener = PlainListener { rx: conns, addr };
+            let listener = ChannelListener { rx: conns, addr };
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         Some(tls) => {
-            let tls_listener = TlsListener {
+            let tls_listener = ChannelListener {
                 rx: tls::accept(conns, tls.clone(), true, stop),
                 addr,
             };

@@ -294,29 +294,6 @@ pub fn accept(
 /// A TLS connection over a bounded accepted one.
 pub type TlsConn = tokio_rustls::server::TlsStream<Conn<TcpStream>>;
 
-/// An axum listener over [`accept`]'s finished TLS streams.
-pub struct TlsListener {
-    pub rx: tokio::sync::mpsc::Receiver<(TlsConn, std::net::SocketAddr)>,
-    pub addr: std::net::SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsConn;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The accept loop stopped: graceful shutdown is under way.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
-    }
-}
-
 /// The name a client checks the server's certificate against: the host of
 /// `authority` (`127.0.0.1:9093`, `writer-1:9093`, `[::1]:9093`).
 pub fn server_name(authority: &str) -> Result<ServerName<'static>, TlsError> {
