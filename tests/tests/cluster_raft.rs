@@ -152,7 +152,7 @@ async fn a_minority_cannot_commit_and_converges_after_healing() {
         "{err}"
     );
     // Cut off, it knows no leader, and its /ready says so (503).
-    let ready = broker::dlq_cli::AdminClient::new(
+    let ready = internal_clients::AdminClient::new(
         &format!("http://{}", c.http(old)),
         Duration::from_secs(5),
     )
@@ -338,13 +338,13 @@ async fn the_http_api_reports_raft_members_and_ring() {
     let get = |id: u64, path: &'static str| {
         let base = format!("http://{}", c.http(id));
         async move {
-            let admin = broker::dlq_cli::AdminClient::new(&base, Duration::from_secs(5)).unwrap();
+            let admin = internal_clients::AdminClient::new(&base, Duration::from_secs(5)).unwrap();
             let text = admin.get_text(path).await.unwrap();
             serde_json::from_str::<serde_json::Value>(&text).unwrap()
         }
     };
     for id in c.ids() {
-        let ready = broker::dlq_cli::AdminClient::new(
+        let ready = internal_clients::AdminClient::new(
             &format!("http://{}", c.http(id)),
             Duration::from_secs(5),
         )

@@ -3,10 +3,10 @@
 //! are acked, kept durably with the reason, listed and replayed through
 //! the admin HTTP API, and never block the other points or the spool.
 
-use broker::dlq_cli::AdminClient;
 use broker_common::Service;
 use broker_proto::v1::MetricBatch;
 use broker_tests::*;
+use internal_clients::AdminClient;
 use redis_process::RedisOptions;
 use std::time::{Duration, Instant};
 use storage_writer::dlq::EntrySummary;

@@ -93,7 +93,7 @@ impl ConfigArgs {
 }
 
 /// Left-aligned columns separated by two spaces, as the operator CLIs
-/// (`brokerctl`, `broker dlq`) print them; the last column is not padded.
+/// (`brokerctl`) print them; the last column is not padded.
 pub fn table(rows: &[Vec<String>], out: &mut String) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
@@ -118,14 +118,14 @@ pub fn table(rows: &[Vec<String>], out: &mut String) {
     }
 }
 
-/// How a tool (brokerctl, `broker dlq`, the agent, the load generator)
+/// How a tool (brokerctl, the agent, the load generator)
 /// reaches a secured broker: a bearer token and, for TLS, the CA (and a
 /// client certificate when the server requires one). Each flag also reads
 /// an environment variable, so a token need not appear in `ps`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ClientSecurityArgs {
     /// Bearer token sent with every call (the ingest token for agents, the
-    /// admin token for brokerctl and `broker dlq`).
+    /// admin token for brokerctl).
     #[arg(
         long,
         global = true,

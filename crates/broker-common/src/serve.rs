@@ -257,7 +257,7 @@ async fn serve_http(
 }
 
 /// Longest an admin-port request may take (a DLQ replay of many entries is
-/// the slowest; `broker dlq`'s own default timeout is the same).
+/// the slowest; `brokerctl dlq`'s own default timeout is the same).
 pub const HTTP_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn deadline(

@@ -5,13 +5,10 @@
 //! # Layout
 //! - [`run`]: mounts the enabled services on one gRPC port and one admin
 //!   port, and shuts them down in data-path order.
-//! - [`dlq_cli`]: `broker dlq`, a client of a writer's dead-letter queue
-//!   API, and [`dlq_cli::AdminClient`], the HTTP client it uses.
-//! - `main.rs`: the `broker` binary (`broker run`, `broker up`, `broker dlq`).
+//! - `main.rs`: the `broker` binary (`broker run`, `broker up`, `broker health`, `broker certs`).
 
 #![forbid(unsafe_code)]
 
-pub mod dlq_cli;
 pub mod pki;
 
 use broker_common::serve::GrpcRoutes;

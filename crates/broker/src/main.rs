@@ -4,8 +4,6 @@
 //!   `writer.redis_url` is set), with a banner of the endpoints.
 //! - `broker run --service ingest-gateway --service ...`: the named services
 //!   (default: all) with the given config.
-//! - `broker dlq list|show|replay|discard`: a storage-writer's dead-letter
-//!   queue, through its admin HTTP API.
 //! - `broker health`: GET /health (or /ready) on this config's admin port;
 //!   the container image's HEALTHCHECK.
 //! - `broker certs`: a local CA, node certificate and tokens (what
@@ -72,10 +70,12 @@ enum Command {
         #[arg(long = "service", value_name = "NAME")]
         services: Vec<Service>,
     },
-    /// List, inspect, replay or discard the dead-letter entries of a
-    /// storage-writer (points Redis refused for good), through its admin
-    /// HTTP API.
-    Dlq(broker::dlq_cli::DlqArgs),
+    /// Moved to `brokerctl dlq`; says so.
+    #[command(hide = true, disable_help_flag = true)]
+    Dlq {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Exit 0 if this configuration's admin port (`http_listen`, reached on
     /// loopback when it binds every address) answers GET /health with 200,
     /// 1 otherwise: a container HEALTHCHECK or a supervisor's probe.
@@ -138,7 +138,13 @@ fn main() {
             };
             runtime(|| async move { broker::run_until_signal(config, &services).await })
         }
-        Command::Dlq(args) => runtime(|| broker::dlq_cli::run(args)),
+        Command::Dlq { args } => {
+            eprintln!(
+                "error: `broker dlq` moved into the operator CLI; run `brokerctl dlq {}`",
+                args.join(" ")
+            );
+            2
+        }
         Command::Health {
             config,
             path,
@@ -182,7 +188,7 @@ async fn health(
     // With TLS on, the probe speaks TLS with the config's CA.
     let security = broker_common::security::Security::from_config(&config.security)?;
     let client =
-        broker::dlq_cli::AdminClient::with_security(&addr.to_string(), timeout, &security.client)?;
+        internal_clients::AdminClient::with_security(&addr.to_string(), timeout, &security.client)?;
     let body = client.get_text(&path).await?;
     println!("{}", body.trim());
     Ok(())

@@ -22,10 +22,10 @@
 
 mod common;
 
-use broker::dlq_cli::AdminClient;
 use broker_proto::v1::{ClusterState, MemberState};
 use cluster_client::ClusterClient;
 use common::{member_state, members_line, port, steady_load, until, verify};
+use internal_clients::AdminClient;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -18,11 +18,11 @@ mod common;
 
 use broker_tests::durable_redis;
 
-use broker::dlq_cli::AdminClient;
 use broker_proto::v1::{ClusterState, MemberState};
 use cluster_client::ClusterClient;
 use cluster_client::views::RingView;
 use common::{Sandbox, member_state, steady_load, until, verify};
+use internal_clients::AdminClient;
 use std::time::{Duration, Instant};
 
 const HOSTS: usize = 200;

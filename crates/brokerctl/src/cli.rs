@@ -60,10 +60,20 @@ pub struct GlobalArgs {
         value_name = "URL"
     )]
     pub host_manager: String,
+    /// A storage-writer's admin HTTP address (its `http_listen`), for
+    /// `dlq`.
+    #[arg(long, global = true, env = "BROKER_ADMIN", default_value = DEFAULT_ADMIN, value_name = "URL")]
+    pub admin: String,
+    /// How long one `dlq` request may take (a replay writes to Redis).
+    #[arg(long, global = true, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: std::time::Duration,
     /// Token and TLS of a secured cluster (`--token` takes the admin token).
     #[command(flatten)]
     pub security: broker_common::cli::ClientSecurityArgs,
 }
+
+/// Where `dlq` looks by default: the `http_listen` default.
+pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9190";
 
 /// Where `broker up` serves host-manager (its gRPC port).
 pub const DEFAULT_HOST_MANAGER: &str = "http://127.0.0.1:9093";
@@ -107,6 +117,9 @@ pub enum Command {
     /// host-manager's autoscaler.
     #[command(subcommand)]
     Autoscale(AutoscaleCommand),
+    /// A storage-writer's dead-letter queue: the points Redis refused for
+    /// good (list, show, replay, discard).
+    Dlq(crate::dlq::DlqArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -16,12 +16,15 @@
 //!   status).
 //! - [`hosts`]: `hosts` and `autoscale status`, over host-manager's gRPC
 //!   `HostService`.
+//! - [`dlq`]: `dlq list|show|replay|discard`, over a storage-writer's admin
+//!   HTTP API.
 //! - [`render`]: the text tables.
 //! - [`CtlError`]: why a command failed (exit 1).
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod dlq;
 pub mod hosts;
 pub mod render;
 pub mod report;
@@ -70,6 +73,12 @@ pub enum CtlError {
     Security(String),
     #[error("writing the output")]
     Output(#[source] std::io::Error),
+    /// A storage-writer's admin API did not answer or refused the call.
+    #[error(transparent)]
+    Admin(#[from] internal_clients::AdminError),
+    /// `dlq replay --all` stopped early or left entries Redis refuses.
+    #[error("{0}")]
+    DlqIncomplete(String),
 }
 
 impl From<ClusterError> for CtlError {
@@ -112,6 +121,9 @@ pub async fn run(cli: Cli, out: &mut impl Write) -> Result<(), CtlError> {
             .write_all(text.as_bytes())
             .and_then(|()| out.flush())
             .map_err(CtlError::Output);
+    }
+    if let Command::Dlq(args) = cli.command {
+        return dlq::run(args, &cli.global, &security, out).await;
     }
     let client = ClusterClient::with_retry(&cli.global.endpoints, &security, retry_policy())?;
     let text = execute(&client, cli.command, cli.global.json).await?;
@@ -241,7 +253,9 @@ async fn execute(client: &ClusterClient, command: Command, json: bool) -> Result
                 view.epoch, view.vnodes, view.hash
             );
         }
-        Command::Hosts { .. } | Command::Autoscale(_) => unreachable!("run dispatches these"),
+        Command::Hosts { .. } | Command::Autoscale(_) | Command::Dlq(_) => {
+            unreachable!("run dispatches these")
+        }
     }
     Ok(out)
 }
@@ -256,7 +270,7 @@ fn changed(json: bool, state: &ClusterState, what: String) -> Result<String, Ctl
     }
 }
 
-fn to_json<T: Serialize>(v: &T) -> Result<String, CtlError> {
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<String, CtlError> {
     serde_json::to_string_pretty(v)
         .map(|s| s + "\n")
         .map_err(CtlError::Json)

@@ -13,12 +13,17 @@
 //! - [`RouterClient`] and [`LocalRouter`]: a router here, or round robin
 //!   with failover over remote ones.
 //! - [`retryable`], [`stale_epoch`]: what a status from either means.
+//! - [`AdminClient`]: any process's admin HTTP API, and a writer's
+//!   dead-letter queue on it, whose answers are in [`dlq`].
 
 #![forbid(unsafe_code)]
 
+mod admin;
+pub mod dlq;
 mod router;
 mod writer;
 
+pub use admin::{AdminClient, AdminError};
 pub use router::{LocalRouter, RouterClient};
 pub use writer::{LocalWriter, WriterClient};
 

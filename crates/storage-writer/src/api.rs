@@ -24,13 +24,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
-
-/// The body of every error answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: String,
-}
+use internal_clients::dlq::ErrorBody;
+use serde::Deserialize;
 
 impl IntoResponse for DlqError {
     fn into_response(self) -> Response {

@@ -1,7 +1,8 @@
 //! The dead-letter queue as operators see it: list, inspect, replay and
 //! discard the points Redis refused for good. The entries live in the
 //! spool's database ([`crate::spool`], table `dlq`); the HTTP API
-//! ([`crate::api`]) and `broker dlq` are built on these calls and types.
+//! ([`crate::api`]) is built on these calls; the answers' types are
+//! `internal_clients::dlq`'s, which `brokerctl dlq` reads.
 //!
 //! Replaying writes an entry's points to Redis now (the same write path
 //! as any batch, host by host when Redis refuses some): when every point
@@ -13,98 +14,12 @@ use crate::error::DlqError;
 use crate::spool::{DeadLetterRecord, Spool, SpoolError};
 use crate::store::{Store, hosts_of};
 use broker_proto::v1::{DeadLetter, MetricBatch};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Hosts named in a list entry; `show` has every point.
-pub const LISTED_HOSTS: usize = 5;
-/// Entries per list call unless asked otherwise, and at most.
-pub const DEFAULT_LIST_LIMIT: usize = 100;
-pub const MAX_LIST_LIMIT: usize = 10_000;
-
-/// One entry in a list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EntrySummary {
-    pub id: u64,
-    /// When it was dead-lettered, RFC 3339 (UTC).
-    pub time: String,
-    pub time_unix_ms: i64,
-    /// `node_id` of the writer that dead-lettered it.
-    pub writer: String,
-    /// Redis's error replies, with the command and key each answered.
-    pub reason: String,
-    pub points: usize,
-    /// The first [`LISTED_HOSTS`] distinct hosts.
-    pub hosts: Vec<String>,
-    pub hosts_total: usize,
-    /// Size of the stored entry.
-    pub bytes: u64,
-    pub replay_attempts: u32,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub last_replay_error: String,
-}
-
-/// `GET /api/dlq`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EntryList {
-    /// The writer answering.
-    pub writer: String,
-    /// Entries and bytes in the whole queue (not only this page).
-    pub records: u64,
-    pub bytes: u64,
-    pub entries: Vec<EntrySummary>,
-}
-
-/// One point of an entry, metrics by name.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PointView {
-    pub host: String,
-    pub timestamp: i64,
-    pub metrics: BTreeMap<String, f64>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-}
-
-/// `GET /api/dlq/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EntryDetail {
-    #[serde(flatten)]
-    pub summary: EntrySummary,
-    pub points_detail: Vec<PointView>,
-}
-
-/// `POST /api/dlq/{id}/replay` and `DELETE /api/dlq/{id}`: what was
-/// written to Redis (or discarded); the entry is gone.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EntryDone {
-    pub id: u64,
-    pub points: usize,
-    pub hosts: Vec<String>,
-}
-
-/// One entry a replay-all could not finish.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EntryFailure {
-    pub id: u64,
-    pub error: String,
-}
-
-/// `POST /api/dlq/replay`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct ReplayAll {
-    /// Entries fully stored and deleted, and their points.
-    pub replayed: usize,
-    pub points: usize,
-    /// Entries Redis still refuses (some of) — kept.
-    pub refused: Vec<EntryFailure>,
-    /// Set when Redis could not be reached: the replay stopped at that
-    /// entry (the HTTP answer is then 503, with this body).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Entries left in the queue afterwards.
-    pub remaining: u64,
-}
+pub use internal_clients::dlq::{
+    DEFAULT_LIST_LIMIT, EntryDetail, EntryDone, EntryFailure, EntryList, EntrySummary,
+    LISTED_HOSTS, MAX_LIST_LIMIT, PointView, ReplayAll,
+};
 
 /// The DLQ of one writer. Cheap to clone.
 #[derive(Clone)]

@@ -89,7 +89,7 @@ impl Store {
                             self.metrics.replayed_points.inc_by((points - dead) as u64);
                             self.metrics.dlq_points.inc_by(dead as u64);
                             for (id, e) in ids.iter().zip(&entries) {
-                                tracing::warn!(id, hosts = ?hosts_of(e.batch.as_ref().expect("batch"), 5), reason = %e.reason, "spool replay: redis refused points for good; dead-lettered them (replay with `broker dlq replay`)");
+                                tracing::warn!(id, hosts = ?hosts_of(e.batch.as_ref().expect("batch"), 5), reason = %e.reason, "spool replay: redis refused points for good; dead-lettered them (replay with `brokerctl dlq replay`)");
                             }
                             self.refresh_spool_metrics();
                             backoff = new_backoff();

@@ -323,7 +323,7 @@ impl Store {
             Ok(ids) => {
                 self.metrics.dlq_points.inc_by(points as u64);
                 for (id, (hosts, reason)) in ids.iter().zip(logged) {
-                    tracing::warn!(id, ?hosts, %reason, "redis refused points for good; dead-lettered them (replay with `broker dlq replay`)");
+                    tracing::warn!(id, ?hosts, %reason, "redis refused points for good; dead-lettered them (replay with `brokerctl dlq replay`)");
                 }
                 return results;
             }

@@ -75,7 +75,7 @@ impl Writer {
             metrics.dlq_records.set(entries as i64);
             metrics.dlq_bytes.set(bytes as i64);
             if entries > 0 {
-                tracing::warn!(entries, bytes, path = %s.path().display(), "the dead-letter queue holds points redis refused; list them with `broker dlq list`");
+                tracing::warn!(entries, bytes, path = %s.path().display(), "the dead-letter queue holds points redis refused; list them with `brokerctl dlq list`");
             }
         }
         metrics.redis_up.set(i64::from(spool_empty));

@@ -254,7 +254,7 @@ pub async fn http_auth(
     let role = http_role(req.method(), req.uri().path());
     // A browser page (a cross-site form, or DNS rebinding to loopback)
     // must not drive state changes such as a DLQ replay or discard: those
-    // come from brokerctl, `broker dlq` or curl, which send no Origin.
+    // come from brokerctl or curl, which send no Origin.
     let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     if role == Some(Role::Admin)
         && changes_state
@@ -262,7 +262,7 @@ pub async fn http_auth(
     {
         return (
             StatusCode::FORBIDDEN,
-            "a request from a browser page (Origin header) cannot change state here; use `broker dlq` or brokerctl\n",
+            "a request from a browser page (Origin header) cannot change state here; use brokerctl\n",
         )
             .into_response();
     }
