@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // tonic-prost's codec, with a batch's counts checked before it is
         // decoded (src/bounded.rs).
         .codec_path("crate::bounded::Codec")
+        // Ordered, so a node's status compares and prints the same each time.
+        .btree_map(".broker.v1.RaftStatus.peers")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -976,6 +976,14 @@ async fn cluster_view_static_and_from_cluster_ctl() {
     assert_eq!(j["epoch"].as_u64(), Some(state.epoch), "{j}");
     assert_eq!(j["endpoint"], ctl.endpoint(1));
     assert_eq!(j["raft"]["role"], "leader", "{j}");
+    // The shape cluster-ctl's own /api/cluster has; the dashboard reads
+    // `leader`.
+    assert_eq!(j["raft"]["leader"], j["raft"]["id"], "{j}");
+    assert_eq!(
+        j["raft"]["leader_addr"],
+        j["raft"]["peers"][j["raft"]["id"].to_string()],
+        "{j}"
+    );
     assert_eq!(
         j["ring"],
         serde_json::json!({"vnodes": 120, "hash": "crc32"})

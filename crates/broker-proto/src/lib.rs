@@ -34,6 +34,18 @@ pub mod bench {
 
 pub use v1::*;
 
+impl v1::RaftStatus {
+    /// Whether the node that answered leads.
+    pub fn is_leader(&self) -> bool {
+        self.leader_id == self.id && self.role == "leader"
+    }
+
+    /// The raft address of the leader, if one is known.
+    pub fn leader_addr(&self) -> Option<&str> {
+        self.peers.get(&self.leader_id).map(String::as_str)
+    }
+}
+
 impl v1::Point {
     /// Iterates `(metric name, value)` pairs of this point against the
     /// batch's name table. Indexes out of range yield `None` names; the

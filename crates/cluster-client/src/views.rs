@@ -1,6 +1,9 @@
 //! The JSON shapes of the cluster, shared by cluster-ctl's HTTP API
-//! (`/api/cluster`, `/api/members`, `/api/ring`) and `brokerctl --json`, so
-//! both print the same thing.
+//! (`/api/cluster`, `/api/members`, `/api/ring`), `brokerctl --json` and
+//! query-api's `/api/cluster` (its `raft`), so all print the same thing.
+//! A node's Raft status has one shape in code, the proto `RaftStatus` (the
+//! node publishes it, `Status` answers it), and one in JSON,
+//! [`ClusterView`].
 
 use crate::{ring_of, role_name, state_name};
 use broker_proto::v1::{ClusterState, RaftStatus};
@@ -28,7 +31,6 @@ pub struct ClusterView {
 
 impl From<&RaftStatus> for ClusterView {
     fn from(s: &RaftStatus) -> Self {
-        let peers: BTreeMap<u64, String> = s.peers.iter().map(|(k, v)| (*k, v.clone())).collect();
         let mut voters = s.voters.clone();
         voters.sort_unstable();
         Self {
@@ -36,14 +38,14 @@ impl From<&RaftStatus> for ClusterView {
             role: s.role.clone(),
             term: s.term,
             leader: s.leader_id,
-            leader_addr: peers.get(&s.leader_id).cloned(),
+            leader_addr: s.leader_addr().map(str::to_string),
             commit_index: s.commit_index,
             applied_index: s.applied_index,
             last_index: s.last_index,
             snapshot_index: s.snapshot_index,
             voters,
             learners: s.learners.clone(),
-            peers,
+            peers: s.peers.clone(),
             epoch: s.epoch,
         }
     }

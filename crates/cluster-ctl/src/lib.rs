@@ -32,7 +32,7 @@ pub mod state;
 pub mod storage;
 pub mod transport;
 
-pub use node::{Node, NodeConfig, RaftView};
+pub use node::{Node, NodeConfig};
 
 use broker_common::{BrokerConfig, Readiness};
 use broker_proto::v1::RingSettings;

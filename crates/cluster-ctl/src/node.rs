@@ -12,7 +12,7 @@
 use crate::state::StateMachine;
 use crate::storage::RaftStore;
 use crate::transport::{NetFilter, Report, Transport};
-use broker_proto::v1::{ClusterCommand, ClusterState};
+use broker_proto::v1::{ClusterCommand, ClusterState, RaftStatus};
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, Snapshot};
@@ -87,33 +87,6 @@ pub enum NodeError {
     Invalid(String),
 }
 
-/// What the node tells the rest of the service about raft.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RaftView {
-    pub id: u64,
-    pub role: String,
-    pub term: u64,
-    pub leader_id: u64,
-    pub commit_index: u64,
-    pub applied_index: u64,
-    pub last_index: u64,
-    pub snapshot_index: u64,
-    pub voters: Vec<u64>,
-    pub learners: Vec<u64>,
-    pub peers: BTreeMap<u64, String>,
-    pub epoch: u64,
-}
-
-impl RaftView {
-    pub fn is_leader(&self) -> bool {
-        self.leader_id == self.id && self.role == "leader"
-    }
-
-    pub fn leader_addr(&self) -> Option<&str> {
-        self.peers.get(&self.leader_id).map(String::as_str)
-    }
-}
-
 enum Input {
     Raft(Vec<Message>),
     Report(Report),
@@ -134,7 +107,7 @@ pub struct Node {
     id: u64,
     input: mpsc::Sender<Input>,
     state: watch::Receiver<Arc<ClusterState>>,
-    view: watch::Receiver<Arc<RaftView>>,
+    view: watch::Receiver<Arc<RaftStatus>>,
     filter: NetFilter,
     stopped: CancellationToken,
 }
@@ -205,7 +178,7 @@ impl Node {
         );
         transport.set_peers(&peers);
         let (state_tx, state_rx) = watch::channel(Arc::new(sm.state().clone()));
-        let (view_tx, view_rx) = watch::channel(Arc::new(RaftView::default()));
+        let (view_tx, view_rx) = watch::channel(Arc::new(RaftStatus::default()));
         let stopped = CancellationToken::new();
         let task = Task {
             raw,
@@ -265,11 +238,11 @@ impl Node {
         self.state.clone()
     }
 
-    pub fn view(&self) -> Arc<RaftView> {
+    pub fn view(&self) -> Arc<RaftStatus> {
         self.view.borrow().clone()
     }
 
-    pub fn view_watch(&self) -> watch::Receiver<Arc<RaftView>> {
+    pub fn view_watch(&self) -> watch::Receiver<Arc<RaftStatus>> {
         self.view.clone()
     }
 
@@ -383,7 +356,7 @@ struct Task {
     pending: HashMap<u64, Pending>,
     next_proposal: u64,
     state_tx: watch::Sender<Arc<ClusterState>>,
-    view_tx: watch::Sender<Arc<RaftView>>,
+    view_tx: watch::Sender<Arc<RaftStatus>>,
     snapshot_every: u64,
     /// Set when a voter was added: the next snapshot must list it, since
     /// raft-rs refuses a snapshot whose configuration lacks the receiver,
@@ -712,7 +685,7 @@ impl Task {
     fn publish_view(&self) {
         let r = &self.raw.raft;
         let conf = r.prs().conf().to_conf_state();
-        let view = RaftView {
+        let view = RaftStatus {
             id: r.id,
             role: match r.state {
                 StateRole::Leader => "leader",

@@ -47,22 +47,9 @@ impl From<CommandError> for Status {
     }
 }
 
+/// The node's Raft status, as `Status` answers it.
 pub fn raft_status(node: &Node) -> RaftStatus {
-    let v = node.view();
-    RaftStatus {
-        id: v.id,
-        role: v.role.clone(),
-        term: v.term,
-        leader_id: v.leader_id,
-        commit_index: v.commit_index,
-        applied_index: v.applied_index,
-        last_index: v.last_index,
-        snapshot_index: v.snapshot_index,
-        voters: v.voters.clone(),
-        learners: v.learners.clone(),
-        peers: v.peers.iter().map(|(k, a)| (*k, a.clone())).collect(),
-        epoch: v.epoch,
-    }
+    node.view().as_ref().clone()
 }
 
 #[derive(Clone)]

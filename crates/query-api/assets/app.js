@@ -307,7 +307,7 @@
       ['members', c.members.length],
     ];
     if (c.raft) {
-      items.push(['raft', `${c.raft.role}, term ${c.raft.term}, leader ${c.raft.leader_id || 'none'}`]);
+      items.push(['raft', `${c.raft.role}, term ${c.raft.term}, leader ${c.raft.leader || 'none'}`]);
       items.push(['commit / applied', `${c.raft.commit_index} / ${c.raft.applied_index}`]);
     }
     $('cluster-summary').replaceChildren(...items.map(([k, v]) => {

@@ -180,18 +180,11 @@ pub fn to_json(s: &ClusterStatusResponse) -> serde_json::Value {
             }))
         })
         .collect();
-    let raft = s.raft.as_ref().map(|r| {
-        json!({
-            "id": r.id,
-            "role": r.role,
-            "term": r.term,
-            "leader_id": r.leader_id,
-            "commit_index": r.commit_index,
-            "applied_index": r.applied_index,
-            "voters": r.voters,
-            "epoch": r.epoch,
-        })
-    });
+    // The JSON shape cluster-ctl's own `/api/cluster` and brokerctl print.
+    let raft = s
+        .raft
+        .as_ref()
+        .map(cluster_client::views::ClusterView::from);
     let ring = s.ring.clone().unwrap_or_default();
     json!({
         "source": s.source,
