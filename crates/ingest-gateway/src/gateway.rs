@@ -6,6 +6,7 @@
 //! that the reader stops reading, so HTTP/2 flow control slows the agent
 //! instead of the gateway dropping or buffering without bound.
 
+use crate::error::GatewayError;
 use crate::metrics::GatewayMetrics;
 use crate::validate::{BatchRejection, Limits, reason_label, validate_batch};
 use broker_common::BrokerConfig;
@@ -109,13 +110,13 @@ impl MonitorService for Gateway {
         request: Request<Streaming<MetricBatch>>,
     ) -> Result<Response<Self::SendMetricsStream>, Status> {
         if self.inner.stop.is_cancelled() {
-            return Err(Status::unavailable("ingest-gateway is shutting down"));
+            return Err(GatewayError::ShuttingDown.into());
         }
         let Ok(open) = self.inner.streams.clone().try_acquire_owned() else {
-            return Err(Status::resource_exhausted(format!(
-                "ingest-gateway has {} agent streams open (gateway.max_streams); retry later or on another gateway",
-                self.inner.max_streams
-            )));
+            return Err(GatewayError::TooManyStreams {
+                limit: self.inner.max_streams,
+            }
+            .into());
         };
         let peer = request.remote_addr();
         let inbound = request.into_inner();
@@ -157,12 +158,7 @@ impl Inner {
                     // Undecodable or oversized message, or the agent went
                     // away. Batches already in flight are still acked.
                     tracing::warn!(peer = ?peer, code = ?status.code(), error = %status.message(), "agent stream error");
-                    let _ = tx
-                        .send(Err(Status::new(
-                            status.code(),
-                            format!("reading the agent stream: {}", status.message()),
-                        )))
-                        .await;
+                    let _ = tx.send(Err(GatewayError::AgentStream(status).into())).await;
                     break;
                 }
             }

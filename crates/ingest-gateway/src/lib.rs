@@ -12,9 +12,12 @@
 //! - [`remote_write`]: Prometheus remote write 1.0 over HTTP.
 //! - [`otlp`]: OpenTelemetry metrics (OTLP over gRPC and HTTP/protobuf).
 //! - [`metrics`]: Prometheus metrics of ingest.
+//! - [`error`]: [`GatewayError`], why a request was refused on any
+//!   protocol, and its gRPC code and HTTP status.
 
 #![forbid(unsafe_code)]
 
+pub mod error;
 pub mod gateway;
 pub mod metrics;
 pub mod otlp;
@@ -22,6 +25,7 @@ pub mod remote_write;
 pub mod samples;
 pub use broker_common::validate;
 
+pub use error::GatewayError;
 pub use gateway::Gateway;
 
 use internal_clients::RouterClient;

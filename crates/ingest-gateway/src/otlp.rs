@@ -39,6 +39,7 @@
 //! writer, Redis and the spool unavailable), which they retry. A body that
 //! is not OTLP protobuf gets `INVALID_ARGUMENT` / 400, OTLP/JSON a 415.
 
+use crate::error::GatewayError;
 use crate::gateway::Inner;
 use crate::remote_write::host_from_instance;
 use crate::samples::Points;
@@ -436,14 +437,13 @@ fn data_points(m: &opentelemetry_proto::tonic::metrics::v1::Metric) -> usize {
     }
 }
 
-/// An export's answer, for either transport.
-enum Answer {
-    Done(ExportMetricsServiceResponse),
-    /// Retryable: not all samples are durable; send the request again.
-    Retry(String),
-}
-
-async fn export(inner: &Inner, req: ExportMetricsServiceRequest) -> Answer {
+/// An export's answer, for either transport: done (perhaps with a partial
+/// success naming the samples refused), or not all samples are durable yet
+/// and the request is to be sent again.
+async fn export(
+    inner: &Inner,
+    req: ExportMetricsServiceRequest,
+) -> Result<ExportMetricsServiceResponse, GatewayError> {
     let mapped = map_request(
         req,
         &inner.otlp_host_attribute,
@@ -457,7 +457,7 @@ async fn export(inner: &Inner, req: ExportMetricsServiceRequest) -> Answer {
     )
     .await;
     if let Some(what) = out.retryable {
-        return Answer::Retry(format!("not stored yet, send again: {what}"));
+        return Err(GatewayError::NotStored(what));
     }
     let partial_success = (!out.problems.is_empty()).then(|| {
         tracing::debug!(
@@ -471,7 +471,7 @@ async fn export(inner: &Inner, req: ExportMetricsServiceRequest) -> Answer {
             error_message: out.summary(MAX_PROBLEMS_SHOWN).trim_end().to_string(),
         }
     });
-    Answer::Done(ExportMetricsServiceResponse { partial_success })
+    Ok(ExportMetricsServiceResponse { partial_success })
 }
 
 /// The gRPC `MetricsService`.
@@ -489,6 +489,20 @@ impl Otlp {
             .max_encoding_message_size(max)
     }
 
+    /// Counts an answer by transport and outcome.
+    fn count_answer<T>(
+        &self,
+        transport: &'static str,
+        answer: &Result<ExportMetricsServiceResponse, T>,
+    ) {
+        let outcome = match answer {
+            Ok(r) if r.partial_success.is_some() => "partial",
+            Ok(_) => "ok",
+            Err(_) => "retry",
+        };
+        self.count(transport, outcome);
+    }
+
     fn count(&self, transport: &'static str, outcome: &'static str) {
         self.inner
             .metrics
@@ -504,21 +518,9 @@ impl MetricsService for Otlp {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        match export(&self.inner, request.into_inner()).await {
-            Answer::Done(r) => {
-                let outcome = if r.partial_success.is_some() {
-                    "partial"
-                } else {
-                    "ok"
-                };
-                self.count("grpc", outcome);
-                Ok(tonic::Response::new(r))
-            }
-            Answer::Retry(why) => {
-                self.count("grpc", "retry");
-                Err(tonic::Status::unavailable(why))
-            }
-        }
+        let answer = export(&self.inner, request.into_inner()).await;
+        self.count_answer("grpc", &answer);
+        Ok(tonic::Response::new(answer?))
     }
 }
 
@@ -547,104 +549,85 @@ fn protobuf(code: StatusCode, body: Vec<u8>) -> Response {
     r
 }
 
-/// An OTLP/HTTP error answer: `google.rpc.Status` with `grpc` code.
-fn error(code: StatusCode, grpc: tonic::Code, message: String) -> Response {
+/// An OTLP/HTTP error answer: `google.rpc.Status` with the error's gRPC
+/// code, under its HTTP status.
+fn error(e: GatewayError) -> Response {
     let mut r = protobuf(
-        code,
+        e.http_status(),
         RpcStatus {
-            code: grpc as i32,
-            message,
+            code: e.code() as i32,
+            message: e.to_string(),
         }
         .encode_to_vec(),
     );
-    if code == StatusCode::SERVICE_UNAVAILABLE {
+    if let Some(after) = e.retry_after() {
         r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            .insert(header::RETRY_AFTER, HeaderValue::from_static(after));
     }
     r
 }
 
 async fn http_export(State(otlp): State<Otlp>, headers: HeaderMap, body: Bytes) -> Response {
+    let req = match decode_http(&otlp, &headers, &body) {
+        Ok(req) => req,
+        Err(e) => {
+            otlp.count("http", "invalid");
+            return error(e);
+        }
+    };
+    let answer = export(&otlp.inner, req).await;
+    otlp.count_answer("http", &answer);
+    match answer {
+        Ok(r) => protobuf(StatusCode::OK, r.encode_to_vec()),
+        Err(e) => error(e),
+    }
+}
+
+/// An OTLP/HTTP body: protobuf, identity or gzip, at most
+/// `gateway.max_message_bytes` once decompressed.
+fn decode_http(
+    otlp: &Otlp,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<ExportMetricsServiceRequest, GatewayError> {
     let header = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
     if let Some(ct) = header(header::CONTENT_TYPE)
         && !ct.starts_with(PROTOBUF)
     {
-        otlp.count("http", "invalid");
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            tonic::Code::InvalidArgument,
-            format!(
-                "Content-Type {ct:?}: only OTLP/HTTP protobuf ({PROTOBUF}) is supported; set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
-            ),
-        );
+        return Err(GatewayError::ContentType {
+            content_type: ct.to_string(),
+            expected: "only OTLP/HTTP protobuf (application/x-protobuf) is supported; set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf",
+        });
     }
-    let max = otlp.inner.max_message_bytes;
+    let limit = otlp.inner.max_message_bytes;
+    let gunzipped;
     let raw = match header(header::CONTENT_ENCODING) {
-        None | Some("identity") => body.to_vec(),
+        None | Some("identity") => body,
         Some(enc) if enc.eq_ignore_ascii_case("gzip") => {
-            let mut raw = Vec::new();
-            let read = flate2::read::GzDecoder::new(&body[..])
-                .take(max as u64 + 1)
-                .read_to_end(&mut raw);
-            if let Err(e) = read {
-                otlp.count("http", "invalid");
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    tonic::Code::InvalidArgument,
-                    format!("the body does not gunzip: {e}"),
-                );
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(body)
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| GatewayError::undecodable("does not gunzip", e))?;
+            if out.len() > limit {
+                return Err(GatewayError::TooLarge {
+                    size: None,
+                    limit,
+                    hint: "export smaller batches",
+                });
             }
-            if raw.len() > max {
-                otlp.count("http", "invalid");
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    tonic::Code::ResourceExhausted,
-                    format!(
-                        "the request decompresses to more than {max} bytes (gateway.max_message_bytes); export smaller batches"
-                    ),
-                );
-            }
-            raw
+            gunzipped = out;
+            &gunzipped[..]
         }
         Some(enc) => {
-            otlp.count("http", "invalid");
-            return error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                tonic::Code::InvalidArgument,
-                format!("Content-Encoding {enc:?}: use gzip or none"),
-            );
+            return Err(GatewayError::ContentEncoding {
+                encoding: enc.to_string(),
+                expected: "use gzip or none",
+            });
         }
     };
-    let req = match ExportMetricsServiceRequest::decode(raw.as_slice()) {
-        Ok(r) => r,
-        Err(e) => {
-            otlp.count("http", "invalid");
-            return error(
-                StatusCode::BAD_REQUEST,
-                tonic::Code::InvalidArgument,
-                format!("the body is not an OTLP ExportMetricsServiceRequest: {e}"),
-            );
-        }
-    };
-    match export(&otlp.inner, req).await {
-        Answer::Done(r) => {
-            let outcome = if r.partial_success.is_some() {
-                "partial"
-            } else {
-                "ok"
-            };
-            otlp.count("http", outcome);
-            protobuf(StatusCode::OK, r.encode_to_vec())
-        }
-        Answer::Retry(why) => {
-            otlp.count("http", "retry");
-            error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                tonic::Code::Unavailable,
-                why,
-            )
-        }
-    }
+    ExportMetricsServiceRequest::decode(raw)
+        .map_err(|e| GatewayError::undecodable("is not an OTLP ExportMetricsServiceRequest", e))
 }
 
 #[cfg(test)]

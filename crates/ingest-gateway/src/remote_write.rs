@@ -33,6 +33,7 @@
 //!   sends the whole request again; writes are idempotent, so the samples
 //!   already stored are stored once.
 
+use crate::error::GatewayError;
 use crate::gateway::Inner;
 use crate::samples::Points;
 use axum::Router;
@@ -50,8 +51,6 @@ pub const PATH: &str = "/api/v1/write";
 const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
 /// Problems named in a 400's body; the rest are counted.
 const MAX_PROBLEMS_SHOWN: usize = 5;
-/// Seconds Prometheus is told to wait before sending again after a 503.
-const RETRY_AFTER_SECS: &str = "1";
 
 pub(crate) fn routes(inner: Arc<Inner>) -> Router {
     let max = inner.max_message_bytes;
@@ -139,79 +138,66 @@ pub fn map_request(req: WriteRequest, host_label: &str, max_name_len: usize) -> 
 }
 
 async fn write(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (code, message) = handle(&inner, &headers, &body).await;
+    let (code, response) = match handle(&inner, &headers, &body).await {
+        Ok(()) => (
+            StatusCode::NO_CONTENT,
+            StatusCode::NO_CONTENT.into_response(),
+        ),
+        Err(e) => {
+            let code = e.http_status();
+            let mut response = (code, e.to_string()).into_response();
+            if let Some(after) = e.retry_after() {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static(after));
+            }
+            (code, response)
+        }
+    };
     inner
         .metrics
         .remote_write_requests
         .get_or_create(&vec![("code", code.as_u16().to_string())])
         .inc();
-    let mut response = (code, message).into_response();
-    if code == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            header::HeaderValue::from_static(RETRY_AFTER_SECS),
-        );
-    }
     response
 }
 
-async fn handle(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> (StatusCode, String) {
+async fn handle(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> Result<(), GatewayError> {
     let header = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
     if let Some(enc) = header(header::CONTENT_ENCODING)
         && !enc.eq_ignore_ascii_case("snappy")
     {
-        return (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Encoding {enc:?}: remote write bodies are snappy-compressed"),
-        );
+        return Err(GatewayError::ContentEncoding {
+            encoding: enc.to_string(),
+            expected: "remote write bodies are snappy-compressed",
+        });
     }
     if let Some(ct) = header(header::CONTENT_TYPE)
         && ct.contains("proto=")
         && !ct.contains("proto=prometheus.WriteRequest")
     {
-        return (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "Content-Type {ct:?}: only remote write 1.0 (prometheus.WriteRequest) is supported"
-            ),
-        );
+        return Err(GatewayError::ContentType {
+            content_type: ct.to_string(),
+            expected: "only remote write 1.0 (prometheus.WriteRequest) is supported",
+        });
     }
-    let max = inner.max_message_bytes;
+    let limit = inner.max_message_bytes;
     match snap::raw::decompress_len(body) {
-        Ok(n) if n > max => {
-            return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request decompresses to {n} bytes, the limit is {max} (gateway.max_message_bytes); lower queue_config.max_samples_per_send"
-                ),
-            );
+        Ok(n) if n > limit => {
+            return Err(GatewayError::TooLarge {
+                size: Some(n),
+                limit,
+                hint: "lower queue_config.max_samples_per_send",
+            });
         }
         Ok(_) => {}
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("the body is not snappy-compressed: {e}"),
-            );
-        }
+        Err(e) => return Err(GatewayError::undecodable("is not snappy-compressed", e)),
     }
-    let raw = match snap::raw::Decoder::new().decompress_vec(body) {
-        Ok(raw) => raw,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("the body does not decompress: {e}"),
-            );
-        }
-    };
-    let req = match <WriteRequest as prost::Message>::decode(raw.as_slice()) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("the body is not a prometheus.WriteRequest: {e}"),
-            );
-        }
-    };
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|e| GatewayError::undecodable("does not decompress", e))?;
+    let req = <WriteRequest as prost::Message>::decode(raw.as_slice())
+        .map_err(|e| GatewayError::undecodable("is not a prometheus.WriteRequest", e))?;
     let mapped = map_request(
         req,
         &inner.remote_write_host_label,
@@ -225,10 +211,7 @@ async fn handle(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> (StatusCode,
     )
     .await;
     if let Some(what) = out.retryable {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not stored yet, send again: {what}"),
-        );
+        return Err(GatewayError::NotStored(what));
     }
     if !out.problems.is_empty() {
         tracing::debug!(
@@ -237,9 +220,11 @@ async fn handle(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> (StatusCode,
             rejected = out.rejected,
             "remote write with invalid samples"
         );
-        return (StatusCode::BAD_REQUEST, out.summary(MAX_PROBLEMS_SHOWN));
+        return Err(GatewayError::InvalidSamples(
+            out.summary(MAX_PROBLEMS_SHOWN),
+        ));
     }
-    (StatusCode::NO_CONTENT, String::new())
+    Ok(())
 }
 
 #[cfg(test)]
