@@ -56,15 +56,18 @@
 //!   which hides whether the router is in this process or remote (round
 //!   robin with failover across endpoints).
 //! - [`metrics`]: Prometheus metrics of the router.
+//! - [`error`]: [`RouterError`], why a `Route` failed, and its gRPC status.
 
 #![forbid(unsafe_code)]
 
+pub mod error;
 pub mod health;
 pub mod hedge;
 pub mod metrics;
 pub mod router;
 pub mod service;
 
+pub use error::RouterError;
 pub use health::WriterStatus;
 pub use router::Router;
 pub use service::{RouterClient, RouterGrpc};

@@ -1,5 +1,6 @@
 //! Grouping points by writer, forwarding the groups, and failing over.
 
+use crate::error::RouterError;
 use crate::health::{Health, WriterStatus};
 use crate::metrics::RouterMetrics;
 use backon::{ExponentialBuilder, Retryable};
@@ -305,14 +306,14 @@ impl Router {
         let mut failed = Vec::new();
         let mut stale = Vec::new();
         while let Some((job, result)) = inflight.next().await {
-            let Err(status) = result else { continue };
-            if is_stale(&status) {
+            let Err(error) = result else { continue };
+            if error.stale_epoch().is_some() {
                 stale.extend(job.idx.into_iter().zip(job.points));
                 continue;
             }
-            if !retryable(&status) {
+            if !error.retryable() {
                 // The batch itself was refused: another writer would too.
-                self.fail(&mut failed, job.idx, status.message(), false);
+                self.fail(&mut failed, job.idx, &error.to_string(), false);
                 continue;
             }
             let mut tried = job.tried;
@@ -342,7 +343,7 @@ impl Router {
                 let message = format!(
                     "no writer could store the point, tried writer {}; last error: {}",
                     tried_ids.join(", writer "),
-                    status.message()
+                    error
                 );
                 self.fail(&mut failed, stuck, &message, true);
             }
@@ -391,7 +392,7 @@ impl Router {
         topo: &Topology,
         mut job: Job,
         names: &[String],
-    ) -> (Job, Result<(), Status>) {
+    ) -> (Job, Result<(), RouterError>) {
         let batch = Arc::new(MetricBatch {
             seq: 0,
             metric_names: names.to_vec(),
@@ -425,9 +426,9 @@ impl Router {
         topo: &Topology,
         job: &Job,
         batch: &Arc<MetricBatch>,
-        primary: impl Future<Output = Result<(), Status>>,
+        primary: impl Future<Output = Result<(), RouterError>>,
         delay: Duration,
-    ) -> Result<(), Status> {
+    ) -> Result<(), RouterError> {
         let mut primary = std::pin::pin!(primary);
         tokio::select! {
             r = &mut primary => return r,
@@ -498,7 +499,7 @@ impl Router {
         target: usize,
         tried: &[usize],
         batch: Arc<MetricBatch>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), RouterError> {
         let writer = &topo.writers[target];
         let id = &topo.ring.nodes()[target].id;
         let started = Instant::now();
@@ -547,11 +548,9 @@ impl Router {
                 ("outcome", outcome.to_string()),
             ])
             .inc();
-        result.map_err(|e| {
-            // Name the writer; keep the metadata (the stale-epoch mark).
-            let mut named = Status::new(e.code(), format!("writer {id}: {}", e.message()));
-            *named.metadata_mut() = e.metadata().clone();
-            named
+        result.map_err(|status| RouterError::Writer {
+            writer: id.clone(),
+            status,
         })
     }
 }
@@ -598,13 +597,6 @@ impl Topology {
     fn other_writer_up(&self, target: usize, tried: &[usize]) -> bool {
         (0..self.writers.len()).any(|i| i != target && !tried.contains(&i) && self.health.is_up(i))
     }
-}
-
-/// A writer's answer that the points were routed under an older epoch for
-/// a range it no longer owns (marked in the status's metadata, not its
-/// text).
-pub fn is_stale(s: &Status) -> bool {
-    internal_clients::stale_epoch(s).is_some()
 }
 
 pub use internal_clients::retryable;

@@ -1,6 +1,7 @@
 //! The router's handler of `Route` and its gRPC face; the client that
 //! hides local vs remote is [`internal_clients::RouterClient`].
 
+use crate::error::RouterError;
 use crate::router::Router;
 use broker_common::validate::{Limits, first_problem};
 use broker_proto::bounded::Bounded;
@@ -41,11 +42,11 @@ impl RouteHandler {
     }
 
     /// Checks `batch` and routes it; returns the points not stored.
-    pub async fn route(&self, batch: MetricBatch) -> Result<Vec<PointError>, Status> {
+    pub async fn route(&self, batch: MetricBatch) -> Result<Vec<PointError>, RouterError> {
         if let Some(problem) = first_problem(&batch, &self.limits, broker_common::unix_now()) {
-            return Err(Status::invalid_argument(format!(
-                "refused by the router's checks: {problem}"
-            )));
+            return Err(RouterError::Refused {
+                problem: problem.to_string(),
+            });
         }
         Ok(self.router.route(batch).await)
     }
@@ -80,6 +81,6 @@ impl internal_clients::LocalRouter for RouteHandler {
         &self,
         batch: MetricBatch,
     ) -> futures::future::BoxFuture<'_, Result<Vec<PointError>, Status>> {
-        Box::pin(RouteHandler::route(self, batch))
+        Box::pin(async move { Ok(RouteHandler::route(self, batch).await?) })
     }
 }
