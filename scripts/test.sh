@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: formatting, lints, unit, property and
+# Runs the whole test suite: formatting, module cycles, lints, unit, property and
 # integration tests (real redis-server processes on loopback ports), the
 # container image and the docker-compose cluster test, the Kubernetes
 # manifests' schema check, and a short fuzzing run.
@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
+echo "== module cycles" >&2
+python3 scripts/module-cycles.py
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== container image (scripts/images.sh)" >&2

@@ -198,7 +198,7 @@ pub async fn run(
         // POST /api/v1/write (Prometheus remote write), /v1/metrics (OTLP)
         admin_routes.push(g.http_routes());
         g.add_grpc(&mut routes);
-        names.extend(ingest_gateway::gateway::GRPC_SERVICE_NAMES);
+        names.extend(ingest_gateway::GRPC_SERVICE_NAMES);
         readiness.set("ingest-gateway", true);
     }
     let query = if has(Service::QueryApi) {

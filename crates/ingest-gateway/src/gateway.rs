@@ -10,7 +10,7 @@ use crate::error::GatewayError;
 use crate::metrics::GatewayMetrics;
 use crate::validate::{BatchRejection, Limits, reason_label, validate_batch};
 use broker_common::BrokerConfig;
-use broker_proto::v1::monitor_service_server::{MonitorService, MonitorServiceServer};
+use broker_proto::v1::monitor_service_server::MonitorService;
 use broker_proto::v1::{BatchAck, BatchError, MetricBatch, PointError, RejectReason};
 use internal_clients::RouterClient;
 use std::pin::Pin;
@@ -23,12 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 pub const MONITOR_SERVICE_NAME: &str = "broker.v1.MonitorService";
-/// The gRPC services [`Gateway::add_grpc`] serves, for health reporting.
-pub const GRPC_SERVICE_NAMES: &[&str] = &[MONITOR_SERVICE_NAME, crate::otlp::SERVICE_NAME];
 
 #[derive(Clone)]
 pub struct Gateway {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
@@ -75,27 +73,6 @@ impl Gateway {
                 stop,
             }),
         }
-    }
-
-    /// The gateway's HTTP routes: Prometheus remote write
-    /// (`POST /api/v1/write`, [`crate::remote_write`]) and OTLP/HTTP
-    /// (`POST /v1/metrics`, [`crate::otlp`]), for
-    /// [`broker_common::Admin::with_routes`].
-    pub fn http_routes(&self) -> axum::Router {
-        crate::remote_write::routes(self.inner.clone())
-            .merge(crate::otlp::routes(self.inner.clone()))
-    }
-
-    /// Adds the gateway's gRPC services: `MonitorService` (agents) and
-    /// OTLP's `MetricsService`. Their names are [`GRPC_SERVICE_NAMES`].
-    pub fn add_grpc(self, routes: &mut tonic::service::RoutesBuilder) {
-        let max = self.inner.max_message_bytes;
-        routes.add_service(crate::otlp::Otlp::server(self.inner.clone()));
-        routes.add_service(
-            MonitorServiceServer::new(self)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        );
     }
 }
 

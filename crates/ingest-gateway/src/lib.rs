@@ -28,7 +28,35 @@ pub use broker_common::validate;
 pub use error::GatewayError;
 pub use gateway::Gateway;
 
+use broker_proto::v1::monitor_service_server::MonitorServiceServer;
 use internal_clients::RouterClient;
+
+/// The gRPC services [`Gateway::add_grpc`] serves, for health reporting.
+pub const GRPC_SERVICE_NAMES: &[&str] = &[gateway::MONITOR_SERVICE_NAME, otlp::SERVICE_NAME];
+
+/// Mounting every protocol on the process's servers. Here, at the root,
+/// because the protocols build on [`gateway`] and not the other way round.
+impl Gateway {
+    /// The gateway's HTTP routes: Prometheus remote write
+    /// (`POST /api/v1/write`, [`remote_write`]) and OTLP/HTTP
+    /// (`POST /v1/metrics`, [`otlp`]), for
+    /// [`broker_common::Admin::with_routes`].
+    pub fn http_routes(&self) -> axum::Router {
+        remote_write::routes(self.inner.clone()).merge(otlp::routes(self.inner.clone()))
+    }
+
+    /// Adds the gateway's gRPC services: `MonitorService` (agents) and
+    /// OTLP's `MetricsService`. Their names are [`GRPC_SERVICE_NAMES`].
+    pub fn add_grpc(self, routes: &mut tonic::service::RoutesBuilder) {
+        let max = self.inner.max_message_bytes;
+        routes.add_service(otlp::Otlp::server(self.inner.clone()));
+        routes.add_service(
+            MonitorServiceServer::new(self)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
+    }
+}
 
 /// Keeps `client`'s endpoints to the shard-routers that are online in the
 /// watched cluster state. Ends when the watch ends.

@@ -340,9 +340,9 @@ fn dashboard() -> Router<HttpState> {
         )
 }
 
-/// Every HTTP route of query-api: the JSON API, the Prometheus API and the
-/// dashboard, for the admin port.
-pub fn routes(state: HttpState) -> Router {
+/// The JSON API (`/api/query/*`) and the dashboard; the Prometheus API
+/// (`promql`, `remote_read`) is merged beside them by the crate root.
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/api/query/point", get(point))
         .route("/api/query/range", get(range))
@@ -350,10 +350,7 @@ pub fn routes(state: HttpState) -> Router {
         .route("/api/query/hosts", get(hosts))
         .route("/api/query/hosts/{id}", get(host))
         .route("/api/query/cluster", get(cluster))
-        .merge(crate::promql::routes())
-        .merge(crate::remote_read::routes())
         .merge(dashboard())
-        .with_state(state)
 }
 
 #[cfg(test)]

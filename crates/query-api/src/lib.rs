@@ -19,8 +19,9 @@
 //!   `/dashboard/`, parameter parsing.
 //! - [`promql`]: `/api/v1/*`, Prometheus's HTTP API, with a PromQL subset
 //!   evaluated over the same engine.
-//! - [`binop`]: PromQL binary operators with a vector operand.
-//! - [`histogram`]: `histogram_quantile` over classic (`le`) buckets.
+//!   - [`promql::binop`]: PromQL binary operators with a vector operand.
+//!   - [`promql::histogram`]: `histogram_quantile` over classic (`le`)
+//!     buckets.
 //! - [`remote_read`]: Prometheus remote read (`POST /api/v1/read`) over
 //!   the same selection as PromQL selectors.
 //! - [`cluster`]: the cluster view (cluster-ctl, or the static ring).
@@ -30,12 +31,10 @@
 #![forbid(unsafe_code)]
 
 pub mod agg;
-pub mod binop;
 pub mod cluster;
 pub mod engine;
 pub mod error;
 pub mod grpc;
-pub mod histogram;
 pub mod http;
 pub mod metrics;
 pub mod promql;
@@ -114,10 +113,13 @@ impl QueryComponent {
     /// The JSON API (`/api/query/*`), the Prometheus API (`/api/v1/*`) and
     /// the dashboard (`/dashboard/`), for [`Admin::with_routes`].
     pub fn http_routes(&self) -> axum::Router {
-        http::routes(http::HttpState {
-            engine: self.engine.clone(),
-            cluster: self.cluster.clone(),
-        })
+        http::routes()
+            .merge(promql::routes())
+            .merge(remote_read::routes())
+            .with_state(http::HttpState {
+                engine: self.engine.clone(),
+                cluster: self.cluster.clone(),
+            })
     }
 
     /// Closes the Redis connections.

@@ -21,7 +21,7 @@
 //! `stddev`, `stdvar`, `quantile`, `topk`, `bottomk` with `by (...)` /
 //! `without (...)`, the functions `abs`, `ceil`, `floor`, `round`, `sgn`,
 //! `sqrt`, `exp`, `ln`, `log2`, `log10`, `clamp*`, number literals, unary
-//! minus, parentheses, and binary operators ([`crate::binop`]: arithmetic
+//! minus, parentheses, and binary operators ([`binop`]: arithmetic
 //! and comparison between scalars and vectors, vectors matched one-to-one
 //! with `on` / `ignoring` or many-to-one with `group_left` / `group_right`,
 //! `and` / `or` / `unless`), `changes`, `resets`, `vector`,
@@ -30,6 +30,9 @@
 //! `/api/v1/status/buildinfo`, `/api/v1/metadata` (names, type `unknown`)
 //! and `/api/v1/query_exemplars` (none), which Grafana's Prometheus data
 //! source calls.
+
+pub mod binop;
+pub mod histogram;
 
 use crate::engine::Engine;
 use crate::error::QueryError;
@@ -624,7 +627,6 @@ impl Evaluator<'_> {
                     "a range vector as the result; wrap it in a *_over_time function",
                 )),
                 Expr::Binary(b) => {
-                    use crate::binop;
                     let op = b.op.to_string().to_ascii_lowercase();
                     if b.modifier.as_ref().is_some_and(|m| {
                         m.fill_values != promql_parser::parser::VectorMatchFillValues::default()
@@ -780,7 +782,7 @@ impl Evaluator<'_> {
                     ));
                 };
                 let v = self.vector_arg(v, name).await?;
-                return Ok(Evaluated::Vector(crate::histogram::quantiles(&q, v)));
+                return Ok(Evaluated::Vector(histogram::quantiles(&q, v)));
             }
             ("vector", [x]) => {
                 let Evaluated::Scalar(x) = self.eval(x).await? else {

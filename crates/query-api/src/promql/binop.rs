@@ -5,8 +5,8 @@
 //! `and`, `or`, `unless`. Series hold one point per
 //! evaluation step; matching happens step by step.
 
+use super::{Labels, NAME, Scalar, Series, grouping_labels, scalar_op};
 use crate::error::QueryError;
-use crate::promql::{Labels, NAME, Scalar, Series, grouping_labels, scalar_op};
 use promql_parser::parser::{BinModifier, LabelModifier, VectorMatchCardinality};
 use std::collections::{BTreeMap, HashMap, HashSet};
 

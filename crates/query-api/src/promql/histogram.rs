@@ -4,7 +4,7 @@
 //! linearly within the bucket it falls in, as Prometheus 2.x's
 //! `bucketQuantile` does.
 
-use crate::promql::{Labels, NAME, Scalar, Series};
+use super::{Labels, NAME, Scalar, Series};
 use std::collections::BTreeMap;
 
 const LE: &str = "le";
