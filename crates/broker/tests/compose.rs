@@ -295,7 +295,8 @@ async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
 
     // 2. Load through both published gateways; SIGKILL a writer under it.
     let (load, timeline) = steady_load(gateways, HOSTS, METRICS, Duration::from_secs(30));
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // About 8 s of the load acked before the kill.
+    timeline.acked_more(16_000, Duration::from_secs(60)).await;
     let killed = Instant::now();
     compose.run(&["kill", "storage-writer-2"], Duration::from_secs(30));
     let (to_offline, s) = until(

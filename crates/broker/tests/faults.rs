@@ -14,7 +14,7 @@ mod common;
 
 use broker_tests::durable_redis;
 
-use common::{Sandbox, steady_load, verify_layout};
+use common::{Sandbox, Timeline, steady_load, verify_layout};
 use redis_process::RedisServer;
 use std::time::{Duration, Instant};
 const HOSTS: usize = 200;
@@ -24,6 +24,8 @@ struct Topology {
     redis: RedisServer,
     /// Three writers, one router, two gateways (static membership).
     sb: Sandbox,
+    /// The scenario's load: what a fault waits on before it strikes.
+    timeline: Timeline,
     _dir: tempfile::TempDir,
 }
 
@@ -53,6 +55,7 @@ impl Topology {
         Self {
             redis,
             sb,
+            timeline: Timeline::default(),
             _dir: dir,
         }
     }
@@ -69,6 +72,11 @@ impl Topology {
         self.sb.start_all().await;
     }
 }
+
+/// Points acked before a fault strikes (about 3 s of the 2,000 points/s
+/// load): the flow is established, however slowly the processes started.
+const WARM_UP: u64 = 6_000;
+const WARM_UP_WITHIN: Duration = Duration::from_secs(30);
 
 /// What shows that a scenario's fault reached the broker; a scenario
 /// where nothing shows it proved nothing about surviving it.
@@ -101,9 +109,10 @@ where
     F: FnOnce(Topology) -> Fut,
     Fut: std::future::Future<Output = (Topology, Instant)>,
 {
-    let topo = Topology::start(layout).await;
+    let mut topo = Topology::start(layout).await;
     let redis_url = topo.redis.url();
     let (load, timeline) = steady_load(topo.gateway_endpoints(), HOSTS, METRICS, load_for);
+    topo.timeline = timeline.clone();
     let (mut topo, healed) = fault(topo).await;
     let report = load.await.unwrap().unwrap();
     let recovery = timeline.recovery_after(healed);
@@ -217,9 +226,10 @@ async fn gray_failure() {
     let topo = Topology::start("seed").await;
     let redis_url = topo.redis.url();
     let load_for = Duration::from_secs(stop_secs + 12);
-    let (load, _timeline) = steady_load(topo.gateway_endpoints(), HOSTS, METRICS, load_for);
+    let (load, timeline) = steady_load(topo.gateway_endpoints(), HOSTS, METRICS, load_for);
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The "before" phase: about 5 s of the load, acked.
+    timeline.acked_more(10_000, WARM_UP_WITHIN).await;
     let frozen = &topo.sb.writers[1];
     let fault = Instant::now();
     frozen.signal("STOP");
@@ -314,7 +324,7 @@ async fn acked_points_survive_faults() {
         Duration::from_secs(12),
         Seen::RouterRetried,
         |mut t| async move {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            t.timeline.acked_more(WARM_UP, WARM_UP_WITHIN).await;
             t.sb.writers[1].kill9();
             tokio::time::sleep(Duration::from_secs(4)).await;
             t.sb.writers[1].start().await;
@@ -333,7 +343,7 @@ async fn acked_points_survive_faults() {
         Duration::from_secs(12),
         Seen::RouterRetried,
         |mut t| async move {
-            tokio::time::sleep(Duration::from_secs(4)).await;
+            t.timeline.acked_more(WARM_UP, WARM_UP_WITHIN).await;
             t.sb.writers[0].kill9();
             tokio::time::sleep(Duration::from_secs(3)).await;
             t.sb.writers[0].start().await;
@@ -349,7 +359,7 @@ async fn acked_points_survive_faults() {
         Duration::from_secs(down + 10),
         Seen::Spooled,
         |mut t| async move {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            t.timeline.acked_more(WARM_UP, WARM_UP_WITHIN).await;
             t.redis.stop();
             tokio::time::sleep(Duration::from_secs(down)).await;
             t.redis.restart().unwrap();
@@ -367,7 +377,7 @@ async fn acked_points_survive_faults() {
         // long: what shows it is the agent streams moving.
         Seen::InFault,
         |mut t| async move {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            t.timeline.acked_more(WARM_UP, WARM_UP_WITHIN).await;
             let streams = r#"broker_ingest_streams"#;
             let (g0, g1) = (t.sb.gateways[0].http(), t.sb.gateways[1].http());
             let on_killed = scrape(g0, streams).await;
@@ -402,7 +412,7 @@ async fn acked_points_survive_faults() {
         // of 1 s.)
         Seen::AckGap(Duration::from_millis(900)),
         |mut t| async move {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            t.timeline.acked_more(WARM_UP, WARM_UP_WITHIN).await;
             t.stop_all().await;
             tokio::time::sleep(Duration::from_secs(1)).await;
             t.start_all().await;

@@ -504,13 +504,14 @@ async fn a_writer_with_a_wedged_grpc_port_is_taken_offline_by_health_checks_and_
     )
     .await;
 
-    let (load, _timeline) = steady_load(
+    let (load, timeline) = steady_load(
         vec![gateway.endpoint()],
         HOSTS,
         METRICS,
         Duration::from_secs(16),
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The load is flowing before the port is wedged.
+    timeline.acked_more(6_000, Duration::from_secs(30)).await;
     // wedge writer-0's port: it keeps beating, its gRPC port hangs
     let pid = proxy.id().to_string();
     assert!(

@@ -98,7 +98,9 @@ async fn the_ring_follows_membership_under_load_and_loses_nothing() {
         METRICS,
         Duration::from_secs(28),
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Each step waits for about 3 s of the load to be acked since the last.
+    let flowing = || timeline.acked_more(6_000, Duration::from_secs(30));
+    flowing().await;
 
     // 1. A third writer joins under load.
     let w2_http = c.writers[2].http();
@@ -131,7 +133,7 @@ async fn the_ring_follows_membership_under_load_and_loses_nothing() {
         "FIGURE join -> first batch written by the new writer: {:.0} ms",
         joined.elapsed().as_secs_f64() * 1e3
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    flowing().await;
 
     // 2. kill -9 a writer: its lease expires and it is marked offline.
     let killed = Instant::now();
@@ -155,7 +157,7 @@ async fn the_ring_follows_membership_under_load_and_loses_nothing() {
         to_offline.as_secs_f64() * 1e3,
         acks_resumed.map_or("-".into(), |d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    flowing().await;
 
     // 3. It comes back through the same path.
     let restarted = Instant::now();
@@ -171,7 +173,7 @@ async fn the_ring_follows_membership_under_load_and_loses_nothing() {
         "FIGURE writer restart -> online again: {:.0} ms",
         restarted.elapsed().as_secs_f64() * 1e3
     );
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    flowing().await;
 
     // 4. Graceful stop: drain, finish, leave.
     let before = points_written(w2_http).await;

@@ -380,6 +380,27 @@ impl Timeline {
         longest
     }
 
+    /// Points acked so far.
+    pub fn acked(&self) -> u64 {
+        self.0.lock().unwrap().last().map_or(0, |(_, a)| *a)
+    }
+
+    /// Waits until `more` points past those acked now are acked: the load
+    /// is flowing (again), whatever happened before. What a test waits on
+    /// before its next step, instead of sleeping "long enough".
+    pub async fn acked_more(&self, more: u64, within: Duration) {
+        let target = self.acked() + more;
+        let deadline = Instant::now() + within;
+        while self.acked() < target {
+            assert!(
+                Instant::now() < deadline,
+                "the load acked {} of the {target} points waited for within {within:?}",
+                self.acked()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Time from `healed` to the first progress sample whose acked count
     /// grew past the count at `healed`.
     pub fn recovery_after(&self, healed: Instant) -> Option<Duration> {
