@@ -12,8 +12,9 @@
 //!   probes over HTTPS, and its configuration loads with a real CA and
 //!   tokens at the Secret's paths.
 //! - `docker-compose.yml`: every broker service's configuration (the shared
-//!   file plus its `BROKER_*` variables) loads, and its stop grace period
-//!   covers `shutdown_grace`.
+//!   file plus its `BROKER_*` variables) loads, joins the cluster, and its
+//!   stop grace period covers `shutdown_grace`; the services are the
+//!   sandbox's `COMPOSE` topology (`broker_sandbox`) and query-api.
 //! - `broker.yaml` is exactly the defaults, and every `examples/**/*.yaml`
 //!   loads.
 
@@ -381,6 +382,7 @@ fn compose_services_configs_load() {
     let shared = std::fs::read_to_string(root.join("deploy/compose/broker.yaml")).unwrap();
     let services = compose["services"].as_mapping().unwrap();
     let mut nodes = Vec::new();
+    let mut per_service = std::collections::BTreeMap::<String, usize>::new();
     for (name, s) in services {
         let name = name.as_str().unwrap();
         let command: Vec<&str> = s["command"]
@@ -417,13 +419,33 @@ fn compose_services_configs_load() {
             "{name}: stop_grace_period {grace:?} <= shutdown_grace {:?}",
             config.shutdown_grace
         );
+        assert!(
+            !config.cluster.endpoints.is_empty(),
+            "{name}: joins the cluster (cluster.endpoints)"
+        );
+        let service = command
+            .iter()
+            .skip_while(|a| **a != "--service")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{name}: runs one --service"));
+        *per_service.entry(service.to_string()).or_default() += 1;
         nodes.push(name.to_string());
     }
-    assert_eq!(
-        nodes.len(),
-        11,
-        "3 cluster-ctl, 3 writers, 2 routers, 2 gateways, query-api: {nodes:?}"
-    );
+    // The compose file runs the sandbox's COMPOSE topology (what the
+    // real-process suites and broker-bench build on loopback), plus
+    // query-api.
+    let c = broker_sandbox::COMPOSE;
+    let want: std::collections::BTreeMap<String, usize> = [
+        ("cluster-ctl", c.ctl),
+        ("storage-writer", c.writers),
+        ("shard-router", c.routers),
+        ("ingest-gateway", c.gateways),
+        ("query-api", 1),
+    ]
+    .into_iter()
+    .map(|(s, n)| (s.to_string(), n))
+    .collect();
+    assert_eq!(per_service, want, "{nodes:?}");
 }
 
 #[test]

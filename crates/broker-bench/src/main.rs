@@ -235,72 +235,35 @@ pub(crate) async fn wait_serving(grpc: u16) -> anyhow::Result<()> {
         .await
 }
 
-/// Gateway, router and `writers` writers as separate processes on `redis`.
+/// Gateway, router and `writers` writers as separate processes on `redis`:
+/// the tests' sandbox, each service run by this binary's `serve`.
 struct Separate {
-    // Dropped in this order: gateway first, writers last.
-    _gateway: Child_,
-    _router: Child_,
-    writers: Vec<Child_>,
-    gateway_port: u16,
+    sb: broker_sandbox::Sandbox,
+    /// Configs and spools; removed after the processes are gone.
+    _dir: tempfile::TempDir,
 }
 
 impl Separate {
     async fn start(args: &IngestArgs, redis: &RedisServer, writers: usize) -> anyhow::Result<Self> {
-        let wports = (0..writers)
-            .map(|_| port())
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut children = Vec::new();
-        for (i, p) in wports.iter().enumerate() {
-            children.push(spawn_serve(
-                args,
-                &["storage-writer"],
-                *p,
-                &[
-                    "--redis-url".into(),
-                    redis.url(),
-                    "--node-id".into(),
-                    format!("writer-{i}"),
-                ],
-            )?);
+        let dir = tempfile::Builder::new().prefix("broker-bench-").tempdir()?;
+        let mut extra = vec!["--set".to_string(), "telemetry.log_level=warn".to_string()];
+        for kv in &args.broker_set {
+            extra.extend(["--set".to_string(), kv.clone()]);
         }
-        let list: Vec<String> = wports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{{id: writer-{i}, addr: 'http://127.0.0.1:{p}'}}"))
-            .collect();
-        let rg = port()?;
-        let router = spawn_serve(
-            args,
-            &["shard-router"],
-            rg,
-            &[
-                "--set".into(),
-                format!("router.writers=[{}]", list.join(", ")),
-            ],
-        )?;
-        let gg = port()?;
-        let gateway = spawn_serve(
-            args,
-            &["ingest-gateway"],
-            gg,
-            &[
-                "--set".into(),
-                format!("gateway.routers=['http://127.0.0.1:{rg}']"),
-            ],
-        )?;
-        for p in wports.iter().chain([&rg, &gg]) {
-            wait_serving(*p).await?;
-        }
-        Ok(Self {
-            _gateway: gateway,
-            _router: router,
-            writers: children,
-            gateway_port: gg,
-        })
+        let program =
+            broker_sandbox::Program::new(std::env::current_exe()?, &["serve"]).with_extra(extra);
+        let mut sb = broker_sandbox::Sandbox::builder(program)
+            .writers(writers)
+            .routers(1)
+            .gateways(1)
+            .writer_settings(&format!("  layout: {}\n", args.layout))
+            .build(&redis.url(), dir.path());
+        sb.try_start_all().await.map_err(anyhow::Error::msg)?;
+        Ok(Self { sb, _dir: dir })
     }
 
     fn gateway_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.gateway_port)
+        self.sb.gateway_endpoints()[0].clone()
     }
 }
 
@@ -662,9 +625,7 @@ async fn faults(args: IngestArgs) -> anyhow::Result<()> {
     let mut three = Separate::start(&args, &redis, 3).await?;
     let endpoint = vec![three.gateway_endpoint()];
     let healthy = load("3 writers", &args, endpoint.clone()).await?;
-    let mut dead = three.writers.remove(1);
-    let _ = dead.child.kill();
-    let _ = dead.child.wait();
+    three.sb.writers[1].kill9();
     let degraded = load("2 of 3 writers", &args, endpoint).await?;
 
     eprintln!();

@@ -24,7 +24,7 @@ mod common;
 
 use broker_proto::v1::{ClusterState, MemberState};
 use cluster_client::ClusterClient;
-use common::{member_state, members_line, port, steady_load, until, verify};
+use common::{COMPOSE, member_state, members_line, port, steady_load, until, verify};
 use internal_clients::AdminClient;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -37,17 +37,18 @@ const METRICS: usize = 8;
 fn image() -> String {
     std::env::var("IMAGE").unwrap_or_else(|_| "broker:local".into())
 }
-/// Every data-path member of the compose file.
-const MEMBERS: [&str; 8] = [
-    "ingest-gateway-1",
-    "ingest-gateway-2",
-    "query-api",
-    "shard-router-1",
-    "shard-router-2",
-    "storage-writer-1",
-    "storage-writer-2",
-    "storage-writer-3",
-];
+/// Every data-path member of the compose file: the sandbox's [`COMPOSE`]
+/// topology, named as compose names its services, and query-api.
+fn members() -> Vec<String> {
+    fn named(service: &'static str, n: usize) -> impl Iterator<Item = String> {
+        (1..=n).map(move |i| format!("{service}-{i}"))
+    }
+    named("ingest-gateway", COMPOSE.gateways)
+        .chain(named("shard-router", COMPOSE.routers))
+        .chain(named("storage-writer", COMPOSE.writers))
+        .chain(["query-api".to_string()])
+        .collect()
+}
 
 /// One compose project; `down -v` when dropped, so a failed test leaves
 /// no containers or volumes behind.
@@ -186,7 +187,7 @@ fn docker(args: &[&str]) -> String {
 }
 
 fn all_online(s: &ClusterState) -> bool {
-    MEMBERS
+    members()
         .iter()
         .all(|id| member_state(s, id) == Some(MemberState::Online))
 }
@@ -284,11 +285,11 @@ async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
         ],
         Duration::from_secs(30),
     );
-    for id in MEMBERS {
+    for id in members() {
         assert!(
             table
                 .lines()
-                .any(|l| l.starts_with(id) && l.contains(" online ")),
+                .any(|l| l.starts_with(&id) && l.contains(" online ")),
             "brokerctl members in cluster-ctl-1 does not show {id} online:\n{table}"
         );
     }

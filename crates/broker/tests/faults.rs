@@ -39,7 +39,7 @@ impl Topology {
         let hedge = std::env::var("FAULT_HEDGE_MIN_DELAY")
             .map(|d| format!("  hedge:\n    min_delay: {d}\n"))
             .unwrap_or_default();
-        let mut sb = Sandbox::builder()
+        let mut sb = common::sandbox()
             .writers(3)
             .routers(1)
             .gateways(2)

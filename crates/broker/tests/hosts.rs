@@ -153,7 +153,7 @@ impl Drop for Alertmanager {
 }
 
 fn host_manager(dir: &Path, name: &str, body: &str) -> (Service, u16) {
-    service_on_free_ports(dir, name, "host-manager", body)
+    service_on_free_ports(&common::broker(), dir, name, "host-manager", body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,6 +420,7 @@ async fn a_writer_with_a_wedged_grpc_port_is_taken_offline_by_health_checks_and_
     let redis = durable_redis();
     let ctl_port = port();
     let mut ctl = Service::new(
+        &common::broker(),
         "ctl-1",
         "cluster-ctl",
         d,
@@ -446,7 +447,14 @@ async fn a_writer_with_a_wedged_grpc_port_is_taken_offline_by_health_checks_and_
             d.join(format!("spool-{i}")).display()
         );
         writers.push((
-            Service::new(&format!("writer-{i}"), "storage-writer", d, yaml, g),
+            Service::new(
+                &common::broker(),
+                &format!("writer-{i}"),
+                "storage-writer",
+                d,
+                yaml,
+                g,
+            ),
             g,
         ));
     }
@@ -471,6 +479,7 @@ async fn a_writer_with_a_wedged_grpc_port_is_taken_offline_by_health_checks_and_
         w.start().await;
     }
     let (mut router, _) = service_on_free_ports(
+        &common::broker(),
         d,
         "router",
         "shard-router",
@@ -480,6 +489,7 @@ async fn a_writer_with_a_wedged_grpc_port_is_taken_offline_by_health_checks_and_
     );
     router.start().await;
     let (mut gateway, _) = service_on_free_ports(
+        &common::broker(),
         d,
         "gateway",
         "ingest-gateway",
@@ -610,35 +620,15 @@ async fn the_local_actuator_adds_a_writer_under_load_and_drains_it_when_the_load
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let redis = durable_redis();
-    let ctl_port = port();
-    let mut ctl = Service::new(
-        "ctl-1",
-        "cluster-ctl",
-        d,
-        ctl_yaml(1, ctl_port, port(), &[ctl_port], d),
-        ctl_port,
-    );
-    ctl.start().await;
-    let endpoints = [format!("http://127.0.0.1:{ctl_port}")];
+    let mut sb = common::sandbox()
+        .ctl(1)
+        .writers(1)
+        .routers(1)
+        .gateways(1)
+        .build(&redis.url(), d);
+    sb.start_all().await;
+    let endpoints = sb.endpoints.clone();
     let cluster = cluster_section(&endpoints);
-    let wp = port();
-    let mut writer = Service::new(
-        "writer-0",
-        "storage-writer",
-        d,
-        format!(
-            "node_id: writer-0\ngrpc_listen: 127.0.0.1:{wp}\nhttp_listen: 127.0.0.1:{}\n{cluster}writer:\n  redis_url: {}\n  spool_dir: {}\n",
-            port(),
-            redis.url(),
-            d.join("spool-0").display()
-        ),
-        wp,
-    );
-    writer.start().await;
-    let (mut router, _) = service_on_free_ports(d, "router", "shard-router", &cluster);
-    router.start().await;
-    let (mut gateway, _) = service_on_free_ports(d, "gateway", "ingest-gateway", &cluster);
-    gateway.start().await;
     // A writer's CPU score is its CPU against 0.05 cores here, so the
     // test's load (2,000 points/s) scores high and no load scores low.
     let (mut hm, http) = host_manager(
@@ -655,7 +645,7 @@ async fn the_local_actuator_adds_a_writer_under_load_and_drains_it_when_the_load
     let client = cluster_client::ClusterClient::new(&endpoints, &Default::default()).unwrap();
     let added = "hm-writer-1";
     let (load, _timeline) = steady_load(
-        vec![gateway.endpoint()],
+        sb.gateway_endpoints(),
         HOSTS,
         METRICS,
         Duration::from_secs(14),
@@ -723,8 +713,5 @@ async fn the_local_actuator_adds_a_writer_under_load_and_drains_it_when_the_load
     assert!(o.acked > 0);
     assert_eq!(o.missing, 0, "acked points missing from redis");
     hm.terminate().await;
-    gateway.terminate().await;
-    router.terminate().await;
-    writer.terminate().await;
-    ctl.terminate().await;
+    sb.stop_all().await;
 }

@@ -21,7 +21,7 @@ use broker_tests::durable_redis;
 use broker_proto::v1::{ClusterState, MemberState};
 use cluster_client::ClusterClient;
 use cluster_client::views::RingView;
-use common::{Sandbox, member_state, steady_load, until, verify};
+use common::{member_state, steady_load, until, verify};
 use internal_clients::AdminClient;
 use std::time::{Duration, Instant};
 
@@ -65,7 +65,7 @@ async fn the_ring_follows_membership_under_load_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // Three cluster-ctl nodes, two of three writers, a router and a
     // gateway, all learning the ring from cluster-ctl.
-    let mut c = Sandbox::builder()
+    let mut c = common::sandbox()
         .ctl(3)
         .writers(3)
         .writers_started(2)

@@ -1,0 +1,535 @@
+//! The broker as separate processes on loopback, the one topology builder
+//! of the real-process test suites (faults, membership, host-manager) and
+//! of `broker-bench`, and the shape `docker-compose.yml` runs
+//! ([`COMPOSE`], checked by the deploy test).
+//!
+//! A [`Sandbox`] is `ctl(n).writers(n).routers(n).gateways(n)` processes
+//! of a [`Program`] (`broker run`, or a binary embedding `broker::run` the
+//! same way), each a [`Service`] with its YAML config, spool and raft log
+//! in one directory, on free loopback ports. Only loopback: nothing here
+//! listens on or dials another address.
+//!
+//! # Layout
+//! - [`Program`]: what runs one service.
+//! - [`Service`]: one process that can be started, killed (`kill -9`),
+//!   signalled (`STOP`/`CONT`) and terminated, with the same config.
+//! - [`Sandbox`], [`SandboxBuilder`]: a whole topology.
+//! - [`Topology`], [`COMPOSE`]: counts per service; what compose runs.
+//! - [`ctl_yaml`], [`cluster_section`], [`service_on_free_ports`]: the
+//!   config pieces, for suites that add a service of their own.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a service may take to serve gRPC after it is spawned.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What runs one service: `exe args... --service <name> --config <file>
+/// extra...`.
+#[derive(Debug, Clone)]
+pub struct Program {
+    exe: PathBuf,
+    args: Vec<String>,
+    extra: Vec<String>,
+}
+
+impl Program {
+    /// `exe args...` before the service and its config, e.g. the `broker`
+    /// binary and `["run"]`.
+    pub fn new(exe: impl Into<PathBuf>, args: &[&str]) -> Self {
+        Self {
+            exe: exe.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Arguments after the config, for every service (e.g. `--set k=v`).
+    pub fn with_extra(mut self, extra: impl IntoIterator<Item = String>) -> Self {
+        self.extra.extend(extra);
+        self
+    }
+}
+
+/// How many processes of each service a sandbox runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topology {
+    pub ctl: usize,
+    pub writers: usize,
+    pub routers: usize,
+    pub gateways: usize,
+}
+
+/// What `docker-compose.yml` runs (besides Redis, query-api and the load
+/// generator): three cluster-ctl voters, three writers, two routers and two
+/// gateways, every service joining the cluster. The deploy test checks the
+/// compose file against it.
+pub const COMPOSE: Topology = Topology {
+    ctl: 3,
+    writers: 3,
+    routers: 2,
+    gateways: 2,
+};
+
+/// One service process that can be killed, stopped and started again with
+/// the same configuration.
+pub struct Service {
+    program: Program,
+    name: String,
+    service: &'static str,
+    config: PathBuf,
+    grpc: u16,
+    /// Its admin HTTP port, when known (0 otherwise).
+    http: u16,
+    child: Option<Child>,
+}
+
+impl Service {
+    /// `service` (a [`broker_common::Service`] name) run by `program` with
+    /// `yaml` as its config, written to `dir/<name>.yaml`; its gRPC port is
+    /// `grpc`. Starts nothing.
+    pub fn new(
+        program: &Program,
+        name: &str,
+        service: &'static str,
+        dir: &Path,
+        yaml: String,
+        grpc: u16,
+    ) -> Self {
+        let config = dir.join(format!("{name}.yaml"));
+        std::fs::write(&config, yaml).expect("writing a sandbox config");
+        Self {
+            program: program.clone(),
+            name: name.to_string(),
+            service,
+            config,
+            grpc,
+            http: 0,
+            child: None,
+        }
+    }
+
+    /// The admin HTTP port (`/metrics`, `/ready`).
+    pub fn http(&self) -> u16 {
+        assert_ne!(
+            self.http, 0,
+            "{} was made without its admin port",
+            self.name
+        );
+        self.http
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Starts the process and waits until it serves gRPC; panics if it
+    /// does not (for tests; see [`Service::try_start`]).
+    pub async fn start(&mut self) {
+        if let Err(e) = self.try_start().await {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the process and waits (at most 30 s) until it serves gRPC.
+    pub async fn try_start(&mut self) -> Result<(), String> {
+        let child = Command::new(&self.program.exe)
+            .args(&self.program.args)
+            .args(["--service", self.service, "--config"])
+            .arg(&self.config)
+            .args(&self.program.extra)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "{}: spawning {}: {e}",
+                    self.name,
+                    self.program.exe.display()
+                )
+            })?;
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let ready =
+                broker_common::serve::wait_serving(&self.endpoint(), Duration::from_secs(1)).await;
+            let Err(e) = ready else { return Ok(()) };
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                return Err(format!(
+                    "{} exited during start with {status} (its stderr is above)",
+                    self.name
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} did not serve within {START_TIMEOUT:?}: {e}",
+                    self.name
+                ));
+            }
+        }
+    }
+
+    /// `kill -9`: no chance to drain or flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Sends `kill -<sig>` (e.g. `STOP`, `CONT`) to the running process.
+    pub fn signal(&self, sig: &str) {
+        let c = self.child.as_ref().expect("the process runs");
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &c.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{sig} {}", self.name);
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub async fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let ok = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            let deadline = Instant::now() + Duration::from_secs(40);
+            loop {
+                if let Some(status) = c.try_wait().unwrap() {
+                    assert!(status.success(), "{} exited with {status}", self.name);
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{} ignored SIGTERM", self.name);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A `<program> --service <service>` process named `name` on fresh
+/// loopback ports, its config the header (node id, listeners) and `body`;
+/// also its admin HTTP port.
+pub fn service_on_free_ports(
+    program: &Program,
+    dir: &Path,
+    name: &str,
+    service: &'static str,
+    body: &str,
+) -> (Service, u16) {
+    let (grpc, http) = (port(), port());
+    let yaml = format!(
+        "node_id: {name}\ngrpc_listen: 127.0.0.1:{grpc}\nhttp_listen: 127.0.0.1:{http}\n{body}"
+    );
+    let mut s = Service::new(program, name, service, dir, yaml, grpc);
+    s.http = http;
+    (s, http)
+}
+
+/// A broker as separate processes (`broker run --service X`, the way
+/// docker-compose.yml and the Kubernetes manifests run it), on free
+/// loopback ports, with configs and spools in one directory: the one
+/// topology builder of the real-process suites.
+///
+/// With cluster-ctl nodes every service joins and learns the others from
+/// them (as in compose); without, the routers list the writers and the
+/// gateways list the routers (static membership).
+pub struct Sandbox {
+    pub program: Program,
+    pub ctl: Vec<Service>,
+    pub writers: Vec<Service>,
+    pub routers: Vec<Service>,
+    pub gateways: Vec<Service>,
+    /// cluster-ctl gRPC endpoints (empty: static membership).
+    pub endpoints: Vec<String>,
+    /// How many writers `start_all` starts (the others wait for the test).
+    writers_started: usize,
+}
+
+pub struct SandboxBuilder {
+    program: Program,
+    ctl: usize,
+    writers: usize,
+    routers: usize,
+    gateways: usize,
+    writers_started: Option<usize>,
+    writer: String,
+    router: String,
+    gateway: String,
+}
+
+impl SandboxBuilder {
+    /// Starts from a [`Topology`]'s counts (e.g. [`COMPOSE`]).
+    pub fn topology(self, t: Topology) -> Self {
+        self.ctl(t.ctl)
+            .writers(t.writers)
+            .routers(t.routers)
+            .gateways(t.gateways)
+    }
+    pub fn ctl(mut self, n: usize) -> Self {
+        self.ctl = n;
+        self
+    }
+    pub fn writers(mut self, n: usize) -> Self {
+        self.writers = n;
+        self
+    }
+    pub fn routers(mut self, n: usize) -> Self {
+        self.routers = n;
+        self
+    }
+    pub fn gateways(mut self, n: usize) -> Self {
+        self.gateways = n;
+        self
+    }
+    /// Start only the first `n` writers with [`Sandbox::start_all`].
+    pub fn writers_started(mut self, n: usize) -> Self {
+        self.writers_started = Some(n);
+        self
+    }
+    /// Lines inside every writer's `writer:` section (two-space indent),
+    /// beside `redis_url` and `spool_dir`.
+    pub fn writer_settings(mut self, yaml: &str) -> Self {
+        self.writer = yaml.to_string();
+        self
+    }
+    /// Lines inside every router's `router:` section.
+    pub fn router_settings(mut self, yaml: &str) -> Self {
+        self.router = yaml.to_string();
+        self
+    }
+    /// Lines inside every gateway's `gateway:` section.
+    pub fn gateway_settings(mut self, yaml: &str) -> Self {
+        self.gateway = yaml.to_string();
+        self
+    }
+
+    /// Writes every config under `dir`, writing to `redis_url`; starts
+    /// nothing.
+    pub fn build(self, redis_url: &str, dir: &Path) -> Sandbox {
+        let name = |role: &str, i: usize, n: usize| {
+            if n == 1 {
+                role.to_string()
+            } else {
+                format!("{role}-{i}")
+            }
+        };
+        let ctl_ports: Vec<u16> = (0..self.ctl).map(|_| port()).collect();
+        let endpoints: Vec<String> = ctl_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        let ctl = ctl_ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let http = port();
+                let mut s = Service::new(
+                    &self.program,
+                    &format!("ctl-{}", i + 1),
+                    "cluster-ctl",
+                    dir,
+                    ctl_yaml(i + 1, *p, http, &ctl_ports, dir),
+                    *p,
+                );
+                s.http = http;
+                s
+            })
+            .collect();
+        let cluster = if endpoints.is_empty() {
+            String::new()
+        } else {
+            cluster_section(&endpoints)
+        };
+        let writers: Vec<Service> = (0..self.writers)
+            .map(|i| {
+                let body = format!(
+                    "{cluster}writer:\n  redis_url: {redis_url}\n  spool_dir: {}\n{}",
+                    dir.join(format!("spool-{i}")).display(),
+                    self.writer
+                );
+                service_on_free_ports(
+                    &self.program,
+                    dir,
+                    &format!("writer-{i}"),
+                    "storage-writer",
+                    &body,
+                )
+                .0
+            })
+            .collect();
+        let listed = |services: &[Service], key: &str| {
+            if !endpoints.is_empty() {
+                return String::new();
+            }
+            let list: String = services
+                .iter()
+                .map(|s| format!("    - {{id: {}, addr: '{}'}}\n", s.name, s.endpoint()))
+                .collect();
+            format!("  {key}:\n{list}")
+        };
+        let writer_list = listed(&writers, "writers");
+        let routers: Vec<Service> = (0..self.routers)
+            .map(|i| {
+                let body = format!("{cluster}router:\n{}{writer_list}", self.router);
+                service_on_free_ports(
+                    &self.program,
+                    dir,
+                    &name("router", i, self.routers),
+                    "shard-router",
+                    &body,
+                )
+                .0
+            })
+            .collect();
+        let router_list = if endpoints.is_empty() {
+            let list: String = routers
+                .iter()
+                .map(|r| format!("'{}', ", r.endpoint()))
+                .collect();
+            format!("  routers: [{}]\n", list.trim_end_matches(", "))
+        } else {
+            String::new()
+        };
+        let gateways = (0..self.gateways)
+            .map(|i| {
+                let body = format!("{cluster}gateway:\n{}{router_list}", self.gateway);
+                service_on_free_ports(
+                    &self.program,
+                    dir,
+                    &name("gateway", i, self.gateways),
+                    "ingest-gateway",
+                    &body,
+                )
+                .0
+            })
+            .collect();
+        Sandbox {
+            program: self.program,
+            ctl,
+            writers_started: self.writers_started.unwrap_or(self.writers),
+            writers,
+            routers,
+            gateways,
+            endpoints,
+        }
+    }
+}
+
+impl Sandbox {
+    /// Services run by `program` (`broker run`, or a binary that embeds
+    /// `broker::run` the same way).
+    pub fn builder(program: Program) -> SandboxBuilder {
+        SandboxBuilder {
+            program,
+            ctl: 0,
+            writers: 0,
+            routers: 0,
+            gateways: 0,
+            writers_started: None,
+            writer: String::new(),
+            router: String::new(),
+            gateway: String::new(),
+        }
+    }
+
+    /// Starts cluster-ctl, the writers (see
+    /// [`SandboxBuilder::writers_started`]), the routers, then the
+    /// gateways, each once it serves gRPC.
+    pub async fn start_all(&mut self) {
+        if let Err(e) = self.try_start_all().await {
+            panic!("{e}");
+        }
+    }
+
+    /// As [`Sandbox::start_all`], returning why a service did not start.
+    pub async fn try_start_all(&mut self) -> Result<(), String> {
+        for s in &mut self.ctl {
+            s.try_start().await?;
+        }
+        for w in self.writers.iter_mut().take(self.writers_started) {
+            w.try_start().await?;
+        }
+        for s in self.routers.iter_mut().chain(&mut self.gateways) {
+            s.try_start().await?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM in data-path order (gateways first: they ack what they
+    /// took), each waited for; cluster-ctl last.
+    pub async fn stop_all(&mut self) {
+        for s in self
+            .gateways
+            .iter_mut()
+            .chain(&mut self.routers)
+            .chain(&mut self.writers)
+            .chain(&mut self.ctl)
+        {
+            s.terminate().await;
+        }
+    }
+
+    pub fn gateway_endpoints(&self) -> Vec<String> {
+        self.gateways.iter().map(Service::endpoint).collect()
+    }
+}
+
+impl Drop for Sandbox {
+    /// `kill -9` in data-path order, gateways first.
+    fn drop(&mut self) {
+        for s in self
+            .gateways
+            .iter_mut()
+            .chain(&mut self.routers)
+            .chain(&mut self.writers)
+            .chain(&mut self.ctl)
+        {
+            s.kill9();
+        }
+    }
+}
+
+/// A free loopback port.
+pub fn port() -> u16 {
+    redis_process::free_port().unwrap()
+}
+
+/// The config of cluster-ctl node `id` of a cluster of `peers` (gRPC
+/// ports), its raft log under `dir`.
+pub fn ctl_yaml(id: usize, grpc: u16, http: u16, peers: &[u16], dir: &Path) -> String {
+    let peers: String = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("    - {{id: {}, addr: 'http://127.0.0.1:{p}'}}\n", i + 1))
+        .collect();
+    format!(
+        "node_id: ctl-{id}\ngrpc_listen: 127.0.0.1:{grpc}\nhttp_listen: 127.0.0.1:{http}\ncluster_ctl:\n  id: {id}\n  data_dir: {}\n  peers:\n{peers}",
+        dir.join(format!("raft-{id}")).display()
+    )
+}
+
+/// The `cluster:` section that points a service at cluster-ctl.
+pub fn cluster_section(endpoints: &[String]) -> String {
+    let list: String = endpoints.iter().map(|e| format!("'{e}', ")).collect();
+    format!("cluster:\n  endpoints: [{}]\n", list.trim_end_matches(", "))
+}
