@@ -256,7 +256,10 @@ impl Separate {
             .writers(writers)
             .routers(1)
             .gateways(1)
-            .writer_settings(&format!("  layout: {}\n", args.layout))
+            .configure({
+                let layout = args.layout.clone();
+                move |c| c.writer.layout = layout.clone()
+            })
             .build(&redis.url(), dir.path());
         sb.try_start_all().await.map_err(anyhow::Error::msg)?;
         Ok(Self { sb, _dir: dir })

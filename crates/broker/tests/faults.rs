@@ -37,19 +37,27 @@ impl Topology {
         let dir = tempfile::tempdir().unwrap();
         // FAULT_HEDGE_MIN_DELAY=0s turns hedging off, to measure without it.
         let hedge = std::env::var("FAULT_HEDGE_MIN_DELAY")
-            .map(|d| format!("  hedge:\n    min_delay: {d}\n"))
-            .unwrap_or_default();
+            .ok()
+            .map(|d| humantime::parse_duration(&d).expect("FAULT_HEDGE_MIN_DELAY"));
+        let layout = layout.to_string();
         let mut sb = common::sandbox()
             .writers(3)
             .routers(1)
             .gateways(2)
-            .writer_settings(&format!(
-                "  redis_timeout: 2s\n  layout: {layout}\n  chunk_points: 20\n  chunk_max_open: 5s\n"
-            ))
-            .router_settings(&format!(
-                "  write_timeout: 5s\n  retry:\n    max_retries: 2\n    initial_backoff: 200ms\n    max_backoff: 1s\n{hedge}"
-            ))
-            .gateway_settings("  forward_timeout: 15s\n")
+            .configure(move |c| {
+                c.writer.redis_timeout = Duration::from_secs(2);
+                c.writer.layout = layout.clone();
+                c.writer.chunk_points = 20;
+                c.writer.chunk_max_open = Duration::from_secs(5);
+                c.router.write_timeout = Duration::from_secs(5);
+                c.router.retry.max_retries = 2;
+                c.router.retry.initial_backoff = Duration::from_millis(200);
+                c.router.retry.max_backoff = Duration::from_secs(1);
+                if let Some(d) = hedge {
+                    c.router.hedge.min_delay = d;
+                }
+                c.gateway.forward_timeout = Duration::from_secs(15);
+            })
             .build(&redis.url(), dir.path());
         sb.start_all().await;
         Self {

@@ -71,11 +71,14 @@ async fn the_ring_follows_membership_under_load_and_loses_nothing() {
         .writers_started(2)
         .routers(1)
         .gateways(1)
-        .writer_settings("  redis_timeout: 2s\n")
-        .router_settings(
-            "  write_timeout: 5s\n  retry:\n    max_retries: 2\n    initial_backoff: 200ms\n    max_backoff: 1s\n",
-        )
-        .gateway_settings("  forward_timeout: 15s\n")
+        .configure(|c| {
+            c.writer.redis_timeout = Duration::from_secs(2);
+            c.router.write_timeout = Duration::from_secs(5);
+            c.router.retry.max_retries = 2;
+            c.router.retry.initial_backoff = Duration::from_millis(200);
+            c.router.retry.max_backoff = Duration::from_secs(1);
+            c.gateway.forward_timeout = Duration::from_secs(15);
+        })
         .build(&redis.url(), dir.path());
     c.start_all().await;
     let client = ClusterClient::new(&c.endpoints, &Default::default()).unwrap();

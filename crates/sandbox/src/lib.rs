@@ -20,6 +20,9 @@
 
 #![forbid(unsafe_code)]
 
+use broker_common::BrokerConfig;
+use broker_common::config::{RaftPeer, WriterEndpoint};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -272,10 +275,12 @@ pub struct SandboxBuilder {
     routers: usize,
     gateways: usize,
     writers_started: Option<usize>,
-    writer: String,
-    router: String,
-    gateway: String,
+    base: BrokerConfig,
+    configure: Vec<Configure>,
 }
+
+/// A change to every member's config ([`SandboxBuilder::configure`]).
+type Configure = Box<dyn Fn(&mut BrokerConfig)>;
 
 impl SandboxBuilder {
     /// Starts from a [`Topology`]'s counts (e.g. [`COMPOSE`]).
@@ -306,21 +311,26 @@ impl SandboxBuilder {
         self.writers_started = Some(n);
         self
     }
-    /// Lines inside every writer's `writer:` section (two-space indent),
-    /// beside `redis_url` and `spool_dir`.
-    pub fn writer_settings(mut self, yaml: &str) -> Self {
-        self.writer = yaml.to_string();
+    /// Settings every member shares (each service reads its own section),
+    /// applied to its config before the sandbox sets the member's own keys
+    /// (node id, listeners, Redis, spool, raft, who it talks to).
+    pub fn configure(mut self, f: impl Fn(&mut BrokerConfig) + 'static) -> Self {
+        self.configure.push(Box::new(f));
         self
     }
-    /// Lines inside every router's `router:` section.
-    pub fn router_settings(mut self, yaml: &str) -> Self {
-        self.router = yaml.to_string();
-        self
-    }
-    /// Lines inside every gateway's `gateway:` section.
-    pub fn gateway_settings(mut self, yaml: &str) -> Self {
-        self.gateway = yaml.to_string();
-        self
+
+    /// A member's config: the shared settings, then its name and ports,
+    /// and the cluster's endpoints when there is a cluster-ctl.
+    fn member(&self, name: &str, grpc: u16, http: u16, endpoints: &[String]) -> BrokerConfig {
+        let mut c = self.base.clone();
+        for f in &self.configure {
+            f(&mut c);
+        }
+        c.node_id = name.to_string();
+        c.grpc_listen = loopback(grpc);
+        c.http_listen = loopback(http);
+        c.cluster.endpoints = endpoints.to_vec();
+        c
     }
 
     /// Writes every config under `dir`, writing to `redis_url`; starts
@@ -338,89 +348,71 @@ impl SandboxBuilder {
             .iter()
             .map(|p| format!("http://127.0.0.1:{p}"))
             .collect();
+        let peers: Vec<RaftPeer> = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| RaftPeer {
+                id: i as u64 + 1,
+                addr: addr.clone(),
+            })
+            .collect();
+        let service =
+            |name: &str, service: &'static str, grpc: u16, http: u16, c: &BrokerConfig| {
+                let mut s = Service::new(&self.program, name, service, dir, to_yaml(c), grpc);
+                s.http = http;
+                s
+            };
         let ctl = ctl_ports
             .iter()
             .enumerate()
-            .map(|(i, p)| {
-                let http = port();
-                let mut s = Service::new(
-                    &self.program,
-                    &format!("ctl-{}", i + 1),
-                    "cluster-ctl",
-                    dir,
-                    ctl_yaml(i + 1, *p, http, &ctl_ports, dir),
-                    *p,
-                );
-                s.http = http;
-                s
+            .map(|(i, &grpc)| {
+                let (id, http) = (i + 1, port());
+                let mut c = self.member(&format!("ctl-{id}"), grpc, http, &[]);
+                c.cluster_ctl.id = id as u64;
+                c.cluster_ctl.peers = peers.clone();
+                c.cluster_ctl.data_dir = dir.join(format!("raft-{id}")).display().to_string();
+                service(&c.node_id.clone(), "cluster-ctl", grpc, http, &c)
             })
             .collect();
-        let cluster = if endpoints.is_empty() {
-            String::new()
-        } else {
-            cluster_section(&endpoints)
-        };
         let writers: Vec<Service> = (0..self.writers)
             .map(|i| {
-                let body = format!(
-                    "{cluster}writer:\n  redis_url: {redis_url}\n  spool_dir: {}\n{}",
-                    dir.join(format!("spool-{i}")).display(),
-                    self.writer
-                );
-                service_on_free_ports(
-                    &self.program,
-                    dir,
-                    &format!("writer-{i}"),
-                    "storage-writer",
-                    &body,
-                )
-                .0
+                let (grpc, http) = (port(), port());
+                let mut c = self.member(&format!("writer-{i}"), grpc, http, &endpoints);
+                c.writer.redis_url = redis_url.to_string();
+                c.writer.spool_dir = dir.join(format!("spool-{i}")).display().to_string();
+                service(&c.node_id.clone(), "storage-writer", grpc, http, &c)
             })
             .collect();
-        let listed = |services: &[Service], key: &str| {
-            if !endpoints.is_empty() {
-                return String::new();
-            }
-            let list: String = services
-                .iter()
-                .map(|s| format!("    - {{id: {}, addr: '{}'}}\n", s.name, s.endpoint()))
-                .collect();
-            format!("  {key}:\n{list}")
-        };
-        let writer_list = listed(&writers, "writers");
+        // Static membership: the routers list the writers, the gateways
+        // the routers.
+        let writer_list: Vec<WriterEndpoint> = writers
+            .iter()
+            .filter(|_| endpoints.is_empty())
+            .map(|w| WriterEndpoint {
+                id: w.name.clone(),
+                addr: w.endpoint(),
+                weight: 1,
+            })
+            .collect();
         let routers: Vec<Service> = (0..self.routers)
             .map(|i| {
-                let body = format!("{cluster}router:\n{}{writer_list}", self.router);
-                service_on_free_ports(
-                    &self.program,
-                    dir,
-                    &name("router", i, self.routers),
-                    "shard-router",
-                    &body,
-                )
-                .0
+                let (grpc, http) = (port(), port());
+                let mut c = self.member(&name("router", i, self.routers), grpc, http, &endpoints);
+                c.router.writers = writer_list.clone();
+                service(&c.node_id.clone(), "shard-router", grpc, http, &c)
             })
             .collect();
-        let router_list = if endpoints.is_empty() {
-            let list: String = routers
-                .iter()
-                .map(|r| format!("'{}', ", r.endpoint()))
-                .collect();
-            format!("  routers: [{}]\n", list.trim_end_matches(", "))
-        } else {
-            String::new()
-        };
+        let router_list: Vec<String> = routers
+            .iter()
+            .filter(|_| endpoints.is_empty())
+            .map(Service::endpoint)
+            .collect();
         let gateways = (0..self.gateways)
             .map(|i| {
-                let body = format!("{cluster}gateway:\n{}{router_list}", self.gateway);
-                service_on_free_ports(
-                    &self.program,
-                    dir,
-                    &name("gateway", i, self.gateways),
-                    "ingest-gateway",
-                    &body,
-                )
-                .0
+                let (grpc, http) = (port(), port());
+                let mut c = self.member(&name("gateway", i, self.gateways), grpc, http, &endpoints);
+                c.gateway.routers = router_list.clone();
+                service(&c.node_id.clone(), "ingest-gateway", grpc, http, &c)
             })
             .collect();
         Sandbox {
@@ -435,6 +427,15 @@ impl SandboxBuilder {
     }
 }
 
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The YAML a member's `--config` file holds: the whole config.
+fn to_yaml(c: &BrokerConfig) -> String {
+    serde_yaml_ng::to_string(c).expect("a config serializes")
+}
+
 impl Sandbox {
     /// Services run by `program` (`broker run`, or a binary that embeds
     /// `broker::run` the same way).
@@ -446,9 +447,8 @@ impl Sandbox {
             routers: 0,
             gateways: 0,
             writers_started: None,
-            writer: String::new(),
-            router: String::new(),
-            gateway: String::new(),
+            base: BrokerConfig::default(),
+            configure: Vec::new(),
         }
     }
 
