@@ -19,10 +19,7 @@ use broker_tests::durable_redis;
 use broker_proto::v1::host_service_client::HostServiceClient;
 use broker_proto::v1::{MemberState, RegisterHostRequest};
 use broker_tests::{Running, config_for, now, point, send_batches};
-use common::{
-    Service, cluster_section, ctl_yaml, member_state, port, service_on_free_ports, steady_load,
-    until, verify,
-};
+use common::{Sandbox, member_state, overlay, port, steady_load, until, verify};
 use redis_process::RedisServer;
 use serde_json::Value;
 use std::path::Path;
@@ -152,8 +149,15 @@ impl Drop for Alertmanager {
     }
 }
 
-fn host_manager(dir: &Path, name: &str, body: &str) -> (Service, u16) {
-    service_on_free_ports(&common::broker(), dir, name, "host-manager", body)
+/// A sandbox of one host-manager reading `redis_url`, `yaml` (its
+/// `host_manager:` section) over the defaults; started.
+async fn host_manager(dir: &Path, redis_url: &str, yaml: String) -> Sandbox {
+    let mut sb = common::sandbox()
+        .host_managers(1)
+        .configure(move |c| overlay(c, &yaml))
+        .build(redis_url, dir);
+    sb.start_all().await;
+    sb
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,16 +166,17 @@ async fn hosts_go_stale_then_down_fire_in_alertmanager_survive_a_restart_and_res
     let redis = RedisServer::start().unwrap();
     let am = Alertmanager::start(dir.path());
     let broker = Running::broker(config_for(&redis.url()), &broker_common::Service::DEFAULT).await;
-    let (mut hm, http) = host_manager(
+    let mut sb = host_manager(
         dir.path(),
-        "hm",
-        &format!(
-            "writer:\n  redis_url: {}\nhost_manager:\n  refresh_interval: 300ms\n  report_interval: 1s\n  down_after: 6s\n  alerts:\n    interval: 300ms\n    resend: 2s\n    alertmanagers: ['{}']\n",
-            redis.url(),
+        &redis.url(),
+        format!(
+            "host_manager:\n  refresh_interval: 300ms\n  report_interval: 1s\n  down_after: 6s\n  alerts:\n    interval: 300ms\n    resend: 2s\n    alertmanagers: ['{}']\n",
             am.url
         ),
-    );
-    hm.start().await;
+    )
+    .await;
+    let hm = &mut sb.host_managers[0];
+    let http = hm.http();
     let api = format!("http://127.0.0.1:{http}/api/hosts");
     // Alertmanager up
     let start = Instant::now();
@@ -356,16 +361,17 @@ async fn a_loopback_scan_finds_the_open_port_within_its_rate_and_multicast_finds
         },
         stop.clone(),
     ));
-    let (mut hm, http) = host_manager(
+    let mut sb = host_manager(
         dir.path(),
-        "hm-scan",
-        &format!(
-            "writer:\n  redis_url: {}\nhost_manager:\n  refresh_interval: 300ms\n  scan:\n    ranges: ['127.0.0.1/32']\n    ports: [{}]\n    rate: 10\n    concurrency: 4\n    timeout: 500ms\n  multicast:\n    enabled: true\n    group: '{group}'\n    interface: 127.0.0.1\n    interval: 500ms\n",
-            redis.url(),
+        &redis.url(),
+        format!(
+            "host_manager:\n  refresh_interval: 300ms\n  scan:\n    ranges: ['127.0.0.1/32']\n    ports: [{}]\n    rate: 10\n    concurrency: 4\n    timeout: 500ms\n  multicast:\n    enabled: true\n    group: '{group}'\n    interface: 127.0.0.1\n    interval: 500ms\n",
             ports.join(", ")
         ),
-    );
-    hm.start().await;
+    )
+    .await;
+    let hm = &mut sb.host_managers[0];
+    let http = hm.http();
     let api = format!("http://127.0.0.1:{http}/api/hosts");
     let (_, v) = wait_json(
         &api,
@@ -418,52 +424,39 @@ async fn a_writer_with_a_wedged_grpc_port_is_taken_offline_by_health_checks_and_
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let redis = durable_redis();
-    let ctl_port = port();
-    let mut ctl = Service::new(
-        &common::broker(),
-        "ctl-1",
-        "cluster-ctl",
-        d,
-        ctl_yaml(1, ctl_port, port(), &[ctl_port], d),
-        ctl_port,
-    );
-    ctl.start().await;
-    let endpoints = [format!("http://127.0.0.1:{ctl_port}")];
-    let cluster = cluster_section(&endpoints);
     // writer-0 is reached through a proxy: its gRPC port as the others see it
     let proxy_port = port();
-    let mut writers = Vec::new();
-    for i in 0..3 {
-        let g = port();
-        let advertise = if i == 0 {
-            format!("  advertise_addr: 'http://127.0.0.1:{proxy_port}'\n")
-        } else {
-            String::new()
-        };
-        let yaml = format!(
-            "node_id: writer-{i}\ngrpc_listen: 127.0.0.1:{g}\nhttp_listen: 127.0.0.1:{}\n{cluster}{advertise}writer:\n  redis_url: {}\n  redis_timeout: 2s\n  spool_dir: {}\n",
-            port(),
-            redis.url(),
-            d.join(format!("spool-{i}")).display()
-        );
-        writers.push((
-            Service::new(
-                &common::broker(),
-                &format!("writer-{i}"),
-                "storage-writer",
-                d,
-                yaml,
-                g,
-            ),
-            g,
-        ));
-    }
+    let mut sb = common::sandbox()
+        .ctl(1)
+        .writers(3)
+        .routers(1)
+        .gateways(1)
+        .host_managers(1)
+        .configure(move |c| {
+            if c.node_id == "writer-0" {
+                c.cluster.advertise_addr = format!("http://127.0.0.1:{proxy_port}");
+            }
+            c.writer.redis_timeout = Duration::from_secs(2);
+            c.router.write_timeout = Duration::from_secs(3);
+            c.router.retry.max_retries = 2;
+            c.router.retry.initial_backoff = Duration::from_millis(200);
+            c.router.retry.max_backoff = Duration::from_secs(1);
+            c.gateway.forward_timeout = Duration::from_secs(15);
+            overlay(
+                c,
+                "host_manager:\n  health:\n    interval: 500ms\n    timeout: 500ms\n    failure_threshold: 3\n    success_threshold: 2\n",
+            );
+        })
+        .build(&redis.url(), d);
     let mut proxy = Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../tests/tools/tcp_proxy.py"
         ))
-        .args([proxy_port.to_string(), writers[0].1.to_string()])
+        .args([
+            proxy_port.to_string(),
+            sb.writers[0].grpc_port().to_string(),
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3");
@@ -475,36 +468,9 @@ async fn a_writer_with_a_wedged_grpc_port_is_taken_offline_by_health_checks_and_
             .unwrap();
         assert_eq!(line.trim(), "ready");
     }
-    for (w, _) in &mut writers {
-        w.start().await;
-    }
-    let (mut router, _) = service_on_free_ports(
-        &common::broker(),
-        d,
-        "router",
-        "shard-router",
-        &format!(
-            "{cluster}router:\n  write_timeout: 3s\n  retry:\n    max_retries: 2\n    initial_backoff: 200ms\n    max_backoff: 1s\n"
-        ),
-    );
-    router.start().await;
-    let (mut gateway, _) = service_on_free_ports(
-        &common::broker(),
-        d,
-        "gateway",
-        "ingest-gateway",
-        &format!("{cluster}gateway:\n  forward_timeout: 15s\n"),
-    );
-    gateway.start().await;
-    let (mut hm, http) = host_manager(
-        d,
-        "hm-health",
-        &format!(
-            "{cluster}writer:\n  redis_url: {}\nhost_manager:\n  health:\n    interval: 500ms\n    timeout: 500ms\n    failure_threshold: 3\n    success_threshold: 2\n",
-            redis.url()
-        ),
-    );
-    hm.start().await;
+    sb.start_all().await;
+    let endpoints = sb.endpoints.clone();
+    let http = sb.host_managers[0].http();
     let client = cluster_client::ClusterClient::new(&endpoints, &Default::default()).unwrap();
     until(
         &client,
@@ -515,7 +481,7 @@ async fn a_writer_with_a_wedged_grpc_port_is_taken_offline_by_health_checks_and_
     .await;
 
     let (load, timeline) = steady_load(
-        vec![gateway.endpoint()],
+        sb.gateway_endpoints(),
         HOSTS,
         METRICS,
         Duration::from_secs(16),
@@ -604,13 +570,7 @@ async fn a_writer_with_a_wedged_grpc_port_is_taken_offline_by_health_checks_and_
     assert_eq!(o.missing, 0, "acked points missing from redis");
     let _ = proxy.kill();
     let _ = proxy.wait();
-    hm.terminate().await;
-    gateway.terminate().await;
-    router.terminate().await;
-    for (w, _) in &mut writers {
-        w.terminate().await;
-    }
-    ctl.terminate().await;
+    sb.stop_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -620,30 +580,27 @@ async fn the_local_actuator_adds_a_writer_under_load_and_drains_it_when_the_load
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let redis = durable_redis();
+    // A writer's CPU score is its CPU against 0.05 cores here, so the
+    // test's load (2,000 points/s) scores high and no load scores low.
+    let autoscale = format!(
+        "host_manager:\n  health:\n    enabled: false\n  autoscale:\n    enabled: true\n    interval: 1s\n    sustain: 2\n    cooldown: 4s\n    min_writers: 1\n    max_writers: 2\n    cpu_cores_per_writer: 0.05\n    memory_bytes_per_writer: 8589934592\n    local:\n      work_dir: {}\n      binary: {}\n",
+        d.join("autoscale").display(),
+        common::BROKER
+    );
     let mut sb = common::sandbox()
         .ctl(1)
         .writers(1)
         .routers(1)
         .gateways(1)
+        .host_managers(1)
+        .configure(move |c| overlay(c, &autoscale))
         .build(&redis.url(), d);
     sb.start_all().await;
     let endpoints = sb.endpoints.clone();
-    let cluster = cluster_section(&endpoints);
-    // A writer's CPU score is its CPU against 0.05 cores here, so the
-    // test's load (2,000 points/s) scores high and no load scores low.
-    let (mut hm, http) = host_manager(
-        d,
-        "hm",
-        &format!(
-            "{cluster}writer:\n  redis_url: {}\nhost_manager:\n  health:\n    enabled: false\n  autoscale:\n    enabled: true\n    interval: 1s\n    sustain: 2\n    cooldown: 4s\n    min_writers: 1\n    max_writers: 2\n    cpu_cores_per_writer: 0.05\n    memory_bytes_per_writer: 8589934592\n    local:\n      work_dir: {}\n      binary: {}\n",
-            redis.url(),
-            d.join("autoscale").display(),
-            common::BROKER
-        ),
-    );
-    hm.start().await;
+    let http = sb.host_managers[0].http();
     let client = cluster_client::ClusterClient::new(&endpoints, &Default::default()).unwrap();
-    let added = "hm-writer-1";
+    // The actuator names what it starts after the host-manager.
+    let added = "host-manager-writer-1";
     let (load, _timeline) = steady_load(
         sb.gateway_endpoints(),
         HOSTS,
@@ -678,7 +635,9 @@ async fn the_local_actuator_adds_a_writer_under_load_and_drains_it_when_the_load
     eprintln!("scaled down {down_after:?} after the load stopped");
     // The member leaves before its process has exited, and the decision is
     // recorded once the actuator saw it exit: wait for it.
-    let mut grpc = HostServiceClient::connect(hm.endpoint()).await.unwrap();
+    let mut grpc = HostServiceClient::connect(sb.host_managers[0].endpoint())
+        .await
+        .unwrap();
     let start = Instant::now();
     let (st, down) = loop {
         let st = grpc
@@ -712,6 +671,5 @@ async fn the_local_actuator_adds_a_writer_under_load_and_drains_it_when_the_load
     );
     assert!(o.acked > 0);
     assert_eq!(o.missing, 0, "acked points missing from redis");
-    hm.terminate().await;
     sb.stop_all().await;
 }

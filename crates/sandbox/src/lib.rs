@@ -15,13 +15,14 @@
 //!   signalled (`STOP`/`CONT`) and terminated, with the same config.
 //! - [`Sandbox`], [`SandboxBuilder`]: a whole topology.
 //! - [`Topology`], [`COMPOSE`]: counts per service; what compose runs.
-//! - [`ctl_yaml`], [`cluster_section`], [`service_on_free_ports`]: the
-//!   config pieces, for suites that add a service of their own.
+//! - [`overlay`]: a YAML section over a member's config, as an operator
+//!   writes it.
 
 #![forbid(unsafe_code)]
 
 use broker_common::BrokerConfig;
 use broker_common::config::{RaftPeer, WriterEndpoint};
+use serde_yaml_ng::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -123,6 +124,11 @@ impl Service {
             self.name
         );
         self.http
+    }
+
+    /// Its gRPC port.
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc
     }
 
     pub fn endpoint(&self) -> String {
@@ -229,25 +235,6 @@ impl Drop for Service {
     }
 }
 
-/// A `<program> --service <service>` process named `name` on fresh
-/// loopback ports, its config the header (node id, listeners) and `body`;
-/// also its admin HTTP port.
-pub fn service_on_free_ports(
-    program: &Program,
-    dir: &Path,
-    name: &str,
-    service: &'static str,
-    body: &str,
-) -> (Service, u16) {
-    let (grpc, http) = (port(), port());
-    let yaml = format!(
-        "node_id: {name}\ngrpc_listen: 127.0.0.1:{grpc}\nhttp_listen: 127.0.0.1:{http}\n{body}"
-    );
-    let mut s = Service::new(program, name, service, dir, yaml, grpc);
-    s.http = http;
-    (s, http)
-}
-
 /// A broker as separate processes (`broker run --service X`, the way
 /// docker-compose.yml and the Kubernetes manifests run it), on free
 /// loopback ports, with configs and spools in one directory: the one
@@ -262,6 +249,7 @@ pub struct Sandbox {
     pub writers: Vec<Service>,
     pub routers: Vec<Service>,
     pub gateways: Vec<Service>,
+    pub host_managers: Vec<Service>,
     /// cluster-ctl gRPC endpoints (empty: static membership).
     pub endpoints: Vec<String>,
     /// How many writers `start_all` starts (the others wait for the test).
@@ -274,6 +262,7 @@ pub struct SandboxBuilder {
     writers: usize,
     routers: usize,
     gateways: usize,
+    host_managers: usize,
     writers_started: Option<usize>,
     base: BrokerConfig,
     configure: Vec<Configure>,
@@ -306,14 +295,20 @@ impl SandboxBuilder {
         self.gateways = n;
         self
     }
+    /// host-manager processes, reading `redis_url` (started last).
+    pub fn host_managers(mut self, n: usize) -> Self {
+        self.host_managers = n;
+        self
+    }
     /// Start only the first `n` writers with [`Sandbox::start_all`].
     pub fn writers_started(mut self, n: usize) -> Self {
         self.writers_started = Some(n);
         self
     }
-    /// Settings every member shares (each service reads its own section),
-    /// applied to its config before the sandbox sets the member's own keys
-    /// (node id, listeners, Redis, spool, raft, who it talks to).
+    /// Settings for every member (each service reads its own section):
+    /// applied once the member's name, ports and cluster endpoints are set
+    /// (so `f` can tell members apart by `node_id`), before the keys of its
+    /// service (Redis, spool, raft, who it talks to).
     pub fn configure(mut self, f: impl Fn(&mut BrokerConfig) + 'static) -> Self {
         self.configure.push(Box::new(f));
         self
@@ -323,13 +318,13 @@ impl SandboxBuilder {
     /// and the cluster's endpoints when there is a cluster-ctl.
     fn member(&self, name: &str, grpc: u16, http: u16, endpoints: &[String]) -> BrokerConfig {
         let mut c = self.base.clone();
-        for f in &self.configure {
-            f(&mut c);
-        }
         c.node_id = name.to_string();
         c.grpc_listen = loopback(grpc);
         c.http_listen = loopback(http);
         c.cluster.endpoints = endpoints.to_vec();
+        for f in &self.configure {
+            f(&mut c);
+        }
         c
     }
 
@@ -415,8 +410,18 @@ impl SandboxBuilder {
                 service(&c.node_id.clone(), "ingest-gateway", grpc, http, &c)
             })
             .collect();
+        let host_managers = (0..self.host_managers)
+            .map(|i| {
+                let (grpc, http) = (port(), port());
+                let name = name("host-manager", i, self.host_managers);
+                let mut c = self.member(&name, grpc, http, &endpoints);
+                c.writer.redis_url = redis_url.to_string();
+                service(&c.node_id.clone(), "host-manager", grpc, http, &c)
+            })
+            .collect();
         Sandbox {
             program: self.program,
+            host_managers,
             ctl,
             writers_started: self.writers_started.unwrap_or(self.writers),
             writers,
@@ -425,6 +430,33 @@ impl SandboxBuilder {
             endpoints,
         }
     }
+}
+
+/// Sets the keys `yaml` names in `c`, as a config file would (e.g. a
+/// `host_manager:` section written as an operator writes it). Panics,
+/// naming the key, on a key or value the config does not take.
+pub fn overlay(c: &mut BrokerConfig, yaml: &str) {
+    fn merge(into: &mut Value, from: Value) {
+        match (into, from) {
+            (Value::Mapping(into), Value::Mapping(from)) => {
+                for (k, v) in from {
+                    match into.get_mut(&k) {
+                        Some(slot) => merge(slot, v),
+                        None => {
+                            into.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+    let mut doc = serde_yaml_ng::to_value(&*c).expect("a config serializes");
+    merge(
+        &mut doc,
+        serde_yaml_ng::from_str(yaml).expect("overlay is YAML"),
+    );
+    *c = serde_path_to_error::deserialize(doc).unwrap_or_else(|e| panic!("overlay {yaml:?}: {e}"));
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -446,6 +478,7 @@ impl Sandbox {
             writers: 0,
             routers: 0,
             gateways: 0,
+            host_managers: 0,
             writers_started: None,
             base: BrokerConfig::default(),
             configure: Vec::new(),
@@ -469,7 +502,12 @@ impl Sandbox {
         for w in self.writers.iter_mut().take(self.writers_started) {
             w.try_start().await?;
         }
-        for s in self.routers.iter_mut().chain(&mut self.gateways) {
+        for s in self
+            .routers
+            .iter_mut()
+            .chain(&mut self.gateways)
+            .chain(&mut self.host_managers)
+        {
             s.try_start().await?;
         }
         Ok(())
@@ -479,8 +517,9 @@ impl Sandbox {
     /// took), each waited for; cluster-ctl last.
     pub async fn stop_all(&mut self) {
         for s in self
-            .gateways
+            .host_managers
             .iter_mut()
+            .chain(&mut self.gateways)
             .chain(&mut self.routers)
             .chain(&mut self.writers)
             .chain(&mut self.ctl)
@@ -498,8 +537,9 @@ impl Drop for Sandbox {
     /// `kill -9` in data-path order, gateways first.
     fn drop(&mut self) {
         for s in self
-            .gateways
+            .host_managers
             .iter_mut()
+            .chain(&mut self.gateways)
             .chain(&mut self.routers)
             .chain(&mut self.writers)
             .chain(&mut self.ctl)
@@ -512,24 +552,4 @@ impl Drop for Sandbox {
 /// A free loopback port.
 pub fn port() -> u16 {
     redis_process::free_port().unwrap()
-}
-
-/// The config of cluster-ctl node `id` of a cluster of `peers` (gRPC
-/// ports), its raft log under `dir`.
-pub fn ctl_yaml(id: usize, grpc: u16, http: u16, peers: &[u16], dir: &Path) -> String {
-    let peers: String = peers
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("    - {{id: {}, addr: 'http://127.0.0.1:{p}'}}\n", i + 1))
-        .collect();
-    format!(
-        "node_id: ctl-{id}\ngrpc_listen: 127.0.0.1:{grpc}\nhttp_listen: 127.0.0.1:{http}\ncluster_ctl:\n  id: {id}\n  data_dir: {}\n  peers:\n{peers}",
-        dir.join(format!("raft-{id}")).display()
-    )
-}
-
-/// The `cluster:` section that points a service at cluster-ctl.
-pub fn cluster_section(endpoints: &[String]) -> String {
-    let list: String = endpoints.iter().map(|e| format!("'{e}', ")).collect();
-    format!("cluster:\n  endpoints: [{}]\n", list.trim_end_matches(", "))
 }

@@ -14,10 +14,7 @@ use std::time::{Duration, Instant};
 
 // Each suite uses some of these.
 #[allow(unused_imports)]
-pub use broker_sandbox::{
-    COMPOSE, Program, Sandbox, SandboxBuilder, Service, cluster_section, ctl_yaml, port,
-    service_on_free_ports,
-};
+pub use broker_sandbox::{COMPOSE, Program, Sandbox, SandboxBuilder, Service, overlay, port};
 
 pub const BROKER: &str = env!("CARGO_BIN_EXE_broker");
 
