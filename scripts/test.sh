@@ -10,6 +10,20 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== module cycles" >&2
 python3 scripts/module-cycles.py
+echo "== dependency boundaries" >&2
+# The gateway and the operator CLI reach the router and the writers through
+# internal-clients: neither links a Redis client, redb, raft or a service
+# crate it does not run.
+for crate in ingest-gateway brokerctl; do
+  linked=$(cargo tree -p "$crate" -e normal --prefix none --locked |
+    grep -E '^(fred|redb|raft|storage-writer|shard-router|cluster-ctl) ' | sort -u || true)
+  if [ -n "$linked" ]; then
+    echo "error: $crate links what it must not:" >&2
+    echo "$linked" >&2
+    exit 1
+  fi
+done
+echo "ingest-gateway and brokerctl link no Redis client, redb or raft" >&2
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== container image (scripts/images.sh)" >&2
