@@ -69,7 +69,22 @@ async fn the_agent_streams_this_host_through_failover_and_a_broker_restart() {
     broker.stop().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let broker = Running::broker_at(config, SERVICES, grpc, http_addr).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Until the backlog is delivered and four snapshots read after the
+    // restart are stored too: Redis holds every snapshot read so far.
+    let restarted_at = read.lock().unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = read.lock().unwrap().len();
+        let stored = stored_snapshots(http_addr).await;
+        if n >= restarted_at + 4 && stored == n {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{stored} of {n} snapshots stored 30 s after the broker came back"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let _ = stop_tx.send(());
     let report = agent.await.unwrap().expect("the agent ran");
     assert_eq!(report.dropped, 0, "{report:?}");
@@ -97,4 +112,19 @@ async fn the_agent_streams_this_host_through_failover_and_a_broker_restart() {
     assert_eq!(mem, read.iter().map(|r| r.0).collect::<Vec<_>>());
     assert_eq!(cpus, read.iter().map(|r| r.1).collect::<Vec<_>>());
     broker.stop().await;
+}
+
+/// Snapshots of the test host in Redis (the last five minutes).
+async fn stored_snapshots(http_addr: std::net::SocketAddr) -> usize {
+    let (status, range) = http(
+        http_addr,
+        "GET",
+        &format!("/api/query/range?host={HOST}&start=now-5m&end=now&metrics=mem_used"),
+        "",
+    )
+    .await;
+    if status != 200 {
+        return 0;
+    }
+    range["timestamps"].as_array().map_or(0, Vec::len)
 }
