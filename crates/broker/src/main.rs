@@ -241,9 +241,9 @@ async fn up(
         None
     };
     // Three cluster-ctl raft nodes in this process, each on its own ports
-    // and data directory, unless membership is configured or disabled.
-    let ctl_stop = tokio_util::sync::CancellationToken::new();
-    let mut ctl_tasks = Vec::new();
+    // and data directory, unless membership is configured or disabled: the
+    // sandbox the test suites use, its members tasks of this process.
+    let mut ctl = None;
     let _raft_tmp;
     let mut ctl_lines = String::new();
     if !no_cluster && config.cluster.endpoints.is_empty() {
@@ -256,43 +256,41 @@ async fn up(
                 p
             }
         };
-        let peers: Vec<broker_common::config::RaftPeer> = UP_CLUSTER_PORTS
-            .iter()
-            .enumerate()
-            .map(|(i, (g, _))| broker_common::config::RaftPeer {
-                id: i as u64 + 1,
-                addr: format!("{scheme}://127.0.0.1:{g}"),
-            })
-            .collect();
-        for (i, (g, h)) in UP_CLUSTER_PORTS.iter().enumerate() {
-            let mut c = config.clone();
-            c.node_id = format!("cluster-ctl-{}", i + 1);
-            c.cluster_ctl.id = i as u64 + 1;
-            c.cluster_ctl.peers = peers.clone();
-            c.cluster_ctl.data_dir = base.join(format!("node-{}", i + 1)).display().to_string();
-            let listeners = Listeners::bind(
-                format!("127.0.0.1:{g}").parse()?,
-                format!("127.0.0.1:{h}").parse()?,
-            )
+        std::fs::create_dir_all(&base)?;
+        for id in 1..=UP_CLUSTER_PORTS.len() {
+            // Node N kept its log in node-N before the sandbox named it
+            // raft-N: a --raft-dir from then keeps its cluster.
+            let (old, new) = (
+                base.join(format!("node-{id}")),
+                base.join(format!("raft-{id}")),
+            );
+            if old.is_dir() && !new.exists() {
+                std::fs::rename(&old, &new)?;
+            }
+        }
+        let launch =
+            broker_sandbox::Program::in_process(|config, service, listeners, stop| async move {
+                broker::run(config, &[service], listeners, stop.cancelled_owned()).await
+            });
+        let mut sb = broker_sandbox::Sandbox::builder(launch)
+            .base(config.clone())
+            .ctl_ports(&UP_CLUSTER_PORTS)
+            .build("", &base);
+        sb.try_start_all()
             .await
-            .map_err(|e| anyhow::anyhow!("cluster-ctl node {} cannot bind 127.0.0.1:{g} / {h}: {e} (use --no-cluster, or stop what holds the port)", i + 1))?;
-            let stop = ctl_stop.clone();
-            ctl_tasks.push(tokio::spawn(async move {
-                broker::run(c, &[Service::ClusterCtl], listeners, async move {
-                    stop.cancelled().await
-                })
-                .await
-            }));
+            .map_err(|e| anyhow::anyhow!("{e} (use --no-cluster, or stop what holds the port)"))?;
+        for (node, (g, h)) in sb.ctl.iter().zip(UP_CLUSTER_PORTS) {
             ctl_lines.push_str(&format!(
-                "\x20 cluster-ctl {} (raft):           grpc {scheme}://127.0.0.1:{g}  {scheme}://127.0.0.1:{h}/api/cluster\n",
-                i + 1
+                "\x20 {} (raft):           grpc {scheme}://127.0.0.1:{g}  {scheme}://127.0.0.1:{h}/api/cluster\n",
+                node.name()
             ));
         }
-        config.cluster.endpoints = peers.iter().map(|p| p.addr.clone()).collect();
         ctl_lines.push_str(&format!(
             "\x20 raft data:                      {}\n\x20 membership: brokerctl members | ring | cluster\n",
             base.display()
         ));
+        config.cluster.endpoints = sb.endpoints.clone();
+        ctl = Some(sb);
     }
     let mut listeners = Listeners::from_config(&config).await?;
     if listeners.internal.is_none() && !config.cluster.endpoints.is_empty() {
@@ -396,10 +394,11 @@ async fn up(
     if let Some(agent) = agent {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), agent).await;
     }
-    ctl_stop.cancel();
-    for t in ctl_tasks {
-        if let Ok(Err(e)) = t.await {
-            eprintln!("cluster-ctl: {e:#}");
+    if let Some(mut sb) = ctl {
+        for node in &mut sb.ctl {
+            if let Err(e) = node.try_stop().await {
+                eprintln!("{e}");
+            }
         }
     }
     result

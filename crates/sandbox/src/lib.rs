@@ -20,40 +20,80 @@
 
 #![forbid(unsafe_code)]
 
-use broker_common::BrokerConfig;
-use broker_common::config::{RaftPeer, WriterEndpoint};
+use broker_common::config::{ConfigSource, RaftPeer, WriterEndpoint};
+use broker_common::{BrokerConfig, Listeners, Service as Role};
+use futures::future::BoxFuture;
 use serde_yaml_ng::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// How long a service may take to serve gRPC after it is spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What runs one service: `exe args... --service <name> --config <file>
-/// extra...`.
-#[derive(Debug, Clone)]
-pub struct Program {
-    exe: PathBuf,
-    args: Vec<String>,
-    extra: Vec<String>,
+/// What runs one service: a process (`exe args... --service <name>
+/// --config <file> extra...`), or a task in this process that runs
+/// `broker::run` for it (see [`Program::in_process`]).
+#[derive(Clone)]
+pub struct Program(Runner);
+
+#[derive(Clone)]
+enum Runner {
+    Process {
+        exe: PathBuf,
+        args: Vec<String>,
+        extra: Vec<String>,
+    },
+    InProcess(Launch),
 }
+
+/// Runs one service in this process until the token is cancelled:
+/// `broker::run` (passed in, so this crate does not depend on the broker).
+pub type Launch = Arc<
+    dyn Fn(
+            BrokerConfig,
+            Role,
+            Listeners,
+            CancellationToken,
+        ) -> BoxFuture<'static, anyhow::Result<()>>
+        + Send
+        + Sync,
+>;
 
 impl Program {
     /// `exe args...` before the service and its config, e.g. the `broker`
     /// binary and `["run"]`.
     pub fn new(exe: impl Into<PathBuf>, args: &[&str]) -> Self {
-        Self {
+        Self(Runner::Process {
             exe: exe.into(),
             args: args.iter().map(|a| a.to_string()).collect(),
             extra: Vec::new(),
-        }
+        })
     }
 
-    /// Arguments after the config, for every service (e.g. `--set k=v`).
-    pub fn with_extra(mut self, extra: impl IntoIterator<Item = String>) -> Self {
-        self.extra.extend(extra);
+    /// Each service a task of this process, `launch` running it on
+    /// listeners bound from its config (the same file a process would
+    /// read). Such a service cannot be signalled; a kill is a cancel.
+    pub fn in_process<F, Fut>(launch: F) -> Self
+    where
+        F: Fn(BrokerConfig, Role, Listeners, CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        Self(Runner::InProcess(Arc::new(move |c, r, l, t| {
+            Box::pin(launch(c, r, l, t))
+        })))
+    }
+
+    /// Arguments after the config, for every service (e.g. `--set k=v`);
+    /// nothing for an in-process program.
+    pub fn with_extra(mut self, more: impl IntoIterator<Item = String>) -> Self {
+        if let Runner::Process { extra, .. } = &mut self.0 {
+            extra.extend(more);
+        }
         self
     }
 }
@@ -83,22 +123,31 @@ pub const COMPOSE: Topology = Topology {
 pub struct Service {
     program: Program,
     name: String,
-    service: &'static str,
+    service: Role,
     config: PathBuf,
     grpc: u16,
     /// Its admin HTTP port, when known (0 otherwise).
     http: u16,
-    child: Option<Child>,
+    running: Option<Running>,
 }
 
+/// A started service: its process, or its task and the token that stops it.
+enum Running {
+    Process(Child),
+    Task(JoinHandle<anyhow::Result<()>>, CancellationToken),
+}
+
+/// How long a graceful stop may take.
+const STOP_TIMEOUT: Duration = Duration::from_secs(40);
+
 impl Service {
-    /// `service` (a [`broker_common::Service`] name) run by `program` with
+    /// `service` run by `program` with
     /// `yaml` as its config, written to `dir/<name>.yaml`; its gRPC port is
     /// `grpc`. Starts nothing.
     pub fn new(
         program: &Program,
         name: &str,
-        service: &'static str,
+        service: Role,
         dir: &Path,
         yaml: String,
         grpc: u16,
@@ -112,7 +161,7 @@ impl Service {
             config,
             grpc,
             http: 0,
-            child: None,
+            running: None,
         }
     }
 
@@ -147,34 +196,48 @@ impl Service {
         }
     }
 
-    /// Starts the process and waits (at most 30 s) until it serves gRPC.
+    /// Starts the service. A process is waited for (at most 30 s) until it
+    /// serves gRPC; a task serves as soon as it is spawned, its listeners
+    /// being bound first.
     pub async fn try_start(&mut self) -> Result<(), String> {
-        let child = Command::new(&self.program.exe)
-            .args(&self.program.args)
-            .args(["--service", self.service, "--config"])
+        let (exe, args, extra) = match &self.program.0 {
+            Runner::InProcess(launch) => {
+                let source = ConfigSource {
+                    file: Some(&self.config),
+                    ..Default::default()
+                };
+                let config =
+                    BrokerConfig::load(&source).map_err(|e| format!("{}: {e}", self.name))?;
+                let listeners = Listeners::from_config(&config)
+                    .await
+                    .map_err(|e| format!("{}: {e}", self.name))?;
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(launch(config, self.service, listeners, stop.clone()));
+                self.running = Some(Running::Task(task, stop));
+                return Ok(());
+            }
+            Runner::Process { exe, args, extra } => (exe, args, extra),
+        };
+        let child = Command::new(exe)
+            .args(args)
+            .args(["--service", self.service.as_str(), "--config"])
             .arg(&self.config)
-            .args(&self.program.extra)
+            .args(extra)
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| {
-                format!(
-                    "{}: spawning {}: {e}",
-                    self.name,
-                    self.program.exe.display()
-                )
-            })?;
-        self.child = Some(child);
+            .map_err(|e| format!("{}: spawning {}: {e}", self.name, exe.display()))?;
+        self.running = Some(Running::Process(child));
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let ready =
                 broker_common::serve::wait_serving(&self.endpoint(), Duration::from_secs(1)).await;
             let Err(e) = ready else { return Ok(()) };
-            let exited = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
+            let exited = match &mut self.running {
+                Some(Running::Process(c)) => c.try_wait().ok().flatten(),
+                _ => None,
+            };
             if let Some(status) = exited {
                 return Err(format!(
                     "{} exited during start with {status} (its stderr is above)",
@@ -190,17 +253,30 @@ impl Service {
         }
     }
 
-    /// `kill -9`: no chance to drain or flush.
+    /// `kill -9`: no chance to drain or flush. In this process, the
+    /// service is cancelled and its task aborted without waiting.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
+        match self.running.take() {
+            Some(Running::Process(mut c)) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Some(Running::Task(task, stop)) => {
+                stop.cancel();
+                task.abort();
+            }
+            None => {}
         }
     }
 
     /// Sends `kill -<sig>` (e.g. `STOP`, `CONT`) to the running process.
     pub fn signal(&self, sig: &str) {
-        let c = self.child.as_ref().expect("the process runs");
+        let Some(Running::Process(c)) = &self.running else {
+            panic!(
+                "{} is not a running process: it cannot take a signal",
+                self.name
+            );
+        };
         let ok = Command::new("kill")
             .args([&format!("-{sig}"), &c.id().to_string()])
             .status()
@@ -208,22 +284,53 @@ impl Service {
         assert!(ok.success(), "kill -{sig} {}", self.name);
     }
 
-    /// SIGTERM and wait for a clean exit.
+    /// SIGTERM (or, in this process, the cancel that stands for it) and
+    /// wait for a clean exit; panics otherwise (see [`Service::try_stop`]).
     pub async fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let ok = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(ok.success());
-            let deadline = Instant::now() + Duration::from_secs(40);
-            loop {
-                if let Some(status) = c.try_wait().unwrap() {
-                    assert!(status.success(), "{} exited with {status}", self.name);
-                    return;
+        if let Err(e) = self.try_stop().await {
+            panic!("{e}");
+        }
+    }
+
+    /// As [`Service::terminate`], returning why the stop was not clean.
+    pub async fn try_stop(&mut self) -> Result<(), String> {
+        match self.running.take() {
+            None => Ok(()),
+            Some(Running::Task(task, stop)) => {
+                stop.cancel();
+                match tokio::time::timeout(STOP_TIMEOUT, task).await {
+                    Ok(Ok(Ok(()))) => Ok(()),
+                    Ok(Ok(Err(e))) => Err(format!("{} stopped with: {e:#}", self.name)),
+                    Ok(Err(e)) => Err(format!("{}: {e}", self.name)),
+                    Err(_) => Err(format!(
+                        "{} did not stop within {STOP_TIMEOUT:?}",
+                        self.name
+                    )),
                 }
-                assert!(Instant::now() < deadline, "{} ignored SIGTERM", self.name);
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Some(Running::Process(mut c)) => {
+                let ok = Command::new("kill")
+                    .args(["-TERM", &c.id().to_string()])
+                    .status()
+                    .map_err(|e| format!("kill -TERM {}: {e}", self.name))?;
+                if !ok.success() {
+                    return Err(format!("kill -TERM {} failed", self.name));
+                }
+                let deadline = Instant::now() + STOP_TIMEOUT;
+                loop {
+                    if let Some(status) = c.try_wait().map_err(|e| e.to_string())? {
+                        return if status.success() {
+                            Ok(())
+                        } else {
+                            Err(format!("{} exited with {status}", self.name))
+                        };
+                    }
+                    if Instant::now() >= deadline {
+                        let _ = c.kill();
+                        return Err(format!("{} ignored SIGTERM", self.name));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
         }
     }
@@ -264,6 +371,7 @@ pub struct SandboxBuilder {
     gateways: usize,
     host_managers: usize,
     writers_started: Option<usize>,
+    ctl_ports: Vec<(u16, u16)>,
     base: BrokerConfig,
     configure: Vec<Configure>,
 }
@@ -314,6 +422,20 @@ impl SandboxBuilder {
         self
     }
 
+    /// Every member's config starts from `config` (e.g. its security or
+    /// telemetry) instead of the defaults.
+    pub fn base(mut self, config: BrokerConfig) -> Self {
+        self.base = config;
+        self
+    }
+    /// The cluster-ctl nodes' (gRPC, HTTP) ports, instead of free ones;
+    /// one pair per node.
+    pub fn ctl_ports(mut self, ports: &[(u16, u16)]) -> Self {
+        self.ctl = ports.len();
+        self.ctl_ports = ports.to_vec();
+        self
+    }
+
     /// A member's config: the shared settings, then its name and ports,
     /// and the cluster's endpoints when there is a cluster-ctl.
     fn member(&self, name: &str, grpc: u16, http: u16, endpoints: &[String]) -> BrokerConfig {
@@ -338,10 +460,16 @@ impl SandboxBuilder {
                 format!("{role}-{i}")
             }
         };
-        let ctl_ports: Vec<u16> = (0..self.ctl).map(|_| port()).collect();
+        let ctl_ports: Vec<(u16, u16)> = if self.ctl_ports.is_empty() {
+            (0..self.ctl).map(|_| (port(), port())).collect()
+        } else {
+            self.ctl_ports.clone()
+        };
+        // With TLS on, every address the members dial is https.
+        let scheme = self.base.security.tls.scheme();
         let endpoints: Vec<String> = ctl_ports
             .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
+            .map(|(p, _)| format!("{scheme}://127.0.0.1:{p}"))
             .collect();
         let peers: Vec<RaftPeer> = endpoints
             .iter()
@@ -351,22 +479,21 @@ impl SandboxBuilder {
                 addr: addr.clone(),
             })
             .collect();
-        let service =
-            |name: &str, service: &'static str, grpc: u16, http: u16, c: &BrokerConfig| {
-                let mut s = Service::new(&self.program, name, service, dir, to_yaml(c), grpc);
-                s.http = http;
-                s
-            };
+        let service = |name: &str, service: Role, grpc: u16, http: u16, c: &BrokerConfig| {
+            let mut s = Service::new(&self.program, name, service, dir, to_yaml(c), grpc);
+            s.http = http;
+            s
+        };
         let ctl = ctl_ports
             .iter()
             .enumerate()
-            .map(|(i, &grpc)| {
-                let (id, http) = (i + 1, port());
-                let mut c = self.member(&format!("ctl-{id}"), grpc, http, &[]);
+            .map(|(i, &(grpc, http))| {
+                let id = i + 1;
+                let mut c = self.member(&format!("cluster-ctl-{id}"), grpc, http, &[]);
                 c.cluster_ctl.id = id as u64;
                 c.cluster_ctl.peers = peers.clone();
                 c.cluster_ctl.data_dir = dir.join(format!("raft-{id}")).display().to_string();
-                service(&c.node_id.clone(), "cluster-ctl", grpc, http, &c)
+                service(&c.node_id.clone(), Role::ClusterCtl, grpc, http, &c)
             })
             .collect();
         let writers: Vec<Service> = (0..self.writers)
@@ -375,7 +502,7 @@ impl SandboxBuilder {
                 let mut c = self.member(&format!("writer-{i}"), grpc, http, &endpoints);
                 c.writer.redis_url = redis_url.to_string();
                 c.writer.spool_dir = dir.join(format!("spool-{i}")).display().to_string();
-                service(&c.node_id.clone(), "storage-writer", grpc, http, &c)
+                service(&c.node_id.clone(), Role::StorageWriter, grpc, http, &c)
             })
             .collect();
         // Static membership: the routers list the writers, the gateways
@@ -394,7 +521,7 @@ impl SandboxBuilder {
                 let (grpc, http) = (port(), port());
                 let mut c = self.member(&name("router", i, self.routers), grpc, http, &endpoints);
                 c.router.writers = writer_list.clone();
-                service(&c.node_id.clone(), "shard-router", grpc, http, &c)
+                service(&c.node_id.clone(), Role::ShardRouter, grpc, http, &c)
             })
             .collect();
         let router_list: Vec<String> = routers
@@ -407,7 +534,7 @@ impl SandboxBuilder {
                 let (grpc, http) = (port(), port());
                 let mut c = self.member(&name("gateway", i, self.gateways), grpc, http, &endpoints);
                 c.gateway.routers = router_list.clone();
-                service(&c.node_id.clone(), "ingest-gateway", grpc, http, &c)
+                service(&c.node_id.clone(), Role::IngestGateway, grpc, http, &c)
             })
             .collect();
         let host_managers = (0..self.host_managers)
@@ -416,7 +543,7 @@ impl SandboxBuilder {
                 let name = name("host-manager", i, self.host_managers);
                 let mut c = self.member(&name, grpc, http, &endpoints);
                 c.writer.redis_url = redis_url.to_string();
-                service(&c.node_id.clone(), "host-manager", grpc, http, &c)
+                service(&c.node_id.clone(), Role::HostManager, grpc, http, &c)
             })
             .collect();
         Sandbox {
@@ -480,6 +607,7 @@ impl Sandbox {
             gateways: 0,
             host_managers: 0,
             writers_started: None,
+            ctl_ports: Vec::new(),
             base: BrokerConfig::default(),
             configure: Vec::new(),
         }
