@@ -3,10 +3,11 @@
 
 mod common;
 
-use broker_proto::v1::MetricBatch;
+use broker_proto::v1::{MemberState, MetricBatch};
 use broker_tests::*;
 use common::BROKER;
 use std::process::Command;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn separate_processes_with_yaml_configs() {
@@ -39,6 +40,40 @@ async fn separate_processes_with_yaml_configs() {
     sb.stop_all().await;
     let r = Reader::connect(&redis.url()).await;
     assert!(r.exists(&format!("monitor:metrics:{{last}}:{ts}")).await);
+}
+
+/// The same sandbox with its members as tasks of this process (what
+/// `broker up` does for its cluster-ctl nodes): three raft nodes, a
+/// writer, a router and a gateway that learn the ring from them, a batch
+/// stored, and every member stopped cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_runs_in_this_process_too() {
+    let redis = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let program = common::Program::in_process(|config, service, listeners, stop| async move {
+        broker::run(config, &[service], listeners, stop.cancelled_owned()).await
+    });
+    let mut sb = common::Sandbox::builder(program)
+        .ctl(3)
+        .writers(1)
+        .routers(1)
+        .gateways(1)
+        .build(&redis.url(), dir.path());
+    sb.start_all().await;
+    let client = cluster_client::ClusterClient::new(&sb.endpoints, &Default::default()).unwrap();
+    common::until(
+        &client,
+        "every member online",
+        Duration::from_secs(30),
+        |s| {
+            ["writer-0", "router", "gateway"]
+                .iter()
+                .all(|id| common::member_state(s, id) == Some(MemberState::Online))
+        },
+    )
+    .await;
+    write_and_verify(&sb.gateway_endpoints()[0], &redis.url(), 10).await;
+    sb.stop_all().await;
 }
 
 #[test]
