@@ -1,18 +1,21 @@
-//! The broker as separate processes on loopback, the one topology builder
-//! of the real-process test suites (faults, membership, host-manager) and
-//! of `broker-bench`, and the shape `docker-compose.yml` runs
-//! ([`COMPOSE`], checked by the deploy test).
+//! The broker's topologies on loopback: the one builder of the
+//! real-process test suites (faults, membership, host-manager, processes),
+//! of `broker-bench` and of `broker up`'s cluster-ctl nodes, and the shape
+//! `docker-compose.yml` runs ([`COMPOSE`], checked by the deploy test).
 //!
-//! A [`Sandbox`] is `ctl(n).writers(n).routers(n).gateways(n)` processes
-//! of a [`Program`] (`broker run`, or a binary embedding `broker::run` the
-//! same way), each a [`Service`] with its YAML config, spool and raft log
-//! in one directory, on free loopback ports. Only loopback: nothing here
-//! listens on or dials another address.
+//! A [`Sandbox`] is `ctl(n).writers(n).routers(n).gateways(n)
+//! .host_managers(n)` members, each a [`Service`] with its config (a typed
+//! `BrokerConfig` written as YAML), spool and raft log in one directory, on
+//! free loopback ports (or the ones given). A [`Program`] runs each member:
+//! as a process (`broker run`, or a binary embedding `broker::run` the same
+//! way) or as a task of this process. Only loopback: nothing here listens
+//! on or dials another address.
 //!
 //! # Layout
-//! - [`Program`]: what runs one service.
-//! - [`Service`]: one process that can be started, killed (`kill -9`),
-//!   signalled (`STOP`/`CONT`) and terminated, with the same config.
+//! - [`Program`]: what runs one member.
+//! - [`Service`]: one member that can be started, killed (`kill -9`),
+//!   signalled (`STOP`/`CONT`, processes only) and terminated, with the
+//!   same config.
 //! - [`Sandbox`], [`SandboxBuilder`]: a whole topology.
 //! - [`Topology`], [`COMPOSE`]: counts per service; what compose runs.
 //! - [`overlay`]: a YAML section over a member's config, as an operator
@@ -118,8 +121,8 @@ pub const COMPOSE: Topology = Topology {
     gateways: 2,
 };
 
-/// One service process that can be killed, stopped and started again with
-/// the same configuration.
+/// One member (a process, or a task of this process) that can be killed,
+/// stopped and started again with the same configuration.
 pub struct Service {
     program: Program,
     name: String,
@@ -223,7 +226,6 @@ impl Service {
             .args(["--service", self.service.as_str(), "--config"])
             .arg(&self.config)
             .args(extra)
-            .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -342,10 +344,9 @@ impl Drop for Service {
     }
 }
 
-/// A broker as separate processes (`broker run --service X`, the way
-/// docker-compose.yml and the Kubernetes manifests run it), on free
-/// loopback ports, with configs and spools in one directory: the one
-/// topology builder of the real-process suites.
+/// A broker as separate members, one service each (`broker run --service
+/// X`, the way docker-compose.yml and the Kubernetes manifests run it), on
+/// loopback ports, with configs, spools and raft logs in one directory.
 ///
 /// With cluster-ctl nodes every service joins and learns the others from
 /// them (as in compose); without, the routers list the writers and the
@@ -380,13 +381,6 @@ pub struct SandboxBuilder {
 type Configure = Box<dyn Fn(&mut BrokerConfig)>;
 
 impl SandboxBuilder {
-    /// Starts from a [`Topology`]'s counts (e.g. [`COMPOSE`]).
-    pub fn topology(self, t: Topology) -> Self {
-        self.ctl(t.ctl)
-            .writers(t.writers)
-            .routers(t.routers)
-            .gateways(t.gateways)
-    }
     pub fn ctl(mut self, n: usize) -> Self {
         self.ctl = n;
         self
@@ -586,6 +580,14 @@ pub fn overlay(c: &mut BrokerConfig, yaml: &str) {
     *c = serde_path_to_error::deserialize(doc).unwrap_or_else(|e| panic!("overlay {yaml:?}: {e}"));
 }
 
+/// The defaults, logging errors only (a suite's output stays readable;
+/// `RUST_LOG` still wins).
+fn quiet() -> BrokerConfig {
+    let mut c = BrokerConfig::default();
+    c.telemetry.log_level = "error".into();
+    c
+}
+
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -608,7 +610,7 @@ impl Sandbox {
             host_managers: 0,
             writers_started: None,
             ctl_ports: Vec::new(),
-            base: BrokerConfig::default(),
+            base: quiet(),
             configure: Vec::new(),
         }
     }
