@@ -382,12 +382,48 @@ pub async fn write_and_verify(endpoint: &str, redis_url: &str, hosts: usize) {
     }
 }
 
-/// One HTTP/1.0 request; the status and the body as JSON (or a string).
 /// `GET /metrics` on an admin port, as text.
 pub async fn scrape(addr: SocketAddr) -> String {
     let (status, body) = http(addr, "GET", "/metrics", "").await;
     assert_eq!(status, 200, "GET /metrics on {addr}: {body}");
     body.as_str().unwrap_or_default().to_string()
+}
+
+/// As [`scrape`], or `None` when nothing answers at `addr` (a process that
+/// is down or still starting).
+pub async fn try_scrape(addr: SocketAddr) -> Option<String> {
+    let (status, body) = try_http(addr, "GET", "/metrics", "").await?;
+    (status == 200).then(|| body.as_str().unwrap_or_default().to_string())
+}
+
+/// The sum of every sample of `name`, whatever its labels, in a scrape (0
+/// when there is none).
+pub fn sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = if rest.starts_with('{') {
+                rest.rsplit_once(' ')?.1
+            } else {
+                rest.strip_prefix(' ')?
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .sum::<f64>()
+        // An empty sum is -0.
+        + 0.0
+}
+
+/// [`sum`] of a fresh scrape of `addr`.
+pub async fn metric_sum(addr: SocketAddr, name: &str) -> f64 {
+    sum(&scrape(addr).await, name)
+}
+
+/// [`sample`] of a fresh scrape of `addr`, which must expose `series`.
+pub async fn exposed(addr: SocketAddr, series: &str) -> f64 {
+    sample(&scrape(addr).await, series)
+        .unwrap_or_else(|| panic!("{series} is not in /metrics at {addr}"))
 }
 
 /// The value of the sample `series` (name and labels exactly as exposed,
@@ -404,14 +440,27 @@ pub async fn metric(addr: SocketAddr, series: &str) -> f64 {
     sample(&scrape(addr).await, series).unwrap_or(0.0)
 }
 
+/// One HTTP/1.0 request; the status and the body as JSON (or a string).
 pub async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     form: &str,
 ) -> (u16, serde_json::Value) {
+    try_http(addr, method, path, form)
+        .await
+        .unwrap_or_else(|| panic!("{method} {path}: nothing answers at {addr}"))
+}
+
+/// As [`http`], or `None` when the connection is refused or broken.
+pub async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    form: &str,
+) -> Option<(u16, serde_json::Value)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     let req = if form.is_empty() {
         format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
     } else {
@@ -420,15 +469,15 @@ pub async fn http(
             form.len()
         )
     };
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(req.as_bytes()).await.ok()?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
+    s.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8(buf).expect("utf-8 response");
     let (head, body) = text.split_once("\r\n\r\n").expect("http response");
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     let json =
         serde_json::from_str(body).unwrap_or_else(|_| serde_json::Value::String(body.to_string()));
-    (status, json)
+    Some((status, json))
 }
 
 /// An HTTP/1.0 answer with a binary body.
@@ -502,4 +551,21 @@ pub fn enc(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod scrape_tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_read_and_summed_over_labels() {
+        let text = "# HELP broker_x_total x\n# TYPE broker_x_total counter\n\
+                    broker_x_total{writer=\"a\"} 2\nbroker_x_total{writer=\"b\"} 3.5\n\
+                    broker_x_total_other 100\nbroker_y 7\n";
+        assert_eq!(sum(text, "broker_x_total"), 5.5);
+        assert_eq!(sum(text, "broker_y"), 7.0);
+        assert_eq!(sum(text, "broker_absent"), 0.0);
+        assert_eq!(sample(text, "broker_x_total{writer=\"b\"}"), Some(3.5));
+        assert_eq!(sample(text, "broker_x"), None);
+    }
 }

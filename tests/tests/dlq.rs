@@ -49,16 +49,6 @@ async fn key_type(r: &Reader, key: &str) -> String {
     r.cmd(&["TYPE", key]).await.convert().expect("type")
 }
 
-/// The value of an unlabelled metric in `/metrics`.
-async fn metric(admin: &AdminClient, name: &str) -> f64 {
-    let text = admin.get_text("/metrics").await.expect("/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-        .parse()
-        .expect("a number")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn points_redis_refuses_are_dead_lettered_then_replayed_once_fixed() {
     let redis = RedisServer::start().unwrap();
@@ -124,8 +114,11 @@ async fn points_redis_refuses_are_dead_lettered_then_replayed_once_fixed() {
             );
         }
     }
-    assert_eq!(metric(&admin, "broker_writer_dlq_records").await, 1.0);
-    assert_eq!(metric(&admin, "broker_writer_dlq_points_total").await, 2.0);
+    assert_eq!(exposed(broker.http, "broker_writer_dlq_records").await, 1.0);
+    assert_eq!(
+        exposed(broker.http, "broker_writer_dlq_points_total").await,
+        2.0
+    );
 
     // Replayed while the key is still wrong: refused again, entry kept.
     let err = admin.replay(id).await.unwrap_err();
@@ -153,9 +146,9 @@ async fn points_redis_refuses_are_dead_lettered_then_replayed_once_fixed() {
             .contains(&format!("no dead-letter entry with id {id}")),
         "{err}"
     );
-    assert_eq!(metric(&admin, "broker_writer_dlq_records").await, 0.0);
+    assert_eq!(exposed(broker.http, "broker_writer_dlq_records").await, 0.0);
     assert_eq!(
-        metric(&admin, "broker_writer_dlq_replayed_points_total").await,
+        exposed(broker.http, "broker_writer_dlq_replayed_points_total").await,
         2.0
     );
 
@@ -247,7 +240,7 @@ async fn spooled_points_redis_refuses_leave_the_spool_for_the_dlq_and_outlive_a_
     let list = admin.list(None, 100).await.unwrap();
     assert_eq!(list.records, 2, "{list:?}");
     assert_eq!(
-        metric(&admin, "broker_writer_dlq_records").await,
+        exposed(broker.http, "broker_writer_dlq_records").await,
         2.0,
         "the gauge counts what a previous run left"
     );

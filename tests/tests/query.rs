@@ -12,7 +12,8 @@ use broker_proto::v1::{
     MemberState, MetricBatch, Point, PointRequest, RangeRequest,
 };
 use broker_tests::{
-    Reader, RedisServer, Running, config_for, enc, http, metric_names, now, send_batches, value,
+    Reader, RedisServer, Running, config_for, enc, http, metric, metric_names, now, send_batches,
+    value,
 };
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -219,15 +220,6 @@ fn assert_buckets(got: &[(i64, f64, u64)], want: &[(i64, f64, u64)], what: &str)
     }
 }
 
-/// Counter value from /metrics, 0 when absent.
-async fn metric(q: &Query, name_and_labels: &str) -> f64 {
-    let (_, body) = q.get("/metrics").await;
-    let text = body.as_str().unwrap_or_default().to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn point_range_hosts_and_every_aggregation() {
     let f = Fixture::start().await;
@@ -333,14 +325,14 @@ async fn point_range_hosts_and_every_aggregation() {
 
     // Cache: the same past range again is a hit.
     let hits = r#"broker_query_cache_hits_total{kind="range"}"#;
-    let before = metric(&q, hits).await;
+    let before = metric(q.http(), hits).await;
     let (status, _) = q
         .get(&format!(
             "/api/query/range?host=web-2&start={start}&end={end}"
         ))
         .await;
     assert_eq!(status, 200);
-    assert_eq!(metric(&q, hits).await, before + 1.0);
+    assert_eq!(metric(q.http(), hits).await, before + 1.0);
 
     // Hosts: metadata, filters.
     let (status, j) = q.get("/api/query/hosts").await;

@@ -197,26 +197,10 @@ where
     topo.stop_all().await;
 }
 
-/// The sum of the `name` samples in the Prometheus text at
-/// `127.0.0.1:{port}/metrics` (labels ignored).
+/// The sum of the `name` samples (labels ignored) at
+/// `127.0.0.1:{port}/metrics`.
 async fn scrape(port: u16, name: &str) -> f64 {
-    let text = broker_common::http_client::HttpClient::default()
-        .get_text(
-            &format!("http://127.0.0.1:{port}/metrics"),
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("metrics");
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter(|l| {
-            let rest = &l[name.len()..];
-            rest.starts_with(' ') || rest.starts_with('{')
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        // An empty sum is -0.
-        + 0.0
+    broker_tests::metric_sum(([127, 0, 0, 1], port).into(), name).await
 }
 
 /// A gray failure: one of three writers is frozen with SIGSTOP for

@@ -22,24 +22,17 @@ use broker_proto::v1::{ClusterState, MemberState};
 use cluster_client::ClusterClient;
 use cluster_client::views::RingView;
 use common::{member_state, steady_load, until, verify};
-use internal_clients::AdminClient;
 use std::time::{Duration, Instant};
 
 const HOSTS: usize = 200;
 const METRICS: usize = 8;
 
-/// `broker_writer_points_total` of the writer whose admin port is `http`.
+/// `broker_writer_points_total` of the writer whose admin port is `http`
+/// (0 while it does not answer).
 async fn points_written(http: u16) -> u64 {
-    let Ok(admin) = AdminClient::new(&format!("http://127.0.0.1:{http}"), Duration::from_secs(2))
-    else {
-        return 0;
-    };
-    let Ok(text) = admin.get_text("/metrics").await else {
-        return 0;
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix("broker_writer_points_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
+    broker_tests::try_scrape(([127, 0, 0, 1], http).into())
+        .await
+        .and_then(|text| broker_tests::sample(&text, "broker_writer_points_total"))
         .map_or(0, |v| v as u64)
 }
 
