@@ -223,19 +223,17 @@ impl CtlCluster {
             .collect()
     }
 
-    /// The leader the running nodes agree on (every running node that knows
-    /// a leader names the same one, and it is running and leads), waiting up
-    /// to `timeout`.
+    /// The leader the running nodes agree on (every running node names it,
+    /// and it is running and leads), waiting up to `timeout`. Every node
+    /// knowing it matters: a test that next asks a follower to forward a
+    /// change would otherwise race the follower's first heartbeat.
     pub async fn wait_leader(&self, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         loop {
             let running = self.running();
             let views: Vec<_> = running.iter().map(|&id| self.node(id).view()).collect();
             if let Some(l) = views.iter().find(|v| v.is_leader()) {
-                let agreed = views
-                    .iter()
-                    .filter(|v| v.leader_id != 0)
-                    .all(|v| v.leader_id == l.id);
+                let agreed = views.iter().all(|v| v.leader_id == l.id);
                 if agreed {
                     return l.id;
                 }
