@@ -35,6 +35,57 @@ async fn stores_the_seed_layout_exactly() {
     broker.stop().await;
 }
 
+/// A batch the spool replays after Redis comes back is stored and counted,
+/// but when a newer point reached Redis first (through another writer
+/// while this one was down, here: before Redis went down) it does not take
+/// the host's `last_seen` or labels back in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_batch_never_takes_a_host_back_in_time() {
+    let mut redis = durable_redis();
+    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
+    let ts = now() - 60;
+    let batch = |seq, ts, role: &str| {
+        let mut p = point("late", ts, 2);
+        p.labels.insert("role".into(), role.into());
+        MetricBatch {
+            seq,
+            metric_names: metric_names(2),
+            points: vec![p],
+        }
+    };
+    let acks = send_batches(&broker.endpoint(), vec![batch(1, ts, "new")]).await;
+    assert_eq!(acks[0].accepted, 1);
+    redis.stop();
+    // Spooled while Redis is down, replayed once it is back.
+    let acks = send_batches(&broker.endpoint(), vec![batch(2, ts - 30, "old")]).await;
+    assert_eq!(acks[0].accepted, 1, "{:?}", acks[0].errors.first());
+    redis.restart().unwrap();
+    let r = Reader::connect(&redis.url()).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while r
+        .zrange_withscores("monitor:index:metrics:{late}")
+        .await
+        .len()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spooled point was not replayed within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let meta = r.hgetall("monitor:hosts:{late}").await;
+    assert_eq!(meta["last_seen"], ts.to_string());
+    assert_eq!(meta["label:role"], "new");
+    assert_eq!(meta["points_written"], "2");
+    // A newer live batch moves it on, and replaces the labels.
+    send_batches(&broker.endpoint(), vec![batch(3, ts + 10, "newer")]).await;
+    let meta = r.hgetall("monitor:hosts:{late}").await;
+    assert_eq!(meta["last_seen"], (ts + 10).to_string());
+    assert_eq!(meta["label:role"], "newer");
+    broker.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewriting_a_point_is_idempotent() {
     let redis = RedisServer::start().unwrap();

@@ -1,7 +1,8 @@
 //! The chunked key layout against real Redis (standalone and a 3-master
 //! cluster): every f64 bit pattern survives the data path and sealing; a
 //! point resent while its chunk is being sealed is stored once; the spool
-//! replays into the chunked layout; and query-api answers the same
+//! replays into the chunked layout; a late write (a replay) never takes a
+//! host's metadata back in time, in either layout; and query-api answers the same
 //! questions the same way over the seed layout, the chunked layout, and a
 //! migration window that reads both (`writer.migrate_from`).
 
@@ -11,7 +12,9 @@ use broker_tests::*;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use storage_layout::chunked::{ChunkRef, index_key, open_key};
-use storage_layout::{ChunkedConfig, ChunkedLayout, Command, Exec, KeyLayout, RangeReq, Reply};
+use storage_layout::{
+    Arrival, ChunkedConfig, ChunkedLayout, Command, Exec, KeyLayout, RangeReq, Reply,
+};
 
 const TTL: u64 = 7 * 86_400;
 
@@ -213,6 +216,49 @@ async fn odd_values_round_trip(url: String) {
     broker.stop().await;
 }
 
+/// A late write (a replay) stores its point but never takes the host's
+/// `last_seen` or labels back, in both layouts, on a Redis Cluster (the
+/// script is routed by the host's hash tag); a live or late newer write
+/// moves them on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_writes_keep_host_metadata_moving_forward_on_a_cluster() {
+    let cluster = RedisCluster::start(3).unwrap();
+    let r = Reader::connect(&cluster.url()).await;
+    let db: &dyn Exec = r.client();
+    let chunked = ChunkedLayout::new(ChunkedConfig::default());
+    let seed = storage_layout::SeedLayout::default();
+    let layouts: [(&str, &dyn KeyLayout); 2] = [("seed", &seed), ("chunked", &chunked)];
+    let ts = now() - 60;
+    for (name, layout) in layouts {
+        let host = format!("meta-{name}");
+        let batch = |ts, role: &str| {
+            let mut p = point(&host, ts, 2);
+            p.labels.insert("role".into(), role.into());
+            MetricBatch {
+                seq: 1,
+                metric_names: metric_names(2),
+                points: vec![p],
+            }
+        };
+        let meta = || async { r.hgetall(&format!("monitor:hosts:{{{host}}}")).await };
+        write(layout, db, &batch(ts, "new"), Arrival::Live).await;
+        write(layout, db, &batch(ts - 30, "old"), Arrival::Late).await;
+        let m = meta().await;
+        assert_eq!(m["last_seen"], ts.to_string(), "{name}");
+        assert_eq!(m["label:role"], "new", "{name}");
+        let counter = if name == "seed" {
+            "points_written"
+        } else {
+            "open_points"
+        };
+        assert_eq!(m[counter], "2", "{name}: the late point still counts");
+        write(layout, db, &batch(ts + 10, "newer"), Arrival::Late).await;
+        let m = meta().await;
+        assert_eq!(m["last_seen"], (ts + 10).to_string(), "{name}");
+        assert_eq!(m["label:role"], "newer", "{name}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_value_round_trips_through_chunks() {
     let redis = RedisServer::start().unwrap();
@@ -226,9 +272,9 @@ async fn every_value_round_trips_through_chunks_on_a_cluster() {
 }
 
 /// Applies the layout's write commands for `batch` as the writer does.
-async fn write(layout: &ChunkedLayout, db: &dyn Exec, batch: &MetricBatch) {
+async fn write(layout: &dyn KeyLayout, db: &dyn Exec, batch: &MetricBatch, arrival: Arrival) {
     let mut commands: Vec<Command> = Vec::new();
-    layout.write_commands(&[batch], TTL, now(), &mut commands);
+    layout.write_commands(&[batch], arrival, TTL, now(), &mut commands);
     for reply in db.pipeline(commands).await.expect("pipeline") {
         assert!(!matches!(reply, Reply::Error(_)), "{reply:?}");
     }
@@ -260,7 +306,7 @@ async fn resend_while_sealing(url: String) {
             (ts, snap)
         })
         .collect();
-    write(&layout, db, &batch).await;
+    write(&layout, db, &batch, Arrival::Live).await;
     // Sealers race each other and resends of the whole batch: each seal
     // either wins and cuts what it read, or finds the chunk changed and
     // does nothing; the resends land before or after a cut.
@@ -269,9 +315,9 @@ async fn resend_while_sealing(url: String) {
         let (a, b, (), c, ()) = tokio::join!(
             layout.seal(db, host, TTL, now()),
             layout.seal(db, host, TTL, now()),
-            write(&layout, db, &batch),
+            write(&layout, db, &batch, Arrival::Live),
             layout.seal(db, host, TTL, now()),
-            write(&layout, db, &batch),
+            write(&layout, db, &batch, Arrival::Live),
         );
         sealed += a.unwrap() + b.unwrap() + c.unwrap();
     }

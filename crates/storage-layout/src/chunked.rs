@@ -35,8 +35,8 @@
 use crate::chunk;
 use crate::exec::{Command, Exec, Reply};
 use crate::frame::{Frame, FrameBuilder};
-use crate::meta::{self, LABEL_FIELD_PREFIX, LAST_SEEN_FIELD};
-use crate::{KeyLayout, LayoutError, RangeReq};
+use crate::meta;
+use crate::{Arrival, KeyLayout, LayoutError, RangeReq};
 use broker_proto::v1::MetricBatch;
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -193,19 +193,6 @@ for _, m in ipairs(members) do
 end
 return out
 "#;
-
-fn eval(script: &'static str, keys: &[&[u8]], args: Vec<Bytes>) -> Command {
-    let mut all = Vec::with_capacity(2 + keys.len() + args.len());
-    all.push(Bytes::from_static(script.as_bytes()));
-    all.push(Bytes::from(keys.len().to_string()));
-    all.extend(keys.iter().map(|k| Bytes::copy_from_slice(k)));
-    all.extend(args);
-    Command {
-        name: "EVAL",
-        args: all,
-        key_arg: 2,
-    }
-}
 
 fn window(ts: i64) -> i64 {
     ts.div_euclid(CHUNK_WINDOW)
@@ -398,9 +385,9 @@ impl ChunkedLayout {
                 c.end.saturating_add(ttl_secs as i64).to_string(),
             ));
         }
-        let key_refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+        let keys = keys.into_iter().map(Bytes::from).collect();
         let done = db
-            .pipeline(vec![eval(SEAL_SCRIPT, &key_refs, args)])
+            .pipeline(vec![Command::eval(SEAL_SCRIPT, keys, args)])
             .await?
             .pop()
             .unwrap_or(Reply::Nil)
@@ -429,9 +416,9 @@ impl ChunkedLayout {
     fn read_command(req: &RangeReq) -> Command {
         let index = index_key(&req.host);
         let open = open_key(&req.host);
-        eval(
+        Command::eval(
             READ_SCRIPT,
-            &[index.as_bytes(), open.as_bytes()],
+            vec![Bytes::from(index), Bytes::from(open)],
             vec![
                 Bytes::from(req.start.saturating_sub(CHUNK_WINDOW - 1).to_string()),
                 Bytes::from(req.end.to_string()),
@@ -450,6 +437,7 @@ impl KeyLayout for ChunkedLayout {
     fn write_commands(
         &self,
         batches: &[&MetricBatch],
+        arrival: Arrival,
         ttl_secs: u64,
         _now: i64,
         out: &mut Vec<Command>,
@@ -508,28 +496,15 @@ impl KeyLayout for ChunkedLayout {
         for host in order {
             let h = &hosts[host];
             let meta_key = Bytes::from(meta::host_key(host));
-            let mut args = vec![
+            meta::update(
+                out,
+                arrival,
                 meta_key.clone(),
-                Bytes::from_static(LAST_SEEN_FIELD.as_bytes()),
-                Bytes::from(h.last_seen.to_string()),
-            ];
-            if let Some(labels) = h.labels {
-                let mut sorted: Vec<_> = labels.iter().collect();
-                sorted.sort();
-                for (k, v) in sorted {
-                    args.push(Bytes::from(format!("{LABEL_FIELD_PREFIX}{k}")));
-                    args.push(Bytes::copy_from_slice(v.as_bytes()));
-                }
-            }
-            out.push(Command::new("HSET", args));
-            out.push(Command::new(
-                "HINCRBY",
-                vec![
-                    meta_key.clone(),
-                    Bytes::from_static(OPEN_POINTS_FIELD.as_bytes()),
-                    Bytes::from(h.points.to_string()),
-                ],
-            ));
+                h.last_seen,
+                h.labels,
+                OPEN_POINTS_FIELD,
+                h.points,
+            );
             if !self.maintained.contains_key(host) {
                 let long_ttl = Bytes::from(
                     (ttl_secs + self.config.maintenance_interval.as_secs()).to_string(),
@@ -739,13 +714,31 @@ mod tests {
             ],
         };
         let mut out = Vec::new();
-        layout.write_commands(&[&batch], 60, 1000, &mut out);
+        layout.write_commands(&[&batch], Arrival::Live, 60, 1000, &mut out);
         let names: Vec<&str> = out.iter().map(|c| c.name).collect();
         assert_eq!(
             names,
             [
                 "APPEND", "APPEND", "HSET", "HINCRBY", "EXPIRE", "EXPIRE", "HSET", "HINCRBY",
                 "EXPIRE", "EXPIRE"
+            ]
+        );
+        // A replay's metadata: one script per host with the key, last_seen,
+        // counter and count, labels.
+        let mut late = Vec::new();
+        layout.write_commands(&[&batch], Arrival::Late, 60, 1000, &mut late);
+        let names: Vec<&str> = late.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["APPEND", "APPEND", "EVAL", "EVAL"]);
+        let meta: Vec<&[u8]> = late[2].args[2..].iter().map(|a| &a[..]).collect();
+        assert_eq!(
+            meta,
+            [
+                &b"monitor:hosts:{h1}"[..],
+                b"100",
+                b"open_points",
+                b"1",
+                b"label:role",
+                b"web"
             ]
         );
         assert_eq!(&out[0].args[0][..], b"monitor:open:{h1}");

@@ -7,7 +7,7 @@
 
 use crate::exec::{Command, Exec};
 use crate::frame::{Frame, FrameBuilder};
-use crate::{KeyLayout, LayoutError, RangeReq};
+use crate::{Arrival, KeyLayout, LayoutError, RangeReq};
 use broker_proto::v1::MetricBatch;
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -31,11 +31,13 @@ impl KeyLayout for DualRead {
     fn write_commands(
         &self,
         batches: &[&MetricBatch],
+        arrival: Arrival,
         ttl_secs: u64,
         now: i64,
         out: &mut Vec<Command>,
     ) {
-        self.primary.write_commands(batches, ttl_secs, now, out)
+        self.primary
+            .write_commands(batches, arrival, ttl_secs, now, out)
     }
 
     fn written(&self, batches: &[&MetricBatch], ok: bool, now: i64) {

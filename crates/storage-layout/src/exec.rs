@@ -16,7 +16,7 @@ pub struct Command {
     pub name: &'static str,
     pub args: Vec<Bytes>,
     /// Index in `args` of the key that picks the Redis Cluster slot: 0
-    /// for ordinary commands, 2 for `EVALSHA sha numkeys key ...`.
+    /// for ordinary commands, 2 for `EVAL script numkeys key ...`.
     pub key_arg: usize,
 }
 
@@ -26,6 +26,21 @@ impl Command {
             name,
             args,
             key_arg: 0,
+        }
+    }
+
+    /// `EVAL script numkeys keys... args...`, routed in a Redis Cluster by
+    /// its first key (so every key must share one hash tag).
+    pub fn eval(script: &'static str, keys: Vec<Bytes>, args: Vec<Bytes>) -> Self {
+        let mut all = Vec::with_capacity(2 + keys.len() + args.len());
+        all.push(Bytes::from_static(script.as_bytes()));
+        all.push(Bytes::from(keys.len().to_string()));
+        all.extend(keys);
+        all.extend(args);
+        Self {
+            name: "EVAL",
+            args: all,
+            key_arg: 2,
         }
     }
 

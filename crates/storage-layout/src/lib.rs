@@ -10,7 +10,8 @@
 //!   compressed immutable chunks with a chunk index per host.
 //! - [`chunk`]: the chunked layout's byte formats (open-chunk records,
 //!   sealed chunks compressed with pco).
-//! - [`meta`]: the host metadata hash both layouts keep.
+//! - [`meta`]: the host metadata hash both layouts keep, and how a write
+//!   updates it ([`Arrival`]: live in order, or a late replay).
 //! - [`direct`]: write pipelines encoded once into one RESP buffer and
 //!   sent on a plain connection beside fred (standalone and sentinel).
 //! - [`dual`]: reads two layouts as one, for a migration window.
@@ -35,7 +36,7 @@ pub mod seed;
 pub use chunked::{ChunkedConfig, ChunkedLayout};
 pub use exec::{Command, Exec, Reply};
 pub use frame::Frame;
-pub use meta::HostMeta;
+pub use meta::{Arrival, HostMeta};
 pub use seed::SeedLayout;
 
 use broker_proto::v1::MetricBatch;
@@ -76,11 +77,13 @@ pub trait KeyLayout: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Appends the commands that store `batches` (already validated) with
-    /// a time to live of `ttl_secs`, at wall-clock time `now` (Unix seconds).
+    /// a time to live of `ttl_secs`, at wall-clock time `now` (Unix seconds);
+    /// `arrival` says whether newer points may already be in Redis.
     /// Applying the commands twice must leave the data read back unchanged.
     fn write_commands(
         &self,
         batches: &[&MetricBatch],
+        arrival: Arrival,
         ttl_secs: u64,
         now: i64,
         out: &mut Vec<Command>,

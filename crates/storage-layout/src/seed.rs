@@ -3,8 +3,8 @@
 
 use crate::exec::{Command, Exec};
 use crate::frame::{Frame, FrameBuilder};
-use crate::meta::{LABEL_FIELD_PREFIX, LAST_SEEN_FIELD, POINTS_WRITTEN_FIELD};
-use crate::{KeyLayout, LayoutError, RangeReq};
+use crate::meta::{self, POINTS_WRITTEN_FIELD};
+use crate::{Arrival, KeyLayout, LayoutError, RangeReq};
 use broker_proto::v1::MetricBatch;
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
@@ -17,7 +17,8 @@ use std::collections::HashMap;
 /// - `monitor:index:metrics:{host}`: ZSET score = ts, member = ts
 /// - `monitor:hosts:{host}`: HASH `last_seen`, `label:<name>` fields, and
 ///   `points_written` (HINCRBY: counts writes including retries; the number
-///   of distinct points is the index's ZCARD)
+///   of distinct points is the index's ZCARD); a replay sets them through
+///   a script that never takes `last_seen` or labels back ([`meta::update`])
 ///
 /// Housekeeping of a host's two long-lived keys (trim index entries older
 /// than the ttl; EXPIRE both at ttl + `maintenance_interval`, so they outlive
@@ -266,6 +267,7 @@ impl KeyLayout for SeedLayout {
     fn write_commands(
         &self,
         batches: &[&MetricBatch],
+        arrival: Arrival,
         ttl_secs: u64,
         now: i64,
         out: &mut Vec<Command>,
@@ -343,24 +345,15 @@ impl KeyLayout for SeedLayout {
                 z.push_i64(*ts);
             }
             out.push(z.done("ZADD"));
-            let mut m = Args::with_capacity(64, 3 + 2 * agg.labels.map_or(0, |l| l.len()));
-            m.args.push(host_key.clone());
-            m.push(LAST_SEEN_FIELD.as_bytes());
-            m.push_i64(agg.last_seen);
-            if let Some(labels) = agg.labels {
-                let mut sorted: Vec<_> = labels.iter().collect();
-                sorted.sort();
-                for (k, v) in sorted {
-                    m.push_key(&[LABEL_FIELD_PREFIX.as_bytes(), k.as_bytes()]);
-                    m.push(v.as_bytes());
-                }
-            }
-            out.push(m.done("HSET"));
-            let mut inc = Args::with_capacity(32, 3);
-            inc.args.push(host_key.clone());
-            inc.push(POINTS_WRITTEN_FIELD.as_bytes());
-            inc.push_i64(agg.timestamps.len() as i64);
-            out.push(inc.done("HINCRBY"));
+            meta::update(
+                out,
+                arrival,
+                host_key.clone(),
+                agg.last_seen,
+                agg.labels,
+                POINTS_WRITTEN_FIELD,
+                agg.timestamps.len() as i64,
+            );
             // After the writes, so both keys exist when EXPIRE runs.
             if !self.maintained.contains_key(host) {
                 let long_ttl = Bytes::from((ttl_secs + self.maintenance_secs).to_string());
@@ -464,18 +457,20 @@ mod tests {
             ],
         };
         let layout = SeedLayout::new(std::time::Duration::from_secs(30));
+        // EVAL is shown without its script and key count.
         let render = |out: &[Command]| -> Vec<String> {
             out.iter()
                 .map(|c| {
+                    let skip = if c.name == "EVAL" { 2 } else { 0 };
                     std::iter::once(c.name.to_string())
-                        .chain(c.args.iter().map(|a| s(a).to_string()))
+                        .chain(c.args.iter().skip(skip).map(|a| s(a).to_string()))
                         .collect::<Vec<_>>()
                         .join(" ")
                 })
                 .collect()
         };
         let mut out = Vec::new();
-        layout.write_commands(&[&batch], 60, 1000, &mut out);
+        layout.write_commands(&[&batch], Arrival::Live, 60, 1000, &mut out);
         assert_eq!(
             render(&out),
             vec![
@@ -493,14 +488,22 @@ mod tests {
         );
         // Within the interval the housekeeping is not repeated...
         out.clear();
-        layout.write_commands(&[&batch], 60, 1000, &mut out);
+        layout.write_commands(&[&batch], Arrival::Live, 60, 1000, &mut out);
         assert_eq!(out.len(), 7);
         assert!(out.iter().all(|c| c.name != "ZREMRANGEBYSCORE"));
         // ...unless the previous write failed.
         layout.written(&[&batch], false, 1000);
         out.clear();
-        layout.write_commands(&[&batch], 60, 1000, &mut out);
+        layout.write_commands(&[&batch], Arrival::Live, 60, 1000, &mut out);
         assert_eq!(out.len(), 10);
+        // A replay's metadata goes through the script, in one command.
+        out.clear();
+        layout.write_commands(&[&batch], Arrival::Late, 60, 1000, &mut out);
+        assert_eq!(
+            render(&out)[5],
+            "EVAL monitor:hosts:{h1} 105 points_written 2 label:role web"
+        );
+        assert_eq!(out.len(), 6);
         assert_eq!(metrics_key("h1", 100), "monitor:metrics:{h1}:100");
         assert_eq!(index_key("h1"), "monitor:index:metrics:{h1}");
     }
@@ -533,7 +536,7 @@ mod tests {
             }],
         };
         let mut out = Vec::new();
-        SeedLayout::default().write_commands(&[&batch], 60, 10, &mut out);
+        SeedLayout::default().write_commands(&[&batch], Arrival::Live, 60, 10, &mut out);
         assert_eq!(out[0].args.len(), 3, "key plus the one value with a name");
     }
 }

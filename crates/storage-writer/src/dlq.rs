@@ -15,6 +15,7 @@ use crate::spool::{DeadLetterRecord, Spool, SpoolError};
 use crate::store::{Store, hosts_of};
 use broker_proto::v1::{DeadLetter, MetricBatch};
 use std::sync::Arc;
+use storage_layout::Arrival;
 
 pub use internal_clients::dlq::{
     DEFAULT_LIST_LIMIT, EntryDetail, EntryDone, EntryFailure, EntryList, EntrySummary,
@@ -167,7 +168,7 @@ impl DeadLetterQueue {
         let outcome = if batch.points.is_empty() {
             Ok(vec![None])
         } else {
-            self.store.write_or_isolate(&[&batch]).await
+            self.store.write_or_isolate(&[&batch], Arrival::Late).await
         };
         let failure = match outcome {
             Ok(mut refused) => match refused.pop().flatten() {

@@ -6,6 +6,7 @@ use broker_proto::v1::{DeadLetter, MetricBatch};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use storage_layout::Arrival;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::*;
@@ -69,7 +70,7 @@ impl Store {
             }
             let refs: Vec<&MetricBatch> = records.iter().map(|r| &r.batch).collect();
             let points: usize = refs.iter().map(|b| b.points.len()).sum();
-            match self.write_or_isolate(&refs).await {
+            match self.write_or_isolate(&refs, Arrival::Late).await {
                 Ok(refused) => {
                     let ids: Vec<u64> = records.iter().map(|r| r.id).collect();
                     let entries: Vec<DeadLetter> = refused

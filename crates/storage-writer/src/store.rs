@@ -20,7 +20,7 @@ use fred::clients::Pool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use storage_layout::{Command, KeyLayout};
+use storage_layout::{Arrival, Command, KeyLayout};
 use tokio_util::sync::CancellationToken;
 
 use crate::redis::{classify, classify_reply};
@@ -57,12 +57,14 @@ pub(crate) async fn write_batches(
     store: &Store,
     client: &fred::clients::Client,
     batches: &[&MetricBatch],
+    arrival: Arrival,
 ) -> Result<(), WriterError> {
     let (layout, metrics, timeout) = (store.layout.as_ref(), &store.metrics, store.timeout);
     let points: usize = batches.iter().map(|b| b.points.len()).sum();
     let mut commands = Vec::with_capacity(points * 2 + 8);
     layout.write_commands(
         batches,
+        arrival,
         store.ttl_secs,
         broker_common::unix_now(),
         &mut commands,
@@ -107,7 +109,7 @@ impl Store {
             return vec![self.spool_append(batches).await; n];
         }
         let refs: Vec<&MetricBatch> = batches.iter().map(|b| b.as_ref()).collect();
-        let result = self.write_or_isolate(&refs).await;
+        let result = self.write_or_isolate(&refs, Arrival::Live).await;
         match (result, &self.spool) {
             (Ok(refused), _) => self.settle_refused(refused).await,
             (Err(e), None) => {
@@ -137,13 +139,14 @@ impl Store {
     pub(crate) async fn write_or_isolate(
         &self,
         batches: &[&MetricBatch],
+        arrival: Arrival,
     ) -> Result<Vec<Option<Refused>>, WriterError> {
         let client = self.pool.next().clone();
-        match write_batches(self, &client, batches).await {
+        match write_batches(self, &client, batches, arrival).await {
             Ok(()) => Ok(batches.iter().map(|_| None).collect()),
             Err(e) if e.is_permanent() => {
                 tracing::warn!(error = %e, "redis refused part of a pipeline for good; writing it again host by host to set those points apart");
-                self.isolate(&client, batches).await
+                self.isolate(&client, batches, arrival).await
             }
             Err(e) => Err(e),
         }
@@ -156,6 +159,7 @@ impl Store {
         &self,
         client: &fred::clients::Client,
         batches: &[&MetricBatch],
+        arrival: Arrival,
     ) -> Result<Vec<Option<Refused>>, WriterError> {
         struct Group {
             batch: usize,
@@ -183,7 +187,7 @@ impl Store {
                 };
                 let start = commands.len();
                 self.layout
-                    .write_commands(&[&sub], self.ttl_secs, now, &mut commands);
+                    .write_commands(&[&sub], arrival, self.ttl_secs, now, &mut commands);
                 groups.push(Group {
                     batch: bi,
                     sub,
