@@ -14,11 +14,14 @@ fuzz_target!(|data: &[u8]| {
         let again = broker_proto::v1::MetricBatch::decode(batch.encode_to_vec().as_slice())
             .expect("re-encoded batch decodes");
         assert_eq!(again.points.len(), batch.points.len());
-        // A replayed record is written by whichever layout is configured.
+        // A replayed record is written by whichever layout is configured
+        // (as a late write; the same batch live must not panic either).
         for name in storage_layout::LAYOUTS {
             let layout = storage_layout::by_name(name).expect("a known layout");
-            let mut commands = Vec::new();
-            layout.write_commands(&[&batch], 604_800, 1_700_000_000, &mut commands);
+            for arrival in [storage_layout::Arrival::Late, storage_layout::Arrival::Live] {
+                let mut commands = Vec::new();
+                layout.write_commands(&[&batch], arrival, 604_800, 1_700_000_000, &mut commands);
+            }
         }
     }
 });
