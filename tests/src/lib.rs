@@ -72,6 +72,14 @@ pub fn config_for(redis_url: &str) -> BrokerConfig {
     c
 }
 
+/// [`config_for`] on the seed key layout, for tests that read its keys
+/// (the default layout is the chunked one).
+pub fn seed_config_for(redis_url: &str) -> BrokerConfig {
+    let mut c = config_for(redis_url);
+    c.writer.layout = "seed".into();
+    c
+}
+
 /// Whether `services` run an ingest-gateway beside services other broker
 /// processes call.
 fn needs_internal(services: &[Service]) -> bool {
@@ -330,8 +338,33 @@ impl Reader {
     }
 }
 
-/// Writes a known batch through the broker at `endpoint` and checks the
-/// seed layout in Redis at `redis_url`, key by key. Shared by the
+/// The snapshot of `host` at `ts` as the default key layout reads it from
+/// Redis at `redis_url` (`None`: not stored).
+pub async fn stored(redis_url: &str, host: &str, ts: i64) -> Option<HashMap<String, f64>> {
+    let layout = storage_layout::by_name(broker_common::config::DEFAULT_LAYOUT).expect("layout");
+    let r = Reader::connect(redis_url).await;
+    let req = [storage_layout::RangeReq {
+        host: host.to_string(),
+        start: ts,
+        end: ts,
+    }];
+    let frame = layout
+        .frames(r.client(), &req, &[], None)
+        .await
+        .expect("read the layout")
+        .pop()?;
+    (!frame.timestamps.is_empty()).then(|| {
+        frame
+            .metrics
+            .into_iter()
+            .filter_map(|(k, col)| col.first().copied().filter(|v| !v.is_nan()).map(|v| (k, v)))
+            .collect()
+    })
+}
+
+/// Writes a known batch through the broker at `endpoint` and checks, in
+/// Redis at `redis_url`, every value through the default key layout, the
+/// host metadata, the host index and the keys' time to live. Shared by the
 /// standalone, cluster and sentinel tests.
 pub async fn write_and_verify(endpoint: &str, redis_url: &str, hosts: usize) {
     let ts = now() - 60;
@@ -355,30 +388,28 @@ pub async fn write_and_verify(endpoint: &str, redis_url: &str, hosts: usize) {
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].accepted as usize, n, "errors: {:?}", acks[0].errors);
     let r = Reader::connect(redis_url).await;
+    let index: HashMap<String, i64> =
+        storage_layout::hosts::list(r.client(), 0).await.expect("host index").into_iter().collect();
     for h in 0..hosts {
         let host = format!("host-{h:03}");
         for t in [ts, ts + 5] {
-            let key = format!("monitor:metrics:{{{host}}}:{t}");
-            let got = r.hgetall(&key).await;
-            assert_eq!(got.len(), 4, "{key}: {got:?}");
+            let got = stored(redis_url, &host, t).await.unwrap_or_default();
+            assert_eq!(got.len(), 4, "{host} at {t}: {got:?}");
             for (m, name) in names.iter().enumerate() {
-                let v: f64 = got[name].parse().unwrap();
-                assert_eq!(v, value(&host, t, m), "{key} {name}");
+                assert_eq!(got[name], value(&host, t, m), "{host} at {t}: {name}");
             }
-            let ttl = r.ttl(&key).await;
-            assert!((604_700..=604_800).contains(&ttl), "{key} ttl {ttl}");
         }
-        let index = format!("monitor:index:metrics:{{{host}}}");
-        assert_eq!(
-            r.zrange_withscores(&index).await,
-            vec![
-                (ts.to_string(), ts as f64),
-                ((ts + 5).to_string(), (ts + 5) as f64)
-            ]
-        );
+        let open = format!("monitor:open:{{{host}}}");
+        let ttl = r.ttl(&open).await;
+        assert!((604_700..=604_900).contains(&ttl), "{open} ttl {ttl}");
         let meta = r.hgetall(&format!("monitor:hosts:{{{host}}}")).await;
         assert_eq!(meta["last_seen"], (ts + 5).to_string());
-        assert_eq!(meta["points_written"], "2");
+        assert_eq!(meta["open_points"], "2");
+        assert_eq!(index.get(&host), Some(&(ts + 5)), "{host} in the host index");
+        let series = r.zrange_withscores(&format!("monitor:series:{{{host}}}")).await;
+        let mut seen: Vec<String> = series.into_iter().map(|(m, _)| m).collect();
+        seen.sort();
+        assert_eq!(seen, names, "{host}'s series set");
     }
 }
 

@@ -21,7 +21,7 @@ async fn points_routed_under_an_old_epoch_are_routed_again_under_the_new_ring() 
     c.wait_leader(Duration::from_secs(10)).await;
     let mut writers = Vec::new();
     for id in ["writer-a", "writer-b"] {
-        let mut config = config_for(&redis.url());
+        let mut config = seed_config_for(&redis.url());
         config.node_id = id.into();
         config.cluster.endpoints = c.endpoints();
         writers.push(Running::broker(config, &[Service::StorageWriter]).await);

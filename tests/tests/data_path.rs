@@ -8,7 +8,7 @@ use broker_tests::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_the_seed_layout_exactly() {
     let redis = RedisServer::start().unwrap();
-    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
+    let broker = Running::broker(seed_config_for(&redis.url()), &Service::DEFAULT).await;
     write_and_verify(&broker.endpoint(), &redis.url(), 3).await;
 
     // Labels land in the host hash; the index ttl and host ttl are set.
@@ -42,7 +42,7 @@ async fn stores_the_seed_layout_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_batch_never_takes_a_host_back_in_time() {
     let mut redis = durable_redis();
-    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
+    let broker = Running::broker(seed_config_for(&redis.url()), &Service::DEFAULT).await;
     let ts = now() - 60;
     let batch = |seq, ts, role: &str| {
         let mut p = point("late", ts, 2);
@@ -89,7 +89,7 @@ async fn a_replayed_batch_never_takes_a_host_back_in_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewriting_a_point_is_idempotent() {
     let redis = RedisServer::start().unwrap();
-    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
+    let broker = Running::broker(seed_config_for(&redis.url()), &Service::DEFAULT).await;
     let ts = now() - 10;
     let batch = |seq| MetricBatch {
         seq,
@@ -116,7 +116,7 @@ async fn rewriting_a_point_is_idempotent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rejection_reason_is_reported_and_valid_points_are_stored() {
     let redis = RedisServer::start().unwrap();
-    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
+    let broker = Running::broker(seed_config_for(&redis.url()), &Service::DEFAULT).await;
     let ts = now() - 5;
     let names = metric_names(3);
     let mut points = vec![
@@ -224,7 +224,7 @@ async fn every_rejection_reason_is_reported_and_valid_points_are_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_batches_and_messages_get_clear_errors() {
     let redis = RedisServer::start().unwrap();
-    let mut config = config_for(&redis.url());
+    let mut config = seed_config_for(&redis.url());
     config.gateway.max_points_per_batch = 10;
     config.gateway.max_inflight_points = 10;
     config.gateway.max_metrics_per_point = 4;
@@ -292,11 +292,11 @@ async fn multi_writer_routing_matches_the_ring() {
     let redis: Vec<RedisServer> = (0..3).map(|_| RedisServer::start().unwrap()).collect();
     let mut writers = Vec::new();
     for (i, r) in redis.iter().enumerate() {
-        let mut c = config_for(&r.url());
+        let mut c = seed_config_for(&r.url());
         c.node_id = format!("writer-{i}");
         writers.push(Running::broker(c, &[Service::StorageWriter]).await);
     }
-    let mut rc = config_for("");
+    let mut rc = seed_config_for("");
     rc.router.writers = writers
         .iter()
         .enumerate()

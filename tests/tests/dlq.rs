@@ -55,7 +55,7 @@ async fn points_redis_refuses_are_dead_lettered_then_replayed_once_fixed() {
     let url = redis.url();
     let r = Reader::connect(&url).await;
     poison(&r, POISON).await;
-    let config = config_for(&url);
+    let config = seed_config_for(&url);
     let broker = Running::broker(config.clone(), &Service::DEFAULT).await;
     let admin = admin(&broker);
 
@@ -183,7 +183,7 @@ async fn spooled_points_redis_refuses_leave_the_spool_for_the_dlq_and_outlive_a_
     poison(&r, "poison-a").await;
     poison(&r, "poison-b").await;
     drop(r);
-    let config = config_for(&url);
+    let config = seed_config_for(&url);
     let broker = Running::broker(config.clone(), &Service::DEFAULT).await;
 
     // Redis is down: both batches are spooled and acked.
@@ -281,7 +281,7 @@ async fn without_a_spool_refused_points_go_back_to_the_sender() {
     let url = redis.url();
     let r = Reader::connect(&url).await;
     poison(&r, POISON).await;
-    let mut config = config_for(&url);
+    let mut config = seed_config_for(&url);
     config.writer.spool_dir = String::new();
     let broker = Running::broker(config, &Service::DEFAULT).await;
     let ts = now() - 30;

@@ -35,7 +35,7 @@ struct Writer {
 /// A storage-writer named `id`; on `grpc` when given (a restart), else on a
 /// fresh port.
 async fn start_writer(redis_url: &str, id: &str, grpc: Option<SocketAddr>) -> Writer {
-    let mut c = config_for(redis_url);
+    let mut c = seed_config_for(redis_url);
     c.node_id = id.to_string();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let listeners = Listeners::bind(grpc.unwrap_or(any), any)
@@ -83,7 +83,7 @@ async fn a_stopped_writers_share_moves_to_the_other_and_comes_back_when_it_resta
     let redis = RedisServer::start().unwrap();
     let w1 = start_writer(&redis.url(), "w1", None).await;
     let w2 = start_writer(&redis.url(), "w2", None).await;
-    let mut rc = config_for("");
+    let mut rc = seed_config_for("");
     rc.router.writers = [("w1", &w1), ("w2", &w2)]
         .map(|(id, w)| WriterEndpoint {
             id: id.into(),
@@ -177,7 +177,7 @@ async fn points_for_a_dead_writer_fail_over_to_the_live_one() {
     let redis = RedisServer::start().unwrap();
     let writer = Running::broker(
         {
-            let mut c = config_for(&redis.url());
+            let mut c = seed_config_for(&redis.url());
             c.node_id = "alive".into();
             c
         },
@@ -188,7 +188,7 @@ async fn points_for_a_dead_writer_fail_over_to_the_live_one() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_addr = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let mut c = config_for("");
+    let mut c = seed_config_for("");
     c.router.writers = vec![
         broker_common::config::WriterEndpoint {
             id: "alive".into(),
@@ -239,14 +239,14 @@ async fn points_no_writer_can_take_are_reported_unavailable_not_dropped() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead_addr = format!("http://{}", dead.local_addr().unwrap());
     drop(dead);
-    let mut c = config_for("");
+    let mut c = seed_config_for("");
     c.router.writers = vec![broker_common::config::WriterEndpoint {
         id: "dead".into(),
         addr: dead_addr,
         weight: 1,
     }];
     let router = Running::broker(c, &[Service::ShardRouter]).await;
-    let mut gc = config_for("");
+    let mut gc = seed_config_for("");
     gc.gateway.routers = vec![router.endpoint()];
     let gateway = Running::broker(gc, &[Service::IngestGateway]).await;
     let ts = now();

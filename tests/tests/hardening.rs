@@ -40,8 +40,8 @@ fn bad_points(ts: i64) -> Vec<(&'static str, Point)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_rpcs_run_the_gateways_checks() {
     let redis = RedisServer::start().unwrap();
-    let writer = Running::broker(config_for(&redis.url()), &[Service::StorageWriter]).await;
-    let mut rc = config_for("");
+    let writer = Running::broker(seed_config_for(&redis.url()), &[Service::StorageWriter]).await;
+    let mut rc = seed_config_for("");
     rc.router.writers = vec![broker_common::config::WriterEndpoint {
         id: "w".into(),
         addr: writer.endpoint(),
@@ -113,7 +113,7 @@ async fn internal_rpcs_run_the_gateways_checks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_or_unused_names_are_refused_before_they_cost_memory() {
     let redis = RedisServer::start().unwrap();
-    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
+    let broker = Running::broker(seed_config_for(&redis.url()), &Service::DEFAULT).await;
     let ts = now() - 30;
     let huge = "x".repeat(15 << 20);
     let batch = |seq| MetricBatch {
@@ -182,7 +182,7 @@ async fn huge_or_unused_names_are_refused_before_they_cost_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_cannot_replay_or_discard_the_dlq() {
     let redis = RedisServer::start().unwrap();
-    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
+    let broker = Running::broker(seed_config_for(&redis.url()), &Service::DEFAULT).await;
     let from_page = post_bytes(
         broker.http,
         "/api/dlq/replay",
@@ -275,7 +275,7 @@ async fn calls(r: &Reader, command: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_api_bounds_what_it_reads_before_reading_it() {
     let redis = RedisServer::start().unwrap();
-    let mut config = config_for(&redis.url());
+    let mut config = seed_config_for(&redis.url());
     config.query.max_points_scanned = 100;
     config.query.max_series = 10;
     config.query.max_hosts = 100;
@@ -533,7 +533,7 @@ async fn internal_services_are_not_served_on_the_agents_port() {
     let stored = |host: &str| format!("monitor:metrics:{{{host}}}:{ts}");
 
     // 1. With an internal listener.
-    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
+    let broker = Running::broker(seed_config_for(&redis.url()), &Service::DEFAULT).await;
     let (agents, internal) = (broker.endpoint(), broker.internal_endpoint());
     assert_ne!(agents, internal);
     broker_common::serve::wait_serving(&agents, Duration::from_secs(10))
@@ -572,7 +572,7 @@ async fn internal_services_are_not_served_on_the_agents_port() {
     // 2. Without one, beside the gateway: in-process only.
     let broker = Running::start_on(
         Listeners::loopback().await.unwrap(),
-        config_for(&redis.url()),
+        seed_config_for(&redis.url()),
         |c, l, s| broker::run(c, &Service::DEFAULT, l, s),
     );
     assert_eq!(broker.internal, None);
@@ -591,7 +591,7 @@ async fn internal_services_are_not_served_on_the_agents_port() {
     // 3. A cluster member must have one, and advertises it.
     let mut ctl = broker_tests::cluster::CtlCluster::start(1, Duration::from_secs(600)).await;
     ctl.wait_leader(Duration::from_secs(10)).await;
-    let mut c = config_for(&redis.url());
+    let mut c = seed_config_for(&redis.url());
     c.node_id = "member-1".into();
     c.cluster.endpoints = ctl.endpoints();
     let e = broker::run(
@@ -635,7 +635,7 @@ async fn connections_per_port_are_bounded() {
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
     let redis = RedisServer::start().unwrap();
-    let mut c = config_for(&redis.url());
+    let mut c = seed_config_for(&redis.url());
     c.max_connections = 3;
     let broker = Running::broker(c, &Service::DEFAULT).await;
     let open = r#"broker_connections_open{listener="grpc"}"#;
@@ -719,7 +719,7 @@ async fn in_process_clients_run_what_grpc_runs() {
     use storage_writer::WriterClient;
     use storage_writer::service::WriteHandler;
     let redis = RedisServer::start().unwrap();
-    let config = config_for(&redis.url());
+    let config = seed_config_for(&redis.url());
     let mut registry = prometheus_client::registry::Registry::default();
     let readiness = broker_common::Readiness::default();
     let w = storage_writer::WriterComponent::start(&config, &mut registry, &readiness).unwrap();

@@ -467,7 +467,7 @@ async fn query_answers_are_equal_across_layouts_and_a_migration() {
 
     // Seed layout: everything.
     let seed_redis = RedisServer::start().unwrap();
-    let seed = config_for(&seed_redis.url());
+    let seed = seed_config_for(&seed_redis.url());
     write_through(seed.clone(), all()).await;
     wait_readable(&seed, N as usize).await;
 
@@ -500,11 +500,24 @@ async fn query_answers_are_equal_across_layouts_and_a_migration() {
     // A migration: the first half written in the seed layout, the rest
     // after the switch to chunked, read with `migrate_from: seed`.
     let migrated_redis = RedisServer::start().unwrap();
-    write_through(config_for(&migrated_redis.url()), snapshots(ts0, 0, N / 2)).await;
+    write_through(seed_config_for(&migrated_redis.url()), snapshots(ts0, 0, N / 2)).await;
     let mut migrating = chunked(&migrated_redis.url(), 8, Duration::from_secs(1));
     migrating.writer.migrate_from = "seed".into();
     write_through(migrating.clone(), snapshots(ts0, N / 2, N)).await;
     wait_readable(&migrating, N as usize).await;
+
+    // And back: the first half in the chunked layout (sealed), the rest
+    // after a switch to seed, read with `migrate_from: chunked`.
+    let back_redis = RedisServer::start().unwrap();
+    write_through(
+        chunked(&back_redis.url(), 8, Duration::from_secs(1)),
+        snapshots(ts0, 0, N / 2),
+    )
+    .await;
+    let mut back = seed_config_for(&back_redis.url());
+    back.writer.migrate_from = "chunked".into();
+    write_through(back.clone(), snapshots(ts0, N / 2, N)).await;
+    wait_readable(&back, N as usize).await;
 
     let start_query = |c: BrokerConfig| async move {
         let q = Running::broker(c, &[Service::QueryApi]).await;
@@ -517,6 +530,7 @@ async fn query_answers_are_equal_across_layouts_and_a_migration() {
         ("seed", start_query(seed).await),
         ("chunked", start_query(chunked_config).await),
         ("migrating", start_query(migrating).await),
+        ("migrating back", start_query(back).await),
     ];
 
     let last = ts0 + 5 * (N - 1);
@@ -584,7 +598,9 @@ async fn query_answers_are_equal_across_layouts_and_a_migration() {
         }
         answered += 1;
     }
-    println!("{answered} queries answered the same over seed, chunked and a migration");
+    println!(
+        "{answered} queries answered the same over seed, chunked and a migration both ways"
+    );
     for (_, q) in apis {
         q.stop().await;
     }

@@ -10,12 +10,14 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acked_point_is_in_redis_with_its_values() {
     let redis = RedisServer::start().unwrap();
-    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
+    let broker = Running::broker(seed_config_for(&redis.url()), &Service::DEFAULT).await;
     let (hosts, metrics) = (50, 8);
     let report = run_load(LoadConfig {
         endpoints: vec![broker.endpoint()],
         hosts,
         metrics,
+        // The values are checked with `generator::value`.
+        mix: broker_agent::generator::Mix::Synthetic,
         batch_hosts: 25,
         connections: 2,
         window: 4,

@@ -74,17 +74,23 @@ impl Fixture {
         // Acked means durable; it is in Redis unless the writer spooled it
         // before its connection was up, then it is replayed shortly.
         let r = Reader::connect(&redis.url()).await;
+        let layout = storage_layout::by_name(broker_common::config::DEFAULT_LAYOUT).unwrap();
         for (h, _) in HOSTS {
-            let key = format!("monitor:index:metrics:{{{h}}}");
+            let req = [storage_layout::RangeReq {
+                host: h.to_string(),
+                start: 0,
+                end: i64::MAX,
+            }];
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             loop {
-                let card: i64 = r.cmd(&["ZCARD", &key]).await.convert().unwrap();
-                if card == n {
+                let frames = layout.frames(r.client(), &req, &[], None).await.unwrap();
+                let stored = frames[0].timestamps.len() as i64;
+                if stored == n {
                     break;
                 }
                 assert!(
                     tokio::time::Instant::now() < deadline,
-                    "{key}: {card} of {n}"
+                    "{h}: {stored} of {n} snapshots readable"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -278,6 +284,7 @@ async fn point_range_hosts_and_every_aggregation() {
             end,
             metrics: vec![],
             limit: 0,
+            max_points: 0,
         })
         .await
         .unwrap()

@@ -45,7 +45,7 @@ async fn acks_while_redis_is_down_and_replays_when_it_returns() {
     // Every write fsync'ed: `stop` is SIGKILL ("before" must survive it).
     let mut redis = durable_redis();
     let url = redis.url();
-    let broker = Running::broker(config_for(&url), &Service::DEFAULT).await;
+    let broker = Running::broker(seed_config_for(&url), &Service::DEFAULT).await;
     let ts = now() - 30;
     let acks = send_batches(&broker.endpoint(), vec![batch(1, "before", ts)]).await;
     assert_eq!(acks[0].accepted, 20);
@@ -96,7 +96,7 @@ async fn a_restarted_writer_replays_what_its_predecessor_spooled() {
     })
     .unwrap();
     let url = redis.url();
-    let config = config_for(&url);
+    let config = seed_config_for(&url);
     redis.stop();
     let broker = Running::broker(config.clone(), &Service::DEFAULT).await;
     let ts = now() - 30;
@@ -120,7 +120,7 @@ async fn a_restarted_writer_replays_what_its_predecessor_spooled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_refuses_with_a_retryable_error() {
     let mut redis = RedisServer::start().unwrap();
-    let mut config = config_for(&redis.url());
+    let mut config = seed_config_for(&redis.url());
     config.writer.spool_max_bytes = 1 << 20;
     redis.stop();
     let broker = Running::broker(config, &Service::DEFAULT).await;

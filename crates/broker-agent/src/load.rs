@@ -47,13 +47,16 @@ use tracing::{debug, error, info, warn};
 
 use crate::client::{AgentClient, ClientConfig, DisplayChain, jitter_seed, reconnect_backoff};
 use crate::error::AgentError;
-use crate::generator::SnapshotGenerator;
+use crate::generator::{Mix, SnapshotGenerator};
 use crate::outbox::{BatchId, BatchSpec, Outbox, Settled};
 use crate::report::{AckOutcome, Counters, LoadReport, Progress};
 
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:9093";
 pub const DEFAULT_HOSTS: usize = 100;
 pub const DEFAULT_METRICS: usize = 32;
+/// node_exporter-shaped values, so that what the broker stores compresses
+/// like real data.
+pub const DEFAULT_MIX: Mix = Mix::Realistic;
 pub const DEFAULT_BATCH_HOSTS: usize = 100;
 pub const DEFAULT_CONNECTIONS: usize = 2;
 pub const DEFAULT_WINDOW: usize = crate::client::DEFAULT_WINDOW;
@@ -113,6 +116,13 @@ pub struct LoadConfig {
     pub endpoints: Vec<String>,
     pub hosts: usize,
     pub metrics: usize,
+    /// Which metrics the hosts report, and how their values move. A test
+    /// that recomputes stored values with [`generator::value`] needs
+    /// [`Mix::Synthetic`]; [`generator::value_of`] takes either.
+    ///
+    /// [`generator::value`]: crate::generator::value
+    /// [`generator::value_of`]: crate::generator::value_of
+    pub mix: Mix,
     /// Points per batch.
     pub batch_hosts: usize,
     pub connections: usize,
@@ -151,6 +161,7 @@ impl Default for LoadConfig {
             endpoints: vec![DEFAULT_ENDPOINT.to_string()],
             hosts: DEFAULT_HOSTS,
             metrics: DEFAULT_METRICS,
+            mix: DEFAULT_MIX,
             batch_hosts: DEFAULT_BATCH_HOSTS,
             connections: DEFAULT_CONNECTIONS,
             window: DEFAULT_WINDOW,
@@ -253,8 +264,11 @@ pub async fn run_load_with(
     stop: impl Future<Output = ()> + Send,
 ) -> Result<LoadReport, AgentError> {
     cfg.validate()?;
-    let generator =
-        Arc::new(SnapshotGenerator::new(cfg.hosts, cfg.metrics).with_labels(cfg.labels));
+    let generator = Arc::new(
+        SnapshotGenerator::new(cfg.hosts, cfg.metrics)
+            .with_mix(cfg.mix)
+            .with_labels(cfg.labels),
+    );
     let ranges = generator.batch_ranges(cfg.batch_hosts);
     let connections = cfg.connections;
     let ranges: Arc<[Range<usize>]> = ranges.into();
@@ -286,6 +300,7 @@ pub async fn run_load_with(
     info!(
         endpoints = %cfg.endpoints.join(","),
         connections,
+        mix = %cfg.mix,
         batches_per_round = ranges.len(),
         pacing = ?cfg.pacing,
         duration = ?cfg.duration,

@@ -112,7 +112,7 @@ pub(crate) struct IngestArgs {
     #[arg(long = "broker-set", value_name = "KEY=VALUE")]
     broker_set: Vec<String>,
     /// Key layout of the broker processes and the ceiling: seed or chunked.
-    #[arg(long, default_value = "seed")]
+    #[arg(long, default_value = broker_common::config::DEFAULT_LAYOUT)]
     layout: String,
     /// Points sent to VictoriaMetrics (when `victoria-metrics` is
     /// installed) for the side-by-side figures; 0 skips it.

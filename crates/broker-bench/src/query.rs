@@ -45,7 +45,7 @@ pub struct QueryArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     qps_duration: Duration,
     /// Key layout the writer fills and query-api reads: seed or chunked.
-    #[arg(long, default_value = "seed")]
+    #[arg(long, default_value = broker_common::config::DEFAULT_LAYOUT)]
     layout: String,
 }
 
@@ -177,6 +177,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
         end,
         metrics,
         limit: 0,
+        max_points: 0,
     };
 
     // Range 1 host x span, all metrics: each sample on its own host (a
@@ -276,6 +277,7 @@ pub async fn run(args: QueryArgs) -> anyhow::Result<()> {
             end,
             metrics: vec![metric_name(0)],
             limit: 0,
+            max_points: 0,
         };
         tasks.push(tokio::spawn(async move {
             let mut k = c;

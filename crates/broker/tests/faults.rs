@@ -130,7 +130,7 @@ where
     let drain_deadline = load_end + Duration::from_secs(180);
     let outcome = loop {
         let o = verify_layout(layout, &redis_url, &report, HOSTS, METRICS).await;
-        if o.missing == 0 || Instant::now() > drain_deadline {
+        if (o.missing == 0 && o.unindexed == 0) || Instant::now() > drain_deadline {
             break o;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -179,6 +179,10 @@ where
     assert_eq!(
         outcome.missing, 0,
         "{name}: acked points missing from redis"
+    );
+    assert_eq!(
+        outcome.unindexed, 0,
+        "{name}: hosts with acked points missing from the host index"
     );
     assert!(
         recovery.is_some(),
@@ -233,7 +237,7 @@ async fn gray_failure() {
     let drain_deadline = end + Duration::from_secs(120);
     let outcome = loop {
         let o = verify_layout("seed", &redis_url, &report, HOSTS, METRICS).await;
-        if o.missing == 0 || Instant::now() > drain_deadline {
+        if (o.missing == 0 && o.unindexed == 0) || Instant::now() > drain_deadline {
             break o;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -38,8 +38,7 @@ async fn separate_processes_with_yaml_configs() {
     .await;
     assert_eq!(acks[0].accepted, 1);
     sb.stop_all().await;
-    let r = Reader::connect(&redis.url()).await;
-    assert!(r.exists(&format!("monitor:metrics:{{last}}:{ts}")).await);
+    assert!(stored(&redis.url(), "last", ts).await.is_some());
 }
 
 /// The same sandbox with its members as tasks of this process (what

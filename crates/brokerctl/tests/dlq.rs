@@ -73,7 +73,7 @@ async fn an_operator_lists_shows_replays_and_discards_dead_letters() {
     for host in ["poison-a", "poison-b"] {
         r.cmd(&["SET", &index_key(host), "not-a-zset"]).await;
     }
-    let config = config_for(&url);
+    let config = seed_config_for(&url);
     let broker = Running::broker(config.clone(), &Service::DEFAULT).await;
     let admin = format!("http://{}", broker.http);
 

@@ -144,7 +144,8 @@ impl HostManager {
             layout,
             config.query.read_batch,
             config.query.timeout,
-        )?;
+        )?
+        .with_retention(config.ttl);
         let redis = redis_client(url)?;
         let actuator: Option<Arc<dyn actuator::Actuator>> = if hm.autoscale.enabled {
             anyhow::ensure!(

@@ -164,7 +164,7 @@
     const metrics = h ? h.metrics : [];
     const kept = state.selected.filter((m) => metrics.includes(m));
     state.selected = kept.length ? kept : metrics.slice(0, DEFAULT_METRICS);
-    for (const { plot } of state.charts.values()) plot.destroy();
+    for (const { plot } of state.charts.values()) if (plot) plot.destroy();
     state.charts.clear();
     $('charts').replaceChildren();
     $('host-empty').hidden = true;
@@ -196,6 +196,19 @@
     return Math.max(300, (container.clientWidth || 480) - 4);
   }
 
+  // The pixel width of one host chart, asked for as the range's max_points
+  // so a long range comes back downsampled to about a row per pixel. Before
+  // the first chart exists, the width of one column of the charts grid.
+  function hostChartPixels() {
+    const plot = document.querySelector('#charts .chart > div');
+    if (plot) return chartWidth(plot);
+    const grid = $('charts');
+    const cols = getComputedStyle(grid).gridTemplateColumns.split(' ').filter(Boolean).length || 1;
+    // padding and border of .chart: 8 + 1 px each side; gap 12 px
+    const col = ((grid.clientWidth || 480) - 12 * (cols - 1)) / cols - 18;
+    return chartWidth({ clientWidth: col });
+  }
+
   function makePlot(title, series, data, container) {
     const opts = {
       width: chartWidth(container),
@@ -213,6 +226,41 @@
     return new uPlot(opts, data, container);
   }
 
+  // A downsampled metric: the bucket averages as the line, and each
+  // bucket's min and max as faint lines with a band filled between them,
+  // so a spike shorter than a bucket still shows at its height.
+  function makeBandPlot(metric, data, container) {
+    const color = PALETTE[0];
+    const faint = (alpha) => color + alpha;
+    const opts = {
+      width: chartWidth(container),
+      height: 220,
+      scales: { x: { time: true } },
+      series: [
+        {},
+        { label: `${metric} (avg)`, stroke: color, width: 1.5, spanGaps: false },
+        { label: 'min', stroke: faint('59'), width: 1, spanGaps: false },
+        { label: 'max', stroke: faint('59'), width: 1, spanGaps: false },
+      ],
+      // fill from the max series (3) down to the min series (2)
+      bands: [{ series: [3, 2], fill: faint('26') }],
+      axes: [{}, { size: 60 }],
+      legend: { show: true },
+    };
+    return new uPlot(opts, data, container);
+  }
+
+  function plural(n, unit) {
+    return `${n} ${unit}${n === 1 ? '' : 's'}`;
+  }
+
+  function bucketText(secs) {
+    if (secs % 86400 === 0) return plural(secs / 86400, 'day');
+    if (secs % 3600 === 0) return plural(secs / 3600, 'hour');
+    if (secs % 60 === 0) return `${secs / 60} min`;
+    return `${secs} s`;
+  }
+
   async function loadCharts() {
     if (!state.host) return;
     const host = state.host;
@@ -227,20 +275,31 @@
       start: `now-${rangeSecs()}s`,
       end: 'now',
       metrics: metrics.join(','),
+      // one row per pixel at most: query-api downsamples longer ranges
+      // (avg, min, max per bucket) and answers shorter ones raw
+      max_points: String(Math.max(100, Math.round(hostChartPixels()))),
     });
+    // bucket_secs, min and max come only with a downsampled answer
+    const banded = Boolean(r.bucket_secs);
     if (host !== state.host) return;
     for (const [m, c] of state.charts) {
       if (!metrics.includes(m)) {
-        c.plot.destroy();
+        if (c.plot) c.plot.destroy();
         c.el.remove();
         state.charts.delete(m);
       }
     }
+    const col = (cols, m) => ((cols && cols[m]) || []).map((v) => (v === null ? null : v));
     for (const m of metrics) {
-      const ys = (r.metrics[m] || []).map((v) => (v === null ? null : v));
+      const ys = col(r.metrics, m);
       const n = ys.filter((v) => v !== null).length;
-      const data = [r.timestamps, ys];
+      const data = banded ? [r.timestamps, ys, col(r.min, m), col(r.max, m)] : [r.timestamps, ys];
       let c = state.charts.get(m);
+      if (c && c.banded !== banded) {
+        // raw <-> downsampled: other series, a new plot in the same box
+        c.plot.destroy();
+        c.plot = null;
+      }
       if (!c) {
         const el = document.createElement('div');
         el.className = 'chart';
@@ -249,16 +308,24 @@
         const plotEl = document.createElement('div');
         el.append(h, plotEl);
         $('charts').append(el);
-        c = { el, plot: makePlot(m, [m], data, plotEl) };
+        c = { el, plotEl, plot: null };
         state.charts.set(m, c);
-      } else {
-        c.plot.setData(data);
       }
+      if (c.plot) {
+        c.plot.setData(data);
+      } else {
+        c.plot = banded ? makeBandPlot(m, data, c.plotEl) : makePlot(m, [m], data, c.plotEl);
+      }
+      c.banded = banded;
+      c.el.classList.toggle('downsampled', banded);
       c.el.dataset.points = String(n);
+      c.el.dataset.bucketSecs = String(r.bucket_secs || 0);
       c.el.querySelector('h3').innerHTML = '';
       const count = document.createElement('span');
       count.className = 'count';
-      count.textContent = ` (${n} points)`;
+      count.textContent = banded
+        ? ` (${n} buckets of ${bucketText(r.bucket_secs)}: avg, band min–max)`
+        : ` (${n} points)`;
       c.el.querySelector('h3').append(m, count);
     }
   }

@@ -65,9 +65,17 @@ impl QueryService for QueryGrpc {
             end: r.end,
             metrics: r.metrics,
             limit: r.limit as usize,
+            max_points: r.max_points as usize,
         };
         let e = &self.engine;
         let res = e.run("range", e.range(&q)).await?;
+        // min and max are filled only when downsampled.
+        let column = |of: &Option<std::collections::BTreeMap<String, Vec<f64>>>, m: &str| {
+            of.as_ref()
+                .and_then(|c| c.get(m))
+                .cloned()
+                .unwrap_or_default()
+        };
         Ok(Response::new(RangeResponse {
             host: res.host.clone(),
             timestamps: res.timestamps.clone(),
@@ -77,10 +85,13 @@ impl QueryService for QueryGrpc {
                 .map(|(m, v)| MetricSeries {
                     metric: m.clone(),
                     values: v.clone(),
+                    min: column(&res.min, m),
+                    max: column(&res.max, m),
                 })
                 .collect(),
             truncated: res.truncated,
             next_start: res.next_start.unwrap_or(0),
+            bucket_secs: res.bucket_secs,
         }))
     }
 

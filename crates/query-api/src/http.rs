@@ -5,7 +5,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `GET /api/query/point?host=&ts=[&metrics=a,b]` | one snapshot; 404 if none |
-//! | `GET /api/query/range?host=&start=&end=[&metrics=][&limit=]` | columnar series |
+//! | `GET /api/query/range?host=&start=&end=[&metrics=][&limit=][&max_points=]` | columnar series; with `max_points`, at most that many rows (avg in `metrics`, plus `min`, `max` and `bucket_secs` when downsampled) |
 //! | `GET /api/query/aggregate?function=&metric=&start=&end=[&step=][&hosts=][&label=k=v][&prefix=][&per_host=true]` | buckets |
 //! | `GET /api/query/hosts[?label=k=v][&prefix=][&limit=][&after=]` | host list, a page of at most `query.max_series`; `next_after` continues it |
 //! | `GET /api/query/hosts/{id}` | one host |
@@ -235,6 +235,7 @@ async fn range(State(s): State<HttpState>, RawQuery(q): RawQuery) -> Response {
                 end: p.time_or("end", broker_common::unix_now())?,
                 metrics: p.list("metrics"),
                 limit: p.usize_or("limit", 0)?,
+                max_points: p.usize_or("max_points", 0)?,
             };
             e.range(&q).await
         })

@@ -14,6 +14,8 @@
 //! - [`store`]: Redis reads (ZRANGEBYSCORE on the index, then pipelined
 //!   HGETALL / HMGET / HGET in batches; SCAN for hosts).
 //! - [`agg`]: aggregation functions and step buckets (pure).
+//! - [`downsample`]: a range cut to the rows a chart asks for (avg, min
+//!   and max per bucket, aligned to the range's end; pure).
 //! - [`grpc`]: the `QueryService` server.
 //! - [`http`]: the JSON API under `/api/query/`, the dashboard under
 //!   `/dashboard/`, parameter parsing.
@@ -32,6 +34,7 @@
 
 pub mod agg;
 pub mod cluster;
+pub mod downsample;
 pub mod engine;
 pub mod error;
 pub mod grpc;
@@ -74,7 +77,8 @@ impl QueryComponent {
             anyhow::anyhow!("writer.layout: unknown layout {:?}", config.writer.layout)
         })?;
         let q = &config.query;
-        let store = store::Store::connect(url, q.pool_size, layout, q.read_batch, q.timeout)?;
+        let store = store::Store::connect(url, q.pool_size, layout, q.read_batch, q.timeout)?
+            .with_retention(config.ttl);
         let metrics = metrics::QueryMetrics::new(registry);
         let engine = Arc::new(Engine::new(config, store, metrics));
         tracing::info!(

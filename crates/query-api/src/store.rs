@@ -1,7 +1,10 @@
 //! Reads Redis through the configured [`KeyLayout`], which owns every key
 //! format and decodes what it stores; this module only decides how the
 //! layout's commands travel (pipelines of `query.read_batch`, a few in
-//! flight) and walks the host metadata keys (SCAN).
+//! flight) and reads the host index and series sets the writers keep
+//! ([`storage_layout::hosts`]): a host list costs O(hosts), whatever the
+//! retention holds, and nothing here walks the keyspace (but the one-time
+//! backfill of an index written by an older version).
 
 use crate::error::QueryError;
 use fred::clients::Pool;
@@ -17,8 +20,9 @@ use storage_layout::{Command, Exec, KeyLayout, LayoutError, RangeReq, Reply, met
 
 pub use storage_layout::{Frame, HostMeta};
 
-/// A host's series are the metrics of its newest snapshot and of the
-/// snapshots up to this many seconds before it...
+/// A host without a series set (written by a version before it, not yet
+/// backfilled): its series are the metrics of its newest snapshot and of
+/// the snapshots up to this many seconds before it...
 const SERIES_WINDOW_SECS: i64 = 60;
 /// ...at most this many of them (the oldest of the window first).
 const SERIES_WINDOW_SNAPSHOTS: usize = 16;
@@ -26,8 +30,6 @@ const SERIES_WINDOW_SNAPSHOTS: usize = 16;
 /// Pipelines of one query in flight at once: enough to overlap our decoding
 /// with Redis's work, few enough to leave Redis to other queries.
 const PIPELINES_PER_QUERY: usize = 4;
-/// Keys asked per SCAN call.
-const SCAN_COUNT: u32 = 1_000;
 /// Hosts read per layout call when a query spans many.
 const HOSTS_PER_READ: usize = 64;
 
@@ -41,7 +43,8 @@ pub struct HostInfo {
     /// Snapshots stored (distinct in the seed layout; in the chunked one,
     /// sealed snapshots plus the open chunk's records).
     pub points: u64,
-    /// Metric names of the newest snapshot.
+    /// Names of the series the host reported within the retention (its
+    /// series set), sorted.
     pub metrics: Vec<String>,
 }
 
@@ -50,6 +53,10 @@ pub struct Store {
     pool: Pool,
     layout: Arc<dyn KeyLayout>,
     read_batch: usize,
+    /// `ttl`: hosts whose newest point is older are not listed.
+    retention_secs: u64,
+    /// The host index was found backfilled (or this process did it).
+    index_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Runs `futs` with at most `n` at once; results in order. (The futures
@@ -143,7 +150,15 @@ impl Store {
             pool,
             layout,
             read_batch: read_batch.max(1),
+            retention_secs: broker_common::config::DEFAULT_TTL.as_secs(),
+            index_ready: Arc::default(),
         })
+    }
+
+    /// Lists only hosts that reported within `ttl` (the writers' `ttl`).
+    pub fn with_retention(mut self, ttl: Duration) -> Self {
+        self.retention_secs = ttl.as_secs();
+        self
     }
 
     pub fn layout(&self) -> &dyn KeyLayout {
@@ -299,29 +314,35 @@ impl Store {
             .collect())
     }
 
-    /// Every host with a metadata key (SCAN; on a Redis Cluster, every
-    /// master), sorted.
+    /// Every host that reported within the retention, sorted, from the
+    /// host index the writers keep (one `ZRANGEBYSCORE`). The first call
+    /// of a process on a Redis whose index was never backfilled (data
+    /// written by an older version) backfills it once.
     pub async fn host_ids(&self) -> Result<Vec<String>, QueryError> {
-        let client = self.pool.next();
-        let pattern = meta::HOST_KEY_PATTERN;
-        let keys: Vec<fred::types::Key> = if client.is_clustered() {
-            client
-                .scan_cluster_buffered(pattern, Some(SCAN_COUNT), None)
-                .try_collect()
+        use std::sync::atomic::Ordering;
+        if !self.index_ready.load(Ordering::Acquire) {
+            let client = self.pool.next();
+            match storage_layout::hosts::backfill(client, &*self.layout, self.retention_secs)
                 .await?
-        } else {
-            client
-                .scan_buffered(pattern, Some(SCAN_COUNT), None)
-                .try_collect()
-                .await?
-        };
-        let mut hosts: Vec<String> = keys
-            .iter()
-            .filter_map(|k| k.as_str().and_then(meta::host_of_key))
-            .collect();
-        hosts.sort_unstable();
-        hosts.dedup();
-        Ok(hosts)
+            {
+                storage_layout::hosts::Backfill::Busy => {
+                    tracing::info!("the host index is being backfilled by another process; listing what it holds so far");
+                }
+                storage_layout::hosts::Backfill::Done { hosts } => {
+                    tracing::info!(hosts, "backfilled the host index from existing data");
+                    self.index_ready.store(true, Ordering::Release);
+                }
+                storage_layout::hosts::Backfill::Ready => {
+                    self.index_ready.store(true, Ordering::Release);
+                }
+            }
+        }
+        let since = broker_common::unix_now().saturating_sub(self.retention_secs as i64);
+        Ok(storage_layout::hosts::list(self, since)
+            .await?
+            .into_iter()
+            .map(|(h, _)| h)
+            .collect())
     }
 
     /// Only the metadata hash of each of `hosts` (`last_seen`, labels): one
@@ -342,30 +363,38 @@ impl Store {
             .collect()
     }
 
-    /// Metadata of `hosts` (`None` for a host without a metadata key).
+    /// Metadata of `hosts` (`None` for a host without a metadata key):
+    /// per host its metadata hash, its point count (a counter, not a walk)
+    /// and its series set, in a few pipelined commands per host.
     pub async fn host_infos(&self, hosts: &[String]) -> Result<Vec<Option<HostInfo>>, QueryError> {
-        let metas = self.host_metas(hosts).await?;
-        let counts = self.counts(hosts, 0, i64::MAX).await?;
+        let since = broker_common::unix_now().saturating_sub(self.retention_secs as i64);
+        let (metas, counts, series) = futures::future::try_join3(
+            self.host_metas(hosts),
+            async { Ok(self.layout.stored_points(self, hosts).await?) },
+            async { Ok(storage_layout::hosts::series(self, hosts, since).await?) },
+        )
+        .await?;
         let mut infos: Vec<Option<HostInfo>> = hosts
             .iter()
-            .zip(metas.into_iter().zip(counts))
-            .map(|(h, (meta, points))| {
+            .zip(metas.into_iter().zip(counts).zip(series))
+            .map(|(h, ((meta, points), metrics))| {
                 meta.map(|m| HostInfo {
                     id: h.clone(),
                     last_seen: m.last_seen.unwrap_or(0),
                     labels: m.labels,
                     points,
-                    metrics: Vec::new(),
+                    metrics,
                 })
             })
             .collect();
-        // The newest snapshot's metric names.
+        // Hosts without a series set (written before it existed, and not
+        // backfilled yet): the names of their newest snapshots.
         let newest: Vec<(usize, RangeReq)> = infos
             .iter()
             .enumerate()
             .filter_map(|(i, h)| {
                 let h = h.as_ref()?;
-                (h.last_seen > 0).then(|| {
+                (h.last_seen > 0 && h.metrics.is_empty()).then(|| {
                     (
                         i,
                         RangeReq {
@@ -377,6 +406,9 @@ impl Store {
                 })
             })
             .collect();
+        if newest.is_empty() {
+            return Ok(infos);
+        }
         let frames = self
             .frames_of(
                 newest.iter().map(|(_, r)| r.clone()).collect(),

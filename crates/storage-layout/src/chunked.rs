@@ -10,7 +10,11 @@
 //! - `monitor:chunks:{host}`: ZSET score = chunk start, member =
 //!   `start:end:count:id`, the chunk index.
 //! - `monitor:hosts:{host}`: the seed's metadata hash ([`crate::meta`]),
-//!   plus `open_points`, the records in the open chunk.
+//!   plus `open_points`, the records in the open chunk, and
+//!   `sealed_points`, the points the chunk index names (kept by the seal
+//!   script; chunks past the ttl count until the host's next seal trims
+//!   them from the index), so a host's point count is one `HMGET`.
+//! - the host index and series set of [`crate::hosts`].
 //!
 //! **Sealing.** The writer counts what it appended per host; when a host
 //! has `points_per_chunk` points open, or its oldest open point is
@@ -50,6 +54,8 @@ use std::time::Duration;
 pub const CHUNK_WINDOW: i64 = 7_200;
 /// Field of the metadata hash counting the records in the open chunk.
 pub const OPEN_POINTS_FIELD: &str = "open_points";
+/// Field of the metadata hash counting the points of the indexed chunks.
+pub const SEALED_POINTS_FIELD: &str = "sealed_points";
 /// Points per sealed chunk by default: 20 minutes of 5-second snapshots,
 /// where pco's per-column overhead is under 0.3 byte per sample.
 pub const DEFAULT_POINTS_PER_CHUNK: usize = 240;
@@ -94,6 +100,7 @@ pub struct ChunkedLayout {
     /// Hosts whose expiries were refreshed within the interval.
     maintained: moka::sync::Cache<String, ()>,
     nonce_counter: std::sync::atomic::AtomicU64,
+    indexer: crate::hosts::Indexer,
 }
 
 impl std::fmt::Debug for ChunkedLayout {
@@ -155,9 +162,14 @@ local n_old = tonumber(ARGV[7])
 for i = 1, n_old do
   if not redis.call('ZSCORE', idx, ARGV[7 + i]) then return 0 end
 end
+local function count(m)
+  return tonumber(string.match(m, '^%-?%d+:%-?%d+:(%d+):')) or 0
+end
+local sealed = 0
 for i = 1, n_old do
   redis.call('ZREM', idx, ARGV[7 + i])
   redis.call('UNLINK', KEYS[3 + i])
+  sealed = sealed - count(ARGV[7 + i])
 end
 local a = 8 + n_old
 local n_new = tonumber(ARGV[a])
@@ -165,12 +177,17 @@ a = a + 1
 for i = 1, n_new do
   redis.call('SET', KEYS[3 + n_old + i], ARGV[a + 2], 'EXAT', ARGV[a + 3])
   redis.call('ZADD', idx, ARGV[a + 1], ARGV[a])
+  sealed = sealed + count(ARGV[a])
   a = a + 4
 end
 local rest = redis.call('GETRANGE', open, len, -1)
 redis.call('SET', open, ARGV[3] .. rest, 'KEEPTTL')
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. ARGV[5])) do
+  sealed = sealed - count(m)
+end
 redis.call('ZREMRANGEBYSCORE', idx, '-inf', '(' .. ARGV[5])
 redis.call('EXPIRE', idx, ARGV[4])
+redis.call('HINCRBY', meta, 'sealed_points', sealed)
 -- Not clamped at 0: a writer's pipeline appends its records before it
 -- counts them, so a seal between the two briefly takes the count below 0.
 redis.call('HINCRBY', meta, 'open_points', -tonumber(ARGV[6]))
@@ -192,6 +209,19 @@ for _, m in ipairs(members) do
   end
 end
 return out
+"#;
+
+/// KEYS: index, meta. Sets `sealed_points` from the index when the
+/// metadata hash exists without it (data sealed before it was kept).
+const SEALED_COUNT_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[2], 'sealed_points') == 1 then return 0 end
+local n = 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  n = n + (tonumber(string.match(m, '^%-?%d+:%-?%d+:(%d+):')) or 0)
+end
+redis.call('HSET', KEYS[2], 'sealed_points', n)
+return 1
 "#;
 
 fn window(ts: i64) -> i64 {
@@ -216,6 +246,7 @@ impl ChunkedLayout {
             config,
             open: Mutex::new(HashMap::new()),
             nonce_counter: std::sync::atomic::AtomicU64::new(0),
+            indexer: crate::hosts::Indexer::default(),
         }
     }
 
@@ -517,6 +548,7 @@ impl KeyLayout for ChunkedLayout {
                 self.maintained.insert(host.to_string(), ());
             }
         }
+        self.indexer.commands(batches, ttl_secs, out);
     }
 
     fn written(&self, batches: &[&MetricBatch], ok: bool, now: i64) {
@@ -526,6 +558,7 @@ impl KeyLayout for ChunkedLayout {
                     self.maintained.invalidate(&p.host_id);
                 }
             }
+            self.indexer.failed(batches);
             return;
         }
         let mut open = self.open.lock().expect("open-chunk table lock");
@@ -617,6 +650,56 @@ impl KeyLayout for ChunkedLayout {
             }
             Ok(frames)
         })
+    }
+
+    /// `sealed_points` + `open_points` of the metadata hash: one `HMGET`
+    /// per host, whatever the retention holds.
+    fn stored_points<'a>(
+        &'a self,
+        db: &'a dyn Exec,
+        hosts: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<u64>, LayoutError>> {
+        Box::pin(async move {
+            let commands = hosts
+                .iter()
+                .map(|h| {
+                    Command::of(
+                        "HMGET",
+                        &[
+                            meta::host_key(h).as_bytes(),
+                            SEALED_POINTS_FIELD.as_bytes(),
+                            OPEN_POINTS_FIELD.as_bytes(),
+                        ],
+                    )
+                })
+                .collect();
+            db.pipeline(commands)
+                .await?
+                .into_iter()
+                .map(|r| {
+                    Ok(r.ok("HMGET")?
+                        .into_array()
+                        .iter()
+                        .map(|v| v.int().unwrap_or(0).max(0) as u64)
+                        .sum())
+                })
+                .collect()
+        })
+    }
+
+    /// Hosts sealed before `sealed_points` existed get it from their
+    /// chunk index, atomically per host.
+    fn backfill_commands(&self, hosts: &[String], out: &mut Vec<Command>) {
+        for h in hosts {
+            out.push(Command::eval(
+                SEALED_COUNT_SCRIPT,
+                vec![
+                    Bytes::from(index_key(h)),
+                    Bytes::from(meta::host_key(h)),
+                ],
+                vec![],
+            ));
+        }
     }
 
     fn counts<'a>(
@@ -719,8 +802,25 @@ mod tests {
         assert_eq!(
             names,
             [
-                "APPEND", "APPEND", "HSET", "HINCRBY", "EXPIRE", "EXPIRE", "HSET", "HINCRBY",
-                "EXPIRE", "EXPIRE"
+                "APPEND",
+                "APPEND",
+                "HSET",
+                "HINCRBY",
+                "EXPIRE",
+                "EXPIRE",
+                "HSET",
+                "HINCRBY",
+                "EXPIRE",
+                "EXPIRE",
+                // The host index and series sets (crate::hosts); a
+                // replay of the same hosts right after has none.
+                "ZADD",
+                "ZREMRANGEBYSCORE",
+                "EXPIRE",
+                "ZADD",
+                "ZREMRANGEBYSCORE",
+                "EXPIRE",
+                "ZADD"
             ]
         );
         // A replay's metadata: one script per host with the key, last_seen,

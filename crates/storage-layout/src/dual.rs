@@ -93,6 +93,26 @@ impl KeyLayout for DualRead {
         })
     }
 
+    fn stored_points<'a>(
+        &'a self,
+        db: &'a dyn Exec,
+        hosts: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<u64>, LayoutError>> {
+        Box::pin(async move {
+            let (old, new) = futures::future::try_join(
+                self.previous.stored_points(db, hosts),
+                self.primary.stored_points(db, hosts),
+            )
+            .await?;
+            Ok(old.into_iter().zip(new).map(|(a, b)| a + b).collect())
+        })
+    }
+
+    fn backfill_commands(&self, hosts: &[String], out: &mut Vec<Command>) {
+        self.previous.backfill_commands(hosts, out);
+        self.primary.backfill_commands(hosts, out);
+    }
+
     fn counts<'a>(
         &'a self,
         db: &'a dyn Exec,

@@ -15,6 +15,8 @@
 //! - [`direct`]: write pipelines encoded once into one RESP buffer and
 //!   sent on a plain connection beside fred (standalone and sentinel).
 //! - [`dual`]: reads two layouts as one, for a migration window.
+//! - [`hosts`]: the host index and each host's series set, kept on the
+//!   write path, so periodic work costs O(hosts), never O(keys).
 //! - [`exec`]: [`Command`], [`Reply`] and [`Exec`], the one way a layout
 //!   talks to Redis, with the fred-backed executor.
 //! - [`frame`]: [`Frame`], what reads return, and how pieces merge into it.
@@ -30,6 +32,7 @@ pub mod direct;
 pub mod dual;
 pub mod exec;
 pub mod frame;
+pub mod hosts;
 pub mod meta;
 pub mod seed;
 
@@ -122,6 +125,30 @@ pub trait KeyLayout: Send + Sync + 'static {
         metrics: &'a [String],
         limit: Option<usize>,
     ) -> BoxFuture<'a, Result<Vec<Frame>, LayoutError>>;
+
+    /// How many snapshots each host holds in all, cheaply (a counter or
+    /// a cardinality, not a walk of the retention): for host lists.
+    fn stored_points<'a>(
+        &'a self,
+        db: &'a dyn Exec,
+        hosts: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<u64>, LayoutError>> {
+        Box::pin(async move {
+            let reqs: Vec<RangeReq> = hosts
+                .iter()
+                .map(|h| RangeReq {
+                    host: h.clone(),
+                    start: 0,
+                    end: i64::MAX,
+                })
+                .collect();
+            self.counts(db, &reqs).await
+        })
+    }
+
+    /// Commands that give `hosts`, written before the host index existed,
+    /// what this layout keeps per host beside it ([`hosts::backfill`]).
+    fn backfill_commands(&self, _hosts: &[String], _out: &mut Vec<Command>) {}
 
     /// How many snapshots each request's range holds, at least (an upper
     /// bound where the layout cannot tell duplicates apart without reading

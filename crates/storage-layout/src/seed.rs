@@ -29,6 +29,7 @@ use std::collections::HashMap;
 pub struct SeedLayout {
     /// Hosts whose housekeeping was sent within the interval.
     maintained: moka::sync::Cache<String, ()>,
+    indexer: crate::hosts::Indexer,
     maintenance_secs: u64,
 }
 
@@ -52,6 +53,7 @@ impl SeedLayout {
                 .time_to_live(maintenance_interval)
                 .build(),
             maintenance_secs: maintenance_interval.as_secs(),
+            indexer: crate::hosts::Indexer::default(),
         }
     }
 }
@@ -367,6 +369,7 @@ impl KeyLayout for SeedLayout {
                 self.maintained.insert(host.to_string(), ());
             }
         }
+        self.indexer.commands(batches, ttl_secs, out);
     }
 
     fn written(&self, batches: &[&MetricBatch], ok: bool, _now: i64) {
@@ -377,6 +380,7 @@ impl KeyLayout for SeedLayout {
                     self.maintained.invalidate(&p.host_id);
                 }
             }
+            self.indexer.failed(batches);
         }
     }
 }
@@ -484,6 +488,14 @@ mod tests {
                 "ZREMRANGEBYSCORE monitor:index:metrics:{h1} -inf (940",
                 "EXPIRE monitor:index:metrics:{h1} 90",
                 "EXPIRE monitor:hosts:{h1} 90",
+                // The series set, once per name set, and the host index.
+                "ZADD monitor:series:{h1} GT 100 cpu 100 mem",
+                "ZREMRANGEBYSCORE monitor:series:{h1} -inf (40",
+                "EXPIRE monitor:series:{h1} 120",
+                "ZADD monitor:series:{h1} GT 105 mem",
+                "ZREMRANGEBYSCORE monitor:series:{h1} -inf (45",
+                "EXPIRE monitor:series:{h1} 120",
+                "ZADD monitor:index:hosts GT 105 h1",
             ]
         );
         // Within the interval the housekeeping is not repeated...
@@ -495,7 +507,7 @@ mod tests {
         layout.written(&[&batch], false, 1000);
         out.clear();
         layout.write_commands(&[&batch], Arrival::Live, 60, 1000, &mut out);
-        assert_eq!(out.len(), 10);
+        assert_eq!(out.len(), 17);
         // A replay's metadata goes through the script, in one command.
         out.clear();
         layout.write_commands(&[&batch], Arrival::Late, 60, 1000, &mut out);

@@ -118,12 +118,64 @@ const MAINTAIN_TICK: Duration = Duration::from_millis(250);
 const MAINTAIN_CONCURRENCY: usize = 4;
 /// Hosts taken per tick at most.
 const MAINTAIN_PER_TICK: usize = 256;
+/// How often the host index drops hosts that stopped reporting a ttl ago
+/// (and, until it succeeds once, how often the backfill is tried).
+const INDEX_UPKEEP_EVERY: Duration = Duration::from_secs(30);
 
 impl Store {
+    /// Keeps the host index ([`storage_layout::hosts`]) until `stop`: once,
+    /// backfills it from data written before it existed (one walk of the
+    /// metadata keys per Redis, whichever process gets there first); then
+    /// drops the hosts whose newest point is a ttl old. Neither walks the
+    /// keyspace periodically.
+    async fn index_upkeep(self: Arc<Self>, stop: CancellationToken) {
+        use storage_layout::hosts;
+        let mut tick = tokio::time::interval(INDEX_UPKEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ready = false;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => return,
+            }
+            if !self.redis_up.load(Ordering::Acquire) {
+                continue;
+            }
+            let client = self.pool.next().clone();
+            if !ready {
+                match hosts::backfill(&client, &*self.layout, self.ttl_secs).await {
+                    Ok(hosts::Backfill::Ready) => ready = true,
+                    Ok(hosts::Backfill::Done { hosts }) => {
+                        tracing::info!(hosts, "backfilled the host index from existing data");
+                        ready = true;
+                    }
+                    Ok(hosts::Backfill::Busy) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "backfilling the host index failed; retrying later");
+                        continue;
+                    }
+                }
+            }
+            let trim = hosts::trim_command(broker_common::unix_now(), self.ttl_secs);
+            match storage_layout::Exec::pipeline(&client, vec![trim]).await {
+                Ok(mut r) => {
+                    if let Some(Ok(n)) = r.pop().map(|r| r.ok("ZREMRANGEBYSCORE")) {
+                        let n = n.int().unwrap_or(0);
+                        if n > 0 {
+                            tracing::info!(hosts = n, "hosts silent for a ttl left the host index");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "trimming the host index failed"),
+            }
+        }
+    }
+
     /// Runs the layout's maintenance (sealing open chunks) until `stop`;
     /// a host whose maintenance failed is due again on a later tick.
     pub(crate) async fn maintain(self: Arc<Self>, stop: CancellationToken) {
         use futures::StreamExt;
+        tokio::spawn(self.clone().index_upkeep(stop.clone()));
         let mut tick = tokio::time::interval(MAINTAIN_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -5,9 +5,10 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use broker_agent::generator::Mix;
 use broker_agent::load::{
     DEFAULT_BATCH_HOSTS, DEFAULT_CONNECTIONS, DEFAULT_DURATION, DEFAULT_ENDPOINT, DEFAULT_HOSTS,
-    DEFAULT_INTERVAL, DEFAULT_MAX_RESENDS, DEFAULT_METRICS, DEFAULT_WINDOW,
+    DEFAULT_INTERVAL, DEFAULT_MAX_RESENDS, DEFAULT_METRICS, DEFAULT_MIX, DEFAULT_WINDOW,
 };
 use broker_agent::{AgentError, LoadConfig, Pacing, Progress, run_load_with};
 use clap::Parser;
@@ -47,6 +48,13 @@ struct Args {
     /// Metrics per snapshot.
     #[arg(long, default_value_t = DEFAULT_METRICS)]
     metrics: usize,
+
+    /// What the metrics look like: `realistic` (node_exporter-like
+    /// constants, counters and slowly moving gauges, which compress like
+    /// real data) or `synthetic` (noisy values, a third of them
+    /// incompressible; what `generator::value` recomputes).
+    #[arg(long, value_enum, default_value_t = DEFAULT_MIX)]
+    mix: Mix,
 
     /// Points (host snapshots) per batch.
     #[arg(long, default_value_t = DEFAULT_BATCH_HOSTS)]
@@ -137,6 +145,7 @@ impl Args {
                 .collect(),
             hosts: self.hosts,
             metrics: self.metrics,
+            mix: self.mix,
             batch_hosts: self.batch_hosts,
             connections: self.connections,
             window: self.window,
@@ -235,6 +244,7 @@ mod tests {
         let c = parse(&[]);
         assert_eq!(c.endpoints, vec!["http://127.0.0.1:9093".to_string()]);
         assert_eq!((c.hosts, c.metrics, c.batch_hosts), (100, 32, 100));
+        assert_eq!(c.mix, Mix::Realistic);
         assert_eq!((c.connections, c.window), (2, 8));
         assert_eq!(c.pacing, Pacing::Interval(Duration::from_secs(5)));
         assert_eq!(c.duration, Some(Duration::from_secs(30)));
@@ -245,7 +255,16 @@ mod tests {
         assert_eq!(c.drain_timeout, lib.drain_timeout);
         assert_eq!(c.connect_timeout, lib.connect_timeout);
         assert_eq!(c.max_resends, lib.max_resends);
+        assert_eq!(c.mix, lib.mix);
         assert!(!c.record_acked);
+    }
+
+    #[test]
+    fn mix_flag() {
+        assert_eq!(parse(&["--mix", "synthetic"]).mix, Mix::Synthetic);
+        assert_eq!(parse(&["--mix", "realistic"]).mix, Mix::Realistic);
+        let err = Args::try_parse_from(["x", "--mix", "noise"]).unwrap_err();
+        assert!(err.to_string().contains("synthetic"), "{err}");
     }
 
     #[test]

@@ -19,7 +19,11 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::*;
-use crate::generator::value;
+use crate::generator::value_of;
+
+/// The loads here send the default mix, and the stand-in checks every value
+/// against it.
+const MIX: Mix = DEFAULT_MIX;
 
 /// How the stand-in gateway misbehaves.
 #[derive(Debug, Default)]
@@ -103,7 +107,7 @@ impl Fake {
             if p.values
                 .iter()
                 .enumerate()
-                .any(|(m, v)| v.to_bits() != value(host, p.timestamp, m).to_bits())
+                .any(|(m, v)| v.to_bits() != value_of(MIX, host, p.timestamp, m).to_bits())
             {
                 self.mismatches.fetch_add(1, Ordering::Relaxed);
             }
@@ -164,6 +168,7 @@ fn config(endpoints: Vec<String>, max_points: u64) -> LoadConfig {
         endpoints,
         hosts: 20,
         metrics: 4,
+        mix: MIX,
         batch_hosts: 5,
         connections: 2,
         window: 4,

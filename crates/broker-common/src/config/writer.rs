@@ -16,6 +16,9 @@ pub const DEFAULT_SPOOL_DIR: &str = "data/spool";
 pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
 /// Key layouts `writer.layout` and `writer.migrate_from` can name.
 pub const LAYOUTS: &[&str] = &["seed", "chunked"];
+/// `writer.layout` by default: a week of 1,000 hosts fits one Redis in a
+/// few GiB (docs/benchmarks.md, `broker-bench week`).
+pub const DEFAULT_LAYOUT: &str = "chunked";
 pub const DEFAULT_CHUNK_POINTS: usize = 240;
 /// Points per chunk at most: a seal merges at most eight chunks' worth.
 pub const MAX_CHUNK_POINTS: usize = 100_000;
@@ -34,8 +37,9 @@ pub struct WriterConfig {
     /// (standalone and sentinel; Redis Cluster always uses fred). `false`
     /// sends them through fred, command by command (ADR 0006).
     pub direct_pipelines: bool,
-    /// Key layout: `seed` (the original design's, a HASH per point) or
-    /// `chunked` (compressed chunks per host, a few bytes per sample).
+    /// Key layout: `chunked` (the default: compressed chunks per host,
+    /// about 2 bytes per sample) or `seed` (the original design's key
+    /// schema, a HASH per point, about 29 bytes per sample).
     pub layout: String,
     /// During a migration, the layout written before `layout`: readers
     /// read both and merge them until its data has aged out (one `ttl`
@@ -74,7 +78,7 @@ impl Default for WriterConfig {
             redis_url: String::new(),
             pool_size: DEFAULT_REDIS_POOL_SIZE,
             direct_pipelines: true,
-            layout: "seed".into(),
+            layout: DEFAULT_LAYOUT.into(),
             migrate_from: String::new(),
             chunk_points: DEFAULT_CHUNK_POINTS,
             chunk_max_open: DEFAULT_CHUNK_MAX_OPEN,

@@ -90,21 +90,33 @@ pub struct Outcome {
     pub acked: u64,
     pub found: u64,
     pub missing: u64,
+    /// Hosts with acked points that the host index (or their series set)
+    /// does not hold.
+    pub unindexed: u64,
 }
 
 /// Every acked point must be in Redis with every value the agent sent
-/// (seed layout).
+/// (the default layout).
 pub async fn verify(
     redis_url: &str,
     report: &broker_agent::LoadReport,
     hosts: usize,
     metrics: usize,
 ) -> Outcome {
-    verify_layout("seed", redis_url, report, hosts, metrics).await
+    verify_layout(
+        broker_common::config::DEFAULT_LAYOUT,
+        redis_url,
+        report,
+        hosts,
+        metrics,
+    )
+    .await
 }
 
 /// Every acked point must be readable through `layout` with every value
-/// the agent sent. Each host's acked range is read at once, 16 hosts per
+/// the agent sent, and every host with acked points must be in the host
+/// index with every metric in its series set. Each host's acked range is
+/// read at once, 16 hosts per
 /// read and 8 reads in flight, so a Redis behind Docker's port proxy
 /// answers in seconds, not minutes.
 pub async fn verify_layout(
@@ -181,11 +193,30 @@ pub async fn verify_layout(
         found += f;
         missing += m.len() as u64;
     }
+    let indexed: std::collections::HashSet<String> = storage_layout::hosts::list(r.client(), 0)
+        .await
+        .expect("read the host index")
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect();
+    let hosts: Vec<String> = reqs.iter().map(|(q, _, _)| q.host.clone()).collect();
+    let series = storage_layout::hosts::series(r.client(), &hosts, 0)
+        .await
+        .expect("read the series sets");
+    let mut sorted_names = names.clone();
+    sorted_names.sort();
+    let unindexed = hosts
+        .iter()
+        .zip(&series)
+        .filter(|(h, s)| !indexed.contains(*h) || **s != sorted_names)
+        .inspect(|(h, s)| eprintln!("not (yet) indexed: {h} (series {s:?})"))
+        .count() as u64;
     Outcome {
         sent: report.sent,
         acked: acked.len() as u64,
         found,
         missing,
+        unindexed,
     }
 }
 
@@ -208,6 +239,8 @@ pub fn steady_load(
             endpoints,
             hosts,
             metrics,
+            // `verify_layout` checks the values with `generator::value`.
+            mix: broker_agent::generator::Mix::Synthetic,
             batch_hosts: 50,
             connections: 2,
             window: 4,
