@@ -401,6 +401,16 @@ async fn the_spool_replays_into_the_chunked_layout() {
         }
         assert_eq!(sealed_count(&r, h).await, 10, "{h}");
     }
+    // The host index and series sets came through the replay too.
+    let indexed = storage_layout::hosts::list(r.client(), 0).await.unwrap();
+    assert_eq!(
+        indexed,
+        hosts.iter().map(|h| (h.clone(), ts0 + 45)).collect::<Vec<_>>()
+    );
+    let series = storage_layout::hosts::series(r.client(), &hosts, 0)
+        .await
+        .unwrap();
+    assert!(series.iter().all(|s| *s == metric_names(3)), "{series:?}");
     broker.stop().await;
 }
 
