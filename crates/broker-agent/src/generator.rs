@@ -59,7 +59,8 @@ pub enum Mix {
     /// uniform in `[0, 1000)`: what [`value`] computes.
     Synthetic,
     /// node_exporter-like constants, counters and gauges (see the module
-    /// docs).
+    /// docs). Dearer to compute: about 2.5 µs per 32-metric point on one
+    /// core (release build), against about 1.2 µs for the synthetic mix.
     Realistic,
 }
 
@@ -617,8 +618,8 @@ fn realistic(host_idx: usize, ts: i64, metric_idx: usize) -> f64 {
         MemUsed => pages(host.mem_used(ts)),
         MemCached => pages(host.mem_cached(ts)),
         MemFree => pages((host.mem_total() - host.mem_used(ts) - host.mem_cached(ts)).max(0)),
-        // Half the hosts never swap; the others hold a slowly breathing
-        // amount, the same for minutes on end.
+        // Half the hosts never swap; the others hold an amount that drifts
+        // over the day by a few pages a sample at most.
         SwapUsed if host.frac(K_SWAP_ON) < 0.5 => 0.0,
         SwapUsed => {
             let level = host.spread(K_SWAP, 4096.0, 262_144.0);
@@ -661,8 +662,8 @@ fn pages(n: i64) -> f64 {
     n as f64 * PAGE
 }
 
-/// A count of hundredths, floored, as the decimal an exporter prints:
-/// `12345.67`. The division gives the f64 nearest the decimal, as parsing
+/// Seconds floored to hundredths, as the decimal an exporter prints
+/// (`12345.67`): the division gives the f64 nearest the decimal, as parsing
 /// it would.
 fn hundredths(x: f64) -> f64 {
     (x * 100.0).floor() / 100.0
@@ -764,9 +765,8 @@ impl Host {
     fn slow(self, activity: Activity) -> Wave {
         let key = K_WAVE + 16 * activity as u64;
         let zone = (self.hash(K_TIME_ZONE) % 24) as f64 / 24.0;
-        let (_, _, shift) = self.component(key, 0.0, 0.0, 0.0);
         Wave([
-            (0.55, DAY, zone + 0.05 * shift),
+            (0.55, DAY, zone + 0.05 * self.frac(key)),
             self.component(key + 1, 0.3, 3600.0, 4.0 * 3600.0),
             self.component(key + 2, 0.15, 300.0, 1200.0),
         ])
@@ -907,7 +907,7 @@ impl Wave {
 /// by `phase`, in `[0, 1)`. Good to a few millionths of a cycle at today's
 /// timestamps (the product carries 53 bits). The integer part goes by a
 /// truncating cast (`|c|` stays below 2^63) rather than `floor`, a libm call
-/// on baseline x86-64: this runs a dozen times per counter sample.
+/// on baseline x86-64: this runs six times per counter sample.
 fn cycle(ts: i64, period: f64, phase: f64) -> f64 {
     let c = ts as f64 * (1.0 / period) + phase;
     let f = c - (c as i64) as f64;

@@ -33,6 +33,7 @@ mod layout;
 mod query;
 mod remote_write;
 mod vm;
+mod week;
 
 use anyhow::Context;
 use broker_agent::generator::SnapshotGenerator;
@@ -70,6 +71,10 @@ enum Cmd {
     Hosts(IngestArgs),
     /// Prometheus remote write into the all-in-one broker: samples/s.
     RemoteWrite(remote_write::RemoteWriteArgs),
+    /// A week of a fleet on one Redis (time-compressed): memory, host
+    /// lists, idle Redis CPU, long ranges and fleet PromQL, beside
+    /// VictoriaMetrics on the same samples.
+    Week(week::WeekArgs),
     /// Internal: run broker services (used by `ingest` for its children).
     #[command(hide = true)]
     Serve {
@@ -152,6 +157,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::RemoteWrite(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(remote_write::run(args))
+        }
+        Cmd::Week(args) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(week::run(args))
         }
         Cmd::Ingest(args) => {
             let rt = tokio::runtime::Runtime::new()?;

@@ -152,6 +152,8 @@ impl Vm {
             // to now (by default the last 30 s are hidden from queries).
             .arg("-search.maxUniqueTimeseries=10000000")
             .arg("-search.latencyOffset=0s")
+            // Query figures are of answering, not of its result cache.
+            .arg("-search.disableCache")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -332,5 +334,125 @@ pub async fn run(
         secs,
         bytes_per_sample: (samples > 0).then(|| bytes as f64 / samples as f64),
         samples_found,
+    })
+}
+
+/// VictoriaMetrics loaded by [`load_window`]: running (on `port`) until
+/// this is dropped.
+pub struct Loaded {
+    vm: Vm,
+    pub port: u16,
+    pub points: u64,
+    pub samples: u64,
+    pub secs: f64,
+    /// On disk after the flush (recent parts may still be in memory).
+    pub bytes_per_sample: f64,
+    pub rss_bytes: u64,
+}
+
+impl Loaded {
+    /// Stops VictoriaMetrics gracefully (SIGTERM: it writes every part
+    /// to disk) and answers its data directory's bytes per sample then.
+    pub fn stop(mut self) -> anyhow::Result<f64> {
+        let pid = self.vm.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.vm.child.try_wait()?.is_none() {
+            anyhow::ensure!(Instant::now() < deadline, "victoria-metrics did not stop in 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(dir_bytes(self.vm.dir.path()) as f64 / self.samples.max(1) as f64)
+    }
+}
+
+/// Resident memory of process `pid` (Linux `/proc`), 0 if unknown.
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Starts VictoriaMetrics and imports `generator`'s snapshots of every host
+/// at `start, start + step, .. end` as CSV, `batch` points per request over
+/// `connections` connections, each body built as it is sent (a day of a
+/// fleet does not fit in memory as text). Timed until the flush returns.
+pub async fn load_window(
+    binary: &Path,
+    generator: &std::sync::Arc<SnapshotGenerator>,
+    start: i64,
+    end: i64,
+    step: i64,
+    batch: usize,
+    connections: usize,
+) -> anyhow::Result<Loaded> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let vm = Vm::start(binary).await?;
+    let names = generator.metric_names().to_vec();
+    let mut path = "/api/v1/import/csv?format=1:label:host,2:time:unix_ms".to_string();
+    for (i, name) in names.iter().enumerate() {
+        let _ = write!(path, ",{}:metric:{name}", i + 3);
+    }
+    let path = std::sync::Arc::new(path);
+    let steps = ((end - start) / step + 1).max(0) as usize;
+    let ranges = generator.batch_ranges(batch);
+    let jobs = steps * ranges.len();
+    let next = std::sync::Arc::new(AtomicUsize::new(0));
+    let ranges = std::sync::Arc::new(ranges);
+    eprintln!(
+        "victoria-metrics: importing {} points over {connections} connections",
+        steps * generator.hosts()
+    );
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..connections.max(1) {
+        let (next, ranges, path, generator) =
+            (next.clone(), ranges.clone(), path.clone(), generator.clone());
+        let port = vm.port;
+        tasks.spawn(async move {
+            let mut conn = connect(port).await?;
+            loop {
+                let j = next.fetch_add(1, Ordering::Relaxed);
+                if j >= jobs {
+                    return anyhow::Ok(());
+                }
+                let ts = start + (j / ranges.len()) as i64 * step;
+                let b = generator.batch(ts, ranges[j % ranges.len()].clone());
+                let mut body = String::with_capacity(b.points.len() * (b.metric_names.len() * 12 + 32));
+                for p in &b.points {
+                    let _ = write!(body, "{},{}", p.host_id, p.timestamp * 1000);
+                    for v in &p.values {
+                        let _ = write!(body, ",{v}");
+                    }
+                    body.push('\n');
+                }
+                let (status, text) = request(&mut conn, "POST", &path, body.as_bytes()).await?;
+                anyhow::ensure!(status / 100 == 2, "import answered {status}: {text}");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    flush(vm.port).await?;
+    let secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(SETTLE).await;
+    let points = (steps * generator.hosts()) as u64;
+    let samples = points * names.len() as u64;
+    let bytes = dir_bytes(vm.dir.path());
+    let rss = rss_bytes(vm.child.id());
+    Ok(Loaded {
+        port: vm.port,
+        vm,
+        points,
+        samples,
+        secs,
+        bytes_per_sample: bytes as f64 / samples.max(1) as f64,
+        rss_bytes: rss,
     })
 }
