@@ -79,6 +79,13 @@ pub struct WeekArgs {
 /// Points per writer batch during the fill, and batches in flight.
 const FILL_BATCH_HOSTS: usize = 500;
 const FILL_WINDOW: usize = 16;
+/// Every this many time steps the fill waits while the open chunks hold
+/// more than `OPEN_CHUNKS_AHEAD` chunks' worth per host: time-compressed,
+/// the fill would outrun the writer's sealing (at real rates a host needs
+/// a seal every 20 minutes), and unsealed records cost Redis ~10 × the
+/// memory of sealed ones.
+const PACE_EVERY_STEPS: i64 = 24;
+const OPEN_CHUNKS_AHEAD: usize = 2;
 /// Snapshots per VictoriaMetrics import request.
 const VM_BATCH_POINTS: usize = 2_000;
 /// How often the dashboard of the idle phase polls.
@@ -329,6 +336,10 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
     let total = n as u64 * args.hosts as u64;
     let samples_total = total * args.metrics as u64;
     eprintln!("fill: {total} points ({samples_total} samples), {start}..{end}");
+    let db = crate::layout::client(&redis.url()).await?;
+    let ids: Vec<String> = (0..args.hosts).map(host_id).collect();
+    let pace_bound = (args.hosts * config.writer.chunk_points * OPEN_CHUNKS_AHEAD) as u64;
+    let mut paced = Duration::ZERO;
     let t0 = Instant::now();
     let mut per_day_memory: Vec<f64> = Vec::new();
     {
@@ -348,15 +359,23 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
                     inflight.next().await.expect("a write")?;
                 }
             }
+            if (i + 1) % PACE_EVERY_STEPS == 0 {
+                let waited = Instant::now();
+                while crate::layout::open_points(&db, &ids).await? > pace_bound {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                paced += waited.elapsed();
+            }
             if (i + 1) % per_day == 0 {
                 let done = (i + 1) as u64 * args.hosts as u64;
                 let mem = redis_f64(&redis, "memory", "used_memory")?;
                 per_day_memory.push(mem);
                 eprintln!(
-                    "  day {}: {done} points, {:.0} points/s, used_memory {:.2} GiB",
+                    "  day {}: {done} points, {:.0} points/s, used_memory {:.2} GiB ({:.0} s waiting for seals)",
                     (i + 1) / per_day,
                     done as f64 / t0.elapsed().as_secs_f64(),
-                    mem / (1u64 << 30) as f64
+                    mem / (1u64 << 30) as f64,
+                    paced.as_secs_f64()
                 );
             }
         }
@@ -369,8 +388,6 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
     eprintln!("fill: {total} points in {fill_secs:.0} s ({fill_pps:.0} points/s)");
     // Steady state: the writer's maintainer has sealed all but each
     // host's newest points (less than a chunk open per host).
-    let db = crate::layout::client(&redis.url()).await?;
-    let ids: Vec<String> = (0..args.hosts).map(host_id).collect();
     let bound = (args.hosts * config.writer.chunk_points) as u64;
     let sealing = Instant::now();
     loop {

@@ -368,12 +368,20 @@ impl Store {
     /// and its series set, in a few pipelined commands per host.
     pub async fn host_infos(&self, hosts: &[String]) -> Result<Vec<Option<HostInfo>>, QueryError> {
         let since = broker_common::unix_now().saturating_sub(self.retention_secs as i64);
-        let (metas, counts, series) = futures::future::try_join3(
-            self.host_metas(hosts),
-            async { Ok(self.layout.stored_points(self, hosts).await?) },
-            async { Ok(storage_layout::hosts::series(self, hosts, since).await?) },
-        )
+        let (metas, series) = futures::future::try_join(self.host_metas(hosts), async {
+            Ok(storage_layout::hosts::series(self, hosts, since).await?)
+        })
         .await?;
+        // Point counts from the metadata just read where the layout keeps
+        // them there (chunked), else one command per host (seed: ZCOUNT).
+        let counts = match metas
+            .iter()
+            .map(|m| m.as_ref().map_or(Some(0), |m| self.layout.points_from_meta(m)))
+            .collect::<Option<Vec<u64>>>()
+        {
+            Some(counts) => counts,
+            None => self.layout.stored_points(self, hosts).await?,
+        };
         let mut infos: Vec<Option<HostInfo>> = hosts
             .iter()
             .zip(metas.into_iter().zip(counts).zip(series))

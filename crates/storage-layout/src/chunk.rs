@@ -273,7 +273,11 @@ pub fn encode_chunk(table: &Table<'_>, rows: &[(i64, &[f64])]) -> Vec<u8> {
         out.extend_from_slice(&(n.len() as u16).to_le_bytes());
         out.extend_from_slice(n.as_bytes());
     }
-    let config = pco::ChunkConfig::default();
+    // First-order deltas only: pco's automatic choice also searches
+    // lookback deltas, which made sealing 4 x slower for about 3 % less
+    // space on a realistic mix (docs/benchmarks.md, `broker-bench week`).
+    // Decoders read either: the choice is in the column's header.
+    let config = pco::ChunkConfig::default().with_delta_spec(pco::DeltaSpec::TryConsecutive(1));
     let put = |out: &mut Vec<u8>, col: Vec<u8>| {
         out.extend_from_slice(&(col.len() as u32).to_le_bytes());
         out.extend_from_slice(&col);

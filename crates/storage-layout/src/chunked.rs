@@ -687,6 +687,11 @@ impl KeyLayout for ChunkedLayout {
         })
     }
 
+    fn points_from_meta(&self, meta: &crate::HostMeta) -> Option<u64> {
+        let n = |f: &str| meta.counters.get(f).copied().unwrap_or(0).max(0) as u64;
+        Some(n(SEALED_POINTS_FIELD) + n(OPEN_POINTS_FIELD))
+    }
+
     /// Hosts sealed before `sealed_points` existed get it from their
     /// chunk index, atomically per host.
     fn backfill_commands(&self, hosts: &[String], out: &mut Vec<Command>) {

@@ -146,6 +146,12 @@ pub trait KeyLayout: Send + Sync + 'static {
         })
     }
 
+    /// How many snapshots a host holds, from its metadata hash alone
+    /// (already read for the host list); `None`: ask [`KeyLayout::stored_points`].
+    fn points_from_meta(&self, _meta: &HostMeta) -> Option<u64> {
+        None
+    }
+
     /// Commands that give `hosts`, written before the host index existed,
     /// what this layout keeps per host beside it ([`hosts::backfill`]).
     fn backfill_commands(&self, _hosts: &[String], _out: &mut Vec<Command>) {}

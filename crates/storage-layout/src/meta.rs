@@ -23,6 +23,9 @@ pub struct HostMeta {
     /// Writes including retries (not distinct points); the seed layout
     /// counts them, the chunked one does not.
     pub points_written: u64,
+    /// Every other integer field (the chunked layout's `open_points` and
+    /// `sealed_points`), for the layout to read its counters from.
+    pub counters: BTreeMap<String, i64>,
 }
 
 pub fn host_key(host: &str) -> String {
@@ -125,6 +128,8 @@ pub fn decode(fields: &[(Bytes, Bytes)]) -> HostMeta {
             meta.points_written = v.parse().unwrap_or(0);
         } else if let Some(label) = k.strip_prefix(LABEL_FIELD_PREFIX) {
             meta.labels.insert(label.to_string(), v.to_string());
+        } else if let Ok(n) = v.parse() {
+            meta.counters.insert(k.to_string(), n);
         }
     }
     meta
@@ -155,5 +160,6 @@ mod tests {
         assert_eq!(meta.points_written, 7);
         assert_eq!(meta.labels.len(), 2);
         assert_eq!(meta.labels["dc"], "x:y");
+        assert_eq!(meta.counters.get("other"), Some(&1));
     }
 }
