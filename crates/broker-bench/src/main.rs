@@ -127,6 +127,11 @@ pub(crate) struct IngestArgs {
     /// (a text line per sample).
     #[arg(long, value_enum, default_value = "csv")]
     vm_format: vm::Format,
+    /// What the values look like: realistic (counters, gauges, constants)
+    /// or synthetic (a third uniform noise), for the load, the ceiling and
+    /// VictoriaMetrics alike.
+    #[arg(long, value_enum, default_value = "realistic")]
+    mix: broker_agent::generator::Mix,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -379,6 +384,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             vm::run(
                 &bin,
                 args.vm_format,
+                args.mix,
                 args.hosts,
                 args.metrics,
                 args.batch_hosts,
@@ -445,6 +451,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let sealed = memory.as_ref().and_then(|m| m.sealed);
     let json = serde_json::json!({
         "layout": args.layout,
+        "mix": args.mix.to_string(),
         "ceiling_pps": ceiling_pps,
         "mono_pps": get("mono").map(Phase::pps),
         "micro_pps": get("micro").map(Phase::pps),
@@ -474,7 +481,7 @@ fn ceiling(redis: &RedisServer, args: &IngestArgs) -> anyhow::Result<Phase> {
     use bytes::BytesMut;
     use redis_protocol::resp2::types::BytesFrame;
     redis.command(&["FLUSHALL"])?;
-    let generator = SnapshotGenerator::new(args.hosts, args.metrics);
+    let generator = SnapshotGenerator::new(args.hosts, args.metrics).with_mix(args.mix);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs() as i64;
@@ -581,6 +588,7 @@ async fn load_at_most(
         max_points,
         labels: false,
         print_progress: true,
+        mix: args.mix,
         ..LoadConfig::default()
     })
     .await?;

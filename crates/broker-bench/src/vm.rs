@@ -238,6 +238,7 @@ pub enum Format {
 pub async fn run(
     binary: &Path,
     format: Format,
+    mix: broker_agent::generator::Mix,
     hosts: usize,
     metrics: usize,
     batch: usize,
@@ -245,7 +246,7 @@ pub async fn run(
     points: usize,
 ) -> anyhow::Result<VmFigures> {
     let vm = Vm::start(binary).await?;
-    let generator = SnapshotGenerator::new(hosts, metrics);
+    let generator = SnapshotGenerator::new(hosts, metrics).with_mix(mix);
     let names = generator.metric_names().to_vec();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
