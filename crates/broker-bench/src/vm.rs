@@ -154,6 +154,9 @@ impl Vm {
             .arg("-search.latencyOffset=0s")
             // Query figures are of answering, not of its result cache.
             .arg("-search.disableCache")
+            // Its default closes every connection after 2 minutes, which
+            // breaks a long import's kept-alive connections mid-request.
+            .arg("-http.connTimeout=24h")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

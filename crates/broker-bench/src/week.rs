@@ -74,6 +74,10 @@ pub struct WeekArgs {
     /// Connections importing into VictoriaMetrics.
     #[arg(long, default_value_t = 4)]
     vm_connections: usize,
+    /// Only VictoriaMetrics's side (its load and the same fleet PromQL),
+    /// no broker: to redo that side of a run.
+    #[arg(long)]
+    only_vm: bool,
 }
 
 /// Points per writer batch during the fill, and batches in flight.
@@ -300,6 +304,15 @@ async fn host_list(
 }
 
 pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
+    if args.only_vm {
+        let step = args.interval.as_secs().max(1) as i64;
+        let end = broker_common::unix_now() - 60;
+        let generator =
+            Arc::new(SnapshotGenerator::new(args.hosts, args.metrics).with_mix(args.mix));
+        let vm = victoria_metrics(&args, &generator, end, step).await?;
+        println!("{}", serde_json::Value::Object(vm));
+        return Ok(());
+    }
     let redis = RedisServer::start().context("starting redis-server")?;
     eprintln!("redis-server {} (no persistence)", redis.url());
     let mut config = BrokerConfig::default();
@@ -509,63 +522,7 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
     let _ = stop_cold.send(());
 
     // VictoriaMetrics on the newest vm_days of the same samples.
-    let mut vm_json = serde_json::Map::new();
-    match vm::binary() {
-        Some(bin) if args.vm_days > 0 => {
-            let days = args.vm_days.min(args.days) as i64;
-            let vm_start = end - (days * per_day - 1) * step;
-            let figures = vm::load_window(
-                &bin,
-                &generator,
-                vm_start,
-                end,
-                step,
-                VM_BATCH_POINTS,
-                args.vm_connections,
-            )
-            .await?;
-            eprintln!(
-                "victoria-metrics: {} points in {:.0} s ({:.0} points/s), {:.3} bytes per sample on disk, RSS {:.0} MiB",
-                figures.points,
-                figures.secs,
-                figures.points as f64 / figures.secs,
-                figures.bytes_per_sample,
-                figures.rss_bytes as f64 / (1u64 << 20) as f64
-            );
-            let (flushed_bps, rss, vm_pps) = (
-                figures.bytes_per_sample,
-                figures.rss_bytes,
-                figures.points as f64 / figures.secs,
-            );
-            let mut http = Http::new(figures.port).await?;
-            eprintln!("fleet PromQL, VictoriaMetrics ({} hosts, {days} day(s)):", args.hosts);
-            let vm_fleet = run_fleet_queries(&mut http, args.mix, end, args.query_samples).await?;
-            for ((name, _, _, s), (_, _, _, vs)) in fleet.iter().zip(&vm_fleet) {
-                if s != vs {
-                    eprintln!("  note: {name}: broker {s} series, VictoriaMetrics {vs}");
-                }
-            }
-            vm_json.insert("vm_days".into(), days.into());
-            vm_json.insert("vm_load_pps".into(), vm_pps.into());
-            let on_disk = figures.stop()?;
-            eprintln!(
-                "victoria-metrics stopped: {on_disk:.3} bytes per sample on disk (after the flush: {:.3})",
-                flushed_bps
-            );
-            vm_json.insert("vm_bytes_per_sample".into(), on_disk.into());
-            vm_json.insert("vm_rss_bytes".into(), rss.into());
-            vm_json.insert(
-                "vm_fleet_query_p99_ms".into(),
-                vm_fleet.iter().map(|q| q.2).fold(0.0, f64::max).into(),
-            );
-            for (i, q) in vm_fleet.iter().enumerate() {
-                vm_json.insert(format!("vm_fleet_q{}_p50_ms", i + 1), q.1.into());
-                vm_json.insert(format!("vm_fleet_q{}_p99_ms", i + 1), q.2.into());
-            }
-        }
-        Some(_) => {}
-        None => eprintln!("victoria-metrics is not installed: its side of the comparison is skipped"),
-    }
+    let vm_json = victoria_metrics(&args, &generator, end, step).await?;
 
     let mut out = serde_json::Map::new();
     out.insert("hosts".into(), args.hosts.into());
@@ -605,6 +562,7 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
             .unwrap_or(serde_json::Value::Null),
     );
     for (i, q) in fleet.iter().enumerate() {
+        out.insert(format!("fleet_q{}_series", i + 1), q.3.into());
         out.insert(format!("fleet_q{}_p50_ms", i + 1), q.1.into());
         out.insert(format!("fleet_q{}_p99_ms", i + 1), q.2.into());
     }
@@ -616,4 +574,72 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
     println!("{}", serde_json::Value::Object(out));
     drop(writer);
     Ok(())
+}
+
+/// VictoriaMetrics loaded with the newest `vm_days` of `generator`'s
+/// samples (ending at `end`) and asked the fleet PromQL; its JSON keys.
+async fn victoria_metrics(
+    args: &WeekArgs,
+    generator: &Arc<SnapshotGenerator>,
+    end: i64,
+    step: i64,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let per_day = 86_400 / step;
+    let mut vm_json = serde_json::Map::new();
+    match vm::binary() {
+        Some(bin) if args.vm_days > 0 => {
+            let days = args.vm_days.min(args.days) as i64;
+            let vm_start = end - (days * per_day - 1) * step;
+            let figures = vm::load_window(
+                &bin,
+                &generator,
+                vm_start,
+                end,
+                step,
+                VM_BATCH_POINTS,
+                args.vm_connections,
+            )
+            .await?;
+            eprintln!(
+                "victoria-metrics: {} points in {:.0} s ({:.0} points/s), {:.3} bytes per sample on disk, RSS {:.0} MiB",
+                figures.points,
+                figures.secs,
+                figures.points as f64 / figures.secs,
+                figures.bytes_per_sample,
+                figures.rss_bytes as f64 / (1u64 << 20) as f64
+            );
+            let (flushed_bps, rss, vm_pps) = (
+                figures.bytes_per_sample,
+                figures.rss_bytes,
+                figures.points as f64 / figures.secs,
+            );
+            let mut http = Http::new(figures.port).await?;
+            eprintln!("fleet PromQL, VictoriaMetrics ({} hosts, {days} day(s)):", args.hosts);
+            let vm_fleet = run_fleet_queries(&mut http, args.mix, end, args.query_samples).await?;
+            for (i, (_, _, _, vs)) in vm_fleet.iter().enumerate() {
+                vm_json.insert(format!("vm_fleet_q{}_series", i + 1), (*vs).into());
+            }
+            vm_json.insert("vm_days".into(), days.into());
+            vm_json.insert("vm_load_pps".into(), vm_pps.into());
+            let on_disk = figures.stop()?;
+            eprintln!(
+                "victoria-metrics stopped: {on_disk:.3} bytes per sample on disk (after the flush: {:.3})",
+                flushed_bps
+            );
+            vm_json.insert("vm_bytes_per_sample".into(), on_disk.into());
+            vm_json.insert("vm_rss_bytes".into(), rss.into());
+            vm_json.insert(
+                "vm_fleet_query_p99_ms".into(),
+                vm_fleet.iter().map(|q| q.2).fold(0.0, f64::max).into(),
+            );
+            for (i, q) in vm_fleet.iter().enumerate() {
+                vm_json.insert(format!("vm_fleet_q{}_p50_ms", i + 1), q.1.into());
+                vm_json.insert(format!("vm_fleet_q{}_p99_ms", i + 1), q.2.into());
+            }
+        }
+        Some(_) => {}
+        None => eprintln!("victoria-metrics is not installed: its side of the comparison is skipped"),
+    }
+
+    Ok(vm_json)
 }
