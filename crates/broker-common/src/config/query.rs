@@ -21,7 +21,8 @@ pub const DEFAULT_QUERY_HOSTS_CACHE_TTL: Duration = Duration::from_secs(5);
 pub const DEFAULT_QUERY_MAX_RANGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Snapshots (range) or buckets (aggregation, per series) in one answer.
 pub const DEFAULT_QUERY_MAX_POINTS: usize = 50_000;
-/// Snapshots one query may read from Redis (an aggregation over many hosts).
+/// Snapshots one query may read from Redis: an aggregation over many
+/// hosts, a downsampled range, or PromQL's raw reads across all its hosts.
 pub const DEFAULT_QUERY_MAX_POINTS_SCANNED: usize = 2_000_000;
 pub const DEFAULT_QUERY_MAX_HOSTS: usize = 1_000;
 /// Metric names one point or range query may name.
