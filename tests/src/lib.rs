@@ -388,8 +388,11 @@ pub async fn write_and_verify(endpoint: &str, redis_url: &str, hosts: usize) {
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].accepted as usize, n, "errors: {:?}", acks[0].errors);
     let r = Reader::connect(redis_url).await;
-    let index: HashMap<String, i64> =
-        storage_layout::hosts::list(r.client(), 0).await.expect("host index").into_iter().collect();
+    let index: HashMap<String, i64> = storage_layout::hosts::list(r.client(), 0)
+        .await
+        .expect("host index")
+        .into_iter()
+        .collect();
     for h in 0..hosts {
         let host = format!("host-{h:03}");
         for t in [ts, ts + 5] {
@@ -405,8 +408,14 @@ pub async fn write_and_verify(endpoint: &str, redis_url: &str, hosts: usize) {
         let meta = r.hgetall(&format!("monitor:hosts:{{{host}}}")).await;
         assert_eq!(meta["last_seen"], (ts + 5).to_string());
         assert_eq!(meta["open_points"], "2");
-        assert_eq!(index.get(&host), Some(&(ts + 5)), "{host} in the host index");
-        let series = r.zrange_withscores(&format!("monitor:series:{{{host}}}")).await;
+        assert_eq!(
+            index.get(&host),
+            Some(&(ts + 5)),
+            "{host} in the host index"
+        );
+        let series = r
+            .zrange_withscores(&format!("monitor:series:{{{host}}}"))
+            .await;
         let mut seen: Vec<String> = series.into_iter().map(|(m, _)| m).collect();
         seen.sort();
         assert_eq!(seen, names, "{host}'s series set");

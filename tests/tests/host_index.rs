@@ -74,7 +74,10 @@ async fn fill(config: &BrokerConfig, hosts: usize, ts: i64) {
     let r = Reader::connect(&config.writer.redis_url).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while r.cmd(&["GET", hosts::READY_KEY]).await.as_str().is_none() {
-        assert!(Instant::now() < deadline, "the writer never marked the index ready");
+        assert!(
+            Instant::now() < deadline,
+            "the writer never marked the index ready"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     broker.stop().await;
@@ -88,8 +91,12 @@ async fn forget_index(r: &Reader, hosts: usize) {
     for h in 0..hosts {
         let host = format!("h-{h:04}");
         r.cmd(&["DEL", &hosts::series_key(&host)]).await;
-        r.cmd(&["HDEL", &format!("monitor:hosts:{{{host}}}"), "sealed_points"])
-            .await;
+        r.cmd(&[
+            "HDEL",
+            &format!("monitor:hosts:{{{host}}}"),
+            "sealed_points",
+        ])
+        .await;
     }
 }
 
@@ -217,7 +224,10 @@ async fn an_upgrade_backfills_the_index_on_a_cluster() {
     assert!(list.iter().all(|h| h["points"] == 3), "{list:?}");
     let indexed = hosts::list(r.client(), 0).await.unwrap();
     assert_eq!(indexed.len(), HOSTS);
-    assert!(indexed.iter().all(|(_, seen)| *seen == ts + 10), "{indexed:?}");
+    assert!(
+        indexed.iter().all(|(_, seen)| *seen == ts + 10),
+        "{indexed:?}"
+    );
     readers.stop().await;
 }
 
@@ -248,7 +258,10 @@ async fn silent_hosts_leave_the_index_and_chunks_expire_with_no_sweeper() {
         metric_names: metric_names(2),
         points: (0..8).map(|i| point("gone", t0 - 50 + 5 * i, 2)).collect(),
     };
-    assert_eq!(send_batches(&broker.endpoint(), vec![gone]).await[0].accepted, 8);
+    assert_eq!(
+        send_batches(&broker.endpoint(), vec![gone]).await[0].accepted,
+        8
+    );
     let live = |seq: u64| MetricBatch {
         seq,
         metric_names: metric_names(2),
@@ -291,7 +304,10 @@ async fn silent_hosts_leave_the_index_and_chunks_expire_with_no_sweeper() {
             Instant::now() < deadline,
             "gone: chunks expired {expired:?}, unlisted {unlisted:?}, trimmed {trimmed:?}"
         );
-        assert_eq!(send_batches(&broker.endpoint(), vec![live(seq)]).await[0].accepted, 1);
+        assert_eq!(
+            send_batches(&broker.endpoint(), vec![live(seq)]).await[0].accepted,
+            1
+        );
         seq += 1;
         if expired.is_none() {
             let mut left = 0;
@@ -332,7 +348,11 @@ async fn silent_hosts_leave_the_index_and_chunks_expire_with_no_sweeper() {
         "gone: chunks expired after {expired:?}, unlisted after {unlisted:?}, out of the index after {trimmed:?}"
     );
     let stats = calls(&[&r]).await;
-    assert_eq!(count(&stats, "scan"), count(&stats0, "scan"), "a sweeper walked");
+    assert_eq!(
+        count(&stats, "scan"),
+        count(&stats0, "scan"),
+        "a sweeper walked"
+    );
     assert_eq!(count(&stats, "keys"), 0);
     let indexed: Vec<String> = hosts::list(r.client(), 0)
         .await

@@ -405,7 +405,10 @@ async fn the_spool_replays_into_the_chunked_layout() {
     let indexed = storage_layout::hosts::list(r.client(), 0).await.unwrap();
     assert_eq!(
         indexed,
-        hosts.iter().map(|h| (h.clone(), ts0 + 45)).collect::<Vec<_>>()
+        hosts
+            .iter()
+            .map(|h| (h.clone(), ts0 + 45))
+            .collect::<Vec<_>>()
     );
     let series = storage_layout::hosts::series(r.client(), &hosts, 0)
         .await
@@ -510,7 +513,11 @@ async fn query_answers_are_equal_across_layouts_and_a_migration() {
     // A migration: the first half written in the seed layout, the rest
     // after the switch to chunked, read with `migrate_from: seed`.
     let migrated_redis = RedisServer::start().unwrap();
-    write_through(seed_config_for(&migrated_redis.url()), snapshots(ts0, 0, N / 2)).await;
+    write_through(
+        seed_config_for(&migrated_redis.url()),
+        snapshots(ts0, 0, N / 2),
+    )
+    .await;
     let mut migrating = chunked(&migrated_redis.url(), 8, Duration::from_secs(1));
     migrating.writer.migrate_from = "seed".into();
     write_through(migrating.clone(), snapshots(ts0, N / 2, N)).await;
@@ -608,9 +615,7 @@ async fn query_answers_are_equal_across_layouts_and_a_migration() {
         }
         answered += 1;
     }
-    println!(
-        "{answered} queries answered the same over seed, chunked and a migration both ways"
-    );
+    println!("{answered} queries answered the same over seed, chunked and a migration both ways");
     for (_, q) in apis {
         q.stop().await;
     }

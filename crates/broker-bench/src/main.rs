@@ -384,9 +384,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             vm::run(
                 &bin,
                 args.vm_format,
-                args.mix,
-                args.hosts,
-                args.metrics,
+                &SnapshotGenerator::new(args.hosts, args.metrics).with_mix(args.mix),
                 args.batch_hosts,
                 args.connections,
                 n,

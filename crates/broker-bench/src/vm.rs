@@ -235,21 +235,19 @@ pub enum Format {
     Prometheus,
 }
 
-/// Sends `points` snapshots of `hosts` hosts × `metrics` metrics, `batch`
+/// Sends `points` snapshots of `generator`'s hosts and metrics, `batch`
 /// points per request, as the ingest bench's load does (round `r` stamped
 /// `now - r` seconds).
 pub async fn run(
     binary: &Path,
     format: Format,
-    mix: broker_agent::generator::Mix,
-    hosts: usize,
-    metrics: usize,
+    generator: &SnapshotGenerator,
     batch: usize,
     connections: usize,
     points: usize,
 ) -> anyhow::Result<VmFigures> {
     let vm = Vm::start(binary).await?;
-    let generator = SnapshotGenerator::new(hosts, metrics).with_mix(mix);
+    let (hosts, metrics) = (generator.hosts(), generator.metrics());
     let names = generator.metric_names().to_vec();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -363,7 +361,10 @@ impl Loaded {
         anyhow::ensure!(status.success(), "kill -TERM {pid} failed");
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.vm.child.try_wait()?.is_none() {
-            anyhow::ensure!(Instant::now() < deadline, "victoria-metrics did not stop in 60 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "victoria-metrics did not stop in 60 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(dir_bytes(self.vm.dir.path()) as f64 / self.samples.max(1) as f64)
@@ -415,8 +416,12 @@ pub async fn load_window(
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections.max(1) {
-        let (next, ranges, path, generator) =
-            (next.clone(), ranges.clone(), path.clone(), generator.clone());
+        let (next, ranges, path, generator) = (
+            next.clone(),
+            ranges.clone(),
+            path.clone(),
+            generator.clone(),
+        );
         let port = vm.port;
         tasks.spawn(async move {
             let mut conn = connect(port).await?;
@@ -427,7 +432,8 @@ pub async fn load_window(
                 }
                 let ts = start + (j / ranges.len()) as i64 * step;
                 let b = generator.batch(ts, ranges[j % ranges.len()].clone());
-                let mut body = String::with_capacity(b.points.len() * (b.metric_names.len() * 12 + 32));
+                let mut body =
+                    String::with_capacity(b.points.len() * (b.metric_names.len() * 12 + 32));
                 for p in &b.points {
                     let _ = write!(body, "{},{}", p.host_id, p.timestamp * 1000);
                     for v in &p.values {

@@ -327,7 +327,13 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
     config.query.timeout = Duration::from_secs(120);
     eprintln!(
         "layout {}, ttl {:?}, {} hosts x {} days every {:?} x {} metrics ({:?} mix)",
-        config.writer.layout, config.ttl, args.hosts, args.days, args.interval, args.metrics, args.mix
+        config.writer.layout,
+        config.ttl,
+        args.hosts,
+        args.days,
+        args.interval,
+        args.metrics,
+        args.mix
     );
 
     // The fill, through the writer.
@@ -336,7 +342,10 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
     let writer = storage_writer::WriterComponent::start(&config, &mut registry, &readiness)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while !readiness.not_ready().is_empty() {
-        anyhow::ensure!(Instant::now() < deadline, "the writer did not connect to redis");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the writer did not connect to redis"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let base_memory = redis_f64(&redis, "memory", "used_memory")?;
@@ -466,7 +475,9 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
                 times.push(ms);
             }
             let (p50, p99) = percentiles(times);
-            eprintln!("range {label}, {which} metrics, {CHART_POINTS} points: p50 {p50:.1} / p99 {p99:.1} ms");
+            eprintln!(
+                "range {label}, {which} metrics, {CHART_POINTS} points: p50 {p50:.1} / p99 {p99:.1} ms"
+            );
             ranges.insert(format!("range_{label}_{which}_p50_ms"), p50.into());
             ranges.insert(format!("range_{label}_{which}_p99_ms"), p99.into());
         }
@@ -527,7 +538,10 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
     let mut out = serde_json::Map::new();
     out.insert("hosts".into(), args.hosts.into());
     out.insert("days".into(), args.days.into());
-    out.insert("mix".into(), format!("{:?}", args.mix).to_lowercase().into());
+    out.insert(
+        "mix".into(),
+        format!("{:?}", args.mix).to_lowercase().into(),
+    );
     out.insert("metrics_per_point".into(), args.metrics.into());
     out.insert("points".into(), total.into());
     out.insert("fill_pps".into(), fill_pps.into());
@@ -536,7 +550,11 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
     out.insert("redis_keys".into(), keys.into());
     out.insert(
         "used_memory_per_day_bytes".into(),
-        per_day_memory.iter().map(|m| *m as u64).collect::<Vec<_>>().into(),
+        per_day_memory
+            .iter()
+            .map(|m| *m as u64)
+            .collect::<Vec<_>>()
+            .into(),
     );
     out.insert("host_list_cold_p50_ms".into(), list_small.0.into());
     out.insert("host_list_cold_p99_ms".into(), list_small.1.into());
@@ -592,7 +610,7 @@ async fn victoria_metrics(
             let vm_start = end - (days * per_day - 1) * step;
             let figures = vm::load_window(
                 &bin,
-                &generator,
+                generator,
                 vm_start,
                 end,
                 step,
@@ -614,7 +632,10 @@ async fn victoria_metrics(
                 figures.points as f64 / figures.secs,
             );
             let mut http = Http::new(figures.port).await?;
-            eprintln!("fleet PromQL, VictoriaMetrics ({} hosts, {days} day(s)):", args.hosts);
+            eprintln!(
+                "fleet PromQL, VictoriaMetrics ({} hosts, {days} day(s)):",
+                args.hosts
+            );
             let vm_fleet = run_fleet_queries(&mut http, args.mix, end, args.query_samples).await?;
             for (i, (_, _, _, vs)) in vm_fleet.iter().enumerate() {
                 vm_json.insert(format!("vm_fleet_q{}_series", i + 1), (*vs).into());
@@ -638,7 +659,9 @@ async fn victoria_metrics(
             }
         }
         Some(_) => {}
-        None => eprintln!("victoria-metrics is not installed: its side of the comparison is skipped"),
+        None => {
+            eprintln!("victoria-metrics is not installed: its side of the comparison is skipped")
+        }
     }
 
     Ok(vm_json)

@@ -326,7 +326,9 @@ impl Store {
                 .await?
             {
                 storage_layout::hosts::Backfill::Busy => {
-                    tracing::info!("the host index is being backfilled by another process; listing what it holds so far");
+                    tracing::info!(
+                        "the host index is being backfilled by another process; listing what it holds so far"
+                    );
                 }
                 storage_layout::hosts::Backfill::Done { hosts } => {
                     tracing::info!(hosts, "backfilled the host index from existing data");
@@ -376,7 +378,10 @@ impl Store {
         // them there (chunked), else one command per host (seed: ZCOUNT).
         let counts = match metas
             .iter()
-            .map(|m| m.as_ref().map_or(Some(0), |m| self.layout.points_from_meta(m)))
+            .map(|m| {
+                m.as_ref()
+                    .map_or(Some(0), |m| self.layout.points_from_meta(m))
+            })
             .collect::<Option<Vec<u64>>>()
         {
             Some(counts) => counts,

@@ -698,10 +698,7 @@ impl KeyLayout for ChunkedLayout {
         for h in hosts {
             out.push(Command::eval(
                 SEALED_COUNT_SCRIPT,
-                vec![
-                    Bytes::from(index_key(h)),
-                    Bytes::from(meta::host_key(h)),
-                ],
+                vec![Bytes::from(index_key(h)), Bytes::from(meta::host_key(h))],
                 vec![],
             ));
         }

@@ -410,7 +410,10 @@ async fn walk(
             .try_next()
             .await
             .map_err(|e| LayoutError::Redis(e.to_string()))?;
-        if let Some(host) = key.as_ref().and_then(|k| k.as_str().and_then(meta::host_of_key)) {
+        if let Some(host) = key
+            .as_ref()
+            .and_then(|k| k.as_str().and_then(meta::host_of_key))
+        {
             batch.push(host);
         }
         if batch.len() >= BACKFILL_BATCH || (key.is_none() && !batch.is_empty()) {
