@@ -15,7 +15,7 @@ pub const DEFAULT_QUERY_FRESH_WINDOW: Duration = Duration::from_secs(15);
 /// few seconds never sees data older than this.
 pub const DEFAULT_QUERY_FRESH_CACHE_TTL: Duration = Duration::from_secs(1);
 pub const DEFAULT_QUERY_CACHE_MAX_BYTES: u64 = 256 << 20;
-/// The host list (SCAN of host keys) is reused this long.
+/// The host list (the host index and each host's metadata) is reused this long.
 pub const DEFAULT_QUERY_HOSTS_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Longest range a query may ask for: the default `ttl`, older data is gone.
 pub const DEFAULT_QUERY_MAX_RANGE: Duration = Duration::from_secs(7 * 24 * 3600);
