@@ -58,7 +58,10 @@ const QPS_HOSTS: usize = 100;
 const QPS_MAX_REQUESTS: u64 = 5_000_000;
 
 /// p50 / p99 in milliseconds.
-fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+pub(crate) fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
     v.sort_by(f64::total_cmp);
     let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
     (at(0.50), at(0.99))

@@ -25,6 +25,7 @@
 //! Prints progress on stderr and ends with one JSON line on stdout.
 //! Asserts nothing about speed.
 
+use crate::query::percentiles;
 use crate::vm;
 use anyhow::Context;
 use broker_agent::generator::{Mix, SnapshotGenerator, counter_metric, gauge_metric, host_id};
@@ -96,16 +97,6 @@ const VM_BATCH_POINTS: usize = 2_000;
 const DASHBOARD_EVERY: Duration = Duration::from_secs(5);
 /// A chart's width in points, as the dashboard asks.
 const CHART_POINTS: usize = 1_000;
-
-/// p50 / p99 in milliseconds.
-fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
-    if v.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    (at(0.50), at(0.99))
-}
 
 /// A GET on a kept-alive loopback HTTP connection: status, body, ms.
 struct Http {
