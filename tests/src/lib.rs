@@ -341,7 +341,17 @@ impl Reader {
 /// The snapshot of `host` at `ts` as the default key layout reads it from
 /// Redis at `redis_url` (`None`: not stored).
 pub async fn stored(redis_url: &str, host: &str, ts: i64) -> Option<HashMap<String, f64>> {
-    let layout = storage_layout::by_name(broker_common::config::DEFAULT_LAYOUT).expect("layout");
+    stored_in(broker_common::config::DEFAULT_LAYOUT, redis_url, host, ts).await
+}
+
+/// [`stored`], read through the key layout named `layout`.
+pub async fn stored_in(
+    layout: &str,
+    redis_url: &str,
+    host: &str,
+    ts: i64,
+) -> Option<HashMap<String, f64>> {
+    let layout = storage_layout::by_name(layout).expect("layout");
     let r = Reader::connect(redis_url).await;
     let req = [storage_layout::RangeReq {
         host: host.to_string(),
@@ -363,10 +373,11 @@ pub async fn stored(redis_url: &str, host: &str, ts: i64) -> Option<HashMap<Stri
 }
 
 /// Writes a known batch through the broker at `endpoint` and checks, in
-/// Redis at `redis_url`, every value through the default key layout, the
-/// host metadata, the host index and the keys' time to live. Shared by the
-/// standalone, cluster and sentinel tests.
-pub async fn write_and_verify(endpoint: &str, redis_url: &str, hosts: usize) {
+/// Redis at `redis_url`, every value through the key layout named `layout`
+/// (the one the broker writes), the host metadata, the host index, the
+/// series sets and the keys' time to live. Shared by the standalone,
+/// cluster and sentinel tests.
+pub async fn write_and_verify(endpoint: &str, redis_url: &str, layout: &str, hosts: usize) {
     let ts = now() - 60;
     let names = metric_names(4);
     let points: Vec<Point> = (0..hosts)
@@ -396,18 +407,24 @@ pub async fn write_and_verify(endpoint: &str, redis_url: &str, hosts: usize) {
     for h in 0..hosts {
         let host = format!("host-{h:03}");
         for t in [ts, ts + 5] {
-            let got = stored(redis_url, &host, t).await.unwrap_or_default();
+            let got = stored_in(layout, redis_url, &host, t)
+                .await
+                .unwrap_or_default();
             assert_eq!(got.len(), 4, "{host} at {t}: {got:?}");
             for (m, name) in names.iter().enumerate() {
                 assert_eq!(got[name], value(&host, t, m), "{host} at {t}: {name}");
             }
         }
-        let open = format!("monitor:open:{{{host}}}");
-        let ttl = r.ttl(&open).await;
-        assert!((604_700..=604_900).contains(&ttl), "{open} ttl {ttl}");
+        // The key that holds the points expires a ttl after them.
+        let (data, counter) = match layout {
+            "seed" => (format!("monitor:metrics:{{{host}}}:{ts}"), "points_written"),
+            _ => (format!("monitor:open:{{{host}}}"), "open_points"),
+        };
+        let ttl = r.ttl(&data).await;
+        assert!((604_700..=604_900).contains(&ttl), "{data} ttl {ttl}");
         let meta = r.hgetall(&format!("monitor:hosts:{{{host}}}")).await;
         assert_eq!(meta["last_seen"], (ts + 5).to_string());
-        assert_eq!(meta["open_points"], "2");
+        assert_eq!(meta[counter], "2");
         assert_eq!(
             index.get(&host),
             Some(&(ts + 5)),

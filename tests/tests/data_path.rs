@@ -9,7 +9,7 @@ use broker_tests::*;
 async fn stores_the_seed_layout_exactly() {
     let redis = RedisServer::start().unwrap();
     let broker = Running::broker(seed_config_for(&redis.url()), &Service::DEFAULT).await;
-    write_and_verify(&broker.endpoint(), &redis.url(), 3).await;
+    write_and_verify(&broker.endpoint(), &redis.url(), "seed", 3).await;
 
     // Labels land in the host hash; the index ttl and host ttl are set.
     let ts = now() - 30;
@@ -190,11 +190,20 @@ async fn every_rejection_reason_is_reported_and_valid_points_are_stored() {
         );
     }
     let keys: Vec<String> = r.cmd(&["KEYS", "monitor:*"]).await.convert().unwrap();
+    // Per good point its data key, time index, metadata and series set;
+    // and the host index with its ready marker.
     assert_eq!(
         keys.len(),
-        6,
+        10,
         "only the two good points' keys exist: {keys:?}"
     );
+    let indexed: Vec<String> = storage_layout::hosts::list(r.client(), 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(h, _)| h)
+        .collect();
+    assert_eq!(indexed, ["good-1", "good-2"]);
 
     // A bad name in the batch's name table rejects only the points that
     // use it.

@@ -7,7 +7,7 @@ use broker_tests::*;
 async fn writes_to_a_three_master_cluster_with_hash_tags() {
     let cluster = RedisCluster::start(3).unwrap();
     let broker = Running::broker(config_for(&cluster.url()), &Service::DEFAULT).await;
-    write_and_verify(&broker.endpoint(), &cluster.url(), 20).await;
+    write_and_verify(&broker.endpoint(), &cluster.url(), "chunked", 20).await;
     // Hash tags: all keys of one host share one slot; hosts spread over
     // several masters.
     let r = Reader::connect(&cluster.url()).await;
@@ -48,7 +48,7 @@ async fn futures_slots(r: &Reader, keys: &[String]) -> Vec<i64> {
 async fn writes_through_sentinel() {
     let sentinel = RedisSentinel::start().unwrap();
     let broker = Running::broker(config_for(&sentinel.url()), &Service::DEFAULT).await;
-    write_and_verify(&broker.endpoint(), &sentinel.url(), 5).await;
+    write_and_verify(&broker.endpoint(), &sentinel.url(), "chunked", 5).await;
     // The data is on the master the sentinel names.
     let n: i64 = sentinel
         .master()

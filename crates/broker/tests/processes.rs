@@ -22,7 +22,7 @@ async fn separate_processes_with_yaml_configs() {
         .build(&redis.url(), dir.path());
     sb.start_all().await;
     let gateway = sb.gateway_endpoints()[0].clone();
-    write_and_verify(&gateway, &redis.url(), 10).await;
+    write_and_verify(&gateway, &redis.url(), "chunked", 10).await;
 
     // Acked batches survive a SIGTERM of every process: send, then stop in
     // data-path order (each must exit 0).
@@ -71,7 +71,7 @@ async fn a_sandbox_runs_in_this_process_too() {
         },
     )
     .await;
-    write_and_verify(&sb.gateway_endpoints()[0], &redis.url(), 10).await;
+    write_and_verify(&sb.gateway_endpoints()[0], &redis.url(), "chunked", 10).await;
     sb.stop_all().await;
 }
 
