@@ -142,31 +142,43 @@ impl Store {
                 continue;
             }
             let client = self.pool.next().clone();
-            if !ready {
-                match hosts::backfill(&client, &*self.layout, self.ttl_secs).await {
-                    Ok(hosts::Backfill::Ready) => ready = true,
-                    Ok(hosts::Backfill::Done { hosts }) => {
-                        tracing::info!(hosts, "backfilled the host index from existing data");
-                        ready = true;
-                    }
-                    Ok(hosts::Backfill::Busy) => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "backfilling the host index failed; retrying later");
-                        continue;
-                    }
-                }
-            }
-            let trim = hosts::trim_command(broker_common::unix_now(), self.ttl_secs);
-            match storage_layout::Exec::pipeline(&client, vec![trim]).await {
-                Ok(mut r) => {
-                    if let Some(Ok(n)) = r.pop().map(|r| r.ok("ZREMRANGEBYSCORE")) {
-                        let n = n.int().unwrap_or(0);
-                        if n > 0 {
-                            tracing::info!(hosts = n, "hosts silent for a ttl left the host index");
+            // Cancelled with the writer: a command to a Redis that went
+            // away waits for the reconnection, and this task holds the
+            // store (and its spool) until it returns.
+            let work = async {
+                if !ready {
+                    match hosts::backfill(&client, &*self.layout, self.ttl_secs).await {
+                        Ok(hosts::Backfill::Ready) => ready = true,
+                        Ok(hosts::Backfill::Done { hosts }) => {
+                            tracing::info!(hosts, "backfilled the host index from existing data");
+                            ready = true;
+                        }
+                        Ok(hosts::Backfill::Busy) => return,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "backfilling the host index failed; retrying later");
+                            return;
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "trimming the host index failed"),
+                let trim = hosts::trim_command(broker_common::unix_now(), self.ttl_secs);
+                match storage_layout::Exec::pipeline(&client, vec![trim]).await {
+                    Ok(mut r) => {
+                        if let Some(Ok(n)) = r.pop().map(|r| r.ok("ZREMRANGEBYSCORE")) {
+                            let n = n.int().unwrap_or(0);
+                            if n > 0 {
+                                tracing::info!(
+                                    hosts = n,
+                                    "hosts silent for a ttl left the host index"
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "trimming the host index failed"),
+                }
+            };
+            tokio::select! {
+                _ = work => {}
+                _ = stop.cancelled() => return,
             }
         }
     }
