@@ -4,7 +4,8 @@
 //! replays into the chunked layout; a late write (a replay) never takes a
 //! host's metadata back in time, in either layout; and query-api answers the same
 //! questions the same way over the seed layout, the chunked layout, and a
-//! migration window that reads both (`writer.migrate_from`).
+//! migration window that reads both (`writer.migrate_from`); query-api's
+//! chunk cache reads what Redis holds through appends, seals and resends.
 
 use broker_common::{BrokerConfig, Service};
 use broker_proto::v1::{MetricBatch, Point};
@@ -288,6 +289,7 @@ async fn resend_while_sealing(url: String) {
         points_per_chunk: 10,
         max_open: Duration::from_secs(60),
         maintenance_interval: Duration::from_secs(60),
+        ..Default::default()
     });
     let host = "resent";
     let ts0 = now() - 1_800;
@@ -361,6 +363,138 @@ async fn a_point_resent_while_its_chunk_is_sealed_is_stored_once() {
 async fn a_point_resent_while_its_chunk_is_sealed_is_stored_once_on_a_cluster() {
     let cluster = RedisCluster::start(3).unwrap();
     resend_while_sealing(cluster.url()).await;
+}
+
+/// Reads `host` through `cached` and `plain` over a few ranges and metric
+/// choices and asserts the frames are the same.
+async fn same_frames(
+    db: &dyn Exec,
+    cached: &ChunkedLayout,
+    plain: &ChunkedLayout,
+    host: &str,
+    ts0: i64,
+    step: &str,
+) {
+    let names = metric_names(4);
+    let choices = [
+        vec![],
+        vec![names[0].clone()],
+        vec![names[1].clone(), names[3].clone()],
+    ];
+    let ranges = [(ts0 - 100, ts0 + 10_000), (ts0 + 42, ts0 + 97)];
+    for metrics in &choices {
+        for &(start, end) in &ranges {
+            let req = [RangeReq {
+                host: host.into(),
+                start,
+                end,
+            }];
+            let a = cached.frames(db, &req, metrics, None).await.unwrap();
+            let b = plain.frames(db, &req, metrics, None).await.unwrap();
+            assert_eq!(
+                format!("{a:?}"),
+                format!("{b:?}"),
+                "{step}: metrics {metrics:?}, {start}..={end}"
+            );
+            assert!(!b[0].timestamps.is_empty(), "{step}: something read");
+        }
+    }
+}
+
+async fn redis_output_bytes(r: &Reader) -> u64 {
+    let info: String = r.cmd(&["INFO", "stats"]).await.convert().unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_net_output_bytes")
+}
+
+/// query-api's reader keeps decoded chunks between reads (sealed columns,
+/// the open chunk's records) and asks Redis only for what changed; through
+/// appends, seals, resends with new values and points lacking a metric it
+/// reads exactly what a reader without the cache reads.
+async fn cached_reads(url: String, standalone: bool) {
+    let r = Reader::connect(&url).await;
+    let db: &dyn Exec = r.client();
+    let config = ChunkedConfig {
+        points_per_chunk: 10,
+        ..Default::default()
+    };
+    let writer = ChunkedLayout::new(config.clone());
+    let plain = ChunkedLayout::new(config.clone());
+    let cached = ChunkedLayout::new(ChunkedConfig {
+        read_cache_bytes: 64 << 20,
+        ..config
+    });
+    let host = "cached";
+    let names = metric_names(4);
+    let ts0 = now() - 3_600;
+    let batch = |from: i64, to: i64, shift: f64| MetricBatch {
+        seq: 1,
+        metric_names: names.clone(),
+        points: (from..to)
+            .map(|i| {
+                let mut p = point(host, ts0 + 5 * i, 4);
+                p.values.iter_mut().for_each(|v| *v += shift);
+                if i % 7 == 3 {
+                    // This snapshot lacks m01.
+                    p.values.remove(1);
+                    p.name_index = vec![0, 2, 3];
+                }
+                p
+            })
+            .collect(),
+    };
+    write(&writer, db, &batch(0, 25, 0.0), Arrival::Live).await;
+    same_frames(db, &cached, &plain, host, ts0, "all open").await;
+    assert!(writer.seal(db, host, TTL, now()).await.unwrap() > 0);
+    same_frames(db, &cached, &plain, host, ts0, "sealed once").await;
+    write(&writer, db, &batch(25, 32, 0.0), Arrival::Live).await;
+    same_frames(db, &cached, &plain, host, ts0, "more appended").await;
+    // Resends of sealed and open points with other values: the later wins.
+    write(&writer, db, &batch(5, 9, 0.5), Arrival::Live).await;
+    write(&writer, db, &batch(27, 30, 0.25), Arrival::Live).await;
+    same_frames(db, &cached, &plain, host, ts0, "resent").await;
+    while writer.seal(db, host, TTL, now()).await.unwrap() > 0 {}
+    same_frames(db, &cached, &plain, host, ts0, "all sealed").await;
+    write(&writer, db, &batch(32, 40, 0.0), Arrival::Live).await;
+    same_frames(db, &cached, &plain, host, ts0, "appended after sealing").await;
+    let held = cached.read_cache_bytes();
+    assert!(held > 0, "the cached reader keeps what it decoded");
+    if standalone {
+        // Asked again, Redis sends the cached reader only what changed.
+        let req = [RangeReq {
+            host: host.into(),
+            start: ts0 - 100,
+            end: ts0 + 10_000,
+        }];
+        let one = [names[0].clone()];
+        // What one INFO reply itself adds to the count.
+        let info = redis_output_bytes(&r).await;
+        let before = redis_output_bytes(&r).await;
+        let info = before - info;
+        plain.frames(db, &req, &one, None).await.unwrap();
+        let middle = redis_output_bytes(&r).await;
+        cached.frames(db, &req, &one, None).await.unwrap();
+        let after = redis_output_bytes(&r).await;
+        let (plain_bytes, cached_bytes) = (middle - before - info, after - middle - info);
+        assert!(
+            cached_bytes * 4 < plain_bytes,
+            "Redis sent {cached_bytes} bytes to the cached reader, {plain_bytes} to the other"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caching_reader_reads_what_redis_holds() {
+    let redis = RedisServer::start().unwrap();
+    cached_reads(redis.url(), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caching_reader_reads_what_redis_holds_on_a_cluster() {
+    let cluster = RedisCluster::start(3).unwrap();
+    cached_reads(cluster.url(), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,10 +73,11 @@ impl QueryComponent {
             !url.is_empty(),
             "query.redis_url and writer.redis_url are empty: set one (or use `broker up`, which launches a local redis-server)"
         );
-        let layout = storage_layout::for_reader(&config.writer).ok_or_else(|| {
-            anyhow::anyhow!("writer.layout: unknown layout {:?}", config.writer.layout)
-        })?;
         let q = &config.query;
+        let layout = storage_layout::for_query(&config.writer, q.chunk_cache_max_bytes)
+            .ok_or_else(|| {
+                anyhow::anyhow!("writer.layout: unknown layout {:?}", config.writer.layout)
+            })?;
         let store = store::Store::connect(url, q.pool_size, layout, q.read_batch, q.timeout)?
             .with_retention(config.ttl);
         let metrics = metrics::QueryMetrics::new(registry);

@@ -375,20 +375,42 @@ fn timestamps(v: &ChunkView<'_>) -> Result<Vec<i64>, DecodeError> {
     column(v.ts, v.n, "timestamps")
 }
 
-/// Decodes a sealed chunk's wanted columns into `into`.
-pub fn read_chunk(chunk: &[u8], into: &mut FrameBuilder) -> Result<(), DecodeError> {
+/// A sealed chunk's timestamps and the columns asked for (those it has).
+pub struct Decoded<'a> {
+    pub timestamps: Vec<i64>,
+    pub columns: Vec<(&'a str, Vec<f64>)>,
+}
+
+/// Decodes a sealed chunk's timestamps and the columns `wants` names.
+pub fn decode(chunk: &[u8], wants: impl Fn(&str) -> bool) -> Result<Decoded<'_>, DecodeError> {
     let v = view(chunk)?;
     let ts = timestamps(&v)?;
-    for &t in &ts {
-        into.touch(t);
-    }
+    let mut columns = Vec::new();
     for (name, col) in v.names.iter().zip(&v.columns) {
-        if !into.wants(name) {
-            continue;
+        if wants(name) {
+            columns.push((*name, column(col, ts.len(), &format!("column {name}"))?));
         }
-        let values: Vec<f64> = column(col, ts.len(), &format!("column {name}"))?;
-        into.set_column(&ts, name, &values);
     }
+    Ok(Decoded {
+        timestamps: ts,
+        columns,
+    })
+}
+
+impl Decoded<'_> {
+    pub fn apply(&self, into: &mut FrameBuilder) {
+        for &t in &self.timestamps {
+            into.touch(t);
+        }
+        for (name, values) in &self.columns {
+            into.set_column(&self.timestamps, name, values);
+        }
+    }
+}
+
+/// Decodes a sealed chunk's wanted columns into `into`.
+pub fn read_chunk(chunk: &[u8], into: &mut FrameBuilder) -> Result<(), DecodeError> {
+    decode(chunk, |name| into.wants(name))?.apply(into);
     Ok(())
 }
 

@@ -40,12 +40,13 @@ use crate::chunk;
 use crate::exec::{Command, Exec, Reply};
 use crate::frame::{Frame, FrameBuilder};
 use crate::meta;
+use crate::read_cache::{Held, OpenRecords, ReadCache};
 use crate::{Arrival, KeyLayout, LayoutError, RangeReq};
 use broker_proto::v1::MetricBatch;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A sealed chunk never spans more than one aligned window of this many
@@ -72,6 +73,9 @@ pub struct ChunkedConfig {
     pub max_open: Duration,
     /// How often one host's key expiries are refreshed.
     pub maintenance_interval: Duration,
+    /// Bytes a reader keeps of decoded chunks between reads
+    /// ([`crate::read_cache`]); 0 keeps nothing (writers).
+    pub read_cache_bytes: u64,
 }
 
 impl Default for ChunkedConfig {
@@ -80,6 +84,7 @@ impl Default for ChunkedConfig {
             points_per_chunk: DEFAULT_POINTS_PER_CHUNK,
             max_open: DEFAULT_MAX_OPEN,
             maintenance_interval: crate::seed::DEFAULT_MAINTENANCE_INTERVAL,
+            read_cache_bytes: 0,
         }
     }
 }
@@ -101,6 +106,7 @@ pub struct ChunkedLayout {
     maintained: moka::sync::Cache<String, ()>,
     nonce_counter: std::sync::atomic::AtomicU64,
     indexer: crate::hosts::Indexer,
+    cache: Option<ReadCache>,
 }
 
 impl std::fmt::Debug for ChunkedLayout {
@@ -195,17 +201,34 @@ return 1
 "#;
 
 /// KEYS: index, open. ARGV: lowest chunk start, highest chunk start,
-/// range start, chunk key prefix. Returns {open or false, blob, blob...}
-/// of the chunks ending at or after the range start, oldest first.
+/// range start, chunk key prefix, the open chunk's first bytes as the
+/// reader holds them (empty: none held), the length held, then the ids of
+/// the chunks the reader holds. Returns {1 and the open chunk's bytes past
+/// the length held, or 0 and the whole open chunk or false, then per chunk
+/// ending at or after the range start, oldest first: its member and its
+/// bytes (false when held, or gone)}.
 const READ_SCRIPT: &str = r#"
 local members = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])
-local out = {redis.call('GET', KEYS[2])}
+local held, held_len = ARGV[5], tonumber(ARGV[6])
+local out
+if #held > 0 and redis.call('STRLEN', KEYS[2]) >= held_len
+    and redis.call('GETRANGE', KEYS[2], 0, #held - 1) == held then
+  out = {1, redis.call('GETRANGE', KEYS[2], held_len, -1)}
+else
+  out = {0, redis.call('GET', KEYS[2])}
+end
+local skip = {}
+for i = 7, #ARGV do skip[ARGV[i]] = true end
 local from = tonumber(ARGV[3])
 for _, m in ipairs(members) do
   local s, e, c, id = string.match(m, '^(-?%d+):(-?%d+):(%d+):(%x+)$')
   if s and tonumber(e) >= from then
-    local blob = redis.call('GET', ARGV[4] .. s .. ':' .. id)
-    if blob then out[#out + 1] = blob end
+    out[#out + 1] = m
+    if skip[id] then
+      out[#out + 1] = false
+    else
+      out[#out + 1] = redis.call('GET', ARGV[4] .. s .. ':' .. id)
+    end
   end
 end
 return out
@@ -243,11 +266,17 @@ impl ChunkedLayout {
                 .max_capacity(1_000_000)
                 .time_to_live(config.maintenance_interval)
                 .build(),
-            config,
             open: Mutex::new(HashMap::new()),
             nonce_counter: std::sync::atomic::AtomicU64::new(0),
             indexer: crate::hosts::Indexer::default(),
+            cache: (config.read_cache_bytes > 0).then(|| ReadCache::new(config.read_cache_bytes)),
+            config,
         }
+    }
+
+    /// Estimated bytes this reader's cache holds (0 without one).
+    pub fn read_cache_bytes(&self) -> u64 {
+        self.cache.as_ref().map_or(0, ReadCache::weighted_bytes)
     }
 
     pub fn config(&self) -> &ChunkedConfig {
@@ -444,20 +473,142 @@ impl ChunkedLayout {
             .collect())
     }
 
-    fn read_command(req: &RangeReq) -> Command {
+    /// What a read of `req` sends: the chunk starts it covers, and what
+    /// the reader's cache holds of that range (see [`crate::read_cache`]).
+    fn plan(&self, req: &RangeReq, metrics: &[String]) -> Plan {
+        let mut plan = Plan {
+            lo: req.start.saturating_sub(CHUNK_WINDOW - 1),
+            hi: req.end,
+            open: None,
+            held: HashMap::new(),
+        };
+        let Some(cache) = &self.cache else {
+            return plan;
+        };
+        plan.open = cache.open(&req.host);
+        // Sealed columns are kept for reads that name their metrics (PromQL,
+        // a chart of one metric), not for whole snapshots.
+        if !metrics.is_empty()
+            && let Some(members) = cache.members(&req.host)
+        {
+            for c in members
+                .iter()
+                .filter(|c| c.start >= plan.lo && c.start <= plan.hi && c.end >= req.start)
+            {
+                if let Some(h) = cache.held(&chunk_key(&req.host, c.start, &c.id), metrics) {
+                    plan.held.insert(c.id.clone(), h);
+                }
+            }
+        }
+        plan
+    }
+
+    fn read_command(req: &RangeReq, plan: &Plan) -> Command {
         let index = index_key(&req.host);
         let open = open_key(&req.host);
+        let mut args = vec![
+            Bytes::from(plan.lo.to_string()),
+            Bytes::from(plan.hi.to_string()),
+            Bytes::from(req.start.to_string()),
+            Bytes::from(chunk_key_prefix(&req.host)),
+        ];
+        match &plan.open {
+            Some(o) => {
+                args.push(o.prefix.clone());
+                args.push(Bytes::from(o.len.to_string()));
+            }
+            None => args.extend([Bytes::new(), Bytes::from_static(b"0")]),
+        }
+        args.extend(plan.held.keys().map(|id| Bytes::from(id.clone())));
         Command::eval(
             READ_SCRIPT,
             vec![Bytes::from(index), Bytes::from(open)],
-            vec![
-                Bytes::from(req.start.saturating_sub(CHUNK_WINDOW - 1).to_string()),
-                Bytes::from(req.end.to_string()),
-                Bytes::from(req.start.to_string()),
-                Bytes::from(chunk_key_prefix(&req.host)),
-            ],
+            args,
         )
     }
+
+    /// Builds one host's frame from the read script's reply.
+    fn frame_of(
+        &self,
+        req: &RangeReq,
+        plan: &Plan,
+        reply: Reply,
+        metrics: &[String],
+        limit: Option<usize>,
+    ) -> Result<Frame, LayoutError> {
+        let host = req.host.as_str();
+        let mut parts = reply.ok("EVAL")?.into_array().into_iter();
+        let incremental = parts.next().and_then(|r| r.int()) == Some(1);
+        let open = parts.next();
+        let mut b = FrameBuilder::new(req.start, req.end, metrics);
+        let mut seen = Vec::new();
+        while let (Some(member), Some(blob)) = (parts.next(), parts.next()) {
+            let Some(c) = member.bytes().and_then(ChunkRef::parse) else {
+                continue;
+            };
+            match (blob.bytes(), &self.cache) {
+                (Some(blob), Some(cache)) if !metrics.is_empty() => {
+                    let d = chunk::decode(blob, |n| b.wants(n))
+                        .map_err(|e| corrupt("sealed chunk", host, e))?;
+                    d.apply(&mut b);
+                    cache.keep(&chunk_key(host, c.start, &c.id), metrics, &d);
+                }
+                (Some(blob), _) => {
+                    chunk::read_chunk(blob, &mut b).map_err(|e| corrupt("sealed chunk", host, e))?
+                }
+                // Left out because held (else gone: expired, not yet trimmed
+                // from the index).
+                (None, _) => {
+                    if let Some(h) = plan.held.get(&c.id) {
+                        h.apply(&mut b);
+                    }
+                }
+            }
+            seen.push(c);
+        }
+        let open = open.as_ref().and_then(Reply::bytes);
+        match &self.cache {
+            None => {
+                if let Some(open) = open {
+                    chunk::read_records(open, &mut b)
+                        .map_err(|e| corrupt("open chunk", host, e))?;
+                }
+            }
+            Some(cache) => {
+                cache.saw_members(host, plan.lo, plan.hi, req.start, seen);
+                let records = match (incremental, &plan.open, open) {
+                    (true, Some(held), Some(tail)) if !tail.is_empty() => Some(Arc::new(
+                        held.extended(tail)
+                            .map_err(|e| corrupt("open chunk", host, e))?,
+                    )),
+                    (true, Some(held), _) => Some(held.clone()),
+                    (false, _, Some(all)) if !all.is_empty() => Some(Arc::new(
+                        OpenRecords::parse(all).map_err(|e| corrupt("open chunk", host, e))?,
+                    )),
+                    _ => None,
+                };
+                match records {
+                    Some(r) => {
+                        r.apply(&mut b);
+                        if plan.open.as_ref().is_none_or(|o| !Arc::ptr_eq(o, &r)) {
+                            cache.keep_open(host, r);
+                        }
+                    }
+                    None => cache.forget_open(host),
+                }
+            }
+        }
+        Ok(b.finish(limit))
+    }
+}
+
+/// One host's read: the chunk starts it covers and what the reader's cache
+/// holds (the open chunk's records; sealed chunks' columns by chunk id).
+struct Plan {
+    lo: i64,
+    hi: i64,
+    open: Option<Arc<OpenRecords>>,
+    held: HashMap<String, Held>,
 }
 
 impl KeyLayout for ChunkedLayout {
@@ -628,27 +779,20 @@ impl KeyLayout for ChunkedLayout {
         limit: Option<usize>,
     ) -> BoxFuture<'a, Result<Vec<Frame>, LayoutError>> {
         Box::pin(async move {
+            let plans: Vec<Plan> = reqs.iter().map(|r| self.plan(r, metrics)).collect();
             let replies = db
-                .pipeline(reqs.iter().map(Self::read_command).collect())
+                .pipeline(
+                    reqs.iter()
+                        .zip(&plans)
+                        .map(|(r, p)| Self::read_command(r, p))
+                        .collect(),
+                )
                 .await?;
-            let mut frames = Vec::with_capacity(reqs.len());
-            for (req, reply) in reqs.iter().zip(replies) {
-                let mut parts = reply.ok("EVAL")?.into_array().into_iter();
-                let open = parts.next();
-                let mut b = FrameBuilder::new(req.start, req.end, metrics);
-                for blob in parts {
-                    if let Some(blob) = blob.bytes() {
-                        chunk::read_chunk(blob, &mut b)
-                            .map_err(|e| corrupt("sealed chunk", &req.host, e))?;
-                    }
-                }
-                if let Some(open) = open.as_ref().and_then(Reply::bytes) {
-                    chunk::read_records(open, &mut b)
-                        .map_err(|e| corrupt("open chunk", &req.host, e))?;
-                }
-                frames.push(b.finish(limit));
-            }
-            Ok(frames)
+            reqs.iter()
+                .zip(&plans)
+                .zip(replies)
+                .map(|((req, plan), reply)| self.frame_of(req, plan, reply, metrics, limit))
+                .collect()
         })
     }
 
@@ -777,6 +921,7 @@ mod tests {
             points_per_chunk: 2,
             max_open: Duration::from_secs(60),
             maintenance_interval: Duration::from_secs(30),
+            ..Default::default()
         });
         let batch = MetricBatch {
             seq: 0,

@@ -4,7 +4,7 @@
 //! keyed by timestamp, a later piece's value of a metric wins, and metrics
 //! a later piece lacks keep the earlier value (as HSET does).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Snapshots of one host, columnar: `metrics[name][i]` belongs to
 /// `timestamps[i]`; NaN where that snapshot lacks the metric.
@@ -55,14 +55,23 @@ impl Frame {
 }
 
 /// Collects snapshot values in any order and builds a [`Frame`].
+///
+/// Pieces usually arrive oldest first (sealed chunks in order, then the
+/// open records): while every new timestamp is past the newest one, a row
+/// is appended with no hashing and `finish` needs no sort. Anything else
+/// (a resend, a second column of the same rows) is found by binary search
+/// while the rows are sorted, and through a hash index once they are not.
 #[derive(Debug)]
 pub struct FrameBuilder {
     start: i64,
     end: i64,
     /// Requested metrics (empty: all).
-    wanted: Option<HashMap<String, ()>>,
+    wanted: Option<HashSet<String>>,
+    /// ts → row, complete once `sorted` is false.
     rows: HashMap<i64, usize>,
     timestamps: Vec<i64>,
+    /// `timestamps` ascends strictly (rows were only ever appended in order).
+    sorted: bool,
     columns: HashMap<String, Vec<f64>>,
 }
 
@@ -75,7 +84,7 @@ impl FrameBuilder {
             for m in metrics {
                 columns.insert(m.clone(), Vec::new());
             }
-            metrics.iter().map(|m| (m.clone(), ())).collect()
+            metrics.iter().cloned().collect()
         });
         Self {
             start,
@@ -83,6 +92,7 @@ impl FrameBuilder {
             wanted,
             rows: HashMap::new(),
             timestamps: Vec::new(),
+            sorted: true,
             columns,
         }
     }
@@ -93,11 +103,37 @@ impl FrameBuilder {
 
     /// Whether metric `name` is read at all.
     pub fn wants(&self, name: &str) -> bool {
-        self.wanted.as_ref().is_none_or(|w| w.contains_key(name))
+        self.wanted.as_ref().is_none_or(|w| w.contains(name))
+    }
+
+    /// The metrics asked for (`None`: all).
+    pub fn wanted(&self) -> Option<&HashSet<String>> {
+        self.wanted.as_ref()
     }
 
     fn row(&mut self, ts: i64) -> usize {
         let n = self.timestamps.len();
+        if self.sorted {
+            match self.timestamps.last() {
+                Some(&last) if ts <= last => {
+                    if let Ok(i) = self.timestamps.binary_search(&ts) {
+                        return i;
+                    }
+                    // Out of order: index every row from now on.
+                    self.rows = self
+                        .timestamps
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &t)| (t, i))
+                        .collect();
+                    self.sorted = false;
+                }
+                _ => {
+                    self.timestamps.push(ts);
+                    return n;
+                }
+            }
+        }
         *self.rows.entry(ts).or_insert_with(|| {
             self.timestamps.push(ts);
             n
@@ -128,24 +164,52 @@ impl FrameBuilder {
         col[row] = value;
     }
 
-    /// A whole column of one piece: `values[i]` at `timestamps[i]`.
+    /// A whole column of one piece: `values[i]` at `timestamps[i]` (NaN:
+    /// absent), in order, so a later duplicate timestamp wins.
     pub fn set_column(&mut self, timestamps: &[i64], name: &str, values: &[f64]) {
         if !self.wants(name) {
             return;
         }
+        let (key, mut col) = self
+            .columns
+            .remove_entry(name)
+            .unwrap_or_else(|| (name.to_string(), Vec::new()));
         for (&ts, &v) in timestamps.iter().zip(values) {
-            self.set(ts, name, v);
+            if v.is_nan() || !self.in_range(ts) {
+                continue;
+            }
+            let row = self.row(ts);
+            if col.len() <= row {
+                col.resize(row + 1, f64::NAN);
+            }
+            col[row] = v;
         }
+        self.columns.insert(key, col);
     }
 
     /// The frame, oldest first, at most `limit` snapshots.
     pub fn finish(self, limit: Option<usize>) -> Frame {
         let n = self.timestamps.len();
+        let keep = limit.map_or(n, |l| l.min(n));
+        if self.sorted {
+            let mut timestamps = self.timestamps;
+            timestamps.truncate(keep);
+            let metrics = self
+                .columns
+                .into_iter()
+                .map(|(name, mut col)| {
+                    col.resize(keep, f64::NAN);
+                    (name, col)
+                })
+                .collect();
+            return Frame {
+                timestamps,
+                metrics,
+            };
+        }
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_unstable_by_key(|&i| self.timestamps[i]);
-        if let Some(limit) = limit {
-            order.truncate(limit);
-        }
+        order.truncate(keep);
         let timestamps = order.iter().map(|&i| self.timestamps[i]).collect();
         let metrics = self
             .columns

@@ -34,6 +34,7 @@ pub mod exec;
 pub mod frame;
 pub mod hosts;
 pub mod meta;
+pub mod read_cache;
 pub mod seed;
 
 pub use chunked::{ChunkedConfig, ChunkedLayout};
@@ -174,6 +175,7 @@ impl ChunkedConfig {
             points_per_chunk: w.chunk_points,
             max_open: w.chunk_max_open,
             maintenance_interval: seed::DEFAULT_MAINTENANCE_INTERVAL,
+            read_cache_bytes: 0,
         }
     }
 }
@@ -188,6 +190,20 @@ pub fn for_writer(w: &broker_common::config::WriterConfig) -> Option<Arc<dyn Key
 pub fn for_reader(w: &broker_common::config::WriterConfig) -> Option<Arc<dyn KeyLayout>> {
     let previous = (!w.migrate_from.is_empty()).then_some(w.migrate_from.as_str());
     reader(&w.layout, previous, ChunkedConfig::from_config(w))
+}
+
+/// The layout query-api reads with: [`for_reader`]'s, keeping up to
+/// `cache_bytes` of decoded chunks between reads ([`read_cache`]).
+pub fn for_query(
+    w: &broker_common::config::WriterConfig,
+    cache_bytes: u64,
+) -> Option<Arc<dyn KeyLayout>> {
+    let previous = (!w.migrate_from.is_empty()).then_some(w.migrate_from.as_str());
+    let chunked = ChunkedConfig {
+        read_cache_bytes: cache_bytes,
+        ..ChunkedConfig::from_config(w)
+    };
+    reader(&w.layout, previous, chunked)
 }
 
 /// The layout named `name` (one of [`LAYOUTS`]), with default settings
