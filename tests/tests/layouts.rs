@@ -459,6 +459,12 @@ async fn cached_reads(url: String, standalone: bool) {
     same_frames(db, &cached, &plain, host, ts0, "all sealed").await;
     write(&writer, db, &batch(32, 40, 0.0), Arrival::Live).await;
     same_frames(db, &cached, &plain, host, ts0, "appended after sealing").await;
+    // Out of order, as batches in flight at once or a spool replay append.
+    let mut late = batch(40, 46, 0.0);
+    late.points.reverse();
+    write(&writer, db, &late, Arrival::Live).await;
+    write(&writer, db, &batch(43, 44, 0.75), Arrival::Live).await;
+    same_frames(db, &cached, &plain, host, ts0, "appended out of order").await;
     let held = cached.read_cache_bytes();
     assert!(held > 0, "the cached reader keeps what it decoded");
     if standalone {

@@ -204,9 +204,6 @@ impl moka::Expiry<String, Entry> for PerEntryTtl {
     }
 }
 
-/// Hosts read at once by a PromQL selector.
-const PARALLEL_HOSTS: usize = 8;
-
 /// Limits on identifiers, shared with the gateway's validation.
 #[derive(Debug, Clone, Copy)]
 struct NameLimits {
@@ -769,44 +766,13 @@ impl Engine {
             .ok_or_else(|| QueryError::HostNotFound(id.to_string()))
     }
 
-    /// One host's raw snapshots for [`Engine::frames`], which has counted
-    /// them against `query.max_points_scanned`: not bounded by
-    /// `query.max_points`. A frame within it is the answer a range query
-    /// would give, so it is shared with the range cache; a larger one is
-    /// not cached (no range query answers it, and an entry that large
-    /// would push many small ones out).
-    async fn range_frame(&self, q: RangeQuery) -> Result<Frame, QueryError> {
-        self.check_host("host", &q.host)?;
-        let metrics = self.check_metrics(&q.metrics)?;
-        let key = range_key(&q.host, q.start, q.end, &metrics, 0, 0);
-        if let Some(r) = self.cached_range(&key) {
-            return Ok(Frame {
-                timestamps: r.timestamps.clone(),
-                metrics: r.metrics.clone(),
-            });
-        }
-        let scanned = self.cfg.max_points_scanned;
-        // Points written since the count could still pass the bound.
-        let frame = self
-            .store
-            .range(&q.host, q.start, q.end, &metrics, Some(scanned + 1))
-            .await?;
-        self.metrics
-            .points_read
-            .inc_by(frame.timestamps.len() as u64);
-        check_scanned(&self.cfg, frame.timestamps.len())?;
-        if frame.timestamps.len() <= self.cfg.max_points {
-            let r = Arc::new(RangeResult::raw(q.host, frame.clone(), false, None));
-            self.cache_put(key, q.end, Cached::Range(r.clone()), r.approx_bytes());
-        }
-        Ok(frame)
-    }
-
     /// Raw snapshots of several hosts for the PromQL evaluator, bounded by
     /// `query.max_points_scanned` in all (counted before reading), not by
     /// `query.max_points` per host: a 7-day `rate(m{host="h"}[5m])` at a
     /// 5-minute step reads 120,960 snapshots of one host to answer 2,016
-    /// points. Frames within `query.max_points` go through the range cache.
+    /// points. Read in pipelines of many hosts; not through the range
+    /// cache (an evaluation at another time never asks the same range
+    /// again: the layout's chunk cache is what a refresh reuses).
     pub async fn frames(
         &self,
         hosts: &[String],
@@ -814,24 +780,20 @@ impl Engine {
         end: i64,
         metrics: &[String],
     ) -> Result<Vec<Frame>, QueryError> {
-        // Counted first (one ZCOUNT per host), so a query too large is
-        // refused before its snapshots are read.
+        for h in hosts {
+            self.check_host("host", h)?;
+        }
+        let metrics = self.check_metrics(metrics)?;
+        // Counted first (the chunk index and open count per host), so a
+        // query too large is refused before its snapshots are read.
         let counts = self.store.counts(hosts, start, end).await?;
         self.check_scanned(counts.iter().sum::<u64>() as usize)?;
-        let futs: Vec<_> = hosts
-            .iter()
-            .map(|h| {
-                self.range_frame(RangeQuery {
-                    host: h.clone(),
-                    start,
-                    end,
-                    metrics: metrics.to_vec(),
-                    limit: 0,
-                    max_points: 0,
-                })
-            })
-            .collect();
-        crate::store::ordered(futs, PARALLEL_HOSTS).await
+        let frames = self.store.frames(hosts, start, end, &metrics).await?;
+        let read: usize = frames.iter().map(|f| f.timestamps.len()).sum();
+        self.metrics.points_read.inc_by(read as u64);
+        // Points written since the count could still pass the bound.
+        self.check_scanned(read)?;
+        Ok(frames)
     }
 }
 

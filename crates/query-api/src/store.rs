@@ -257,6 +257,18 @@ impl Store {
             .unwrap_or_default())
     }
 
+    /// Each host's snapshots in the range (`metrics` as for [`Store::range`]),
+    /// in order, read many hosts per pipeline.
+    pub async fn frames(
+        &self,
+        hosts: &[String],
+        start: i64,
+        end: i64,
+        metrics: &[String],
+    ) -> Result<Vec<Frame>, QueryError> {
+        self.frames_of(reqs(hosts, start, end), metrics, None).await
+    }
+
     /// How many snapshots each host holds in the range (an upper bound in
     /// the chunked layout), without reading them: for limits.
     pub async fn counts(

@@ -477,6 +477,7 @@ impl ChunkedLayout {
     /// the reader's cache holds of that range (see [`crate::read_cache`]).
     fn plan(&self, req: &RangeReq, metrics: &[String]) -> Plan {
         let mut plan = Plan {
+            host: Arc::from(req.host.as_str()),
             lo: req.start.saturating_sub(CHUNK_WINDOW - 1),
             hi: req.end,
             open: None,
@@ -495,7 +496,7 @@ impl ChunkedLayout {
                 .iter()
                 .filter(|c| c.start >= plan.lo && c.start <= plan.hi && c.end >= req.start)
             {
-                if let Some(h) = cache.held(&chunk_key(&req.host, c.start, &c.id), metrics) {
+                if let Some(h) = cache.held(&plan.host, c, metrics) {
                     plan.held.insert(c.id.clone(), h);
                 }
             }
@@ -542,16 +543,24 @@ impl ChunkedLayout {
         let open = parts.next();
         let mut b = FrameBuilder::new(req.start, req.end, metrics);
         let mut seen = Vec::new();
+        let mut pairs = Vec::new();
         while let (Some(member), Some(blob)) = (parts.next(), parts.next()) {
-            let Some(c) = member.bytes().and_then(ChunkRef::parse) else {
-                continue;
-            };
+            if let Some(c) = member.bytes().and_then(ChunkRef::parse) {
+                pairs.push((c, blob));
+            }
+        }
+        // Room for every chunk's points and the open records, at most.
+        b.reserve(
+            pairs.iter().map(|(c, _)| c.count as usize).sum::<usize>()
+                + plan.open.as_ref().map_or(0, |o| o.rows()),
+        );
+        for (c, blob) in pairs {
             match (blob.bytes(), &self.cache) {
                 (Some(blob), Some(cache)) if !metrics.is_empty() => {
                     let d = chunk::decode(blob, |n| b.wants(n))
                         .map_err(|e| corrupt("sealed chunk", host, e))?;
                     d.apply(&mut b);
-                    cache.keep(&chunk_key(host, c.start, &c.id), metrics, &d);
+                    cache.keep(&plan.host, &c, metrics, &d);
                 }
                 (Some(blob), _) => {
                     chunk::read_chunk(blob, &mut b).map_err(|e| corrupt("sealed chunk", host, e))?
@@ -605,10 +614,11 @@ impl ChunkedLayout {
 /// One host's read: the chunk starts it covers and what the reader's cache
 /// holds (the open chunk's records; sealed chunks' columns by chunk id).
 struct Plan {
+    host: Arc<str>,
     lo: i64,
     hi: i64,
     open: Option<Arc<OpenRecords>>,
-    held: HashMap<String, Held>,
+    held: HashMap<String, Arc<Held>>,
 }
 
 impl KeyLayout for ChunkedLayout {

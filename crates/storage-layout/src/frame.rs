@@ -97,6 +97,14 @@ impl FrameBuilder {
         }
     }
 
+    /// Room for `rows` more snapshots (an estimate; a hint only).
+    pub fn reserve(&mut self, rows: usize) {
+        self.timestamps.reserve(rows);
+        for col in self.columns.values_mut() {
+            col.reserve(rows);
+        }
+    }
+
     pub fn in_range(&self, ts: i64) -> bool {
         ts >= self.start && ts <= self.end
     }
@@ -170,10 +178,12 @@ impl FrameBuilder {
         if !self.wants(name) {
             return;
         }
-        let (key, mut col) = self
-            .columns
-            .remove_entry(name)
-            .unwrap_or_else(|| (name.to_string(), Vec::new()));
+        let (key, mut col) = self.columns.remove_entry(name).unwrap_or_else(|| {
+            (
+                name.to_string(),
+                Vec::with_capacity(self.timestamps.capacity()),
+            )
+        });
         for (&ts, &v) in timestamps.iter().zip(values) {
             if v.is_nan() || !self.in_range(ts) {
                 continue;

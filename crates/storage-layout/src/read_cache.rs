@@ -35,37 +35,47 @@ const IDLE: Duration = Duration::from_secs(3_600);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 enum Key {
-    Timestamps(Arc<str>),
-    Column(Arc<str>, Arc<str>),
+    /// A sealed chunk: host, start, id (the hash of its bytes).
+    Chunk(Arc<str>, i64, u64),
     Open(Arc<str>),
     Members(Arc<str>),
 }
 
 #[derive(Clone)]
 enum Value {
-    Timestamps(Arc<[i64]>),
-    /// `None`: the chunk has no such column.
-    Column(Option<Arc<[f64]>>),
+    Chunk(Arc<Held>),
     Open(Arc<OpenRecords>),
     Members(Arc<Vec<ChunkRef>>),
 }
 
 fn weight(key: &Key, value: &Value) -> u32 {
     let k = match key {
-        Key::Timestamps(a) | Key::Open(a) | Key::Members(a) => a.len(),
-        Key::Column(a, b) => a.len() + b.len(),
+        Key::Chunk(a, ..) | Key::Open(a) | Key::Members(a) => a.len(),
     };
     let v = match value {
-        Value::Timestamps(t) => t.len() * 8,
-        Value::Column(c) => c.as_ref().map_or(0, |c| c.len() * 8),
+        Value::Chunk(h) => {
+            h.timestamps.len() * 8
+                + h.columns
+                    .iter()
+                    .map(|(n, c)| 48 + n.len() + c.as_ref().map_or(0, |c| c.len() * 8))
+                    .sum::<usize>()
+        }
         Value::Open(o) => o.approx_bytes(),
         Value::Members(m) => m.iter().map(|c| 48 + c.id.len()).sum(),
     };
     (64 + k + v).min(u32::MAX as usize) as u32
 }
 
-/// An open chunk's records, decoded, columnar, in the order they were
-/// appended (a resend appears twice; the later copy wins when applied).
+/// The key of a chunk; `None` for an id that is not 16 hex digits (not
+/// written by this layout: such a chunk is read, never kept).
+fn chunk_key(host: &Arc<str>, c: &ChunkRef) -> Option<Key> {
+    let id = u64::from_str_radix(&c.id, 16).ok()?;
+    Some(Key::Chunk(host.clone(), c.start, id))
+}
+
+/// An open chunk's records, decoded, columnar, sorted by time and, for one
+/// time, in the order they were appended (a resend appears twice; the
+/// later copy wins when applied).
 #[derive(Debug, Clone, Default)]
 pub struct OpenRecords {
     /// The chunk's first bytes when read.
@@ -121,7 +131,23 @@ impl OpenRecords {
             col.resize(rows, f64::NAN);
         }
         self.len += bytes.len();
+        // Points may arrive out of order (batches in flight at once, a
+        // resend): kept sorted by time, a resend after the copy it
+        // replaces, so reads append in order.
+        if !self.timestamps.is_sorted() {
+            let mut order: Vec<usize> = (0..rows).collect();
+            order.sort_by_key(|&i| self.timestamps[i]);
+            self.timestamps = order.iter().map(|&i| self.timestamps[i]).collect();
+            for col in &mut self.columns {
+                *col = order.iter().map(|&i| col[i]).collect();
+            }
+        }
         Ok(())
+    }
+
+    /// Records decoded.
+    pub fn rows(&self) -> usize {
+        self.timestamps.len()
     }
 
     /// Applies the records to `into`, oldest first.
@@ -197,47 +223,49 @@ impl ReadCache {
         }
     }
 
-    /// The held pieces of the chunk at `key` for `metrics`, if every one is.
-    pub fn held(&self, key: &str, metrics: &[String]) -> Option<Held> {
-        let key: Arc<str> = Arc::from(key);
-        let Some(Value::Timestamps(timestamps)) = self.cache.get(&Key::Timestamps(key.clone()))
-        else {
+    /// What is held of chunk `c` of `host`, if it has every one of `metrics`.
+    pub fn held(&self, host: &Arc<str>, c: &ChunkRef, metrics: &[String]) -> Option<Arc<Held>> {
+        let Some(Value::Chunk(h)) = self.cache.get(&chunk_key(host, c)?) else {
             return None;
         };
-        let mut columns = Vec::with_capacity(metrics.len());
-        for m in metrics {
-            let m: Arc<str> = Arc::from(m.as_str());
-            let Some(Value::Column(c)) = self.cache.get(&Key::Column(key.clone(), m.clone()))
-            else {
-                return None;
-            };
-            columns.push((m, c));
-        }
-        Some(Held {
-            timestamps,
-            columns,
-        })
+        metrics
+            .iter()
+            .all(|m| h.columns.iter().any(|(n, _)| **n == **m))
+            .then_some(h)
     }
 
-    /// Keeps what was decoded of the chunk at `key`: its timestamps, and
-    /// for each of `metrics` its column or that it has none.
-    pub fn keep(&self, key: &str, metrics: &[String], decoded: &chunk::Decoded<'_>) {
-        let key: Arc<str> = Arc::from(key);
-        self.cache.insert(
-            Key::Timestamps(key.clone()),
-            Value::Timestamps(Arc::from(decoded.timestamps.as_slice())),
-        );
+    /// Keeps what was decoded of chunk `c` of `host`: its timestamps, and
+    /// for each of `metrics` its column or that it has none, beside the
+    /// columns already held.
+    pub fn keep(
+        &self,
+        host: &Arc<str>,
+        c: &ChunkRef,
+        metrics: &[String],
+        decoded: &chunk::Decoded<'_>,
+    ) {
+        let Some(key) = chunk_key(host, c) else {
+            return;
+        };
+        let mut held = match self.cache.get(&key) {
+            Some(Value::Chunk(h)) => Held::clone(&h),
+            _ => Held {
+                timestamps: Arc::from(decoded.timestamps.as_slice()),
+                columns: Vec::new(),
+            },
+        };
         for m in metrics {
+            if held.columns.iter().any(|(n, _)| **n == **m) {
+                continue;
+            }
             let col = decoded
                 .columns
                 .iter()
                 .find(|(n, _)| *n == m.as_str())
                 .map(|(_, c)| Arc::from(c.as_slice()));
-            self.cache.insert(
-                Key::Column(key.clone(), Arc::from(m.as_str())),
-                Value::Column(col),
-            );
+            held.columns.push((Arc::from(m.as_str()), col));
         }
+        self.cache.insert(key, Value::Chunk(Arc::new(held)));
     }
 
     pub fn open(&self, host: &str) -> Option<Arc<OpenRecords>> {
