@@ -157,6 +157,12 @@ async fn an_upgrade_backfills_the_index_once_and_periodic_work_never_scans() {
     for h in &list {
         assert_eq!(h["last_seen"], ts + 10, "{h}");
         assert_eq!(h["points"], 3, "{h}");
+        assert_eq!(h["series"], 4, "{h}");
+        assert!(h.get("metrics").is_none(), "names only when asked: {h}");
+    }
+    let (status, body) = http(readers.http, "GET", "/api/query/hosts?metrics=true", "").await;
+    assert_eq!(status, 200, "{body}");
+    for h in body["hosts"].as_array().unwrap() {
         assert_eq!(h["metrics"], serde_json::json!(metric_names(4)), "{h}");
     }
     let r2: String = r.cmd(&["GET", hosts::READY_KEY]).await.convert().unwrap();

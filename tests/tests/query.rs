@@ -350,8 +350,19 @@ async fn point_range_hosts_and_every_aggregation() {
     for h in hosts {
         assert_eq!(h["last_seen"], last, "{h}");
         assert_eq!(h["points"], N, "{h}");
+        assert_eq!(h["series"], METRICS, "{h}");
+        assert!(h.get("metrics").is_none(), "names only when asked: {h}");
+    }
+    let (status, j) = q.get("/api/query/hosts?metrics=true&prefix=web").await;
+    assert_eq!(status, 200, "{j}");
+    let named = j["hosts"].as_array().unwrap();
+    assert_eq!(named.len(), 2, "{j}");
+    for h in named {
         assert_eq!(h["metrics"].as_array().unwrap().len(), METRICS, "{h}");
     }
+    let (status, j) = q.get("/api/query/hosts?metrics=maybe").await;
+    assert_eq!(status, 400, "{j}");
+    assert!(j["error"].as_str().unwrap().starts_with("metrics:"), "{j}");
     assert_eq!(hosts[0]["labels"]["role"], "db");
     let (_, j) = q.get("/api/query/hosts?label=role%3Dweb").await;
     assert_eq!(j["hosts"].as_array().unwrap().len(), 2);
@@ -369,6 +380,7 @@ async fn point_range_hosts_and_every_aggregation() {
     assert_eq!(g.hosts[0].labels["role"], "db");
     let (status, j) = q.get("/api/query/hosts/web-1").await;
     assert_eq!((status, j["points"].as_i64()), (200, Some(N)));
+    assert_eq!(j["metrics"].as_array().unwrap().len(), METRICS, "{j}");
     let (status, _) = q.get("/api/query/hosts/ghost").await;
     assert_eq!(status, 404);
 

@@ -138,14 +138,17 @@
       const seen = document.createElement('span');
       seen.textContent = `seen ${ago(h.last_seen)}`;
       if (stale) seen.className = 'stale';
-      sub.append(seen, ` · ${h.points} points · ${h.metrics.length} metrics${labels ? ' · ' + labels : ''}`);
+      sub.append(seen, ` · ${h.points} points · ${h.series} metrics${labels ? ' · ' + labels : ''}`);
       li.append(id, sub);
       li.addEventListener('click', () => selectHost(h.id));
       return li;
     }));
-    const names = new Set();
-    state.hosts.forEach((h) => h.metrics.forEach((m) => names.add(m)));
-    $('metric-names').replaceChildren(...[...names].sort().map((m) => {
+  }
+
+  // The metric names of the fleet, for the aggregation form's suggestions.
+  async function loadMetricNames() {
+    const r = await api('/api/v1/label/__name__/values');
+    $('metric-names').replaceChildren(...(r.data || []).map((m) => {
       const o = document.createElement('option');
       o.value = m;
       return o;
@@ -158,9 +161,11 @@
     renderHosts();
   }
 
-  function selectHost(id) {
+  // The list carries each host's series count; its names come with the host.
+  async function selectHost(id) {
     state.host = id;
-    const h = state.hosts.find((x) => x.id === id);
+    const h = await api(`/api/query/hosts/${encodeURIComponent(id)}`).catch(() => null);
+    if (state.host !== id) return; // another host was picked meanwhile
     const metrics = h ? h.metrics : [];
     const kept = state.selected.filter((m) => metrics.includes(m));
     state.selected = kept.length ? kept : metrics.slice(0, DEFAULT_METRICS);
@@ -481,6 +486,7 @@
         await loadCharts();
       } else if (state.view === 'aggregate') {
         if (state.hosts.length === 0) await loadHosts();
+        if ($('metric-names').children.length === 0) await loadMetricNames();
         await loadAggregate();
       } else if (state.view === 'fleet') {
         await loadFleet();

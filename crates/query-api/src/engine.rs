@@ -216,11 +216,59 @@ pub struct Engine {
     cfg: QueryConfig,
     names: NameLimits,
     cache: moka::sync::Cache<String, Entry>,
-    /// The host list and when it was read.
-    hosts: std::sync::Mutex<Option<(Instant, Arc<Vec<HostInfo>>)>>,
-    /// Held by the one request reading the host list again.
-    hosts_refresh: tokio::sync::Mutex<()>,
+    /// The host list with each host's series names (selectors, labels).
+    hosts: HostListCache,
+    /// The host list without them (the listing), cheaper to read.
+    summaries: HostListCache,
     pub metrics: QueryMetrics,
+}
+
+/// A host list read again at most every `ttl`. One request at a time
+/// reads it; meanwhile the others answer from the previous list instead of
+/// queueing behind it. Only the first requests of a process, with no list
+/// yet, wait.
+#[derive(Default)]
+struct HostListCache {
+    /// The list and when it was read.
+    list: std::sync::Mutex<Option<(Instant, Arc<Vec<HostInfo>>)>>,
+    /// Held by the one request reading it again.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl HostListCache {
+    async fn get(
+        &self,
+        ttl: Duration,
+        read: impl std::future::Future<Output = Result<Arc<Vec<HostInfo>>, QueryError>>,
+    ) -> Result<Arc<Vec<HostInfo>>, QueryError> {
+        let cached = || self.list.lock().expect("host list lock").clone();
+        let stale = match cached() {
+            Some((at, list)) if at.elapsed() < ttl => return Ok(list),
+            Some((_, list)) => Some(list),
+            None => None,
+        };
+        let _refresh = match (self.refresh.try_lock(), stale) {
+            (Ok(guard), _) => guard,
+            (Err(_), Some(list)) => return Ok(list),
+            (Err(_), None) => {
+                let guard = self.refresh.lock().await;
+                // The request that held it has read the list.
+                if let Some((_, list)) = cached() {
+                    return Ok(list);
+                }
+                guard
+            }
+        };
+        // Another request may have refreshed it since we looked.
+        if let Some((at, list)) = cached()
+            && at.elapsed() < ttl
+        {
+            return Ok(list);
+        }
+        let list = read.await?;
+        *self.list.lock().expect("host list lock") = Some((Instant::now(), list.clone()));
+        Ok(list)
+    }
 }
 
 impl Engine {
@@ -239,8 +287,8 @@ impl Engine {
                 metric: config.gateway.max_metric_name_len,
             },
             cache,
-            hosts: std::sync::Mutex::new(None),
-            hosts_refresh: tokio::sync::Mutex::new(()),
+            hosts: HostListCache::default(),
+            summaries: HostListCache::default(),
             metrics,
         }
     }
@@ -677,42 +725,28 @@ impl Engine {
         Ok(r)
     }
 
-    /// Every host, sorted by id, from a list read again at most every
-    /// `query.hosts_cache_ttl`. One request at a time reads it (the host
-    /// index and a few commands per host: O(hosts), whatever the retention
-    /// holds); meanwhile the others answer from
-    /// the previous list instead of queueing behind it. Only the first
-    /// requests of a process, with no list yet, wait.
+    /// Every host with its series names, sorted by id, read again at most
+    /// every `query.hosts_cache_ttl` ([`HostListCache`]).
     pub async fn host_list(&self) -> Result<Arc<Vec<HostInfo>>, QueryError> {
-        let cached = || self.hosts.lock().expect("host list lock").clone();
-        let stale = match cached() {
-            Some((at, list)) if at.elapsed() < self.cfg.hosts_cache_ttl => return Ok(list),
-            Some((_, list)) => Some(list),
-            None => None,
-        };
-        let _refresh = match (self.hosts_refresh.try_lock(), stale) {
-            (Ok(guard), _) => guard,
-            (Err(_), Some(list)) => return Ok(list),
-            (Err(_), None) => {
-                let guard = self.hosts_refresh.lock().await;
-                // The request that held it has read the list.
-                if let Some((_, list)) = cached() {
-                    return Ok(list);
-                }
-                guard
-            }
-        };
-        // Another request may have refreshed it since we looked.
-        if let Some((at, list)) = cached()
-            && at.elapsed() < self.cfg.hosts_cache_ttl
-        {
-            return Ok(list);
-        }
+        self.hosts
+            .get(self.cfg.hosts_cache_ttl, self.read_host_list(true))
+            .await
+    }
+
+    /// Every host with the number of its series but not their names: what
+    /// the listing shows, a few small replies per host.
+    async fn host_summaries(&self) -> Result<Arc<Vec<HostInfo>>, QueryError> {
+        self.summaries
+            .get(self.cfg.hosts_cache_ttl, self.read_host_list(false))
+            .await
+    }
+
+    /// Reads the host index, then each host's metadata and series set
+    /// (`names`) or its size: O(hosts), whatever the retention holds.
+    async fn read_host_list(&self, names: bool) -> Result<Arc<Vec<HostInfo>>, QueryError> {
         let ids = self.store.host_ids().await?;
-        let infos = self.store.host_infos(&ids).await?;
-        let list = Arc::new(infos.into_iter().flatten().collect::<Vec<_>>());
-        *self.hosts.lock().expect("host list lock") = Some((Instant::now(), list.clone()));
-        Ok(list)
+        let infos = self.store.host_infos(&ids, names).await?;
+        Ok(Arc::new(infos.into_iter().flatten().collect()))
     }
 
     /// A page of the hosts with `labels` and `prefix`, sorted by id: up
@@ -724,6 +758,7 @@ impl Engine {
         prefix: &str,
         after: &str,
         limit: usize,
+        names: bool,
     ) -> Result<(Vec<HostInfo>, Option<String>), QueryError> {
         let max = self.cfg.max_series;
         let limit = match limit {
@@ -741,7 +776,11 @@ impl Engine {
             labels: labels.clone(),
             prefix: prefix.to_string(),
         };
-        let list = self.host_list().await?;
+        let list = if names {
+            self.host_list().await?
+        } else {
+            self.host_summaries().await?
+        };
         let from = list.partition_point(|h| h.id.as_str() <= after);
         let mut page: Vec<HostInfo> = list[from..]
             .iter()
@@ -759,7 +798,7 @@ impl Engine {
     pub async fn host(&self, id: &str) -> Result<HostInfo, QueryError> {
         self.check_host("host", id)?;
         self.store
-            .host_infos(&[id.to_string()])
+            .host_infos(&[id.to_string()], true)
             .await?
             .pop()
             .flatten()

@@ -147,7 +147,7 @@ impl QueryService for QueryGrpc {
         let (hosts, next) = e
             .run(
                 "hosts",
-                e.hosts(&labels, &r.prefix, &r.after, r.limit as usize),
+                e.hosts(&labels, &r.prefix, &r.after, r.limit as usize, true),
             )
             .await?;
         Ok(Response::new(HostsResponse {

@@ -7,8 +7,8 @@
 //! | `GET /api/query/point?host=&ts=[&metrics=a,b]` | one snapshot; 404 if none |
 //! | `GET /api/query/range?host=&start=&end=[&metrics=][&limit=][&max_points=]` | columnar series; with `max_points`, at most that many rows (avg in `metrics`, plus `min`, `max` and `bucket_secs` when downsampled) |
 //! | `GET /api/query/aggregate?function=&metric=&start=&end=[&step=][&hosts=][&label=k=v][&prefix=][&per_host=true]` | buckets |
-//! | `GET /api/query/hosts[?label=k=v][&prefix=][&limit=][&after=]` | host list, a page of at most `query.max_series`; `next_after` continues it |
-//! | `GET /api/query/hosts/{id}` | one host |
+//! | `GET /api/query/hosts[?label=k=v][&prefix=][&limit=][&after=][&metrics=true]` | host list (last seen, labels, points, `series`: how many; their names in `metrics` with `metrics=true`), a page of at most `query.max_series`; `next_after` continues it |
+//! | `GET /api/query/hosts/{id}` | one host, with its series names |
 //! | `GET /api/query/cluster` | members, states, ring shares, epoch |
 //!
 //! Times are Unix seconds, RFC 3339, `now` or `now-<duration>` (`now-1h`);
@@ -272,14 +272,26 @@ async fn hosts(State(s): State<HttpState>, RawQuery(q): RawQuery) -> Response {
     json(
         e.run("hosts", async {
             let p = Params::parse(q.as_deref(), b"")?;
+            let names = p.bool("metrics")?;
             let (hosts, next) = e
                 .hosts(
                     &p.labels("label")?,
                     p.get("prefix").unwrap_or(""),
                     p.get("after").unwrap_or(""),
                     p.usize_or("limit", 0)?,
+                    names,
                 )
                 .await?;
+            let hosts: Vec<serde_json::Value> = hosts
+                .iter()
+                .map(|h| {
+                    let mut v = serde_json::json!(h);
+                    if !names && let Some(o) = v.as_object_mut() {
+                        o.remove("metrics");
+                    }
+                    v
+                })
+                .collect();
             Ok(serde_json::json!({ "hosts": hosts, "next_after": next }))
         })
         .await,

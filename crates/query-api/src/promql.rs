@@ -1959,6 +1959,7 @@ mod tests {
             last_seen: n - 1,
             labels: BTreeMap::new(),
             points: n as u64,
+            series: 1,
             metrics: vec!["m".into()],
         };
         let frame = Frame {

@@ -43,8 +43,10 @@ pub struct HostInfo {
     /// Snapshots stored (distinct in the seed layout; in the chunked one,
     /// sealed snapshots plus the open chunk's records).
     pub points: u64,
-    /// Names of the series the host reported within the retention (its
-    /// series set), sorted.
+    /// How many series the host reported within the retention.
+    pub series: usize,
+    /// Their names (its series set), sorted; empty when the list was read
+    /// without them.
     pub metrics: Vec<String>,
 }
 
@@ -379,11 +381,23 @@ impl Store {
 
     /// Metadata of `hosts` (`None` for a host without a metadata key):
     /// per host its metadata hash, its point count (a counter, not a walk)
-    /// and its series set, in a few pipelined commands per host.
-    pub async fn host_infos(&self, hosts: &[String]) -> Result<Vec<Option<HostInfo>>, QueryError> {
+    /// and its series set (with `names`; else only its size), in a few
+    /// pipelined commands per host.
+    pub async fn host_infos(
+        &self,
+        hosts: &[String],
+        names: bool,
+    ) -> Result<Vec<Option<HostInfo>>, QueryError> {
         let since = broker_common::unix_now().saturating_sub(self.retention_secs as i64);
-        let (metas, series) = futures::future::try_join(self.host_metas(hosts), async {
-            Ok(storage_layout::hosts::series(self, hosts, since).await?)
+        let (metas, (series, sizes)) = futures::future::try_join(self.host_metas(hosts), async {
+            Ok(if names {
+                let series = storage_layout::hosts::series(self, hosts, since).await?;
+                let sizes = series.iter().map(Vec::len).collect();
+                (series, sizes)
+            } else {
+                let sizes = storage_layout::hosts::series_counts(self, hosts, since).await?;
+                (vec![Vec::new(); hosts.len()], sizes)
+            })
         })
         .await?;
         // Point counts from the metadata just read where the layout keeps
@@ -401,17 +415,26 @@ impl Store {
         };
         let mut infos: Vec<Option<HostInfo>> = hosts
             .iter()
-            .zip(metas.into_iter().zip(counts).zip(series))
-            .map(|(h, ((meta, points), metrics))| {
+            .zip(
+                metas
+                    .into_iter()
+                    .zip(counts)
+                    .zip(series.into_iter().zip(sizes)),
+            )
+            .map(|(h, ((meta, points), (metrics, series)))| {
                 meta.map(|m| HostInfo {
                     id: h.clone(),
                     last_seen: m.last_seen.unwrap_or(0),
                     labels: m.labels,
                     points,
+                    series,
                     metrics,
                 })
             })
             .collect();
+        if !names {
+            return Ok(infos);
+        }
         // Hosts without a series set (written before it existed, and not
         // backfilled yet): the names of their newest snapshots.
         let newest: Vec<(usize, RangeReq)> = infos
@@ -469,6 +492,7 @@ impl Store {
                         .map(|(n, _)| n),
                 );
                 info.metrics = names.into_iter().collect();
+                info.series = info.metrics.len();
             }
         }
         Ok(infos)

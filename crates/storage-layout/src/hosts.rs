@@ -310,6 +310,30 @@ pub async fn series(
         .collect()
 }
 
+/// How many series each of `hosts` reported at or after `since` (a
+/// `ZCOUNT` of its series set, not the names).
+pub async fn series_counts(
+    db: &dyn Exec,
+    hosts: &[String],
+    since: i64,
+) -> Result<Vec<usize>, LayoutError> {
+    let since = since.to_string();
+    let commands = hosts
+        .iter()
+        .map(|h| {
+            Command::of(
+                "ZCOUNT",
+                &[series_key(h).as_bytes(), since.as_bytes(), b"+inf"],
+            )
+        })
+        .collect();
+    db.pipeline(commands)
+        .await?
+        .into_iter()
+        .map(|r| Ok(r.ok("ZCOUNT")?.int().unwrap_or(0).max(0) as usize))
+        .collect()
+}
+
 /// Whether the index was backfilled (the ready marker is set).
 pub async fn ready(db: &dyn Exec) -> Result<bool, LayoutError> {
     let r = db
