@@ -70,6 +70,31 @@ pub fn nonce_record(nonce: [u8; NONCE_LEN]) -> Vec<u8> {
     out
 }
 
+/// A chunk index member (`monitor:chunks:{host}`): `start:end:count:id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub start: i64,
+    pub end: i64,
+    pub count: u64,
+    pub id: String,
+}
+
+impl ChunkRef {
+    pub fn parse(member: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(member).ok()?;
+        let mut it = s.splitn(4, ':');
+        Some(Self {
+            start: it.next()?.parse().ok()?,
+            end: it.next()?.parse().ok()?,
+            count: it.next()?.parse().ok()?,
+            id: it.next()?.to_string(),
+        })
+    }
+    pub fn member(&self) -> String {
+        format!("{}:{}:{}:{}", self.start, self.end, self.count, self.id)
+    }
+}
+
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }

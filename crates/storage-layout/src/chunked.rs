@@ -130,30 +130,7 @@ pub fn chunk_key(host: &str, start: i64, id: &str) -> String {
     format!("{}{start}:{id}", chunk_key_prefix(host))
 }
 
-/// An index member: `start:end:count:id`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChunkRef {
-    pub start: i64,
-    pub end: i64,
-    pub count: u64,
-    pub id: String,
-}
-
-impl ChunkRef {
-    pub fn parse(member: &[u8]) -> Option<Self> {
-        let s = std::str::from_utf8(member).ok()?;
-        let mut it = s.splitn(4, ':');
-        Some(Self {
-            start: it.next()?.parse().ok()?,
-            end: it.next()?.parse().ok()?,
-            count: it.next()?.parse().ok()?,
-            id: it.next()?.to_string(),
-        })
-    }
-    pub fn member(&self) -> String {
-        format!("{}:{}:{}:{}", self.start, self.end, self.count, self.id)
-    }
-}
+pub use crate::chunk::ChunkRef;
 
 /// KEYS: open, index, meta, old chunk keys..., new chunk keys...
 /// ARGV: prefix, sealed length, nonce record, index ttl, trim horizon,

@@ -17,8 +17,7 @@
 //!
 //! One weighted cache holds all three, bounded in (estimated) bytes.
 
-use crate::chunk::{self, DecodeError};
-use crate::chunked::ChunkRef;
+use crate::chunk::{self, ChunkRef, DecodeError};
 use crate::frame::FrameBuilder;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -179,12 +178,15 @@ impl OpenRecords {
     }
 }
 
+/// One decoded column of a sealed chunk.
+pub type Column = Arc<[f64]>;
+
 /// A sealed chunk's pieces held for a read: its timestamps and the columns
 /// asked for (`None` where the chunk lacks one).
 #[derive(Clone)]
 pub struct Held {
     pub timestamps: Arc<[i64]>,
-    pub columns: Vec<(Arc<str>, Option<Arc<[f64]>>)>,
+    pub columns: Vec<(Arc<str>, Option<Column>)>,
 }
 
 impl Held {
