@@ -41,6 +41,12 @@ pub fn durable_redis() -> RedisServer {
 }
 
 /// Seconds since the epoch, now.
+/// A loopback endpoint that refuses connections while the socket lives
+/// ([`broker_common::serve::refusing_loopback_endpoint`]).
+pub fn refusing_endpoint() -> (String, tokio::net::TcpSocket) {
+    broker_common::serve::refusing_loopback_endpoint().expect("a loopback port")
+}
+
 pub fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -174,6 +174,23 @@ async fn a_stopped_writers_share_moves_to_the_other_and_comes_back_when_it_resta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn points_for_a_dead_writer_fail_over_to_the_live_one() {
+    // A port that refuses connections.
+    let (dead_addr, _held) = refusing_endpoint();
+    dead_writer_fails_over(dead_addr).await;
+}
+
+/// A writer's address where a foreign gRPC server answers (a reused port
+/// or pod IP: here a query-api, which answers UNIMPLEMENTED): the points
+/// fail over as for a dead writer, none is refused for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_for_a_writer_address_a_foreign_server_answers_fail_over() {
+    let redis = RedisServer::start().unwrap();
+    let foreign = Running::broker(seed_config_for(&redis.url()), &[Service::QueryApi]).await;
+    dead_writer_fails_over(foreign.endpoint()).await;
+    foreign.stop().await;
+}
+
+async fn dead_writer_fails_over(dead_addr: String) {
     let redis = RedisServer::start().unwrap();
     let writer = Running::broker(
         {
@@ -184,10 +201,6 @@ async fn points_for_a_dead_writer_fail_over_to_the_live_one() {
         &[Service::StorageWriter],
     )
     .await;
-    // A port nothing listens on.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_addr = format!("http://{}", dead.local_addr().unwrap());
-    drop(dead);
     let mut c = seed_config_for("");
     c.router.writers = vec![
         broker_common::config::WriterEndpoint {
@@ -235,10 +248,8 @@ async fn points_for_a_dead_writer_fail_over_to_the_live_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn points_no_writer_can_take_are_reported_unavailable_not_dropped() {
-    // A port nothing listens on, and no other writer.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_addr = format!("http://{}", dead.local_addr().unwrap());
-    drop(dead);
+    // A port that refuses connections, and no other writer.
+    let (dead_addr, _held) = refusing_endpoint();
     let mut c = seed_config_for("");
     c.router.writers = vec![broker_common::config::WriterEndpoint {
         id: "dead".into(),

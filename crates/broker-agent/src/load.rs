@@ -989,9 +989,7 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_gateway_fails_before_sending() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", l.local_addr().unwrap());
-        drop(l);
+        let (endpoint, _held) = broker_common::serve::refusing_loopback_endpoint().unwrap();
         let cfg = LoadConfig {
             endpoints: vec![endpoint.clone()],
             duration: Some(Duration::from_secs(1)),

@@ -280,6 +280,18 @@ async fn deadline(
 }
 
 /// Turns any shutdown future into a token that is cancelled when it fires.
+/// A loopback endpoint that refuses every connection for as long as the
+/// returned socket lives: its port is bound but never listened on, so no
+/// other process can take it meanwhile (a port found free and released can
+/// be, and then answers as a foreign process). For tests and tools that
+/// need an address where nothing answers.
+pub fn refusing_loopback_endpoint() -> std::io::Result<(String, tokio::net::TcpSocket)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let addr = socket.local_addr()?;
+    Ok((format!("http://{addr}"), socket))
+}
+
 pub fn token_from(shutdown: impl Future<Output = ()> + Send + 'static) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();

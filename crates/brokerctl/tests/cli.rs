@@ -72,10 +72,13 @@ fn share(cells: &[&str]) -> f64 {
         .unwrap_or_else(|| panic!("no share in {cells:?}"))
 }
 
-/// A loopback port nothing listens on.
+/// A loopback endpoint that refuses connections, its port held for the
+/// rest of the test process so nothing else can take it.
 fn dead_endpoint() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    format!("http://{}", l.local_addr().expect("addr"))
+    let (endpoint, socket) =
+        broker_common::serve::refusing_loopback_endpoint().expect("a loopback port");
+    std::mem::forget(socket);
+    endpoint
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

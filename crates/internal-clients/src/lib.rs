@@ -80,20 +80,19 @@ impl From<ClientError> for Status {
     }
 }
 
-/// Transient failures worth another attempt (and, after the retries, worth
+/// Whether a failed call is worth another attempt (and, after the retries,
 /// another writer); writes are idempotent, so a retry after a timeout cannot
-/// corrupt data.
+/// corrupt data. Only what a writer or router says about the points
+/// themselves is final: they are malformed (`INVALID_ARGUMENT`) or Redis
+/// refused them (`FAILED_PRECONDITION`, a stale ring epoch included, which
+/// the router reroutes). Anything else is the address, not the points: a
+/// timeout, an outage, or a foreign process answering there (a reused
+/// port or pod IP answers `UNIMPLEMENTED`, `NOT_FOUND`, `UNAUTHENTICATED`
+/// ...), and must never make points be refused for good.
 pub fn retryable(s: &Status) -> bool {
-    matches!(
+    !matches!(
         s.code(),
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            // tonic reports its own client-side timeout as CANCELLED.
-            | Code::Cancelled
-            | Code::ResourceExhausted
-            | Code::Aborted
-            | Code::Unknown
-            | Code::Internal
+        Code::Ok | Code::InvalidArgument | Code::FailedPrecondition
     )
 }
 
@@ -108,6 +107,11 @@ mod retryable_tests {
             Code::DeadlineExceeded,
             Code::Cancelled,
             Code::ResourceExhausted,
+            // A foreign process at the address.
+            Code::Unimplemented,
+            Code::NotFound,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
         ] {
             assert!(retryable(&Status::new(code, "x")), "{code:?}");
         }

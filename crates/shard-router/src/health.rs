@@ -432,11 +432,13 @@ async fn probe(channel: Option<&AuthChannel>, timeout: Duration) -> Result<(), S
 mod tests {
     use super::*;
 
+    /// A loopback endpoint that refuses connections, its port held for the
+    /// rest of the test process so nothing else can take it.
     fn dead_endpoint() -> String {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        drop(l);
-        format!("http://{addr}")
+        let (endpoint, socket) =
+            broker_common::serve::refusing_loopback_endpoint().expect("a loopback port");
+        std::mem::forget(socket);
+        endpoint
     }
 
     #[tokio::test]

@@ -20,8 +20,11 @@
 //! order and has not failed them yet ([`router::failover_target`]), each
 //! writer tried at most once. Only when no writer is left do they come back
 //! as `UNAVAILABLE`, retryable, with the writers tried named in the message.
-//! A non-transient refusal (e.g. `INVALID_ARGUMENT`) is not failed over:
-//! another writer would refuse the same points.
+//! Only a refusal of the points themselves (`INVALID_ARGUMENT`: malformed;
+//! `FAILED_PRECONDITION`: Redis refused them) is final and not failed over:
+//! another writer would refuse the same points. Whatever else comes back
+//! from a writer's address (a timeout, nothing, or a foreign process there,
+//! answering `UNIMPLEMENTED` or `UNAUTHENTICATED`) fails over.
 //!
 //! # Writer health ([`health`])
 //!

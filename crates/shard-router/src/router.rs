@@ -717,11 +717,13 @@ mod tests {
         }
     }
 
+    /// A loopback endpoint that refuses connections, its port held for the
+    /// rest of the test process so nothing else can take it.
     fn dead_endpoint() -> String {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        drop(l);
-        format!("http://{addr}")
+        let (endpoint, socket) =
+            broker_common::serve::refusing_loopback_endpoint().expect("a loopback port");
+        std::mem::forget(socket);
+        endpoint
     }
 
     fn point(host: &str, ts: i64) -> Point {

@@ -157,10 +157,13 @@ async fn gateway(script: Script) -> (String, Arc<Fake>) {
     (endpoint, fake)
 }
 
-/// A loopback endpoint with nothing listening.
+/// A loopback endpoint that refuses connections, its port held for the
+/// rest of the test process so nothing else can take it.
 fn dead_endpoint() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", l.local_addr().unwrap())
+    let (endpoint, socket) =
+        broker_common::serve::refusing_loopback_endpoint().expect("a loopback port");
+    std::mem::forget(socket);
+    endpoint
 }
 
 fn config(endpoints: Vec<String>, max_points: u64) -> LoadConfig {
