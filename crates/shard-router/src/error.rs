@@ -16,12 +16,21 @@ pub enum RouterError {
     /// A writer's answer to a forward, after the retries: the writer named,
     /// its status kept as the source (code, message and metadata, such as
     /// the stale-epoch mark).
-    #[error("writer {writer}: {}", .status.message())]
+    #[error("writer {writer}: {}", describe(.status))]
     Writer {
         writer: String,
         #[source]
         status: Status,
     },
+}
+
+/// A status as an operator reads it: its message, or its code when it has
+/// none (a foreign process at the address may answer with no message).
+fn describe(status: &Status) -> String {
+    match status.message() {
+        "" => format!("{:?} with no message", status.code()),
+        m => m.to_string(),
+    }
 }
 
 impl RouterError {
