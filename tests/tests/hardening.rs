@@ -297,9 +297,9 @@ async fn query_api_bounds_what_it_reads_before_reading_it() {
     }
     let reader = Reader::connect(&redis.url()).await;
     let q = broker.http;
-    // The host list is read once here (its hosts' newest snapshots too),
-    // and kept.
-    let (status, _) = http(q, "GET", "/api/query/hosts", "").await;
+    // The host list with its series names, which selectors match against,
+    // is read once here (its hosts' newest snapshots too), and kept.
+    let (status, _) = http(q, "GET", "/api/query/hosts?metrics=true", "").await;
     assert_eq!(status, 200);
 
     // Scanned: 150 snapshots > 100, refused before any is read.
