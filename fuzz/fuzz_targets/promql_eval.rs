@@ -28,6 +28,7 @@ static SOURCE: LazyLock<MemorySource> = LazyLock::new(|| {
             last_seen: END,
             labels: [("role".to_string(), role.to_string())].into(),
             points: SNAPSHOTS as u64,
+            series: names.len(),
             metrics: names.iter().map(|n| n.to_string()).collect(),
         });
         let timestamps: Vec<i64> = (0..SNAPSHOTS).map(|k| END - (SNAPSHOTS - 1 - k) * 5).collect();
