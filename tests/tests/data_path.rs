@@ -367,3 +367,52 @@ async fn multi_writer_routing_matches_the_ring() {
 }
 
 // Writer failure and failover: crates/shard-router/tests/failover.rs.
+
+/// Services started before Redis answers (compose and Kubernetes start
+/// them together) report ready once it does, however many connection
+/// attempts were refused first, and then read and write it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_started_before_redis_become_ready_when_it_answers() {
+    let mut redis = RedisServer::start().unwrap();
+    redis.stop();
+    let broker = Running::broker(config_for(&redis.url()), &Service::DEFAULT).await;
+    // Several refused attempts: fred's reconnect policy backs off to 5 s.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let (status, body) = http(broker.http, "GET", "/ready", "").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().contains("query-api"), "{body}");
+    redis.restart().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = http(broker.http, "GET", "/ready", "").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready 30 s after redis came up: {status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let ts = now() - 10;
+    let acks = send_batches(
+        &broker.endpoint(),
+        vec![MetricBatch {
+            seq: 1,
+            metric_names: metric_names(2),
+            points: vec![point("late-redis", ts, 2)],
+        }],
+    )
+    .await;
+    assert_eq!(acks[0].accepted, 1, "{:?}", acks[0].errors);
+    let (status, body) = http(
+        broker.http,
+        "GET",
+        "/api/query/range?host=late-redis&start=now-5m",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["timestamps"][0], ts, "{body}");
+    broker.stop().await;
+}

@@ -14,7 +14,7 @@ mod common;
 
 use broker_tests::durable_redis;
 
-use common::{Sandbox, Timeline, steady_load, verify_layout};
+use common::{Sandbox, Timeline, steady_load_until, verify_layout};
 use redis_process::RedisServer;
 use std::time::{Duration, Instant};
 const HOSTS: usize = 200;
@@ -100,28 +100,61 @@ enum Seen {
     InFault,
 }
 
-/// Runs the load for `load_for` while `fault` runs, then checks Redis, and
-/// that the fault was `seen`.
-async fn scenario<F, Fut>(name: &str, load_for: Duration, seen: Seen, fault: F)
+/// How long the load goes on after a fault heals: the acks resume and
+/// the replay of what was spooled meets new writes.
+const LOAD_AFTER_HEAL: Duration = Duration::from_secs(6);
+
+/// The bound on a scenario's load, however long its warm-up and fault.
+const LOAD_BOUND: Duration = Duration::from_secs(150);
+
+/// Starts the steady load that the returned sender stops (it is also
+/// stopped at [`LOAD_BOUND`]).
+#[allow(clippy::type_complexity)]
+fn fault_load(
+    topo: &Topology,
+) -> (
+    tokio::task::JoinHandle<Result<broker_agent::LoadReport, broker_agent::AgentError>>,
+    Timeline,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (load, timeline) = steady_load_until(
+        topo.gateway_endpoints(),
+        HOSTS,
+        METRICS,
+        LOAD_BOUND,
+        async move {
+            let _ = stopped.await;
+        },
+    );
+    (load, timeline, stop)
+}
+
+/// Runs the load while `fault` runs and for [`LOAD_AFTER_HEAL`] after it
+/// heals (measured from its end, so a slow warm-up never leaves the fault
+/// after the load), then checks Redis, and that the fault was `seen`.
+async fn scenario<F, Fut>(name: &str, seen: Seen, fault: F)
 where
     F: FnOnce(Topology) -> Fut,
     Fut: std::future::Future<Output = (Topology, Instant)>,
 {
-    scenario_in("seed", name, load_for, seen, fault).await
+    scenario_in("seed", name, seen, fault).await
 }
 
 /// [`scenario`] with the writers writing `layout`; the acked points are
 /// read back through that layout.
-async fn scenario_in<F, Fut>(layout: &str, name: &str, load_for: Duration, seen: Seen, fault: F)
+async fn scenario_in<F, Fut>(layout: &str, name: &str, seen: Seen, fault: F)
 where
     F: FnOnce(Topology) -> Fut,
     Fut: std::future::Future<Output = (Topology, Instant)>,
 {
     let mut topo = Topology::start(layout).await;
     let redis_url = topo.redis.url();
-    let (load, timeline) = steady_load(topo.gateway_endpoints(), HOSTS, METRICS, load_for);
+    let (load, timeline, stop_load) = fault_load(&topo);
     topo.timeline = timeline.clone();
     let (mut topo, healed) = fault(topo).await;
+    tokio::time::sleep_until((healed + LOAD_AFTER_HEAL).into()).await;
+    let _ = stop_load.send(());
     let report = load.await.unwrap().unwrap();
     let recovery = timeline.recovery_after(healed);
     // Points acked from a writer's spool reach Redis when the replay gets
@@ -221,8 +254,7 @@ async fn gray_failure() {
         .unwrap_or(15);
     let topo = Topology::start("seed").await;
     let redis_url = topo.redis.url();
-    let load_for = Duration::from_secs(stop_secs + 12);
-    let (load, timeline) = steady_load(topo.gateway_endpoints(), HOSTS, METRICS, load_for);
+    let (load, timeline, stop_load) = fault_load(&topo);
     let started = Instant::now();
     // The "before" phase: about 5 s of the load, acked.
     timeline.acked_more(10_000, WARM_UP_WITHIN).await;
@@ -232,6 +264,9 @@ async fn gray_failure() {
     tokio::time::sleep(Duration::from_secs(stop_secs)).await;
     frozen.signal("CONT");
     let healed = Instant::now();
+    // The "after" phase.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let _ = stop_load.send(());
     let report = load.await.unwrap().unwrap();
     let end = Instant::now();
     let drain_deadline = end + Duration::from_secs(120);
@@ -317,7 +352,6 @@ async fn acked_points_survive_faults() {
     let _one = ONE_AT_A_TIME.lock().await;
     scenario(
         "kill -9 writer, restart",
-        Duration::from_secs(12),
         Seen::RouterRetried,
         |mut t| async move {
             t.timeline.acked_more(WARM_UP, WARM_UP_WITHIN).await;
@@ -336,7 +370,6 @@ async fn acked_points_survive_faults() {
     scenario_in(
         "chunked",
         "kill -9 writer mid-chunk",
-        Duration::from_secs(12),
         Seen::RouterRetried,
         |mut t| async move {
             t.timeline.acked_more(WARM_UP, WARM_UP_WITHIN).await;
@@ -350,24 +383,18 @@ async fn acked_points_survive_faults() {
     .await;
 
     let down = redis_down_secs();
-    scenario(
-        "redis down",
-        Duration::from_secs(down + 10),
-        Seen::Spooled,
-        |mut t| async move {
-            t.timeline.acked_more(WARM_UP, WARM_UP_WITHIN).await;
-            t.redis.stop();
-            tokio::time::sleep(Duration::from_secs(down)).await;
-            t.redis.restart().unwrap();
-            let healed = Instant::now();
-            (t, healed)
-        },
-    )
+    scenario("redis down", Seen::Spooled, |mut t| async move {
+        t.timeline.acked_more(WARM_UP, WARM_UP_WITHIN).await;
+        t.redis.stop();
+        tokio::time::sleep(Duration::from_secs(down)).await;
+        t.redis.restart().unwrap();
+        let healed = Instant::now();
+        (t, healed)
+    })
     .await;
 
     scenario(
         "kill -9 gateway",
-        Duration::from_secs(10),
         // At this load acks come back within milliseconds, so a kill
         // rarely catches a batch in flight (a resend) or stops acks for
         // long: what shows it is the agent streams moving.
@@ -400,17 +427,16 @@ async fn acked_points_survive_faults() {
 
     scenario(
         "SIGTERM all, restart",
-        Duration::from_secs(14),
-        // Every service is down for a second and then starts again: two
-        // progress samples (1 s apart) with no ack between them, which at
-        // this load (40 batches/s) never happens otherwise. (Samples are
-        // taken by a timer, so the gap between them is a hair either side
-        // of 1 s.)
+        // Every service is down for two seconds and more (the stop, the
+        // pause, the start): at least two progress samples (1 s apart)
+        // with no ack between them, which at this load (40 batches/s)
+        // never happens otherwise. (Samples are taken by a timer, so the
+        // gap between them is a hair either side of 1 s.)
         Seen::AckGap(Duration::from_millis(900)),
         |mut t| async move {
             t.timeline.acked_more(WARM_UP, WARM_UP_WITHIN).await;
             t.stop_all().await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
             t.start_all().await;
             let healed = Instant::now();
             (t, healed)

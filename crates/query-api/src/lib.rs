@@ -103,10 +103,8 @@ impl QueryComponent {
         readiness.set("query-api", false);
         let (r, engine) = (readiness.clone(), self.engine.clone());
         tokio::spawn(async move {
-            match engine.store().wait_connected().await {
-                Ok(()) => r.set("query-api", true),
-                Err(e) => tracing::error!(error = %e, "query-api: connecting to redis failed"),
-            }
+            engine.store().wait_connected().await;
+            r.set("query-api", true);
         });
     }
 

@@ -125,8 +125,12 @@ impl Store {
         read_batch: usize,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let config = fred::types::config::Config::from_url(url)
+        let mut config = fred::types::config::Config::from_url(url)
             .map_err(|e| anyhow::anyhow!("query.redis_url {url:?}: {e}"))?;
+        // Started before Redis (compose, Kubernetes), keep trying with the
+        // reconnect policy below instead of giving up after the first
+        // attempt, fred's default.
+        config.fail_fast = false;
         let pool = fred::types::Builder::from_config(config)
             .with_performance_config(|p| {
                 // A backstop only: the engine drops a query at
@@ -168,8 +172,8 @@ impl Store {
     }
 
     /// Resolves once every connection of the pool is up.
-    pub async fn wait_connected(&self) -> Result<(), QueryError> {
-        Ok(self.pool.wait_for_connect().await?)
+    pub async fn wait_connected(&self) {
+        storage_layout::exec::until_connected(&self.pool, "query.redis_url").await
     }
 
     pub async fn quit(&self) {

@@ -153,6 +153,29 @@ impl Exec for fred::clients::Client {
 /// for each command; `Err` (a description) when Redis did not answer them
 /// all (connection lost, pipeline not sent). The one place commands become
 /// fred pipelines: the writer and the readers both go through it.
+/// Resolves once `pool` is connected, however many attempts that takes.
+/// fred's `wait_for_connect` answers for the next attempt only, so a
+/// service that reports ready after it would stay unready for ever when
+/// it starts before Redis accepts connections (compose, Kubernetes): the
+/// first attempt is refused and the ones that succeed later go unseen.
+/// `what` names the pool in the warnings (`writer.redis_url`, ...).
+pub async fn until_connected(pool: &fred::clients::Pool, what: &str) {
+    let mut failures = 0u32;
+    loop {
+        match pool.wait_for_connect().await {
+            Ok(()) => return,
+            Err(e) => {
+                failures += 1;
+                // The first refusal, then one line a minute or so.
+                if failures == 1 || failures.is_multiple_of(60) {
+                    tracing::warn!(redis = what, error = %e, failures, "redis is not answering yet; retrying");
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 pub async fn pipeline_results(
     client: &fred::clients::Client,
     commands: Vec<Command>,

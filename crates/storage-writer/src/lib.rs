@@ -89,14 +89,9 @@ impl WriterComponent {
         let (r, p, url) = (readiness.clone(), pool.clone(), w.redis_url.clone());
         let layout = w.layout.clone();
         tokio::spawn(async move {
-            use fred::interfaces::ClientLike;
-            match p.wait_for_connect().await {
-                Ok(()) => {
-                    tracing::info!(redis = %url, layout = %layout, "connected to redis");
-                    r.set("storage-writer", true);
-                }
-                Err(e) => tracing::error!(redis = %url, error = %e, "connecting to redis failed"),
-            }
+            storage_layout::exec::until_connected(&p, &url).await;
+            tracing::info!(redis = %url, layout = %layout, "connected to redis");
+            r.set("storage-writer", true);
         });
         Ok(Self { writer, pool })
     }

@@ -232,6 +232,28 @@ pub fn steady_load(
     tokio::task::JoinHandle<Result<broker_agent::LoadReport, broker_agent::AgentError>>,
     Timeline,
 ) {
+    steady_load_until(
+        endpoints,
+        hosts,
+        metrics,
+        duration,
+        std::future::pending::<()>(),
+    )
+}
+
+/// [`steady_load`] that also ends when `stop` resolves (`duration` still
+/// bounds it): a fault scenario ends its load a set time after the fault
+/// heals, so a slow warm-up cannot push the fault past the load's end.
+pub fn steady_load_until(
+    endpoints: Vec<String>,
+    hosts: usize,
+    metrics: usize,
+    duration: Duration,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (
+    tokio::task::JoinHandle<Result<broker_agent::LoadReport, broker_agent::AgentError>>,
+    Timeline,
+) {
     let timeline = Timeline::default();
     let samples = timeline.clone();
     let load = tokio::spawn(run_load_with(
@@ -254,7 +276,7 @@ pub fn steady_load(
         move |p: &broker_agent::Progress| {
             samples.0.lock().unwrap().push((Instant::now(), p.acked));
         },
-        std::future::pending::<()>(),
+        stop,
     ));
     (load, timeline)
 }
