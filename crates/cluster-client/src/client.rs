@@ -101,7 +101,9 @@ impl ClusterClient {
             .map(|a| {
                 let ch = security
                     .lazy(a, |ep| {
-                        ep.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true)
+                        broker_common::security::keepalive(ep)
+                            .connect_timeout(Duration::from_secs(1))
+                            .tcp_nodelay(true)
                     })
                     .map_err(|e| ClusterError::Endpoint(a.clone(), e.to_string()))?;
                 Ok((a.clone(), ClusterServiceClient::new(ch)))
@@ -132,6 +134,15 @@ impl ClusterClient {
         F: Fn(ClusterServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.call_within(CALL_TIMEOUT, f).await
+    }
+
+    /// [`ClusterClient::call`] giving each endpoint `per_endpoint`.
+    async fn call_within<T, F, Fut>(&self, per_endpoint: Duration, f: F) -> Result<T, ClusterError>
+    where
+        F: Fn(ClusterServiceClient<AuthChannel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let round = || async {
             let n = self.inner.endpoints.len();
             let start = self.inner.preferred.load(Ordering::Relaxed);
@@ -139,7 +150,7 @@ impl ClusterClient {
             for k in 0..n {
                 let i = (start + k) % n;
                 let client = self.inner.endpoints[i].1.clone();
-                match tokio::time::timeout(CALL_TIMEOUT, f(client)).await {
+                match tokio::time::timeout(per_endpoint, f(client)).await {
                     Ok(Ok(resp)) => {
                         self.inner.preferred.store(i, Ordering::Relaxed);
                         return Ok(resp.into_inner());
@@ -238,7 +249,19 @@ impl ClusterClient {
         id: &str,
         instance: &str,
     ) -> Result<HeartbeatResponse, ClusterError> {
-        self.call(|mut c| {
+        self.heartbeat_within(id, instance, CALL_TIMEOUT).await
+    }
+
+    /// [`ClusterClient::heartbeat`] giving each endpoint `per_endpoint`: a
+    /// member beats its lease through another node at once when the one it
+    /// used stops answering, instead of waiting out the lease on it.
+    pub async fn heartbeat_within(
+        &self,
+        id: &str,
+        instance: &str,
+        per_endpoint: Duration,
+    ) -> Result<HeartbeatResponse, ClusterError> {
+        self.call_within(per_endpoint, |mut c| {
             let (id, instance) = (id.to_string(), instance.to_string());
             async move { c.heartbeat(HeartbeatRequest { id, instance }).await }
         })

@@ -9,6 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Delay between two tries to reopen a broken Watch stream.
 const REWATCH_DELAY: Duration = Duration::from_millis(200);
+/// Bounds on how long one node gets to answer a heartbeat (the beat
+/// interval, within these).
+const MIN_BEAT_WAIT: Duration = Duration::from_millis(500);
+const MAX_BEAT_WAIT: Duration = Duration::from_secs(5);
 
 /// Who this process is in the cluster.
 #[derive(Debug, Clone)]
@@ -185,6 +189,10 @@ async fn follow(
 async fn beat(client: ClusterClient, member: Member, interval: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A beat the node it went to leaves unanswered for an interval goes
+    // to the next node: the lease (a few intervals) must not run out on
+    // a node that was cut off or lost its leader.
+    let per_endpoint = interval.clamp(MIN_BEAT_WAIT, MAX_BEAT_WAIT);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -192,7 +200,7 @@ async fn beat(client: ClusterClient, member: Member, interval: Duration, stop: C
         }
         let r = tokio::select! {
             _ = stop.cancelled() => return,
-            r = client.heartbeat(&member.id, &member.instance) => r,
+            r = client.heartbeat_within(&member.id, &member.instance, per_endpoint) => r,
         };
         match r {
             Ok(r) if !r.known => {

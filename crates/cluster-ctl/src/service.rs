@@ -150,7 +150,9 @@ impl ClusterGrpc {
         }
         let ch = self
             .security
-            .lazy(addr, |ep| ep.connect_timeout(Duration::from_millis(500)))
+            .lazy(addr, |ep| {
+                broker_common::security::keepalive(ep).connect_timeout(Duration::from_millis(500))
+            })
             .map_err(|e| Status::internal(format!("leader address {addr:?}: {e}")))?;
         let c = ClusterServiceClient::new(ch);
         map.insert(addr.to_string(), c.clone());
@@ -159,6 +161,31 @@ impl ClusterGrpc {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<ClusterState, Status>> + Send>>;
+
+/// Resolves once the node has known no leader for `grace` without a
+/// break; never if the raft task is gone (the state stream ends then).
+async fn leaderless_for(view: &mut tokio::sync::watch::Receiver<Arc<RaftStatus>>, grace: Duration) {
+    loop {
+        while view.borrow_and_update().leader_id != 0 {
+            if view.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+        let regained = async {
+            loop {
+                if view.changed().await.is_err() {
+                    return std::future::pending::<()>().await;
+                }
+                if view.borrow_and_update().leader_id != 0 {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(grace, regained).await.is_err() {
+            return;
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl ClusterService for ClusterGrpc {
@@ -243,10 +270,27 @@ impl ClusterService for ClusterGrpc {
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let after_epoch = request.into_inner().after_epoch;
+        // A node without a leader (cut off with a minority, or between
+        // leaders) may serve a stale state: watchers go to another node,
+        // and a stream it serves ends once it stays leaderless for a lease
+        // (an election takes far less), so its members move to the
+        // majority instead of routing on a ring that may have changed.
+        let mut view = self.node.view_watch();
+        if view.borrow_and_update().leader_id == 0 {
+            return Err(Status::unavailable(format!(
+                "{}: cluster-ctl node {} knows no leader (cut off with a minority, or electing one); watch another node",
+                NodeError::NoLeader,
+                self.node.id()
+            )));
+        }
+        let grace = self.leases.ttl();
+        let id = self.node.id();
         let mut state = self.node.state();
         let stop = self.stop.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
+            let leaderless = leaderless_for(&mut view, grace);
+            tokio::pin!(leaderless);
             // A subscriber from scratch gets the current state first.
             let mut sent: Option<u64> = (after_epoch > 0).then_some(after_epoch);
             loop {
@@ -262,6 +306,15 @@ impl ClusterService for ClusterGrpc {
                     _ = stop.cancelled() => return,
                     // Err: the node stopped; end the stream, clients reconnect.
                     r = state.changed() => if r.is_err() { return },
+                    () = &mut leaderless => {
+                        tracing::warn!(grace = ?grace, "no leader for a lease: ending watch streams, members move to another node");
+                        let _ = tx
+                            .send(Err(Status::unavailable(format!(
+                                "cluster-ctl node {id} has known no leader for {grace:?}: its state may be stale; watch another node"
+                            ))))
+                            .await;
+                        return;
+                    }
                 }
             }
         });

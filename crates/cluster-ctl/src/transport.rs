@@ -157,7 +157,8 @@ fn spawn_sender(
     reports: mpsc::UnboundedSender<Report>,
 ) -> Result<mpsc::Sender<Message>, broker_common::security::ClientError> {
     let channel = security.lazy(addr, |ep| {
-        ep.connect_timeout(Duration::from_millis(500))
+        broker_common::security::keepalive(ep)
+            .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
     })?;
     let mut client = RaftServiceClient::new(channel);
