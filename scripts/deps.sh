@@ -13,6 +13,8 @@
 # - kubernetes-validate (PyPI, tests/requirements.txt): the manifests' check;
 # - the OpenTelemetry SDK and its OTLP exporters (PyPI, tests/requirements.txt):
 #   the OTLP test's client.
+# - iproute2 (ip) and curl: the network test builds its own namespaces and
+#   reads each node's status from inside them (it needs root).
 # Docker Engine and docker-compose must be there already (the compose test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +25,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v prometheus-node-exporter >/dev/null 2>&1 || need+=(prometheus-node-exporter)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "error: missing ${need[*]}; install Redis 7 (redis-server, redis-cli), promtool (prometheus) and chromium with your package manager" >&2

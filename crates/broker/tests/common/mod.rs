@@ -321,3 +321,4 @@ pub fn members_line(s: &ClusterState) -> Vec<String> {
         })
         .collect()
 }
+pub mod netns;

@@ -1,0 +1,198 @@
+//! A private network of Linux network namespaces made by the test: a
+//! bridge in a namespace of its own and one namespace per node, joined by
+//! veth pairs, on 10.213.0.0/24. Nothing is added to the machine's own
+//! namespace, and all traffic stays inside these namespaces. Each node's
+//! names are in its `/etc/netns/<ns>/hosts` (which `ip netns exec` mounts
+//! over `/etc/hosts`), so a node can move to a new address behind the same
+//! name, as a Kubernetes pod does when it restarts.
+//!
+//! Needs root (`ip netns`), as the test machines give. Everything is
+//! removed on drop.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const SUBNET: &str = "10.213.0";
+
+/// Runs `ip args`; panics with its stderr when it fails.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {} (the network tests need root and iproute2)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// The network: names → addresses, the namespaces, the processes started
+/// in them.
+pub struct Lan {
+    tag: String,
+    switch: String,
+    /// Node name → (namespace, last octet of its address).
+    nodes: BTreeMap<String, (String, u8)>,
+    children: Vec<Child>,
+}
+
+impl Lan {
+    /// A namespace per name in `names`, addresses 10.213.0.1, .2, ... in
+    /// order, every name in every node's hosts file.
+    pub fn new(names: &[&str]) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("bk{}n{n}", std::process::id());
+        let switch = format!("{tag}-sw");
+        let mut lan = Self {
+            tag: tag.clone(),
+            switch: switch.clone(),
+            nodes: BTreeMap::new(),
+            children: Vec::new(),
+        };
+        ip(&["netns", "add", &switch]);
+        ip(&["-n", &switch, "link", "set", "lo", "up"]);
+        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
+        ip(&["-n", &switch, "link", "set", "br0", "up"]);
+        for (i, name) in names.iter().enumerate() {
+            let ns = format!("{tag}-{name}");
+            let octet = i as u8 + 1;
+            // Registered first, so a failure below still cleans it up.
+            lan.nodes.insert(name.to_string(), (ns.clone(), octet));
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            let port = format!("p{i}");
+            ip(&[
+                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
+                &switch,
+            ]);
+            ip(&["-n", &switch, "link", "set", &port, "master", "br0"]);
+            ip(&["-n", &switch, "link", "set", &port, "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{SUBNET}.{octet}/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        }
+        lan.write_hosts();
+        lan
+    }
+
+    fn hosts_file(ns: &str) -> PathBuf {
+        Path::new("/etc/netns").join(ns).join("hosts")
+    }
+
+    /// Every node's hosts file, written in place (the file a running
+    /// process sees is the one mounted when it started).
+    fn write_hosts(&self) {
+        let mut text = String::from("127.0.0.1 localhost\n");
+        for (name, (_, octet)) in &self.nodes {
+            text.push_str(&format!("{SUBNET}.{octet} {name}\n"));
+        }
+        for (ns, _) in self.nodes.values() {
+            let path = Self::hosts_file(ns);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
+        }
+    }
+
+    pub fn addr(&self, name: &str) -> String {
+        format!("{SUBNET}.{}", self.nodes[name].1)
+    }
+
+    /// Moves `name` to a new address (`.octet`): the old one is removed
+    /// from its interface (connections to and from it go silent) and the
+    /// name points at the new one everywhere.
+    pub fn move_node(&mut self, name: &str, octet: u8) {
+        let (ns, old) = self.nodes[name].clone();
+        // Removed first: removing an interface's primary address removes
+        // the other addresses of its subnet with it.
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "del",
+            &format!("{SUBNET}.{old}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{SUBNET}.{octet}/24"),
+            "dev",
+            "eth0",
+        ]);
+        self.nodes.get_mut(name).unwrap().1 = octet;
+        self.write_hosts();
+    }
+
+    /// A command run inside `name`'s namespace (`ip netns exec`).
+    pub fn command(&self, name: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.nodes[name].0, program]);
+        c
+    }
+
+    /// Starts `program args` in `name`'s namespace, its output in `log`;
+    /// killed on drop.
+    pub fn spawn(&mut self, name: &str, program: &str, args: &[&str], log: &Path) {
+        let out = std::fs::File::create(log).unwrap();
+        let child = self
+            .command(name, program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program} in {name}: {e}"));
+        self.children.push(child);
+    }
+
+    /// `GET http://127.0.0.1:{port}{path}` from inside `name`'s namespace
+    /// (curl); `None` when nothing answers within 2 s.
+    pub fn get(&self, name: &str, port: u16, path: &str) -> Option<String> {
+        let out = self
+            .command(name, "curl")
+            .args([
+                "-sf",
+                "--max-time",
+                "2",
+                &format!("http://127.0.0.1:{port}{path}"),
+            ])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (ns, _) in self.nodes.values() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.switch])
+            .status();
+    }
+}
