@@ -48,6 +48,31 @@ impl Timeline {
         longest
     }
 
+    /// [`Timeline::longest_stall`] among the samples taken from `from`
+    /// to `to`.
+    pub fn longest_stall_between(&self, from: Instant, to: Instant) -> Duration {
+        let samples: Vec<(Instant, u64)> = self
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| *t >= from && *t <= to)
+            .copied()
+            .collect();
+        Timeline(Arc::new(Mutex::new(samples))).longest_stall()
+    }
+
+    /// Points acked at the last sample taken by `at` (0 before any).
+    pub fn acked_at(&self, at: Instant) -> u64 {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= at)
+            .map_or(0, |(_, a)| *a)
+    }
+
     /// Points acked so far.
     pub fn acked(&self) -> u64 {
         self.0.lock().unwrap().last().map_or(0, |(_, a)| *a)

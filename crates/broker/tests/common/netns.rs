@@ -1,7 +1,9 @@
 //! A private network of Linux network namespaces made by the test: a
 //! bridge in a namespace of its own and one namespace per node, joined by
-//! veth pairs, on 10.213.0.0/24. Nothing is added to the machine's own
-//! namespace, and all traffic stays inside these namespaces. Each node's
+//! veth pairs, on a 10.213.N.0/24 of its own. All traffic stays inside
+//! these namespaces, except with [`Lan::attach_host`]: one veth then joins
+//! the test process's own namespace to the bridge (at .254), so the test
+//! can load the nodes and read them, and is removed with the rest. Each node's
 //! names are in its `/etc/netns/<ns>/hosts` (which `ip netns exec` mounts
 //! over `/etc/hosts`), so a node can move to a new address behind the same
 //! name, as a Kubernetes pod does when it restarts.
@@ -12,8 +14,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-
-const SUBNET: &str = "10.213.0";
 
 /// Runs `ip args`; panics with its stderr when it fails.
 pub fn ip(args: &[&str]) {
@@ -33,7 +33,10 @@ pub fn ip(args: &[&str]) {
 /// in them.
 pub struct Lan {
     tag: String,
+    subnet: String,
     switch: String,
+    /// The veth in the test's own namespace, if attached.
+    host_link: Option<String>,
     /// Node name → (namespace, last octet of its address).
     nodes: BTreeMap<String, (String, u8)>,
     children: Vec<Child>,
@@ -49,7 +52,9 @@ impl Lan {
         let switch = format!("{tag}-sw");
         let mut lan = Self {
             tag: tag.clone(),
+            subnet: format!("10.213.{}", 100 + n % 100),
             switch: switch.clone(),
+            host_link: None,
             nodes: BTreeMap::new(),
             children: Vec::new(),
         };
@@ -76,7 +81,7 @@ impl Lan {
                 &ns,
                 "addr",
                 "add",
-                &format!("{SUBNET}.{octet}/24"),
+                &format!("{}.{octet}/24", lan.subnet),
                 "dev",
                 "eth0",
             ]);
@@ -95,7 +100,7 @@ impl Lan {
     fn write_hosts(&self) {
         let mut text = String::from("127.0.0.1 localhost\n");
         for (name, (_, octet)) in &self.nodes {
-            text.push_str(&format!("{SUBNET}.{octet} {name}\n"));
+            text.push_str(&format!("{}.{octet} {name}\n", self.subnet));
         }
         for (ns, _) in self.nodes.values() {
             let path = Self::hosts_file(ns);
@@ -105,7 +110,115 @@ impl Lan {
     }
 
     pub fn addr(&self, name: &str) -> String {
-        format!("{SUBNET}.{}", self.nodes[name].1)
+        format!("{}.{}", self.subnet, self.nodes[name].1)
+    }
+
+    /// Joins the test process's namespace to the bridge at `.254`, so
+    /// it reaches every node at [`Lan::addr`].
+    pub fn attach_host(&mut self) {
+        let link = format!("{}h", self.tag);
+        ip(&[
+            "link",
+            "add",
+            &link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "host",
+            "netns",
+            &self.switch,
+        ]);
+        self.host_link = Some(link.clone());
+        ip(&["-n", &self.switch, "link", "set", "host", "master", "br0"]);
+        ip(&["-n", &self.switch, "link", "set", "host", "up"]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}.254/24", self.subnet),
+            "dev",
+            &link,
+        ]);
+        ip(&["link", "set", &link, "up"]);
+    }
+
+    /// Degrades `name`'s sends: `loss_pct` % of its packets dropped, and
+    /// `delay` ± `jitter` added with `tc netem` where the kernel has it
+    /// (`sch_netem`). Where it does not, the loss is made with iptables'
+    /// `statistic` match and no delay is added; returns whether the delay
+    /// was. `None` clears it.
+    pub fn degrade(&self, name: &str, link: Option<(&str, &str, &str)>) -> bool {
+        let ns = &self.nodes[name].0;
+        let run = |args: &[&str]| {
+            Command::new("ip")
+                .args(["netns", "exec", ns])
+                .args(args)
+                .output()
+                .expect("tc or iptables")
+        };
+        let Some((delay, jitter, loss)) = link else {
+            let _ = run(&["tc", "qdisc", "del", "dev", "eth0", "root"]);
+            let _ = run(&["iptables", "-F", "OUTPUT"]);
+            return false;
+        };
+        let netem = run(&[
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            "eth0",
+            "root",
+            "netem",
+            "delay",
+            delay,
+            jitter,
+            "loss",
+            &format!("{loss}%"),
+        ]);
+        if netem.status.success() {
+            return true;
+        }
+        let probability = format!("{}", loss.parse::<f64>().expect("loss %") / 100.0);
+        let out = run(&[
+            "iptables",
+            "-A",
+            "OUTPUT",
+            "-o",
+            "eth0",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &probability,
+            "-j",
+            "DROP",
+        ]);
+        assert!(
+            out.status.success(),
+            "neither tc netem ({}) nor iptables statistic ({}) on {name}",
+            String::from_utf8_lossy(&netem.stderr).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        false
+    }
+
+    /// Cuts `name` off the network (its interface down) or connects it
+    /// again.
+    pub fn set_link(&self, name: &str, up: bool) {
+        let ns = &self.nodes[name].0;
+        ip(&[
+            "-n",
+            ns,
+            "link",
+            "set",
+            "eth0",
+            if up { "up" } else { "down" },
+        ]);
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.nodes.keys().cloned().collect()
     }
 
     /// Moves `name` to a new address (`.octet`): the old one is removed
@@ -120,7 +233,7 @@ impl Lan {
             &ns,
             "addr",
             "del",
-            &format!("{SUBNET}.{old}/24"),
+            &format!("{}.{old}/24", self.subnet),
             "dev",
             "eth0",
         ]);
@@ -129,7 +242,7 @@ impl Lan {
             &ns,
             "addr",
             "add",
-            &format!("{SUBNET}.{octet}/24"),
+            &format!("{}.{octet}/24", self.subnet),
             "dev",
             "eth0",
         ]);
@@ -144,13 +257,21 @@ impl Lan {
         c
     }
 
-    /// Starts `program args` in `name`'s namespace, its output in `log`;
-    /// killed on drop.
-    pub fn spawn(&mut self, name: &str, program: &str, args: &[&str], log: &Path) {
+    /// Starts `program args` with `env` in `name`'s namespace, its output
+    /// in `log`; killed on drop.
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        program: &str,
+        args: &[&str],
+        env: &[(String, String)],
+        log: &Path,
+    ) {
         let out = std::fs::File::create(log).unwrap();
         let child = self
             .command(name, program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
@@ -190,6 +311,9 @@ impl Drop for Lan {
         for (ns, _) in self.nodes.values() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
             let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
+        }
+        if let Some(link) = &self.host_link {
+            let _ = Command::new("ip").args(["link", "del", link]).status();
         }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.switch])
