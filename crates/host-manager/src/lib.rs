@@ -185,7 +185,12 @@ impl HostManager {
             ready.clone(),
             loaded.clone(),
         )));
-        tasks.push(tokio::spawn(alerts_loop(shared.clone(), stop.clone())));
+        tasks.push(tokio::spawn(alerts_loop(
+            shared.clone(),
+            stop.clone(),
+            ready.clone(),
+            loaded.clone(),
+        )));
         if !hm.scan.ranges.is_empty() {
             tasks.push(tokio::spawn(scan_loop(shared.clone(), stop.clone())));
         }
@@ -294,6 +299,15 @@ async fn inventory_loop(
             }
         }
     }
+    // HostDown fired for the hosts persisted down (before a restart too):
+    // a host that reports again before the first alert evaluation then
+    // still gets its resolution sent, instead of lingering in
+    // Alertmanager until its endsAt.
+    let hosts = shared.inventory.list(None);
+    shared.alerts.evaluate(
+        alerts::host_down(&hm.alerts, &hosts),
+        broker_common::unix_now(),
+    );
     loaded.store(true, std::sync::atomic::Ordering::SeqCst);
     ready.notify_waiters();
     let mut every = crate::Every::new(hm.refresh_interval);
@@ -325,7 +339,21 @@ async fn inventory_loop(
     }
 }
 
-async fn alerts_loop(shared: Arc<Shared>, stop: CancellationToken) {
+async fn alerts_loop(
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    ready: Arc<tokio::sync::Notify>,
+    loaded: Arc<std::sync::atomic::AtomicBool>,
+) {
+    // Nothing is evaluated against an inventory not yet read back: it
+    // would resolve what is still true.
+    let notified = ready.notified();
+    if !loaded.load(std::sync::atomic::Ordering::SeqCst) {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = notified => {}
+        }
+    }
     let config = &shared.config.host_manager.alerts;
     let http = http_client::HttpClient::default();
     let generator = format!("http://{}/api/alerts", shared.config.http_listen);
