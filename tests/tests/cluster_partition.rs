@@ -189,7 +189,8 @@ async fn a_leader_cut_off_marks_no_member_offline_and_its_members_follow_the_maj
 }
 
 /// A follower is cut off from the other nodes (its members still reach
-/// it): it knows no leader, so it stops serving its stale state, and the
+/// it): it knows no leader, so it stops serving its stale state (Watch and
+/// Members are refused), and the
 /// members attached to it follow the majority's changes instead of routing
 /// on an old ring until the partition heals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,8 +218,20 @@ async fn members_attached_to_a_node_cut_off_with_a_minority_follow_the_majority(
         "members were marked offline: {:?}",
         offline(&state)
     );
-    // The cut-off node itself has not moved on.
+    // The cut-off node itself has not moved on, and refuses to tell its
+    // stale member list: the caller is sent to another node.
     assert!(c.node(minority).state().borrow().epoch < state.epoch);
+    let mut direct = broker_proto::v1::cluster_service_client::ClusterServiceClient::connect(
+        c.endpoint(minority),
+    )
+    .await
+    .unwrap();
+    let refused = direct
+        .members(broker_proto::v1::MembersRequest {})
+        .await
+        .expect_err("a node without a leader served its member list");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("knows no leader"), "{refused:?}");
     println!(
         "FIGURE node {minority} cut off with a minority: its members followed the majority's change {:.1}s after it committed ({:.1}s after the cut)",
         followed.as_secs_f64(),

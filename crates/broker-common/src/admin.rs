@@ -11,28 +11,42 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-/// Readiness of the components of one process, by name.
+/// Readiness of the components of one process, by name, with why a
+/// component is not ready when it says.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    inner: Arc<Mutex<BTreeMap<String, bool>>>,
+    /// Component → `None` when ready, else why not (may be empty).
+    inner: Arc<Mutex<BTreeMap<String, Option<String>>>>,
 }
 
 impl Readiness {
     pub fn set(&self, component: &str, ready: bool) {
+        self.put(component, (!ready).then(String::new));
+    }
+
+    /// Marks `component` not ready, saying why (shown by `/ready`).
+    pub fn set_not_ready(&self, component: &str, why: impl Into<String>) {
+        self.put(component, Some(why.into()));
+    }
+
+    fn put(&self, component: &str, state: Option<String>) {
         self.inner
             .lock()
             .expect("readiness lock")
-            .insert(component.to_string(), ready);
+            .insert(component.to_string(), state);
     }
 
-    /// Components that are not ready; empty when the process is ready.
+    /// Components that are not ready, each with why when it said
+    /// (`cluster-ctl (no raft leader ...)`); empty when the process is ready.
     pub fn not_ready(&self) -> Vec<String> {
         self.inner
             .lock()
             .expect("readiness lock")
             .iter()
-            .filter(|(_, ready)| !**ready)
-            .map(|(name, _)| name.clone())
+            .filter_map(|(name, state)| match state.as_deref()? {
+                "" => Some(name.clone()),
+                why => Some(format!("{name} ({why})")),
+            })
             .collect()
     }
 }
@@ -121,4 +135,21 @@ pub fn latency_buckets() -> impl Iterator<Item = f64> {
 /// Batch size buckets in points, 1 to 16384.
 pub fn size_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(1.0, 4.0, 8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_ready_names_each_component_with_why_when_it_said() {
+        let r = Readiness::default();
+        r.set("query-api", true);
+        assert!(r.not_ready().is_empty());
+        r.set("writer", false);
+        r.set_not_ready("cluster-ctl", "no raft leader");
+        assert_eq!(r.not_ready(), ["cluster-ctl (no raft leader)", "writer"]);
+        r.set("cluster-ctl", true);
+        assert_eq!(r.not_ready(), ["writer"]);
+    }
 }

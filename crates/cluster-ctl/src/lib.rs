@@ -113,20 +113,28 @@ impl ClusterCtl {
 
     /// Keeps `cluster-ctl` in `readiness` true while this node knows a
     /// leader (it can take changes), false during elections and in a
-    /// minority.
+    /// minority, saying since when and in which role and term.
     pub fn report_readiness(&self, readiness: &Readiness) {
         let readiness = readiness.clone();
         let mut view = self.node.view_watch();
         let stop = self.stop.clone();
         tokio::spawn(async move {
+            let mut leaderless_since = None;
             loop {
-                let has_leader = view.borrow_and_update().leader_id != 0;
-                readiness.set("cluster-ctl", has_leader);
+                let v = view.borrow_and_update().clone();
+                if v.leader_id != 0 {
+                    leaderless_since = None;
+                    readiness.set("cluster-ctl", true);
+                } else {
+                    let since = leaderless_since.get_or_insert_with(|| {
+                        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+                    });
+                    readiness.set_not_ready("cluster-ctl", leaderless_reason(&v, since));
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     r = view.changed() => if r.is_err() {
-                        // The raft task is gone.
-                        readiness.set("cluster-ctl", false);
+                        readiness.set_not_ready("cluster-ctl", "the raft node stopped");
                         return;
                     },
                 }
@@ -227,4 +235,18 @@ impl RaftDied {
         );
         Ok(())
     }
+}
+
+/// Why a node without a leader is not ready, for `/ready`.
+fn leaderless_reason(v: &broker_proto::v1::RaftStatus, since: &str) -> String {
+    format!(
+        "no raft leader since {since}: {} in term {}, no quorum of its {} voters heard (cut off from them, or an election is running)",
+        if v.role.is_empty() {
+            "starting"
+        } else {
+            &v.role
+        },
+        v.term,
+        v.voters.len()
+    )
 }

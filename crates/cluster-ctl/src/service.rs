@@ -85,6 +85,18 @@ impl ClusterGrpc {
         ClusterServiceServer::new(self)
     }
 
+    /// `UNAVAILABLE` (clients try the next node) when this node knows no
+    /// leader, so its state may be stale; `what` names the call refused.
+    fn leaderless(&self, what: &str) -> Option<Status> {
+        (self.node.view().leader_id == 0).then(|| {
+            Status::unavailable(format!(
+                "{}: cluster-ctl node {} knows no leader (cut off with a minority, or electing one); ask another node for {what}",
+                NodeError::NoLeader,
+                self.node.id()
+            ))
+        })
+    }
+
     /// Checks `command` against the applied state, proposes it and returns
     /// the state once it is applied here.
     async fn change(&self, command: Command) -> Result<Arc<ClusterState>, Status> {
@@ -260,6 +272,11 @@ impl ClusterService for ClusterGrpc {
         &self,
         _request: Request<MembersRequest>,
     ) -> Result<Response<ClusterState>, Status> {
+        // A leaderless node's state may be stale (it is cut off with a
+        // minority, or between leaders): the caller asks another node.
+        if let Some(refused) = self.leaderless("members") {
+            return Err(refused);
+        }
         Ok(Response::new((**self.node.state().borrow()).clone()))
     }
 
@@ -276,12 +293,9 @@ impl ClusterService for ClusterGrpc {
         // (an election takes far less), so its members move to the
         // majority instead of routing on a ring that may have changed.
         let mut view = self.node.view_watch();
-        if view.borrow_and_update().leader_id == 0 {
-            return Err(Status::unavailable(format!(
-                "{}: cluster-ctl node {} knows no leader (cut off with a minority, or electing one); watch another node",
-                NodeError::NoLeader,
-                self.node.id()
-            )));
+        view.mark_unchanged();
+        if let Some(refused) = self.leaderless("watch") {
+            return Err(refused);
         }
         let grace = self.leases.ttl();
         let id = self.node.id();

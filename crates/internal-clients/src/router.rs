@@ -42,9 +42,9 @@ fn router_channel(
 ) -> Result<RouterServiceClient<AuthChannel>, Status> {
     let ch = security
         .lazy(a, |ep| {
-            ep.connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
+            broker_common::security::keepalive(
+                ep.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true),
+            )
         })
         .map_err(|e| Status::invalid_argument(format!("router endpoint {a:?}: {e}")))?;
     Ok(RouterServiceClient::new(ch)

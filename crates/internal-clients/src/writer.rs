@@ -41,9 +41,9 @@ impl WriterClient {
     pub fn remote(addr: &str, security: &ClientSecurity) -> Result<Self, ClientError> {
         let channel = security
             .lazy(addr, |ep| {
-                ep.connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(30))
+                broker_common::security::keepalive(
+                    ep.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true),
+                )
             })
             .map_err(|e| ClientError::Endpoint {
                 addr: addr.into(),

@@ -24,18 +24,22 @@ use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-/// How often a control-plane channel (raft peers, cluster-ctl clients)
-/// pings its connection, idle or not.
+/// How often a channel between broker processes (raft peers, cluster-ctl
+/// clients, gateway → router, router → writer) pings its connection, idle
+/// or not.
 pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a ping may go unanswered before the connection is dropped.
 pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// HTTP/2 keepalive for control-plane channels: a connection that goes
-/// silent (a partition, a peer whose pod came back at a new address
-/// behind the same name) is dropped within [`KEEPALIVE_INTERVAL`] +
-/// [`KEEPALIVE_TIMEOUT`], and the next call dials again, resolving the
-/// name afresh. Without it calls time out one by one on the dead
-/// connection for ever, and a Watch stream on it never ends.
+/// HTTP/2 keepalive for channels between broker processes: a connection
+/// that goes silent (a partition, a peer whose pod came back at a new
+/// address behind the same name) is dropped within
+/// [`KEEPALIVE_INTERVAL`] plus [`KEEPALIVE_TIMEOUT`], its calls fail as
+/// unavailable (so they fail
+/// over at once instead of waiting out their deadline), and the next call
+/// dials again, resolving the name afresh. Without it calls time out one
+/// by one on the dead connection for ever, and a Watch stream on it never
+/// ends.
 pub fn keepalive(ep: Endpoint) -> Endpoint {
     ep.http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)

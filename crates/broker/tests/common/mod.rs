@@ -266,6 +266,9 @@ pub fn steady_load(
     )
 }
 
+/// Points per second the steady load offers.
+pub const LOAD_RATE: f64 = 2_000.0;
+
 /// [`steady_load`] that also ends when `stop` resolves (`duration` still
 /// bounds it): a fault scenario ends its load a set time after the fault
 /// heals, so a slow warm-up cannot push the fault past the load's end.
@@ -291,7 +294,7 @@ pub fn steady_load_until(
             batch_hosts: 50,
             connections: 2,
             window: 4,
-            pacing: Pacing::Rate(2_000.0),
+            pacing: Pacing::Rate(LOAD_RATE),
             duration: Some(duration),
             max_points: None,
             record_acked: true,

@@ -52,7 +52,9 @@ impl Lan {
         let switch = format!("{tag}-sw");
         let mut lan = Self {
             tag: tag.clone(),
-            subnet: format!("10.213.{}", 100 + n % 100),
+            // Per process too, so two test runs on one machine do not
+            // route the same subnet from the root namespace.
+            subnet: format!("10.213.{}", 100 + (std::process::id() + n) % 100),
             switch: switch.clone(),
             host_link: None,
             nodes: BTreeMap::new(),
@@ -203,6 +205,35 @@ impl Lan {
         false
     }
 
+    /// Drops every packet `name` sends to `to` (iptables in its
+    /// namespace): cuts both ways for TCP, and with `to` the callers of a
+    /// server in `name`, loses its answers while their requests arrive.
+    pub fn block(&self, name: &str, to: &[&str]) {
+        let ns = &self.nodes[name].0;
+        for t in to {
+            let addr = self.addr(t);
+            let out = Command::new("ip")
+                .args([
+                    "netns", "exec", ns, "iptables", "-A", "OUTPUT", "-d", &addr, "-j", "DROP",
+                ])
+                .output()
+                .expect("iptables");
+            assert!(
+                out.status.success(),
+                "iptables in {name}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+
+    /// Undoes [`Lan::block`] (and the loss of [`Lan::degrade`]) on `name`.
+    pub fn unblock(&self, name: &str) {
+        let ns = &self.nodes[name].0;
+        let _ = Command::new("ip")
+            .args(["netns", "exec", ns, "iptables", "-F", "OUTPUT"])
+            .status();
+    }
+
     /// Cuts `name` off the network (its interface down) or connects it
     /// again.
     pub fn set_link(&self, name: &str, up: bool) {
@@ -280,21 +311,31 @@ impl Lan {
     }
 
     /// `GET http://127.0.0.1:{port}{path}` from inside `name`'s namespace
-    /// (curl); `None` when nothing answers within 2 s.
+    /// (curl); `None` when nothing answers within 2 s or the status is not
+    /// 200.
     pub fn get(&self, name: &str, port: u16, path: &str) -> Option<String> {
+        self.fetch(name, port, path)
+            .and_then(|(status, body)| (status == 200).then_some(body))
+    }
+
+    /// As [`Lan::get`], whatever the status: (status, body).
+    pub fn fetch(&self, name: &str, port: u16, path: &str) -> Option<(u16, String)> {
         let out = self
             .command(name, "curl")
             .args([
-                "-sf",
+                "-s",
                 "--max-time",
                 "2",
+                "-w",
+                "\n%{http_code}",
                 &format!("http://127.0.0.1:{port}{path}"),
             ])
             .output()
             .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n')?;
+        let status = status.trim().parse().ok().filter(|s| *s != 0)?;
+        Some((status, body.to_string()))
     }
 
     pub fn tag(&self) -> &str {
