@@ -332,6 +332,29 @@ async fn observe(
     }
 }
 
+/// Points the writers stored or spooled so far, summed over their
+/// `/metrics` (all three must answer: waits up to 30 s).
+async fn writes(lan: &Lan) -> f64 {
+    let start = Instant::now();
+    loop {
+        let mut total = Some(0.0);
+        for i in 1..=3 {
+            let text = probe(&lan.addr(&format!("storage-writer-{i}")), 9195, "/metrics").await;
+            total = total.zip(text).map(|(t, text)| {
+                t + broker_tests::sum(&text, "broker_writer_points_total")
+                    + broker_tests::sum(&text, "broker_writer_spooled_points_total")
+            });
+        }
+        match total {
+            Some(t) => return t,
+            None if start.elapsed() > Duration::from_secs(30) => {
+                panic!("a storage-writer's /metrics did not answer for 30 s")
+            }
+            None => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
 /// Waits until every cluster-ctl node and router reports the same ring
 /// epoch; how long that took, or `None` after `within`.
 async fn converged(lan: &Lan, within: Duration) -> Option<Duration> {
@@ -430,6 +453,13 @@ impl Fault {
 /// What one fault did to the load.
 struct Phase {
     name: String,
+    /// The fault's kind, for the summary of a long run.
+    kind: String,
+    /// Points the writers stored or spooled from the fault's start to acks
+    /// flowing after its heal, and the points acked over the same time:
+    /// their ratio is the duplicates' share (1.00: none).
+    written: f64,
+    acked_over: u64,
     acked_during: u64,
     stall: Duration,
     recovery: Option<Duration>,
@@ -752,6 +782,7 @@ async fn the_data_path_loses_nothing_under_latency_loss_and_partitions() {
             None => length,
         };
         let start = Instant::now();
+        let writes_before = writes(&nemesis.lan).await;
         let name = nemesis.run(fault, length).await;
         let healed = Instant::now();
         let converged = converged(&nemesis.lan, Duration::from_secs(30)).await;
@@ -767,7 +798,15 @@ async fn the_data_path_loses_nothing_under_latency_loss_and_partitions() {
         let online = healed.elapsed();
         // Acks flow again before the next fault.
         timeline.acked_more(2_000, Duration::from_secs(90)).await;
+        let written = writes(&nemesis.lan).await - writes_before;
         phases.push(Phase {
+            kind: format!("{fault:?}")
+                .split('(')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+            written,
+            acked_over: timeline.acked_at(Instant::now()) - timeline.acked_at(start),
             converged,
             online,
             offered: (common::LOAD_RATE * (healed - start).as_secs_f64()) as u64,
@@ -799,13 +838,39 @@ async fn the_data_path_loses_nothing_under_latency_loss_and_partitions() {
     };
     for p in &phases {
         println!(
-            "FIGURE nemesis: {:<52} acked during {:>6}, longest ack stall {:.1}s, after the heal: acks flowing {}, one ring epoch everywhere {}, every member online {:.1}s",
+            "FIGURE nemesis: {:<52} acked during {:>6}, writes per acked point {:.2}, longest ack stall {:.1}s, after the heal: acks flowing {}, one ring epoch everywhere {}, every member online {:.1}s",
             p.name,
             p.acked_during,
+            p.written / p.acked_over.max(1) as f64,
             p.stall.as_secs_f64(),
             secs(p.recovery),
             secs(p.converged),
             p.online.as_secs_f64(),
+        );
+    }
+    // Per kind: the long run's table.
+    let mut kinds: std::collections::BTreeMap<&str, Vec<&Phase>> = Default::default();
+    for p in &phases {
+        kinds.entry(p.kind.as_str()).or_default().push(p);
+    }
+    for (kind, ps) in &kinds {
+        let max = |f: &dyn Fn(&Phase) -> Option<Duration>| {
+            ps.iter()
+                .map(|p| f(p))
+                .max()
+                .flatten()
+                .map_or("never".into(), |d| format!("{:.1}s", d.as_secs_f64()))
+        };
+        println!(
+            "FIGURE nemesis kind {kind:<18} | {:>3} | {:>8} | {:.3} | {} | {} | {} | {}",
+            ps.len(),
+            ps.iter().map(|p| p.acked_during).sum::<u64>(),
+            ps.iter().map(|p| p.written).sum::<f64>()
+                / ps.iter().map(|p| p.acked_over).sum::<u64>().max(1) as f64,
+            max(&|p| Some(p.stall)),
+            max(&|p| p.recovery),
+            max(&|p| p.converged),
+            max(&|p| Some(p.online)),
         );
     }
     println!(
