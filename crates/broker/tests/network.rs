@@ -557,26 +557,32 @@ impl Nemesis {
                 );
                 format!("{name} cut off")
             }
-            Fault::WriterRedisCut(i) => {
-                let name = format!("storage-writer-{i}");
-                lan.block(&name, &["redis"]);
+            Fault::WriterRedisCut(_)
+            | Fault::WriterAnswersLost(_)
+            | Fault::GatewayRoutersCut(_) => {
+                const ROUTERS: &[&str] = &["shard-router-1", "shard-router-2"];
+                let (name, to, what) = match fault {
+                    Fault::WriterRedisCut(i) => (
+                        format!("storage-writer-{i}"),
+                        &["redis"][..],
+                        " cut from redis",
+                    ),
+                    Fault::WriterAnswersLost(i) => (
+                        format!("storage-writer-{i}"),
+                        ROUTERS,
+                        "'s answers to the routers lost",
+                    ),
+                    Fault::GatewayRoutersCut(i) => (
+                        format!("ingest-gateway-{i}"),
+                        ROUTERS,
+                        " cut from the routers",
+                    ),
+                    _ => unreachable!("matched above"),
+                };
+                lan.block(&name, to);
                 tokio::time::sleep(length).await;
                 lan.unblock(&name);
-                format!("{name} cut from redis")
-            }
-            Fault::WriterAnswersLost(i) => {
-                let name = format!("storage-writer-{i}");
-                lan.block(&name, &["shard-router-1", "shard-router-2"]);
-                tokio::time::sleep(length).await;
-                lan.unblock(&name);
-                format!("{name}'s answers to the routers lost")
-            }
-            Fault::GatewayRoutersCut(i) => {
-                let name = format!("ingest-gateway-{i}");
-                lan.block(&name, &["shard-router-1", "shard-router-2"]);
-                tokio::time::sleep(length).await;
-                lan.unblock(&name);
-                format!("{name} cut from the routers")
+                format!("{name}{what}")
             }
             Fault::LeaderCut | Fault::FollowerCut => {
                 let leader = self.client.status().await.map(|s| s.leader_id).unwrap_or(1);
