@@ -3,15 +3,19 @@
 //! by `node::refuse` and, unless refused, stepped into a raft-rs node as
 //! the raft task does: a follower and a leader of a 3-voter group with a
 //! committed log. raft-rs panics on some messages a forged or buggy peer
-//! can send; every such message must be refused before it is stepped.
+//! can send; every such message must be refused before it is stepped. What
+//! `node::refuse_content` lets through must be something the node can
+//! apply: a snapshot raft-rs would install restores into the state
+//! machine (a forged one used to stop the node on every start).
 #![no_main]
 
 use broker_proto::v1::RaftMessages;
-use cluster_ctl::node::refuse;
+use cluster_ctl::node::{refuse, refuse_content};
+use cluster_ctl::state::StateMachine;
 use cluster_ctl::transport::{NetFilter, decode};
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState};
+use raft::eraftpb::{ConfState, Entry, HardState, MessageType};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode};
 
@@ -61,7 +65,13 @@ fuzz_target!(|data: &[u8]| {
     for mut m in msgs {
         for raw in [&mut follower, &mut leader] {
             m.to = raw.raft.id;
-            if refuse(&raw.raft, &m).is_none() {
+            let sm = StateMachine::default();
+            if refuse(&raw.raft, &m).is_none() && refuse_content(&raw.raft, &sm, &m).is_ok() {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    StateMachine::default()
+                        .restore(&m.get_snapshot().data)
+                        .expect("a snapshot that passed the checks restores");
+                }
                 let _ = raw.step(m.clone());
             }
         }

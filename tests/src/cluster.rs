@@ -133,8 +133,11 @@ impl CtlCluster {
         let node = ctl.node.clone();
         let readiness = Readiness::default();
         ctl.report_readiness(&readiness);
-        let connections =
-            broker_common::connections::Connections::new(config.max_connections, &mut registry);
+        let connections = broker_common::connections::Connections::new(
+            config.max_connections,
+            config.max_connections_per_peer,
+            &mut registry,
+        );
         let admin = Admin::new(registry, readiness).with_routes(ctl.http_routes());
         let stop = CancellationToken::new();
         let s = stop.clone();

@@ -390,6 +390,26 @@ async fn bad_samples_get_400_and_the_good_ones_are_stored_and_no_redis_gets_503(
     };
     assert_eq!(post(broker.http, &ok).await.0, 204);
 
+    // What a page's no-cors fetch sends (no preflight): an Origin, a
+    // text/plain type and a valid snappy body. Refused before it is read,
+    // nothing stored (before: 204 and the sample stored).
+    use prost::Message as _;
+    let cross = WriteRequest {
+        timeseries: vec![series("rw_cross_site", "h1:9100", &[(ms, 6.66)])],
+    };
+    let a = post_bytes(
+        broker.http,
+        "/api/v1/write",
+        "Origin: http://evil.example\r\nContent-Type: text/plain\r\n",
+        &snap::raw::Encoder::new()
+            .compress_vec(&cross.encode_to_vec())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 403, "{}", a.text());
+    assert!(a.text().contains("Origin"), "{}", a.text());
+    assert!(instant(broker.http, "rw_cross_site").await.is_empty());
+
     let mixed = WriteRequest {
         timeseries: vec![
             series("rw_good", "h1:9100", &[(ms + 1000, 2.5)]),

@@ -51,6 +51,9 @@ pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:9093";
 /// each, so a gateway takes this many agents (raise the process's open
 /// files limit with it).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Of those, from one peer address: one host (or a flood from it) cannot
+/// take a whole port.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 1_000;
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9190";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Seed: points live 7 days.
@@ -94,6 +97,9 @@ pub struct BrokerConfig {
     /// Connections each listening port holds open at once; one more is
     /// closed on accept.
     pub max_connections: usize,
+    /// Of `max_connections`, how many one peer address may hold (agents
+    /// behind one NAT address share it).
+    pub max_connections_per_peer: usize,
     /// Admin HTTP port: /health, /ready, /metrics.
     pub http_listen: SocketAddr,
     /// How long shutdown may take to drain and flush before it gives up.
@@ -122,6 +128,7 @@ impl Default for BrokerConfig {
             http_listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default"),
             internal_listen: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             ttl: DEFAULT_TTL,
             telemetry: TelemetryConfig::default(),
@@ -307,6 +314,11 @@ impl BrokerConfig {
             }
         }
         positive(&mut bad, "max_connections", self.max_connections);
+        positive(
+            &mut bad,
+            "max_connections_per_peer",
+            self.max_connections_per_peer,
+        );
         if self.ttl < Duration::from_secs(60) {
             bad("ttl", format!("{:?} is shorter than one minute", self.ttl));
         }

@@ -3,7 +3,7 @@
 //! one, the gRPC health service beside each, and the admin HTTP server.
 
 use crate::admin::Admin;
-use crate::connections::{ChannelListener, Conn, Connections};
+use crate::connections::{Conn, Connections};
 use crate::security::Security;
 use crate::security::auth::GrpcAuthLayer;
 use crate::security::tls;
@@ -117,7 +117,6 @@ pub async fn serve(
         tls.watch(security.reload_interval, stop.clone());
     }
     let accept = |l, name| connections.accept(l, name, stop.clone());
-    let http_addr = listeners.http.local_addr()?;
     let internal_server = async {
         match listeners.internal {
             Some(l) => serve_grpc(internal, accept(l, "internal"), security, stop.clone()).await,
@@ -141,7 +140,6 @@ pub async fn serve(
         serve_http(
             admin,
             accept(listeners.http, "http"),
-            http_addr,
             security,
             stop.clone()
         ),
@@ -171,6 +169,10 @@ async fn serve_grpc(
     let server = tonic::transport::Server::builder()
         // Agents keep streams open for hours; keepalive finds dead peers.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        // A connection's streams at once: agents use one, routers and
+        // writers a few dozen; one connection cannot open thousands.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .tcp_nodelay(true)
         // Refuse a call before its body is decoded when its token (or, for
         // peer calls, its client certificate) is missing.
@@ -214,13 +216,15 @@ async fn serve_grpc(
     }
 }
 
+/// Concurrent gRPC streams one connection may open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// Accepted connections, from [`Connections::accept`].
 type Accepted = tokio::sync::mpsc::Receiver<(Conn<TcpStream>, SocketAddr)>;
 
 async fn serve_http(
     admin: &Admin,
     conns: Accepted,
-    addr: SocketAddr,
     security: &Security,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
@@ -235,25 +239,65 @@ async fn serve_http(
         // HTTP_REQUEST_TIMEOUT, whatever the route (queries have their own,
         // shorter, query.timeout).
         .layer(axum::middleware::from_fn(deadline));
-    let http_stop = stop.clone();
-    let shutdown = async move { http_stop.cancelled().await };
     match &security.tls {
-        None => {
-            let listener = ChannelListener { rx: conns, addr };
-            axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
+        None => serve_http1(conns, router, stop).await,
         Some(tls) => {
-            let tls_listener = ChannelListener {
-                rx: tls::accept(conns, tls.clone(), true, stop),
-                addr,
-            };
-            axum::serve(tls_listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
+            serve_http1(
+                tls::accept(conns, tls.clone(), true, stop.clone()),
+                router,
+                stop,
+            )
+            .await
         }
     }
+    Ok(())
+}
+
+/// How long a client may take to send a request's head on the admin port
+/// (a half-sent request holds its connection no longer).
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves HTTP/1 on the connections `conns` hands on until `stop`, with
+/// [`HEADER_READ_TIMEOUT`] (which `axum::serve` cannot set), then lets each
+/// connection finish its request in flight.
+async fn serve_http1<IO>(
+    mut conns: tokio::sync::mpsc::Receiver<(IO, SocketAddr)>,
+    router: axum::Router,
+    stop: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let (io, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            c = conns.recv() => match c {
+                Some(c) => c,
+                None => break,
+            },
+        };
+        while tasks.try_join_next().is_some() {}
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            tokio::pin!(conn);
+            let r = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = r {
+                tracing::debug!(peer = %peer, error = %e, "http connection ended");
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 /// Longest an admin-port request may take (a DLQ replay of many entries is

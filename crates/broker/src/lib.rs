@@ -232,8 +232,11 @@ pub async fn run(
         ctl.report_readiness(&readiness);
     }
 
-    let connections =
-        broker_common::connections::Connections::new(config.max_connections, &mut registry);
+    let connections = broker_common::connections::Connections::new(
+        config.max_connections,
+        config.max_connections_per_peer,
+        &mut registry,
+    );
     let mut admin = Admin::new(registry, readiness);
     for r in admin_routes {
         admin = admin.with_routes(r);

@@ -243,7 +243,7 @@ impl ClusterClient {
     }
 
     /// Renews the lease of member `id` as process `instance` (its
-    /// `Member.instance`; empty: not checked).
+    /// `Member.instance`; must match when the member has one).
     pub async fn heartbeat(
         &self,
         id: &str,

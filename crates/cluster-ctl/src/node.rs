@@ -126,7 +126,15 @@ impl Node {
                 peers = serde_json::from_slice(&p)?;
             }
             let mut sm = StateMachine::new(peers.clone());
-            sm.restore(&store.stored_snapshot()?.data)?;
+            sm.restore(&store.stored_snapshot()?.data).map_err(|e| {
+                anyhow::anyhow!(
+                    "the raft snapshot stored in {} cannot be decoded ({e}); this node's \
+                     raft state is damaged: stop it, move that directory aside and start it \
+                     again with the same cluster_ctl.id and peers, and it catches up from \
+                     the leader (README, \"Membership (cluster-ctl)\")",
+                    config.data_dir.display()
+                )
+            })?;
             peers = sm.peers().clone();
             sm
         } else {
@@ -449,6 +457,10 @@ impl Task {
             Input::Raft(msgs) => {
                 for m in msgs {
                     if let Some(why) = refuse(&self.raw.raft, &m) {
+                        tracing::warn!(from = m.from, kind = ?m.get_msg_type(), why, "raft message dropped");
+                        continue;
+                    }
+                    if let Err(why) = refuse_content(&self.raw.raft, &self.sm, &m) {
                         tracing::warn!(from = m.from, kind = ?m.get_msg_type(), why, "raft message dropped");
                         continue;
                     }
@@ -776,6 +788,88 @@ pub fn refuse<S: raft::Storage>(
             Some("a leader transfer sent to a node that is not the leader")
         }
         _ => None,
+    }
+}
+
+/// Why `m` carries something this node must not persist, checked before
+/// raft-rs sees it: what raft-rs takes is made durable, and a snapshot or
+/// entry that cannot be applied would stop the node on every start.
+///
+/// - A snapshot must come from this term's leader (a leader sends appends
+///   or heartbeats first, so an honest snapshot never opens a term), hold a
+///   `ClusterSnapshot` that decodes, name this node among its voters, give
+///   every voter an address, and not take the ring epoch backwards. Only
+///   the bootstrap snapshot (index 1) may be empty.
+/// - An append's entries must decode: commands as `ClusterCommand`,
+///   configuration changes as `ConfChange` (this cluster proposes no
+///   joint changes).
+pub fn refuse_content<S: raft::Storage>(
+    raft: &raft::Raft<S>,
+    sm: &StateMachine,
+    m: &raft::eraftpb::Message,
+) -> Result<(), String> {
+    use raft::eraftpb::MessageType;
+    match m.get_msg_type() {
+        MessageType::MsgSnapshot => {
+            if m.term != raft.term || m.from != raft.leader_id {
+                return Err(format!(
+                    "a snapshot from {} at term {}, not from this term's leader ({} at term {})",
+                    m.from, m.term, raft.leader_id, raft.term
+                ));
+            }
+            check_snapshot(raft.id, sm, m.get_snapshot())
+        }
+        MessageType::MsgAppend => m.entries.iter().try_for_each(check_entry),
+        _ => Ok(()),
+    }
+}
+
+/// A snapshot this node (`id`) could install and apply; see [`refuse_content`].
+pub fn check_snapshot(id: u64, sm: &StateMachine, snap: &Snapshot) -> Result<(), String> {
+    let meta = snap.get_metadata();
+    let voters = &meta.get_conf_state().voters;
+    if !voters.contains(&id) {
+        return Err(format!(
+            "a snapshot whose voters {voters:?} leave this node ({id}) out"
+        ));
+    }
+    if snap.data.is_empty() {
+        return if meta.index <= 1 {
+            Ok(())
+        } else {
+            Err(format!("a snapshot at index {} without data", meta.index))
+        };
+    }
+    let decoded = broker_proto::v1::ClusterSnapshot::decode(&snap.data[..])
+        .map_err(|e| format!("a snapshot whose data is not a cluster state: {e}"))?;
+    if let Some(v) = voters.iter().find(|v| !decoded.peers.contains_key(v)) {
+        return Err(format!("a snapshot with voter {v} but no address for it"));
+    }
+    let epoch = decoded.state.as_ref().map_or(0, |s| s.epoch);
+    if epoch < sm.state().epoch {
+        return Err(format!(
+            "a snapshot at ring epoch {epoch}, behind this node's {}",
+            sm.state().epoch
+        ));
+    }
+    Ok(())
+}
+
+fn check_entry(e: &Entry) -> Result<(), String> {
+    if e.data.is_empty() {
+        return Ok(());
+    }
+    match e.get_entry_type() {
+        EntryType::EntryNormal => ClusterCommand::decode(&e.data[..])
+            .map(drop)
+            .map_err(|err| format!("entry {} is not a cluster command: {err}", e.index)),
+        EntryType::EntryConfChange => ConfChange::parse_from_bytes(&e.data)
+            .map(drop)
+            .map_err(|err| format!("entry {} is not a configuration change: {err}", e.index)),
+        EntryType::EntryConfChangeV2 => Err(format!(
+            "entry {} is a joint configuration change, which this cluster never proposes",
+            e.index
+        )),
     }
 }
 

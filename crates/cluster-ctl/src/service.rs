@@ -47,6 +47,17 @@ impl From<CommandError> for Status {
     }
 }
 
+/// The state as clients see it: without the members' process instances,
+/// which prove a live member's identity on Join and Heartbeat and so are
+/// never handed out (a copied instance could take over a live member).
+pub fn public(state: &ClusterState) -> ClusterState {
+    let mut s = state.clone();
+    for m in &mut s.members {
+        m.instance.clear();
+    }
+    s
+}
+
 /// The node's Raft status, as `Status` answers it.
 pub fn raft_status(node: &Node) -> RaftStatus {
     node.view().as_ref().clone()
@@ -119,8 +130,10 @@ impl ClusterGrpc {
         let Some(current) = state.members.iter().find(|m| m.id == joining.id) else {
             return Ok(());
         };
-        if joining.instance.is_empty()
-            || current.instance.is_empty()
+        // The instance is the live process's secret (never sent to
+        // clients, see [`public`]): a Join without it, or with another,
+        // cannot take over a live member's address.
+        if current.instance.is_empty()
             || current.instance == joining.instance
             || current.state == MemberState::Offline as i32
         {
@@ -128,10 +141,9 @@ impl ClusterGrpc {
         }
         match self.leases.age(&joining.id) {
             Some(age) if age <= self.leases.ttl() => Err(Status::aborted(format!(
-                "member {} is alive as another process instance ({} at {}, lease renewed {} ms ago); \
+                "member {} is alive as another process instance (at {}, lease renewed {} ms ago); \
                  is a second process running with node_id {}? A restarted process joins once the old lease expires ({} ms)",
                 joining.id,
-                current.instance,
                 current.addr,
                 age.as_millis(),
                 joining.id,
@@ -227,7 +239,7 @@ impl ClusterService for ClusterGrpc {
         let state = self.change(Command::Join(member)).await?;
         self.leases.grant(&id);
         Ok(Response::new(JoinResponse {
-            state: Some((*state).clone()),
+            state: Some(public(&state)),
             heartbeat_interval_ms: self.leases.interval().as_millis() as u64,
             lease_ttl_ms: self.leases.ttl().as_millis() as u64,
         }))
@@ -240,7 +252,7 @@ impl ClusterService for ClusterGrpc {
         let id = request.into_inner().id;
         let state = self.change(Command::Leave(id)).await?;
         Ok(Response::new(ChangeResponse {
-            state: Some((*state).clone()),
+            state: Some(public(&state)),
         }))
     }
 
@@ -250,7 +262,7 @@ impl ClusterService for ClusterGrpc {
     ) -> Result<Response<ChangeResponse>, Status> {
         let state = self.change(Command::SetState(request.into_inner())).await?;
         Ok(Response::new(ChangeResponse {
-            state: Some((*state).clone()),
+            state: Some(public(&state)),
         }))
     }
 
@@ -264,7 +276,7 @@ impl ClusterService for ClusterGrpc {
             .ok_or_else(|| Status::invalid_argument("ring is missing"))?;
         let state = self.change(Command::SetRing(ring)).await?;
         Ok(Response::new(ChangeResponse {
-            state: Some((*state).clone()),
+            state: Some(public(&state)),
         }))
     }
 
@@ -277,7 +289,7 @@ impl ClusterService for ClusterGrpc {
         if let Some(refused) = self.leaderless("members") {
             return Err(refused);
         }
-        Ok(Response::new((**self.node.state().borrow()).clone()))
+        Ok(Response::new(public(&self.node.state().borrow())))
     }
 
     type WatchStream = WatchStream;
@@ -311,7 +323,7 @@ impl ClusterService for ClusterGrpc {
                 let current = state.borrow_and_update().clone();
                 if sent.is_none_or(|e| current.epoch > e) {
                     sent = Some(current.epoch);
-                    if tx.send(Ok((*current).clone())).await.is_err() {
+                    if tx.send(Ok(public(&current))).await.is_err() {
                         return;
                     }
                 }
@@ -346,12 +358,10 @@ impl ClusterService for ClusterGrpc {
             let state = self.node.state().borrow().clone();
             // A process whose member was joined by another instance since
             // (it was paused, the other restarted) does not renew its lease.
-            let known = state.members.iter().any(|m| {
-                m.id == req.id
-                    && (req.instance.is_empty()
-                        || m.instance.is_empty()
-                        || m.instance == req.instance)
-            });
+            let known = state
+                .members
+                .iter()
+                .any(|m| m.id == req.id && (m.instance.is_empty() || m.instance == req.instance));
             if known {
                 self.leases.beat(&req.id);
             }

@@ -223,52 +223,78 @@ pub struct Engine {
     pub metrics: QueryMetrics,
 }
 
-/// A host list read again at most every `ttl`. One request at a time
-/// reads it; meanwhile the others answer from the previous list instead of
-/// queueing behind it. Only the first requests of a process, with no list
-/// yet, wait.
+/// A host list read again at most every `ttl`. Once a process has a list,
+/// no request waits for Redis: the first request that finds it older than
+/// `ttl` starts one read in the background and answers from the list it
+/// has, as everyone does until the read lands (at 10,000 hosts a read takes
+/// ~200 ms; a dashboard should not pay it every `ttl`). Only the first
+/// requests of a process, with no list yet, wait, and share one read.
+#[derive(Default, Clone)]
+struct HostListCache(Arc<HostListInner>);
+
 #[derive(Default)]
-struct HostListCache {
+struct HostListInner {
     /// The list and when it was read.
     list: std::sync::Mutex<Option<(Instant, Arc<Vec<HostInfo>>)>>,
-    /// Held by the one request reading it again.
-    refresh: tokio::sync::Mutex<()>,
+    /// A background read is running.
+    refreshing: std::sync::atomic::AtomicBool,
+    /// Held by the request reading the first list.
+    first: tokio::sync::Mutex<()>,
 }
 
 impl HostListCache {
-    async fn get(
-        &self,
-        ttl: Duration,
-        read: impl std::future::Future<Output = Result<Arc<Vec<HostInfo>>, QueryError>>,
-    ) -> Result<Arc<Vec<HostInfo>>, QueryError> {
-        let cached = || self.list.lock().expect("host list lock").clone();
-        let stale = match cached() {
-            Some((at, list)) if at.elapsed() < ttl => return Ok(list),
-            Some((_, list)) => Some(list),
-            None => None,
-        };
-        let _refresh = match (self.refresh.try_lock(), stale) {
-            (Ok(guard), _) => guard,
-            (Err(_), Some(list)) => return Ok(list),
-            (Err(_), None) => {
-                let guard = self.refresh.lock().await;
+    fn cached(&self) -> Option<(Instant, Arc<Vec<HostInfo>>)> {
+        self.0.list.lock().expect("host list lock").clone()
+    }
+
+    fn store(&self, list: Arc<Vec<HostInfo>>) {
+        *self.0.list.lock().expect("host list lock") = Some((Instant::now(), list));
+    }
+
+    async fn get<F>(&self, ttl: Duration, read: F) -> Result<Arc<Vec<HostInfo>>, QueryError>
+    where
+        F: std::future::Future<Output = Result<Arc<Vec<HostInfo>>, QueryError>> + Send + 'static,
+    {
+        use std::sync::atomic::Ordering;
+        match self.cached() {
+            Some((at, list)) if at.elapsed() < ttl => Ok(list),
+            Some((_, stale)) => {
+                if !self.0.refreshing.swap(true, Ordering::AcqRel) {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        match read.await {
+                            Ok(list) => this.store(list),
+                            // The previous list stays; the next request
+                            // past `ttl` tries again.
+                            Err(e) => {
+                                tracing::warn!(error = %e, "reading the host list again failed")
+                            }
+                        }
+                        this.0.refreshing.store(false, Ordering::Release);
+                    });
+                }
+                Ok(stale)
+            }
+            None => {
+                let _first = self.0.first.lock().await;
                 // The request that held it has read the list.
-                if let Some((_, list)) = cached() {
+                if let Some((_, list)) = self.cached() {
                     return Ok(list);
                 }
-                guard
+                let list = read.await?;
+                self.store(list.clone());
+                Ok(list)
             }
-        };
-        // Another request may have refreshed it since we looked.
-        if let Some((at, list)) = cached()
-            && at.elapsed() < ttl
-        {
-            return Ok(list);
         }
-        let list = read.await?;
-        *self.list.lock().expect("host list lock") = Some((Instant::now(), list.clone()));
-        Ok(list)
     }
+}
+
+/// Reads the host index, then each host's metadata and series set
+/// (`names`) or its size: O(hosts), whatever the retention holds.
+async fn read_host_list(store: Store, names: bool) -> Result<Arc<Vec<HostInfo>>, QueryError> {
+    let ids = store.host_ids().await?;
+    let infos = store.host_infos(&ids, names).await?;
+    Ok(Arc::new(infos.into_iter().flatten().collect()))
 }
 
 impl Engine {
@@ -729,7 +755,10 @@ impl Engine {
     /// every `query.hosts_cache_ttl` ([`HostListCache`]).
     pub async fn host_list(&self) -> Result<Arc<Vec<HostInfo>>, QueryError> {
         self.hosts
-            .get(self.cfg.hosts_cache_ttl, self.read_host_list(true))
+            .get(
+                self.cfg.hosts_cache_ttl,
+                read_host_list(self.store.clone(), true),
+            )
             .await
     }
 
@@ -737,16 +766,11 @@ impl Engine {
     /// the listing shows, a few small replies per host.
     async fn host_summaries(&self) -> Result<Arc<Vec<HostInfo>>, QueryError> {
         self.summaries
-            .get(self.cfg.hosts_cache_ttl, self.read_host_list(false))
+            .get(
+                self.cfg.hosts_cache_ttl,
+                read_host_list(self.store.clone(), false),
+            )
             .await
-    }
-
-    /// Reads the host index, then each host's metadata and series set
-    /// (`names`) or its size: O(hosts), whatever the retention holds.
-    async fn read_host_list(&self, names: bool) -> Result<Arc<Vec<HostInfo>>, QueryError> {
-        let ids = self.store.host_ids().await?;
-        let infos = self.store.host_infos(&ids, names).await?;
-        Ok(Arc::new(infos.into_iter().flatten().collect()))
     }
 
     /// A page of the hosts with `labels` and `prefix`, sorted by id: up

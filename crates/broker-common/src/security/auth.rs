@@ -252,17 +252,21 @@ pub async fn http_auth(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let role = http_role(req.method(), req.uri().path());
-    // A browser page (a cross-site form, or DNS rebinding to loopback)
-    // must not drive state changes such as a DLQ replay or discard: those
-    // come from brokerctl or curl, which send no Origin.
+    // A browser page (a cross-site form or no-cors fetch, or DNS
+    // rebinding to loopback) must not drive state changes: a DLQ replay or
+    // discard, nor writes (remote write, OTLP, registration: a no-cors
+    // `text/plain` POST needs no preflight). Those come from brokerctl,
+    // Prometheus, SDKs, agents and curl, which send no Origin. Reads (the
+    // dashboard's PromQL POSTs) stay open to pages.
     let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if role == Some(Role::Admin)
+    if matches!(role, Some(Role::Admin | Role::Ingest))
         && changes_state
         && req.headers().contains_key(http::header::ORIGIN)
     {
         return (
             StatusCode::FORBIDDEN,
-            "a request from a browser page (Origin header) cannot change state here; use brokerctl\n",
+            "a request from a browser page (Origin header) cannot change state or write here; \
+             send it from a tool (brokerctl, Prometheus, an agent), which sends no Origin\n",
         )
             .into_response();
     }

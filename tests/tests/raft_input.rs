@@ -1,0 +1,143 @@
+//! Raft input from a hostile or buggy peer, against real cluster-ctl nodes
+//! over real gRPC: what raft-rs would panic on and what it would persist
+//! but the node could not apply or must not believe are dropped before
+//! raft-rs sees them.
+
+use broker_proto::v1::raft_service_client::RaftServiceClient;
+use broker_proto::v1::{ClusterSnapshot, ClusterState, Member, MemberRole, RaftMessages};
+use broker_tests::cluster::CtlCluster;
+use prost::Message as _;
+use raft::eraftpb::{Message, MessageType, Snapshot};
+use std::time::{Duration, Instant};
+
+async fn send(cluster: &CtlCluster, to: u64, m: &Message) {
+    let bytes = protobuf::Message::write_to_bytes(m).unwrap();
+    RaftServiceClient::connect(cluster.endpoint(to))
+        .await
+        .unwrap()
+        .send(RaftMessages {
+            messages: vec![bytes],
+        })
+        .await
+        .expect("the message is taken (and dropped)");
+}
+
+/// Joins a member through the cluster and waits until node `id` applied it.
+async fn commits_reach(cluster: &CtlCluster, id: u64, member: &str) {
+    let joined = cluster
+        .client()
+        .join(Member {
+            id: member.into(),
+            roles: vec![MemberRole::StorageWriter as i32],
+            addr: "http://127.0.0.1:9".into(),
+            weight: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let index = joined.state.unwrap().applied_index;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while cluster.node(id).view().applied_index < index {
+        assert!(
+            Instant::now() < deadline,
+            "node {id} stopped applying: {:?}",
+            cluster.node(id).view()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A raft message raft-rs would panic on (a heartbeat committing past the
+/// follower's last index; a leader never sends one) is dropped before it
+/// is stepped: the follower keeps applying what the cluster commits.
+/// Before, its raft task panicked and the node served on, dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_message_raft_rs_would_panic_on_does_not_kill_the_node() {
+    let cluster = CtlCluster::start(3, Duration::from_secs(1)).await;
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let follower = cluster.ids().into_iter().find(|&i| i != leader).unwrap();
+    let view = cluster.node(follower).view();
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHeartbeat);
+    m.from = leader;
+    m.to = follower;
+    m.term = view.term;
+    m.commit = view.last_index + 1_000_000;
+    send(&cluster, follower, &m).await;
+    commits_reach(&cluster, follower, "after-bad-heartbeat").await;
+}
+
+/// A snapshot message as an attacker sends it: a term ahead, far past the
+/// log, voters 1..=3, with `data`.
+fn forged_snapshot(from: u64, to: u64, term: u64, index: u64, data: Vec<u8>) -> Message {
+    let mut snap = Snapshot::default();
+    snap.data = data.into();
+    let meta = snap.mut_metadata();
+    (meta.index, meta.term) = (index, term);
+    meta.mut_conf_state().voters = vec![1, 2, 3];
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgSnapshot);
+    (m.from, m.to, m.term) = (from, to, term);
+    m.set_snapshot(snap);
+    m
+}
+
+/// Forged snapshots: 64 bytes of 0xFF claiming to come from the leader a
+/// term ahead (before: the node logged "raft storage failed … invalid
+/// varint", stopped, and stopped again on every restart, the snapshot
+/// being on disk), and a well-formed cluster state (epoch 999, a member
+/// `evil`) from a raft id that is no voter and from the leader's id a term
+/// ahead (before: installed, the node became leader and routers sent
+/// writes to `evil`). Each is dropped: the node keeps applying, its state
+/// never holds `evil`, and it restarts from its data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_snapshots_are_dropped_before_they_are_persisted() {
+    let mut cluster = CtlCluster::start(3, Duration::from_secs(1)).await;
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let victim = cluster.ids().into_iter().find(|&i| i != leader).unwrap();
+    let view = cluster.node(victim).view();
+    let evil = ClusterSnapshot {
+        state: Some(ClusterState {
+            epoch: 999,
+            members: vec![Member {
+                id: "evil".into(),
+                roles: vec![MemberRole::StorageWriter as i32],
+                addr: "http://192.0.2.66:9000".into(),
+                weight: 100,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        peers: [1u64, 2, 3]
+            .into_iter()
+            .map(|i| (i, format!("http://192.0.2.{i}:9000")))
+            .collect(),
+    }
+    .encode_to_vec();
+    let far = view.last_index + 1_000;
+    for m in [
+        forged_snapshot(leader, victim, view.term + 1, far, vec![0xFF; 64]),
+        forged_snapshot(leader, victim, view.term, far, vec![0xFF; 64]),
+        forged_snapshot(9, victim, view.term + 1, far, evil.clone()),
+        forged_snapshot(leader, victim, view.term + 1, far, evil.clone()),
+    ] {
+        send(&cluster, victim, &m).await;
+    }
+    commits_reach(&cluster, victim, "after-forged-snapshots").await;
+    let holds_evil = |c: &CtlCluster| {
+        c.node(victim)
+            .state()
+            .borrow()
+            .members
+            .iter()
+            .any(|m| m.id == "evil")
+    };
+    assert!(!holds_evil(&cluster), "the forged state was installed");
+    assert!(cluster.node(victim).state().borrow().epoch < 999);
+    assert_eq!(cluster.wait_leader(Duration::from_secs(20)).await, leader);
+    // Nothing of it on disk: the node starts again and keeps applying.
+    cluster.stop(victim).await;
+    cluster.restart(victim).await;
+    commits_reach(&cluster, victim, "after-restart").await;
+    assert!(!holds_evil(&cluster), "the forged state was persisted");
+}
