@@ -136,6 +136,7 @@ impl CtlCluster {
         let connections = broker_common::connections::Connections::new(
             config.max_connections,
             config.max_connections_per_peer,
+            config.max_request_bytes_in_flight,
             &mut registry,
         );
         let admin = Admin::new(registry, readiness).with_routes(ctl.http_routes());

@@ -102,3 +102,185 @@ async fn a_connection_flood_from_one_address_is_capped_and_timed_out() {
     assert_eq!(kept, 0, "{kept} flood connections still open after 25 s");
     broker.stop().await;
 }
+
+/// One batch of a point each for hosts `flood-{from}` .. `flood-{to}`.
+fn hosts_batch(seq: u64, from: usize, to: usize, ts: i64) -> broker_proto::v1::MetricBatch {
+    broker_proto::v1::MetricBatch {
+        seq,
+        metric_names: metric_names(2),
+        points: (from..to)
+            .map(|i| point(&format!("flood-{i:04}"), ts, 2))
+            .collect(),
+    }
+}
+
+/// A cardinality flood (before: a million invented host ids in 50 s, all
+/// acked, and for the whole ttl every host list, label API and selector
+/// answered 503). New hosts past `writer.max_new_hosts_per_minute` (here
+/// 60) are refused as retryable, past `writer.max_hosts` (here 100) for
+/// good, each point with `REJECT_REASON_HOST_LIMIT` and the limit named;
+/// hosts already known are stored as before, also by a restarted writer
+/// (another process on the same Redis, which asks the index); the host
+/// list answers with the hosts admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_hosts_past_the_cardinality_limits_are_refused() {
+    use broker_proto::v1::RejectReason;
+    let redis = RedisServer::start().unwrap();
+    let mut c = seed_config_for(&redis.url());
+    c.writer.max_hosts = 100;
+    c.writer.max_new_hosts_per_minute = 60;
+    let ts = now() - 10;
+    let first = Running::broker(c.clone(), &Service::DEFAULT).await;
+    let acks = send_batches(&first.endpoint(), vec![hosts_batch(1, 0, 80, ts)]).await;
+    assert_eq!(acks[0].accepted, 60, "{:?}", acks[0]);
+    assert_eq!(acks[0].errors.len(), 20);
+    for e in &acks[0].errors {
+        assert_eq!(e.reason, RejectReason::HostLimit as i32, "{e:?}");
+        assert!(e.retryable, "{e:?}");
+        assert!(e.message.contains("max_new_hosts_per_minute"), "{e:?}");
+    }
+    // Known hosts keep reporting.
+    let acks = send_batches(&first.endpoint(), vec![hosts_batch(2, 0, 60, ts + 1)]).await;
+    assert_eq!(acks[0].accepted, 60, "{:?}", acks[0]);
+    let refused = metric_sum(first.http, "broker_writer_host_limit_points_total").await;
+    assert_eq!(refused, 20.0);
+    first.stop().await;
+
+    // Another writer process on the same Redis, with room for 1,000 new
+    // hosts a minute: the 60 known ones are not new to it, 40 more fill
+    // the index to 100, the rest are refused for good.
+    c.writer.max_new_hosts_per_minute = 1_000;
+    let second = Running::broker(c, &Service::DEFAULT).await;
+    let acks = send_batches(
+        &second.endpoint(),
+        vec![
+            hosts_batch(3, 0, 60, ts + 2),
+            hosts_batch(4, 60, 160, ts + 2),
+        ],
+    )
+    .await;
+    assert_eq!(acks[0].accepted, 60, "{:?}", acks[0]);
+    assert_eq!(acks[1].accepted, 40, "{:?}", acks[1]);
+    assert_eq!(acks[1].errors.len(), 60);
+    for e in &acks[1].errors {
+        assert_eq!(e.reason, RejectReason::HostLimit as i32, "{e:?}");
+        assert!(!e.retryable, "{e:?}");
+        assert!(e.message.contains("writer.max_hosts is 100"), "{e:?}");
+    }
+    let (status, body) = http(second.http, "GET", "/api/query/hosts", "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["hosts"].as_array().unwrap().len(), 100, "{body}");
+    second.stop().await;
+}
+
+/// Opens an agent stream over raw HTTP/2 and sends the header of a
+/// `len`-byte message and `sent` bytes of it, then nothing more. Returns
+/// the call's final grpc-status and message.
+async fn trickle(
+    addr: SocketAddr,
+    len: u32,
+    sent: usize,
+) -> tokio::task::JoinHandle<(String, String)> {
+    use http_body_util::BodyExt;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut client, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+    >(4);
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let req = hyper::Request::post(format!(
+        "http://{addr}/broker.v1.MonitorService/SendMetrics"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(body)
+    .unwrap();
+    let mut head = vec![0u8];
+    head.extend(len.to_be_bytes());
+    head.extend(std::iter::repeat_n(0u8, sent));
+    tx.send(Ok(hyper::body::Frame::data(head.into())))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let resp = client.send_request(req).await.unwrap();
+        let (parts, mut body) = resp.into_parts();
+        let mut trailers = parts.headers.clone();
+        while let Some(f) = body.frame().await {
+            match f {
+                Ok(f) => {
+                    if let Ok(t) = f.into_trailers() {
+                        trailers.extend(t);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        drop(tx);
+        let get = |k: &str| {
+            trailers
+                .get(k)
+                .map(|v| v.to_str().unwrap_or_default().to_string())
+                .unwrap_or_default()
+        };
+        (get("grpc-status"), get("grpc-message"))
+    })
+}
+
+/// Large messages trickled in on many streams share one byte budget
+/// (before: each stream buffered up to 16 MiB, 24 streams held about
+/// 350 MB). With `max_request_bytes_in_flight` at 32 MiB, two 16 MiB
+/// messages hold it; four more find no room and their calls end with
+/// RESOURCE_EXHAUSTED naming the budget, while an agent's ordinary batch
+/// (whole in one chunk) is stored meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_on_many_streams_share_one_byte_budget() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = seed_config_for(&redis.url());
+    c.max_request_bytes_in_flight = 32 << 20;
+    c.gateway.max_message_bytes = 16 << 20;
+    let broker = Running::broker(c, &Service::DEFAULT).await;
+    broker_common::serve::wait_serving(&broker.endpoint(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut calls = Vec::new();
+    for _ in 0..6 {
+        calls.push(trickle(broker.grpc, 16 << 20, 1 << 20).await);
+    }
+    let acks = send_batches(
+        &broker.endpoint(),
+        vec![broker_proto::v1::MetricBatch {
+            seq: 1,
+            metric_names: metric_names(2),
+            points: vec![point("beside-the-trickles", now() - 10, 2)],
+        }],
+    )
+    .await;
+    assert_eq!(acks[0].accepted, 1, "{acks:?}");
+    // The four without room end within the wait (5 s); the two holding
+    // the budget are still open.
+    let outcomes = futures::future::join_all(
+        calls
+            .iter_mut()
+            .map(|c| tokio::time::timeout(Duration::from_secs(12), c)),
+    )
+    .await;
+    let ended: Vec<(String, String)> = outcomes
+        .into_iter()
+        .filter_map(|o| o.ok().map(|r| r.unwrap()))
+        .collect();
+    assert_eq!(ended.len(), 4, "{ended:?}");
+    for (status, message) in &ended {
+        assert_eq!(status, "8", "{message}");
+        assert!(message.contains("max_request_bytes_in_flight"), "{message}");
+    }
+    for call in calls {
+        call.abort();
+    }
+    broker.stop().await;
+}

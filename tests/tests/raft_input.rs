@@ -141,3 +141,68 @@ async fn forged_snapshots_are_dropped_before_they_are_persisted() {
     commits_reach(&cluster, victim, "after-restart").await;
     assert!(!holds_evil(&cluster), "the forged state was persisted");
 }
+
+/// A well-formed append in the leader's name, from an address that is not
+/// the leader's (127.0.0.2; the cluster runs on 127.0.0.1): a command
+/// joining a member `forged`, at the next index and the current term,
+/// committed. Before, the follower took it as the leader's and applied
+/// it: its state diverged from the cluster's for good (raft takes an
+/// entry with the leader's index and term as the leader's own). Now
+/// messages are taken only from the address the claimed voter's name
+/// resolves to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_messages_in_a_voters_name_from_elsewhere_are_dropped() {
+    use broker_proto::v1::{ClusterCommand, cluster_command::Command};
+    use raft::eraftpb::Entry;
+    let cluster = CtlCluster::start(3, Duration::from_secs(1)).await;
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let victim = cluster.ids().into_iter().find(|&i| i != leader).unwrap();
+    let view = cluster.node(victim).view();
+    let mut e = Entry::default();
+    (e.index, e.term) = (view.last_index + 1, view.term);
+    e.data = ClusterCommand {
+        at_ms: 1,
+        command: Some(Command::Join(Member {
+            id: "forged".into(),
+            roles: vec![MemberRole::StorageWriter as i32],
+            addr: "http://192.0.2.66:9000".into(),
+            weight: 1,
+            ..Default::default()
+        })),
+    }
+    .encode_to_vec()
+    .into();
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgAppend);
+    (m.from, m.to, m.term) = (leader, victim, view.term);
+    (m.index, m.log_term, m.commit) = (view.last_index, view.term, view.last_index + 1);
+    m.entries = vec![e].into();
+    let channel = tonic::transport::Endpoint::from_shared(cluster.endpoint(victim))
+        .unwrap()
+        .local_address(Some([127, 0, 0, 2].into()))
+        .connect()
+        .await
+        .unwrap();
+    RaftServiceClient::new(channel)
+        .send(RaftMessages {
+            messages: vec![protobuf::Message::write_to_bytes(&m).unwrap()],
+        })
+        .await
+        .expect("the call is answered (its messages dropped)");
+    // The cluster's next entry takes that index: the victim must apply
+    // the cluster's, not the forged one (before: it kept the forged entry
+    // as the leader's and never learned of the member joined there).
+    commits_reach(&cluster, victim, "after-forged-append").await;
+    let members = |id: u64| -> Vec<String> {
+        let state = cluster.node(id).state();
+        let s = state.borrow();
+        s.members.iter().map(|m| m.id.clone()).collect()
+    };
+    let (ours, theirs) = (members(victim), members(leader));
+    assert!(
+        ours.contains(&"after-forged-append".to_string()),
+        "{ours:?}"
+    );
+    assert!(!ours.contains(&"forged".to_string()), "{ours:?}");
+    assert_eq!(ours, theirs);
+}

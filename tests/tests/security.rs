@@ -310,11 +310,14 @@ async fn raft_peers_without_the_ca_cannot_join_or_disturb_the_cluster() {
     let endpoint = cluster.endpoint(leader);
     let admin = pki.token("admin").unwrap();
 
-    // A heartbeat from a made-up leader at a far higher term: stepped, it
-    // deposes the real leader (the control at the end shows it does).
+    // A heartbeat in a follower's name (raft messages are taken only from
+    // voters, at their addresses: this test runs on theirs) claiming the
+    // lead at a far higher term: stepped, it deposes the real leader (the
+    // control at the end shows it does).
+    let follower = cluster.ids().into_iter().find(|&i| i != leader).unwrap();
     let mut m = raft::eraftpb::Message::default();
     m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
-    m.from = 99;
+    m.from = follower;
     m.to = leader;
     m.term = term + 100;
     let bytes = protobuf::Message::write_to_bytes(&m).unwrap();

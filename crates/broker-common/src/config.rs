@@ -54,6 +54,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Of those, from one peer address: one host (or a flood from it) cannot
 /// take a whole port.
 pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 1_000;
+/// Bytes of incomplete gRPC messages the process holds at once, across
+/// every stream and call: eight of the largest messages the agents' port
+/// takes.
+pub const DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT: usize = 128 << 20;
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9190";
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Seed: points live 7 days.
@@ -100,6 +104,10 @@ pub struct BrokerConfig {
     /// Of `max_connections`, how many one peer address may hold (agents
     /// behind one NAT address share it).
     pub max_connections_per_peer: usize,
+    /// Bytes of gRPC messages still arriving that the process holds at
+    /// once, all streams and calls together; a message that finds no room
+    /// waits, then its call ends with RESOURCE_EXHAUSTED.
+    pub max_request_bytes_in_flight: usize,
     /// Admin HTTP port: /health, /ready, /metrics.
     pub http_listen: SocketAddr,
     /// How long shutdown may take to drain and flush before it gives up.
@@ -129,6 +137,7 @@ impl Default for BrokerConfig {
             internal_listen: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            max_request_bytes_in_flight: DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             ttl: DEFAULT_TTL,
             telemetry: TelemetryConfig::default(),
@@ -319,6 +328,15 @@ impl BrokerConfig {
             "max_connections_per_peer",
             self.max_connections_per_peer,
         );
+        if self.max_request_bytes_in_flight < self.gateway.max_message_bytes {
+            bad(
+                "max_request_bytes_in_flight",
+                format!(
+                    "{} is less than gateway.max_message_bytes ({}): the largest message could never be taken",
+                    self.max_request_bytes_in_flight, self.gateway.max_message_bytes
+                ),
+            );
+        }
         if self.ttl < Duration::from_secs(60) {
             bad("ttl", format!("{:?} is shorter than one minute", self.ttl));
         }
@@ -331,6 +349,32 @@ impl BrokerConfig {
         self.host_manager.validate(&mut bad);
         for (key, problem) in self.security.problems() {
             bad(&key, problem);
+        }
+        // Secure by default off loopback: anyone who reaches a plain port
+        // has every role (forged raft input, joins, writes).
+        let exposed: Vec<String> = [
+            ("grpc_listen", Some(self.grpc_listen)),
+            ("http_listen", Some(self.http_listen)),
+            ("internal_listen", self.internal_listen),
+        ]
+        .into_iter()
+        .filter_map(|(k, a)| {
+            a.filter(|a| !a.ip().is_loopback())
+                .map(|a| format!("{k} {a}"))
+        })
+        .collect();
+        let missing = self.security.missing_off_loopback();
+        if !self.security.insecure && !exposed.is_empty() && !missing.is_empty() {
+            bad(
+                "security",
+                format!(
+                    "{} is not on loopback, and {} unset: anyone who reaches it could act as any role. \
+                     Turn on TLS and tokens (`broker certs --out DIR --host NAME` prints a security section), \
+                     or set security.insecure: true (BROKER_SECURITY__INSECURE=true) to serve it plain on purpose",
+                    exposed.join(", "),
+                    missing.join(", ")
+                ),
+            );
         }
         if p.is_empty() {
             Ok(())

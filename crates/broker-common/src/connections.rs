@@ -52,6 +52,8 @@ struct PortLabels {
 pub struct Connections {
     max: usize,
     max_per_peer: usize,
+    /// Bytes of incomplete gRPC messages the process holds at once.
+    budget: crate::request_budget::Budget,
     open: Family<PortLabels, Gauge>,
     refused: Family<PortLabels, Counter>,
 }
@@ -60,8 +62,13 @@ impl Connections {
     /// `max` connections per listening port, `max_per_peer` of them from
     /// one address, with `broker_connections_open` and
     /// `broker_connections_refused_total` registered in `registry`.
-    pub fn new(max: usize, max_per_peer: usize, registry: &mut Registry) -> Self {
-        let c = Self::unregistered(max, max_per_peer);
+    pub fn new(
+        max: usize,
+        max_per_peer: usize,
+        request_bytes: usize,
+        registry: &mut Registry,
+    ) -> Self {
+        let c = Self::unregistered(max, max_per_peer, request_bytes);
         registry.register(
             "broker_connections_open",
             "Connections open, per listening port",
@@ -76,13 +83,20 @@ impl Connections {
     }
 
     /// Without metrics (tests that build servers by hand).
-    pub fn unregistered(max: usize, max_per_peer: usize) -> Self {
+    pub fn unregistered(max: usize, max_per_peer: usize, request_bytes: usize) -> Self {
         Self {
             max: max.max(1),
             max_per_peer: max_per_peer.max(1),
+            budget: crate::request_budget::Budget::new(request_bytes),
             open: Family::default(),
             refused: Family::default(),
         }
+    }
+
+    /// The process's budget of incomplete gRPC message bytes
+    /// (`max_request_bytes_in_flight`).
+    pub fn request_budget(&self) -> crate::request_budget::Budget {
+        self.budget.clone()
     }
 
     /// Accepts on `listener` until `stop`, handing on each connection that

@@ -30,6 +30,7 @@ pub mod connections;
 pub mod host_id;
 pub mod http_client;
 pub mod process_metrics;
+pub mod request_budget;
 pub mod security;
 pub mod series_name;
 pub mod serve;

@@ -117,9 +117,19 @@ pub async fn serve(
         tls.watch(security.reload_interval, stop.clone());
     }
     let accept = |l, name| connections.accept(l, name, stop.clone());
+    let budget = connections.request_budget();
     let internal_server = async {
         match listeners.internal {
-            Some(l) => serve_grpc(internal, accept(l, "internal"), security, stop.clone()).await,
+            Some(l) => {
+                serve_grpc(
+                    internal,
+                    accept(l, "internal"),
+                    security,
+                    budget.clone(),
+                    stop.clone(),
+                )
+                .await
+            }
             None => {
                 debug_assert!(
                     internal.names.is_empty(),
@@ -134,6 +144,7 @@ pub async fn serve(
             public,
             accept(listeners.grpc, "grpc"),
             security,
+            budget.clone(),
             stop.clone()
         ),
         internal_server,
@@ -154,6 +165,7 @@ async fn serve_grpc(
     services: GrpcRoutes,
     conns: Accepted,
     security: &Security,
+    budget: crate::request_budget::Budget,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -179,6 +191,9 @@ async fn serve_grpc(
         .layer(GrpcAuthLayer {
             tokens: security.tokens.clone(),
         })
+        // Then: messages still arriving hold the process's byte budget,
+        // so many large messages trickled in cannot add up past it.
+        .layer(crate::request_budget::BudgetLayer(budget))
         .add_routes(routes);
     let grpc_stop = stop.clone();
     let shutdown = async move {

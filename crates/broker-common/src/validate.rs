@@ -466,6 +466,7 @@ pub fn reason_label(reason: i32) -> &'static str {
         RejectReason::InvalidLabel => "invalid_label",
         RejectReason::NoMetrics => "no_metrics",
         RejectReason::DuplicateMetric => "duplicate_metric",
+        RejectReason::HostLimit => "host_limit",
         RejectReason::Unavailable => "unavailable",
     }
 }

@@ -235,6 +235,7 @@ pub async fn run(
     let connections = broker_common::connections::Connections::new(
         config.max_connections,
         config.max_connections_per_peer,
+        config.max_request_bytes_in_flight,
         &mut registry,
     );
     let mut admin = Admin::new(registry, readiness);

@@ -30,6 +30,7 @@ fn ctl_config(dir: &Path, id: usize) -> String {
          grpc_listen: 0.0.0.0:{GRPC}\n\
          http_listen: 0.0.0.0:{HTTP}\n\
          shutdown_grace: 5s\n\
+         security: {{insecure: true}}\n\
          cluster:\n  advertise_addr: http://ctl-{id}:{GRPC}\n  endpoints: [{}]\n\
          cluster_ctl:\n  id: {id}\n  data_dir: {}\n  peers:\n{}\n",
         endpoints.join(", "),
@@ -206,6 +207,8 @@ fn start_cluster(lan: &mut Lan, d: &Path) {
                 format!("http://{name}:{grpc}"),
             ),
             ("BROKER_TELEMETRY__LOG_FORMAT".into(), "text".into()),
+            // Plain on the test's own namespaces, on purpose.
+            ("BROKER_SECURITY__INSECURE".into(), "true".into()),
         ];
         match service {
             "cluster-ctl" => {

@@ -94,6 +94,41 @@ fn invalid_config_exits_64_naming_the_keys() {
         "{err}"
     );
 
+    // Plain mode off loopback is refused before anything listens (as
+    // Redis's protected mode does), naming what is missing and the way
+    // to ask for it on purpose; before, the process served every role to
+    // anyone who reached it.
+    let out = Command::new(BROKER)
+        .args(["run", "--set", "grpc_listen=0.0.0.0:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("grpc_listen 0.0.0.0:0 is not on loopback")
+            && err.contains("security.tls.cert")
+            && err.contains("security.insecure: true"),
+        "{err}"
+    );
+    let out = Command::new(BROKER)
+        .args([
+            "run",
+            "--set",
+            "grpc_listen=0.0.0.0:0",
+            "--set",
+            "security.insecure=true",
+            "--set",
+            "router.vnodes=0",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        !err.contains("not on loopback"),
+        "insecure on purpose: {err}"
+    );
+
     let out = Command::new(BROKER)
         .args(["run", "--service", "router"])
         .output()

@@ -407,11 +407,15 @@ impl ClusterService for ClusterGrpc {
 
 pub struct RaftGrpc {
     node: Node,
+    senders: crate::transport::Senders,
 }
 
 impl RaftGrpc {
     pub fn new(node: Node) -> Self {
-        Self { node }
+        Self {
+            node,
+            senders: Default::default(),
+        }
     }
 
     pub fn into_server(self) -> RaftServiceServer<Self> {
@@ -422,8 +426,27 @@ impl RaftGrpc {
 #[tonic::async_trait]
 impl RaftService for RaftGrpc {
     async fn send(&self, request: Request<RaftMessages>) -> Result<Response<RaftAck>, Status> {
-        let msgs = crate::transport::decode(request.into_inner(), self.node.net_filter())
+        let remote = request.remote_addr().map(|a| a.ip());
+        let mut msgs = crate::transport::decode(request.into_inner(), self.node.net_filter())
             .map_err(Status::invalid_argument)?;
+        // Each sender once per call (a call carries one peer's messages).
+        if let Some(remote) = remote {
+            let view = self.node.view();
+            let mut checked: HashMap<u64, bool> = HashMap::new();
+            for m in &msgs {
+                if checked.contains_key(&m.from) {
+                    continue;
+                }
+                let knows_peers = view.peers.keys().any(|&id| id != view.id);
+                let addr = view.peers.get(&m.from).map(String::as_str);
+                let r = self.senders.check(m.from, remote, addr, knows_peers).await;
+                if let Err(why) = &r {
+                    tracing::warn!(from = m.from, remote = %remote, why, "raft messages dropped");
+                }
+                checked.insert(m.from, r.is_ok());
+            }
+            msgs.retain(|m| checked[&m.from]);
+        }
         if !msgs.is_empty() {
             self.node.step(msgs).await?;
         }

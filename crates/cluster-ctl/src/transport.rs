@@ -9,13 +9,18 @@
 //!
 //! [`NetFilter`] drops traffic to and from chosen peers, in both
 //! directions: the test-controlled transport the partition tests use.
+//!
+//! [`Senders`] ties a received message to the voter it claims to come
+//! from: it must arrive from an address that voter's configured name
+//! resolves to.
 
 use broker_common::security::ClientSecurity;
 use broker_proto::v1::RaftMessages;
 use broker_proto::v1::raft_service_client::RaftServiceClient;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -216,4 +221,144 @@ pub fn decode(req: RaftMessages, filter: &NetFilter) -> Result<Vec<Message>, Str
         }
     }
     Ok(out)
+}
+
+/// How long a peer's resolved addresses are trusted before its name is
+/// looked up again (also the least time between two lookups of one peer
+/// when a message comes from an address not among them: a voter that
+/// moved behind its name is accepted again within it).
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+const RESOLVE_AGAIN_AFTER: Duration = Duration::from_secs(1);
+
+/// Checks that a raft message comes from the voter it names: from one of
+/// the addresses that voter's raft address (`http://name:port`) resolves
+/// to. Without it anyone who reaches the port could speak as the leader
+/// (a forged append commits a change on one follower for good: raft takes
+/// an entry with the leader's index and term as the leader's). A message
+/// from a raft id this node does not know is refused once it knows any
+/// peer; a node that knows none yet (started to be added) takes it.
+#[derive(Default)]
+pub struct Senders {
+    resolved: tokio::sync::Mutex<HashMap<u64, Resolved>>,
+}
+
+struct Resolved {
+    addr: String,
+    ips: Vec<IpAddr>,
+    at: std::time::Instant,
+}
+
+impl Senders {
+    /// `Err(why)` when the messages of raft id `from`, received from
+    /// `remote`, must be dropped. `addr`: `from`'s raft address as this
+    /// node knows it; `knows_peers`: whether it knows any other node.
+    pub async fn check(
+        &self,
+        from: u64,
+        remote: IpAddr,
+        addr: Option<&str>,
+        knows_peers: bool,
+    ) -> Result<(), String> {
+        let remote = canonical(remote);
+        let Some(addr) = addr else {
+            if knows_peers {
+                return Err(format!("raft id {from} is no voter this node knows"));
+            }
+            return Ok(());
+        };
+        let addr = &addr.to_string();
+        let mut cache = self.resolved.lock().await;
+        let fresh = |r: &Resolved, within: Duration| r.addr == *addr && r.at.elapsed() < within;
+        if let Some(r) = cache.get(&from)
+            && fresh(r, RESOLVE_EVERY)
+            && (r.ips.contains(&remote) || fresh(r, RESOLVE_AGAIN_AFTER))
+        {
+            return if r.ips.contains(&remote) {
+                Ok(())
+            } else {
+                Err(refused(from, addr, remote, &r.ips))
+            };
+        }
+        let ips = resolve(addr).await;
+        let ok = ips.contains(&remote);
+        let why = (!ok).then(|| refused(from, addr, remote, &ips));
+        cache.insert(
+            from,
+            Resolved {
+                addr: addr.clone(),
+                ips,
+                at: std::time::Instant::now(),
+            },
+        );
+        why.map_or(Ok(()), Err)
+    }
+}
+
+fn refused(from: u64, addr: &str, remote: IpAddr, ips: &[IpAddr]) -> String {
+    format!("raft id {from} is at {addr} ({ips:?}), this message came from {remote}")
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The addresses `addr` (`http://host:port`) resolves to; none when it
+/// does not parse or resolve.
+async fn resolve(addr: &str) -> Vec<IpAddr> {
+    let Ok(uri) = addr.parse::<tonic::transport::Uri>() else {
+        return Vec::new();
+    };
+    let Some(host) = uri.host() else {
+        return Vec::new();
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    match tokio::net::lookup_host((host.as_str(), port)).await {
+        Ok(found) => found.map(|a| canonical(a.ip())).collect(),
+        Err(e) => {
+            tracing::debug!(addr, error = %e, "resolving a raft peer failed");
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Senders;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_voters_messages_come_from_where_its_name_resolves() {
+        let s = Senders::default();
+        let at = Some("http://127.0.0.1:9");
+        assert!(s.check(2, ip("127.0.0.1"), at, true).await.is_ok());
+        let e = s.check(2, ip("127.0.0.2"), at, true).await.unwrap_err();
+        assert!(e.contains("came from 127.0.0.2"), "{e}");
+        // By name, and an IPv4 peer seen through an IPv6 socket.
+        let named = Some("http://localhost:9");
+        assert!(
+            s.check(3, ip("::ffff:127.0.0.1"), named, true)
+                .await
+                .is_ok()
+        );
+        // Unknown ids: refused once this node knows its peers.
+        assert!(s.check(9, ip("127.0.0.1"), None, true).await.is_err());
+        assert!(s.check(9, ip("127.0.0.1"), None, false).await.is_ok());
+        // An address that does not parse or resolve admits nobody.
+        assert!(
+            s.check(4, ip("127.0.0.1"), Some("not a uri"), true)
+                .await
+                .is_err()
+        );
+    }
 }

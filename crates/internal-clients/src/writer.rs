@@ -3,7 +3,7 @@
 use crate::{ClientError, MAX_INTERNAL_MESSAGE_BYTES};
 use broker_common::security::{AuthChannel, ClientSecurity};
 use broker_proto::v1::writer_service_client::WriterServiceClient;
-use broker_proto::v1::{MetricBatch, WriteRequest};
+use broker_proto::v1::{MetricBatch, PointError, WriteRequest};
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +13,13 @@ use tonic::{Request, Status};
 /// ownership, the store), implemented by the storage-writer crate.
 pub trait LocalWriter: Send + Sync + 'static {
     /// Checks `batch`, routed under `ring_epoch`, and stores it: `Ok` once
-    /// it is durable.
-    fn write(&self, batch: Arc<MetricBatch>, ring_epoch: u64) -> BoxFuture<'_, Result<(), Status>>;
+    /// it is durable, with the points it refused for what they are (their
+    /// host over a cardinality limit; indexes into `batch`).
+    fn write(
+        &self,
+        batch: Arc<MetricBatch>,
+        ring_epoch: u64,
+    ) -> BoxFuture<'_, Result<Vec<PointError>, Status>>;
 }
 
 /// A writer, in this process or behind a gRPC channel.
@@ -59,13 +64,14 @@ impl WriterClient {
         })
     }
 
-    /// Writes `batch`, routed under `ring_epoch`, within `timeout`.
+    /// Writes `batch`, routed under `ring_epoch`, within `timeout`: `Ok`
+    /// with the points the writer refused (the rest are durable).
     pub async fn write(
         &self,
         batch: Arc<MetricBatch>,
         ring_epoch: u64,
         timeout: Duration,
-    ) -> Result<(), Status> {
+    ) -> Result<Vec<PointError>, Status> {
         match self {
             WriterClient::Local(w) => {
                 match tokio::time::timeout(timeout, w.write(batch, ring_epoch)).await {
@@ -82,15 +88,16 @@ impl WriterClient {
                     ring_epoch,
                 });
                 req.set_timeout(timeout);
-                let resp = client.clone().write(req).await?.into_inner();
-                match resp.failed.first() {
-                    None => Ok(()),
-                    Some(f) => Err(Status::unavailable(format!(
-                        "writer failed {} points, first: {}",
-                        resp.failed.len(),
-                        f.message
-                    ))),
+                let n = batch.points.len();
+                let failed = client.clone().write(req).await?.into_inner().failed;
+                // A writer names only points of the batch it was sent.
+                if let Some(f) = failed.iter().find(|f| f.index as usize >= n) {
+                    return Err(Status::internal(format!(
+                        "writer refused point {} of a batch of {n}",
+                        f.index
+                    )));
                 }
+                Ok(failed)
             }
         }
     }

@@ -306,7 +306,18 @@ impl Router {
         let mut failed = Vec::new();
         let mut stale = Vec::new();
         while let Some((job, result)) = inflight.next().await {
-            let Err(error) = result else { continue };
+            let error = match result {
+                // Stored, but for the points the writer refused for what
+                // they are (a host over a cardinality limit).
+                Ok(refused) => {
+                    failed.extend(refused.into_iter().map(|mut e| {
+                        e.index = job.idx[e.index as usize];
+                        e
+                    }));
+                    continue;
+                }
+                Err(error) => error,
+            };
             if error.stale_epoch().is_some() {
                 stale.extend(job.idx.into_iter().zip(job.points));
                 continue;
@@ -392,7 +403,7 @@ impl Router {
         topo: &Topology,
         mut job: Job,
         names: &[String],
-    ) -> (Job, Result<(), RouterError>) {
+    ) -> (Job, Result<Vec<PointError>, RouterError>) {
         let batch = Arc::new(MetricBatch {
             seq: 0,
             metric_names: names.to_vec(),
@@ -426,9 +437,9 @@ impl Router {
         topo: &Topology,
         job: &Job,
         batch: &Arc<MetricBatch>,
-        primary: impl Future<Output = Result<(), RouterError>>,
+        primary: impl Future<Output = Result<Vec<PointError>, RouterError>>,
         delay: Duration,
-    ) -> Result<(), RouterError> {
+    ) -> Result<Vec<PointError>, RouterError> {
         let mut primary = std::pin::pin!(primary);
         tokio::select! {
             r = &mut primary => return r,
@@ -437,10 +448,15 @@ impl Router {
         let mut tried = job.tried.clone();
         tried.push(job.target);
         let up = topo.health.up_all();
-        let mut groups: Vec<Vec<Point>> = vec![Vec::new(); topo.writers.len()];
-        for p in &batch.points {
+        // Per writer: the positions in `batch` of its points, and them.
+        let mut groups: Vec<(Vec<u32>, Vec<Point>)> =
+            vec![(Vec::new(), Vec::new()); topo.writers.len()];
+        for (i, p) in batch.points.iter().enumerate() {
             match failover_target(&topo.ring, &p.host_id, p.timestamp, &tried, &up) {
-                Some(t) => groups[t].push(p.clone()),
+                Some(t) => {
+                    groups[t].0.push(i as u32);
+                    groups[t].1.push(p.clone());
+                }
                 // Nowhere else to send this point: wait for the writer.
                 None => return primary.await,
             }
@@ -451,17 +467,34 @@ impl Router {
         let copies = groups
             .into_iter()
             .enumerate()
-            .filter(|(_, points)| !points.is_empty())
-            .map(|(t, points)| {
+            .filter(|(_, (_, points))| !points.is_empty())
+            .map(|(t, (positions, points))| {
                 let copy = Arc::new(MetricBatch {
                     seq: 0,
                     metric_names: batch.metric_names.clone(),
                     points,
                 });
                 let tried = tried.clone();
-                async move { self.forward(topo, t, &tried, copy).await }
+                async move {
+                    // The copy's refusals, named by position in `batch`.
+                    let refused = self.forward(topo, t, &tried, copy).await?;
+                    Ok::<_, RouterError>(
+                        refused
+                            .into_iter()
+                            .map(|mut e| {
+                                e.index = positions[e.index as usize];
+                                e
+                            })
+                            .collect::<Vec<_>>(),
+                    )
+                }
             });
         let mut hedge = std::pin::pin!(futures::future::try_join_all(copies));
+        let joined = |r: Vec<Vec<PointError>>| {
+            let mut all: Vec<PointError> = r.into_iter().flatten().collect();
+            all.sort_by_key(|e| e.index);
+            all
+        };
         let outcome = |o: &str| {
             self.metrics
                 .hedges
@@ -470,18 +503,18 @@ impl Router {
         };
         tokio::select! {
             r = &mut primary => match r {
-                Ok(()) => {
+                Ok(refused) => {
                     outcome("won");
-                    Ok(())
+                    Ok(refused)
                 }
                 // The writer failed: the copy decides.
-                Err(e) => hedge.await.map(|_| ()).map_err(|_| e),
+                Err(e) => hedge.await.map(joined).map_err(|_| e),
             },
             r = &mut hedge => match r {
-                Ok(_) => {
+                Ok(r) => {
                     outcome("lost");
                     topo.health.hedge_lost(job.target, self.config.hedge.eject_after);
-                    Ok(())
+                    Ok(joined(r))
                 }
                 Err(_) => {
                     outcome("failed");
@@ -499,7 +532,7 @@ impl Router {
         target: usize,
         tried: &[usize],
         batch: Arc<MetricBatch>,
-    ) -> Result<(), RouterError> {
+    ) -> Result<Vec<PointError>, RouterError> {
         let writer = &topo.writers[target];
         let id = &topo.ring.nodes()[target].id;
         let started = Instant::now();
@@ -514,7 +547,7 @@ impl Router {
                 let attempt = Instant::now();
                 let r = writer.write(batch, topo.epoch, self.write_timeout).await;
                 match &r {
-                    Ok(()) => {
+                    Ok(_) => {
                         topo.health.observe(target, attempt.elapsed());
                         topo.health.answered(target);
                     }

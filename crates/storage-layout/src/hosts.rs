@@ -276,6 +276,31 @@ pub async fn list(db: &dyn Exec, since: i64) -> Result<Vec<(String, i64)>, Layou
     Ok(hosts)
 }
 
+/// Which of `hosts` the index holds, and how many hosts it holds in all
+/// (`ZMSCORE` and `ZCARD`, one round trip): what a writer's cardinality
+/// limit needs to tell a new host from a known one.
+pub async fn known(db: &dyn Exec, hosts: &[&str]) -> Result<(Vec<bool>, u64), LayoutError> {
+    let mut args: Vec<&[u8]> = vec![INDEX_KEY.as_bytes()];
+    args.extend(hosts.iter().map(|h| h.as_bytes()));
+    let mut replies = db
+        .pipeline(vec![
+            Command::of("ZMSCORE", &args),
+            Command::of("ZCARD", &[INDEX_KEY.as_bytes()]),
+        ])
+        .await?
+        .into_iter();
+    let scores = replies.next().unwrap_or(Reply::Nil).ok("ZMSCORE")?;
+    let count = match replies.next().unwrap_or(Reply::Nil).ok("ZCARD")? {
+        Reply::Int(n) => n.max(0) as u64,
+        _ => 0,
+    };
+    let present = match scores {
+        Reply::Array(a) => a.iter().map(|r| !matches!(r, Reply::Nil)).collect(),
+        _ => vec![false; hosts.len()],
+    };
+    Ok((present, count))
+}
+
 /// Each host's series names seen at or after `since` (sorted), one
 /// `ZRANGEBYSCORE` per host; empty for a host without a series set.
 pub async fn series(

@@ -25,6 +25,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod dlq;
 pub mod error;

@@ -1,4 +1,5 @@
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -28,6 +29,8 @@ pub struct WriterMetrics {
     pub maintained: Counter,
     pub maintain_errors: Counter,
     pub maintain_seconds: Histogram,
+    /// Points of new hosts refused, by the limit that refused them.
+    pub host_limit_points: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl WriterMetrics {
@@ -56,6 +59,7 @@ impl WriterMetrics {
             maintained: Counter::default(),
             maintain_errors: Counter::default(),
             maintain_seconds: Histogram::new(broker_common::admin::latency_buckets()),
+            host_limit_points: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("broker_writer");
         r.register(
@@ -164,6 +168,11 @@ impl WriterMetrics {
             "dlq_discarded_points",
             "Dead-lettered points discarded by an operator",
             m.dlq_discarded_points.clone(),
+        );
+        r.register(
+            "host_limit_points",
+            "Points refused because their host is new and over writer.max_hosts or writer.max_new_hosts_per_minute (label limit)",
+            m.host_limit_points.clone(),
         );
         m
     }

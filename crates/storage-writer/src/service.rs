@@ -1,12 +1,13 @@
 //! The writer's handler of `Write` and its gRPC face; the client that
 //! hides local vs remote is [`internal_clients::WriterClient`].
 
+use crate::admission::HostAdmission;
 use crate::writer::Writer;
 use broker_common::validate::{Limits, first_problem};
 use broker_proto::bounded::Bounded;
 use broker_proto::v1::ClusterState;
 use broker_proto::v1::writer_service_server::{WriterService, WriterServiceServer};
-use broker_proto::v1::{MetricBatch, WriteRequest, WriteResponse};
+use broker_proto::v1::{MetricBatch, PointError, WriteRequest, WriteResponse};
 use hash_ring::HashRing;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -27,6 +28,8 @@ pub struct WriteHandler {
     ownership: Option<Ownership>,
     /// The gateway's checks, run again on what peers send.
     limits: Limits,
+    /// `writer.max_hosts` and `writer.max_new_hosts_per_minute`.
+    admission: HostAdmission,
 }
 
 /// The gRPC face of a [`WriteHandler`].
@@ -97,17 +100,20 @@ impl Ownership {
 
 impl WriteHandler {
     pub fn new(writer: Arc<Writer>) -> Self {
+        let admission = HostAdmission::new(&Default::default(), writer.metrics());
         Self {
             writer,
             ownership: None,
             limits: Limits::new(&Default::default(), broker_common::config::DEFAULT_TTL).internal(),
+            admission,
         }
     }
 
-    /// The limits of this deployment (`gateway.*`, `ttl`) for the checks
-    /// every `Write` passes.
+    /// The limits of this deployment (`gateway.*`, `ttl`, the host
+    /// limits of `writer.*`) for the checks every `Write` passes.
     pub fn with_limits(mut self, config: &broker_common::BrokerConfig) -> Self {
         self.limits = Limits::new(&config.gateway, config.ttl).internal();
+        self.admission = HostAdmission::new(&config.writer, self.writer.metrics());
         self
     }
 
@@ -117,8 +123,14 @@ impl WriteHandler {
         self
     }
 
-    /// Checks `batch` and stores it: `Ok` once it is durable.
-    pub async fn write(&self, batch: Arc<MetricBatch>, ring_epoch: u64) -> Result<(), Status> {
+    /// Checks `batch` and stores it: `Ok` once it is durable, with the
+    /// points refused by the host limits (indexes into `batch`; the others
+    /// are stored).
+    pub async fn write(
+        &self,
+        batch: Arc<MetricBatch>,
+        ring_epoch: u64,
+    ) -> Result<Vec<PointError>, Status> {
         // The gateway checked every point; a peer that did not (a bug, or
         // a client of the internal port) must not reach Redis with keys or
         // values the gateway would refuse.
@@ -130,8 +142,43 @@ impl WriteHandler {
         if let Some(o) = &self.ownership {
             o.check(&batch, ring_epoch)?;
         }
+        // Redis down or slow: the hosts are admitted (the batch goes to
+        // the spool) rather than the fleet refused or held up.
+        let refused = if self.writer.redis_up() {
+            tokio::time::timeout(
+                crate::admission::CHECK_TIMEOUT,
+                self.admission.check(&self.writer.redis(), &batch),
+            )
+            .await
+            .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let batch = if refused.is_empty() {
+            batch
+        } else {
+            let mut out = refused.iter().map(|e| e.index as usize).peekable();
+            let points = batch
+                .points
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| {
+                    let skip = out.peek() == Some(i);
+                    if skip {
+                        out.next();
+                    }
+                    !skip
+                })
+                .map(|(_, p)| p.clone())
+                .collect();
+            Arc::new(MetricBatch {
+                seq: batch.seq,
+                metric_names: batch.metric_names.clone(),
+                points,
+            })
+        };
         self.writer.write(batch).await?;
-        Ok(())
+        Ok(refused)
     }
 
     /// The gRPC service; a request's batch is counted against the limits
@@ -152,7 +199,7 @@ impl internal_clients::LocalWriter for WriteHandler {
         &self,
         batch: Arc<MetricBatch>,
         ring_epoch: u64,
-    ) -> futures::future::BoxFuture<'_, Result<(), Status>> {
+    ) -> futures::future::BoxFuture<'_, Result<Vec<PointError>, Status>> {
         Box::pin(WriteHandler::write(self, batch, ring_epoch))
     }
 }
@@ -165,8 +212,8 @@ impl WriterService for WriterGrpc {
     ) -> Result<Response<WriteResponse>, Status> {
         let req = request.into_inner();
         let batch = Arc::new(req.batch.unwrap_or_default());
-        self.0.write(batch, req.ring_epoch).await?;
-        Ok(Response::new(WriteResponse { failed: vec![] }))
+        let failed = self.0.write(batch, req.ring_epoch).await?;
+        Ok(Response::new(WriteResponse { failed }))
     }
 }
 

@@ -142,6 +142,15 @@ impl Writer {
         crate::dlq::DeadLetterQueue::new(self.store.clone())
     }
 
+    /// A Redis client of this writer's pool.
+    pub(crate) fn redis(&self) -> fred::clients::Client {
+        self.store.pool.next().clone()
+    }
+
+    pub(crate) fn metrics(&self) -> &WriterMetrics {
+        &self.metrics
+    }
+
     /// The `node_id` this writer records in dead-letter entries.
     pub fn node_id(&self) -> &str {
         &self.store.node_id

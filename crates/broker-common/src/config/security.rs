@@ -17,6 +17,11 @@ pub const MIN_TOKEN_LEN: usize = 16;
 pub struct SecurityConfig {
     pub tls: TlsConfig,
     pub tokens: TokensConfig,
+    /// Serve in plaintext or without tokens on a non-loopback address on
+    /// purpose (a private network, a lab). Unset, a process whose
+    /// listeners are not all on loopback refuses to start without TLS and
+    /// a token for every role, as Redis's protected mode does.
+    pub insecure: bool,
 }
 
 /// Whether a TLS listener asks clients for a certificate.
@@ -77,6 +82,28 @@ impl Default for TlsConfig {
             server_name: None,
             reload_interval: DEFAULT_TLS_RELOAD_INTERVAL,
         }
+    }
+}
+
+impl SecurityConfig {
+    /// What is missing for listeners off loopback: TLS, and each role's
+    /// token (by key).
+    pub fn missing_off_loopback(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if !self.tls.enabled() {
+            missing.push("security.tls.cert");
+        }
+        let t = &self.tokens;
+        for (key, v, f) in [
+            ("security.tokens.ingest", &t.ingest, &t.ingest_file),
+            ("security.tokens.query", &t.query, &t.query_file),
+            ("security.tokens.admin", &t.admin, &t.admin_file),
+        ] {
+            if v.is_none() && f.is_none() {
+                missing.push(key);
+            }
+        }
+        missing
     }
 }
 

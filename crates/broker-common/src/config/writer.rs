@@ -20,6 +20,12 @@ pub const LAYOUTS: &[&str] = &["seed", "chunked"];
 /// few GiB (docs/benchmarks.md, `broker-bench week`).
 pub const DEFAULT_LAYOUT: &str = "chunked";
 pub const DEFAULT_CHUNK_POINTS: usize = 240;
+/// Hosts the index may hold before a writer refuses new ones: ten times
+/// the fleet the product is sized for, so a flood of invented host ids
+/// cannot make every host list and selector slow for a whole `ttl`.
+pub const DEFAULT_MAX_HOSTS: usize = 10_000;
+/// New hosts one writer admits per minute.
+pub const DEFAULT_MAX_NEW_HOSTS_PER_MINUTE: usize = 2_000;
 /// Points per chunk at most: a seal merges at most eight chunks' worth.
 pub const MAX_CHUNK_POINTS: usize = 100_000;
 pub const DEFAULT_CHUNK_MAX_OPEN: Duration = Duration::from_secs(30 * 60);
@@ -70,6 +76,13 @@ pub struct WriterConfig {
     /// When the spool holds this much, writes are refused with
     /// RESOURCE_EXHAUSTED until it drains.
     pub spool_max_bytes: u64,
+    /// Hosts the host index may hold: a point of a host it does not hold
+    /// is refused once it holds this many (hosts leave it a `ttl` after
+    /// they last reported).
+    pub max_hosts: usize,
+    /// New hosts (not in the host index) this writer admits per minute;
+    /// past it their points are refused as retryable.
+    pub max_new_hosts_per_minute: usize,
 }
 
 impl Default for WriterConfig {
@@ -89,6 +102,8 @@ impl Default for WriterConfig {
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             spool_dir: DEFAULT_SPOOL_DIR.into(),
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
+            max_hosts: DEFAULT_MAX_HOSTS,
+            max_new_hosts_per_minute: DEFAULT_MAX_NEW_HOSTS_PER_MINUTE,
         }
     }
 }
@@ -100,6 +115,12 @@ impl WriterConfig {
             bad("writer.redis_url", e);
         }
         positive(bad, "writer.pool_size", self.pool_size);
+        positive(bad, "writer.max_hosts", self.max_hosts);
+        positive(
+            bad,
+            "writer.max_new_hosts_per_minute",
+            self.max_new_hosts_per_minute,
+        );
         if !LAYOUTS.contains(&self.layout.as_str()) {
             bad(
                 "writer.layout",
