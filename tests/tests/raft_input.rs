@@ -70,8 +70,10 @@ async fn a_raft_message_raft_rs_would_panic_on_does_not_kill_the_node() {
 /// A snapshot message as an attacker sends it: a term ahead, far past the
 /// log, voters 1..=3, with `data`.
 fn forged_snapshot(from: u64, to: u64, term: u64, index: u64, data: Vec<u8>) -> Message {
-    let mut snap = Snapshot::default();
-    snap.data = data.into();
+    let mut snap = Snapshot {
+        data: data.into(),
+        ..Default::default()
+    };
     let meta = snap.mut_metadata();
     (meta.index, meta.term) = (index, term);
     meta.mut_conf_state().voters = vec![1, 2, 3];

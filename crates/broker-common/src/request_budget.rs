@@ -138,10 +138,8 @@ impl<B> BudgetBody<B> {
                 let n = self.remaining.min(buf.remaining());
                 buf.advance(n);
                 self.remaining -= n;
-                if self.remaining == 0 {
-                    if started.take().is_none() {
-                        finished_held = true;
-                    }
+                if self.remaining == 0 && started.take().is_none() {
+                    finished_held = true;
                 }
                 continue;
             }
