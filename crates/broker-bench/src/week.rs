@@ -12,8 +12,9 @@
 //! - fleet PromQL: `avg by (host) (rate(<counter>[5m]))` over every host ×
 //!   1 h at a 60 s step, `topk(10, avg_over_time(<gauge>[1h]))`, and
 //!   `quantile(0.99, <gauge>)` over 24 h at a 5 min step;
-//! - the host list (HTTP, as the dashboard asks) cold (rebuilt from Redis
-//!   on every request) and warm (cached), at `--hosts` and at
+//! - the host list (HTTP, as the dashboard asks): the first request of a
+//!   fresh query-api (read from Redis) and as a running one serves it
+//!   (its list refreshed in the background), at `--hosts` and at
 //!   `--more-hosts`;
 //! - Redis CPU and SCAN calls over `--idle` of no ingest with query-api,
 //!   host-manager and a dashboard polling every 5 s;
@@ -302,19 +303,23 @@ async fn serve(
     Ok((http, tx))
 }
 
-/// Host-list latency: cold on a query-api that rebuilds the list on every
-/// request, warm on one that caches it. (cold p50, p99, warm p50, p99).
+/// Host-list latency, as the dashboard asks it (every host in one page).
+/// First: the first request of a fresh query-api, which waits for the read
+/// from Redis (three fresh query-apis; p50 and max). Served: a query-api
+/// with the default configuration, asked every 250 ms for `samples`
+/// requests, across its `hosts_cache_ttl` (a refresh runs in the
+/// background meanwhile). (first p50, first max, served p50, served p99).
 async fn host_list(
-    cold: &mut Http,
+    config: &BrokerConfig,
     warm: &mut Http,
     hosts: usize,
     samples: usize,
 ) -> anyhow::Result<(f64, f64, f64, f64)> {
     let path = format!("/api/query/hosts?limit={hosts}");
-    // Wait until both list every host (the index is refreshed on writes).
+    // Wait until the index lists every host (it is refreshed on writes).
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let (_, body) = cold.ok(&path).await?;
+        let (_, body) = warm.ok(&path).await?;
         let v: serde_json::Value = serde_json::from_str(&body)?;
         let n = v["hosts"].as_array().map_or(0, Vec::len);
         if n >= hosts {
@@ -326,18 +331,25 @@ async fn host_list(
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let mut c = Vec::new();
-    let mut w = Vec::new();
-    for _ in 0..samples {
-        c.push(cold.ok(&path).await?.0);
-        w.push(warm.ok(&path).await?.0);
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        let (port, stop) = serve(config, &[broker_common::Service::QueryApi]).await?;
+        let mut fresh = Http::new(port).await?;
+        first.push(fresh.ok(&path).await?.0);
+        let _ = stop.send(());
     }
-    let (c50, c99) = percentiles(c);
-    let (w50, w99) = percentiles(w);
+    let mut served = Vec::new();
+    for _ in 0..samples {
+        served.push(warm.ok(&path).await?.0);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let first_max = first.iter().copied().fold(0.0, f64::max);
+    let (f50, _) = percentiles(first);
+    let (s50, s99) = percentiles(served);
     eprintln!(
-        "host list, {hosts} hosts: cold p50 {c50:.1} / p99 {c99:.1} ms, warm p50 {w50:.2} / p99 {w99:.2} ms"
+        "host list, {hosts} hosts: first request of a query-api p50 {f50:.1} / max {first_max:.1} ms, served p50 {s50:.2} / p99 {s99:.2} ms"
     );
-    Ok((c50, c99, w50, w99))
+    Ok((f50, first_max, s50, s99))
 }
 
 pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
@@ -469,8 +481,8 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
         used_memory / (1u64 << 30) as f64
     );
 
-    // Readers: a caching query-api with host-manager (the defaults), and
-    // a query-api that rebuilds its host list on every request (cold).
+    // Readers: a query-api with host-manager (the defaults), and one that
+    // caches nothing for long (ranges are read cold from it).
     let (warm_port, stop_warm) = serve(
         &config,
         &[
@@ -523,7 +535,7 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
     eprintln!("fleet PromQL, broker ({} hosts):", args.hosts);
     let fleet = run_fleet_queries(&mut warm, args.mix, end, args.query_samples).await?;
 
-    let list_small = host_list(&mut cold, &mut warm, args.hosts, args.list_samples).await?;
+    let list_small = host_list(&config, &mut warm, args.hosts, args.list_samples).await?;
 
     // Idle: no ingest, query-api and host-manager running, a dashboard
     // polling the host list and a chart every 5 s.
@@ -562,7 +574,7 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
             let batch = more.batch(end, first..(first + FILL_BATCH_HOSTS).min(args.more_hosts));
             writer.writer.write(Arc::new(batch)).await?;
         }
-        Some(host_list(&mut cold, &mut warm, args.more_hosts, args.list_samples).await?)
+        Some(host_list(&config, &mut warm, args.more_hosts, args.list_samples).await?)
     } else {
         None
     };
@@ -593,17 +605,19 @@ pub async fn run(args: WeekArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .into(),
     );
-    out.insert("host_list_cold_p50_ms".into(), list_small.0.into());
-    out.insert("host_list_cold_p99_ms".into(), list_small.1.into());
-    out.insert("host_list_warm_p99_ms".into(), list_small.3.into());
+    // host_list_p99_ms: what a dashboard meets, the served p99 at the
+    // largest fleet measured; the first request of a process apart.
+    out.insert("host_list_first_p50_ms".into(), list_small.0.into());
+    out.insert("host_list_first_max_ms".into(), list_small.1.into());
+    out.insert("host_list_served_p99_ms".into(), list_small.3.into());
     if let Some(l) = list_large {
         out.insert("more_hosts".into(), args.more_hosts.into());
-        out.insert("host_list_more_cold_p50_ms".into(), l.0.into());
-        out.insert("host_list_more_cold_p99_ms".into(), l.1.into());
-        out.insert("host_list_more_warm_p99_ms".into(), l.3.into());
-        out.insert("host_list_p99_ms".into(), l.1.into());
+        out.insert("host_list_more_first_p50_ms".into(), l.0.into());
+        out.insert("host_list_more_first_max_ms".into(), l.1.into());
+        out.insert("host_list_more_served_p99_ms".into(), l.3.into());
+        out.insert("host_list_p99_ms".into(), l.3.into());
     } else {
-        out.insert("host_list_p99_ms".into(), list_small.1.into());
+        out.insert("host_list_p99_ms".into(), list_small.3.into());
     }
     out.insert("idle_redis_cpu_pct".into(), idle_cpu_pct.into());
     out.insert("scan_calls_idle".into(), scan_calls_idle.into());
