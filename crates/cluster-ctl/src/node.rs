@@ -817,6 +817,9 @@ pub fn refuse_content<S: raft::Storage>(
                     m.from, m.term, raft.leader_id, raft.term
                 ));
             }
+            if m.get_snapshot().get_metadata().term > m.term {
+                return Err("a snapshot of a term after its message's".into());
+            }
             check_snapshot(raft.id, sm, m.get_snapshot())
         }
         MessageType::MsgAppend => m.entries.iter().try_for_each(check_entry),
@@ -827,10 +830,35 @@ pub fn refuse_content<S: raft::Storage>(
 /// A snapshot this node (`id`) could install and apply; see [`refuse_content`].
 pub fn check_snapshot(id: u64, sm: &StateMachine, snap: &Snapshot) -> Result<(), String> {
     let meta = snap.get_metadata();
-    let voters = &meta.get_conf_state().voters;
+    // raft-rs takes a term of 0 as matching any index past its log, then
+    // stops the process committing past it.
+    if meta.index == 0 || meta.term == 0 {
+        return Err(format!(
+            "a snapshot at index {} and term {}",
+            meta.index, meta.term
+        ));
+    }
+    let cs = meta.get_conf_state();
+    let voters = &cs.voters;
     if !voters.contains(&id) {
         return Err(format!(
             "a snapshot whose voters {voters:?} leave this node ({id}) out"
+        ));
+    }
+    // A configuration raft-rs can restore as it is (it stops the process
+    // on one that does not round-trip): this cluster makes no joint
+    // changes, and ids are non-zero and appear once.
+    if !cs.voters_outgoing.is_empty() || !cs.learners_next.is_empty() || cs.auto_leave {
+        return Err("a snapshot with a joint configuration, which this cluster never makes".into());
+    }
+    let mut ids: Vec<u64> = voters.iter().chain(&cs.learners).copied().collect();
+    ids.sort_unstable();
+    let n = ids.len();
+    ids.dedup();
+    if ids.len() != n || ids.contains(&0) {
+        return Err(format!(
+            "a snapshot whose voters {voters:?} and learners {:?} repeat an id or hold id 0",
+            cs.learners
         ));
     }
     if snap.data.is_empty() {
@@ -922,6 +950,42 @@ mod tests {
             .collect::<Vec<_>>()
             .into();
         m
+    }
+
+    /// Snapshots raft-rs would stop the process on (a configuration that
+    /// does not round-trip: joint, repeated or zero ids) are refused; a
+    /// plain one that names this node is taken.
+    #[test]
+    fn snapshots_raft_rs_cannot_restore_are_refused() {
+        use super::check_snapshot;
+        use crate::state::StateMachine;
+        use raft::eraftpb::Snapshot;
+        let snap = |f: &dyn Fn(&mut ConfState)| {
+            let mut s = Snapshot::default();
+            (s.mut_metadata().index, s.mut_metadata().term) = (1, 1);
+            let cs = s.mut_metadata().mut_conf_state();
+            cs.voters = vec![1, 2, 3];
+            f(cs);
+            s
+        };
+        let sm = StateMachine::default();
+        assert_eq!(check_snapshot(2, &sm, &snap(&|_| {})), Ok(()));
+        for bad in [
+            snap(&|cs| cs.voters = vec![1, 2, 2, 3]),
+            snap(&|cs| cs.learners = vec![3]),
+            snap(&|cs| cs.voters = vec![0, 2]),
+            snap(&|cs| cs.voters_outgoing = vec![1, 2]),
+            snap(&|cs| cs.learners_next = vec![4]),
+            snap(&|cs| cs.auto_leave = true),
+            snap(&|cs| cs.voters = vec![1, 3]),
+            {
+                let mut s = snap(&|_| {});
+                s.mut_metadata().term = 0;
+                s
+            },
+        ] {
+            assert!(check_snapshot(2, &sm, &bad).is_err(), "{bad:?}");
+        }
     }
 
     /// Each message refused is one raft-rs panics on when stepped (the
