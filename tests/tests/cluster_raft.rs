@@ -208,7 +208,7 @@ async fn a_full_restart_from_disk_keeps_state_and_epoch() {
         client.join(member(&id)).await.unwrap();
         client.set_state(&id, MemberState::Draining).await.unwrap();
     }
-    client.leave("w-0").await.unwrap();
+    client.leave("w-0", "").await.unwrap();
     client
         .set_ring(RingSettings {
             vnodes: 64,

@@ -352,7 +352,7 @@ fn kubernetes_secure_overlay_mounts_the_secret_and_loads() {
             &env,
         );
         assert!(config.security.tls.enabled(), "{name}: TLS on");
-        for role in ["ingest", "query", "admin"] {
+        for role in ["ingest", "query", "admin", "member"] {
             assert_eq!(
                 config
                     .security

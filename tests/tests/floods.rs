@@ -284,3 +284,102 @@ async fn large_messages_on_many_streams_share_one_byte_budget() {
     }
     broker.stop().await;
 }
+
+/// A remote-write POST announcing `len` bytes, of which `sent` are sent
+/// and the rest held back; the connection is returned open.
+async fn slow_post(to: SocketAddr, len: usize, sent: usize) -> TcpStream {
+    let mut s = TcpStream::connect(to).await.unwrap();
+    let head = format!(
+        "POST /api/v1/write HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n\
+         Content-Encoding: snappy\r\nContent-Length: {len}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&vec![0u8; sent]).await.unwrap();
+    s
+}
+
+/// Reads an HTTP response head and the start of its body.
+async fn response(s: &mut TcpStream, within: Duration) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(within, s.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    }
+}
+
+/// HTTP bodies share the same budget as gRPC messages: remote-write
+/// uploads announcing 16 MiB and trickled hold it (two fit in 32 MiB); the
+/// next waits for room for 5 s, then gets 503 with `Retry-After`; one
+/// announcing more than the whole budget gets 413 at once. Before, each
+/// slow upload held its own route limit, however many there were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_bodies_share_the_byte_budget() {
+    let redis = RedisServer::start().unwrap();
+    let mut c = seed_config_for(&redis.url());
+    c.max_request_bytes_in_flight = 32 << 20;
+    c.gateway.max_message_bytes = 16 << 20;
+    let broker = Running::broker(c, &Service::DEFAULT).await;
+    broker_common::serve::wait_serving(&broker.endpoint(), Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut holding = Vec::new();
+    for _ in 0..2 {
+        holding.push(slow_post(broker.http, 16 << 20, 1 << 20).await);
+    }
+    // The two hold the budget: no answer yet.
+    for s in &mut holding {
+        assert_eq!(response(s, Duration::from_millis(500)).await, None);
+    }
+    let mut third = slow_post(broker.http, 16 << 20, 0).await;
+    let answer = response(&mut third, Duration::from_secs(12))
+        .await
+        .expect("the third upload is answered once its wait is over");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(answer.contains("max_request_bytes_in_flight"), "{answer}");
+    let mut huge = slow_post(broker.http, 64 << 20, 0).await;
+    let answer = response(&mut huge, Duration::from_secs(2))
+        .await
+        .expect("a body longer than the budget is refused at once");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // A small write beside them still goes through (once the budget frees).
+    drop(holding);
+    let status = remote_write_one(broker.http, "beside-the-uploads").await;
+    assert_eq!(status, 204);
+    broker.stop().await;
+}
+
+/// One sample by remote write, as Prometheus sends it; the status.
+async fn remote_write_one(to: SocketAddr, instance: &str) -> u16 {
+    use broker_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
+    use prost::Message;
+    let req = WriteRequest {
+        timeseries: vec![TimeSeries {
+            labels: [("__name__", "flood_beside"), ("instance", instance)]
+                .iter()
+                .map(|(n, v)| Label {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            samples: vec![Sample {
+                value: 1.0,
+                timestamp: (now() - 10) * 1000,
+            }],
+        }],
+    };
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&req.encode_to_vec())
+        .unwrap();
+    post_bytes(
+        to,
+        "/api/v1/write",
+        "Content-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\n",
+        &body,
+    )
+    .await
+    .status
+}

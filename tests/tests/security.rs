@@ -16,8 +16,9 @@ use broker_proto::v1::raft_service_client::RaftServiceClient;
 use broker_proto::v1::router_service_client::RouterServiceClient;
 use broker_proto::v1::writer_service_client::WriterServiceClient;
 use broker_proto::v1::{
-    HostsRequest, JoinRequest, ListHostsRequest, Member, MemberRole, MembersRequest, MetricBatch,
-    RaftMessages, RouteRequest, VoterRequest, WriteRequest,
+    HostsRequest, JoinRequest, LeaveRequest, ListHostsRequest, Member, MemberRole, MemberState,
+    MembersRequest, MetricBatch, RaftMessages, RingSettings, RouteRequest, SetRingRequest,
+    SetStateRequest, VoterRequest, WriteRequest,
 };
 use broker_tests::cluster::CtlCluster;
 use broker_tests::*;
@@ -435,6 +436,158 @@ async fn raft_peers_without_the_ca_cannot_join_or_disturb_the_cluster() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The member credential every service holds lets it act as its own
+/// member (join, leave, drain itself with its process instance), never as
+/// an operator: with it, another member cannot be marked offline, drained
+/// or removed, the ring and the voters cannot change. The admin token can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_member_credential_acts_only_as_its_own_member() {
+    let pki = LocalPki::generate(&scratch_dir("broker-pki-"), &[]).unwrap();
+    let security: SecurityConfig = pki.security_config().unwrap();
+    assert!(
+        security.tokens.member.is_some(),
+        "broker certs writes a member token"
+    );
+    let cluster = CtlCluster::start_secured(3, Duration::from_secs(1), security).await;
+    let leader = cluster.wait_leader(Duration::from_secs(20)).await;
+    let endpoint = cluster.endpoint(leader);
+    let ctl = |token: &str| {
+        ClusterServiceClient::new(
+            client(&pki, Some(&pki), Some(token))
+                .lazy(&endpoint, |e| e.timeout(T))
+                .unwrap(),
+        )
+    };
+    let member_token = pki.token("member").unwrap();
+    let admin_token = pki.token("admin").unwrap();
+    let (mut member, mut admin) = (ctl(&member_token), ctl(&admin_token));
+    let writer = |id: &str, instance: &str| JoinRequest {
+        member: Some(Member {
+            id: id.into(),
+            roles: vec![MemberRole::StorageWriter as i32],
+            addr: "https://127.0.0.1:9".into(),
+            weight: 1,
+            instance: instance.into(),
+            ..Default::default()
+        }),
+    };
+    // Two services join, each with its own instance.
+    member
+        .join(writer("w-a", "instance-a-0123456789"))
+        .await
+        .expect("a member joins");
+    member
+        .join(writer("w-b", "instance-b-0123456789"))
+        .await
+        .expect("a member joins");
+
+    // As an operator: refused, whatever the member asks.
+    let set = |id: &str, state: MemberState, instance: &str| SetStateRequest {
+        id: id.into(),
+        state: state as i32,
+        reason: String::new(),
+        instance: instance.into(),
+    };
+    for (what, r) in [
+        (
+            "offline",
+            member.set_state(set("w-b", MemberState::Offline, "")).await,
+        ),
+        (
+            "offline with its own instance",
+            member
+                .set_state(set("w-a", MemberState::Offline, "instance-a-0123456789"))
+                .await,
+        ),
+        (
+            "drain another",
+            member
+                .set_state(set("w-b", MemberState::Draining, "instance-a-0123456789"))
+                .await,
+        ),
+        (
+            "leave another",
+            member
+                .leave(LeaveRequest {
+                    id: "w-b".into(),
+                    instance: String::new(),
+                })
+                .await,
+        ),
+    ] {
+        let (c, m) = code(r);
+        assert_eq!(c, Code::PermissionDenied, "{what}: {m}");
+        assert!(m.contains("admin token"), "{what}: {m}");
+    }
+    let (c, m) = code(
+        member
+            .set_ring(SetRingRequest {
+                ring: Some(RingSettings {
+                    vnodes: 1,
+                    hash: "crc32".into(),
+                }),
+            })
+            .await,
+    );
+    assert_eq!(c, Code::Unauthenticated, "{m}");
+    let (c, m) = code(
+        member
+            .remove_voter(VoterRequest {
+                id: leader,
+                ..Default::default()
+            })
+            .await,
+    );
+    assert_eq!(c, Code::Unauthenticated, "{m}");
+    // The instance is never handed out, so it cannot be copied.
+    let state = member
+        .members(MembersRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(state.members.iter().all(|m| m.instance.is_empty()));
+    assert!(
+        state
+            .members
+            .iter()
+            .all(|m| m.state == MemberState::Online as i32)
+    );
+
+    // As itself: drain and leave with its instance.
+    member
+        .set_state(set("w-a", MemberState::Draining, "instance-a-0123456789"))
+        .await
+        .expect("a member drains itself");
+    member
+        .leave(LeaveRequest {
+            id: "w-a".into(),
+            instance: "instance-a-0123456789".into(),
+        })
+        .await
+        .expect("a member leaves as itself");
+    // The operator: any member, no instance.
+    admin
+        .set_state(set("w-b", MemberState::Offline, ""))
+        .await
+        .expect("the admin token marks another member offline");
+    let left = admin
+        .leave(LeaveRequest {
+            id: "w-b".into(),
+            instance: String::new(),
+        })
+        .await
+        .expect("the admin token removes a member")
+        .into_inner();
+    let ids: Vec<_> = left
+        .state
+        .unwrap()
+        .members
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert!(!ids.iter().any(|i| i == "w-a" || i == "w-b"), "{ids:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

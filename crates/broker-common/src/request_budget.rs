@@ -249,6 +249,140 @@ where
     }
 }
 
+/// The admin port's share of the budget: an HTTP request body (remote
+/// write, OTLP over HTTP, a PromQL POST) holds its bytes from the moment
+/// they are read until its response is made. A body with a
+/// `Content-Length` reserves that length before a byte is read (so it can
+/// always finish, as a gRPC message can); a chunked body reserves each
+/// chunk as it comes. A body that does not fit waits for room for at most
+/// [`WAIT`] and is then answered 503 with `Retry-After`; one longer than
+/// the whole budget is answered 413 at once. Handlers buffer and decode
+/// bodies whole, so without this N slow uploads hold N route limits.
+pub async fn http_budget(
+    axum::extract::State(budget): axum::extract::State<Budget>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let refuse = |status: http::StatusCode, msg: String| {
+        let mut r = (status, msg).into_response();
+        if status == http::StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        r
+    };
+    let length = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let chunked = req.headers().contains_key(http::header::TRANSFER_ENCODING);
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let req = match (length, chunked) {
+        (Some(0) | None, false) => req,
+        (Some(len), false) => {
+            if len > budget.bytes {
+                return refuse(
+                    http::StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "a {len}-byte body is more than the process's max_request_bytes_in_flight ({})\n",
+                        budget.bytes
+                    ),
+                );
+            }
+            match budget.reserve(len).await {
+                Ok(p) => held.lock().unwrap_or_else(|e| e.into_inner()).push(p),
+                Err(e) => return refuse(http::StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+            }
+            req
+        }
+        (_, true) => req.map(|body| {
+            axum::body::Body::new(ChunkBudget {
+                inner: body,
+                budget: budget.clone(),
+                held: held.clone(),
+                waiting: None,
+            })
+        }),
+    };
+    let response = next.run(req).await;
+    drop(held);
+    response
+}
+
+impl Budget {
+    /// Reserves `len` bytes, waiting at most [`WAIT`] for room.
+    async fn reserve(&self, len: usize) -> Result<OwnedSemaphorePermit, String> {
+        let units = len.div_ceil(UNIT).clamp(1, Semaphore::MAX_PERMITS) as u32;
+        match tokio::time::timeout(WAIT, self.permits.clone().acquire_many_owned(units)).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(format!(
+                "the process holds max_request_bytes_in_flight ({} bytes) of request bodies; \
+                 a {len}-byte body found no room within {WAIT:?}: retry",
+                self.bytes
+            )),
+        }
+    }
+}
+
+type ChunkReserve = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, String>> + Send>>;
+
+/// A chunked HTTP body whose chunks hold budget until the response.
+struct ChunkBudget {
+    inner: axum::body::Body,
+    budget: Budget,
+    held: Arc<std::sync::Mutex<Vec<OwnedSemaphorePermit>>>,
+    waiting: Option<(Frame<Bytes>, ChunkReserve)>,
+}
+
+impl Body for ChunkBudget {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Some((_, reserve)) = &mut this.waiting {
+            return match reserve.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    this.waiting = None;
+                    Poll::Ready(Some(Err(e.into())))
+                }
+                Poll::Ready(Ok(permit)) => {
+                    let (frame, _) = this.waiting.take().expect("waiting");
+                    this.held
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(permit);
+                    Poll::Ready(Some(Ok(frame)))
+                }
+            };
+        }
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => f,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            other => return other.map(|o| o.map(|r| r.map_err(Into::into))),
+        };
+        let len = frame.data_ref().map_or(0, |d| d.len());
+        if len == 0 {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let budget = this.budget.clone();
+        this.waiting = Some((frame, Box::pin(async move { budget.reserve(len).await })));
+        self.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.waiting.is_none() && self.inner.is_end_stream()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

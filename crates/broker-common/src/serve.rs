@@ -152,6 +152,7 @@ pub async fn serve(
             admin,
             accept(listeners.http, "http"),
             security,
+            budget.clone(),
             stop.clone()
         ),
     );
@@ -241,11 +242,18 @@ async fn serve_http(
     admin: &Admin,
     conns: Accepted,
     security: &Security,
+    budget: crate::request_budget::Budget,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let router = admin
         .router()
-        // Inner: the token check runs before any handler.
+        // Innermost: a body that got past the token check holds its bytes
+        // of the process's budget until its response is made.
+        .layer(axum::middleware::from_fn_with_state(
+            budget,
+            crate::request_budget::http_budget,
+        ))
+        // Then outside it: the token check runs before any body is read.
         .layer(axum::middleware::from_fn_with_state(
             security.tokens.clone(),
             crate::security::auth::http_auth,

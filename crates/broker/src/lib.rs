@@ -214,7 +214,12 @@ pub async fn run(
         None
     };
     let host_manager = if has(Service::HostManager) {
-        let h = host_manager::HostManager::start(&config, &security.client, &mut registry)?;
+        let h = host_manager::HostManager::start(
+            &config,
+            &security.client,
+            &security.admin_client,
+            &mut registry,
+        )?;
         h.report_readiness(&readiness);
         routes.add_service(h.grpc_service());
         names.push(host_manager::HOST_SERVICE_NAME);

@@ -90,11 +90,11 @@ enum Command {
         timeout: std::time::Duration,
     },
     /// Generate a local CA, a node certificate (server and client use) and
-    /// a token per role (ingest, query, admin) into a directory, and print
+    /// a token per role (ingest, query, admin, member) into a directory, and print
     /// the `security` section that uses them.
     Certs {
         /// Directory to write ca.pem, ca-key.pem, node.pem, node-key.pem
-        /// and {ingest,query,admin}.token into.
+        /// and {ingest,query,admin,member}.token into.
         #[arg(long, value_name = "DIR", default_value = "broker-secure")]
         out: std::path::PathBuf,
         /// A host name or address the node certificate is valid for, beside
@@ -187,8 +187,11 @@ async fn health(
     }
     // With TLS on, the probe speaks TLS with the config's CA.
     let security = broker_common::security::Security::from_config(&config.security)?;
-    let client =
-        internal_clients::AdminClient::with_security(&addr.to_string(), timeout, &security.client)?;
+    let client = internal_clients::AdminClient::with_security(
+        &addr.to_string(),
+        timeout,
+        &security.admin_client,
+    )?;
     let body = client.get_text(&path).await?;
     println!("{}", body.trim());
     Ok(())
@@ -217,7 +220,7 @@ async fn up(
         config.security = pki.security_config()?;
         let d = dir.display();
         secure_lines = format!(
-            "\x20 security:                     TLS everywhere (CA {d}/ca.pem; service-to-service needs its client certificate), tokens {d}/{{ingest,query,admin}}.token ({})\n\
+            "\x20 security:                     TLS everywhere (CA {d}/ca.pem; service-to-service needs its client certificate), tokens {d}/{{ingest,query,admin,member}}.token ({})\n\
              \x20 try: curl --cacert {d}/ca.pem -H \"Authorization: Bearer $(cat {d}/query.token)\" https://127.0.0.1:{http_port}/api/query/hosts\n\
              \x20      brokerctl --tls-ca {d}/ca.pem --token \"$(cat {d}/admin.token)\" members\n",
             if fresh { "generated now" } else { "reused" },
@@ -426,7 +429,8 @@ fn certs(out: std::path::PathBuf, hosts: Vec<String>, force: bool) -> anyhow::Re
         "# broker.yaml: TLS from {dir}; tokens from {dir}/*.token, e.g. in the environment:\n\
          #   BROKER_SECURITY__TOKENS__INGEST=$(cat {dir}/ingest.token)\n\
          #   BROKER_SECURITY__TOKENS__QUERY=$(cat {dir}/query.token)\n\
-         #   BROKER_SECURITY__TOKENS__ADMIN=$(cat {dir}/admin.token)\n{yaml}",
+         #   BROKER_SECURITY__TOKENS__ADMIN=$(cat {dir}/admin.token)    (operators, host-manager)\n\
+         #   BROKER_SECURITY__TOKENS__MEMBER=$(cat {dir}/member.token)  (every service, to each other)\n{yaml}",
         dir = out.display()
     );
     Ok(())

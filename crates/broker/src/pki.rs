@@ -18,8 +18,9 @@ pub const CA_CERT: &str = "ca.pem";
 pub const CA_KEY: &str = "ca-key.pem";
 pub const NODE_CERT: &str = "node.pem";
 pub const NODE_KEY: &str = "node-key.pem";
-/// Token files, one per role.
-pub const ROLES: [&str; 3] = ["ingest", "query", "admin"];
+/// Token files, one per role: `member` is what the services present to
+/// each other, `admin` the operator's (brokerctl) and host-manager's.
+pub const ROLES: [&str; 4] = ["ingest", "query", "admin", "member"];
 
 /// Names every generated node certificate carries, so loopback clients
 /// can verify it whatever address they dial.
@@ -61,6 +62,19 @@ impl LocalPki {
     pub fn ensure(dir: &Path, hosts: &[String]) -> anyhow::Result<(Self, bool)> {
         let pki = Self { dir: dir.into() };
         if pki.complete() {
+            return Ok((pki, false));
+        }
+        let certs = [CA_CERT, CA_KEY, NODE_CERT, NODE_KEY]
+            .iter()
+            .all(|f| pki.path(f).is_file());
+        if certs {
+            // A PKI from before a role's token existed (the member token):
+            // add what is missing, keep the CA every client trusts.
+            for role in ROLES {
+                if !pki.token_path(role).is_file() {
+                    write(&pki.token_path(role), &format!("{}\n", new_token()), true)?;
+                }
+            }
             return Ok((pki, false));
         }
         Ok((Self::generate(dir, hosts)?, true))
@@ -133,6 +147,7 @@ impl LocalPki {
         s.tokens.ingest = Some(Secret(self.token("ingest")?));
         s.tokens.query = Some(Secret(self.token("query")?));
         s.tokens.admin = Some(Secret(self.token("admin")?));
+        s.tokens.member = Some(Secret(self.token("member")?));
         Ok(s)
     }
 }

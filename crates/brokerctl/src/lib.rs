@@ -201,7 +201,7 @@ async fn execute(client: &ClusterClient, command: Command, json: bool) -> Result
             );
         }
         Command::Leave { id } => {
-            let state = client.leave(&id).await?;
+            let state = client.leave(&id, "").await?;
             return changed(json, &state, format!("member {id} left"));
         }
         Command::Drain { id } => {

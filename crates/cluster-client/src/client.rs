@@ -184,11 +184,14 @@ impl ClusterClient {
         .await
     }
 
-    pub async fn leave(&self, id: &str) -> Result<ClusterState, ClusterError> {
+    /// Removes member `id`. `instance` is its process instance when a
+    /// member leaves itself with the member credential; an operator with
+    /// the admin token passes "".
+    pub async fn leave(&self, id: &str, instance: &str) -> Result<ClusterState, ClusterError> {
         let r: ChangeResponse = self
             .call(|mut c| {
-                let id = id.to_string();
-                async move { c.leave(LeaveRequest { id }).await }
+                let (id, instance) = (id.to_string(), instance.to_string());
+                async move { c.leave(LeaveRequest { id, instance }).await }
             })
             .await?;
         Ok(r.state.unwrap_or_default())
@@ -200,6 +203,26 @@ impl ClusterClient {
         state: MemberState,
     ) -> Result<ClusterState, ClusterError> {
         self.set_state_because(id, state, "").await
+    }
+
+    /// Marks member `id` draining as its own process `instance`: what the
+    /// member credential may do with SetState.
+    pub async fn drain(&self, id: &str, instance: &str) -> Result<ClusterState, ClusterError> {
+        let r: ChangeResponse = self
+            .call(|mut c| {
+                let (id, instance) = (id.to_string(), instance.to_string());
+                async move {
+                    c.set_state(SetStateRequest {
+                        id,
+                        state: MemberState::Draining as i32,
+                        reason: String::new(),
+                        instance,
+                    })
+                    .await
+                }
+            })
+            .await?;
+        Ok(r.state.unwrap_or_default())
     }
 
     /// Sets a member's state and says why (`Member.state_reason`): how
@@ -219,6 +242,7 @@ impl ClusterClient {
                         id,
                         state: state as i32,
                         reason,
+                        instance: String::new(),
                     })
                     .await
                 }

@@ -122,14 +122,12 @@ pub async fn leave(membership: Option<Membership>) {
 pub struct MemberHandle {
     pub(crate) client: ClusterClient,
     pub(crate) id: String,
+    pub(crate) instance: String,
 }
 
 impl MemberHandle {
     pub async fn drain(&self) -> Result<broker_proto::v1::ClusterState, crate::ClusterError> {
-        let s = self
-            .client
-            .set_state(&self.id, broker_proto::v1::MemberState::Draining)
-            .await?;
+        let s = self.client.drain(&self.id, &self.instance).await?;
         tracing::info!(member = %self.id, epoch = s.epoch, "draining");
         Ok(s)
     }

@@ -34,6 +34,9 @@ pub struct MembershipOptions {
 pub struct Membership {
     client: ClusterClient,
     id: String,
+    /// This process's `Member.instance`: proves to cluster-ctl that a
+    /// Leave or drain with the member credential is this member's own.
+    instance: String,
     roles: Vec<MemberRole>,
     state: watch::Receiver<Arc<ClusterState>>,
     stop: CancellationToken,
@@ -61,10 +64,13 @@ impl Membership {
             admin_addr: opts.admin_addr.clone(),
             // This process: another process with the same id cannot take
             // the member over while this one heartbeats.
-            instance: format!("{:016x}", rand::random::<u64>()),
+            // 128 random bits: it is the member credential's proof of
+            // which member it is (Leave, drain), so it must not be guessed.
+            instance: format!("{:032x}", rand::random::<u128>()),
             ..Default::default()
         };
         let joined = client.join(member.clone()).await?;
+        let instance = member.instance.clone();
         let interval = Duration::from_millis(joined.heartbeat_interval_ms.max(50));
         let initial = Arc::new(joined.state.unwrap_or_default());
         tracing::info!(
@@ -80,6 +86,7 @@ impl Membership {
         Ok(Self {
             client,
             id: opts.id,
+            instance,
             roles: opts.roles,
             state: rx,
             stop,
@@ -98,6 +105,7 @@ impl Membership {
         crate::lifecycle::MemberHandle {
             client: self.client.clone(),
             id: self.id.clone(),
+            instance: self.instance.clone(),
         }
     }
 
@@ -113,10 +121,7 @@ impl Membership {
     /// Marks this member draining: routers stop sending to it. Heartbeats
     /// go on until [`Membership::leave`].
     pub async fn drain(&self) -> Result<ClusterState, ClusterError> {
-        let s = self
-            .client
-            .set_state(&self.id, MemberState::Draining)
-            .await?;
+        let s = self.client.drain(&self.id, &self.instance).await?;
         tracing::info!(member = %self.id, epoch = s.epoch, "draining");
         Ok(s)
     }
@@ -124,7 +129,7 @@ impl Membership {
     /// Leaves the cluster and stops the background tasks.
     pub async fn leave(self) -> Result<ClusterState, ClusterError> {
         self.stop.cancel();
-        let s = self.client.leave(&self.id).await?;
+        let s = self.client.leave(&self.id, &self.instance).await?;
         tracing::info!(member = %self.id, epoch = s.epoch, "left the cluster");
         Ok(s)
     }

@@ -202,6 +202,7 @@ pub async fn leader_duties(
                     id,
                     state: to as i32,
                     reason: reason.to_string(),
+                    ..Default::default()
                 }),
             )
             .await;

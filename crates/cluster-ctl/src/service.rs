@@ -4,7 +4,7 @@
 use crate::leases::Leases;
 use crate::node::{Node, NodeError};
 use crate::state::CommandError;
-use broker_common::security::{AuthChannel, ClientSecurity};
+use broker_common::security::{AuthChannel, ClientSecurity, auth::Granted};
 use broker_proto::v1::cluster_service_client::ClusterServiceClient;
 use broker_proto::v1::cluster_service_server::{ClusterService, ClusterServiceServer};
 use broker_proto::v1::raft_service_server::{RaftService, RaftServiceServer};
@@ -153,6 +153,24 @@ impl ClusterGrpc {
         }
     }
 
+    /// A call made with the member credential acts only on the member whose
+    /// process instance it carries (the instance is never sent to clients,
+    /// so only the live process knows it). PERMISSION_DENIED otherwise;
+    /// the admin token is not asked this.
+    fn check_self(&self, id: &str, instance: &str, what: &str) -> Result<(), Status> {
+        let state = self.node.state().borrow().clone();
+        let Some(current) = state.members.iter().find(|m| m.id == id) else {
+            return Err(CommandError::UnknownMember(id.to_string()).into());
+        };
+        if current.instance.is_empty() || current.instance == instance {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "a member credential may {what} only its own member, and this call does not come \
+             from {id}'s running process (its instance does not match); an operator can with the admin token"
+        )))
+    }
+
     /// A client of the leader, for calls only the leader answers (it holds
     /// the leases); `None` when this node is the leader.
     fn leader_unless_me(&self) -> Result<Option<ClusterServiceClient<AuthChannel>>, Status> {
@@ -249,7 +267,11 @@ impl ClusterService for ClusterGrpc {
         &self,
         request: Request<LeaveRequest>,
     ) -> Result<Response<ChangeResponse>, Status> {
-        let id = request.into_inner().id;
+        let admin = Granted::is_admin(request.extensions());
+        let LeaveRequest { id, instance } = request.into_inner();
+        if !admin {
+            self.check_self(&id, &instance, "make leave")?;
+        }
         let state = self.change(Command::Leave(id)).await?;
         Ok(Response::new(ChangeResponse {
             state: Some(public(&state)),
@@ -260,7 +282,23 @@ impl ClusterService for ClusterGrpc {
         &self,
         request: Request<SetStateRequest>,
     ) -> Result<Response<ChangeResponse>, Status> {
-        let state = self.change(Command::SetState(request.into_inner())).await?;
+        let admin = Granted::is_admin(request.extensions());
+        let mut req = request.into_inner();
+        if !admin {
+            if req.state != MemberState::Draining as i32 || !req.reason.is_empty() {
+                return Err(Status::permission_denied(format!(
+                    "a member credential may only drain its own member; setting {} {} needs the admin token",
+                    req.id,
+                    MemberState::try_from(req.state)
+                        .map(|s| s.as_str_name())
+                        .unwrap_or("an unknown state")
+                )));
+            }
+            self.check_self(&req.id, &req.instance, "drain")?;
+        }
+        // The instance proved who asked; it is not part of the change.
+        req.instance.clear();
+        let state = self.change(Command::SetState(req)).await?;
         Ok(Response::new(ChangeResponse {
             state: Some(public(&state)),
         }))

@@ -297,6 +297,7 @@ mod tests {
                 id: id.into(),
                 state: state as i32,
                 reason: String::new(),
+                ..Default::default()
             })),
         }
     }

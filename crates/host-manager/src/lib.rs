@@ -120,9 +120,14 @@ fn redis_client(url: &str) -> anyhow::Result<fred::clients::Client> {
 impl HostManager {
     /// Connects to Redis, loads the persisted inventory (in the
     /// background, retrying) and starts every loop the config enables.
+    /// `security` is for what it probes and scrapes (the member token:
+    /// a probed address may be anyone's), `operator` for its calls to
+    /// cluster-ctl, which mark members offline and online for the operator
+    /// (the admin token).
     pub fn start(
         config: &BrokerConfig,
         security: &broker_common::security::ClientSecurity,
+        operator: &broker_common::security::ClientSecurity,
         registry: &mut prometheus_client::registry::Registry,
     ) -> anyhow::Result<Self> {
         let hm = &config.host_manager;
@@ -198,7 +203,7 @@ impl HostManager {
             tasks.push(tokio::spawn(multicast_loop(shared.clone(), stop.clone())));
         }
         if !config.cluster.endpoints.is_empty() {
-            let client = cluster_client::ClusterClient::new(&config.cluster.endpoints, security)
+            let client = cluster_client::ClusterClient::new(&config.cluster.endpoints, operator)
                 .map_err(|e| anyhow::anyhow!("cluster.endpoints: {e}"))?;
             if hm.health.enabled {
                 tasks.push(tokio::spawn(health::run(

@@ -146,14 +146,23 @@ pub struct TokensConfig {
     pub ingest: Option<Secret>,
     /// Dashboards: `QueryService`, `/api/query/*`, `/api/v1/*`, status pages.
     pub query: Option<Secret>,
-    /// Operators and the services themselves: cluster-ctl, the DLQ, raft,
-    /// router and writer calls. Services send it on every internal call.
+    /// Operators (brokerctl) and host-manager, which marks members
+    /// offline and scales for them: every cluster change, the DLQ. Accepted
+    /// wherever a token is asked for. Services send it on internal calls
+    /// only when no `member` token is set.
     pub admin: Option<Secret>,
+    /// The services' own credential: raft, router and writer calls, and a
+    /// member's Join, Heartbeat, Leave and drain of itself at cluster-ctl
+    /// (its process instance proves which member it is); no cluster change
+    /// beyond that, no DLQ. Every service sends it on internal calls. A
+    /// process that serves admin routes still needs `admin` to check them.
+    pub member: Option<Secret>,
     /// The same tokens read from files (a mounted Kubernetes Secret, a
     /// compose volume); one of `x` and `x_file` per role. Read at start.
     pub ingest_file: Option<PathBuf>,
     pub query_file: Option<PathBuf>,
     pub admin_file: Option<PathBuf>,
+    pub member_file: Option<PathBuf>,
 }
 
 /// One role's token as configured: its role, the key it came from, and the
@@ -166,7 +175,7 @@ pub struct ResolvedToken {
 
 impl TokensConfig {
     /// Each role's token, from the value or the file (trimmed).
-    pub fn resolve(&self) -> [ResolvedToken; 3] {
+    pub fn resolve(&self) -> [ResolvedToken; 4] {
         let one = |role: &'static str, v: &Option<Secret>, f: &Option<PathBuf>| {
             let (key, r) = match (v, f) {
                 (Some(_), Some(_)) => (
@@ -194,10 +203,11 @@ impl TokensConfig {
             one("ingest", &self.ingest, &self.ingest_file),
             one("query", &self.query, &self.query_file),
             one("admin", &self.admin, &self.admin_file),
+            one("member", &self.member, &self.member_file),
         ]
     }
 
-    /// The token of `role` (`ingest`, `query`, `admin`); `None` when unset
+    /// The token of `role` (`ingest`, `query`, `admin`, `member`); `None` when unset
     /// or unreadable (validation reports that before anything starts).
     pub fn get(&self, role: &str) -> Option<Secret> {
         self.resolve()

@@ -18,8 +18,15 @@ pub enum Role {
     Query,
     /// Change the cluster, replay or discard the DLQ.
     Admin,
-    /// Service-to-service calls (raft, router, writer): the admin token
-    /// and, with TLS and client_auth on, a client certificate from the CA.
+    /// A member's own Join, Heartbeat, Leave and drain at cluster-ctl,
+    /// and the reads every service makes there (Members, Watch, Status):
+    /// the member token (or the admin token). A member credential acts only
+    /// as the member that holds it: cluster-ctl asks its process instance
+    /// on Leave and drain and refuses every other change (see [`Granted`]).
+    Member,
+    /// Service-to-service calls (raft, router, writer): the member token
+    /// (or the admin token) and, with TLS and client_auth on, a client
+    /// certificate from the CA.
     Peer,
 }
 
@@ -29,6 +36,7 @@ impl Role {
             Role::Ingest => "ingest",
             Role::Query => "query",
             Role::Admin => "admin",
+            Role::Member => "member",
             Role::Peer => "peer",
         }
     }
@@ -50,6 +58,18 @@ pub fn grpc_role(path: &str) -> Option<Role> {
         "broker.v1.QueryService" | "broker.v1.HostService" => Role::Query,
         "broker.v1.RaftService" | "broker.v1.RouterService" | "broker.v1.WriterService" => {
             Role::Peer
+        }
+        // What a member does as itself, and the reads every service makes;
+        // SetState is a member's own drain (checked by cluster-ctl) or an
+        // operator's change (admin). SetRing and the voter changes are the
+        // operator's alone.
+        "broker.v1.ClusterService"
+            if matches!(
+                method,
+                "Join" | "Heartbeat" | "Leave" | "SetState" | "Members" | "Watch" | "Status"
+            ) =>
+        {
+            Role::Member
         }
         _ => Role::Admin,
     })
@@ -102,12 +122,33 @@ pub enum AuthError {
     NoClientCert,
 }
 
+/// What a call that passed the check may do, put in the request's
+/// extensions by the auth layers: `admin` when it carried the admin token
+/// (or no admin token is configured, so the admin role is open). Handlers
+/// that let a member act only as itself read it; a request without it did
+/// not come through a server's layers (an in-process call) and is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    pub admin: bool,
+}
+
+impl Granted {
+    /// Whether the request (a tonic or http request's extensions) may act
+    /// as an operator.
+    pub fn is_admin(extensions: &http::Extensions) -> bool {
+        extensions.get::<Granted>().is_none_or(|g| g.admin)
+    }
+}
+
 /// The tokens a server checks, by role.
 #[derive(Clone, Default)]
 pub struct Tokens {
     ingest: Option<Arc<[u8]>>,
     query: Option<Arc<[u8]>>,
     admin: Option<Arc<[u8]>>,
+    /// The services' own credential (peer calls), kept apart from the
+    /// operators' admin token.
+    member: Option<Arc<[u8]>>,
     /// Peer calls need a verified client certificate (TLS with a CA and
     /// client_auth optional or required).
     peer_cert: bool,
@@ -119,6 +160,7 @@ impl std::fmt::Debug for Tokens {
             .field("ingest", &self.ingest.is_some())
             .field("query", &self.query.is_some())
             .field("admin", &self.admin.is_some())
+            .field("member", &self.member.is_some())
             .field("peer_cert", &self.peer_cert)
             .finish()
     }
@@ -139,44 +181,58 @@ impl Tokens {
             ingest: t("ingest"),
             query: t("query"),
             admin: t("admin"),
+            member: t("member"),
             peer_cert: c.tls.enabled() && c.tls.client_auth != ClientAuth::None,
         }
     }
 
     /// Whether anything is checked at all (the layers are skipped if not).
     pub fn enforced(&self) -> bool {
-        self.ingest.is_some() || self.query.is_some() || self.admin.is_some() || self.peer_cert
+        self.ingest.is_some()
+            || self.query.is_some()
+            || self.admin.is_some()
+            || self.member.is_some()
+            || self.peer_cert
     }
 
     /// Checks a call needing `role`, given its `authorization` value and
-    /// whether the connection presented a verified client certificate.
+    /// whether the connection presented a verified client certificate;
+    /// says whether it may also act as an operator.
     pub fn check(
         &self,
         role: Role,
         authorization: Option<&[u8]>,
         client_cert: bool,
-    ) -> Result<(), AuthError> {
+    ) -> Result<Granted, AuthError> {
         if role == Role::Peer && self.peer_cert && !client_cert {
             return Err(AuthError::NoClientCert);
         }
-        let wanted = match role {
-            Role::Ingest => self.ingest.as_ref(),
-            Role::Query => self.query.as_ref(),
-            Role::Admin | Role::Peer => self.admin.as_ref(),
-        };
-        let Some(wanted) = wanted else { return Ok(()) };
-        let name = match role {
-            Role::Peer => "admin",
-            r => r.as_str(),
-        };
-        let given = authorization
-            .and_then(|v| v.strip_prefix(b"Bearer ".as_slice()))
-            .ok_or(AuthError::Missing(name))?;
-        let admin_ok = self.admin.as_ref().is_some_and(|a| eq(a, given));
-        // Both comparisons always run, so timing does not tell which role
+        let given = authorization.and_then(|v| v.strip_prefix(b"Bearer ".as_slice()));
+        // Every comparison always runs, so timing does not tell which role
         // a token belongs to.
-        if eq(wanted, given) | admin_ok {
-            Ok(())
+        let matches = |t: &Option<Arc<[u8]>>| match (t, given) {
+            (Some(t), Some(g)) => eq(t, g),
+            _ => false,
+        };
+        let admin_ok = matches(&self.admin);
+        let granted = Granted {
+            admin: self.admin.is_none() || admin_ok,
+        };
+        let (wanted, name) = match role {
+            Role::Ingest => (&self.ingest, "ingest"),
+            Role::Query => (&self.query, "query"),
+            Role::Admin => (&self.admin, "admin"),
+            Role::Peer | Role::Member if self.member.is_some() => (&self.member, "member"),
+            Role::Peer | Role::Member => (&self.admin, "admin"),
+        };
+        if wanted.is_none() {
+            return Ok(granted);
+        }
+        let given_ok = matches(wanted);
+        if given.is_none() {
+            Err(AuthError::Missing(name))
+        } else if given_ok | admin_ok {
+            Ok(granted)
         } else {
             Err(AuthError::Wrong(name))
         }
@@ -222,7 +278,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if let Some(role) = grpc_role(req.uri().path()) {
             let cert = req
                 .extensions()
@@ -233,10 +289,17 @@ where
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes());
-            if let Err(e) = self.tokens.check(role, auth, cert) {
-                tracing::debug!(path = req.uri().path(), error = %e, "grpc call refused");
-                let status = tonic::Status::unauthenticated(e.to_string());
-                return futures::future::Either::Right(std::future::ready(Ok(status.into_http())));
+            match self.tokens.check(role, auth, cert) {
+                Ok(granted) => {
+                    req.extensions_mut().insert(granted);
+                }
+                Err(e) => {
+                    tracing::debug!(path = req.uri().path(), error = %e, "grpc call refused");
+                    let status = tonic::Status::unauthenticated(e.to_string());
+                    return futures::future::Either::Right(std::future::ready(Ok(
+                        status.into_http()
+                    )));
+                }
             }
         }
         futures::future::Either::Left(self.inner.call(req))
@@ -353,8 +416,12 @@ mod tests {
         let t = tokens();
         let ingest = Some(b"Bearer ingest-token-0123456789".as_slice());
         let admin = Some(b"Bearer admin-token-0123456789".as_slice());
-        assert_eq!(t.check(Role::Ingest, ingest, false), Ok(()));
-        assert_eq!(t.check(Role::Ingest, admin, false), Ok(()));
+        let ok = Ok(Granted { admin: false });
+        assert_eq!(t.check(Role::Ingest, ingest, false), ok);
+        assert_eq!(
+            t.check(Role::Ingest, admin, false),
+            Ok(Granted { admin: true })
+        );
         assert_eq!(
             t.check(Role::Admin, ingest, false),
             Err(AuthError::Wrong("admin"))
@@ -368,8 +435,53 @@ mod tests {
             Err(AuthError::Missing("ingest"))
         );
         // No query token configured: the query role is open.
-        assert_eq!(t.check(Role::Query, None, false), Ok(()));
-        assert_eq!(t.check(Role::Peer, admin, false), Ok(()));
+        assert_eq!(t.check(Role::Query, None, false), ok);
+        assert_eq!(
+            t.check(Role::Peer, admin, false),
+            Ok(Granted { admin: true })
+        );
+    }
+
+    #[test]
+    fn the_member_token_is_a_peer_and_not_an_operator() {
+        let mut c = SecurityConfig::default();
+        c.tokens.admin = Some(Secret("admin-token-0123456789".into()));
+        c.tokens.member = Some(Secret("member-token-0123456789".into()));
+        let t = Tokens::from_config(&c);
+        let member = Some(b"Bearer member-token-0123456789".as_slice());
+        let admin = Some(b"Bearer admin-token-0123456789".as_slice());
+        assert_eq!(
+            t.check(Role::Peer, member, false),
+            Ok(Granted { admin: false })
+        );
+        assert_eq!(
+            t.check(Role::Peer, admin, false),
+            Ok(Granted { admin: true })
+        );
+        assert_eq!(
+            t.check(Role::Admin, member, false),
+            Err(AuthError::Wrong("admin"))
+        );
+        assert_eq!(
+            t.check(Role::Peer, None, false),
+            Err(AuthError::Missing("member"))
+        );
+        assert_eq!(
+            t.check(Role::Member, member, false),
+            Ok(Granted { admin: false })
+        );
+        assert_eq!(
+            grpc_role("/broker.v1.ClusterService/Join"),
+            Some(Role::Member)
+        );
+        assert_eq!(
+            grpc_role("/broker.v1.ClusterService/AddVoter"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            grpc_role("/broker.v1.ClusterService/SetRing"),
+            Some(Role::Admin)
+        );
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! A process builds one [`Security`] from its config: [`crate::serve`]
 //! uses its server half, and every client the process makes (router →
 //! writer, services → cluster-ctl, raft peers, health probes) is built by
-//! its [`ClientSecurity`], so all of them speak TLS and carry the admin
-//! token when the config says so.
+//! its [`ClientSecurity`], so all of them speak TLS and carry the member
+//! token (the admin token when no member token is set). Host-manager and
+//! operator tools act for the operator: [`Security::admin_client`].
 
 pub mod auth;
 pub mod tls;
@@ -19,7 +20,7 @@ pub mod tls;
 pub use auth::{AuthError, BearerToken, Role, Tokens};
 pub use tls::{TlsError, TlsFiles, TlsState};
 
-use crate::config::SecurityConfig;
+use crate::config::{self, SecurityConfig};
 use std::sync::Arc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
@@ -56,7 +57,11 @@ pub type AuthChannel = InterceptedService<Channel, BearerToken>;
 pub struct Security {
     pub tls: Option<Arc<TlsState>>,
     pub tokens: Tokens,
+    /// What the process's own clients present: the member token.
     pub client: ClientSecurity,
+    /// The same with the admin token, for what a process does for the
+    /// operator (host-manager marking members offline, `broker probe`).
+    pub admin_client: ClientSecurity,
     pub reload_interval: std::time::Duration,
 }
 
@@ -70,12 +75,14 @@ impl Security {
             None
         };
         let admin = c.tokens.get("admin");
+        let member = c.tokens.get("member").or_else(|| admin.clone());
+        let client = |token: Option<config::Secret>| ClientSecurity {
+            tls: tls.clone(),
+            token: BearerToken::new(token.as_ref().map(|s| s.expose())).expect("validated token"),
+        };
         Ok(Self {
-            client: ClientSecurity {
-                tls: tls.clone(),
-                token: BearerToken::new(admin.as_ref().map(|s| s.expose()))
-                    .expect("validated token"),
-            },
+            client: client(member),
+            admin_client: client(admin),
             tls,
             tokens: Tokens::from_config(c),
             reload_interval: c.tls.reload_interval,
