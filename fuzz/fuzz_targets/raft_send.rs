@@ -10,7 +10,7 @@
 #![no_main]
 
 use broker_proto::v1::RaftMessages;
-use cluster_ctl::node::{refuse, refuse_content};
+use cluster_ctl::node::{lost_log, refuse, refuse_content};
 use cluster_ctl::state::StateMachine;
 use cluster_ctl::transport::{NetFilter, decode};
 use libfuzzer_sys::fuzz_target;
@@ -66,7 +66,12 @@ fuzz_target!(|data: &[u8]| {
         for raw in [&mut follower, &mut leader] {
             m.to = raw.raft.id;
             let sm = StateMachine::default();
-            if refuse(&raw.raft, &m).is_none() && refuse_content(&raw.raft, &sm, &m).is_ok() {
+            // As the node's task does: a heartbeat past the log is stepped
+            // with its commit lowered to the last index.
+            let mut lowered = m.clone();
+            if lost_log(&raw.raft, &mut lowered).is_some() {
+                let _ = raw.step(lowered);
+            } else if refuse(&raw.raft, &m).is_none() && refuse_content(&raw.raft, &sm, &m).is_ok() {
                 if m.get_msg_type() == MessageType::MsgSnapshot {
                     StateMachine::default()
                         .restore(&m.get_snapshot().data)

@@ -208,3 +208,169 @@ async fn raft_messages_in_a_voters_name_from_elsewhere_are_dropped() {
     assert!(!ours.contains(&"forged".to_string()), "{ours:?}");
     assert_eq!(ours, theirs);
 }
+
+/// Three cluster-ctl processes as `broker run --service cluster-ctl` runs
+/// them: (listeners, config) per node, peers listed by address.
+async fn three_ctl_configs() -> Vec<(broker_common::Listeners, broker_common::BrokerConfig)> {
+    let mut listeners = Vec::new();
+    for _ in 0..3 {
+        listeners.push(broker_common::Listeners::loopback().await.unwrap());
+    }
+    let peers: Vec<broker_common::config::RaftPeer> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| broker_common::config::RaftPeer {
+            id: i as u64 + 1,
+            addr: format!("http://{}", l.grpc_addr()),
+        })
+        .collect();
+    listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut c = broker_common::BrokerConfig {
+                node_id: format!("ctl-{}", i + 1),
+                ..Default::default()
+            };
+            c.cluster_ctl.id = i as u64 + 1;
+            c.cluster_ctl.peers = peers.clone();
+            c.cluster_ctl.data_dir = broker_tests::scratch_dir("broker-raft-damaged-")
+                .display()
+                .to_string();
+            (l, c)
+        })
+        .collect()
+}
+
+fn run_ctl(l: broker_common::Listeners, c: broker_common::BrokerConfig) -> broker_tests::Running {
+    broker_tests::Running::start_on(l, c, |c, l, s| {
+        broker::run(c, &[broker_common::Service::ClusterCtl], l, s)
+    })
+}
+
+/// Polls `GET /ready` on `addr` until its status is `want`; the body.
+async fn ready_becomes(addr: std::net::SocketAddr, want: u16, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = broker_tests::try_http(addr, "GET", "/ready", "").await;
+        if let Some((status, body)) = &answer
+            && *status == want
+        {
+            return body.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/ready at {addr} did not become {want}: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A node whose stored raft state cannot be read back (here its stored
+/// peer table, as a disk fault or a bad write would leave it) stays up
+/// not ready, naming its data_dir and the repair, and answers its
+/// cluster-ctl calls UNAVAILABLE with the same (clients move on to the
+/// other nodes), instead of exiting on every restart as it did. Started
+/// once with `cluster_ctl.resync_damaged`, it moves the directory aside,
+/// gets the state from the leader and serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_keeps_the_node_up_not_ready_until_it_resyncs() {
+    let configs = three_ctl_configs().await;
+    let endpoints: Vec<String> = configs
+        .iter()
+        .map(|(l, _)| format!("http://{}", l.grpc_addr()))
+        .collect();
+    let victim_config = configs[2].1.clone();
+    let mut nodes: Vec<_> = configs.into_iter().map(|(l, c)| run_ctl(l, c)).collect();
+    let client = cluster_client::ClusterClient::new(
+        &endpoints,
+        &broker_common::security::ClientSecurity::default(),
+    )
+    .unwrap();
+    let join = |id: &str| Member {
+        id: id.into(),
+        roles: vec![MemberRole::StorageWriter as i32],
+        addr: "http://127.0.0.1:9".into(),
+        weight: 1,
+        ..Default::default()
+    };
+    client.join(join("before-damage")).await.unwrap();
+    ready_becomes(nodes[2].http, 200, Duration::from_secs(20)).await;
+
+    // Stop node 3 and damage what it stored.
+    let victim = nodes.pop().unwrap();
+    let (grpc, http) = (victim.grpc, victim.http);
+    victim.stop().await;
+    let data_dir = std::path::PathBuf::from(&victim_config.cluster_ctl.data_dir);
+    {
+        let store = cluster_ctl::storage::RaftStore::open(&data_dir).unwrap();
+        store.set_meta("peers", b"\xff not the peer table").unwrap();
+    }
+
+    // Up, not ready, refusing with the repair.
+    let damaged = run_ctl(
+        broker_common::Listeners::bind(grpc, http).await.unwrap(),
+        victim_config.clone(),
+    );
+    let body = ready_becomes(http, 503, Duration::from_secs(10)).await;
+    assert!(body.contains(&data_dir.display().to_string()), "{body}");
+    assert!(body.contains("resync_damaged"), "{body}");
+    let (status, _) = broker_tests::http(http, "GET", "/health", "").await;
+    assert_eq!(status, 200, "the process is alive");
+    let refused = broker_proto::v1::cluster_service_client::ClusterServiceClient::connect(format!(
+        "http://{grpc}"
+    ))
+    .await
+    .unwrap()
+    .members(broker_proto::v1::MembersRequest {})
+    .await
+    .expect_err("a damaged node does not answer from its state");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("resync_damaged"), "{refused:?}");
+    // The two others still commit, and clients that list it move on.
+    client.join(join("while-damaged")).await.unwrap();
+
+    // Resync: moved aside, state from the leader, ready again.
+    damaged.stop().await;
+    let mut resync = victim_config;
+    resync.cluster_ctl.resync_damaged = true;
+    let healed = run_ctl(
+        broker_common::Listeners::bind(grpc, http).await.unwrap(),
+        resync,
+    );
+    ready_becomes(http, 200, Duration::from_secs(30)).await;
+    let aside: Vec<_> = std::fs::read_dir(data_dir.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.starts_with(&*data_dir.file_name().unwrap().to_string_lossy())
+                && n.contains(".damaged-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged directory was kept aside");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let state = broker_proto::v1::cluster_service_client::ClusterServiceClient::connect(
+            format!("http://{grpc}"),
+        )
+        .await
+        .unwrap()
+        .members(broker_proto::v1::MembersRequest {})
+        .await;
+        if let Ok(s) = &state
+            && s.get_ref().members.iter().any(|m| m.id == "while-damaged")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resynced node never caught up: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    healed.stop().await;
+    for n in nodes {
+        n.stop().await;
+    }
+}

@@ -100,14 +100,23 @@ pub async fn run(
     }
 
     let security = broker_common::security::Security::from_config(&config.security)?;
+    // A cluster-ctl whose stored raft state is damaged stays up not ready,
+    // refusing its calls with the repair (an exit would repeat on every
+    // restart of its supervisor).
+    let mut cluster_ctl_damaged = None;
     let cluster_ctl = if has(Service::ClusterCtl) {
         let own = config.advertise_addr_for(listeners.peer_addr());
-        Some(cluster_ctl::ClusterCtl::start(
-            &config,
-            &own,
-            &security.client,
-            &mut registry,
-        )?)
+        match cluster_ctl::ClusterCtl::start(&config, &own, &security.client, &mut registry) {
+            Ok(ctl) => Some(ctl),
+            Err(e) if e.downcast_ref::<cluster_ctl::node::Damaged>().is_some() => {
+                let why = e.to_string();
+                tracing::error!(error = %why, "cluster-ctl is not serving");
+                readiness.set_not_ready("cluster-ctl", why.clone());
+                cluster_ctl_damaged = Some(why);
+                None
+            }
+            Err(e) => return Err(e),
+        }
     } else {
         None
     };
@@ -229,6 +238,12 @@ pub async fn run(
     } else {
         None
     };
+    if let Some(why) = &cluster_ctl_damaged {
+        let (routes, names) = peer_routes!().expect("cluster-ctl is never in-process only");
+        cluster_ctl::service::add_refusing_routes(routes, why);
+        names.push(cluster_ctl::service::CLUSTER_SERVICE_NAME);
+        names.push(cluster_ctl::service::RAFT_SERVICE_NAME);
+    }
     if let Some(ctl) = &cluster_ctl {
         let (_, names) = peer_routes!().expect("cluster-ctl is never in-process only");
         names.push(cluster_ctl::service::CLUSTER_SERVICE_NAME);

@@ -62,10 +62,26 @@ impl ClusterCtl {
     ) -> anyhow::Result<Self> {
         let cc = &config.cluster_ctl;
         let stop = CancellationToken::new();
-        let node = Node::start(
-            NodeConfig::from_config(cc, own_addr, security),
-            stop.clone(),
-        )?;
+        let node_config = NodeConfig::from_config(cc, own_addr, security);
+        let node = match Node::start(node_config.clone(), stop.clone()) {
+            Err(e) if cc.resync_damaged && e.downcast_ref::<node::Damaged>().is_some() => {
+                let aside = resync_aside(&node_config.data_dir)?;
+                tracing::warn!(
+                    error = %e,
+                    moved_to = %aside.display(),
+                    "cluster_ctl.resync_damaged: the damaged raft state was moved aside; \
+                     starting empty and waiting for the leader to send the state"
+                );
+                Node::start(
+                    NodeConfig {
+                        join_existing: true,
+                        ..node_config
+                    },
+                    stop.clone(),
+                )?
+            }
+            r => r?,
+        };
         let leases = Arc::new(Leases::new(cc.member_heartbeat, cc.lease_missed_beats));
         let ring = RingSettings {
             vnodes: config.router.vnodes,
@@ -174,6 +190,22 @@ impl ClusterCtl {
         self.stop.cancel();
         self.node.stopped().await;
     }
+}
+
+/// Moves a damaged `data_dir` to `<data_dir>.damaged-<unix secs>` and
+/// returns where; the node then starts from an empty directory.
+fn resync_aside(data_dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let mut aside = data_dir.as_os_str().to_owned();
+    aside.push(format!(".damaged-{}", broker_common::unix_now()));
+    let aside = std::path::PathBuf::from(aside);
+    std::fs::rename(data_dir, &aside).map_err(|e| {
+        anyhow::anyhow!(
+            "cluster_ctl.resync_damaged: cannot move {} aside to {}: {e}",
+            data_dir.display(),
+            aside.display()
+        )
+    })?;
+    Ok(aside)
 }
 
 /// `broker_raft_*` and `broker_cluster_*` gauges, updated as raft moves.

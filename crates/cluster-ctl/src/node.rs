@@ -10,7 +10,7 @@
 //! [`NodeError::NoLeader`]; one lost on the way (leader change) times out.
 
 use crate::state::StateMachine;
-use crate::storage::RaftStore;
+use crate::storage::{RaftStore, StoreError};
 use crate::transport::{NetFilter, Report, Transport};
 use broker_proto::v1::{ClusterCommand, ClusterState, RaftStatus};
 use prost::Message as _;
@@ -112,29 +112,58 @@ pub struct Node {
     stopped: CancellationToken,
 }
 
+/// The node's stored raft state cannot be read back (a disk fault, a
+/// file written by something else): not a configuration problem, and not
+/// one a restart fixes. The process stays up refusing cluster-ctl calls
+/// (not ready) until an operator repairs it; `cluster_ctl.resync_damaged`
+/// does that by moving the directory aside and fetching the state from the
+/// leader.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the raft state stored in {} cannot be read ({reason}): this node refuses cluster-ctl calls \
+     until it is repaired. Start it once with cluster_ctl.resync_damaged: true \
+     (BROKER_CLUSTER_CTL__RESYNC_DAMAGED=true), which moves that directory aside and fetches the \
+     state from the leader, or move it aside yourself and start it with the same cluster_ctl.id \
+     and peers (README, \"Membership (cluster-ctl)\")",
+    data_dir.display()
+)]
+pub struct Damaged {
+    pub data_dir: PathBuf,
+    pub reason: String,
+}
+
 impl Node {
     /// Opens the store in `config.data_dir` (bootstrapping a new cluster
     /// from `config.peers` when it is empty, unless `join_existing`),
     /// restores the state from the last snapshot and starts the raft task.
-    /// The task stops when `stop` is cancelled.
+    /// The task stops when `stop` is cancelled. A store that cannot be
+    /// read back is a [`Damaged`] error.
     pub fn start(config: NodeConfig, stop: CancellationToken) -> anyhow::Result<Node> {
-        let store = RaftStore::open(&config.data_dir)?;
+        let damaged = |reason: String| {
+            anyhow::Error::new(Damaged {
+                data_dir: config.data_dir.clone(),
+                reason,
+            })
+        };
+        let store_err = |e: StoreError| {
+            if e.is_damage() {
+                damaged(broker_common::error_chain(&e))
+            } else {
+                anyhow::Error::new(e)
+            }
+        };
+        let store = RaftStore::open(&config.data_dir).map_err(store_err)?;
         let mut peers = config.peers.clone();
         let restarted = store.is_initialized();
         let sm = if restarted {
-            if let Some(p) = store.meta(PEERS_KEY)? {
-                peers = serde_json::from_slice(&p)?;
+            if let Some(p) = store.meta(PEERS_KEY).map_err(store_err)? {
+                peers = serde_json::from_slice(&p)
+                    .map_err(|e| damaged(format!("the stored peer addresses: {e}")))?;
             }
             let mut sm = StateMachine::new(peers.clone());
-            sm.restore(&store.stored_snapshot()?.data).map_err(|e| {
-                anyhow::anyhow!(
-                    "the raft snapshot stored in {} cannot be decoded ({e}); this node's \
-                     raft state is damaged: stop it, move that directory aside and start it \
-                     again with the same cluster_ctl.id and peers, and it catches up from \
-                     the leader (README, \"Membership (cluster-ctl)\")",
-                    config.data_dir.display()
-                )
-            })?;
+            let snapshot = store.stored_snapshot().map_err(store_err)?;
+            sm.restore(&snapshot.data)
+                .map_err(|e| damaged(format!("the stored snapshot: {e}")))?;
             peers = sm.peers().clone();
             sm
         } else {
@@ -165,7 +194,13 @@ impl Node {
         };
         raft_config.validate()?;
         let logger = crate::raft_log::logger(config.id);
-        let raw = RawNode::new(&raft_config, store.clone(), &logger)?;
+        let raw = RawNode::new(&raft_config, store.clone(), &logger).map_err(|e| {
+            if restarted {
+                damaged(format!("raft cannot start from it: {e}"))
+            } else {
+                anyhow::Error::new(e)
+            }
+        })?;
         tracing::info!(
             raft_id = config.id,
             restarted,
@@ -455,7 +490,19 @@ impl Task {
     fn handle(&mut self, input: Input) {
         match input {
             Input::Raft(msgs) => {
-                for m in msgs {
+                for mut m in msgs {
+                    if let Some(behind) = self.lost_log(&mut m) {
+                        // Step the heartbeat as far as this log goes (it
+                        // learns the leader and term), then ask for the
+                        // state by snapshot: raft-rs's leader believes this
+                        // node holds what it had acknowledged and would
+                        // never send it again.
+                        if let Err(e) = self.raw.step(m) {
+                            tracing::debug!(error = %e, "raft step");
+                        }
+                        self.request_snapshot(behind);
+                        continue;
+                    }
                     if let Some(why) = refuse(&self.raw.raft, &m) {
                         tracing::warn!(from = m.from, kind = ?m.get_msg_type(), why, "raft message dropped");
                         continue;
@@ -725,6 +772,63 @@ impl Task {
                 false
             }
         });
+    }
+}
+
+/// When `m` is a heartbeat of a leader (at this node's term or a later
+/// one) committing past this node's last index, this node has lost log it
+/// had acknowledged: its data_dir was moved aside and it started empty
+/// (`cluster_ctl.resync_damaged`), or its disk lost writes. The heartbeat's
+/// commit is lowered to the last index (raft-rs asserts it is in range; the
+/// message can then be stepped) and the leader's commit returned, for a
+/// snapshot request. `None` for every other message, left as it is.
+pub fn lost_log<S: raft::Storage>(raft: &raft::Raft<S>, m: &mut Message) -> Option<u64> {
+    let last = raft.raft_log.last_index();
+    if m.get_msg_type() != raft::eraftpb::MessageType::MsgHeartbeat
+        || m.commit <= last
+        || m.term < raft.term
+        || m.from == 0
+    {
+        return None;
+    }
+    let behind = m.commit;
+    m.commit = last;
+    Some(behind)
+}
+
+impl Task {
+    fn lost_log(&self, m: &mut Message) -> Option<u64> {
+        lost_log(&self.raw.raft, m)
+    }
+
+    /// Asks the leader for a snapshot, as raft-rs's own request does (a
+    /// rejected append carrying `request_snapshot`): its own requires the
+    /// last entry to be of the current term, which an emptied log's is not.
+    /// The leader then sends its stored snapshot (any index from 1) and the
+    /// entries after it.
+    fn request_snapshot(&mut self, leader_commit: u64) {
+        let raft = &self.raw.raft;
+        if raft.leader_id == 0 {
+            return;
+        }
+        let last = raft.raft_log.last_index();
+        let mut r = Message::default();
+        r.set_msg_type(raft::eraftpb::MessageType::MsgAppendResponse);
+        r.from = raft.id;
+        r.to = raft.leader_id;
+        r.term = raft.term;
+        r.index = leader_commit;
+        r.reject = true;
+        r.reject_hint = last;
+        r.log_term = raft.raft_log.term(last).unwrap_or(0);
+        r.request_snapshot = 1;
+        tracing::info!(
+            leader = r.to,
+            last_index = last,
+            leader_commit,
+            "this node's raft log is behind what the leader believes it holds; asking for a snapshot"
+        );
+        self.transport.send(vec![r]);
     }
 }
 

@@ -491,3 +491,44 @@ impl RaftService for RaftGrpc {
         Ok(Response::new(RaftAck {}))
     }
 }
+
+/// What a node whose stored state is damaged (see [`crate::node::Damaged`])
+/// serves in place of `ClusterService` (`RAFT` false) and `RaftService`
+/// (`RAFT` true): every call is answered UNAVAILABLE with the damage and
+/// its repair, so clients move to the other nodes and an operator reading
+/// the error learns what to do, while the process stays up (not ready)
+/// instead of exiting on every restart.
+#[derive(Clone)]
+pub struct Refusing<const RAFT: bool>(pub Arc<str>);
+
+impl<const RAFT: bool> tonic::server::NamedService for Refusing<RAFT> {
+    const NAME: &'static str = if RAFT {
+        RAFT_SERVICE_NAME
+    } else {
+        CLUSTER_SERVICE_NAME
+    };
+}
+
+impl<const RAFT: bool, B> tower::Service<http::Request<B>> for Refusing<RAFT> {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: http::Request<B>) -> Self::Future {
+        std::future::ready(Ok(Status::unavailable(self.0.to_string()).into_http()))
+    }
+}
+
+/// Adds [`Refusing`] `ClusterService` and `RaftService` to `routes`.
+pub fn add_refusing_routes(routes: &mut tonic::service::RoutesBuilder, why: &str) {
+    let why: Arc<str> = why.into();
+    routes.add_service(Refusing::<false>(why.clone()));
+    routes.add_service(Refusing::<true>(why));
+}

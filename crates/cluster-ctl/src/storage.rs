@@ -87,6 +87,25 @@ pub enum StoreError {
     SnapshotOutOfDate { index: u64, first_index: u64 },
 }
 
+impl StoreError {
+    /// Whether the error says the stored state itself cannot be read back
+    /// (a disk fault, a file written by something else), as opposed to a
+    /// directory that cannot be created or a file another process holds.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            Self::Open { source, .. } => source.is_damage(),
+            Self::Db(e) => matches!(
+                e,
+                redb::Error::Corrupted(_)
+                    | redb::Error::TableTypeMismatch { .. }
+                    | redb::Error::TypeDefinitionChanged { .. }
+            ),
+            Self::Decode { .. } | Self::Corrupt(_) => true,
+            _ => false,
+        }
+    }
+}
+
 fn db(e: impl Into<redb::Error>) -> StoreError {
     StoreError::Db(e.into())
 }

@@ -82,6 +82,13 @@ pub struct ClusterCtlConfig {
     pub member_heartbeat: Duration,
     /// Beats a member may miss before the leader marks it offline.
     pub lease_missed_beats: u32,
+    /// When this node's stored raft state cannot be read back (a disk
+    /// fault), move `data_dir` aside (`<data_dir>.damaged-<unix secs>`) and
+    /// start empty, waiting for the leader to send the state, instead of
+    /// staying up not ready. For one damaged node of a cluster that keeps a
+    /// quorum without it: what this node had acknowledged is then only on
+    /// the others.
+    pub resync_damaged: bool,
 }
 
 impl Default for ClusterCtlConfig {
@@ -97,6 +104,7 @@ impl Default for ClusterCtlConfig {
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
             member_heartbeat: DEFAULT_MEMBER_HEARTBEAT,
             lease_missed_beats: DEFAULT_LEASE_MISSED_BEATS,
+            resync_damaged: false,
         }
     }
 }
