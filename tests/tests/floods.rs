@@ -383,3 +383,95 @@ async fn remote_write_one(to: SocketAddr, instance: &str) -> u16 {
     .await
     .status
 }
+
+/// A series flood on one host (label values that churn: before, every new
+/// name was stored and the host's series set grew without bound). Past
+/// `writer.max_series_per_host` (here 5) a point's new series are refused,
+/// `REJECT_REASON_SERIES_LIMIT` naming the limit, and its known series are
+/// stored; by remote write, Prometheus gets a 400 naming the limit, as
+/// Mimir answers a tenant over its series limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_series_past_the_per_host_limit_are_refused_and_the_rest_stored() {
+    use broker_proto::v1::{MetricBatch, Point, RejectReason};
+    let redis = RedisServer::start().unwrap();
+    let mut c = config_for(&redis.url());
+    c.writer.max_series_per_host = 5;
+    let broker = Running::broker(c, &Service::DEFAULT).await;
+    let ts = now() - 30;
+    let batch = |seq: u64, names: &[&str], ts: i64| MetricBatch {
+        seq,
+        metric_names: names.iter().map(|n| n.to_string()).collect(),
+        points: vec![Point {
+            host_id: "churn".into(),
+            timestamp: ts,
+            values: (0..names.len()).map(|i| i as f64 + 0.5).collect(),
+            ..Default::default()
+        }],
+    };
+    let known = ["m00", "m01", "m02", "m03"];
+    let acks = send_batches(&broker.endpoint(), vec![batch(1, &known, ts)]).await;
+    assert!(acks[0].errors.is_empty(), "{:?}", acks[0]);
+    let more = ["m00", "m01", "m02", "m03", "x00", "x01", "x02", "x03"];
+    let acks = send_batches(&broker.endpoint(), vec![batch(2, &more, ts + 1)]).await;
+    assert_eq!(acks[0].errors.len(), 1, "{:?}", acks[0]);
+    let e = &acks[0].errors[0];
+    assert_eq!(e.reason, RejectReason::SeriesLimit as i32, "{e:?}");
+    assert!(!e.retryable, "{e:?}");
+    assert!(e.message.contains("max_series_per_host is 5"), "{e:?}");
+    assert!(e.message.contains("3 new series"), "{e:?}");
+    let stored = stored(&redis.url(), "churn", ts + 1)
+        .await
+        .expect("the point's known series are stored");
+    let mut names: Vec<&str> = stored.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["m00", "m01", "m02", "m03", "x00"],
+        "one new series fit"
+    );
+    assert_eq!(
+        metric_sum(broker.http, "broker_writer_host_limit_points_total").await,
+        1.0
+    );
+
+    // The same by remote write: 400 naming the limit, known series stored.
+    use broker_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
+    use prost::Message;
+    let series = |name: &str| TimeSeries {
+        labels: [("__name__", name), ("instance", "rw-churn:9100")]
+            .iter()
+            .map(|(n, v)| Label {
+                name: n.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        samples: vec![Sample {
+            value: 1.0,
+            timestamp: ts * 1000,
+        }],
+    };
+    let post = |names: Vec<&str>| {
+        let req = WriteRequest {
+            timeseries: names.into_iter().map(series).collect(),
+        };
+        let body = snap::raw::Encoder::new()
+            .compress_vec(&req.encode_to_vec())
+            .unwrap();
+        let http = broker.http;
+        async move {
+            post_bytes(
+                http,
+                "/api/v1/write",
+                "Content-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\n",
+                &body,
+            )
+            .await
+        }
+    };
+    let a = post(vec!["up", "load1", "load5"]).await;
+    assert_eq!(a.status, 204, "{}", a.text());
+    let a = post(vec!["up", "load1", "load5", "t1", "t2", "t3", "t4"]).await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert!(a.text().contains("max_series_per_host"), "{}", a.text());
+    broker.stop().await;
+}

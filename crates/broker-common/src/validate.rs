@@ -467,6 +467,7 @@ pub fn reason_label(reason: i32) -> &'static str {
         RejectReason::NoMetrics => "no_metrics",
         RejectReason::DuplicateMetric => "duplicate_metric",
         RejectReason::HostLimit => "host_limit",
+        RejectReason::SeriesLimit => "series_limit",
         RejectReason::Unavailable => "unavailable",
     }
 }

@@ -91,7 +91,8 @@ fn name_hash(name: &str) -> u64 {
 }
 
 /// The names a point carries: by its name indexes, or packed in table order.
-fn point_names<'a>(
+/// The metric names of point `p` of `batch`, in its values' order.
+pub fn point_names<'a>(
     batch: &'a MetricBatch,
     p: &'a broker_proto::v1::Point,
 ) -> impl Iterator<Item = &'a str> + 'a {
@@ -299,6 +300,39 @@ pub async fn known(db: &dyn Exec, hosts: &[&str]) -> Result<(Vec<bool>, u64), La
         _ => vec![false; hosts.len()],
     };
     Ok((present, count))
+}
+
+/// For each (host, names): how many series the host's series set holds,
+/// and which of `names` it holds (`ZCARD` and `ZMSCORE` per host, one
+/// round trip): what a writer's series limit needs to tell a new series
+/// from a known one.
+pub async fn known_series(
+    db: &dyn Exec,
+    asked: &[(&str, Vec<&str>)],
+) -> Result<Vec<(u64, Vec<bool>)>, LayoutError> {
+    let mut commands = Vec::with_capacity(asked.len() * 2);
+    for (host, names) in asked {
+        let key = series_key(host);
+        let mut args: Vec<&[u8]> = vec![key.as_bytes()];
+        args.extend(names.iter().map(|n| n.as_bytes()));
+        commands.push(Command::of("ZCARD", &[key.as_bytes()]));
+        commands.push(Command::of("ZMSCORE", &args));
+    }
+    let mut replies = db.pipeline(commands).await?.into_iter();
+    asked
+        .iter()
+        .map(|(_, names)| {
+            let count = match replies.next().unwrap_or(Reply::Nil).ok("ZCARD")? {
+                Reply::Int(n) => n.max(0) as u64,
+                _ => 0,
+            };
+            let present = match replies.next().unwrap_or(Reply::Nil).ok("ZMSCORE")? {
+                Reply::Array(a) => a.iter().map(|r| !matches!(r, Reply::Nil)).collect(),
+                _ => vec![false; names.len()],
+            };
+            Ok((count, present))
+        })
+        .collect()
 }
 
 /// Each host's series names seen at or after `since` (sorted), one

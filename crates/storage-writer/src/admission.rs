@@ -1,4 +1,5 @@
-//! Cardinality limits on hosts, as Mimir limits series per tenant: a point
+//! Cardinality limits on hosts and their series, as Mimir limits series
+//! per tenant. Hosts: a point
 //! of a host the host index does not hold (a new host) is refused once the
 //! index holds `writer.max_hosts` hosts, or once this writer admitted
 //! `writer.max_new_hosts_per_minute` new hosts in the current minute. A
@@ -16,6 +17,13 @@
 //! index cannot be read within [`CHECK_TIMEOUT`] (Redis down or slow: the
 //! batch goes to the spool), every host is admitted rather than the fleet
 //! refused or held up.
+//!
+//! Series: a point whose names are new to its host's series set (the
+//! names it reported within the ttl) has those new series refused once the
+//! set holds `writer.max_series_per_host`; the point's other values are
+//! stored. A (host, name set) found within the limit is remembered for
+//! [`SERIES_REMEMBERED_FOR`], so a fleet reporting the same series asks
+//! nothing; a new name set costs one `ZCARD` + `ZMSCORE` of its host.
 
 use broker_common::config::WriterConfig;
 use broker_proto::v1::{MetricBatch, PointError, RejectReason};
@@ -30,6 +38,11 @@ use storage_layout::exec::Exec;
 /// (one more `ZMSCORE` argument each).
 const MAX_REMEMBERED: u64 = 200_000;
 const WINDOW: Duration = Duration::from_secs(60);
+/// How long a (host, name set) found within the series limit is admitted
+/// without asking again.
+pub const SERIES_REMEMBERED_FOR: Duration = Duration::from_secs(60);
+/// (host, name set) pairs remembered.
+const SERIES_REMEMBERED: u64 = 200_000;
 /// How long a batch waits for the index before its hosts are admitted.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -37,13 +50,26 @@ pub struct HostAdmission {
     refused_points: Family<Vec<(&'static str, &'static str)>, Counter>,
     max_hosts: u64,
     per_minute: u64,
+    max_series: u64,
     known: moka::sync::Cache<String, ()>,
+    /// (host, hash of a point's names) found within the series limit.
+    series_ok: moka::sync::Cache<(String, u64), ()>,
     window: Mutex<Window>,
 }
 
 struct Window {
     started: Instant,
     admitted: u64,
+}
+
+/// A point the limits keep out, whole or in part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    /// What the sender is told about the point.
+    pub error: PointError,
+    /// `None`: the whole point is refused; else the names of its values
+    /// that are not stored (its series past the limit).
+    pub strip: Option<std::collections::HashSet<String>>,
 }
 
 /// Why a new host was not admitted.
@@ -59,7 +85,12 @@ impl HostAdmission {
             refused_points: metrics.host_limit_points.clone(),
             max_hosts: config.max_hosts as u64,
             per_minute: config.max_new_hosts_per_minute as u64,
+            max_series: config.max_series_per_host as u64,
             known: moka::sync::Cache::new(MAX_REMEMBERED),
+            series_ok: moka::sync::Cache::builder()
+                .max_capacity(SERIES_REMEMBERED)
+                .time_to_live(SERIES_REMEMBERED_FOR)
+                .build(),
             window: Mutex::new(Window {
                 started: Instant::now(),
                 admitted: 0,
@@ -67,10 +98,24 @@ impl HostAdmission {
         }
     }
 
-    /// The points of `batch` that must not be stored (their host is new
-    /// and over a limit), each with its reason; empty when every host
-    /// passes. Admitted new hosts count against the limits from now on.
-    pub async fn check(&self, db: &dyn Exec, batch: &MetricBatch) -> Vec<PointError> {
+    /// The points of `batch` that must not be stored, whole (their host is
+    /// new and over a host limit) or in part (their series new to the host
+    /// past the series limit), each with its reason, in point order; empty
+    /// when everything passes. Admitted new hosts count against the limits
+    /// from now on.
+    pub async fn check(&self, db: &dyn Exec, batch: &MetricBatch) -> Vec<Refused> {
+        let hosts = self.check_hosts(db, batch).await;
+        let mut series = self.check_series(db, batch, &hosts).await;
+        let mut all: Vec<Refused> = hosts
+            .into_iter()
+            .map(|error| Refused { error, strip: None })
+            .collect();
+        all.append(&mut series);
+        all.sort_by_key(|r| r.error.index);
+        all
+    }
+
+    async fn check_hosts(&self, db: &dyn Exec, batch: &MetricBatch) -> Vec<PointError> {
         let mut unknown: Vec<&str> = batch
             .points
             .iter()
@@ -156,5 +201,217 @@ impl HostAdmission {
                 })
             })
             .collect()
+    }
+}
+
+impl HostAdmission {
+    /// The points (not already refused by host, `refused`) that bring
+    /// series new to their host past `max_series_per_host`.
+    async fn check_series(
+        &self,
+        db: &dyn Exec,
+        batch: &MetricBatch,
+        refused: &[PointError],
+    ) -> Vec<Refused> {
+        use std::collections::{HashMap, HashSet};
+        use std::hash::{Hash, Hasher};
+        let skip: HashSet<u32> = refused.iter().map(|e| e.index).collect();
+        // Points whose (host, names) were not found within the limit lately.
+        let mut pending: Vec<(usize, &str, Vec<&str>, u64)> = Vec::new();
+        for (i, p) in batch.points.iter().enumerate() {
+            if skip.contains(&(i as u32)) {
+                continue;
+            }
+            let names: Vec<&str> = storage_layout::hosts::point_names(batch, p).collect();
+            let mut h = std::hash::DefaultHasher::new();
+            names.hash(&mut h);
+            let hash = h.finish();
+            if !self.series_ok.contains_key(&(p.host_id.clone(), hash)) {
+                pending.push((i, p.host_id.as_str(), names, hash));
+            }
+        }
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        let mut asked: Vec<(&str, Vec<&str>)> = Vec::new();
+        let mut at: HashMap<&str, usize> = HashMap::new();
+        for (_, host, names, _) in &pending {
+            let k = *at.entry(host).or_insert_with(|| {
+                asked.push((host, Vec::new()));
+                asked.len() - 1
+            });
+            asked[k].1.extend(names.iter().copied());
+        }
+        for (_, names) in &mut asked {
+            names.sort_unstable();
+            names.dedup();
+        }
+        let known = match storage_layout::hosts::known_series(db, &asked).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::debug!(error = %e, "series sets unreadable; admitting the batch's series");
+                return Vec::new();
+            }
+        };
+        // Per host: how many series it holds, and the new ones past the
+        // limit (the first new ones, in name order, fill what is left).
+        let mut over: HashMap<&str, (u64, HashSet<&str>)> = HashMap::new();
+        for ((host, names), (count, present)) in asked.iter().zip(known) {
+            let room = self.max_series.saturating_sub(count) as usize;
+            let refused: HashSet<&str> = names
+                .iter()
+                .zip(present)
+                .filter(|(_, present)| !present)
+                .map(|(n, _)| *n)
+                .skip(room)
+                .collect();
+            if !refused.is_empty() {
+                over.insert(host, (count, refused));
+            }
+        }
+        let mut out = Vec::new();
+        for (i, host, names, hash) in pending {
+            let Some((count, refused)) = over.get(host) else {
+                self.series_ok.insert((host.to_string(), hash), ());
+                continue;
+            };
+            let strip: HashSet<String> = names
+                .iter()
+                .filter(|n| refused.contains(*n))
+                .map(|n| n.to_string())
+                .collect();
+            if strip.is_empty() {
+                self.series_ok.insert((host.to_string(), hash), ());
+                continue;
+            }
+            self.refused_points
+                .get_or_create(&vec![("limit", "max_series_per_host")])
+                .inc();
+            let mut example: Vec<&String> = strip.iter().collect();
+            example.sort_unstable();
+            let whole = strip.len() == names.len();
+            tracing::debug!(host = %host, refused = strip.len(), "new series refused");
+            out.push(Refused {
+                error: PointError {
+                    index: i as u32,
+                    reason: RejectReason::SeriesLimit as i32,
+                    message: format!(
+                        "host {host:?} has {count} series within the ttl and writer.max_series_per_host is {}: \
+                         {} new series of this point were not stored (first {:?}){}",
+                        self.max_series,
+                        strip.len(),
+                        example[0],
+                        if whole { "" } else { "; its other values were" }
+                    ),
+                    retryable: false,
+                },
+                strip: (!whole).then_some(strip),
+            });
+        }
+        out
+    }
+}
+
+/// `batch` without what `refused` (in point order) keeps out: whole points,
+/// or the values of a point's refused series.
+pub fn without(batch: &MetricBatch, refused: &[Refused]) -> MetricBatch {
+    let mut by_index = refused
+        .iter()
+        .map(|r| (r.error.index as usize, r))
+        .peekable();
+    let mut points = Vec::with_capacity(batch.points.len());
+    for (i, p) in batch.points.iter().enumerate() {
+        let r = match by_index.peek() {
+            Some((j, r)) if *j == i => {
+                let r = *r;
+                by_index.next();
+                r
+            }
+            _ => {
+                points.push(p.clone());
+                continue;
+            }
+        };
+        let Some(strip) = &r.strip else { continue };
+        let mut kept = p.clone();
+        let names: Vec<&str> = storage_layout::hosts::point_names(batch, p).collect();
+        let (mut values, mut index) = (Vec::new(), Vec::new());
+        for (k, name) in names.iter().enumerate() {
+            if strip.contains(*name) {
+                continue;
+            }
+            values.push(p.values[k]);
+            index.push(if p.name_index.is_empty() {
+                k as u32
+            } else {
+                p.name_index[k]
+            });
+        }
+        kept.values = values;
+        kept.name_index = index;
+        points.push(kept);
+    }
+    MetricBatch {
+        seq: batch.seq,
+        metric_names: batch.metric_names.clone(),
+        points,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker_proto::v1::Point;
+
+    fn refused(index: u32, strip: Option<&[&str]>) -> Refused {
+        Refused {
+            error: PointError {
+                index,
+                ..Default::default()
+            },
+            strip: strip.map(|s| s.iter().map(|n| n.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn without_drops_points_and_strips_series() {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let batch = MetricBatch {
+            seq: 1,
+            metric_names: names,
+            points: vec![
+                Point {
+                    host_id: "h0".into(),
+                    values: vec![1.0, 2.0, 3.0],
+                    ..Default::default()
+                },
+                Point {
+                    host_id: "h1".into(),
+                    values: vec![4.0, 5.0],
+                    name_index: vec![2, 0],
+                    ..Default::default()
+                },
+                Point {
+                    host_id: "h2".into(),
+                    values: vec![6.0],
+                    ..Default::default()
+                },
+            ],
+        };
+        let out = without(
+            &batch,
+            &[
+                refused(0, Some(&["b"])),
+                refused(1, Some(&["c"])),
+                refused(2, None),
+            ],
+        );
+        assert_eq!(out.points.len(), 2);
+        assert_eq!(out.points[0].values, [1.0, 3.0]);
+        assert_eq!(out.points[0].name_index, [0, 2]);
+        assert_eq!(out.points[1].values, [5.0]);
+        assert_eq!(out.points[1].name_index, [0]);
+        let kept: Vec<&str> = storage_layout::hosts::point_names(&out, &out.points[1]).collect();
+        assert_eq!(kept, ["a"]);
     }
 }

@@ -157,28 +157,10 @@ impl WriteHandler {
         let batch = if refused.is_empty() {
             batch
         } else {
-            let mut out = refused.iter().map(|e| e.index as usize).peekable();
-            let points = batch
-                .points
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| {
-                    let skip = out.peek() == Some(i);
-                    if skip {
-                        out.next();
-                    }
-                    !skip
-                })
-                .map(|(_, p)| p.clone())
-                .collect();
-            Arc::new(MetricBatch {
-                seq: batch.seq,
-                metric_names: batch.metric_names.clone(),
-                points,
-            })
+            Arc::new(crate::admission::without(&batch, &refused))
         };
         self.writer.write(batch).await?;
-        Ok(refused)
+        Ok(refused.into_iter().map(|r| r.error).collect())
     }
 
     /// The gRPC service; a request's batch is counted against the limits

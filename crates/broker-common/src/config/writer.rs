@@ -26,6 +26,10 @@ pub const DEFAULT_CHUNK_POINTS: usize = 240;
 pub const DEFAULT_MAX_HOSTS: usize = 10_000;
 /// New hosts one writer admits per minute.
 pub const DEFAULT_MAX_NEW_HOSTS_PER_MINUTE: usize = 2_000;
+/// Series (metric names, with their labels for Prometheus and OTLP data)
+/// one host may have reported within the ttl. node_exporter exposes one to
+/// three thousand on a large machine.
+pub const DEFAULT_MAX_SERIES_PER_HOST: usize = 10_000;
 /// Points per chunk at most: a seal merges at most eight chunks' worth.
 pub const MAX_CHUNK_POINTS: usize = 100_000;
 pub const DEFAULT_CHUNK_MAX_OPEN: Duration = Duration::from_secs(30 * 60);
@@ -83,6 +87,12 @@ pub struct WriterConfig {
     /// New hosts (not in the host index) this writer admits per minute;
     /// past it their points are refused as retryable.
     pub max_new_hosts_per_minute: usize,
+    /// Series a host may have reported within the ttl (its series set):
+    /// past it, a point's new series are refused (the rest of the point is
+    /// stored), as Mimir limits series per tenant. Churning label values
+    /// (a request id, a timestamp in a label) cannot grow a host without
+    /// bound.
+    pub max_series_per_host: usize,
 }
 
 impl Default for WriterConfig {
@@ -104,6 +114,7 @@ impl Default for WriterConfig {
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             max_hosts: DEFAULT_MAX_HOSTS,
             max_new_hosts_per_minute: DEFAULT_MAX_NEW_HOSTS_PER_MINUTE,
+            max_series_per_host: DEFAULT_MAX_SERIES_PER_HOST,
         }
     }
 }
@@ -121,6 +132,7 @@ impl WriterConfig {
             "writer.max_new_hosts_per_minute",
             self.max_new_hosts_per_minute,
         );
+        positive(bad, "writer.max_series_per_host", self.max_series_per_host);
         if !LAYOUTS.contains(&self.layout.as_str()) {
             bad(
                 "writer.layout",
