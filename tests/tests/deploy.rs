@@ -1,18 +1,20 @@
 //! The deployment files, checked without a cluster:
 //!
-//! - `deploy/kubernetes`: rendered with `kubectl kustomize` (when kubectl is
+//! - `deploy/kubernetes-plain`: rendered with `kubectl kustomize` (when kubectl is
 //!   installed), every resource validated against the Kubernetes schemas by
 //!   `kubernetes-validate --strict` (PyPI, offline schemas; a broken copy
 //!   must fail, so the check is known to bite), every ConfigMap's
 //!   `broker.yaml` loaded by the broker's own config loader with the
 //!   variables its pod sets, and grace periods consistent with
 //!   `shutdown_grace`.
-//! - `deploy/kubernetes-secure`: the overlay with TLS and tokens, rendered
+//! - `deploy/kubernetes` (the default): the overlay with TLS and tokens, rendered
 //!   and validated the same way; every broker workload mounts the Secret,
 //!   probes over HTTPS, and its configuration loads with a real CA and
 //!   tokens at the Secret's paths.
 //! - `docker-compose.yml`: every broker service's configuration (the shared
-//!   file plus its `BROKER_*` variables) loads, joins the cluster, and its
+//!   file plus its `BROKER_*` variables and its env_file) loads with TLS and
+//!   every token as it ships, plain only with `BROKER_COMPOSE_SECURITY=plain`,
+//!   joins the cluster, and its
 //!   stop grace period covers `shutdown_grace`; the services are the
 //!   sandbox's `COMPOSE` topology (`broker_sandbox`) and query-api.
 //! - `broker.yaml` is exactly the defaults, and every `examples/**/*.yaml`
@@ -66,7 +68,7 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 /// The rendered manifests: `kubectl kustomize`, or the resource files the
 /// kustomization lists when kubectl is not installed.
 fn rendered() -> String {
-    let dir = root().join("deploy/kubernetes");
+    let dir = root().join("deploy/kubernetes-plain");
     let kustomization: Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap())
             .unwrap();
@@ -162,7 +164,7 @@ fn env_of_container(c: &Value) -> Vec<(String, String)> {
 fn kubernetes_manifests_are_valid_and_consistent() {
     let text = rendered();
     if let Err(out) = kubernetes_validate(&text) {
-        panic!("kubernetes-validate rejects deploy/kubernetes:\n{out}");
+        panic!("kubernetes-validate rejects deploy/kubernetes-plain:\n{out}");
     }
     // The check bites: an unknown field in a pod spec is refused.
     let broken = text.replacen(
@@ -277,7 +279,7 @@ fn kubernetes_manifests_are_valid_and_consistent() {
 
 #[test]
 fn kubernetes_secure_overlay_mounts_the_secret_and_loads() {
-    let dir = root().join("deploy/kubernetes-secure");
+    let dir = root().join("deploy/kubernetes");
     let out = match kustomize(&dir) {
         Ok(out) => out,
         Err(e) => panic!("the secure overlay is rendered with kubectl kustomize: {e}"),
@@ -290,7 +292,7 @@ fn kubernetes_secure_overlay_mounts_the_secret_and_loads() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     if let Err(out) = kubernetes_validate(&text) {
-        panic!("kubernetes-validate rejects deploy/kubernetes-secure:\n{out}");
+        panic!("kubernetes-validate rejects deploy/kubernetes:\n{out}");
     }
     // A real CA and tokens where the Secret would be mounted.
     let secrets = tempfile::tempdir().unwrap();
@@ -381,6 +383,28 @@ fn compose_services_configs_load() {
     compose.apply_merge().unwrap();
     let shared = std::fs::read_to_string(root.join("deploy/compose/broker.yaml")).unwrap();
     let services = compose["services"].as_mapping().unwrap();
+    // A real CA and tokens where the certs volume is mounted.
+    let certs = tempfile::tempdir().unwrap();
+    let pki = broker::pki::LocalPki::generate(certs.path(), &[]).unwrap();
+    // `KEY=value` lines of an env_file, `${BROKER_COMPOSE_SECURITY:-secure}`
+    // read as `mode`.
+    let env_file = |s: &Value, mode: &str| -> Vec<(String, String)> {
+        let path = s["env_file"]
+            .as_str()
+            .expect("every broker service has an env_file")
+            .replace("${BROKER_COMPOSE_SECURITY:-secure}", mode);
+        std::fs::read_to_string(root.join(&path))
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap_or_else(|| panic!("{path}: {l}"));
+                let v = v.replace("/var/lib/broker/certs", &pki.dir.display().to_string());
+                (k.to_string(), v)
+            })
+            .collect()
+    };
     let mut nodes = Vec::new();
     let mut per_service = std::collections::BTreeMap::<String, usize>::new();
     for (name, s) in services {
@@ -406,7 +430,41 @@ fn compose_services_configs_load() {
                 (k.as_str().unwrap().to_string(), v)
             })
             .collect();
-        let config = load(&format!("docker-compose.yml service {name}"), &shared, &env);
+        // As it ships: TLS everywhere and every role's token, none open.
+        let mut secure = env.clone();
+        secure.extend(env_file(s, "secure"));
+        let config = load(
+            &format!("docker-compose.yml service {name}"),
+            &shared,
+            &secure,
+        );
+        assert!(config.security.tls.enabled(), "{name}: TLS by default");
+        assert!(!config.security.insecure, "{name}: not insecure by default");
+        for role in ["ingest", "query", "admin", "member"] {
+            assert_eq!(
+                config
+                    .security
+                    .tokens
+                    .get(role)
+                    .map(|t| t.expose().to_string()),
+                Some(pki.token(role).unwrap()),
+                "{name}: the {role} token from the certs volume"
+            );
+        }
+        broker_common::security::Security::from_config(&config.security)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Plain only when asked for by name.
+        let mut plain = env.clone();
+        plain.extend(env_file(s, "plain"));
+        let plain = load(
+            &format!("docker-compose.yml service {name} (plain)"),
+            &shared,
+            &plain,
+        );
+        assert!(
+            plain.security.insecure && !plain.security.tls.enabled(),
+            "{name}: plain on purpose"
+        );
         assert_eq!(config.node_id, name, "{name}: node_id is the service name");
         assert_eq!(
             config.advertise_addr(),

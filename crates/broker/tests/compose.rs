@@ -235,10 +235,14 @@ async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
     let test_start = Instant::now();
     let image_name = image_present();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // Plain, asked for by name (the default is TLS and tokens, below):
+    // this test is about failures and restarts, over plain clients.
+    let mut env = published_env(&image_name);
+    env.push(("BROKER_COMPOSE_SECURITY", "plain".into()));
     let compose = Compose {
         project: format!("broker-test-{}", std::process::id()),
         files: vec![root.join("docker-compose.yml")],
-        env: published_env(&image_name),
+        env,
     };
     remove_stale_projects(&compose.files[0]);
     let gateways = vec![
@@ -492,7 +496,7 @@ async fn compose_cluster_survives_a_writer_kill_and_a_restart() {
     );
 }
 
-/// `docker-compose.secure.yml` over the same cluster: every published
+/// `docker-compose.yml` as it ships (secure by default): every published
 /// port refuses plaintext and missing tokens, and serves clients holding
 /// the CA and the right token (copied out of the `certs` volume); the
 /// containers' health checks (`broker health` over TLS) pass.
@@ -504,10 +508,7 @@ async fn compose_secure_cluster_speaks_only_tls_with_tokens() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let compose = Compose {
         project: format!("broker-test-{}-secure", std::process::id()),
-        files: vec![
-            root.join("docker-compose.yml"),
-            root.join("docker-compose.secure.yml"),
-        ],
+        files: vec![root.join("docker-compose.yml")],
         env: published_env(&image_name),
     };
     remove_stale_projects(&compose.files[0]);

@@ -188,7 +188,7 @@ impl Actuator for LocalActuator {
 /// SIGTERM, drains, flushes and leaves within its grace period, so nothing
 /// acked is lost. The client is built on first use (in a pod: its service
 /// account, which needs `get` and `patch` on `statefulsets/scale`; see
-/// deploy/kubernetes/host-manager.yaml).
+/// deploy/kubernetes-plain/host-manager.yaml).
 pub struct KubernetesActuator {
     config: broker_common::config::KubernetesActuatorConfig,
     api: tokio::sync::OnceCell<kube::Api<k8s_openapi::api::apps::v1::StatefulSet>>,
