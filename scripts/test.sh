@@ -30,6 +30,10 @@ echo "== container image (scripts/images.sh)" >&2
 # The compose test (crates/broker/tests/compose.rs) runs this image.
 scripts/images.sh
 echo "== cargo test" >&2
+# The connection-flood test holds 10,000 connections (and the broker in
+# the same process their other ends): as many open files as allowed.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+echo "open files: $(ulimit -n)" >&2
 # Includes tests/tests/query.rs: Prometheus's promtool against query-api and
 # the dashboard in headless Chromium (Python Playwright + Debian chromium, set up by
 # deps.sh); its screenshots are left in test-artifacts/.

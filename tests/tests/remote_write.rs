@@ -538,7 +538,9 @@ fn labelled(
     }
 }
 
-/// A query's instant vector as (labels without instance/host, value).
+/// A query's instant vector as (labels without instance/host, value); a
+/// range vector (`resultType: matrix`) as one entry per sample, its time
+/// added to the labels.
 async fn vector_at(addr: SocketAddr, q: &str, t_ms: i64) -> Result<Vec<(String, f64)>, String> {
     let path = format!(
         "/api/v1/query?query={}&time={}.{:03}",
@@ -554,11 +556,23 @@ async fn vector_at(addr: SocketAddr, q: &str, t_ms: i64) -> Result<Vec<(String, 
         let v = body["data"]["result"][1].as_str().unwrap().parse().unwrap();
         return Ok(vec![("scalar".into(), v)]);
     }
+    let matrix = body["data"]["resultType"] == "matrix";
     let mut out: Vec<(String, f64)> = body["data"]["result"]
         .as_array()
         .cloned()
         .unwrap_or_default()
         .iter()
+        .flat_map(|s| {
+            if !matrix {
+                return vec![s.clone()];
+            }
+            s["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| serde_json::json!({"metric": s["metric"], "value": v}))
+                .collect()
+        })
         .map(|s| {
             let labels: Vec<String> = s["metric"]
                 .as_object()
@@ -573,7 +587,12 @@ async fn vector_at(addr: SocketAddr, q: &str, t_ms: i64) -> Result<Vec<(String, 
                 .unwrap_or("")
                 .to_string();
             let v: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
-            (format!("{host} {}", labels.join(",")), v)
+            let at = if matrix {
+                format!(" @{}", s["value"][0])
+            } else {
+                String::new()
+            };
+            (format!("{host} {}{at}", labels.join(",")), v)
         })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -645,6 +664,21 @@ async fn promql_answers_equal_prometheus_on_the_same_samples() {
         }
         for (le, samples) in bounds.iter().zip(buckets) {
             timeseries.push(labelled("h_bucket", host, &[("le", le)], samples));
+        }
+        // Series that come and go (an interface, a container): each lives
+        // two to four minutes of the ten, and must be found when asked
+        // about the time it existed, however long ago it ended.
+        for (di, dev) in ["eth1", "veth7", "veth9"].iter().enumerate() {
+            let (from, to) = (
+                start + (di as i64 * 150_000) + hi as i64 * 20_000,
+                start + (di as i64 * 150_000) + 120_000 + hi as i64 * 120_000,
+            );
+            let samples = (from..=to)
+                .step_by(5_000)
+                .enumerate()
+                .map(|(i, t)| (t, (i * 1_000 + di * 7) as f64))
+                .collect();
+            timeseries.push(labelled("net_rx_total", host, &[("device", dev)], samples));
         }
     }
     let req = WriteRequest { timeseries };
@@ -798,6 +832,20 @@ async fn promql_answers_equal_prometheus_on_the_same_samples() {
         "stdvar_over_time(c_total[3m])",
         "present_over_time(g[1m])",
         "g - g offset 1m",
+        // Series that come and go.
+        "net_rx_total",
+        "count(net_rx_total)",
+        "count by (device) (net_rx_total)",
+        "rate(net_rx_total[1m])",
+        "count_over_time(net_rx_total[5m])",
+        // Range vectors as the result (Grafana's Explore, the Prometheus
+        // UI's table): every sample of the window, as a matrix.
+        "g[1m]",
+        "c_total{kind=\"a\"}[30s]",
+        "(g[2m])",
+        "g[1m] offset 1m",
+        "rate(c_total[1m])[2m:30s]",
+        "rate(c_total[1m])[2m:30s] offset 1m",
     ];
     let queries: Vec<String> = queries
         .iter()

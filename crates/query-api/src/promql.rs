@@ -25,8 +25,11 @@
 //! and comparison between scalars and vectors, vectors matched one-to-one
 //! with `on` / `ignoring` or many-to-one with `group_left` / `group_right`,
 //! `and` / `or` / `unless`), `changes`, `resets`, `vector`,
-//! `label_replace`. Anything else (other functions, `@`, subqueries) is a
-//! 400 `bad_data` naming it. Beside the query API:
+//! `label_replace`, subqueries and `@`. An instant query whose expression
+//! is a range vector (`node_load1[30s]`, a subquery) answers its samples as
+//! a `matrix`, and a string literal as a `string`, as Prometheus does.
+//! Anything else (other functions) is a 400 `bad_data` naming it. Beside
+//! the query API:
 //! `/api/v1/status/buildinfo`, `/api/v1/metadata` (names, type `unknown`)
 //! and `/api/v1/query_exemplars` (none), which Grafana's Prometheus data
 //! source calls.
@@ -1665,12 +1668,64 @@ pub async fn evaluate(
     ev.eval(expr).await
 }
 
+/// `e` without the parentheses around it.
+fn unparen(e: &Expr) -> &Expr {
+    match e {
+        Expr::Paren(p) => unparen(&p.expr),
+        e => e,
+    }
+}
+
+/// The samples of a range vector (a matrix selector or a subquery) as of
+/// `t`: what an instant query of `node_load1[30s]` answers (Grafana's
+/// Explore and the Prometheus UI's table ask it), each series with every
+/// sample of its window, the metric name kept.
+async fn range_vector_at(
+    source: &dyn Source,
+    expr: &Expr,
+    t: i64,
+    timeout: Duration,
+) -> Result<Vec<Series>, QueryError> {
+    let budget = Budget::new(timeout);
+    let ev = Evaluator {
+        source,
+        steps: vec![t],
+        lookback_ms: source.config().lookback.as_millis() as i64,
+        budget: &budget,
+    };
+    let (mut series, range, at) = ev.range_vector("query", expr).await?;
+    let t = ev.at_time(at.as_ref(), t);
+    // The window is as of `t`; the samples are shown at the times they
+    // were taken, `offset` undone (as Prometheus shows them).
+    let off = match expr {
+        Expr::MatrixSelector(ms) => offset_ms(ms.vs.offset.as_ref()),
+        Expr::Subquery(sq) => offset_ms(sq.offset.as_ref()),
+        _ => 0,
+    };
+    for s in &mut series {
+        s.points.retain(|(pt, _)| *pt > t - range && *pt <= t);
+        s.points.iter_mut().for_each(|p| p.0 -= off);
+    }
+    series.retain(|s| !s.points.is_empty());
+    Ok(series)
+}
+
 async fn instant(engine: &dyn Source, p: &Params, timeout: Duration) -> Result<Json, QueryError> {
     let expr = parse_expr(p.required("query")?)?;
     let t = match p.get("time") {
         Some(v) => parse_ms("time", v)?,
         None => broker_common::unix_now() * 1000,
     };
+    match unparen(&expr) {
+        Expr::MatrixSelector(_) | Expr::Subquery(_) => {
+            let series = range_vector_at(engine, unparen(&expr), t, timeout).await?;
+            return Ok(json!({"resultType": "matrix", "result": matrix_json(&series)}));
+        }
+        Expr::StringLiteral(s) => {
+            return Ok(json!({"resultType": "string", "result": [fmt_time(t), s.val]}));
+        }
+        _ => {}
+    }
     Ok(match evaluate(engine, &expr, vec![t], timeout).await? {
         Evaluated::Scalar(v) => {
             json!({"resultType": "scalar", "result": [fmt_time(t), fmt_value(v.at(t))]})
@@ -1727,7 +1782,12 @@ async fn range(engine: &dyn Source, p: &Params, timeout: Duration) -> Result<Jso
         }],
         Evaluated::Vector(s) => s,
     };
-    let result: Vec<Json> = series
+    Ok(json!({"resultType": "matrix", "result": matrix_json(&series)}))
+}
+
+/// Series as a `matrix` result: labels and `values`, empty series left out.
+fn matrix_json(series: &[Series]) -> Vec<Json> {
+    series
         .iter()
         .filter(|s| !s.points.is_empty())
         .map(|s| {
@@ -1736,8 +1796,7 @@ async fn range(engine: &dyn Source, p: &Params, timeout: Duration) -> Result<Jso
                 "values": s.points.iter().map(|(t, v)| json!([fmt_time(*t), fmt_value(*v)])).collect::<Vec<_>>(),
             })
         })
-        .collect();
-    Ok(json!({"resultType": "matrix", "result": result}))
+        .collect()
 }
 
 /// Label sets of the series `match[]` selects (every series when absent),
