@@ -18,6 +18,8 @@
 //!   label names.
 //! - [`validate`]: the checks every batch passes, at the gateway and again
 //!   at the router and the writer (whatever reaches Redis was checked).
+//! - [`value`]: how a gap, a NaN sample and a staleness marker are told
+//!   apart in one f64, from the gateway to the reads.
 //! - [`security`]: TLS and bearer tokens of every server and client;
 //!   [`http_client`]: the HTTP/1 client with both.
 
@@ -38,6 +40,7 @@ pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod validate;
+pub mod value;
 
 /// Now, in Unix seconds (0 if the clock is before 1970): the one clock of
 /// the services' wall-clock decisions (point ages, leases, timestamps).

@@ -21,6 +21,10 @@ pub struct Limits {
     /// what clients send; off between services (a router sends each writer
     /// the whole table with only its share of the points).
     pub reject_unused_names: bool,
+    /// Take NaN and ±Inf values (and Prometheus's staleness markers): off
+    /// for the agent protocol (the seed's rule), on for Prometheus remote
+    /// write and OTLP, whose data model has them, and between services.
+    pub allow_non_finite: bool,
 }
 
 impl Limits {
@@ -35,7 +39,15 @@ impl Limits {
             max_future_skew_secs: g.max_future_skew.as_secs() as i64,
             max_age_secs: ttl.as_secs() as i64,
             reject_unused_names: true,
+            allow_non_finite: false,
         }
+    }
+
+    /// The same limits for samples of Prometheus remote write and OTLP:
+    /// NaN, ±Inf and staleness markers are values there.
+    pub fn prometheus(mut self) -> Self {
+        self.allow_non_finite = true;
+        self
     }
 
     /// What a batch may decode to, checked on its wire bytes first
@@ -52,6 +64,7 @@ impl Limits {
     /// the name table may hold names of points sent elsewhere.
     pub fn internal(mut self) -> Self {
         self.reject_unused_names = false;
+        self.allow_non_finite = true;
         self
     }
 }
@@ -401,7 +414,12 @@ fn check_point(
             used[w] |= b;
         }
     }
-    if let Some((k, v)) = p.values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+    if let Some((k, v)) = p
+        .values
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !limits.allow_non_finite && !v.is_finite())
+    {
         let name = if p.name_index.is_empty() {
             &names[k]
         } else {

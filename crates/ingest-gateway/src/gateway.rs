@@ -31,6 +31,9 @@ pub struct Gateway {
 
 pub(crate) struct Inner {
     pub(crate) limits: Limits,
+    /// The same for remote write and OTLP samples: NaN, ±Inf and
+    /// staleness markers are values there.
+    pub(crate) prometheus_limits: Limits,
     router: RouterClient,
     forward_timeout: Duration,
     per_stream: usize,
@@ -59,6 +62,7 @@ impl Gateway {
         Self {
             inner: Arc::new(Inner {
                 limits: Limits::new(g, config.ttl),
+                prometheus_limits: Limits::new(g, config.ttl).prometheus(),
                 router,
                 forward_timeout: g.forward_timeout,
                 per_stream: g.max_inflight_batches_per_stream,
@@ -155,7 +159,7 @@ impl Inner {
         let started = Instant::now();
         let seq = batch.seq;
         let n = batch.points.len();
-        let ack = match self.ingest(batch, Admission::Wait).await {
+        let ack = match self.ingest(batch, Admission::Wait, false).await {
             Err(rej) => BatchAck {
                 seq,
                 accepted: 0,
@@ -183,16 +187,24 @@ impl Inner {
     /// answers, once those are durable or failed, one error per point that
     /// was not stored (by its index in `batch`, ascending). The one ingest
     /// path of agents' streams, Prometheus remote write and OTLP.
+    /// Checks `batch` (with the agent protocol's limits, or with
+    /// `prometheus` those of remote write and OTLP) and routes what passes.
     pub(crate) async fn ingest(
         &self,
         batch: MetricBatch,
         admission: Admission,
+        prometheus: bool,
     ) -> Result<Vec<PointError>, BatchRejection> {
         let n = batch.points.len();
         self.metrics.batches.inc();
         self.metrics.received_points.inc_by(n as u64);
         self.metrics.batch_points.observe(n as f64);
-        let v = match validate_batch(batch, &self.limits, broker_common::unix_now()) {
+        let limits = if prometheus {
+            &self.prometheus_limits
+        } else {
+            &self.limits
+        };
+        let v = match validate_batch(batch, limits, broker_common::unix_now()) {
             Err(rej) => {
                 self.metrics
                     .batch_errors

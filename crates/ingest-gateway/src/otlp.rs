@@ -76,7 +76,9 @@ const PROTOBUF: &str = "application/x-protobuf";
 #[derive(Debug, Default)]
 pub struct Mapped {
     pub points: Points,
-    /// Data points flagged "no recorded value", skipped.
+    /// Data points flagged "no recorded value": a gauge's or sum's become
+    /// staleness markers (as Prometheus's OTLP receiver writes them), a
+    /// histogram's are skipped.
     pub no_value: u64,
 }
 
@@ -399,11 +401,17 @@ fn number(
     dp: NumberDataPoint,
     max_name_len: usize,
 ) {
-    if dp.flags & NO_RECORDED_VALUE != 0 {
+    // No recorded value: the series ended, a staleness marker as
+    // Prometheus's own OTLP receiver writes one.
+    let value = if dp.flags & NO_RECORDED_VALUE != 0 {
         m.no_value += 1;
-        return;
-    }
-    let value = match dp.value {
+        Some(number_data_point::Value::AsDouble(f64::from_bits(
+            broker_common::value::STALE_BITS,
+        )))
+    } else {
+        dp.value
+    };
+    let value = match value {
         Some(number_data_point::Value::AsDouble(d)) => d,
         Some(number_data_point::Value::AsInt(i)) => i as f64,
         None => {
@@ -804,9 +812,11 @@ mod tests {
             "host.name",
             256,
         );
-        assert_eq!(m.points.rejected, 3);
+        // The delta sum's two points; NaN is a value, stored.
+        assert_eq!(m.points.rejected, 2);
+        assert_eq!(m.points.problems.len(), 1, "{:?}", m.points.problems);
         assert!(m.points.problems[0].contains("delta temporality"));
-        assert!(m.points.problems[1].contains("non-finite"));
+        assert_eq!(m.points.samples, 1);
         let gauge = metric(
             "up",
             Data::Gauge(Gauge {

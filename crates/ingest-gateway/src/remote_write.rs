@@ -17,8 +17,10 @@
 //! - One point per (host, second), split into several points of at most
 //!   `gateway.max_metrics_per_point` metrics (both layouts merge points of
 //!   the same host and second metric by metric).
-//! - Staleness markers (the NaN Prometheus writes when a series goes away)
-//!   are skipped; the broker has no stale state to record.
+//! - **Values** as Prometheus defines them: NaN (an empty summary's
+//!   quantiles), ±Inf, and staleness markers (the NaN Prometheus writes
+//!   when a series goes away), stored as such ([`broker_common::value`]):
+//!   PromQL ends a series at its marker, as Prometheus's lookback does.
 //!
 //! # Answers
 //! The points go through the same validation, routing and ack-after-durable
@@ -47,8 +49,6 @@ use std::sync::Arc;
 
 pub const PATH: &str = "/api/v1/write";
 
-/// The value Prometheus writes as a staleness marker.
-const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
 /// Problems named in a 400's body; the rest are counted.
 const MAX_PROBLEMS_SHOWN: usize = 5;
 
@@ -65,7 +65,7 @@ pub(crate) fn routes(inner: Arc<Inner>) -> Router {
 #[derive(Debug, Default)]
 pub struct Mapped {
     pub points: Points,
-    /// Staleness markers skipped.
+    /// Staleness markers among the samples (stored, counted apart).
     pub stale: u64,
 }
 
@@ -126,9 +126,8 @@ pub fn map_request(req: WriteRequest, host_label: &str, max_name_len: usize) -> 
             continue;
         }
         for s in series.samples {
-            if s.value.to_bits() == STALE_NAN {
+            if broker_common::value::is_stale(s.value) {
                 m.stale += 1;
-                continue;
             }
             let second = s.timestamp.div_euclid(1000);
             m.points.add(&host, &metric, second, s.timestamp, s.value);
@@ -279,7 +278,7 @@ mod tests {
                 series(&[("__name__", "up")], &[(1_000_000, 1.0)]),
                 series(
                     &[("__name__", "gone"), ("instance", "h2:9090")],
-                    &[(1_000_000, f64::from_bits(STALE_NAN))],
+                    &[(1_000_000, f64::from_bits(broker_common::value::STALE_BITS))],
                 ),
                 // Left out on their own, not with the rest of h2's second.
                 series(
@@ -297,17 +296,17 @@ mod tests {
         let problem = |i: usize, what: &str| {
             assert!(p.problems[i].contains(what), "{:?}", p.problems);
         };
-        assert_eq!(p.problems.len(), 4, "{:?}", p.problems);
+        assert_eq!(p.problems.len(), 3, "{:?}", p.problems);
         problem(0, "no __name__");
         problem(1, "no \"instance\" label");
         problem(2, "contains ' '");
-        problem(3, "non-finite value NaN");
-        assert_eq!((p.samples, p.superseded, m.stale, p.rejected), (5, 1, 1, 4));
+        // The staleness marker and the NaN are values, stored.
+        assert_eq!((p.samples, p.superseded, m.stale, p.rejected), (7, 1, 1, 3));
         let batches = m.points.batches(100, 100);
         assert_eq!(batches.len(), 1);
         let b = &batches[0];
         // (host, second, (metric, value)...) of each point.
-        type PointView = (String, i64, Vec<(String, f64)>);
+        type PointView = (String, i64, Vec<(String, u64)>);
         let got: Vec<PointView> = b
             .points
             .iter()
@@ -316,7 +315,7 @@ mod tests {
                     p.host_id.clone(),
                     p.timestamp,
                     p.metrics(&b.metric_names)
-                        .map(|(n, v)| (n.unwrap().to_string(), v))
+                        .map(|(n, v)| (n.unwrap().to_string(), v.to_bits()))
                         .collect(),
                 )
             })
@@ -329,17 +328,33 @@ mod tests {
                 (
                     "h1".into(),
                     1000,
-                    vec![(cpu.into(), 11.0), (load.into(), 0.5)]
+                    vec![
+                        (cpu.into(), 11f64.to_bits()),
+                        (load.into(), 0.5f64.to_bits())
+                    ]
                 ),
                 (
                     "h1".into(),
                     1001,
-                    vec![(cpu.into(), 12.0), (load.into(), 0.7)]
+                    vec![
+                        (cpu.into(), 12f64.to_bits()),
+                        (load.into(), 0.7f64.to_bits())
+                    ]
                 ),
                 (
                     "h2".into(),
                     1000,
-                    vec![(r#"up{instance="h2:9090"}"#.into(), 1.0)],
+                    vec![
+                        (
+                            r#"gone{instance="h2:9090"}"#.into(),
+                            broker_common::value::STALE_BITS
+                        ),
+                        (
+                            r#"nan{instance="h2:9090"}"#.into(),
+                            broker_common::value::NAN_BITS
+                        ),
+                        (r#"up{instance="h2:9090"}"#.into(), 1f64.to_bits()),
+                    ],
                 ),
             ]
         );

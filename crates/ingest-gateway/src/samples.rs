@@ -3,9 +3,10 @@
 //!
 //! The broker's model is one snapshot per host and second. [`Points`]
 //! collects `(host, metric, time, value)` samples: one point per (host,
-//! second), the latest sample of a metric within a second winning, a
-//! non-finite value or an invalid name left out as a problem of its own (in
-//! a point it would take the host's whole second with it). [`store`] sends
+//! second), the latest sample of a metric within a second winning, an
+//! invalid name left out as a problem of its own (in a point it would take
+//! the host's whole second with it). NaN, ±Inf and staleness markers are
+//! values here, as in Prometheus. [`store`] sends
 //! the points through [`Inner::ingest`] and tallies what became of each
 //! sample, for the protocol's answer.
 
@@ -34,18 +35,11 @@ pub struct Points {
 
 impl Points {
     /// Adds one sample at `second`; `order` (the protocol's own timestamp)
-    /// decides which of two samples of one metric and second wins. A
-    /// non-finite value is a problem.
+    /// decides which of two samples of one metric and second wins. NaN,
+    /// ±Inf and staleness markers are values, as Prometheus defines them
+    /// ([`broker_common::value`]).
     pub fn add(&mut self, host: &str, metric: &str, second: i64, order: i64, value: f64) {
-        if !value.is_finite() {
-            self.reject(
-                1,
-                format!(
-                    "host {host:?} at {second}: metric {metric:?} has non-finite value {value}"
-                ),
-            );
-            return;
-        }
+        let value = broker_common::value::stored(value);
         // Looked up by &str first: most samples join an existing point.
         let slot = match self.points.get_mut(&(host.to_string(), second)) {
             Some(s) => s,
@@ -190,7 +184,7 @@ pub(crate) async fn store(
             .map(|p| (p.host_id.clone(), p.timestamp, p.values.len() as u64))
             .collect();
         let wait = crate::gateway::Admission::Within(crate::gateway::HTTP_ADMISSION_WAIT);
-        (points, inner.ingest(b, wait).await)
+        (points, inner.ingest(b, wait, true).await)
     }))
     .await;
     for (points, result) in results {
@@ -228,25 +222,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_latest_sample_of_a_second_wins_and_non_finite_values_are_problems() {
+    fn the_latest_sample_of_a_second_wins_and_non_finite_values_are_values() {
         let mut p = Points::default();
         p.add("h", "m", 10, 10_900, 2.0);
         p.add("h", "m", 10, 10_100, 1.0);
         p.add("h", "n", 10, 10_000, f64::INFINITY);
         p.add("h", "m", 11, 11_000, 3.0);
-        assert_eq!((p.samples, p.superseded, p.rejected), (2, 1, 1));
-        assert!(
-            p.problems[0].contains("non-finite value inf"),
-            "{:?}",
-            p.problems
-        );
+        p.add("h", "q", 11, 11_000, f64::NAN);
+        assert_eq!((p.samples, p.superseded, p.rejected), (4, 1, 0));
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
         let b = p.batches(10, 10);
-        let got: Vec<(i64, Vec<f64>)> = b[0]
+        // (second, sorted value bits): NaN is stored as the NaN sample.
+        let got: Vec<(i64, Vec<u64>)> = b[0]
             .points
             .iter()
-            .map(|p| (p.timestamp, p.values.clone()))
+            .map(|p| {
+                let mut v: Vec<u64> = p.values.iter().map(|v| v.to_bits()).collect();
+                v.sort_unstable();
+                (p.timestamp, v)
+            })
             .collect();
-        assert_eq!(got, vec![(10, vec![2.0]), (11, vec![3.0])]);
+        let bits = |v: &[f64]| {
+            let mut v: Vec<u64> = v.iter().map(|v| v.to_bits()).collect();
+            v.sort_unstable();
+            v
+        };
+        let nan = f64::from_bits(broker_common::value::NAN_BITS);
+        assert_eq!(
+            got,
+            vec![(10, bits(&[2.0, f64::INFINITY])), (11, bits(&[3.0, nan]))]
+        );
     }
 
     #[test]

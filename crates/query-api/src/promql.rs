@@ -47,6 +47,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use broker_common::config::QueryConfig;
+use broker_common::value;
 use futures::future::BoxFuture;
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{self, AtModifier, Expr, LabelModifier, VectorSelector};
@@ -384,7 +385,9 @@ pub(crate) async fn series(
                 .timestamps
                 .iter()
                 .zip(col)
-                .filter(|(t, v)| !v.is_nan() && **t * 1000 >= from_ms && **t * 1000 <= to_ms)
+                .filter(|(t, v)| {
+                    !value::is_absent(**v) && **t * 1000 >= from_ms && **t * 1000 <= to_ms
+                })
                 .map(|(t, v)| (t * 1000 + off, *v))
                 .collect();
             if points.is_empty() {
@@ -965,7 +968,13 @@ impl Evaluator<'_> {
             Expr::MatrixSelector(ms) => {
                 let range = positive(ms.range.as_millis() as i64)?;
                 let (lo, hi) = self.at_span(ms.vs.at.as_ref());
-                let raw = series(self.source, &ms.vs, lo - range + 1, hi).await?;
+                let mut raw = series(self.source, &ms.vs, lo - range + 1, hi).await?;
+                // Range vectors hold no staleness markers (Prometheus drops
+                // them from every window).
+                for s in &mut raw {
+                    s.points.retain(|(_, v)| !value::is_stale(*v));
+                }
+                raw.retain(|s| !s.points.is_empty());
                 Ok((raw, range, ms.vs.at.clone()))
             }
             Expr::Subquery(sq) => {
@@ -1037,8 +1046,11 @@ impl Evaluator<'_> {
                     .steps
                     .iter()
                     .filter_map(|&t| {
+                        // A staleness marker as the newest sample of the
+                        // lookback ends the series there, as in Prometheus.
                         window(&s.points, self.at_time(at, t), self.lookback_ms)
                             .last()
+                            .filter(|(_, v)| !value::is_stale(*v))
                             .map(|&(pt, v)| (t, if sample_time { pt as f64 / 1000.0 } else { v }))
                     })
                     .collect();

@@ -243,7 +243,7 @@ impl<'a> Table<'a> {
             .get(&ts)?
             .get(col)
             .copied()
-            .filter(|v| !v.is_nan())
+            .filter(|v| !crate::value::is_absent(*v))
     }
 
     /// Metric names present at `ts`.
@@ -253,7 +253,7 @@ impl<'a> Table<'a> {
         };
         row.iter()
             .zip(&self.names)
-            .filter(|(v, _)| !v.is_nan())
+            .filter(|(v, _)| !crate::value::is_absent(**v))
             .map(|(_, n)| *n)
             .collect()
     }
@@ -284,7 +284,7 @@ pub fn encode_chunk(table: &Table<'_>, rows: &[(i64, &[f64])]) -> Vec<u8> {
         .enumerate()
         .filter(|(col, _)| {
             rows.iter()
-                .any(|(_, r)| r.get(*col).is_some_and(|v| !v.is_nan()))
+                .any(|(_, r)| r.get(*col).is_some_and(|v| !crate::value::is_absent(*v)))
         })
         .map(|(col, n)| (*n, col))
         .collect();
@@ -450,7 +450,7 @@ pub fn merge_chunk<'a>(chunk: &'a [u8], table: &mut Table<'a>) -> Result<(), Dec
     for (name, col) in v.names.iter().zip(&v.columns) {
         let values: Vec<f64> = column(col, ts.len(), &format!("column {name}"))?;
         for (t, v) in ts.iter().zip(values) {
-            if !v.is_nan() {
+            if !crate::value::is_absent(v) {
                 table.set(*t, name, v);
             }
         }
@@ -493,6 +493,12 @@ mod tests {
             1.0,
             1.0,
             0.1 + 0.2,
+            // A NaN sample and a staleness marker: kept bit for bit, told
+            // apart from a gap (crate::value).
+            f64::from_bits(crate::value::NAN_BITS),
+            f64::from_bits(crate::value::STALE_BITS),
+            f64::INFINITY,
+            f64::NEG_INFINITY,
         ];
         let mut table = Table::new();
         let mut want: Vec<(i64, &str, f64)> = Vec::new();

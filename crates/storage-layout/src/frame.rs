@@ -48,7 +48,7 @@ impl Frame {
         };
         self.metrics
             .iter()
-            .filter(|(_, col)| !col[i].is_nan())
+            .filter(|(_, col)| !crate::value::is_absent(col[i]))
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -156,9 +156,10 @@ impl FrameBuilder {
         }
     }
 
-    /// Sets `name` at `ts` (a later call wins). NaN means absent.
+    /// Sets `name` at `ts` (a later call wins). [`crate::value::ABSENT`]
+    /// means absent.
     pub fn set(&mut self, ts: i64, name: &str, value: f64) {
-        if !self.in_range(ts) || value.is_nan() || !self.wants(name) {
+        if !self.in_range(ts) || crate::value::is_absent(value) || !self.wants(name) {
             return;
         }
         let row = self.row(ts);
@@ -185,7 +186,7 @@ impl FrameBuilder {
             )
         });
         for (&ts, &v) in timestamps.iter().zip(values) {
-            if v.is_nan() || !self.in_range(ts) {
+            if crate::value::is_absent(v) || !self.in_range(ts) {
                 continue;
             }
             let row = self.row(ts);

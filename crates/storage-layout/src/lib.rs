@@ -20,6 +20,8 @@
 //! - [`exec`]: [`Command`], [`Reply`] and [`Exec`], the one way a layout
 //!   talks to Redis, with the fred-backed executor.
 //! - [`frame`]: [`Frame`], what reads return, and how pieces merge into it.
+//! - [`value`]: how a gap, a NaN sample and a staleness marker are told
+//!   apart in one f64.
 //!
 //! A layout's writes are idempotent: applying them twice leaves the data
 //! read back the same, so a resend after a failover never corrupts it.
@@ -36,6 +38,7 @@ pub mod hosts;
 pub mod meta;
 pub mod read_cache;
 pub mod seed;
+pub use broker_common::value;
 
 pub use chunked::{ChunkedConfig, ChunkedLayout};
 pub use exec::{Command, Exec, Reply};

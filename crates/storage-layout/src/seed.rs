@@ -89,6 +89,9 @@ impl Args {
         self.push(fmt_i64(&mut f, v));
     }
     fn push_f64(&mut self, v: f64) {
+        if crate::value::is_stale(v) {
+            return self.push(b"stale");
+        }
         let mut b = ryu::Buffer::new();
         self.push(b.format(v).as_bytes());
     }
@@ -134,9 +137,14 @@ pub fn index_member_timestamp(member: &[u8]) -> Option<i64> {
     std::str::from_utf8(member).ok()?.parse().ok()
 }
 
-/// A metric value as stored in a point's hash (ryu's format).
+/// A metric value as stored in a point's hash (ryu's format; `NaN` is a
+/// NaN sample and `stale` a staleness marker, see [`crate::value`]).
 pub fn decode_value(raw: &[u8]) -> Option<f64> {
-    std::str::from_utf8(raw).ok()?.parse().ok()
+    match raw {
+        b"stale" => Some(f64::from_bits(crate::value::STALE_BITS)),
+        b"NaN" => Some(f64::from_bits(crate::value::NAN_BITS)),
+        _ => std::str::from_utf8(raw).ok()?.parse().ok(),
+    }
 }
 
 impl SeedLayout {
@@ -526,9 +534,21 @@ mod tests {
         assert_eq!(index_member_timestamp(b"x"), None);
         // ryu's format, as the writer stores values.
         let mut b = ryu::Buffer::new();
-        for v in [0.25, -3.0, 1e300, 123456.789] {
+        for v in [
+            0.25,
+            -3.0,
+            1e300,
+            123456.789,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
             assert_eq!(decode_value(b.format(v).as_bytes()), Some(v));
         }
+        // A NaN sample and a staleness marker, as push_f64 writes them.
+        let nan = decode_value(b.format(f64::NAN).as_bytes()).unwrap();
+        assert_eq!(nan.to_bits(), crate::value::NAN_BITS);
+        let stale = decode_value(b"stale").unwrap();
+        assert!(crate::value::is_stale(stale));
     }
 
     #[test]
