@@ -203,6 +203,20 @@ impl Drop for Child_ {
     }
 }
 
+/// `--set` flags that let the whole simulated fleet in at once: the bench
+/// measures a fleet at its steady pace, not its onboarding (new hosts are
+/// otherwise admitted at `writer.max_new_hosts_per_minute` per writer, so
+/// 10,000 hosts arriving in one second would wait five minutes).
+/// `--broker-set` comes after and wins.
+fn fleet_admitted(args: &IngestArgs) -> [String; 4] {
+    [
+        "--set".into(),
+        format!("writer.max_hosts={}", args.hosts.max(1) * 2),
+        "--set".into(),
+        format!("writer.max_new_hosts_per_minute={}", args.hosts.max(1) * 2),
+    ]
+}
+
 pub(crate) fn port() -> anyhow::Result<u16> {
     Ok(redis_process::free_port()?)
 }
@@ -232,6 +246,7 @@ pub(crate) fn spawn_serve(
         &format!("writer.spool_dir={}", spool.path().display()),
     ]);
     cmd.args(["--set", &format!("writer.layout={}", args.layout)]);
+    cmd.args(fleet_admitted(args));
     cmd.args(extra);
     for kv in &args.broker_set {
         cmd.args(["--set", kv]);
@@ -261,6 +276,7 @@ impl Separate {
     async fn start(args: &IngestArgs, redis: &RedisServer, writers: usize) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("broker-bench-").tempdir()?;
         let mut extra = vec!["--set".to_string(), "telemetry.log_level=warn".to_string()];
+        extra.extend(fleet_admitted(args));
         for kv in &args.broker_set {
             extra.extend(["--set".to_string(), kv.clone()]);
         }

@@ -52,8 +52,10 @@ pub struct HostAdmission {
     per_minute: u64,
     max_series: u64,
     known: moka::sync::Cache<String, ()>,
-    /// (host, hash of a point's names) found within the series limit.
-    series_ok: moka::sync::Cache<(String, u64), ()>,
+    /// Hashes of (host, a point's names) found within the series limit
+    /// (a hash, not the strings: no allocation per point on the hot path;
+    /// a collision only spares one check).
+    series_ok: moka::sync::Cache<u64, ()>,
     window: Mutex<Window>,
 }
 
@@ -222,11 +224,14 @@ impl HostAdmission {
             if skip.contains(&(i as u32)) {
                 continue;
             }
-            let names: Vec<&str> = storage_layout::hosts::point_names(batch, p).collect();
             let mut h = std::hash::DefaultHasher::new();
-            names.hash(&mut h);
+            p.host_id.hash(&mut h);
+            for name in storage_layout::hosts::point_names(batch, p) {
+                name.hash(&mut h);
+            }
             let hash = h.finish();
-            if !self.series_ok.contains_key(&(p.host_id.clone(), hash)) {
+            if !self.series_ok.contains_key(&hash) {
+                let names: Vec<&str> = storage_layout::hosts::point_names(batch, p).collect();
                 pending.push((i, p.host_id.as_str(), names, hash));
             }
         }
@@ -272,7 +277,7 @@ impl HostAdmission {
         let mut out = Vec::new();
         for (i, host, names, hash) in pending {
             let Some((count, refused)) = over.get(host) else {
-                self.series_ok.insert((host.to_string(), hash), ());
+                self.series_ok.insert(hash, ());
                 continue;
             };
             let strip: HashSet<String> = names
@@ -281,7 +286,7 @@ impl HostAdmission {
                 .map(|n| n.to_string())
                 .collect();
             if strip.is_empty() {
-                self.series_ok.insert((host.to_string(), hash), ());
+                self.series_ok.insert(hash, ());
                 continue;
             }
             self.refused_points
