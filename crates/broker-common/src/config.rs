@@ -104,9 +104,10 @@ pub struct BrokerConfig {
     /// Of `max_connections`, how many one peer address may hold (agents
     /// behind one NAT address share it).
     pub max_connections_per_peer: usize,
-    /// Bytes of gRPC messages still arriving that the process holds at
-    /// once, all streams and calls together; a message that finds no room
-    /// waits, then its call ends with RESOURCE_EXHAUSTED.
+    /// Bytes of gRPC messages and HTTP request bodies still arriving that
+    /// the process holds at once, all streams, calls and requests
+    /// together; one that finds no room waits, then its call ends with
+    /// RESOURCE_EXHAUSTED (HTTP: 503 with Retry-After).
     pub max_request_bytes_in_flight: usize,
     /// Admin HTTP port: /health, /ready, /metrics.
     pub http_listen: SocketAddr,
