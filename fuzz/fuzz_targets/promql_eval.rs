@@ -31,7 +31,10 @@ static SOURCE: LazyLock<MemorySource> = LazyLock::new(|| {
             series: names.len(),
             metrics: names.iter().map(|n| n.to_string()).collect(),
         });
-        let timestamps: Vec<i64> = (0..SNAPSHOTS).map(|k| END - (SNAPSHOTS - 1 - k) * 5).collect();
+        // Milliseconds, jittered like real scrapes.
+        let timestamps: Vec<i64> = (0..SNAPSHOTS)
+            .map(|k| (END - (SNAPSHOTS - 1 - k) * 5) * 1000 + (k * 37 + i as i64 * 11) % 200)
+            .collect();
         let metrics = names
             .iter()
             .enumerate()

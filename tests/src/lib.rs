@@ -223,6 +223,7 @@ pub async fn router_and_gateway(
 /// recompute them.
 pub fn point(host: &str, ts: i64, metrics: usize) -> Point {
     Point {
+        millis: 0,
         host_id: host.to_string(),
         timestamp: ts,
         values: (0..metrics).map(|m| value(host, ts, m)).collect(),
@@ -359,16 +360,13 @@ pub async fn stored_in(
 ) -> Option<HashMap<String, f64>> {
     let layout = storage_layout::by_name(layout).expect("layout");
     let r = Reader::connect(redis_url).await;
-    let req = [storage_layout::RangeReq {
-        host: host.to_string(),
-        start: ts,
-        end: ts,
-    }];
+    let req = [storage_layout::RangeReq::seconds(host, ts, ts)];
     let frame = layout
         .frames(r.client(), &req, &[], None)
         .await
         .expect("read the layout")
-        .pop()?;
+        .pop()?
+        .into_seconds();
     (!frame.timestamps.is_empty()).then(|| {
         frame
             .metrics

@@ -70,6 +70,7 @@ fn batch(ts0: i64, from: i64, to: i64) -> MetricBatch {
                     .filter_map(|(k, &m)| raw(i, m).map(|v| (k as u32, v)))
                     .collect();
                 Point {
+                    millis: 0,
                     host_id: HOST.into(),
                     timestamp: ts0 + EVERY * i,
                     values: present.iter().map(|&(_, v)| v).collect(),
@@ -131,8 +132,8 @@ async fn fill(redis: &RedisServer, layout: &str, ts0: i64) -> BrokerConfig {
     let reader = storage_layout::for_reader(&c.writer).unwrap();
     let req = [RangeReq {
         host: HOST.into(),
-        start: 0,
-        end: i64::MAX,
+        start_ms: 0,
+        end_ms: i64::MAX,
     }];
     wait_until("every snapshot readable", || async {
         let f = reader.frames(r.client(), &req, &[], None).await.unwrap();

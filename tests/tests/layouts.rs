@@ -61,6 +61,7 @@ fn odd_point(host: &str, ts: i64, i: usize) -> (Point, BTreeMap<String, f64>) {
     let mut want = BTreeMap::from([("a".to_string(), a), ("c".to_string(), c)]);
     let p = if i % 5 == 4 {
         Point {
+            millis: 0,
             host_id: host.into(),
             timestamp: ts,
             values: vec![a, c],
@@ -70,6 +71,7 @@ fn odd_point(host: &str, ts: i64, i: usize) -> (Point, BTreeMap<String, f64>) {
     } else {
         want.insert("b".into(), b);
         Point {
+            millis: 0,
             host_id: host.into(),
             timestamp: ts,
             values: vec![a, b, c],
@@ -111,17 +113,14 @@ async fn read_all(
     end: i64,
 ) -> BTreeMap<i64, BTreeMap<String, f64>> {
     let layout = ChunkedLayout::new(ChunkedConfig::default());
-    let req = [RangeReq {
-        host: host.into(),
-        start,
-        end,
-    }];
+    let req = [RangeReq::seconds(host, start, end)];
     let frame = layout
         .frames(db, &req, &[], None)
         .await
         .expect("read")
         .pop()
-        .unwrap();
+        .unwrap()
+        .into_seconds();
     frame
         .timestamps
         .iter()
@@ -340,14 +339,7 @@ async fn resend_while_sealing(url: String) {
         "each snapshot stored once"
     );
     let counts = layout
-        .counts(
-            db,
-            &[RangeReq {
-                host: host.into(),
-                start: ts0,
-                end: ts0 + 400,
-            }],
-        )
+        .counts(db, &[RangeReq::seconds(host, ts0, ts0 + 400)])
         .await
         .unwrap();
     assert_eq!(counts, vec![40]);
@@ -384,11 +376,7 @@ async fn same_frames(
     let ranges = [(ts0 - 100, ts0 + 10_000), (ts0 + 42, ts0 + 97)];
     for metrics in &choices {
         for &(start, end) in &ranges {
-            let req = [RangeReq {
-                host: host.into(),
-                start,
-                end,
-            }];
+            let req = [RangeReq::seconds(host, start, end)];
             let a = cached.frames(db, &req, metrics, None).await.unwrap();
             let b = plain.frames(db, &req, metrics, None).await.unwrap();
             assert_eq!(
@@ -469,11 +457,7 @@ async fn cached_reads(url: String, standalone: bool) {
     assert!(held > 0, "the cached reader keeps what it decoded");
     if standalone {
         // Asked again, Redis sends the cached reader only what changed.
-        let req = [RangeReq {
-            host: host.into(),
-            start: ts0 - 100,
-            end: ts0 + 10_000,
-        }];
+        let req = [RangeReq::seconds(host, ts0 - 100, ts0 + 10_000)];
         let one = [names[0].clone()];
         // What one INFO reply itself adds to the count.
         let info = redis_output_bytes(&r).await;
@@ -598,8 +582,8 @@ async fn wait_readable(config: &BrokerConfig, n: usize) {
         .iter()
         .map(|(h, _)| RangeReq {
             host: h.to_string(),
-            start: 0,
-            end: i64::MAX,
+            start_ms: 0,
+            end_ms: i64::MAX,
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -78,8 +78,8 @@ impl Fixture {
         for (h, _) in HOSTS {
             let req = [storage_layout::RangeReq {
                 host: h.to_string(),
-                start: 0,
-                end: i64::MAX,
+                start_ms: 0,
+                end_ms: i64::MAX,
             }];
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
             loop {

@@ -198,6 +198,7 @@ impl SnapshotGenerator {
     /// `name_index`).
     pub fn point(&self, host_idx: usize, ts: i64) -> Point {
         Point {
+            millis: 0,
             host_id: host_id(host_idx),
             timestamp: ts,
             values: (0..self.metrics())

@@ -41,8 +41,8 @@ fn all_time(hosts: &[String]) -> Vec<RangeReq> {
         .iter()
         .map(|h| RangeReq {
             host: h.clone(),
-            start: 0,
-            end: i64::MAX,
+            start_ms: 0,
+            end_ms: i64::MAX,
         })
         .collect()
 }

@@ -328,6 +328,12 @@ fn check_point(
     ) {
         return Some((R::InvalidHostId, e));
     }
+    if p.millis >= 1000 {
+        return Some((
+            R::InvalidMillis,
+            format!("millis {} is not within the second (0..=999)", p.millis),
+        ));
+    }
     if p.timestamp > now.saturating_add(limits.max_future_skew_secs) {
         return Some((
             R::TimestampInFuture,
@@ -486,6 +492,7 @@ pub fn reason_label(reason: i32) -> &'static str {
         RejectReason::DuplicateMetric => "duplicate_metric",
         RejectReason::HostLimit => "host_limit",
         RejectReason::SeriesLimit => "series_limit",
+        RejectReason::InvalidMillis => "invalid_millis",
         RejectReason::Unavailable => "unavailable",
     }
 }
@@ -504,6 +511,7 @@ mod tests {
 
     fn point(host: &str, ts: i64, values: Vec<f64>) -> Point {
         Point {
+            millis: 0,
             host_id: host.into(),
             timestamp: ts,
             values,

@@ -22,6 +22,7 @@ fn packed() -> MetricBatch {
         metric_names: names(),
         points: (0..HOSTS)
             .map(|h| Point {
+                millis: 0,
                 host_id: format!("host-{h:05}"),
                 timestamp: 1_700_000_000,
                 values: (0..METRICS).map(|m| (h * m) as f64 * 0.5).collect(),

@@ -318,6 +318,7 @@ mod tests {
 
     fn point(values: usize, labels: usize) -> Point {
         Point {
+            millis: 0,
             host_id: "h".into(),
             timestamp: 1,
             values: vec![1.0; values],

@@ -310,6 +310,7 @@ mod tests {
         let entry = EntryDetail {
             summary: summary(7, "WRONGTYPE"),
             points_detail: vec![PointView {
+                millis: 0,
                 host: "poison".into(),
                 timestamp: 1_700_000_000,
                 metrics: [("cpu".to_string(), 1.5), ("mem".to_string(), 2.0)].into(),

@@ -26,8 +26,8 @@
 //!   and `{quantile="..."}`. **Delta** temporality and **exponential**
 //!   histograms are rejected with an error that says what to configure
 //!   instead: the broker stores values, not increments.
-//! - **Time**: `time_unix_nano` to the broker's seconds (floor); the latest
-//!   sample of a series within a second wins. Points flagged "no recorded
+//! - **Time**: `time_unix_nano` to milliseconds (floor), kept as remote
+//!   write's are; the latest sample of a series within a millisecond wins. Points flagged "no recorded
 //!   value" are skipped.
 //!
 //! # Answers
@@ -192,11 +192,10 @@ fn sample(
         points.reject(1, format!("host {host:?}: {e}"));
         return;
     }
-    let second = (time_ns / 1_000_000_000) as i64;
     points.add(
         host,
         &metric,
-        second,
+        (time_ns / 1_000_000) as i64,
         time_ns.min(i64::MAX as u64) as i64,
         value,
     );
@@ -719,7 +718,7 @@ mod tests {
                     Data::Gauge(Gauge {
                         data_points: vec![
                             number(vec![kv("state", "used")], 100 * S + 5, 7.0),
-                            // Later in the same second: wins.
+                            // Later in the same millisecond: wins.
                             number(vec![kv("state", "used")], 100 * S + 9, 8.0),
                         ],
                     }),

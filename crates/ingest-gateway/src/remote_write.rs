@@ -12,11 +12,13 @@
 //!   (`node_cpu_seconds_total{cpu="0",instance="h:9100",job="node",mode="idle"}`,
 //!   [`broker_common::series_name`]); query-api parses it back, so PromQL
 //!   sees the labels Prometheus had.
-//! - **Time**: milliseconds to the broker's seconds (floor). Samples of one
-//!   series within one second: the latest wins.
-//! - One point per (host, second), split into several points of at most
-//!   `gateway.max_metrics_per_point` metrics (both layouts merge points of
-//!   the same host and second metric by metric).
+//! - **Time**: milliseconds, kept: one point per (host, millisecond) (a
+//!   scrape's samples share a timestamp), its `timestamp` the second (the
+//!   shard key) and `millis` the rest. Two samples of one series at one
+//!   millisecond: the later one in the request wins.
+//! - A point holds at most `gateway.max_metrics_per_point` metrics; a
+//!   larger scrape becomes several points (both layouts merge points of
+//!   the same host and time metric by metric).
 //! - **Values** as Prometheus defines them: NaN (an empty summary's
 //!   quantiles), ±Inf, and staleness markers (the NaN Prometheus writes
 //!   when a series goes away), stored as such ([`broker_common::value`]):
@@ -129,8 +131,8 @@ pub fn map_request(req: WriteRequest, host_label: &str, max_name_len: usize) -> 
             if broker_common::value::is_stale(s.value) {
                 m.stale += 1;
             }
-            let second = s.timestamp.div_euclid(1000);
-            m.points.add(&host, &metric, second, s.timestamp, s.value);
+            m.points
+                .add(&host, &metric, s.timestamp, s.timestamp, s.value);
         }
     }
     m
@@ -248,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn series_group_into_points_per_host_and_second() {
+    fn series_group_into_points_per_host_and_millisecond() {
         let req = WriteRequest {
             timeseries: vec![
                 series(
@@ -267,8 +269,14 @@ mod tests {
                         ("job", "node"),
                         ("mode", "idle"),
                     ],
-                    // Two samples in second 1000: the later one wins.
-                    &[(1_000_100, 10.0), (1_000_900, 11.0), (1_001_000, 12.0)],
+                    // Two samples in second 1000, both kept; two at one
+                    // millisecond: the later one wins.
+                    &[
+                        (1_000_100, 10.0),
+                        (1_000_900, 11.0),
+                        (1_001_000, 9.0),
+                        (1_001_000, 12.0),
+                    ],
                 ),
                 series(
                     &[("__name__", "up"), ("instance", "h2:9090")],
@@ -301,12 +309,12 @@ mod tests {
         problem(1, "no \"instance\" label");
         problem(2, "contains ' '");
         // The staleness marker and the NaN are values, stored.
-        assert_eq!((p.samples, p.superseded, m.stale, p.rejected), (7, 1, 1, 3));
+        assert_eq!((p.samples, p.superseded, m.stale, p.rejected), (8, 1, 1, 3));
         let batches = m.points.batches(100, 100);
         assert_eq!(batches.len(), 1);
         let b = &batches[0];
-        // (host, second, (metric, value)...) of each point.
-        type PointView = (String, i64, Vec<(String, u64)>);
+        // (host, second, millis, (metric, value)...) of each point.
+        type PointView = (String, i64, u32, Vec<(String, u64)>);
         let got: Vec<PointView> = b
             .points
             .iter()
@@ -314,6 +322,7 @@ mod tests {
                 (
                     p.host_id.clone(),
                     p.timestamp,
+                    p.millis,
                     p.metrics(&b.metric_names)
                         .map(|(n, v)| (n.unwrap().to_string(), v.to_bits()))
                         .collect(),
@@ -325,17 +334,18 @@ mod tests {
         assert_eq!(
             got,
             vec![
+                ("h1".into(), 1000, 100, vec![(cpu.into(), 10f64.to_bits())]),
                 (
                     "h1".into(),
                     1000,
-                    vec![
-                        (cpu.into(), 11f64.to_bits()),
-                        (load.into(), 0.5f64.to_bits())
-                    ]
+                    500,
+                    vec![(load.into(), 0.5f64.to_bits())]
                 ),
+                ("h1".into(), 1000, 900, vec![(cpu.into(), 11f64.to_bits())]),
                 (
                     "h1".into(),
                     1001,
+                    0,
                     vec![
                         (cpu.into(), 12f64.to_bits()),
                         (load.into(), 0.7f64.to_bits())
@@ -344,6 +354,7 @@ mod tests {
                 (
                     "h2".into(),
                     1000,
+                    0,
                     vec![
                         (
                             r#"gone{instance="h2:9090"}"#.into(),

@@ -1,11 +1,13 @@
 //! Samples of labelled series (Prometheus remote write, OTLP) gathered into
 //! the broker's points, and stored through the agents' ingest path.
 //!
-//! The broker's model is one snapshot per host and second. [`Points`]
+//! The broker's model is one snapshot per host and time. [`Points`]
 //! collects `(host, metric, time, value)` samples: one point per (host,
-//! second), the latest sample of a metric within a second winning, an
-//! invalid name left out as a problem of its own (in a point it would take
-//! the host's whole second with it). NaN, ±Inf and staleness markers are
+//! millisecond) (a scrape's samples share their timestamp, so a scrape is
+//! one point), the latest sample of a series within a millisecond winning,
+//! an invalid name left out as a problem of its own (in a point it would
+//! take the host's whole scrape with it). A point's `timestamp` is the
+//! second (the shard key stays per host and second) and `millis` the rest. NaN, ±Inf and staleness markers are
 //! values here, as in Prometheus. [`store`] sends
 //! the points through [`Inner::ingest`] and tallies what became of each
 //! sample, for the protocol's answer.
@@ -20,31 +22,29 @@ use std::collections::{BTreeMap, HashMap};
 /// Samples being gathered into points.
 #[derive(Debug, Default)]
 pub struct Points {
-    /// (host, second) -> metric name -> (time within the protocol's unit,
-    /// value): the time orders samples of one second.
+    /// (host, Unix milliseconds) -> metric name -> (time in the protocol's
+    /// unit, value): that time orders samples of one millisecond.
     points: BTreeMap<(String, i64), HashMap<String, (i64, f64)>>,
     /// What could not be mapped, with why.
     pub problems: Vec<String>,
     /// Samples put into points.
     pub samples: u64,
-    /// Samples skipped: a later one of the same series and second won.
+    /// Samples skipped: a later one of the same series and millisecond won.
     pub superseded: u64,
     /// Samples left out as problems.
     pub rejected: u64,
 }
 
 impl Points {
-    /// Adds one sample at `second`; `order` (the protocol's own timestamp)
-    /// decides which of two samples of one metric and second wins. NaN,
+    /// Adds one sample at `ms` (Unix milliseconds); `order` (the protocol's
+    /// own timestamp, finer for OTLP) decides which of two samples of one
+    /// series and millisecond wins, the later one in the request on a tie. NaN,
     /// ±Inf and staleness markers are values, as Prometheus defines them
     /// ([`broker_common::value`]).
-    pub fn add(&mut self, host: &str, metric: &str, second: i64, order: i64, value: f64) {
+    pub fn add(&mut self, host: &str, metric: &str, ms: i64, order: i64, value: f64) {
         let value = broker_common::value::stored(value);
-        // Looked up by &str first: most samples join an existing point.
-        let slot = match self.points.get_mut(&(host.to_string(), second)) {
-            Some(s) => s,
-            None => self.points.entry((host.to_string(), second)).or_default(),
-        };
+        let key = (host.to_string(), ms);
+        let slot = self.points.entry(key).or_default();
         match slot.get_mut(metric) {
             Some(prev) => {
                 self.superseded += 1;
@@ -68,10 +68,12 @@ impl Points {
     /// The points, in batches of at most `max_points` points of at most
     /// `max_metrics` metrics each (a host's second with more metrics
     /// becomes several points; both layouts merge them metric by metric).
+    /// Points are (host, millisecond): `timestamp` the second, `millis`
+    /// the rest.
     pub fn batches(&mut self, max_points: usize, max_metrics: usize) -> Vec<MetricBatch> {
         let mut out = Vec::new();
         let mut batch = Batch::default();
-        for ((host, second), metrics) in std::mem::take(&mut self.points) {
+        for ((host, ms), metrics) in std::mem::take(&mut self.points) {
             let mut metrics: Vec<(String, f64)> =
                 metrics.into_iter().map(|(n, (_, v))| (n, v)).collect();
             metrics.sort_unstable_by(|a, b| a.0.cmp(&b.0));
@@ -79,7 +81,7 @@ impl Points {
                 if batch.batch.points.len() >= max_points.max(1) {
                     out.push(std::mem::take(&mut batch).batch);
                 }
-                batch.push(&host, second, part);
+                batch.push(&host, ms, part);
             }
         }
         if !batch.batch.points.is_empty() {
@@ -97,10 +99,11 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, host: &str, second: i64, metrics: &[(String, f64)]) {
+    fn push(&mut self, host: &str, ms: i64, metrics: &[(String, f64)]) {
         let mut point = Point {
             host_id: host.to_string(),
-            timestamp: second,
+            timestamp: ms.div_euclid(1000),
+            millis: ms.rem_euclid(1000) as u32,
             ..Default::default()
         };
         for (name, v) in metrics {
@@ -177,11 +180,14 @@ pub(crate) async fn store(
         ..Default::default()
     };
     let results = futures::future::join_all(batches.into_iter().map(|b| async move {
-        // (host, second, samples) of each point, for the answer.
+        // (host, Unix ms, samples) of each point, for the answer.
         let points: Vec<(String, i64, u64)> = b
             .points
             .iter()
-            .map(|p| (p.host_id.clone(), p.timestamp, p.values.len() as u64))
+            .map(|p| {
+                let ms = p.timestamp.saturating_mul(1000) + i64::from(p.millis);
+                (p.host_id.clone(), ms, p.values.len() as u64)
+            })
             .collect();
         let wait = crate::gateway::Admission::Within(crate::gateway::HTTP_ADMISSION_WAIT);
         (points, inner.ingest(b, wait, true).await)
@@ -197,12 +203,12 @@ pub(crate) async fn store(
             Ok(errors) => {
                 out.stored += all;
                 for e in errors {
-                    let Some((host, second, n)) = points.get(e.index as usize) else {
+                    let Some((host, ms, n)) = points.get(e.index as usize) else {
                         continue;
                     };
                     out.stored -= n;
                     out.rejected += n;
-                    let what = format!("host {host:?} at {second}: {}", e.message);
+                    let what = format!("host {host:?} at {} ms: {}", ms, e.message);
                     if e.retryable {
                         out.retryable.get_or_insert(what);
                     } else {
@@ -222,24 +228,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_latest_sample_of_a_second_wins_and_non_finite_values_are_values() {
+    fn the_latest_sample_of_a_millisecond_wins_and_non_finite_values_are_values() {
         let mut p = Points::default();
-        p.add("h", "m", 10, 10_900, 2.0);
-        p.add("h", "m", 10, 10_100, 1.0);
-        p.add("h", "n", 10, 10_000, f64::INFINITY);
-        p.add("h", "m", 11, 11_000, 3.0);
-        p.add("h", "q", 11, 11_000, f64::NAN);
-        assert_eq!((p.samples, p.superseded, p.rejected), (4, 1, 0));
+        p.add("h", "m", 10_000, 10_000_900, 2.0);
+        p.add("h", "m", 10_000, 10_000_100, 1.0);
+        p.add("h", "n", 10_000, 10_000_000, f64::INFINITY);
+        p.add("h", "m", 11_000, 11_000_000, 3.0);
+        p.add("h", "q", 11_000, 11_000_000, f64::NAN);
+        // Another scrape in the same second: its own point, with millis.
+        p.add("h", "m", 11_250, 11_250_000, 4.0);
+        assert_eq!((p.samples, p.superseded, p.rejected), (5, 1, 0));
         assert!(p.problems.is_empty(), "{:?}", p.problems);
         let b = p.batches(10, 10);
-        // (second, sorted value bits): NaN is stored as the NaN sample.
-        let got: Vec<(i64, Vec<u64>)> = b[0]
+        // (second, millis, sorted value bits): NaN is stored as the NaN
+        // sample.
+        let got: Vec<(i64, u32, Vec<u64>)> = b[0]
             .points
             .iter()
             .map(|p| {
                 let mut v: Vec<u64> = p.values.iter().map(|v| v.to_bits()).collect();
                 v.sort_unstable();
-                (p.timestamp, v)
+                (p.timestamp, p.millis, v)
             })
             .collect();
         let bits = |v: &[f64]| {
@@ -250,7 +259,11 @@ mod tests {
         let nan = f64::from_bits(broker_common::value::NAN_BITS);
         assert_eq!(
             got,
-            vec![(10, bits(&[2.0, f64::INFINITY])), (11, bits(&[3.0, nan]))]
+            vec![
+                (10, 0, bits(&[2.0, f64::INFINITY])),
+                (11, 0, bits(&[3.0, nan])),
+                (11, 250, bits(&[4.0]))
+            ]
         );
     }
 

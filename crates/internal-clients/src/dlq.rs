@@ -50,9 +50,16 @@ pub struct EntryList {
 pub struct PointView {
     pub host: String,
     pub timestamp: i64,
+    /// Milliseconds past `timestamp` (remote write, OTLP).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub millis: u32,
     pub metrics: BTreeMap<String, f64>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// `GET /api/dlq/{id}`.

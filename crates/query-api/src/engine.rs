@@ -18,7 +18,7 @@
 //! bucket; [`crate::downsample`]): such a range may read up to
 //! `query.max_points_scanned` snapshots, counted before any is read, and
 //! only the downsampled answer is cached. PromQL's raw reads
-//! ([`Engine::frames`]) are bounded the same way, by
+//! ([`Engine::frames_ms`]) are bounded the same way, by
 //! `query.max_points_scanned` in all rather than `query.max_points` per
 //! host.
 
@@ -829,18 +829,19 @@ impl Engine {
             .ok_or_else(|| QueryError::HostNotFound(id.to_string()))
     }
 
-    /// Raw snapshots of several hosts for the PromQL evaluator, bounded by
+    /// Raw snapshots of several hosts in milliseconds `start_ms..=end_ms`,
+    /// to the millisecond, for the PromQL evaluator, bounded by
     /// `query.max_points_scanned` in all (counted before reading), not by
     /// `query.max_points` per host: a 7-day `rate(m{host="h"}[5m])` at a
     /// 5-minute step reads 120,960 snapshots of one host to answer 2,016
     /// points. Read in pipelines of many hosts; not through the range
     /// cache (an evaluation at another time never asks the same range
     /// again: the layout's chunk cache is what a refresh reuses).
-    pub async fn frames(
+    pub async fn frames_ms(
         &self,
         hosts: &[String],
-        start: i64,
-        end: i64,
+        start_ms: i64,
+        end_ms: i64,
         metrics: &[String],
     ) -> Result<Vec<Frame>, QueryError> {
         for h in hosts {
@@ -849,9 +850,13 @@ impl Engine {
         let metrics = self.check_metrics(metrics)?;
         // Counted first (the chunk index and open count per host), so a
         // query too large is refused before its snapshots are read.
+        let (start, end) = (start_ms.div_euclid(1000), end_ms.div_euclid(1000));
         let counts = self.store.counts(hosts, start, end).await?;
         self.check_scanned(counts.iter().sum::<u64>() as usize)?;
-        let frames = self.store.frames(hosts, start, end, &metrics).await?;
+        let frames = self
+            .store
+            .frames_ms(hosts, start_ms, end_ms, &metrics, None)
+            .await?;
         let read: usize = frames.iter().map(|f| f.timestamps.len()).sum();
         self.metrics.points_read.inc_by(read as u64);
         // Points written since the count could still pass the bound.

@@ -108,13 +108,14 @@ struct Selection {
 pub trait Source: Send + Sync {
     fn config(&self) -> &QueryConfig;
     fn host_list(&self) -> BoxFuture<'_, Result<Arc<Vec<HostInfo>>, QueryError>>;
-    /// The snapshots of each of `hosts` in `[start, end]` (seconds), only
-    /// `metrics`; fails past `query.max_points_scanned` before reading.
+    /// The snapshots of each of `hosts` in `[start_ms, end_ms]`
+    /// (milliseconds, as the frames' timestamps), only `metrics`; fails
+    /// past `query.max_points_scanned` before reading.
     fn frames<'a>(
         &'a self,
         hosts: &'a [String],
-        start: i64,
-        end: i64,
+        start_ms: i64,
+        end_ms: i64,
         metrics: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<Frame>, QueryError>>;
 }
@@ -131,11 +132,11 @@ impl Source for Engine {
     fn frames<'a>(
         &'a self,
         hosts: &'a [String],
-        start: i64,
-        end: i64,
+        start_ms: i64,
+        end_ms: i64,
         metrics: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<Frame>, QueryError>> {
-        Box::pin(Engine::frames(self, hosts, start, end, metrics))
+        Box::pin(Engine::frames_ms(self, hosts, start_ms, end_ms, metrics))
     }
 }
 
@@ -144,7 +145,7 @@ impl Source for Engine {
 pub struct MemorySource {
     pub config: QueryConfig,
     pub hosts: Arc<Vec<HostInfo>>,
-    /// Host id → its snapshots, timestamps ascending.
+    /// Host id → its snapshots, timestamps (milliseconds) ascending.
     pub frames: BTreeMap<String, Frame>,
 }
 
@@ -164,6 +165,7 @@ impl Source for MemorySource {
         end: i64,
         metrics: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<Frame>, QueryError>> {
+        // Milliseconds, as the frames hold them.
         Box::pin(async move {
             let empty = Frame::default();
             let out: Vec<Frame> = hosts
@@ -361,9 +363,12 @@ pub(crate) async fn series(
     // `offset d` reads the data from d earlier and shows it as of now.
     let off = offset_ms(vs.offset.as_ref());
     let (from_ms, to_ms) = (from_ms - off, to_ms - off);
-    let start = from_ms.div_euclid(1000).max(0);
-    let end = to_ms.div_euclid(1000);
-    crate::engine::check_range(engine.config(), start, end.max(start))?;
+    let (start, end) = (from_ms.max(0), to_ms);
+    crate::engine::check_range(
+        engine.config(),
+        start.div_euclid(1000),
+        end.div_euclid(1000).max(start.div_euclid(1000)),
+    )?;
     let wanted: BTreeSet<&String> = sel
         .hosts
         .iter()
@@ -385,10 +390,8 @@ pub(crate) async fn series(
                 .timestamps
                 .iter()
                 .zip(col)
-                .filter(|(t, v)| {
-                    !value::is_absent(**v) && **t * 1000 >= from_ms && **t * 1000 <= to_ms
-                })
-                .map(|(t, v)| (t * 1000 + off, *v))
+                .filter(|(t, v)| !value::is_absent(**v) && **t >= from_ms && **t <= to_ms)
+                .map(|(t, v)| (t + off, *v))
                 .collect();
             if points.is_empty() {
                 continue;
@@ -2034,7 +2037,7 @@ mod tests {
             metrics: vec!["m".into()],
         };
         let frame = Frame {
-            timestamps: (0..n).collect(),
+            timestamps: (0..n).map(|i| i * 1000).collect(),
             metrics: [("m".to_string(), (0..n).map(|i| i as f64).collect())].into(),
         };
         MemorySource {

@@ -103,14 +103,11 @@ impl Exec for Store {
     }
 }
 
+/// Reads of seconds `start..=end` of each host.
 fn reqs(hosts: &[String], start: i64, end: i64) -> Vec<RangeReq> {
     hosts
         .iter()
-        .map(|h| RangeReq {
-            host: h.clone(),
-            start,
-            end,
-        })
+        .map(|h| RangeReq::seconds(h.clone(), start, end))
         .collect()
 }
 
@@ -209,23 +206,20 @@ impl Store {
             .collect())
     }
 
-    /// The metrics of one snapshot; `None` when it does not exist (never
-    /// written, or expired). With `metrics` named, only those (missing ones
-    /// left out).
+    /// The metrics of one snapshot (second `ts`; points of that second
+    /// with milliseconds merged, the later winning); `None` when it does
+    /// not exist (never written, or expired). With `metrics` named, only
+    /// those (missing ones left out).
     pub async fn point(
         &self,
         host: &str,
         ts: i64,
         metrics: &[String],
     ) -> Result<Option<BTreeMap<String, f64>>, QueryError> {
-        let req = vec![RangeReq {
-            host: host.to_string(),
-            start: ts,
-            end: ts,
-        }];
-        let frame = self.frames_of(req.clone(), metrics, Some(1)).await?.pop();
+        let req = reqs(&[host.to_string()], ts, ts);
+        let frame = self.frames_of(req.clone(), metrics, None).await?.pop();
         let frame = match frame {
-            Some(f) if !f.timestamps.is_empty() => f,
+            Some(f) if !f.timestamps.is_empty() => f.into_seconds(),
             // The snapshot may exist without any of the named metrics.
             _ if !metrics.is_empty() => {
                 let all = self.frames_of(req, &[], Some(1)).await?.pop();
@@ -244,9 +238,10 @@ impl Store {
         ))
     }
 
-    /// One host's snapshots with `start <= ts <= end`, oldest first, at
-    /// most `limit`. With `metrics` empty, every metric found; else those
-    /// metrics, each a column even if no snapshot has it.
+    /// One host's snapshots with `start <= ts <= end` (seconds; points
+    /// with milliseconds merged per second), oldest first, at most `limit`.
+    /// With `metrics` empty, every metric found; else those metrics, each
+    /// a column even if no snapshot has it.
     pub async fn range(
         &self,
         host: &str,
@@ -256,11 +251,16 @@ impl Store {
         limit: Option<usize>,
     ) -> Result<Frame, QueryError> {
         let req = reqs(&[host.to_string()], start, end);
-        Ok(self
+        let mut frame = self
             .frames_of(req, metrics, limit)
             .await?
             .pop()
-            .unwrap_or_default())
+            .unwrap_or_default()
+            .into_seconds();
+        if let Some(limit) = limit {
+            frame.truncate(limit);
+        }
+        Ok(frame)
     }
 
     /// Each host's snapshots in the range (`metrics` as for [`Store::range`]),
@@ -272,7 +272,33 @@ impl Store {
         end: i64,
         metrics: &[String],
     ) -> Result<Vec<Frame>, QueryError> {
-        self.frames_of(reqs(hosts, start, end), metrics, None).await
+        Ok(self
+            .frames_of(reqs(hosts, start, end), metrics, None)
+            .await?
+            .into_iter()
+            .map(Frame::into_seconds)
+            .collect())
+    }
+
+    /// Each host's snapshots within milliseconds `start_ms..=end_ms`, to
+    /// the millisecond (PromQL, remote read), at most `limit` per host.
+    pub async fn frames_ms(
+        &self,
+        hosts: &[String],
+        start_ms: i64,
+        end_ms: i64,
+        metrics: &[String],
+        limit: Option<usize>,
+    ) -> Result<Vec<Frame>, QueryError> {
+        let reqs = hosts
+            .iter()
+            .map(|h| RangeReq {
+                host: h.clone(),
+                start_ms,
+                end_ms,
+            })
+            .collect();
+        self.frames_of(reqs, metrics, limit).await
     }
 
     /// How many snapshots each host holds in the range (an upper bound in
@@ -300,7 +326,8 @@ impl Store {
             .frames_of(reqs(hosts, start, end), &metrics, None)
             .await?
             .into_iter()
-            .map(|mut f| {
+            .map(|f| {
+                let mut f = f.into_seconds();
                 let values = f.metrics.remove(metric).unwrap_or_default();
                 (f.timestamps, values)
             })
@@ -318,15 +345,18 @@ impl Store {
         let reqs: Vec<RangeReq> = hosts
             .iter()
             .zip(timestamps)
-            .map(|(h, ts)| RangeReq {
-                host: h.clone(),
-                start: ts.iter().copied().min().unwrap_or(0),
-                end: ts.iter().copied().max().unwrap_or(-1),
+            .map(|(h, ts)| {
+                RangeReq::seconds(
+                    h.clone(),
+                    ts.iter().copied().min().unwrap_or(0),
+                    ts.iter().copied().max().unwrap_or(-1),
+                )
             })
             .collect();
         let frames = self.frames_of(reqs, &[metric.to_string()], None).await?;
         Ok(frames
-            .iter()
+            .into_iter()
+            .map(Frame::into_seconds)
             .zip(timestamps)
             .map(|(f, ts)| ts.iter().map(|&t| f.value_at(metric, t)).collect())
             .collect())
@@ -446,27 +476,15 @@ impl Store {
             .enumerate()
             .filter_map(|(i, h)| {
                 let h = h.as_ref()?;
-                (h.last_seen > 0 && h.metrics.is_empty()).then(|| {
-                    (
-                        i,
-                        RangeReq {
-                            host: h.id.clone(),
-                            start: h.last_seen,
-                            end: h.last_seen,
-                        },
-                    )
-                })
+                (h.last_seen > 0 && h.metrics.is_empty())
+                    .then(|| (i, RangeReq::seconds(h.id.clone(), h.last_seen, h.last_seen)))
             })
             .collect();
         if newest.is_empty() {
             return Ok(infos);
         }
         let frames = self
-            .frames_of(
-                newest.iter().map(|(_, r)| r.clone()).collect(),
-                &[],
-                Some(1),
-            )
+            .frames_of(newest.iter().map(|(_, r)| r.clone()).collect(), &[], None)
             .await?;
         // And those of the snapshots just before it: a host whose series
         // arrive at different seconds (Prometheus scraping two exporters of
@@ -477,18 +495,22 @@ impl Store {
                     .iter()
                     .map(|(_, r)| RangeReq {
                         host: r.host.clone(),
-                        start: r.start.saturating_sub(SERIES_WINDOW_SECS),
-                        end: r.start - 1,
+                        start_ms: r.start_ms.saturating_sub(SERIES_WINDOW_SECS * 1000),
+                        end_ms: r.start_ms - 1,
                     })
                     .collect(),
                 &[],
                 Some(SERIES_WINDOW_SNAPSHOTS),
             )
             .await?;
-        for (((i, r), f), b) in newest.into_iter().zip(frames).zip(before) {
+        for (((i, _), f), b) in newest.into_iter().zip(frames).zip(before) {
             if let Some(info) = infos[i].as_mut() {
-                let mut names: std::collections::BTreeSet<String> =
-                    f.names_at(r.start).into_iter().collect();
+                let mut names: std::collections::BTreeSet<String> = f
+                    .metrics
+                    .iter()
+                    .filter(|(_, col)| col.iter().any(|v| !v.is_nan()))
+                    .map(|(n, _)| n.clone())
+                    .collect();
                 names.extend(
                     b.metrics
                         .into_iter()

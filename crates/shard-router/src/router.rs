@@ -761,6 +761,7 @@ mod tests {
 
     fn point(host: &str, ts: i64) -> Point {
         Point {
+            millis: 0,
             host_id: host.to_string(),
             timestamp: ts,
             values: vec![1.0],

@@ -1,8 +1,13 @@
 //! The chunked layout's byte formats.
 //!
+//! Times are Unix **milliseconds** in everything this module hands out.
+//!
 //! **Open-chunk records**, appended one per point with `APPEND`:
 //! `[u32 len][body][u32 len]` (little-endian), where `body` is
-//! `i64 ts, u16 n, n × (u16 name_len, name, f64 value)`. The length at both
+//! `i64 ts, u16 n, n × (u16 name_len, name, f64 value)`. Bit 15 of `n`
+//! ([`MILLIS_FLAG`]) says `ts` is in milliseconds, as every record written
+//! since milliseconds were kept is; without it (records written before)
+//! `ts` is whole seconds. The length at both
 //! ends lets a reader parse forward from the start or backward from the
 //! end (the newest points, from a `GETRANGE` of the tail). A body of
 //! exactly 8 bytes is a **nonce**: sealing puts a fresh one at the start of
@@ -10,16 +15,27 @@
 //! it changed (see [`crate::chunked`]). Real bodies are at least 10 bytes.
 //!
 //! **Sealed chunks**, one Redis string each, immutable:
-//! `"C1", u32 points, u16 names, names × (u16 len, bytes), u32 len + pco
-//! i64 timestamps, then per name u32 len + pco f64 column` (NaN where a
-//! snapshot lacks the metric). pco (pcodec) is lossless for every f64 bit
+//! `"C2", u32 points, u16 names, names × (u16 len, bytes), u32 len + pco
+//! i64 timestamps (milliseconds), then per name u32 len + pco f64 column`
+//! (NaN where a snapshot lacks the metric). `"C1"` chunks, written before
+//! milliseconds were kept, are the same with timestamps in seconds; they
+//! are read as such, and rewritten as `C2` when a seal merges them. pco
+//! codes the timestamps' deltas, so a regular scrape's column costs next to
+//! nothing in either unit, and jitter of a few milliseconds a few bits. pco (pcodec) is lossless for every f64 bit
 //! pattern, and finds the deltas of counters and the decimal grid of
 //! gauges, which is where the memory goes.
 
 use crate::frame::FrameBuilder;
 use std::collections::{BTreeMap, HashMap};
 
-const MAGIC: &[u8; 2] = b"C1";
+const MAGIC: &[u8; 2] = b"C2";
+/// Sealed chunks written before milliseconds were kept: timestamps in seconds.
+const MAGIC_SECONDS: &[u8; 2] = b"C1";
+/// Bit of a record's metric count saying its timestamp is in milliseconds.
+pub const MILLIS_FLAG: u16 = 0x8000;
+/// Metrics a record can hold (the count's other bits); validation bounds
+/// `gateway.max_metrics_per_point` below it.
+pub const MAX_RECORD_METRICS: usize = (MILLIS_FLAG - 1) as usize;
 const NONCE_LEN: usize = 8;
 /// Points a sealed chunk can hold: sealing cuts at `writer.chunk_points`.
 const MAX_POINTS: usize = broker_common::config::MAX_CHUNK_POINTS;
@@ -32,14 +48,16 @@ fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
     Err(DecodeError(msg.into()))
 }
 
-/// Appends one point's record to `out`. Names longer than `u16::MAX`
-/// bytes cannot occur (validation bounds them far lower) and are cut.
+/// Appends one point's record, at `ts_ms` (Unix milliseconds), to `out`.
+/// Names longer than `u16::MAX` bytes, and more than
+/// [`MAX_RECORD_METRICS`] values, cannot occur (validation bounds both far
+/// lower) and are cut.
 pub fn encode_record<'a>(
     out: &mut Vec<u8>,
-    ts: i64,
+    ts_ms: i64,
     values: impl ExactSizeIterator<Item = (&'a str, f64)> + Clone,
 ) {
-    let n = values.len().min(u16::MAX as usize);
+    let n = values.len().min(MAX_RECORD_METRICS);
     let body_len: usize = 10
         + values
             .clone()
@@ -49,8 +67,8 @@ pub fn encode_record<'a>(
     let len = (body_len as u32).to_le_bytes();
     out.reserve(body_len + 8);
     out.extend_from_slice(&len);
-    out.extend_from_slice(&ts.to_le_bytes());
-    out.extend_from_slice(&(n as u16).to_le_bytes());
+    out.extend_from_slice(&ts_ms.to_le_bytes());
+    out.extend_from_slice(&(n as u16 | MILLIS_FLAG).to_le_bytes());
     for (name, v) in values.take(n) {
         let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
         out.extend_from_slice(&(name.len() as u16).to_le_bytes());
@@ -108,7 +126,7 @@ fn f64_at(b: &[u8], at: usize) -> Option<f64> {
     Some(f64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-/// A decoded record body: `(ts, [(name, value)])`.
+/// A decoded record body: `(ts_ms, [(name, value)])`.
 type Record<'a> = (i64, Vec<(&'a str, f64)>);
 
 /// Decodes a record body; `None` for a nonce.
@@ -119,6 +137,12 @@ fn parse_body(body: &[u8]) -> Result<Option<Record<'_>>, DecodeError> {
     let (Some(ts), Some(n)) = (i64_at(body, 0), u16_at(body, 8)) else {
         return err("record shorter than its header");
     };
+    let ts = if n & MILLIS_FLAG != 0 {
+        ts
+    } else {
+        ts.saturating_mul(1000)
+    };
+    let n = n & !MILLIS_FLAG;
     let mut at = 10;
     let mut values = Vec::with_capacity(n as usize);
     for _ in 0..n {
@@ -143,7 +167,7 @@ fn parse_body(body: &[u8]) -> Result<Option<Record<'_>>, DecodeError> {
     Ok(Some((ts, values)))
 }
 
-/// Walks the records of an open chunk, oldest first: `f(ts, values)` per
+/// Walks the records of an open chunk, oldest first: `f(ts_ms, values)` per
 /// point, nonces skipped. Returns the byte offset after each record, so a
 /// sealer can take a prefix.
 pub fn for_each_record<'a>(
@@ -184,7 +208,7 @@ pub fn read_records(chunk: &[u8], into: &mut FrameBuilder) -> Result<(), DecodeE
 }
 
 /// Snapshots being sealed, columnar, with metric names borrowed from the
-/// bytes they were decoded from: one row of values per timestamp (NaN
+/// bytes they were decoded from: one row of values per millisecond (NaN
 /// where the snapshot lacks the metric), one column per name. Merging is
 /// one hash lookup per sample and no allocation per sample.
 #[derive(Debug, Default)]
@@ -331,12 +355,16 @@ struct ChunkView<'a> {
     columns: Vec<&'a [u8]>,
     ts: &'a [u8],
     n: usize,
+    /// A C1 chunk: timestamps in seconds.
+    seconds: bool,
 }
 
 fn view(chunk: &[u8]) -> Result<ChunkView<'_>, DecodeError> {
-    if chunk.get(..2) != Some(MAGIC) {
-        return err("not a C1 chunk");
-    }
+    let seconds = match chunk.get(..2) {
+        Some(m) if m == MAGIC => false,
+        Some(m) if m == MAGIC_SECONDS => true,
+        _ => return err("not a C2 (or C1) chunk"),
+    };
     let (Some(n), Some(names_n)) = (u32_at(chunk, 2), u16_at(chunk, 6)) else {
         return err("chunk header cut short");
     };
@@ -372,6 +400,7 @@ fn view(chunk: &[u8]) -> Result<ChunkView<'_>, DecodeError> {
         columns,
         ts,
         n: n as usize,
+        seconds,
     })
 }
 
@@ -396,11 +425,17 @@ fn column<T: pco::data_types::Number + Default>(
     Ok(out)
 }
 
+/// A chunk's timestamps, in milliseconds.
 fn timestamps(v: &ChunkView<'_>) -> Result<Vec<i64>, DecodeError> {
-    column(v.ts, v.n, "timestamps")
+    let mut ts: Vec<i64> = column(v.ts, v.n, "timestamps")?;
+    if v.seconds {
+        ts.iter_mut().for_each(|t| *t = t.saturating_mul(1000));
+    }
+    Ok(ts)
 }
 
-/// A sealed chunk's timestamps and the columns asked for (those it has).
+/// A sealed chunk's timestamps (milliseconds) and the columns asked for
+/// (those it has).
 pub struct Decoded<'a> {
     pub timestamps: Vec<i64>,
     pub columns: Vec<(&'a str, Vec<f64>)>,
@@ -465,16 +500,26 @@ mod tests {
     #[test]
     fn records_round_trip() {
         let mut open = nonce_record(*b"12345678");
-        encode_record(&mut open, 100, [("cpu", 0.5), ("mem", -0.0)].into_iter());
-        encode_record(&mut open, 105, [("cpu", f64::MAX)].into_iter());
+        encode_record(
+            &mut open,
+            100_000,
+            [("cpu", 0.5), ("mem", -0.0)].into_iter(),
+        );
+        encode_record(&mut open, 105_250, [("cpu", f64::MAX)].into_iter());
+        // A record written before milliseconds were kept: whole seconds.
+        let mut old = Vec::new();
+        encode_record(&mut old, 110, [("cpu", 1.0)].into_iter());
+        old[4 + 8 + 1] &= 0x7f; // the count's MILLIS_FLAG bit, cleared
+        open.extend_from_slice(&old);
         let mut table = Table::new();
-        assert_eq!(merge_records(&open, &mut table).unwrap(), 2);
+        assert_eq!(merge_records(&open, &mut table).unwrap(), 3);
         assert_eq!(
-            table.get(100, "mem").unwrap().to_bits(),
+            table.get(100_000, "mem").unwrap().to_bits(),
             (-0.0f64).to_bits()
         );
-        assert_eq!(table.get(105, "cpu"), Some(f64::MAX));
-        assert_eq!(table.get(105, "mem"), None);
+        assert_eq!(table.get(105_250, "cpu"), Some(f64::MAX));
+        assert_eq!(table.get(105_250, "mem"), None);
+        assert_eq!(table.get(110_000, "cpu"), Some(1.0));
         // A cut record is an error, not a panic.
         assert!(merge_records(&open[..open.len() - 1], &mut Table::new()).is_err());
     }
@@ -503,12 +548,13 @@ mod tests {
         let mut table = Table::new();
         let mut want: Vec<(i64, &str, f64)> = Vec::new();
         for (i, v) in odd.iter().enumerate() {
-            let t = 1000 + i as i64 * 5;
+            // Jittered like real scrapes, to the millisecond.
+            let t = 1_000_000 + i as i64 * 5_000 + (i as i64 * 37) % 11;
             want.push((t, "x", *v));
             want.push((t, "c", i as f64));
         }
         // A snapshot without "x".
-        want.push((2000, "c", 7.0));
+        want.push((2_000_000, "c", 7.0));
         for (t, n, v) in &want {
             table.set(*t, n, *v);
         }
@@ -531,13 +577,23 @@ mod tests {
                 "{n} at {t}"
             );
         }
-        assert_eq!(back.names_at(2000), vec!["c"]);
-        let mut b = FrameBuilder::new(1000, 1010, &["x".to_string()]);
+        assert_eq!(back.names_at(2_000_000), vec!["c"]);
+        let mut b = FrameBuilder::new(1_000_000, 1_010_999, &["x".to_string()]);
         read_chunk(&blob, &mut b).unwrap();
         let f = b.finish(None);
-        assert_eq!(f.timestamps, vec![1000, 1005, 1010]);
+        assert_eq!(f.timestamps, vec![1_000_000, 1_005_004, 1_010_008]);
         assert_eq!(f.metrics["x"][0].to_bits(), (-0.0f64).to_bits());
         assert!(view(b"C1\x01").is_err());
+        // A C1 chunk (seconds) reads as milliseconds.
+        let mut secs = Table::new();
+        secs.set(100, "x", 1.0);
+        secs.set(105, "x", 2.0);
+        let secs_rows: Vec<(i64, &[f64])> = secs.rows().collect();
+        let mut c1 = encode_chunk(&secs, &secs_rows);
+        c1[..2].copy_from_slice(MAGIC_SECONDS);
+        let mut back = Table::new();
+        merge_chunk(&c1, &mut back).unwrap();
+        assert_eq!(back.get(105_000, "x"), Some(2.0));
         // Found by the chunk_decode fuzz target: a header claiming 1.7
         // billion points made pco allocate 4 GiB.
         let oom = b"\x43\x31\x59\x39\x0a\x64\x00\x00\x28\x00\x00\x00\x70\x63\x6f\x21\x03\x03\x2c\x03\x03\x03\x03\x03\x03\x03\x03\x03\x03\x03\x03\x03\x32\x00\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x20\x31\x00\x00\x00\x2f";

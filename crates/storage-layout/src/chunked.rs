@@ -8,7 +8,9 @@
 //!   columns), `EXPIREAT` its newest point + ttl; `id` is the xxh3 of the
 //!   bytes, so sealing the same points twice writes the same key.
 //! - `monitor:chunks:{host}`: ZSET score = chunk start, member =
-//!   `start:end:count:id`, the chunk index.
+//!   `start:end:count:id`, the chunk index. Chunk starts and ends here
+//!   are whole seconds (a chunk's first and last millisecond, floored), so
+//!   chunks written before milliseconds were kept index the same way.
 //! - `monitor:hosts:{host}`: the seed's metadata hash ([`crate::meta`]),
 //!   plus `open_points`, the records in the open chunk, and
 //!   `sealed_points`, the points the chunk index names (kept by the seal
@@ -224,8 +226,14 @@ redis.call('HSET', KEYS[2], 'sealed_points', n)
 return 1
 "#;
 
+/// The aligned window second `ts` is in.
 fn window(ts: i64) -> i64 {
     ts.div_euclid(CHUNK_WINDOW)
+}
+
+/// The second millisecond `ms` is in.
+fn second(ms: i64) -> i64 {
+    ms.div_euclid(1000)
 }
 
 fn corrupt(what: &'static str, host: &str, e: impl std::fmt::Display) -> LayoutError {
@@ -297,7 +305,8 @@ impl ChunkedLayout {
         let Reply::Bytes(open) = open else {
             return Ok(0);
         };
-        // The first records, up to the per-seal bound: their span first.
+        // The first records, up to the per-seal bound: their span first
+        // (milliseconds, then the seconds the index counts in).
         let max_records = self.config.points_per_chunk.max(1) * MAX_RECORDS_PER_SEAL_FACTOR;
         let (mut lo, mut hi) = (i64::MAX, i64::MIN);
         let mut records = 0;
@@ -315,6 +324,7 @@ impl ChunkedLayout {
         if records == 0 {
             return Ok(0);
         }
+        let (lo, hi) = (second(lo), second(hi));
         // Sealed chunks that overlap the open points are merged with them.
         let members = db
             .pipeline(vec![Command::of(
@@ -359,16 +369,16 @@ impl ChunkedLayout {
         let all: Vec<(i64, &[f64])> = table.rows().collect();
         let mut i = 0;
         while i < all.len() {
-            let w = window(all[i].0);
+            let w = window(second(all[i].0));
             let mut j = i + 1;
             while j < all.len()
                 && j - i < self.config.points_per_chunk.max(1)
-                && window(all[j].0) == w
+                && window(second(all[j].0)) == w
             {
                 j += 1;
             }
             let part = &all[i..j];
-            let (start, end) = (part[0].0, part[part.len() - 1].0);
+            let (start, end) = (second(part[0].0), second(part[part.len() - 1].0));
             i = j;
             if end.saturating_add(ttl_secs as i64) <= now {
                 continue; // already past retention
@@ -453,10 +463,12 @@ impl ChunkedLayout {
     /// What a read of `req` sends: the chunk starts it covers, and what
     /// the reader's cache holds of that range (see [`crate::read_cache`]).
     fn plan(&self, req: &RangeReq, metrics: &[String]) -> Plan {
+        let from = second(req.start_ms);
         let mut plan = Plan {
             host: Arc::from(req.host.as_str()),
-            lo: req.start.saturating_sub(CHUNK_WINDOW - 1),
-            hi: req.end,
+            from,
+            lo: from.saturating_sub(CHUNK_WINDOW - 1),
+            hi: second(req.end_ms),
             open: None,
             held: HashMap::new(),
         };
@@ -471,7 +483,7 @@ impl ChunkedLayout {
         {
             for c in members
                 .iter()
-                .filter(|c| c.start >= plan.lo && c.start <= plan.hi && c.end >= req.start)
+                .filter(|c| c.start >= plan.lo && c.start <= plan.hi && c.end >= from)
             {
                 if let Some(h) = cache.held(&plan.host, c, metrics) {
                     plan.held.insert(c.id.clone(), h);
@@ -487,7 +499,7 @@ impl ChunkedLayout {
         let mut args = vec![
             Bytes::from(plan.lo.to_string()),
             Bytes::from(plan.hi.to_string()),
-            Bytes::from(req.start.to_string()),
+            Bytes::from(plan.from.to_string()),
             Bytes::from(chunk_key_prefix(&req.host)),
         ];
         match &plan.open {
@@ -518,7 +530,7 @@ impl ChunkedLayout {
         let mut parts = reply.ok("EVAL")?.into_array().into_iter();
         let incremental = parts.next().and_then(|r| r.int()) == Some(1);
         let open = parts.next();
-        let mut b = FrameBuilder::new(req.start, req.end, metrics);
+        let mut b = FrameBuilder::new(req.start_ms, req.end_ms, metrics);
         let mut seen = Vec::new();
         let mut pairs = Vec::new();
         while let (Some(member), Some(blob)) = (parts.next(), parts.next()) {
@@ -561,7 +573,7 @@ impl ChunkedLayout {
                 }
             }
             Some(cache) => {
-                cache.saw_members(host, plan.lo, plan.hi, req.start, seen);
+                cache.saw_members(host, plan.lo, plan.hi, plan.from, seen);
                 let records = match (incremental, &plan.open, open) {
                     (true, Some(held), Some(tail)) if !tail.is_empty() => Some(Arc::new(
                         held.extended(tail)
@@ -592,6 +604,9 @@ impl ChunkedLayout {
 /// holds (the open chunk's records; sealed chunks' columns by chunk id).
 struct Plan {
     host: Arc<str>,
+    /// The range's first second: chunks ending before it are not read.
+    from: i64,
+    /// Chunk starts read (seconds).
     lo: i64,
     hi: i64,
     open: Option<Arc<OpenRecords>>,
@@ -636,7 +651,8 @@ impl KeyLayout for ChunkedLayout {
                     })
                     .collect();
                 record.clear();
-                chunk::encode_record(&mut record, p.timestamp, values.iter().copied());
+                let ms = p.timestamp.saturating_mul(1000) + i64::from(p.millis);
+                chunk::encode_record(&mut record, ms, values.iter().copied());
                 let mut key = Vec::with_capacity(p.host_id.len() + 16);
                 key.extend_from_slice(b"monitor:open:{");
                 key.extend_from_slice(p.host_id.as_bytes());
@@ -847,11 +863,11 @@ impl KeyLayout for ChunkedLayout {
                     "ZRANGEBYSCORE",
                     &[
                         index_key(&r.host).as_bytes(),
-                        r.start
+                        second(r.start_ms)
                             .saturating_sub(CHUNK_WINDOW - 1)
                             .to_string()
                             .as_bytes(),
-                        r.end.to_string().as_bytes(),
+                        second(r.end_ms).to_string().as_bytes(),
                     ],
                 ));
                 commands.push(Command::of(
@@ -873,7 +889,7 @@ impl KeyLayout for ChunkedLayout {
                     .into_array()
                     .iter()
                     .filter_map(|m| m.bytes().and_then(ChunkRef::parse))
-                    .filter(|c| c.end >= r.start)
+                    .filter(|c| c.end >= second(r.start_ms))
                     .map(|c| c.count)
                     .sum();
                 let open = open.ok("HGET")?.int().unwrap_or(0).max(0) as u64;
@@ -920,6 +936,7 @@ mod tests {
                     values: vec![0.5, 2.0],
                     name_index: vec![],
                     labels: [("role".to_string(), "web".to_string())].into(),
+                    millis: 0,
                 },
                 Point {
                     host_id: "h2".into(),
@@ -927,6 +944,7 @@ mod tests {
                     values: vec![7.0],
                     name_index: vec![1],
                     labels: Default::default(),
+                    millis: 250,
                 },
             ],
         };
@@ -936,25 +954,11 @@ mod tests {
         assert_eq!(
             names,
             [
-                "APPEND",
-                "APPEND",
-                "HSET",
-                "HINCRBY",
-                "EXPIRE",
-                "EXPIRE",
-                "HSET",
-                "HINCRBY",
-                "EXPIRE",
-                "EXPIRE",
+                "APPEND", "APPEND", "HSET", "HINCRBY", "EXPIRE", "EXPIRE", "HSET", "HINCRBY",
+                "EXPIRE", "EXPIRE",
                 // The host index and series sets (crate::hosts); a
                 // replay of the same hosts right after has none.
-                "ZADD",
-                "ZREMRANGEBYSCORE",
-                "EXPIRE",
-                "ZADD",
-                "ZREMRANGEBYSCORE",
-                "EXPIRE",
-                "ZADD"
+                "ZADD", "ZADD", "EVAL", "ZADD", "ZADD", "EVAL", "ZADD"
             ]
         );
         // A replay's metadata: one script per host with the key, last_seen,
@@ -978,8 +982,8 @@ mod tests {
         assert_eq!(&out[0].args[0][..], b"monitor:open:{h1}");
         let mut table = chunk::Table::new();
         chunk::merge_records(&out[1].args[1], &mut table).unwrap();
-        assert_eq!(table.get(100, "mem"), Some(7.0));
-        assert_eq!(table.names_at(100), vec!["mem"]);
+        assert_eq!(table.get(100_250, "mem"), Some(7.0));
+        assert_eq!(table.names_at(100_250), vec!["mem"]);
         layout.written(&[&batch], true, 1000);
         assert!(layout.due(1000, 10).is_empty());
         layout.written(&[&batch], true, 1001);

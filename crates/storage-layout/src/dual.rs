@@ -78,7 +78,7 @@ impl KeyLayout for DualRead {
                     if old.timestamps.is_empty() {
                         return new;
                     }
-                    let mut b = FrameBuilder::new(r.start, r.end, metrics);
+                    let mut b = FrameBuilder::new(r.start_ms, r.end_ms, metrics);
                     for f in [&old, &new] {
                         for &t in &f.timestamps {
                             b.touch(t);

@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Snapshots of one host, columnar: `metrics[name][i]` belongs to
-/// `timestamps[i]`; NaN where that snapshot lacks the metric.
+/// `timestamps[i]`; NaN where that snapshot lacks the metric. Timestamps
+/// are Unix milliseconds as layouts return them, whole seconds after
+/// [`Frame::into_seconds`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Frame {
     pub timestamps: Vec<i64>,
@@ -33,12 +35,40 @@ impl Frame {
         }
     }
 
-    /// The value of `metric` at `ts` (NaN when absent).
+    /// The value of `metric` at `ts` (milliseconds; NaN when absent).
     pub fn value_at(&self, metric: &str, ts: i64) -> f64 {
         match (self.timestamps.binary_search(&ts), self.metrics.get(metric)) {
             (Ok(i), Some(col)) => col[i],
             _ => f64::NAN,
         }
+    }
+
+    /// The same snapshots by whole second, for the APIs that count in
+    /// seconds (the agent protocol's query API, downsampling): snapshots
+    /// of one second merge, a later one's value of a metric winning.
+    /// Frames of whole-second points (agents) are returned as they are,
+    /// their timestamps divided by 1000.
+    pub fn into_seconds(mut self) -> Frame {
+        if self.timestamps.iter().all(|t| t % 1000 == 0) {
+            self.timestamps.iter_mut().for_each(|t| *t /= 1000);
+            return self;
+        }
+        let mut b = FrameBuilder::new(i64::MIN, i64::MAX, &[]);
+        let second = |t: i64| t.div_euclid(1000);
+        for &t in &self.timestamps {
+            b.row(second(t));
+        }
+        for (name, col) in &self.metrics {
+            let seconds: Vec<i64> = self.timestamps.iter().map(|&t| second(t)).collect();
+            b.set_column(&seconds, name, col);
+        }
+        // Columns named by the read but empty stay columns.
+        for name in self.metrics.keys() {
+            if !b.columns.contains_key(name) {
+                b.columns.insert(name.clone(), Vec::new());
+            }
+        }
+        b.finish(None)
     }
 
     /// Names of the metrics the snapshot at `ts` has, sorted.
@@ -76,7 +106,8 @@ pub struct FrameBuilder {
 }
 
 impl FrameBuilder {
-    /// Keeps snapshots with `start <= ts <= end`; with `metrics` named,
+    /// Keeps snapshots with `start <= ts <= end` (milliseconds); with
+    /// `metrics` named,
     /// only those.
     pub fn new(start: i64, end: i64, metrics: &[String]) -> Self {
         let mut columns = HashMap::new();
@@ -261,6 +292,23 @@ mod tests {
         assert_eq!(f.metrics["b"][1], 3.0);
         assert_eq!(f.value_at("a", 20), 4.0);
         assert_eq!(f.names_at(20), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn snapshots_of_one_second_merge_into_seconds() {
+        let mut b = FrameBuilder::new(0, 100_000, &[]);
+        b.set(10_000, "a", 1.0);
+        b.set(10_250, "b", 2.0);
+        b.set(10_900, "a", 3.0);
+        b.set(12_000, "a", 4.0);
+        let f = b.finish(None).into_seconds();
+        assert_eq!(f.timestamps, vec![10, 12]);
+        assert_eq!(f.metrics["a"], vec![3.0, 4.0]);
+        assert_eq!(f.metrics["b"][0], 2.0);
+        assert!(f.metrics["b"][1].is_nan());
+        let mut b = FrameBuilder::new(0, 100_000, &["z".to_string()]);
+        b.set(5_000, "z", 1.0);
+        assert_eq!(b.finish(None).into_seconds().timestamps, vec![5]);
     }
 
     #[test]

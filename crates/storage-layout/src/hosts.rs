@@ -9,9 +9,16 @@
 //!   on Redis Cluster it lives in one slot, and writers touch it once per
 //!   pipeline (one `ZADD` naming every host due), not once per point.
 //! - `monitor:series:{host}`: ZSET member = metric name (as stored, labels
-//!   included), score = the newest timestamp it was seen at (same refresh).
-//!   Carries the `{host}` hash tag, so it sits in the host's slot. Trimmed
-//!   past the ttl and expiring with the host's other keys.
+//!   included), score = the newest second it was seen at (same refresh, so
+//!   up to [`REFRESH`] behind). Carries the `{host}` hash tag, so it sits in
+//!   the host's slot. Trimmed past the ttl and expiring with the host's
+//!   other keys.
+//! - `monitor:series:first:{host}`: ZSET, the same members, score = the
+//!   oldest second each was seen at (`ZADD LT`: only ever backward, so a
+//!   late point moves it back). With the newest, a series' time range: a
+//!   selector or a label API over any past range finds series that have
+//!   since gone, and not those born after it ([`series_between`]). A
+//!   member leaves both sets together, when its newest is past the ttl.
 //! - `monitor:index:hosts:ready`: set once the index was backfilled from
 //!   data written before it existed ([`backfill`]), so nothing walks the
 //!   keyspace again.
@@ -53,6 +60,26 @@ pub fn series_key(host: &str) -> String {
     format!("monitor:series:{{{host}}}")
 }
 
+pub fn series_first_key(host: &str) -> String {
+    format!("monitor:series:first:{{{host}}}")
+}
+
+/// KEYS: series (newest), series first. ARGV: horizon, ttl. Drops the
+/// series last seen before the horizon from both sets, and sets both
+/// expiries.
+const TRIM_SERIES_SCRIPT: &str = r#"
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+for i = 1, #gone, 1000 do
+  local part = {}
+  for j = i, math.min(i + 999, #gone) do part[#part + 1] = gone[j] end
+  redis.call('ZREM', KEYS[1], unpack(part))
+  redis.call('ZREM', KEYS[2], unpack(part))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return #gone
+"#;
+
 /// Decides, per write, which hosts' index entries and series sets are due
 /// and appends the commands that refresh them. Shared by both layouts.
 #[derive(Clone)]
@@ -78,12 +105,23 @@ impl std::fmt::Debug for Indexer {
     }
 }
 
-/// One host's distinct name sets in a write: (hash, newest ts, a point
-/// carrying it: batch and point index).
+/// One host's distinct name sets in a write.
 struct Due<'a> {
     host: &'a str,
     newest: i64,
-    sets: Vec<(u64, i64, usize, usize)>,
+    sets: Vec<NameSet>,
+}
+
+/// A distinct set of metric names of one host in a write.
+#[derive(Clone, Copy)]
+struct NameSet {
+    hash: u64,
+    /// Newest and oldest second of the points carrying it.
+    newest: i64,
+    oldest: i64,
+    /// A point carrying it: batch and point index.
+    batch: usize,
+    point: usize,
 }
 
 fn name_hash(name: &str) -> u64 {
@@ -137,10 +175,20 @@ impl Indexer {
                 });
                 let due = &mut order[slot];
                 due.newest = due.newest.max(p.timestamp);
-                match due.sets.iter_mut().find(|s| s.0 == set) {
-                    Some(s) if s.1 >= p.timestamp => {}
-                    Some(s) => *s = (set, p.timestamp, b, i),
-                    None => due.sets.push((set, p.timestamp, b, i)),
+                match due.sets.iter_mut().find(|s| s.hash == set) {
+                    Some(s) => {
+                        s.oldest = s.oldest.min(p.timestamp);
+                        if p.timestamp > s.newest {
+                            (s.newest, s.batch, s.point) = (p.timestamp, b, i);
+                        }
+                    }
+                    None => due.sets.push(NameSet {
+                        hash: set,
+                        newest: p.timestamp,
+                        oldest: p.timestamp,
+                        batch: b,
+                        point: i,
+                    }),
                 }
             }
         }
@@ -149,7 +197,8 @@ impl Indexer {
 
     /// Appends the index and series-set refreshes due for `batches` (at
     /// most one `ZADD` on the index for all hosts due, and per host and
-    /// new name set one `ZADD` + trim + `EXPIRE` of its series set).
+    /// new name set a `ZADD` on each of its series sets and one trim
+    /// script).
     pub fn commands(&self, batches: &[&MetricBatch], ttl_secs: u64, out: &mut Vec<Command>) {
         let mut index = vec![
             Bytes::from_static(INDEX_KEY.as_bytes()),
@@ -158,8 +207,8 @@ impl Indexer {
         let long_ttl = Bytes::from((ttl_secs + REFRESH.as_secs() * 2).to_string());
         for due in Self::scan(batches) {
             let mut indexed = false;
-            for &(set, ts, b, i) in &due.sets {
-                let key = (due.host.to_string(), set);
+            for set in &due.sets {
+                let key = (due.host.to_string(), set.hash);
                 if self.recent.contains_key(&key) {
                     continue;
                 }
@@ -169,28 +218,33 @@ impl Indexer {
                     index.push(Bytes::from(due.newest.to_string()));
                     index.push(Bytes::copy_from_slice(due.host.as_bytes()));
                 }
-                let batch = batches[b];
+                let batch = batches[set.batch];
                 let series = Bytes::from(series_key(due.host));
-                let score = Bytes::from(ts.to_string());
-                let mut zadd = vec![series.clone(), Bytes::from_static(b"GT")];
-                for name in point_names(batch, &batch.points[i]) {
-                    zadd.push(score.clone());
-                    zadd.push(Bytes::copy_from_slice(name.as_bytes()));
+                let first = Bytes::from(series_first_key(due.host));
+                let (newest, oldest) = (
+                    Bytes::from(set.newest.to_string()),
+                    Bytes::from(set.oldest.to_string()),
+                );
+                let mut last_add = vec![series.clone(), Bytes::from_static(b"GT")];
+                let mut first_add = vec![first.clone(), Bytes::from_static(b"LT")];
+                for name in point_names(batch, &batch.points[set.point]) {
+                    let name = Bytes::copy_from_slice(name.as_bytes());
+                    last_add.push(newest.clone());
+                    last_add.push(name.clone());
+                    first_add.push(oldest.clone());
+                    first_add.push(name);
                 }
-                if zadd.len() == 2 {
+                if last_add.len() == 2 {
                     continue;
                 }
-                out.push(Command::new("ZADD", zadd));
-                let horizon = ts.saturating_sub(ttl_secs as i64);
-                out.push(Command::new(
-                    "ZREMRANGEBYSCORE",
-                    vec![
-                        series.clone(),
-                        Bytes::from_static(b"-inf"),
-                        Bytes::from(format!("({horizon}")),
-                    ],
+                out.push(Command::new("ZADD", last_add));
+                out.push(Command::new("ZADD", first_add));
+                let horizon = set.newest.saturating_sub(ttl_secs as i64);
+                out.push(Command::eval(
+                    TRIM_SERIES_SCRIPT,
+                    vec![series, first],
+                    vec![Bytes::from(horizon.to_string()), long_ttl.clone()],
                 ));
-                out.push(Command::new("EXPIRE", vec![series, long_ttl.clone()]));
             }
         }
         if index.len() > 2 {
@@ -202,8 +256,8 @@ impl Indexer {
     /// their refreshes are due again.
     pub fn failed(&self, batches: &[&MetricBatch]) {
         for due in Self::scan(batches) {
-            for &(set, ..) in &due.sets {
-                self.recent.invalidate(&(due.host.to_string(), set));
+            for set in &due.sets {
+                self.recent.invalidate(&(due.host.to_string(), set.hash));
             }
         }
     }
@@ -342,31 +396,65 @@ pub async fn series(
     hosts: &[String],
     since: i64,
 ) -> Result<Vec<Vec<String>>, LayoutError> {
-    let since = since.to_string();
-    let commands = hosts
-        .iter()
-        .map(|h| {
-            Command::of(
+    series_between(db, hosts, since, i64::MAX).await
+}
+
+/// Each host's series names whose time range meets seconds `start..=end`
+/// (sorted): seen at or after `start - REFRESH` (the newest is refreshed
+/// that often) and not first seen after `end`. Two `ZRANGEBYSCORE` per
+/// host, the second naming only the series born after `end`. Series
+/// written before first-seen times were kept count as seen from the
+/// start.
+pub async fn series_between(
+    db: &dyn Exec,
+    hosts: &[String],
+    start: i64,
+    end: i64,
+) -> Result<Vec<Vec<String>>, LayoutError> {
+    let since = start
+        .saturating_sub(REFRESH.as_secs() as i64)
+        .max(i64::MIN + 1)
+        .to_string();
+    let after = match end {
+        i64::MAX => None,
+        end => Some(format!("({end}")),
+    };
+    let mut commands = Vec::with_capacity(hosts.len() * 2);
+    for h in hosts {
+        commands.push(Command::of(
+            "ZRANGEBYSCORE",
+            &[series_key(h).as_bytes(), since.as_bytes(), b"+inf"],
+        ));
+        if let Some(after) = &after {
+            commands.push(Command::of(
                 "ZRANGEBYSCORE",
-                &[series_key(h).as_bytes(), since.as_bytes(), b"+inf"],
-            )
-        })
-        .collect();
-    db.pipeline(commands)
-        .await?
-        .into_iter()
-        .map(|r| {
-            let mut names: Vec<String> = r
-                .ok("ZRANGEBYSCORE")?
-                .into_array()
-                .iter()
-                .filter_map(|m| m.bytes().and_then(|b| std::str::from_utf8(b).ok()))
-                .map(str::to_string)
-                .collect();
-            names.sort_unstable();
-            Ok(names)
-        })
-        .collect()
+                &[series_first_key(h).as_bytes(), after.as_bytes(), b"+inf"],
+            ));
+        }
+    }
+    let names_of = |r: Reply| -> Result<Vec<String>, LayoutError> {
+        Ok(r.ok("ZRANGEBYSCORE")?
+            .into_array()
+            .iter()
+            .filter_map(|m| m.bytes().and_then(|b| std::str::from_utf8(b).ok()))
+            .map(str::to_string)
+            .collect())
+    };
+    let mut replies = db.pipeline(commands).await?.into_iter();
+    let mut out = Vec::with_capacity(hosts.len());
+    for _ in hosts {
+        let mut names = names_of(replies.next().unwrap_or(Reply::Nil))?;
+        if after.is_some() {
+            let born_later: std::collections::HashSet<String> =
+                names_of(replies.next().unwrap_or(Reply::Nil))?
+                    .into_iter()
+                    .collect();
+            names.retain(|n| !born_later.contains(n));
+        }
+        names.sort_unstable();
+        out.push(names);
+    }
+    Ok(out)
 }
 
 /// How many series each of `hosts` reported at or after `since` (a
@@ -561,26 +649,23 @@ async fn backfill_hosts(
         index.push(Bytes::from(seen.to_string()));
         index.push(Bytes::copy_from_slice(h.as_bytes()));
         if names.is_empty() {
-            newest.push(RangeReq {
-                host: h.clone(),
-                start: seen,
-                end: seen,
-            });
+            newest.push((seen, RangeReq::seconds(h.clone(), seen, seen)));
         }
     }
     let mut commands = Vec::new();
     if index.len() > 2 {
         commands.push(Command::new("ZADD", index));
     }
-    let frames = layout.frames(db, &newest, &[], Some(1)).await?;
+    let reqs: Vec<RangeReq> = newest.iter().map(|(_, r)| r.clone()).collect();
+    let frames = layout.frames(db, &reqs, &[], None).await?;
     let long_ttl = (ttl_secs + REFRESH.as_secs() * 2).to_string();
-    for (req, frame) in newest.iter().zip(frames) {
-        let names = frame.names_at(req.start);
+    for ((seen, req), frame) in newest.iter().zip(frames) {
+        let names = frame.into_seconds().names_at(*seen);
         if names.is_empty() {
             continue;
         }
         let key = Bytes::from(series_key(&req.host));
-        let score = Bytes::from(req.start.to_string());
+        let score = Bytes::from(seen.to_string());
         let mut zadd = vec![key.clone(), Bytes::from_static(b"GT")];
         for n in names {
             zadd.push(score.clone());
@@ -616,6 +701,7 @@ mod tests {
                     values: vec![1.0; ix.len()],
                     name_index: ix,
                     labels: Default::default(),
+                    millis: 0,
                 })
                 .collect(),
         }
@@ -624,9 +710,12 @@ mod tests {
     fn render(out: &[Command]) -> Vec<String> {
         out.iter()
             .map(|c| {
+                // EVAL is shown without its script and key count.
+                let skip = if c.name == "EVAL" { 2 } else { 0 };
                 let args: Vec<String> = c
                     .args
                     .iter()
+                    .skip(skip)
                     .map(|a| String::from_utf8_lossy(a).into_owned())
                     .collect();
                 format!("{} {}", c.name, args.join(" "))
@@ -648,11 +737,11 @@ mod tests {
             render(&out),
             [
                 "ZADD monitor:series:{h1} GT 105 b 105 a",
-                "ZREMRANGEBYSCORE monitor:series:{h1} -inf (45",
-                "EXPIRE monitor:series:{h1} 120",
+                "ZADD monitor:series:first:{h1} LT 100 b 100 a",
+                "EVAL monitor:series:{h1} monitor:series:first:{h1} 45 120",
                 "ZADD monitor:series:{h2} GT 100 c",
-                "ZREMRANGEBYSCORE monitor:series:{h2} -inf (40",
-                "EXPIRE monitor:series:{h2} 120",
+                "ZADD monitor:series:first:{h2} LT 100 c",
+                "EVAL monitor:series:{h2} monitor:series:first:{h2} 40 120",
                 "ZADD monitor:index:hosts GT 105 h1 100 h2",
             ]
         );

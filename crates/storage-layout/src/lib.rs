@@ -71,12 +71,24 @@ pub enum LayoutError {
     },
 }
 
-/// One host's time range to read, both ends included.
+/// One host's time range to read, in Unix milliseconds, both ends
+/// included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeReq {
     pub host: String,
-    pub start: i64,
-    pub end: i64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+impl RangeReq {
+    /// The whole of seconds `start..=end` of `host`.
+    pub fn seconds(host: impl Into<String>, start: i64, end: i64) -> Self {
+        Self {
+            host: host.into(),
+            start_ms: start.saturating_mul(1000),
+            end_ms: end.saturating_mul(1000).saturating_add(999),
+        }
+    }
 }
 
 /// A storage format: how points are written, maintained and read.
@@ -119,7 +131,7 @@ pub trait KeyLayout: Send + Sync + 'static {
     }
 
     /// The snapshots of each request's host within its range, oldest
-    /// first, at most `limit` per host. With `metrics` empty, every metric
+    /// first, at most `limit` per host, timestamped in milliseconds. With `metrics` empty, every metric
     /// found, and a snapshot is kept when it exists; else exactly those
     /// metrics as columns, and a snapshot is kept when it has at least one.
     fn frames<'a>(
@@ -142,8 +154,8 @@ pub trait KeyLayout: Send + Sync + 'static {
                 .iter()
                 .map(|h| RangeReq {
                     host: h.clone(),
-                    start: 0,
-                    end: i64::MAX,
+                    start_ms: 0,
+                    end_ms: i64::MAX,
                 })
                 .collect();
             self.counts(db, &reqs).await

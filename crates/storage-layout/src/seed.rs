@@ -84,10 +84,6 @@ impl Args {
         self.buf.extend_from_slice(b);
         self.args.push(self.buf.split().freeze());
     }
-    fn push_i64(&mut self, v: i64) {
-        let mut f = itoa_buf();
-        self.push(fmt_i64(&mut f, v));
-    }
     fn push_f64(&mut self, v: f64) {
         if crate::value::is_stale(v) {
             return self.push(b"stale");
@@ -119,22 +115,65 @@ fn fmt_i64(buf: &mut [u8; 20], v: i64) -> &[u8] {
 }
 
 struct HostAgg<'a> {
-    timestamps: Vec<i64>,
+    /// The points' stamps ([`stamp`]).
+    stamps: Vec<Vec<u8>>,
     last_seen: i64,
     labels: Option<&'a HashMap<String, String>>,
 }
 
-pub fn metrics_key(host: &str, timestamp: i64) -> String {
-    format!("monitor:metrics:{{{host}}}:{timestamp}")
+/// The key of `host`'s point at `ms` (Unix milliseconds).
+pub fn metrics_key(host: &str, ms: i64) -> String {
+    let stamp = stamp(ms.div_euclid(1000), ms.rem_euclid(1000) as u32);
+    format!(
+        "monitor:metrics:{{{host}}}:{}",
+        String::from_utf8_lossy(&stamp)
+    )
+}
+
+/// How a point's time is written in its key, its index member and score:
+/// Unix seconds as the seed has them (`1700000000`), and for a point with
+/// milliseconds (remote write, OTLP) decimal seconds (`1700000000.250`),
+/// which Redis reads as the same score.
+pub fn stamp(second: i64, millis: u32) -> Vec<u8> {
+    if millis == 0 {
+        second.to_string().into_bytes()
+    } else {
+        format!("{second}.{millis:03}").into_bytes()
+    }
+}
+
+/// A score bound for Unix milliseconds `ms`: decimal seconds.
+fn score(ms: i64) -> String {
+    match ms {
+        i64::MAX => "+inf".to_string(),
+        i64::MIN => "-inf".to_string(),
+        ms => String::from_utf8_lossy(&stamp(ms.div_euclid(1000), ms.rem_euclid(1000) as u32))
+            .into_owned(),
+    }
 }
 
 pub fn index_key(host: &str) -> String {
     format!("monitor:index:metrics:{{{host}}}")
 }
 
-/// The timestamp a time-index member stands for.
+/// The time a time-index member stands for, in Unix milliseconds
+/// ([`stamp`]'s forms).
 pub fn index_member_timestamp(member: &[u8]) -> Option<i64> {
-    std::str::from_utf8(member).ok()?.parse().ok()
+    let s = std::str::from_utf8(member).ok()?;
+    let (second, millis) = match s.split_once('.') {
+        None => (s, 0),
+        Some((second, frac)) => {
+            if frac.len() != 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            (second, frac.parse::<i64>().ok()?)
+        }
+    };
+    second
+        .parse::<i64>()
+        .ok()?
+        .checked_mul(1000)?
+        .checked_add(millis)
 }
 
 /// A metric value as stored in a point's hash (ryu's format; `NaN` is a
@@ -159,8 +198,8 @@ impl SeedLayout {
             .map(|r| {
                 let mut args: Vec<Bytes> = vec![
                     Bytes::from(index_key(&r.host)),
-                    Bytes::from(r.start.to_string()),
-                    Bytes::from(r.end.to_string()),
+                    Bytes::from(score(r.start_ms)),
+                    Bytes::from(score(r.end_ms)),
                 ];
                 if let Some(limit) = limit {
                     args.extend([
@@ -221,7 +260,7 @@ impl KeyLayout for SeedLayout {
             let mut replies = db.pipeline(commands).await?.into_iter();
             let mut frames = Vec::with_capacity(reqs.len());
             for (r, ts) in reqs.iter().zip(&timestamps) {
-                let mut b = FrameBuilder::new(r.start, r.end, metrics);
+                let mut b = FrameBuilder::new(r.start_ms, r.end_ms, metrics);
                 for &t in ts {
                     let Some(reply) = replies.next() else { break };
                     if metrics.is_empty() {
@@ -260,8 +299,8 @@ impl KeyLayout for SeedLayout {
                         "ZCOUNT",
                         &[
                             index_key(&r.host).as_bytes(),
-                            r.start.to_string().as_bytes(),
-                            r.end.to_string().as_bytes(),
+                            score(r.start_ms).as_bytes(),
+                            score(r.end_ms).as_bytes(),
                         ],
                     )
                 })
@@ -296,7 +335,13 @@ impl KeyLayout for SeedLayout {
                 let mut a =
                     Args::with_capacity(key_len + p.values.len() * 40, 1 + 2 * p.values.len());
                 let mut tsb = itoa_buf();
-                let ts = fmt_i64(&mut tsb, p.timestamp);
+                let stamped;
+                let ts = if p.millis == 0 {
+                    fmt_i64(&mut tsb, p.timestamp)
+                } else {
+                    stamped = stamp(p.timestamp, p.millis);
+                    &stamped[..]
+                };
                 a.push_key(&[b"monitor:metrics:{", p.host_id.as_bytes(), b"}:", ts]);
                 let key = a.args[0].clone();
                 for (i, v) in p.values.iter().enumerate() {
@@ -319,12 +364,12 @@ impl KeyLayout for SeedLayout {
                 let agg = hosts.entry(p.host_id.as_str()).or_insert_with(|| {
                     order.push(p.host_id.as_str());
                     HostAgg {
-                        timestamps: Vec::new(),
+                        stamps: Vec::new(),
                         last_seen: i64::MIN,
                         labels: None,
                     }
                 });
-                agg.timestamps.push(p.timestamp);
+                agg.stamps.push(ts.to_vec());
                 if p.timestamp >= agg.last_seen {
                     agg.last_seen = p.timestamp;
                     if !p.labels.is_empty() {
@@ -347,12 +392,11 @@ impl KeyLayout for SeedLayout {
                 a.push_key(&[b"monitor:hosts:{", h, b"}"]);
                 a.args.pop().expect("key")
             };
-            let mut z =
-                Args::with_capacity(agg.timestamps.len() * 24, 1 + 2 * agg.timestamps.len());
+            let mut z = Args::with_capacity(agg.stamps.len() * 32, 1 + 2 * agg.stamps.len());
             z.args.push(index_key.clone());
-            for ts in &agg.timestamps {
-                z.push_i64(*ts);
-                z.push_i64(*ts);
+            for ts in &agg.stamps {
+                z.push(ts);
+                z.push(ts);
             }
             out.push(z.done("ZADD"));
             meta::update(
@@ -362,7 +406,7 @@ impl KeyLayout for SeedLayout {
                 agg.last_seen,
                 agg.labels,
                 POINTS_WRITTEN_FIELD,
-                agg.timestamps.len() as i64,
+                agg.stamps.len() as i64,
             );
             // After the writes, so both keys exist when EXPIRE runs.
             if !self.maintained.contains_key(host) {
@@ -458,6 +502,7 @@ mod tests {
                     values: vec![0.5, 2.0],
                     name_index: vec![],
                     labels: [("role".to_string(), "web".to_string())].into(),
+                    millis: 0,
                 },
                 Point {
                     host_id: "h1".into(),
@@ -465,6 +510,7 @@ mod tests {
                     values: vec![7.0],
                     name_index: vec![1],
                     labels: Default::default(),
+                    millis: 0,
                 },
             ],
         };
@@ -498,11 +544,11 @@ mod tests {
                 "EXPIRE monitor:hosts:{h1} 90",
                 // The series set, once per name set, and the host index.
                 "ZADD monitor:series:{h1} GT 100 cpu 100 mem",
-                "ZREMRANGEBYSCORE monitor:series:{h1} -inf (40",
-                "EXPIRE monitor:series:{h1} 120",
+                "ZADD monitor:series:first:{h1} LT 100 cpu 100 mem",
+                "EVAL monitor:series:{h1} monitor:series:first:{h1} 40 120",
                 "ZADD monitor:series:{h1} GT 105 mem",
-                "ZREMRANGEBYSCORE monitor:series:{h1} -inf (45",
-                "EXPIRE monitor:series:{h1} 120",
+                "ZADD monitor:series:first:{h1} LT 105 mem",
+                "EVAL monitor:series:{h1} monitor:series:first:{h1} 45 120",
                 "ZADD monitor:index:hosts GT 105 h1",
             ]
         );
@@ -524,14 +570,26 @@ mod tests {
             "EVAL monitor:hosts:{h1} 105 points_written 2 label:role web"
         );
         assert_eq!(out.len(), 6);
-        assert_eq!(metrics_key("h1", 100), "monitor:metrics:{h1}:100");
+        assert_eq!(metrics_key("h1", 100_000), "monitor:metrics:{h1}:100");
+        assert_eq!(metrics_key("h1", 100_050), "monitor:metrics:{h1}:100.050");
         assert_eq!(index_key("h1"), "monitor:index:metrics:{h1}");
     }
 
     #[test]
     fn seed_values_read_back() {
-        assert_eq!(index_member_timestamp(b"1700000000"), Some(1_700_000_000));
-        assert_eq!(index_member_timestamp(b"x"), None);
+        assert_eq!(
+            index_member_timestamp(b"1700000000"),
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(
+            index_member_timestamp(b"1700000000.250"),
+            Some(1_700_000_000_250)
+        );
+        assert_eq!(score(1_700_000_000_250), "1700000000.250");
+        assert_eq!(score(1_700_000_000_000), "1700000000");
+        for bad in [&b"x"[..], b"1.5", b"1.2500", b"1.-25", b""] {
+            assert_eq!(index_member_timestamp(bad), None, "{bad:?}");
+        }
         // ryu's format, as the writer stores values.
         let mut b = ryu::Buffer::new();
         for v in [
@@ -565,6 +623,7 @@ mod tests {
                 values: vec![1.0, 2.0, 3.0],
                 name_index: vec![0],
                 labels: Default::default(),
+                millis: 0,
             }],
         };
         let mut out = Vec::new();

@@ -42,6 +42,7 @@ pub fn point_views(batch: &MetricBatch) -> Vec<PointView> {
         .map(|p| PointView {
             host: p.host_id.clone(),
             timestamp: p.timestamp,
+            millis: p.millis,
             metrics: p
                 .metrics(&batch.metric_names)
                 .filter_map(|(name, v)| name.map(|n| (n.to_string(), v)))

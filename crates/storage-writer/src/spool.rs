@@ -408,6 +408,7 @@ mod tests {
             metric_names: vec!["m".into()],
             points: (0..n)
                 .map(|i| Point {
+                    millis: 0,
                     host_id: host.into(),
                     timestamp: i as i64,
                     values: vec![i as f64],

@@ -21,6 +21,10 @@ pub const DEFAULT_MAX_INFLIGHT_POINTS: usize = 200_000;
 /// write deadlines) before the gateway gives up on a batch.
 pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Highest `gateway.max_metrics_per_point`: the chunked layout's records
+/// count a point's metrics in 15 bits.
+pub const MAX_METRICS_PER_POINT_LIMIT: usize = 32_767;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
@@ -97,6 +101,13 @@ impl GatewayConfig {
             "gateway.max_metrics_per_point",
             self.max_metrics_per_point,
         );
+        // A stored record counts its metrics in 15 bits.
+        if self.max_metrics_per_point > MAX_METRICS_PER_POINT_LIMIT {
+            bad(
+                "gateway.max_metrics_per_point",
+                format!("must be at most {MAX_METRICS_PER_POINT_LIMIT}"),
+            );
+        }
         positive(bad, "gateway.max_host_id_len", self.max_host_id_len);
         positive(bad, "gateway.max_metric_name_len", self.max_metric_name_len);
         positive(bad, "gateway.max_message_bytes", self.max_message_bytes);

@@ -168,11 +168,11 @@ pub async fn verify_layout(
         .into_iter()
         .map(|(h, ts)| {
             let h = h as usize;
-            let req = RangeReq {
-                host: host_id(h),
-                start: *ts.iter().min().expect("one point"),
-                end: *ts.iter().max().expect("one point"),
-            };
+            let req = RangeReq::seconds(
+                host_id(h),
+                *ts.iter().min().expect("one point"),
+                *ts.iter().max().expect("one point"),
+            );
             (req, ts, h)
         })
         .collect();
@@ -188,6 +188,7 @@ pub async fn verify_layout(
                     .expect("read the layout");
                 let (mut found, mut missing) = (0u64, Vec::new());
                 for ((q, ts, h), f) in part.iter().zip(frames) {
+                    let f = f.into_seconds();
                     for &t in ts {
                         let ok = names
                             .iter()
