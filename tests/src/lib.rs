@@ -12,6 +12,7 @@
 //!   stop, restart, partition and add-voter.
 
 pub mod cluster;
+pub mod prometheus;
 
 use broker_common::{BrokerConfig, Listeners, Service};
 use broker_proto::v1::monitor_service_client::MonitorServiceClient;

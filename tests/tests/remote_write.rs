@@ -7,73 +7,17 @@
 
 use broker_common::Service;
 use broker_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
+use broker_tests::prometheus::{Proc, port, prometheus, prometheus_ready, spawn, vector_at};
 use broker_tests::{
     RedisServer, Running, config_for, enc, http, instant, instant_eventually, now, post_bytes,
     scrape,
 };
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const SERVICES: &[Service] = &Service::DEFAULT;
-
-/// Waits until the Prometheus at `addr` answers `/-/ready`; `logs` for
-/// the failure message.
-async fn prometheus_ready(addr: SocketAddr, logs: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok()
-            && http(addr, "GET", "/-/ready", "").await.0 == 200
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus not ready\n{}",
-            logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(bin: &'static str, args: &[String], log: &std::path::Path) -> Proc {
-    let out = std::fs::File::create(log).unwrap();
-    let child = Command::new(bin)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(out)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {bin} (scripts/deps.sh installs it): {e}"));
-    Proc(child)
-}
-
-fn port() -> u16 {
-    redis_process::free_port().unwrap()
-}
-
-/// A Prometheus on `addr` with `dir/prometheus.yml` (written by the
-/// caller), its TSDB in `dir/tsdb` and its log in `dir/prometheus.log`;
-/// `extra` flags after those.
-fn prometheus(dir: &std::path::Path, addr: SocketAddr, extra: &[&str]) -> Proc {
-    let mut args = vec![
-        format!("--config.file={}", dir.join("prometheus.yml").display()),
-        format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
-        format!("--web.listen-address={addr}"),
-    ];
-    args.extend(extra.iter().map(|a| a.to_string()));
-    spawn("prometheus", &args, &dir.join("prometheus.log"))
-}
 
 /// Polls until `f` answers `Some`, for at most `within`.
 async fn wait_for<T, F: std::future::Future<Output = Option<T>>>(
@@ -544,67 +488,6 @@ fn labelled(
             .map(|(timestamp, value)| Sample { value, timestamp })
             .collect(),
     }
-}
-
-/// A query's instant vector as (labels without instance/host, value); a
-/// range vector (`resultType: matrix`) as one entry per sample, its time
-/// added to the labels.
-async fn vector_at(addr: SocketAddr, q: &str, t_ms: i64) -> Result<Vec<(String, f64)>, String> {
-    let path = format!(
-        "/api/v1/query?query={}&time={}.{:03}",
-        enc(q),
-        t_ms / 1000,
-        t_ms % 1000
-    );
-    let (status, body) = http(addr, "GET", &path, "").await;
-    if status != 200 {
-        return Err(format!("{status}: {body}"));
-    }
-    if body["data"]["resultType"] == "scalar" {
-        let v = body["data"]["result"][1].as_str().unwrap().parse().unwrap();
-        return Ok(vec![("scalar".into(), v)]);
-    }
-    let matrix = body["data"]["resultType"] == "matrix";
-    let mut out: Vec<(String, f64)> = body["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|s| {
-            if !matrix {
-                return vec![s.clone()];
-            }
-            s["values"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| serde_json::json!({"metric": s["metric"], "value": v}))
-                .collect()
-        })
-        .map(|s| {
-            let labels: Vec<String> = s["metric"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .filter(|(k, _)| *k != "instance" && *k != "host")
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            let host = s["metric"]["host"]
-                .as_str()
-                .or_else(|| s["metric"]["instance"].as_str()?.split(':').next())
-                .unwrap_or("")
-                .to_string();
-            let v: f64 = s["value"][1].as_str().unwrap().parse().unwrap();
-            let at = if matrix {
-                format!(" @{}", s["value"][0])
-            } else {
-                String::new()
-            };
-            (format!("{host} {}{at}", labels.join(",")), v)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

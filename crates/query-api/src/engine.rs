@@ -753,6 +753,18 @@ impl Engine {
 
     /// Every host with its series names, sorted by id, read again at most
     /// every `query.hosts_cache_ttl` ([`HostListCache`]).
+    /// Each of `hosts`' series whose time range meets seconds
+    /// `start..=end` (the writers' series sets: first and newest second
+    /// seen), sorted; for the label and series APIs over a past range.
+    pub async fn series_between(
+        &self,
+        hosts: &[String],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<Vec<String>>, QueryError> {
+        Ok(storage_layout::hosts::series_between(&self.store, hosts, start, end).await?)
+    }
+
     pub async fn host_list(&self) -> Result<Arc<Vec<HostInfo>>, QueryError> {
         self.hosts
             .get(

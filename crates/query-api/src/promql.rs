@@ -321,8 +321,10 @@ async fn select(engine: &dyn Source, vs: &VectorSelector) -> Result<Selection, Q
 /// The labels `absent(v)` answers with: of a selector, those its
 /// equality matchers name once (not the metric name); else none.
 fn absent_labels(e: &Expr) -> Labels {
-    let Expr::VectorSelector(vs) = e else {
-        return Labels::new();
+    let vs = match e {
+        Expr::VectorSelector(vs) => vs,
+        Expr::MatrixSelector(ms) => &ms.vs,
+        _ => return Labels::new(),
     };
     let mut out = Labels::new();
     let mut seen = BTreeSet::new();
@@ -737,8 +739,15 @@ impl Evaluator<'_> {
                 });
                 return Ok(Evaluated::Vector(out));
             }
-            ("absent", [v]) => {
-                let inner = self.vector_arg(v, name).await?;
+            ("absent" | "absent_over_time", [v]) => {
+                let inner = if name == "absent" {
+                    self.vector_arg(v, name).await?
+                } else {
+                    match self.range_function("present_over_time", args).await? {
+                        Evaluated::Vector(v) => v,
+                        Evaluated::Scalar(_) => Vec::new(),
+                    }
+                };
                 let present: BTreeSet<i64> = inner
                     .iter()
                     .flat_map(|s| s.points.iter().map(|p| p.0))
@@ -834,9 +843,18 @@ impl Evaluator<'_> {
             }
             _ => {}
         }
-        // Range functions: the range vector first (the quantile first for
-        // quantile_over_time), then scalar parameters.
-        let (m, param_exprs): (&Expr, Vec<&Expr>) = match (name, args.as_slice()) {
+        self.range_function(name, args).await
+    }
+
+    /// A function of a range vector (`rate(m[5m])`, `*_over_time`), its
+    /// range vector first (the quantile first for quantile_over_time),
+    /// then scalar parameters.
+    async fn range_function(
+        &self,
+        name: &str,
+        args: &[Box<Expr>],
+    ) -> Result<Evaluated, QueryError> {
+        let (m, param_exprs): (&Expr, Vec<&Expr>) = match (name, args) {
             ("quantile_over_time", [q, m]) => (m, vec![q.as_ref()]),
             ("predict_linear", [m, t]) => (m, vec![t.as_ref()]),
             ("double_exponential_smoothing", [m, sf, tf]) => (m, vec![sf.as_ref(), tf.as_ref()]),
@@ -1822,28 +1840,48 @@ async fn matched_each(
     p: &Params,
     mut each: impl FnMut(Labels),
 ) -> Result<(), QueryError> {
-    if p.all("match[]").is_empty() {
-        let list = engine.host_list().await?;
-        for h in list.iter() {
-            let l = host_labels(h);
-            h.metrics.iter().for_each(|m| each(series_labels(&l, m)));
-        }
-        return Ok(());
+    for (_, metrics) in selected(engine, p, false).await? {
+        metrics.into_iter().for_each(|(_, l)| each(l));
     }
-    matched(engine, p).await?.into_iter().for_each(each);
     Ok(())
 }
 
 /// Label sets of the series `match[]` selects (required).
 async fn matched(engine: &Engine, p: &Params) -> Result<Vec<Labels>, QueryError> {
-    let selectors = p.all("match[]");
-    if selectors.is_empty() {
-        return Err(QueryError::invalid(
-            "match[]",
-            "no match[] parameter provided",
-        ));
-    }
     let mut out = BTreeSet::new();
+    for (_, metrics) in selected(engine, p, true).await? {
+        out.extend(metrics.into_iter().map(|(_, labels)| labels));
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// The series `match[]` selects (every series without one, unless
+/// `required`), per host, as stored name and labels. With `start` or
+/// `end`, only those whose time range meets it (as Prometheus answers:
+/// series that had samples then, gone since or not); without, every
+/// series of the retention.
+async fn selected(
+    engine: &Engine,
+    p: &Params,
+    required: bool,
+) -> Result<Vec<(String, Vec<(String, Labels)>)>, QueryError> {
+    let selectors = p.all("match[]");
+    let mut hosts: BTreeMap<String, BTreeMap<String, Labels>> = BTreeMap::new();
+    if selectors.is_empty() {
+        if required {
+            return Err(QueryError::invalid(
+                "match[]",
+                "no match[] parameter provided",
+            ));
+        }
+        for h in engine.host_list().await?.iter() {
+            let l = host_labels(h);
+            let metrics = hosts.entry(h.id.clone()).or_default();
+            for m in &h.metrics {
+                metrics.insert(m.clone(), series_labels(&l, m));
+            }
+        }
+    }
     for s in selectors {
         let Expr::VectorSelector(vs) = parse_expr(s)? else {
             return Err(QueryError::invalid(
@@ -1851,11 +1889,37 @@ async fn matched(engine: &Engine, p: &Params) -> Result<Vec<Labels>, QueryError>
                 format!("{s:?} is not a series selector"),
             ));
         };
-        for (_, metrics) in select(engine, &vs).await?.hosts {
-            out.extend(metrics.into_iter().map(|(_, labels)| labels));
+        for (host, metrics) in select(engine, &vs).await?.hosts {
+            hosts.entry(host).or_default().extend(metrics);
         }
     }
-    Ok(out.into_iter().collect())
+    let (start, end) = (p.get("start"), p.get("end"));
+    if start.is_none() && end.is_none() {
+        return Ok(hosts
+            .into_iter()
+            .map(|(h, m)| (h, m.into_iter().collect()))
+            .collect());
+    }
+    let start = start.map_or(Ok(i64::MIN), |v| parse_ms("start", v))?;
+    let end = end.map_or(Ok(i64::MAX), |v| parse_ms("end", v))?;
+    if end < start {
+        return Err(QueryError::invalid("end", "is before start"));
+    }
+    let ids: Vec<String> = hosts.keys().cloned().collect();
+    let (start, end) = (start.div_euclid(1000), end.div_euclid(1000));
+    let during = engine.series_between(&ids, start, end).await?;
+    Ok(hosts
+        .into_iter()
+        .zip(during)
+        .map(|((h, metrics), during)| {
+            let during: BTreeSet<String> = during.into_iter().collect();
+            let metrics = metrics
+                .into_iter()
+                .filter(|(m, _)| during.contains(m))
+                .collect();
+            (h, metrics)
+        })
+        .collect())
 }
 
 async fn handle(s: &HttpState, op: &'static str, q: Option<String>, body: Bytes) -> Response {
