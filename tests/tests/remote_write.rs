@@ -401,6 +401,69 @@ async fn bad_samples_get_400_and_the_good_ones_are_stored_and_no_redis_gets_503(
     broker.stop().await;
 }
 
+/// Samples keep their milliseconds (two scrapes in one second are two
+/// samples, each at its own time), and a sample that arrives after newer
+/// ones of its series (a Prometheus replaying its WAL, a resharded queue)
+/// takes its place, before and after the host's chunk is sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn milliseconds_are_kept_and_late_samples_take_their_place() {
+    let redis = RedisServer::start().expect("redis-server");
+    let mut config = config_for(&redis.url());
+    // Seal after a few points, so late samples also meet sealed chunks.
+    config.writer.chunk_points = 4;
+    let broker = Running::broker(config, SERVICES).await;
+    let t = (now() - 60) * 1000;
+    let samples = |times: &[i64]| -> Vec<(i64, f64)> {
+        times.iter().map(|&dt| (t + dt, dt as f64)).collect()
+    };
+    let redis_reader = broker_tests::Reader::connect(&redis.url()).await;
+    for (i, part) in [
+        &[0, 250, 1_250][..],
+        &[5_000, 10_000, 15_000, 20_000, 25_000],
+        // Late: between samples already stored (and sealed).
+        &[2_500, 12_001, 999],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let req = WriteRequest {
+            timeseries: vec![series("rw_ms", "h1:9100", &samples(part))],
+        };
+        let (status, _, body) = post(broker.http, &req).await;
+        assert_eq!(status, 204, "{body}");
+        if i == 1 {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let chunks = redis_reader.cmd(&["ZCARD", "monitor:chunks:{h1}"]).await;
+                if chunks.as_i64().unwrap_or(0) > 0 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "h1's points never sealed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let want: Vec<(i64, f64)> = samples(&[
+        0, 250, 999, 1_250, 2_500, 5_000, 10_000, 12_001, 15_000, 20_000, 25_000,
+    ]);
+    let got = vector_at(broker.http, "rw_ms[1m]", t + 30_000)
+        .await
+        .unwrap();
+    let mut got: Vec<(i64, f64)> = got
+        .iter()
+        .map(|(labels, v)| {
+            let at: f64 = labels.rsplit('@').next().unwrap().parse().unwrap();
+            ((at * 1000.0).round() as i64, *v)
+        })
+        .collect();
+    got.sort_by_key(|p| p.0);
+    assert_eq!(got, want);
+    // An instant query between two samples of one second sees the older.
+    let between = vector_at(broker.http, "rw_ms", t + 1_000).await.unwrap();
+    assert_eq!(between[0].1, 999.0, "{between:?}");
+    broker.stop().await;
+}
+
 /// `count_over_time(node_load1[60s])` at `t_ms` from `addr`.
 async fn count_at(addr: SocketAddr, t_ms: i64) -> Option<f64> {
     let path = format!(

@@ -16,6 +16,9 @@
 //!   host going down and delivers the alert ([`hosts`]).
 //! - `broker-bench remote-write`: Prometheus remote write into the
 //!   all-in-one broker, samples/s ([`remote_write`]).
+//! - `broker-bench chunks`: bytes per sample of sealed chunks with
+//!   whole-second and millisecond timestamps ([`chunks`]).
+//! - `broker-bench week`: a week of a fleet, time-compressed ([`week`]).
 //!
 //! The service processes are this same binary re-executed with the hidden
 //! `serve` subcommand (the all-in-one `broker::run`), so the bench needs
@@ -28,6 +31,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod chunks;
 mod hosts;
 mod layout;
 mod query;
@@ -71,6 +75,9 @@ enum Cmd {
     Hosts(IngestArgs),
     /// Prometheus remote write into the all-in-one broker: samples/s.
     RemoteWrite(remote_write::RemoteWriteArgs),
+    /// Bytes per sample of sealed chunks with whole-second and
+    /// millisecond timestamps (no Redis).
+    Chunks(chunks::ChunksArgs),
     /// A week of a fleet on one Redis (time-compressed): memory, host
     /// lists, idle Redis CPU, long ranges and fleet PromQL, beside
     /// VictoriaMetrics on the same samples.
@@ -163,6 +170,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(remote_write::run(args))
         }
+        Cmd::Chunks(args) => chunks::run(args),
         Cmd::Week(args) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(week::run(args))

@@ -404,6 +404,11 @@ fn view(chunk: &[u8]) -> Result<ChunkView<'_>, DecodeError> {
     })
 }
 
+/// Bytes of a sealed chunk's timestamp column (for benchmarks).
+pub fn timestamp_column_len(chunk: &[u8]) -> Result<usize, DecodeError> {
+    Ok(view(chunk)?.ts.len())
+}
+
 /// Exactly `n` numbers of one pco column. Decoded into a buffer of the
 /// size the chunk header names (itself bounded), never one sized by pco's
 /// own header, so corrupt bytes cannot make a read allocate gigabytes.
