@@ -1,7 +1,8 @@
 //! Real Prometheus and exporters beside the broker: starting them, and
 //! asking both the same PromQL to compare the answers.
 
-use crate::{enc, http};
+use crate::{enc, http, post_bytes};
+use broker_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -216,5 +217,68 @@ pub fn compare(
         Outcome::Equal
     } else {
         Outcome::ValuesDiffer
+    }
+}
+
+/// POSTs `body` to `/api/v1/write` as Prometheus does; status,
+/// Retry-After and body.
+pub async fn post_write_raw(addr: SocketAddr, body: &[u8]) -> (u16, Option<String>, String) {
+    let a = post_bytes(
+        addr,
+        "/api/v1/write",
+        "Content-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n",
+        body,
+    )
+    .await;
+    (a.status, a.header("retry-after"), a.text())
+}
+
+/// POSTs `req`, snappy-compressed protobuf.
+pub async fn post_write(addr: SocketAddr, req: &WriteRequest) -> (u16, Option<String>, String) {
+    use prost::Message;
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&req.encode_to_vec())
+        .unwrap();
+    post_write_raw(addr, &body).await
+}
+
+pub fn series(name: &str, instance: &str, samples: &[(i64, f64)]) -> TimeSeries {
+    TimeSeries {
+        labels: [("__name__", name), ("instance", instance), ("job", "t")]
+            .iter()
+            .map(|(n, v)| Label {
+                name: n.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        samples: samples
+            .iter()
+            .map(|&(timestamp, value)| Sample { value, timestamp })
+            .collect(),
+    }
+}
+
+/// A series `name{instance, job="t", extra...}` with `samples`.
+pub fn labelled(
+    name: &str,
+    host: &str,
+    extra: &[(&str, &str)],
+    samples: Vec<(i64, f64)>,
+) -> TimeSeries {
+    let mut labels: Vec<Label> = [("__name__", name), ("instance", host), ("job", "t")]
+        .iter()
+        .chain(extra)
+        .map(|(n, v)| Label {
+            name: n.to_string(),
+            value: v.to_string(),
+        })
+        .collect();
+    labels.sort_by(|a, b| a.name.cmp(&b.name));
+    TimeSeries {
+        labels,
+        samples: samples
+            .into_iter()
+            .map(|(timestamp, value)| Sample { value, timestamp })
+            .collect(),
     }
 }

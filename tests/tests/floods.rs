@@ -389,34 +389,15 @@ async fn http_bodies_share_the_byte_budget() {
 
 /// One sample by remote write, as Prometheus sends it; the status.
 async fn remote_write_one(to: SocketAddr, instance: &str) -> u16 {
-    use broker_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
-    use prost::Message;
-    let req = WriteRequest {
-        timeseries: vec![TimeSeries {
-            labels: [("__name__", "flood_beside"), ("instance", instance)]
-                .iter()
-                .map(|(n, v)| Label {
-                    name: n.to_string(),
-                    value: v.to_string(),
-                })
-                .collect(),
-            samples: vec![Sample {
-                value: 1.0,
-                timestamp: (now() - 10) * 1000,
-            }],
-        }],
+    use broker_tests::prometheus::{post_write, series};
+    let req = broker_proto::prometheus::WriteRequest {
+        timeseries: vec![series(
+            "flood_beside",
+            instance,
+            &[((now() - 10) * 1000, 1.0)],
+        )],
     };
-    let body = snap::raw::Encoder::new()
-        .compress_vec(&req.encode_to_vec())
-        .unwrap();
-    post_bytes(
-        to,
-        "/api/v1/write",
-        "Content-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\n",
-        &body,
-    )
-    .await
-    .status
+    post_write(to, &req).await.0
 }
 
 /// A series flood on one host (label values that churn: before, every new
@@ -470,43 +451,21 @@ async fn new_series_past_the_per_host_limit_are_refused_and_the_rest_stored() {
     );
 
     // The same by remote write: 400 naming the limit, known series stored.
-    use broker_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
-    use prost::Message;
-    let series = |name: &str| TimeSeries {
-        labels: [("__name__", name), ("instance", "rw-churn:9100")]
-            .iter()
-            .map(|(n, v)| Label {
-                name: n.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
-        samples: vec![Sample {
-            value: 1.0,
-            timestamp: ts * 1000,
-        }],
-    };
+    use broker_tests::prometheus::{post_write, series};
     let post = |names: Vec<&str>| {
-        let req = WriteRequest {
-            timeseries: names.into_iter().map(series).collect(),
+        let req = broker_proto::prometheus::WriteRequest {
+            timeseries: names
+                .into_iter()
+                .map(|n| series(n, "rw-churn:9100", &[(ts * 1000, 1.0)]))
+                .collect(),
         };
-        let body = snap::raw::Encoder::new()
-            .compress_vec(&req.encode_to_vec())
-            .unwrap();
         let http = broker.http;
-        async move {
-            post_bytes(
-                http,
-                "/api/v1/write",
-                "Content-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\n",
-                &body,
-            )
-            .await
-        }
+        async move { post_write(http, &req).await }
     };
-    let a = post(vec!["up", "load1", "load5"]).await;
-    assert_eq!(a.status, 204, "{}", a.text());
-    let a = post(vec!["up", "load1", "load5", "t1", "t2", "t3", "t4"]).await;
-    assert_eq!(a.status, 400, "{}", a.text());
-    assert!(a.text().contains("max_series_per_host"), "{}", a.text());
+    let (status, _, body) = post(vec!["up", "load1", "load5"]).await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _, body) = post(vec!["up", "load1", "load5", "t1", "t2", "t3", "t4"]).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("max_series_per_host"), "{body}");
     broker.stop().await;
 }

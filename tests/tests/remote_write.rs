@@ -6,8 +6,10 @@
 //! hand-built request.
 
 use broker_common::Service;
-use broker_proto::prometheus::{Label, Sample, TimeSeries, WriteRequest};
-use broker_tests::prometheus::{Proc, port, prometheus, prometheus_ready, spawn, vector_at};
+use broker_proto::prometheus::WriteRequest;
+use broker_tests::prometheus::{
+    Proc, port, post_write, post_write_raw, prometheus, prometheus_ready, series, spawn, vector_at,
+};
 use broker_tests::{
     RedisServer, Running, config_for, enc, http, instant, instant_eventually, now, post_bytes,
     scrape,
@@ -282,44 +284,6 @@ fn value_of(text: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
-/// POSTs `body` to `/api/v1/write` as Prometheus does; status,
-/// Retry-After and body.
-async fn post_raw(addr: SocketAddr, body: &[u8]) -> (u16, Option<String>, String) {
-    let a = post_bytes(
-        addr,
-        "/api/v1/write",
-        "Content-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\n",
-        body,
-    )
-    .await;
-    (a.status, a.header("retry-after"), a.text())
-}
-
-/// POSTs `req`, snappy-compressed protobuf.
-async fn post(addr: SocketAddr, req: &WriteRequest) -> (u16, Option<String>, String) {
-    use prost::Message;
-    let body = snap::raw::Encoder::new()
-        .compress_vec(&req.encode_to_vec())
-        .unwrap();
-    post_raw(addr, &body).await
-}
-
-fn series(name: &str, instance: &str, samples: &[(i64, f64)]) -> TimeSeries {
-    TimeSeries {
-        labels: [("__name__", name), ("instance", instance), ("job", "t")]
-            .iter()
-            .map(|(n, v)| Label {
-                name: n.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
-        samples: samples
-            .iter()
-            .map(|&(timestamp, value)| Sample { value, timestamp })
-            .collect(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_samples_get_400_and_the_good_ones_are_stored_and_no_redis_gets_503() {
     let mut redis = RedisServer::start().expect("redis-server");
@@ -335,7 +299,7 @@ async fn bad_samples_get_400_and_the_good_ones_are_stored_and_no_redis_gets_503(
     let ok = WriteRequest {
         timeseries: vec![series("rw_good", "h1:9100", &[(ms, 1.5)])],
     };
-    assert_eq!(post(broker.http, &ok).await.0, 204);
+    assert_eq!(post_write(broker.http, &ok).await.0, 204);
 
     // What a page's no-cors fetch sends (no preflight): an Origin, a
     // text/plain type and a valid snappy body. Refused before it is read,
@@ -364,7 +328,7 @@ async fn bad_samples_get_400_and_the_good_ones_are_stored_and_no_redis_gets_503(
             series("rw_old", "h3:9100", &[(1_000, 1.0)]),
         ],
     };
-    let (status, _, body) = post(broker.http, &mixed).await;
+    let (status, _, body) = post_write(broker.http, &mixed).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("h3"), "{body}");
     assert!(
@@ -382,11 +346,11 @@ async fn bad_samples_get_400_and_the_good_ones_are_stored_and_no_redis_gets_503(
     assert_eq!(count[0]["metric"]["job"], "t");
 
     // Not snappy, and snappy but not a WriteRequest.
-    let (status, _, body) = post_raw(broker.http, b"hello").await;
+    let (status, _, body) = post_write_raw(broker.http, b"hello").await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("snappy"), "{body}");
     let garbage = snap::raw::Encoder::new().compress_vec(&[0xff; 64]).unwrap();
-    let (status, _, body) = post_raw(broker.http, &garbage).await;
+    let (status, _, body) = post_write_raw(broker.http, &garbage).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("prometheus.WriteRequest"), "{body}");
 
@@ -395,7 +359,7 @@ async fn bad_samples_get_400_and_the_good_ones_are_stored_and_no_redis_gets_503(
     let later = WriteRequest {
         timeseries: vec![series("rw_good", "h1:9100", &[(ms + 2000, 3.5)])],
     };
-    let (status, retry_after, body) = post(broker.http, &later).await;
+    let (status, retry_after, body) = post_write(broker.http, &later).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(retry_after.as_deref(), Some("1"));
     broker.stop().await;
@@ -429,7 +393,7 @@ async fn milliseconds_are_kept_and_late_samples_take_their_place() {
         let req = WriteRequest {
             timeseries: vec![series("rw_ms", "h1:9100", &samples(part))],
         };
-        let (status, _, body) = post(broker.http, &req).await;
+        let (status, _, body) = post_write(broker.http, &req).await;
         assert_eq!(status, 204, "{body}");
         if i == 1 {
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -529,374 +493,6 @@ async fn restarts_of_the_gateway_and_of_prometheus_lose_no_sample() {
 }
 
 /// A series of `samples` for the equality test, host `h`.
-fn labelled(
-    name: &str,
-    host: &str,
-    extra: &[(&str, &str)],
-    samples: Vec<(i64, f64)>,
-) -> TimeSeries {
-    let mut labels: Vec<Label> = [("__name__", name), ("instance", host), ("job", "t")]
-        .iter()
-        .chain(extra)
-        .map(|(n, v)| Label {
-            name: n.to_string(),
-            value: v.to_string(),
-        })
-        .collect();
-    labels.sort_by(|a, b| a.name.cmp(&b.name));
-    TimeSeries {
-        labels,
-        samples: samples
-            .into_iter()
-            .map(|(timestamp, value)| Sample { value, timestamp })
-            .collect(),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn promql_answers_equal_prometheus_on_the_same_samples() {
-    let redis = RedisServer::start().expect("redis-server");
-    let broker = Running::broker(config_for(&redis.url()), SERVICES).await;
-    // A Prometheus that receives remote write, so both get the very same
-    // samples (whole seconds: the broker's resolution).
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("prometheus.yml"), "global: {}\n").unwrap();
-    let prom: SocketAddr = format!("127.0.0.1:{}", port()).parse().unwrap();
-    let _prom = prometheus(dir.path(), prom, &["--web.enable-remote-write-receiver"]);
-    prometheus_ready(prom, || {
-        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
-    })
-    .await;
-
-    // 10 minutes of samples every 5 s, ending 2 minutes ago: a counter per
-    // host and kind with a reset, a gauge per host.
-    //
-    // Samples fall 1 s past a 5 s boundary, so none sits exactly on the
-    // start of a window of a subquery step (multiples of 20 s, 30 s, 1 m):
-    // there Prometheus 2.x (this test's) counts the sample and Prometheus
-    // 3.x, like the broker, does not (windows are left-open since 3.0).
-    let end = (now() - 120) * 1000;
-    let end = end - end.rem_euclid(5_000) + 1_000;
-    let start = end - 600_000;
-    let mut timeseries = Vec::new();
-    for (hi, host) in ["h1:9100", "h2:9100"].iter().enumerate() {
-        for (ki, kind) in ["a", "b"].iter().enumerate() {
-            let mut c = 10.0 * (hi + ki) as f64;
-            let samples = (start..=end)
-                .step_by(5_000)
-                .enumerate()
-                .map(|(i, t)| {
-                    c += ((i * 7 + hi * 3 + ki) % 11) as f64 + 0.25;
-                    if i == 60 + 10 * hi {
-                        c = 1.5; // counter reset
-                    }
-                    (t, c)
-                })
-                .collect();
-            timeseries.push(labelled("c_total", host, &[("kind", kind)], samples));
-        }
-        let samples = (start..=end)
-            .step_by(5_000)
-            .enumerate()
-            .map(|(i, t)| (t, ((i * 13 + hi * 5) % 17) as f64 * 1.5 - 4.0))
-            .collect();
-        timeseries.push(labelled("g", host, &[], samples));
-        // A classic histogram: cumulative buckets per `le`.
-        let bounds = ["0.1", "0.5", "1", "5", "+Inf"];
-        let mut counts = [0.0; 5];
-        let mut buckets: Vec<Vec<(i64, f64)>> = vec![Vec::new(); bounds.len()];
-        for (i, t) in (start..=end).step_by(5_000).enumerate() {
-            // Observations this interval, by bucket (not cumulative).
-            for (b, c) in counts.iter_mut().enumerate() {
-                *c += ((i * (b + 3) + hi * 7 + b) % 5) as f64;
-            }
-            let mut cumulative = 0.0;
-            for (b, c) in counts.iter().enumerate() {
-                cumulative += c;
-                buckets[b].push((t, cumulative));
-            }
-        }
-        for (le, samples) in bounds.iter().zip(buckets) {
-            timeseries.push(labelled("h_bucket", host, &[("le", le)], samples));
-        }
-        // A summary's quantile, NaN while the summary is empty, as
-        // Prometheus exports it.
-        let samples = (start..=end)
-            .step_by(5_000)
-            .enumerate()
-            .map(|(i, t)| {
-                (
-                    t,
-                    if i % 4 == hi {
-                        f64::NAN
-                    } else {
-                        i as f64 * 0.5
-                    },
-                )
-            })
-            .collect();
-        timeseries.push(labelled("q", host, &[("quantile", "0.99")], samples));
-        // A series that ends with a staleness marker, as Prometheus writes
-        // one when a target or series goes away: not answered past it.
-        let stale_at = start + 200_000 + hi as i64 * 100_000;
-        let mut samples: Vec<(i64, f64)> = (start..stale_at)
-            .step_by(5_000)
-            .map(|t| (t, ((t / 1000) % 7) as f64))
-            .collect();
-        samples.push((stale_at, f64::from_bits(0x7ff0_0000_0000_0002)));
-        timeseries.push(labelled("s_end", host, &[], samples));
-        // Series that come and go (an interface, a container): each lives
-        // two to four minutes of the ten, and must be found when asked
-        // about the time it existed, however long ago it ended.
-        for (di, dev) in ["eth1", "veth7", "veth9"].iter().enumerate() {
-            let (from, to) = (
-                start + (di as i64 * 150_000) + hi as i64 * 20_000,
-                start + (di as i64 * 150_000) + 120_000 + hi as i64 * 120_000,
-            );
-            let samples = (from..=to)
-                .step_by(5_000)
-                .enumerate()
-                .map(|(i, t)| (t, (i * 1_000 + di * 7) as f64))
-                .collect();
-            timeseries.push(labelled("net_rx_total", host, &[("device", dev)], samples));
-        }
-    }
-    let req = WriteRequest { timeseries };
-    let (status, _, body) = post(broker.http, &req).await;
-    assert_eq!(status, 204, "broker: {body}");
-    let (status, _, body) = post(prom, &req).await;
-    assert!(
-        status == 204 || status == 200,
-        "Prometheus: {status} {body}"
-    );
-
-    // `@` pins a selector to a time inside the data.
-    let at = format!("{}.5", (start + 300_000) / 1000);
-    let pinned = [
-        format!("g @ {at}"),
-        format!("rate(c_total[1m] @ {at})"),
-        format!("max_over_time(g[2m] @ {at})"),
-        format!("g @ {at} offset 1m"),
-    ];
-    let queries = [
-        "c_total",
-        "g",
-        r#"c_total{kind="a"}"#,
-        "rate(c_total[1m])",
-        "rate(c_total[2m])",
-        "rate(c_total[5m])",
-        "increase(c_total[1m])",
-        "increase(c_total[3m])",
-        "irate(c_total[1m])",
-        "delta(g[1m])",
-        "delta(g[4m])",
-        "idelta(g[1m])",
-        "deriv(g[2m])",
-        "deriv(c_total[5m])",
-        "avg_over_time(g[1m])",
-        "max_over_time(g[2m])",
-        "min_over_time(g[2m])",
-        "sum_over_time(g[1m])",
-        "count_over_time(c_total[1m])",
-        "last_over_time(g[1m])",
-        "quantile_over_time(0.9, g[3m])",
-        "sum(rate(c_total[1m]))",
-        "sum by (kind) (rate(c_total[2m]))",
-        "avg by (job) (increase(c_total[2m]))",
-        "max(irate(c_total[1m]))",
-        "min without (kind) (rate(c_total[1m]))",
-        "count(g)",
-        "sum(g)",
-        "-g",
-        "1+1",
-        "100 - g",
-        "g * 2 + 1",
-        "2 ^ g",
-        "g % 4",
-        "g > 3",
-        "3 < g",
-        "g > bool 3",
-        "g == bool g",
-        "g != 1",
-        "g + g",
-        "g / g",
-        r#"c_total{kind="a"} - ignoring(kind) c_total{kind="b"}"#,
-        r#"c_total{kind="a"} > ignoring(kind) c_total{kind="b"}"#,
-        r#"c_total{kind="a"} > bool ignoring(kind) c_total{kind="b"}"#,
-        "sum by (kind) (c_total) / on(kind) sum by (kind) (rate(c_total[1m]))",
-        "rate(c_total[1m]) * 60 > 5",
-        "c_total and on(job) g",
-        "c_total and g",
-        "g unless g > 5",
-        "g > 5 or g < 0",
-        r#"c_total{kind="a"} or c_total"#,
-        "avg(g) - min(g)",
-        "sum by (job) (g) * on(job) count by (job) (g)",
-        "count by (kind) (c_total)",
-        "max by (kind) (c_total)",
-        "sum without (kind) (c_total)",
-        "avg_over_time(c_total[2m])",
-        "increase(c_total[5m])",
-        "irate(c_total[2m])",
-        "delta(c_total[2m])",
-        "deriv(g[5m])",
-        "count_over_time(g[5m])",
-        "-rate(c_total[1m])",
-        "min(g) > bool 0",
-        "topk(1, g)",
-        "bottomk(1, g)",
-        "topk(1, rate(c_total[1m]))",
-        "topk by (kind) (1, c_total)",
-        "bottomk(2, c_total)",
-        "quantile(0.5, g)",
-        "quantile(0.9, c_total)",
-        "stddev(g)",
-        "stdvar(c_total)",
-        "stddev by (kind) (c_total)",
-        "abs(g)",
-        "round(g)",
-        "round(g / 3, 0.5)",
-        "ceil(g / 3)",
-        "floor(g / 3)",
-        "sgn(g)",
-        "sqrt(abs(g))",
-        "ln(abs(g) + 1)",
-        "log2(abs(g) + 1)",
-        "log10(abs(g) + 1)",
-        "exp(g / 10)",
-        "clamp(g, 0, 10)",
-        "clamp_min(g, 0)",
-        "clamp_max(g, 5)",
-        "g offset 1m",
-        "rate(c_total[1m] offset 1m)",
-        "avg_over_time(g[2m] offset 30s)",
-        "changes(g[5m])",
-        "resets(c_total[5m])",
-        "vector(1)",
-        "vector(2) * 3",
-        "label_replace(g, \"x\", \"$1\", \"job\", \"(.*)\")",
-        "label_replace(g, \"job\", \"\", \"job\", \"t\")",
-        "label_replace(c_total, \"k2\", \"k-$1\", \"kind\", \"(a)\")",
-        "c_total * on(instance, job) group_left g",
-        "c_total / on(instance) group_left(job) g",
-        "g * on(instance, job) group_right c_total",
-        "g > on(instance, job) group_right c_total",
-        "sum by (kind) (c_total) * on() group_left sum(g)",
-        "count_values(\"v\", g)",
-        "count_values by (job) (\"v\", round(g / 10))",
-        "max_over_time(rate(c_total[1m])[5m:1m])",
-        "avg_over_time(g[3m:30s])",
-        "min_over_time(sum(g)[2m:20s])",
-        "histogram_quantile(0.9, rate(h_bucket[2m]))",
-        "histogram_quantile(0.5, sum by (le) (rate(h_bucket[2m])))",
-        "histogram_quantile(0.99, h_bucket)",
-        "histogram_quantile(0.25, sum by (le, instance) (h_bucket))",
-        "predict_linear(g[5m], 60)",
-        "predict_linear(c_total[2m], 300)",
-        "absent(nope)",
-        "absent(nope{job=\"x\"})",
-        "absent(g)",
-        "scalar(sum(g))",
-        "scalar(g)",
-        "g * scalar(count(g))",
-        "time()",
-        "time() - 1",
-        "timestamp(g)",
-        "timestamp(rate(c_total[1m]))",
-        "label_join(g, \"x\", \",\", \"job\", \"instance\")",
-        "sort(g)",
-        "sort_desc(c_total)",
-        "holt_winters(g[5m], 0.5, 0.5)",
-        "holt_winters(c_total[3m], 0.3, 0.7)",
-        "stddev_over_time(g[2m])",
-        "stdvar_over_time(c_total[3m])",
-        "present_over_time(g[1m])",
-        "g - g offset 1m",
-        // NaN values and staleness markers, as Prometheus defines them.
-        "q",
-        "sum(q)",
-        "avg_over_time(q[1m])",
-        "q > 1",
-        "s_end",
-        "count(s_end)",
-        "max_over_time(s_end[2m])",
-        "count_over_time(s_end[5m])",
-        "s_end[1m]",
-        // Series that come and go.
-        "net_rx_total",
-        "count(net_rx_total)",
-        "count by (device) (net_rx_total)",
-        "rate(net_rx_total[1m])",
-        "count_over_time(net_rx_total[5m])",
-        // Range vectors as the result (Grafana's Explore, the Prometheus
-        // UI's table): every sample of the window, as a matrix.
-        "g[1m]",
-        "c_total{kind=\"a\"}[30s]",
-        "(g[2m])",
-        "g[1m] offset 1m",
-        "rate(c_total[1m])[2m:30s]",
-        "rate(c_total[1m])[2m:30s] offset 1m",
-    ];
-    let queries: Vec<String> = queries
-        .iter()
-        .map(|q| q.to_string())
-        .chain(pinned)
-        .collect();
-    // What the broker does not evaluate yet: each must be a clear 400
-    // (never a wrong answer); they count against the compatibility figure.
-    let not_yet: [&str; 0] = [];
-    // Times between samples (.5 s), across the data, and past its end
-    // (the lookback).
-    let times: Vec<i64> = (0..6).map(|i| start + 250_500 + i * 67_000).collect();
-    let (mut pass, mut total) = (0, 0);
-    let mut failures = Vec::new();
-    for q in &queries {
-        for &t in &times {
-            total += 1;
-            let (ours, theirs) = (
-                vector_at(broker.http, q, t).await,
-                vector_at(prom, q, t).await,
-            );
-            let same = match (&ours, &theirs) {
-                (Ok(a), Ok(b)) => {
-                    a.len() == b.len()
-                        && a.iter().zip(b).all(|((la, va), (lb, vb))| {
-                            la == lb
-                                && (va == vb
-                                    || (va.is_nan() && vb.is_nan())
-                                    || (va - vb).abs() <= 1e-9 * va.abs().max(vb.abs()).max(1.0))
-                        })
-                }
-                _ => false,
-            };
-            if same {
-                pass += 1;
-            } else if failures.len() < 5 {
-                failures.push(format!(
-                    "{q} at {t}:\n  broker     {ours:?}\n  prometheus {theirs:?}"
-                ));
-            }
-        }
-    }
-    for q in not_yet {
-        let t = times[0];
-        assert!(vector_at(prom, q, t).await.is_ok(), "Prometheus: {q}");
-        match vector_at(broker.http, q, t).await {
-            Err(e) => assert!(e.starts_with("400") && e.contains("bad_data"), "{q}: {e}"),
-            Ok(v) => panic!("{q} is answered ({v:?}): move it to the compared list"),
-        }
-    }
-    let n = queries.len() + not_yet.len();
-    eprintln!(
-        "PromQL compatibility: {} of {n} queries equal to Prometheus's answers ({pass} of {total} at {} times each), {} not evaluated yet (400)",
-        queries.len(),
-        times.len(),
-        not_yet.len(),
-    );
-    assert_eq!(pass, total, "{}", failures.join("\n"));
-    broker.stop().await;
-}
-
 /// The result vector of `q` at `t_ms` from `addr`, as sorted
 /// (labels, value) pairs.
 async fn answers_at(addr: SocketAddr, q: &str, t_ms: i64) -> Vec<(String, String)> {
@@ -1045,7 +641,7 @@ async fn a_full_gateway_answers_503_with_retry_after_instead_of_hanging() {
             .collect(),
     };
     let http = gateway.http;
-    let hanging = tokio::spawn(async move { post(http, &first).await });
+    let hanging = tokio::spawn(async move { post_write(http, &first).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!hanging.is_finished());
 
@@ -1055,7 +651,7 @@ async fn a_full_gateway_answers_503_with_retry_after_instead_of_hanging() {
     let next = WriteRequest {
         timeseries: vec![series("up", "other:9100", &[(ms, 1.0)])],
     };
-    let (status, retry_after, body) = post(http, &next).await;
+    let (status, retry_after, body) = post_write(http, &next).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(retry_after.as_deref(), Some("1"));
     assert!(body.contains("gateway.max_inflight_points"), "{body}");

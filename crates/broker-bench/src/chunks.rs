@@ -33,6 +33,9 @@ pub struct ChunksArgs {
     mix: Mix,
 }
 
+/// A snapshot's timestamp from (host, snapshot number, its second).
+type Stamp = Box<dyn Fn(usize, i64, i64) -> i64>;
+
 /// A deterministic hash, for offsets and jitter.
 fn mix64(mut x: u64) -> u64 {
     x ^= x >> 33;
@@ -47,7 +50,7 @@ pub fn run(args: ChunksArgs) -> anyhow::Result<()> {
         .map(|m| broker_agent::generator::metric_name_of(args.mix, m))
         .collect();
     let base: i64 = 1_700_000_000;
-    let stamps: [(&str, Box<dyn Fn(usize, i64, i64) -> i64>); 4] = [
+    let stamps: [(&str, Stamp); 4] = [
         ("seconds (C1, before)", Box::new(|_, _, s| s)),
         ("whole seconds in ms", Box::new(|_, _, s| s * 1000)),
         (

@@ -72,12 +72,14 @@ fn requests(args: &RemoteWriteArgs, now_ms: i64) -> (Vec<Vec<u8>>, usize) {
         let ts = now_ms - 60_000 - (rounds - 1 - round) as i64 * 15_000;
         for h in 0..hosts {
             let host = format!("host-{h:05}");
+            // Each target is scraped at its own offset, to the millisecond.
+            let scraped = ts + (h as i64 * 7_919) % 15_000;
             for i in 0..args.series {
                 req.timeseries.push(TimeSeries {
                     labels: series_labels(&host, i),
                     samples: vec![Sample {
                         value: (round * 7 + i) as f64 * 1.5,
-                        timestamp: ts,
+                        timestamp: scraped,
                     }],
                 });
                 samples += 1;
