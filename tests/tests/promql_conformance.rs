@@ -522,6 +522,59 @@ async fn promql_answers_equal_prometheus_on_real_scrapes() {
         "most instant answers hold something: {non_empty} of {answers}"
     );
     assert_eq!(count(Outcome::Equal), answers, "{}", shown.join("\n"));
+
+    // The series and label APIs over a past range answer the series of
+    // that range: the first queues, not those born since; over the whole
+    // run, every queue, those gone since too.
+    let secs = |ms: i64| format!("{}.{:03}", ms / 1000, ms % 1000);
+    let early = format!(
+        "start={}&end={}",
+        secs(start_ms + 2_000),
+        secs(start_ms + 8_000)
+    );
+    let whole = format!("start={}&end={}", secs(start_ms), secs(cut));
+    for range in [&early, &whole] {
+        let queues = |addr: SocketAddr, path: String| async move {
+            let (status, body) = http(addr, "GET", &path, "").await;
+            assert_eq!(status, 200, "{path}: {body}");
+            let mut out: Vec<String> = body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    v => v["queue"].as_str().unwrap_or("").to_string(),
+                })
+                .collect();
+            out.sort();
+            out.dedup();
+            out
+        };
+        for path in [
+            format!("/api/v1/series?match[]=churn_jobs_total&{range}"),
+            format!("/api/v1/label/queue/values?{range}"),
+        ] {
+            let (ours, theirs) = (
+                queues(broker.http, path.clone()).await,
+                queues(prom, path.clone()).await,
+            );
+            if path.contains("/label/") {
+                // Prometheus answers label values per block, and its
+                // head block (the last hours) whole: a superset.
+                assert!(
+                    ours.iter().all(|q| theirs.contains(q)),
+                    "{path}: {ours:?} {theirs:?}"
+                );
+            } else {
+                assert_eq!(ours, theirs, "{path}");
+            }
+            if range == &early {
+                assert_eq!(ours, ["q0", "q1", "q2"], "{path}");
+            } else {
+                assert!(ours.len() >= 7, "{path}: {ours:?}");
+            }
+        }
+    }
     broker.stop().await;
 }
 
