@@ -10,7 +10,12 @@
 //! as the gateway stores Prometheus remote write) is the series
 //! `node_cpu_seconds_total` with those labels too. A selector picks hosts
 //! by their labels (`host` and the labels agents sent) and series by name
-//! and labels among those of each host's snapshots of the last minute.
+//! and labels among each host's series set (every series it reported
+//! within the ttl, so one that has gone is found for the time it existed);
+//! `/api/v1/series` and the label APIs with `start`/`end` keep those whose
+//! time range (first and newest second seen) meets the range. Samples
+//! carry milliseconds (agents' points whole seconds), and evaluation is to
+//! the millisecond.
 //!
 //! # What is evaluated
 //! PromQL is parsed with `promql-parser`; this module evaluates a subset:
@@ -24,7 +29,8 @@
 //! minus, parentheses, and binary operators ([`binop`]: arithmetic
 //! and comparison between scalars and vectors, vectors matched one-to-one
 //! with `on` / `ignoring` or many-to-one with `group_left` / `group_right`,
-//! `and` / `or` / `unless`), `changes`, `resets`, `vector`,
+//! `and` / `or` / `unless`), `changes`, `resets`, `vector`, `absent`,
+//! `absent_over_time`,
 //! `label_replace`, subqueries and `@`. An instant query whose expression
 //! is a range vector (`node_load1[30s]`, a subquery) answers its samples as
 //! a `matrix`, and a string literal as a `string`, as Prometheus does.
