@@ -425,6 +425,29 @@ async fn milliseconds_are_kept_and_late_samples_take_their_place() {
     // An instant query between two samples of one second sees the older.
     let between = vector_at(broker.http, "rw_ms", t + 1_000).await.unwrap();
     assert_eq!(between[0].1, 999.0, "{between:?}");
+    // The query API counts in seconds: the samples of one second merge
+    // (the later wins), and a limit counts seconds, whatever each holds.
+    let (status, body) = http(
+        broker.http,
+        "GET",
+        &format!(
+            "/api/query/range?host=h1&start={}&end={}&limit=2",
+            t / 1000,
+            t / 1000 + 30
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["timestamps"],
+        serde_json::json!([t / 1000, t / 1000 + 1]),
+        "{body}"
+    );
+    let values = body["metrics"]["rw_ms{instance=\"h1:9100\",job=\"t\"}"].clone();
+    assert_eq!(values, serde_json::json!([999.0, 1250.0]), "{body}");
+    assert_eq!(body["truncated"], true, "{body}");
+    assert_eq!(body["next_start"], t / 1000 + 2, "{body}");
     broker.stop().await;
 }
 

@@ -251,16 +251,30 @@ impl Store {
         limit: Option<usize>,
     ) -> Result<Frame, QueryError> {
         let req = reqs(&[host.to_string()], start, end);
-        let mut frame = self
-            .frames_of(req, metrics, limit)
-            .await?
-            .pop()
-            .unwrap_or_default()
-            .into_seconds();
-        if let Some(limit) = limit {
-            frame.truncate(limit);
+        // `limit` counts seconds, a read counts stored points: a second
+        // may hold several (scrapes of two jobs). Read more until the
+        // points read cover more than `limit` whole seconds (or all).
+        let mut fetch = limit;
+        loop {
+            let raw = self
+                .frames_of(req.clone(), metrics, fetch)
+                .await?
+                .pop()
+                .unwrap_or_default();
+            let full = fetch.is_some_and(|f| raw.timestamps.len() >= f);
+            let mut frame = raw.into_seconds();
+            match (limit, fetch) {
+                // The last second read may be cut short: read on.
+                (Some(l), Some(f)) if full && frame.timestamps.len() <= l && f < l * 1000 => {
+                    fetch = Some(f * 2);
+                }
+                (Some(l), _) => {
+                    frame.truncate(l);
+                    return Ok(frame);
+                }
+                (None, _) => return Ok(frame),
+            }
         }
-        Ok(frame)
     }
 
     /// Each host's snapshots in the range (`metrics` as for [`Store::range`]),

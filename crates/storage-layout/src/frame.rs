@@ -54,12 +54,11 @@ impl Frame {
             return self;
         }
         let mut b = FrameBuilder::new(i64::MIN, i64::MAX, &[]);
-        let second = |t: i64| t.div_euclid(1000);
-        for &t in &self.timestamps {
-            b.row(second(t));
+        let seconds: Vec<i64> = self.timestamps.iter().map(|t| t.div_euclid(1000)).collect();
+        for &t in &seconds {
+            b.row(t);
         }
         for (name, col) in &self.metrics {
-            let seconds: Vec<i64> = self.timestamps.iter().map(|&t| second(t)).collect();
             b.set_column(&seconds, name, col);
         }
         // Columns named by the read but empty stay columns.
@@ -107,8 +106,7 @@ pub struct FrameBuilder {
 
 impl FrameBuilder {
     /// Keeps snapshots with `start <= ts <= end` (milliseconds); with
-    /// `metrics` named,
-    /// only those.
+    /// `metrics` named, only those.
     pub fn new(start: i64, end: i64, metrics: &[String]) -> Self {
         let mut columns = HashMap::new();
         let wanted = (!metrics.is_empty()).then(|| {
