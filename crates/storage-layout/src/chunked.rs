@@ -958,7 +958,7 @@ mod tests {
                 "EXPIRE", "EXPIRE",
                 // The host index and series sets (crate::hosts); a
                 // replay of the same hosts right after has none.
-                "ZADD", "ZADD", "EVAL", "ZADD", "ZADD", "EVAL", "ZADD"
+                "EVAL", "EVAL", "ZADD"
             ]
         );
         // A replay's metadata: one script per host with the key, last_seen,

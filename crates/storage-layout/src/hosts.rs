@@ -13,12 +13,15 @@
 //!   up to [`REFRESH`] behind). Carries the `{host}` hash tag, so it sits in
 //!   the host's slot. Trimmed past the ttl and expiring with the host's
 //!   other keys.
-//! - `monitor:series:first:{host}`: ZSET, the same members, score = the
-//!   oldest second each was seen at (`ZADD LT`: only ever backward, so a
-//!   late point moves it back). With the newest, a series' time range: a
-//!   selector or a label API over any past range finds series that have
-//!   since gone, and not those born after it ([`series_between`]). A
-//!   member leaves both sets together, when its newest is past the ttl.
+//! - `monitor:series:first:{host}`: ZSET, when each series was first seen
+//!   (score = the oldest second, `ZADD LT`: only ever backward, so a late
+//!   point moves it back), for the series born after their host's series
+//!   set was: those born with it share its one entry, the empty member
+//!   [`BORN_WITH_HOST`] (so a new host costs one entry here, not one per
+//!   series). With the newest, a series' time range: a selector or a
+//!   label API over any past range finds series that have since gone, and
+//!   not those born after it ([`series_between`]). A member leaves both
+//!   sets together, when its newest is past the ttl.
 //! - `monitor:index:hosts:ready`: set once the index was backfilled from
 //!   data written before it existed ([`backfill`]), so nothing walks the
 //!   keyspace again.
@@ -64,19 +67,55 @@ pub fn series_first_key(host: &str) -> String {
     format!("monitor:series:first:{{{host}}}")
 }
 
-/// KEYS: series (newest), series first. ARGV: horizon, ttl. Drops the
-/// series last seen before the horizon from both sets, and sets both
-/// expiries.
-const TRIM_SERIES_SCRIPT: &str = r#"
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+/// The member of `monitor:series:first:{host}` that stands for every
+/// series born with the host's series set.
+pub const BORN_WITH_HOST: &str = "";
+
+/// KEYS: series (newest), series first. ARGV: newest, oldest, horizon,
+/// ttl, names... Records a point's names: when the series set is new, one
+/// [`BORN_WITH_HOST`] entry at `oldest` for all of them; else a first-seen
+/// entry at `oldest` for each name the set does not hold yet. Then the
+/// newest second of every name (`GT`), drops the series last seen before
+/// the horizon from both sets, and sets both expiries. Names go 1,000 at a
+/// time (Lua's `unpack` limit).
+const SERIES_SCRIPT: &str = r#"
+local last, first = KEYS[1], KEYS[2]
+local newest, oldest = ARGV[1], ARGV[2]
+local n = #ARGV - 4
+local fresh = redis.call('EXISTS', last) == 0
+if fresh then
+  redis.call('ZADD', first, oldest, '')
+end
+for i = 1, n, 1000 do
+  local names = {}
+  for j = i, math.min(i + 999, n) do names[#names + 1] = ARGV[4 + j] end
+  if not fresh then
+    local seen = redis.call('ZMSCORE', last, unpack(names))
+    local born = {}
+    for k = 1, #names do
+      if not seen[k] then
+        born[#born + 1] = oldest
+        born[#born + 1] = names[k]
+      end
+    end
+    if #born > 0 then redis.call('ZADD', first, 'LT', unpack(born)) end
+  end
+  local add = {}
+  for k = 1, #names do
+    add[#add + 1] = newest
+    add[#add + 1] = names[k]
+  end
+  redis.call('ZADD', last, 'GT', unpack(add))
+end
+local gone = redis.call('ZRANGEBYSCORE', last, '-inf', '(' .. ARGV[3])
 for i = 1, #gone, 1000 do
   local part = {}
   for j = i, math.min(i + 999, #gone) do part[#part + 1] = gone[j] end
-  redis.call('ZREM', KEYS[1], unpack(part))
-  redis.call('ZREM', KEYS[2], unpack(part))
+  redis.call('ZREM', last, unpack(part))
+  redis.call('ZREM', first, unpack(part))
 end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', last, ARGV[4])
+redis.call('EXPIRE', first, ARGV[4])
 return #gone
 "#;
 
@@ -197,8 +236,7 @@ impl Indexer {
 
     /// Appends the index and series-set refreshes due for `batches` (at
     /// most one `ZADD` on the index for all hosts due, and per host and
-    /// new name set a `ZADD` on each of its series sets and one trim
-    /// script).
+    /// new name set one script on its series sets, [`SERIES_SCRIPT`]).
     pub fn commands(&self, batches: &[&MetricBatch], ttl_secs: u64, out: &mut Vec<Command>) {
         let mut index = vec![
             Bytes::from_static(INDEX_KEY.as_bytes()),
@@ -221,30 +259,21 @@ impl Indexer {
                 let batch = batches[set.batch];
                 let series = Bytes::from(series_key(due.host));
                 let first = Bytes::from(series_first_key(due.host));
-                let (newest, oldest) = (
+                let horizon = set.newest.saturating_sub(ttl_secs as i64);
+                let mut args = vec![
                     Bytes::from(set.newest.to_string()),
                     Bytes::from(set.oldest.to_string()),
+                    Bytes::from(horizon.to_string()),
+                    long_ttl.clone(),
+                ];
+                args.extend(
+                    point_names(batch, &batch.points[set.point])
+                        .map(|name| Bytes::copy_from_slice(name.as_bytes())),
                 );
-                let mut last_add = vec![series.clone(), Bytes::from_static(b"GT")];
-                let mut first_add = vec![first.clone(), Bytes::from_static(b"LT")];
-                for name in point_names(batch, &batch.points[set.point]) {
-                    let name = Bytes::copy_from_slice(name.as_bytes());
-                    last_add.push(newest.clone());
-                    last_add.push(name.clone());
-                    first_add.push(oldest.clone());
-                    first_add.push(name);
-                }
-                if last_add.len() == 2 {
+                if args.len() == 4 {
                     continue;
                 }
-                out.push(Command::new("ZADD", last_add));
-                out.push(Command::new("ZADD", first_add));
-                let horizon = set.newest.saturating_sub(ttl_secs as i64);
-                out.push(Command::eval(
-                    TRIM_SERIES_SCRIPT,
-                    vec![series, first],
-                    vec![Bytes::from(horizon.to_string()), long_ttl.clone()],
-                ));
+                out.push(Command::eval(SERIES_SCRIPT, vec![series, first], args));
             }
         }
         if index.len() > 2 {
@@ -401,10 +430,11 @@ pub async fn series(
 
 /// Each host's series names whose time range meets seconds `start..=end`
 /// (sorted): seen at or after `start - REFRESH` (the newest is refreshed
-/// that often) and not first seen after `end`. Two `ZRANGEBYSCORE` per
-/// host, the second naming only the series born after `end`. Series
-/// written before first-seen times were kept count as seen from the
-/// start.
+/// that often) and first seen at or before `end` (a series without its
+/// own first-seen entry was born with its host's series set,
+/// [`BORN_WITH_HOST`]; without that either, written before first-seen
+/// times were kept: seen from the start). Two reads per host, the second
+/// (the first-seen set) only when `end` is bounded.
 pub async fn series_between(
     db: &dyn Exec,
     hosts: &[String],
@@ -415,41 +445,38 @@ pub async fn series_between(
         .saturating_sub(REFRESH.as_secs() as i64)
         .max(i64::MIN + 1)
         .to_string();
-    let after = match end {
-        i64::MAX => None,
-        end => Some(format!("({end}")),
-    };
+    let bounded = end != i64::MAX;
     let mut commands = Vec::with_capacity(hosts.len() * 2);
     for h in hosts {
         commands.push(Command::of(
             "ZRANGEBYSCORE",
             &[series_key(h).as_bytes(), since.as_bytes(), b"+inf"],
         ));
-        if let Some(after) = &after {
+        if bounded {
             commands.push(Command::of(
-                "ZRANGEBYSCORE",
-                &[series_first_key(h).as_bytes(), after.as_bytes(), b"+inf"],
+                "ZRANGE",
+                &[series_first_key(h).as_bytes(), b"0", b"-1", b"WITHSCORES"],
             ));
         }
     }
-    let names_of = |r: Reply| -> Result<Vec<String>, LayoutError> {
-        Ok(r.ok("ZRANGEBYSCORE")?
+    let mut replies = db.pipeline(commands).await?.into_iter();
+    let mut out = Vec::with_capacity(hosts.len());
+    for _ in hosts {
+        let mut names: Vec<String> = replies
+            .next()
+            .unwrap_or(Reply::Nil)
+            .ok("ZRANGEBYSCORE")?
             .into_array()
             .iter()
             .filter_map(|m| m.bytes().and_then(|b| std::str::from_utf8(b).ok()))
             .map(str::to_string)
-            .collect())
-    };
-    let mut replies = db.pipeline(commands).await?.into_iter();
-    let mut out = Vec::with_capacity(hosts.len());
-    for _ in hosts {
-        let mut names = names_of(replies.next().unwrap_or(Reply::Nil))?;
-        if after.is_some() {
-            let born_later: std::collections::HashSet<String> =
-                names_of(replies.next().unwrap_or(Reply::Nil))?
-                    .into_iter()
-                    .collect();
-            names.retain(|n| !born_later.contains(n));
+            .collect();
+        if bounded {
+            let born: HashMap<String, i64> = scored(replies.next().unwrap_or(Reply::Nil))
+                .into_iter()
+                .collect();
+            let with_host = born.get(BORN_WITH_HOST).copied().unwrap_or(i64::MIN);
+            names.retain(|n| born.get(n).copied().unwrap_or(with_host) <= end);
         }
         names.sort_unstable();
         out.push(names);
@@ -736,12 +763,8 @@ mod tests {
         assert_eq!(
             render(&out),
             [
-                "ZADD monitor:series:{h1} GT 105 b 105 a",
-                "ZADD monitor:series:first:{h1} LT 100 b 100 a",
-                "EVAL monitor:series:{h1} monitor:series:first:{h1} 45 120",
-                "ZADD monitor:series:{h2} GT 100 c",
-                "ZADD monitor:series:first:{h2} LT 100 c",
-                "EVAL monitor:series:{h2} monitor:series:first:{h2} 40 120",
+                "EVAL monitor:series:{h1} monitor:series:first:{h1} 105 100 45 120 b a",
+                "EVAL monitor:series:{h2} monitor:series:first:{h2} 100 100 40 120 c",
                 "ZADD monitor:index:hosts GT 105 h1 100 h2",
             ]
         );
@@ -755,7 +778,7 @@ mod tests {
         ix.commands(&[&c], 60, &mut new);
         assert_eq!(
             render(&new)[0],
-            "ZADD monitor:series:{h1} GT 110 a 110 b 110 c"
+            "EVAL monitor:series:{h1} monitor:series:first:{h1} 110 110 50 120 a b c"
         );
         assert_eq!(
             render(&new).last().unwrap(),
@@ -765,7 +788,7 @@ mod tests {
         ix.failed(&[&b]);
         let mut retry = Vec::new();
         ix.commands(&[&b], 60, &mut retry);
-        assert_eq!(retry.len(), 7);
+        assert_eq!(retry.len(), 3);
     }
 
     #[test]
