@@ -753,16 +753,17 @@ impl Engine {
 
     /// Every host with its series names, sorted by id, read again at most
     /// every `query.hosts_cache_ttl` ([`HostListCache`]).
-    /// Each of `hosts`' series whose time range meets seconds
-    /// `start..=end` (the writers' series sets: first and newest second
-    /// seen), sorted; for the label and series APIs over a past range.
+    /// Each of `hosts`' series whose time range meets milliseconds
+    /// `start_ms..=end_ms` (the writers' series sets: when each was first
+    /// and last seen), sorted; for the label and series APIs over a past
+    /// range.
     pub async fn series_between(
         &self,
         hosts: &[String],
-        start: i64,
-        end: i64,
+        start_ms: i64,
+        end_ms: i64,
     ) -> Result<Vec<Vec<String>>, QueryError> {
-        Ok(storage_layout::hosts::series_between(&self.store, hosts, start, end).await?)
+        Ok(storage_layout::hosts::series_between(&self.store, hosts, start_ms, end_ms).await?)
     }
 
     pub async fn host_list(&self) -> Result<Arc<Vec<HostInfo>>, QueryError> {

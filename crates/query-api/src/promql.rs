@@ -1912,7 +1912,6 @@ async fn selected(
         return Err(QueryError::invalid("end", "is before start"));
     }
     let ids: Vec<String> = hosts.keys().cloned().collect();
-    let (start, end) = (start.div_euclid(1000), end.div_euclid(1000));
     let during = engine.series_between(&ids, start, end).await?;
     Ok(hosts
         .into_iter()

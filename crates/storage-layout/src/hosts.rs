@@ -14,7 +14,7 @@
 //!   the host's slot. Trimmed past the ttl and expiring with the host's
 //!   other keys.
 //! - `monitor:series:first:{host}`: ZSET, when each series was first seen
-//!   (score = the oldest second, `ZADD LT`: only ever backward, so a late
+//!   (score = the oldest millisecond, `ZADD LT`: only ever backward, so a late
 //!   point moves it back), for the series born after their host's series
 //!   set was: those born with it share its one entry, the empty member
 //!   [`BORN_WITH_HOST`] (so a new host costs one entry here, not one per
@@ -71,8 +71,8 @@ pub fn series_first_key(host: &str) -> String {
 /// series born with the host's series set.
 pub const BORN_WITH_HOST: &str = "";
 
-/// KEYS: series (newest), series first. ARGV: newest, oldest, horizon,
-/// ttl, names... Records a point's names: when the series set is new, one
+/// KEYS: series (newest), series first. ARGV: newest (second), oldest
+/// (millisecond), horizon (second), ttl, names... Records a point's names: when the series set is new, one
 /// [`BORN_WITH_HOST`] entry at `oldest` for all of them; else a first-seen
 /// entry at `oldest` for each name the set does not hold yet. Then the
 /// newest second of every name (`GT`), drops the series last seen before
@@ -155,9 +155,9 @@ struct Due<'a> {
 #[derive(Clone, Copy)]
 struct NameSet {
     hash: u64,
-    /// Newest and oldest second of the points carrying it.
+    /// Newest second and oldest millisecond of the points carrying it.
     newest: i64,
-    oldest: i64,
+    oldest_ms: i64,
     /// A point carrying it: batch and point index.
     batch: usize,
     point: usize,
@@ -214,9 +214,10 @@ impl Indexer {
                 });
                 let due = &mut order[slot];
                 due.newest = due.newest.max(p.timestamp);
+                let ms = p.timestamp.saturating_mul(1000) + i64::from(p.millis);
                 match due.sets.iter_mut().find(|s| s.hash == set) {
                     Some(s) => {
-                        s.oldest = s.oldest.min(p.timestamp);
+                        s.oldest_ms = s.oldest_ms.min(ms);
                         if p.timestamp > s.newest {
                             (s.newest, s.batch, s.point) = (p.timestamp, b, i);
                         }
@@ -224,7 +225,7 @@ impl Indexer {
                     None => due.sets.push(NameSet {
                         hash: set,
                         newest: p.timestamp,
-                        oldest: p.timestamp,
+                        oldest_ms: ms,
                         batch: b,
                         point: i,
                     }),
@@ -262,7 +263,7 @@ impl Indexer {
                 let horizon = set.newest.saturating_sub(ttl_secs as i64);
                 let mut args = vec![
                     Bytes::from(set.newest.to_string()),
-                    Bytes::from(set.oldest.to_string()),
+                    Bytes::from(set.oldest_ms.to_string()),
                     Bytes::from(horizon.to_string()),
                     long_ttl.clone(),
                 ];
@@ -418,19 +419,20 @@ pub async fn known_series(
         .collect()
 }
 
-/// Each host's series names seen at or after `since` (sorted), one
-/// `ZRANGEBYSCORE` per host; empty for a host without a series set.
+/// Each host's series names seen at or after second `since` (sorted),
+/// one `ZRANGEBYSCORE` per host; empty for a host without a series set.
 pub async fn series(
     db: &dyn Exec,
     hosts: &[String],
     since: i64,
 ) -> Result<Vec<Vec<String>>, LayoutError> {
-    series_between(db, hosts, since, i64::MAX).await
+    series_between(db, hosts, since.saturating_mul(1000), i64::MAX).await
 }
 
-/// Each host's series names whose time range meets seconds `start..=end`
-/// (sorted): seen at or after `start - REFRESH` (the newest is refreshed
-/// that often) and first seen at or before `end` (a series without its
+/// Each host's series names whose time range meets milliseconds
+/// `start_ms..=end_ms` (sorted): seen at or after `start - REFRESH` (the
+/// newest is refreshed that often, by second) and first seen at or before
+/// `end_ms` (a series without its
 /// own first-seen entry was born with its host's series set,
 /// [`BORN_WITH_HOST`]; without that either, written before first-seen
 /// times were kept: seen from the start). Two reads per host, the second
@@ -438,14 +440,15 @@ pub async fn series(
 pub async fn series_between(
     db: &dyn Exec,
     hosts: &[String],
-    start: i64,
-    end: i64,
+    start_ms: i64,
+    end_ms: i64,
 ) -> Result<Vec<Vec<String>>, LayoutError> {
-    let since = start
+    let since = start_ms
+        .div_euclid(1000)
         .saturating_sub(REFRESH.as_secs() as i64)
         .max(i64::MIN + 1)
         .to_string();
-    let bounded = end != i64::MAX;
+    let bounded = end_ms != i64::MAX;
     let mut commands = Vec::with_capacity(hosts.len() * 2);
     for h in hosts {
         commands.push(Command::of(
@@ -476,7 +479,7 @@ pub async fn series_between(
                 .into_iter()
                 .collect();
             let with_host = born.get(BORN_WITH_HOST).copied().unwrap_or(i64::MIN);
-            names.retain(|n| born.get(n).copied().unwrap_or(with_host) <= end);
+            names.retain(|n| born.get(n).copied().unwrap_or(with_host) <= end_ms);
         }
         names.sort_unstable();
         out.push(names);
@@ -763,8 +766,8 @@ mod tests {
         assert_eq!(
             render(&out),
             [
-                "EVAL monitor:series:{h1} monitor:series:first:{h1} 105 100 45 120 b a",
-                "EVAL monitor:series:{h2} monitor:series:first:{h2} 100 100 40 120 c",
+                "EVAL monitor:series:{h1} monitor:series:first:{h1} 105 100000 45 120 b a",
+                "EVAL monitor:series:{h2} monitor:series:first:{h2} 100 100000 40 120 c",
                 "ZADD monitor:index:hosts GT 105 h1 100 h2",
             ]
         );
@@ -778,7 +781,7 @@ mod tests {
         ix.commands(&[&c], 60, &mut new);
         assert_eq!(
             render(&new)[0],
-            "EVAL monitor:series:{h1} monitor:series:first:{h1} 110 110 50 120 a b c"
+            "EVAL monitor:series:{h1} monitor:series:first:{h1} 110 110000 50 120 a b c"
         );
         assert_eq!(
             render(&new).last().unwrap(),

@@ -543,8 +543,8 @@ mod tests {
                 "EXPIRE monitor:index:metrics:{h1} 90",
                 "EXPIRE monitor:hosts:{h1} 90",
                 // The series set, once per name set, and the host index.
-                "EVAL monitor:series:{h1} monitor:series:first:{h1} 100 100 40 120 cpu mem",
-                "EVAL monitor:series:{h1} monitor:series:first:{h1} 105 105 45 120 mem",
+                "EVAL monitor:series:{h1} monitor:series:first:{h1} 100 100000 40 120 cpu mem",
+                "EVAL monitor:series:{h1} monitor:series:first:{h1} 105 105000 45 120 mem",
                 "ZADD monitor:index:hosts GT 105 h1",
             ]
         );
