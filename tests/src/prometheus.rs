@@ -26,6 +26,22 @@ pub async fn prometheus_ready(addr: SocketAddr, logs: impl Fn() -> String) {
     }
 }
 
+/// The last 15 lines of each of `files` in `dir`, for failure messages.
+pub fn log_tails(dir: &std::path::Path, files: &[&str]) -> String {
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            format!(
+                "--- {f}:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A child process killed when dropped.
 pub struct Proc(pub Child);
 

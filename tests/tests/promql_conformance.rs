@@ -22,8 +22,8 @@
 use broker_common::Service;
 use broker_proto::prometheus::WriteRequest;
 use broker_tests::prometheus::{
-    Outcome, Proc, compare, labelled, matrix_over, port, post_write, prometheus, prometheus_ready,
-    spawn, vector_at,
+    Outcome, Proc, compare, labelled, log_tails, matrix_over, port, post_write, prometheus,
+    prometheus_ready, spawn, vector_at,
 };
 use broker_tests::{RedisServer, Running, config_for, http, now};
 use std::collections::BTreeMap;
@@ -298,20 +298,7 @@ async fn promql_answers_equal_prometheus_on_real_scrapes() {
     )
     .unwrap();
     let _prom = prometheus(d, prom, &[]);
-    let logs = || {
-        ["prometheus.log", "node_exporter.log"]
-            .iter()
-            .map(|f| {
-                let t = std::fs::read_to_string(d.join(f)).unwrap_or_default();
-                let tail: Vec<&str> = t.lines().rev().take(10).collect();
-                format!(
-                    "--- {f}\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let logs = || log_tails(d, &["prometheus.log", "node_exporter.log"]);
     prometheus_ready(prom, logs).await;
     let started = Instant::now();
     let start_ms = now() * 1000;

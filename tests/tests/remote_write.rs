@@ -8,7 +8,8 @@
 use broker_common::Service;
 use broker_proto::prometheus::WriteRequest;
 use broker_tests::prometheus::{
-    Proc, port, post_write, post_write_raw, prometheus, prometheus_ready, series, spawn, vector_at,
+    Proc, log_tails, port, post_write, post_write_raw, prometheus, prometheus_ready, series, spawn,
+    vector_at,
 };
 use broker_tests::{
     RedisServer, Running, config_for, enc, http, instant, instant_eventually, now, post_bytes,
@@ -108,18 +109,7 @@ impl Scraping {
 
     /// The last lines of both logs, for failure messages.
     fn logs(&self) -> String {
-        ["prometheus.log", "node_exporter.log"]
-            .iter()
-            .map(|f| {
-                let text = std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                format!(
-                    "--- {f}:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        log_tails(self.dir.path(), &["prometheus.log", "node_exporter.log"])
     }
 
     /// Waits until `q` has a result in the broker at `http`.
