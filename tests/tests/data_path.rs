@@ -190,11 +190,11 @@ async fn every_rejection_reason_is_reported_and_valid_points_are_stored() {
         );
     }
     let keys: Vec<String> = r.cmd(&["KEYS", "monitor:*"]).await.convert().unwrap();
-    // Per good point its data key, time index, metadata and series set;
-    // and the host index with its ready marker.
+    // Per good point its data key, time index, metadata, series set and
+    // first-seen set; and the host index with its ready marker.
     assert_eq!(
         keys.len(),
-        10,
+        12,
         "only the two good points' keys exist: {keys:?}"
     );
     let indexed: Vec<String> = storage_layout::hosts::list(r.client(), 0)

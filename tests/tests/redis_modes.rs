@@ -19,6 +19,7 @@ async fn writes_to_a_three_master_cluster_with_hash_tags() {
             format!("monitor:chunks:{{{host}}}"),
             format!("monitor:chunk:{{{host}}}:1:ab"),
             format!("monitor:series:{{{host}}}"),
+            format!("monitor:series:first:{{{host}}}"),
             format!("monitor:hosts:{{{host}}}"),
         ];
         let s: Vec<i64> = futures_slots(&r, &keys).await;
